@@ -1,0 +1,36 @@
+# agentq — see README.md. Every target is safe to run twice.
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X 'main.Version=$(VERSION)'
+BIN      := bin/agentq
+TESTTIME ?= 20m
+
+.PHONY: all build test bench run lint broker fuzz chaos clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/agentq
+
+# broker makes a local RabbitMQ ready (installs it as root if missing).
+broker:
+	@bash scripts/broker.sh
+
+# test: vet, then every test with the race detector against the local broker.
+test: broker
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout $(TESTTIME) ./...
+
+bench: broker
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./... | tee bench.out
+
+# run: the default agent against the local broker, journal in ./agentq.db.
+run: broker build
+	./$(BIN) run
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin bench.out

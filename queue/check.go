@@ -1,0 +1,93 @@
+package queue
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Check verifies the journal's invariants in one read transaction: every
+// entry decodes, the state index and the counters agree with the entries,
+// each ready key names a pending entry, and each ordering key has at most
+// one entry ready or running, which is its first unfinished one. Tests run
+// it after every journal; operators can run it through `agentq inspect
+// --check`. It reads the whole file.
+func (j *Journal) Check() error {
+	select {
+	case <-j.closing:
+		return ErrClosed
+	default:
+	}
+	var errs []error
+	fail := func(format string, a ...any) {
+		if len(errs) < 20 {
+			errs = append(errs, fmt.Errorf(format, a...))
+		}
+	}
+	err := j.db.View(func(tx *bolt.Tx) error {
+		t := &txn{keyq: tx.Bucket(bucketKeyQ), keyhead: tx.Bucket(bucketKeyHead)}
+		var counts [5]int64
+		states := map[uint64]*Entry{}
+		active := map[string]int{}
+		err := tx.Bucket(bucketEntries).ForEach(func(k, v []byte) error {
+			seq := binary.BigEndian.Uint64(k)
+			e, err := decodeEntry(seq, v)
+			if err != nil {
+				fail("%v", err)
+				return nil
+			}
+			counts[e.State]++
+			if e.Key != "" && e.State == StateRunning {
+				active[e.Key]++
+			}
+			states[seq] = &Entry{Seq: seq, State: e.State, Key: e.Key, NextAttemptAt: e.NextAttemptAt}
+			if tx.Bucket(bucketState).Get(stateKey(e.State, seq)) == nil {
+				fail("entry %d: missing from the state index as %s", seq, e.State)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		n := 0
+		_ = tx.Bucket(bucketState).ForEach(func(k, _ []byte) error { n++; return nil })
+		if n != len(states) {
+			fail("state index has %d keys for %d entries", n, len(states))
+		}
+		j.mu.Lock()
+		for s := StatePending; s <= StateStuck; s++ {
+			if counts[s] != j.counts[s] {
+				fail("count of %s entries is %d, counter says %d", s, counts[s], j.counts[s])
+			}
+		}
+		j.mu.Unlock()
+		_ = tx.Bucket(bucketReady).ForEach(func(k, _ []byte) error {
+			seq := binary.BigEndian.Uint64(k[8:])
+			e := states[seq]
+			switch {
+			case e == nil:
+				fail("ready index names missing entry %d", seq)
+			case e.State != StatePending:
+				fail("ready index names entry %d, which is %s", seq, e.State)
+			case e.Key != "":
+				active[e.Key]++
+				if first, ok := t.firstOfKey(e.Key); !ok || first != seq {
+					fail("entry %d is ready but is not the first unfinished entry of key %q (%d)", seq, e.Key, first)
+				}
+			}
+			return nil
+		})
+		for k, n := range active {
+			if n > 1 {
+				fail("key %q has %d entries ready or running at once", k, n)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,250 @@
+package queue
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"math"
+	"time"
+)
+
+// entryFormat is the first byte of every encoded entry value. Bump it, and
+// keep a decoder for the old one, whenever the layout below changes.
+const entryFormat = 1
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// errCorrupt is returned for entry values that do not decode.
+var errCorrupt = errors.New("corrupt entry")
+
+// encodeEntry appends the on-disk form of e to buf:
+//
+//	format byte (1)
+//	state byte
+//	uvarint attempts, replays
+//	varint  received, updated, next-attempt (Unix nanoseconds, 0 = zero time)
+//	bytes   source, destination, type, key, fault, last error, dedup id
+//	uvarint header count, then name and value bytes for each
+//	bytes   body
+//	uint32  CRC-32C (Castagnoli) of everything before it, big-endian
+//
+// where "bytes" is a uvarint length followed by that many bytes.
+func encodeEntry(buf []byte, e *Entry) []byte {
+	buf = append(buf, entryFormat, byte(e.State))
+	buf = binary.AppendUvarint(buf, uint64(e.Attempts))
+	buf = binary.AppendUvarint(buf, uint64(e.Replays))
+	buf = binary.AppendVarint(buf, unixNano(e.ReceivedAt))
+	buf = binary.AppendVarint(buf, unixNano(e.UpdatedAt))
+	buf = binary.AppendVarint(buf, unixNano(e.NextAttemptAt))
+	for _, s := range [...]string{e.Source, e.Destination, e.Type, e.Key, e.Fault, e.LastError} {
+		buf = appendString(buf, s)
+	}
+	buf = appendBytes(buf, e.DedupID)
+	buf = binary.AppendUvarint(buf, uint64(len(e.Headers)))
+	for _, h := range e.Headers {
+		buf = appendString(buf, h.Name)
+		buf = appendString(buf, h.Value)
+	}
+	buf = appendBytes(buf, e.Body)
+	return binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf, castagnoli))
+}
+
+// decodeEntry parses an entry value. It never panics on bad input and
+// copies everything out of data, which may be bbolt's mmap.
+func decodeEntry(seq uint64, data []byte) (*Entry, error) {
+	if len(data) < 6 {
+		return nil, fmt.Errorf("%w %d: %d bytes is too short", errCorrupt, seq, len(data))
+	}
+	if data[0] != entryFormat {
+		return nil, fmt.Errorf("%w %d: unknown entry format %d", errCorrupt, seq, data[0])
+	}
+	body, sum := data[:len(data)-4], binary.BigEndian.Uint32(data[len(data)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, fmt.Errorf("%w %d: checksum mismatch", errCorrupt, seq)
+	}
+	d := decoder{b: body[1:]}
+	e := &Entry{Seq: seq}
+	e.State = State(d.byte())
+	e.Attempts = d.int()
+	e.Replays = d.int()
+	e.ReceivedAt = fromUnixNano(d.varint())
+	e.UpdatedAt = fromUnixNano(d.varint())
+	e.NextAttemptAt = fromUnixNano(d.varint())
+	e.Source = d.string()
+	e.Destination = d.string()
+	e.Type = d.string()
+	e.Key = d.string()
+	e.Fault = d.string()
+	e.LastError = d.string()
+	e.DedupID = d.bytes()
+	if n := d.int(); n > 0 && d.err == nil {
+		if n > len(d.b) { // each header needs at least two bytes
+			d.fail()
+		} else {
+			e.Headers = make([]Header, n)
+			for i := range e.Headers {
+				e.Headers[i] = Header{Name: d.string(), Value: d.string()}
+			}
+		}
+	}
+	e.Body = d.bytes()
+	if d.err == nil && len(d.b) != 0 {
+		d.fail()
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("%w %d: %v", errCorrupt, seq, d.err)
+	}
+	if e.State < StatePending || e.State > StateStuck {
+		return nil, fmt.Errorf("%w %d: unknown state %d", errCorrupt, seq, e.State)
+	}
+	return e, nil
+}
+
+func appendString(buf []byte, s string) []byte {
+	buf = binary.AppendUvarint(buf, uint64(len(s)))
+	return append(buf, s...)
+}
+
+func appendBytes(buf, b []byte) []byte {
+	buf = binary.AppendUvarint(buf, uint64(len(b)))
+	return append(buf, b...)
+}
+
+// decoder reads fields in order and remembers the first error, so callers
+// check once at the end.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = errors.New("truncated or malformed value")
+	}
+	d.b = nil
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) < 1 {
+		d.fail()
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) int() int {
+	v := d.uvarint()
+	if v > math.MaxInt32 {
+		d.fail()
+		return 0
+	}
+	return int(v)
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail()
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]byte, n)
+	copy(out, d.b[:n])
+	d.b = d.b[n:]
+	return out
+}
+
+func (d *decoder) string() string {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail()
+		return ""
+	}
+	s := string(d.b[:n])
+	d.b = d.b[n:]
+	return s
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// u64 encodes v big-endian so that bbolt's byte order is numeric order.
+func u64(v uint64) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), v)
+}
+
+// readyKey is the ready index key: the time the entry may run (0 = now),
+// then its sequence, so the first key is always the next entry to run.
+func readyKey(at time.Time, seq uint64) []byte {
+	k := make([]byte, 16)
+	n := unixNano(at)
+	if n < 0 {
+		n = 0
+	}
+	binary.BigEndian.PutUint64(k, uint64(n))
+	binary.BigEndian.PutUint64(k[8:], seq)
+	return k
+}
+
+// stateKey is the state index key: state byte, then sequence.
+func stateKey(s State, seq uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = byte(s)
+	binary.BigEndian.PutUint64(k[1:], seq)
+	return k
+}
+
+// keyPrefix is the per-key queue prefix: uvarint length, then the key, so
+// that no key is a prefix of another key's entries.
+func keyPrefix(key string) []byte {
+	p := binary.AppendUvarint(make([]byte, 0, len(key)+10), uint64(len(key)))
+	return append(p, key...)
+}
+
+func keyqKey(key string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(keyPrefix(key), seq)
+}
+
+// dedupKey is the dedup index key: length-prefixed id, then sequence, so two
+// distinct messages with the same id each keep a slot.
+func dedupKey(id []byte, seq uint64) []byte {
+	k := binary.AppendUvarint(make([]byte, 0, len(id)+18), uint64(len(id)))
+	k = append(k, id...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}

@@ -1,0 +1,142 @@
+package queue
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// State is where an entry is in its life. The numeric values are stored on
+// disk (format version 1): never renumber them.
+type State uint8
+
+const (
+	// StatePending entries wait for a worker. With NextAttemptAt in the
+	// future and Attempts > 0 an entry is shown as "retrying".
+	StatePending State = 1
+	// StateRunning entries have been claimed by a worker. A crash leaves them
+	// here; Open puts them back to pending.
+	StateRunning State = 2
+	// StateDone entries were handled by their backend. Retention deletes them.
+	StateDone State = 3
+	// StateStuck entries failed permanently or ran out of retry budget. They
+	// stay until replayed.
+	StateStuck State = 4
+)
+
+// String returns the lower-case name used by inspect and the JSON API.
+func (s State) String() string {
+	switch s {
+	case StatePending:
+		return "pending"
+	case StateRunning:
+		return "running"
+	case StateDone:
+		return "done"
+	case StateStuck:
+		return "stuck"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// ParseState is the inverse of String. It also accepts "retrying", which is
+// reported as StatePending with retrying set: a retrying entry is a pending
+// entry with attempts behind it.
+func ParseState(s string) (st State, retrying bool, err error) {
+	switch strings.ToLower(s) {
+	case "pending":
+		return StatePending, false, nil
+	case "retrying":
+		return StatePending, true, nil
+	case "running":
+		return StateRunning, false, nil
+	case "done":
+		return StateDone, false, nil
+	case "stuck":
+		return StateStuck, false, nil
+	}
+	return 0, false, fmt.Errorf("unknown state %q (want pending, retrying, running, done or stuck)", s)
+}
+
+// MaxErrorLen bounds LastError and Fault so a chatty backend cannot bloat
+// the journal. Longer messages keep their tail, where the cause usually is.
+const MaxErrorLen = 4096
+
+// Header is one STOMP header as received. STOMP allows repeated names, so
+// headers are kept as an ordered list, not a map.
+type Header struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Entry is one journaled message and its processing state.
+type Entry struct {
+	// Seq is assigned by Append: monotonic and never reused, even after
+	// entries are deleted by retention.
+	Seq uint64
+
+	// What was received.
+	ReceivedAt  time.Time
+	Source      string // name of the ingest source
+	Destination string
+	Headers     []Header
+	Body        []byte
+
+	// Routing, extracted by ingest.
+	Type string
+	Key  string // ordering key; empty means no order constraint
+
+	// Fault, when set by ingest, says the message is bad input (invalid
+	// JSON where the type should come from, over-size body, ...). Workers
+	// park such an entry as stuck with Fault as its error instead of
+	// calling a backend.
+	Fault string
+
+	// Processing state, owned by the journal.
+	State         State
+	Attempts      int       // backend calls started, including the running one
+	Replays       int       // how often an operator replayed it
+	NextAttemptAt time.Time // earliest time a worker may take it
+	LastError     string
+	UpdatedAt     time.Time
+
+	// DedupID identifies the message across broker redeliveries (a
+	// publisher id or a content hash, chosen by ingest). When Redelivered is
+	// set, Append first looks for an unconfirmed entry with the same DedupID
+	// and, if it finds one, reports a duplicate instead of appending.
+	DedupID     []byte
+	Redelivered bool
+}
+
+// Header returns the first value of the named header and whether it exists.
+func (e *Entry) Header(name string) (string, bool) {
+	for _, h := range e.Headers {
+		if h.Name == name {
+			return h.Value, true
+		}
+	}
+	return "", false
+}
+
+// Retrying reports whether a pending entry is waiting after a failed attempt.
+func (e *Entry) Retrying() bool {
+	return e.State == StatePending && e.Attempts > 0
+}
+
+// StateName is State.String with "retrying" for pending entries that have
+// failed before: what inspect shows.
+func (e *Entry) StateName() string {
+	if e.Retrying() {
+		return "retrying"
+	}
+	return e.State.String()
+}
+
+// clip bounds s to MaxErrorLen bytes, keeping the tail.
+func clip(s string) string {
+	if len(s) <= MaxErrorLen {
+		return s
+	}
+	const mark = "…"
+	return mark + s[len(s)-MaxErrorLen+len(mark):]
+}

@@ -1,0 +1,569 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// FormatVersion is the on-disk format this code writes. Open refuses files
+// with a newer version rather than misread them.
+const FormatVersion = 1
+
+// magic marks a bbolt file as an agentq journal.
+const magic = "agentq-journal"
+
+// Bucket names. See doc.go for what each holds.
+var (
+	bucketMeta    = []byte("meta")
+	bucketEntries = []byte("entries")
+	bucketReady   = []byte("ready")
+	bucketState   = []byte("state")
+	bucketKeyQ    = []byte("keyq")
+	bucketKeyHead = []byte("keyhead")
+	bucketDedup   = []byte("dedup")
+	bucketDedupBy = []byte("dedupseq")
+
+	metaMagic   = []byte("magic")
+	metaVersion = []byte("version")
+	metaID      = []byte("id")
+	metaCounts  = []byte("counts")
+)
+
+var allBuckets = [][]byte{bucketMeta, bucketEntries, bucketReady, bucketState, bucketKeyQ, bucketKeyHead, bucketDedup, bucketDedupBy}
+
+// Sentinel errors.
+var (
+	// ErrClosed is returned by every call on a closed journal.
+	ErrClosed = errors.New("journal is closed")
+	// ErrNotFound is returned for a sequence number with no entry.
+	ErrNotFound = errors.New("no such entry")
+	// ErrInUse is returned by Open when another process holds the file.
+	ErrInUse = errors.New("journal is in use by another process (a running agent?)")
+	// ErrNotJournal is returned by Open for a file that is not a journal.
+	ErrNotJournal = errors.New("not an agentq journal")
+	// ErrNewerFormat is returned by Open for a journal written by a newer agentq.
+	ErrNewerFormat = errors.New("journal format is newer than this agentq")
+	// ErrReadOnly is returned by writes on a journal opened read-only.
+	ErrReadOnly = errors.New("journal is open read-only")
+	// ErrFull is returned when a write would grow the file past MaxSize.
+	ErrFull = errors.New("journal is full")
+	// ErrBadState is returned when a state change does not apply to the
+	// entry's current state (settling an entry that is not running, ...).
+	ErrBadState = errors.New("entry is not in a state that allows this")
+)
+
+// Default option values.
+const (
+	DefaultLockTimeout       = time.Second
+	DefaultMaxBatch          = 4096
+	DefaultRetentionInterval = time.Minute
+	DefaultRetentionBatch    = 512
+	DefaultDedupWindow       = 24 * time.Hour
+)
+
+// Options configures a Journal. The zero value is usable.
+type Options struct {
+	// ReadOnly opens the file with a shared lock and refuses writes. It
+	// works only while no writer holds the file.
+	ReadOnly bool
+
+	// LockTimeout bounds the wait for the file lock. Default 1s.
+	LockTimeout time.Duration
+
+	// MaxBatch bounds the operations coalesced into one transaction.
+	// Default 4096.
+	MaxBatch int
+
+	// SkipStuck lets later entries of a key run while an earlier one is
+	// stuck. By default (false) a stuck entry blocks its key until it is
+	// replayed: order matters more than progress. Applies to entries that
+	// become stuck while it is set.
+	SkipStuck bool
+
+	// Retention is how long done entries are kept. 0 keeps them forever.
+	Retention time.Duration
+	// RetentionInterval is how often the retention loop runs. Default 1m.
+	RetentionInterval time.Duration
+	// RetentionBatch bounds the entries deleted per transaction. Default 512.
+	RetentionBatch int
+
+	// DedupWindow is how long an entry stays a candidate for recognising a
+	// broker redelivery of it. Default 24h.
+	DedupWindow time.Duration
+
+	// MaxSize, when > 0, makes a batch fail with ErrFull once the file
+	// would grow past this many bytes, as a full disk would. Tests and
+	// operators with a quota use it.
+	MaxSize int64
+
+	// OnCommit, if set, is called after every committed batch, from the
+	// commit goroutine: keep it cheap.
+	OnCommit func(CommitInfo)
+
+	// Now returns the current time. Default time.Now; tests inject a clock.
+	Now func() time.Time
+
+	// Logger receives the journal's own logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// CommitInfo describes one committed (or failed) group commit.
+type CommitInfo struct {
+	Ops      int           // operations (callers) in the batch
+	Appended int           // entries appended
+	Duration time.Duration // transaction including the fsync
+	Err      error
+}
+
+// Journal is the durable work queue: a bbolt file holding every received
+// message, its state, and its retry schedule. All writes go through one
+// commit goroutine that coalesces concurrent calls into one transaction
+// and one fsync (group commit).
+type Journal struct {
+	path string
+	db   *bolt.DB
+	opts Options
+	log  *slog.Logger
+	id   string
+
+	ops     chan *op
+	ready   chan struct{} // signalled after a commit that made work ready
+	closing chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
+	cancel  context.CancelFunc
+
+	mu     sync.Mutex // guards counts
+	counts [5]int64   // entries by State (index = State)
+
+	stats struct {
+		appends, duplicates, commits, ops atomic.Uint64
+		commitNanos                       atomic.Uint64
+		failed                            atomic.Uint64
+	}
+}
+
+// Open opens or creates the journal at path. A writer holds an exclusive
+// lock on the file for as long as it is open. Entries a crash left running
+// go back to pending (a crash means a retry, never a loss).
+func Open(path string, opts Options) (*Journal, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = DefaultLockTimeout
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.RetentionInterval <= 0 {
+		opts.RetentionInterval = DefaultRetentionInterval
+	}
+	if opts.RetentionBatch <= 0 {
+		opts.RetentionBatch = DefaultRetentionBatch
+	}
+	if opts.DedupWindow <= 0 {
+		opts.DedupWindow = DefaultDedupWindow
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+
+	fresh := false
+	if fi, err := os.Stat(path); errors.Is(err, os.ErrNotExist) || (err == nil && fi.Size() == 0) {
+		if opts.ReadOnly {
+			return nil, fmt.Errorf("cannot open journal %s: no journal there", path)
+		}
+		fresh = true
+	} else if err != nil {
+		return nil, fmt.Errorf("cannot open journal %s: %w", path, err)
+	} else if fi.IsDir() {
+		return nil, fmt.Errorf("cannot open journal %s: is a directory", path)
+	}
+
+	db, err := openBolt(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	j := &Journal{
+		path:    path,
+		db:      db,
+		opts:    opts,
+		log:     opts.Logger.With("component", "journal"),
+		ops:     make(chan *op, opts.MaxBatch),
+		ready:   make(chan struct{}, 1),
+		closing: make(chan struct{}),
+	}
+	if err := j.init(fresh); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("cannot open journal %s: %w", path, err)
+	}
+	if opts.ReadOnly {
+		return j, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	j.cancel = cancel
+	j.wg.Add(1)
+	go func() { defer j.wg.Done(); j.commitLoop() }()
+	// The retention loop also prunes the dedup index, so it always runs.
+	j.wg.Add(1)
+	go func() { defer j.wg.Done(); j.retentionLoop(ctx) }()
+	j.signalReady()
+	return j, nil
+}
+
+// openBolt opens the bbolt file, turning its failures into errors that say
+// what is wrong with the file. bbolt can panic on some damaged files; that
+// is reported as not a journal rather than crashing the agent.
+func openBolt(path string, opts Options) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("cannot open journal %s: %w (damaged file: %v)", path, ErrNotJournal, r)
+		}
+	}()
+	bo := &bolt.Options{
+		Timeout:        opts.LockTimeout,
+		ReadOnly:       opts.ReadOnly,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+	}
+	db, err = bolt.Open(path, 0o600, bo)
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("cannot open journal %s: %w", path, ErrInUse)
+	}
+	// Errors from the file system (permissions, ...) pass through; anything
+	// else bbolt says is about the file's content.
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return nil, fmt.Errorf("cannot open journal %s: %w", path, err)
+	}
+	return nil, fmt.Errorf("cannot open journal %s: %w (%v)", path, ErrNotJournal, err)
+}
+
+// init checks the file is a journal of a version we read, creates the
+// buckets on a fresh file, loads the counters, and resets running entries.
+func (j *Journal) init(fresh bool) error {
+	check := func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			empty := true
+			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			if !empty || !fresh && j.opts.ReadOnly {
+				return ErrNotJournal
+			}
+			return nil
+		}
+		if !bytes.Equal(meta.Get(metaMagic), []byte(magic)) {
+			return ErrNotJournal
+		}
+		v := meta.Get(metaVersion)
+		if len(v) != 4 {
+			return fmt.Errorf("%w: bad version record", ErrNotJournal)
+		}
+		if n := binary.BigEndian.Uint32(v); n > FormatVersion {
+			return fmt.Errorf("%w: file has format %d, this agentq reads up to %d", ErrNewerFormat, n, FormatVersion)
+		}
+		j.id = string(meta.Get(metaID))
+		for _, name := range allBuckets {
+			if tx.Bucket(name) == nil {
+				return fmt.Errorf("%w: bucket %q missing", ErrNotJournal, name)
+			}
+		}
+		j.loadCounts(meta.Get(metaCounts))
+		return nil
+	}
+	if j.opts.ReadOnly {
+		return j.db.View(check)
+	}
+	return j.db.Update(func(tx *bolt.Tx) error {
+		if err := check(tx); err != nil {
+			return err
+		}
+		if tx.Bucket(bucketMeta) == nil {
+			for _, name := range allBuckets {
+				if _, err := tx.CreateBucket(name); err != nil {
+					return fmt.Errorf("cannot create bucket %s: %w", name, err)
+				}
+			}
+			meta := tx.Bucket(bucketMeta)
+			id := make([]byte, 8)
+			_, _ = rand.Read(id)
+			j.id = hex.EncodeToString(id)
+			if err := meta.Put(metaMagic, []byte(magic)); err != nil {
+				return err
+			}
+			if err := meta.Put(metaVersion, binary.BigEndian.AppendUint32(nil, FormatVersion)); err != nil {
+				return err
+			}
+			if err := meta.Put(metaID, []byte(j.id)); err != nil {
+				return err
+			}
+		}
+		return j.recover(tx)
+	})
+}
+
+// recover puts entries that were running when the last process died back
+// to pending, keeping their attempt count.
+func (j *Journal) recover(tx *bolt.Tx) error {
+	t := j.newTxn(tx)
+	var seqs []uint64
+	c := t.state.Cursor()
+	prefix := []byte{byte(StateRunning)}
+	for k, _ := c.Seek(prefix); k != nil && k[0] == byte(StateRunning); k, _ = c.Next() {
+		seqs = append(seqs, binary.BigEndian.Uint64(k[1:]))
+	}
+	for _, seq := range seqs {
+		e, err := t.get(seq)
+		if err != nil {
+			return err
+		}
+		e.NextAttemptAt = time.Time{}
+		if err := t.setState(e, StatePending); err != nil {
+			return err
+		}
+		if err := t.ready.Put(readyKey(e.NextAttemptAt, seq), nil); err != nil {
+			return err
+		}
+	}
+	if len(seqs) > 0 {
+		j.log.Info("entries left running by a previous process are pending again", "count", len(seqs))
+	}
+	if err := t.finish(); err != nil {
+		return err
+	}
+	j.applyCounts(t.delta)
+	return nil
+}
+
+// Path returns the journal's file path.
+func (j *Journal) Path() string { return j.path }
+
+// ID returns the journal's random identity, fixed at creation. Backends use
+// it to make idempotency keys unique across journals.
+func (j *Journal) ID() string { return j.id }
+
+// ReadOnly reports whether the journal was opened read-only.
+func (j *Journal) ReadOnly() bool { return j.opts.ReadOnly }
+
+// Ready returns a channel that receives a value after a commit that may
+// have made an entry ready to run. Dispatchers wait on it and on a timer
+// for NextReadyAt.
+func (j *Journal) Ready() <-chan struct{} { return j.ready }
+
+func (j *Journal) signalReady() {
+	select {
+	case j.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops the background loops, waits for queued writes to commit, and
+// closes the file. It is safe to call more than once.
+func (j *Journal) Close() error {
+	var err error
+	j.once.Do(func() {
+		if j.cancel != nil {
+			j.cancel()
+		}
+		close(j.closing)
+		j.wg.Wait()
+		if e := j.db.Close(); e != nil {
+			err = fmt.Errorf("cannot close journal %s: %w", j.path, e)
+		}
+	})
+	return err
+}
+
+// op is one caller's unit of work inside a group commit.
+type op struct {
+	fn       func(t *txn) error
+	err      error
+	appended int
+	done     chan struct{}
+}
+
+var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
+
+// opError marks an error that concerns one operation only: the operation
+// made no change, and the rest of the batch commits.
+type opError struct{ err error }
+
+func (e opError) Error() string { return e.err.Error() }
+func (e opError) Unwrap() error { return e.err }
+
+// update runs fn inside the next group commit and returns once that commit
+// is durable (or failed). fn must not keep references to the txn.
+func (j *Journal) update(ctx context.Context, fn func(t *txn) error) error {
+	if j.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	o := opPool.Get().(*op)
+	o.fn, o.err, o.appended = fn, nil, 0
+	select {
+	case <-j.closing:
+		opPool.Put(o)
+		return ErrClosed
+	case <-ctx.Done():
+		opPool.Put(o)
+		return ctx.Err()
+	case j.ops <- o:
+	}
+	// Once queued, the op will run: wait for its outcome even if ctx ends,
+	// so a caller never mistakes a committed write for a failed one.
+	<-o.done
+	err := o.err
+	o.fn = nil
+	opPool.Put(o)
+	return err
+}
+
+// commitLoop owns all writes. It takes every queued operation (up to
+// MaxBatch), applies them in one transaction, commits (one fsync), and
+// only then releases the callers.
+func (j *Journal) commitLoop() {
+	batch := make([]*op, 0, j.opts.MaxBatch)
+	for {
+		var first *op
+		select {
+		case first = <-j.ops:
+		case <-j.closing:
+			// Drain what was queued before Close.
+			select {
+			case first = <-j.ops:
+			default:
+				return
+			}
+		}
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < j.opts.MaxBatch {
+			select {
+			case o := <-j.ops:
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		j.commit(batch)
+	}
+}
+
+func (j *Journal) commit(batch []*op) {
+	start := time.Now()
+	var delta [5]int64
+	appended, ready := 0, false
+	err := j.db.Update(func(tx *bolt.Tx) error {
+		t := j.newTxn(tx)
+		for _, o := range batch {
+			before := t.appended
+			err := o.fn(t)
+			var oe opError
+			if errors.As(err, &oe) {
+				o.err = oe.err
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			o.appended = t.appended - before
+		}
+		if err := t.finish(); err != nil {
+			return err
+		}
+		// bbolt allocates pages at commit, so the check sees the size the
+		// previous batches left: the file overshoots by at most one batch.
+		if j.opts.MaxSize > 0 && t.appended > 0 && tx.Size() > j.opts.MaxSize {
+			return fmt.Errorf("%w: file would grow to %d bytes, limit %d", ErrFull, tx.Size(), j.opts.MaxSize)
+		}
+		delta, appended, ready = t.delta, t.appended, t.readyChanged
+		return nil
+	})
+	d := time.Since(start)
+	j.stats.commits.Add(1)
+	j.stats.ops.Add(uint64(len(batch)))
+	j.stats.commitNanos.Add(uint64(d))
+	if err != nil {
+		j.stats.failed.Add(1)
+		err = fmt.Errorf("cannot commit journal %s: %w", j.path, err)
+		for _, o := range batch {
+			o.err = err
+		}
+		appended = 0
+	} else {
+		j.applyCounts(delta)
+		j.stats.appends.Add(uint64(appended))
+		if ready {
+			j.signalReady()
+		}
+	}
+	if j.opts.OnCommit != nil {
+		j.opts.OnCommit(CommitInfo{Ops: len(batch), Appended: appended, Duration: d, Err: err})
+	}
+	for _, o := range batch {
+		o.done <- struct{}{}
+	}
+}
+
+func (j *Journal) loadCounts(b []byte) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := 0; i < len(j.counts) && len(b) >= 8; i++ {
+		j.counts[i] = int64(binary.BigEndian.Uint64(b))
+		b = b[8:]
+	}
+}
+
+func (j *Journal) applyCounts(d [5]int64) {
+	j.mu.Lock()
+	for i := range d {
+		j.counts[i] += d[i]
+	}
+	j.mu.Unlock()
+}
+
+// Stats is a snapshot of the journal's counters.
+type Stats struct {
+	ByState       map[State]int64
+	Appends       uint64 // entries appended since Open
+	Duplicates    uint64 // redeliveries recognised since Open
+	Commits       uint64 // group commits since Open
+	Ops           uint64 // operations in those commits
+	FailedCommits uint64
+	CommitTime    time.Duration // total time in commits (includes fsync)
+}
+
+// Stats returns the journal's counters.
+func (j *Journal) Stats() Stats {
+	j.mu.Lock()
+	by := map[State]int64{}
+	for s := StatePending; s <= StateStuck; s++ {
+		by[s] = j.counts[s]
+	}
+	j.mu.Unlock()
+	return Stats{
+		ByState:       by,
+		Appends:       j.stats.appends.Load(),
+		Duplicates:    j.stats.duplicates.Load(),
+		Commits:       j.stats.commits.Load(),
+		Ops:           j.stats.ops.Load(),
+		FailedCommits: j.stats.failed.Load(),
+		CommitTime:    time.Duration(j.stats.commitNanos.Load()),
+	}
+}

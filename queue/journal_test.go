@@ -1,0 +1,717 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// clock is a settable test clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(ioDiscard{}, nil))
+}
+
+type ioDiscard struct{}
+
+func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
+
+// mustOpen opens a journal in a temp dir; it is checked and closed at the
+// end of the test.
+func mustOpen(tb testing.TB, opts Options) *Journal {
+	tb.Helper()
+	return mustOpenAt(tb, filepath.Join(tb.TempDir(), "agentq.db"), opts)
+}
+
+func mustOpenAt(tb testing.TB, path string, opts Options) *Journal {
+	tb.Helper()
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	j, err := Open(path, opts)
+	if err != nil {
+		tb.Fatalf("Open(%s): %v", path, err)
+	}
+	tb.Cleanup(func() {
+		if err := j.Check(); err != nil && !errors.Is(err, ErrClosed) {
+			tb.Errorf("journal invariants: %v", err)
+		}
+		j.Close()
+	})
+	return j
+}
+
+func mustAppend(tb testing.TB, j *Journal, es ...*Entry) []uint64 {
+	tb.Helper()
+	res, err := j.Append(context.Background(), es...)
+	if err != nil {
+		tb.Fatalf("Append: %v", err)
+	}
+	seqs := make([]uint64, len(res))
+	for i, r := range res {
+		seqs[i] = r.Seq
+	}
+	return seqs
+}
+
+func mustClaim(tb testing.TB, j *Journal, max int) []*Entry {
+	tb.Helper()
+	es, err := j.Claim(context.Background(), max)
+	if err != nil {
+		tb.Fatalf("Claim: %v", err)
+	}
+	return es
+}
+
+func seqsOf(es []*Entry) []uint64 {
+	out := make([]uint64, len(es))
+	for i, e := range es {
+		out[i] = e.Seq
+	}
+	return out
+}
+
+func msg(key string, body string) *Entry {
+	return &Entry{Source: "test", Destination: "/queue/t", Type: "t", Key: key, Body: []byte(body)}
+}
+
+// Ensure an entry round-trips through the journal intact.
+func TestAppendGet(t *testing.T) {
+	j := mustOpen(t, Options{})
+	in := &Entry{
+		Source: "src", Destination: "/queue/orders", Type: "order.created", Key: "o-1",
+		Headers: []Header{{"content-type", "application/json"}, {"x", "1"}, {"x", "2"}},
+		Body:    []byte{0, 1, 2, 0xff, 'a'},
+		Fault:   strings.Repeat("f", MaxErrorLen+10),
+	}
+	seq := mustAppend(t, j, in)[0]
+	got, err := j.Get(seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Seq != seq || got.State != StatePending || got.Type != in.Type || got.Key != in.Key ||
+		got.Source != in.Source || got.Destination != in.Destination || !bytes.Equal(got.Body, in.Body) {
+		t.Fatalf("Get = %+v, want fields of %+v", got, in)
+	}
+	if fmt.Sprint(got.Headers) != fmt.Sprint(in.Headers) {
+		t.Fatalf("headers = %v, want %v", got.Headers, in.Headers)
+	}
+	if len(got.Fault) > MaxErrorLen {
+		t.Fatalf("fault not bounded: %d bytes", len(got.Fault))
+	}
+	if got.ReceivedAt.IsZero() || got.UpdatedAt.IsZero() {
+		t.Fatalf("times not set: %+v", got)
+	}
+	if _, err := j.Get(seq + 100); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get(missing) err = %v, want ErrNotFound", err)
+	}
+}
+
+// Ensure each state change does what the state machine says, and rejects
+// changes that do not apply.
+func TestStateMachine(t *testing.T) {
+	ctx := context.Background()
+	type step struct {
+		do      func(j *Journal, seq uint64) error
+		want    State
+		wantErr error
+	}
+	claim := func(j *Journal, seq uint64) error {
+		es, err := j.Claim(ctx, 10)
+		if err == nil && (len(es) != 1 || es[0].Seq != seq) {
+			return fmt.Errorf("claimed %v, want [%d]", seqsOf(es), seq)
+		}
+		return err
+	}
+	settle := func(k OutcomeKind, at time.Duration) func(j *Journal, seq uint64) error {
+		return func(j *Journal, seq uint64) error {
+			return j.Settle(ctx, Outcome{Seq: seq, Kind: k, At: j.opts.Now().Add(at), Err: "boom"})
+		}
+	}
+	replay := func(j *Journal, seq uint64) error {
+		_, err := j.Replay(ctx, Filter{States: []State{StateDone, StateStuck}}, false)
+		return err
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"ClaimDone", []step{{claim, StateRunning, nil}, {settle(Done, 0), StateDone, nil}}},
+		{"RetryThenDone", []step{{claim, StateRunning, nil}, {settle(Retry, 0), StatePending, nil}, {claim, StateRunning, nil}, {settle(Done, 0), StateDone, nil}}},
+		{"Stuck", []step{{claim, StateRunning, nil}, {settle(Stuck, 0), StateStuck, nil}}},
+		{"StuckReplayDone", []step{{claim, StateRunning, nil}, {settle(Stuck, 0), StateStuck, nil}, {replay, StatePending, nil}, {claim, StateRunning, nil}, {settle(Done, 0), StateDone, nil}}},
+		{"DoneReplay", []step{{claim, StateRunning, nil}, {settle(Done, 0), StateDone, nil}, {replay, StatePending, nil}}},
+		{"Release", []step{{claim, StateRunning, nil}, {settle(Release, 0), StatePending, nil}, {claim, StateRunning, nil}}},
+		{"SettlePendingFails", []step{{settle(Done, 0), StatePending, ErrBadState}}},
+		{"SettleDoneTwiceFails", []step{{claim, StateRunning, nil}, {settle(Done, 0), StateDone, nil}, {settle(Done, 0), StateDone, ErrBadState}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newClock()
+			j := mustOpen(t, Options{Now: clk.Now})
+			seq := mustAppend(t, j, msg("k", "x"))[0]
+			for i, s := range tc.steps {
+				err := s.do(j, seq)
+				if !errors.Is(err, s.wantErr) {
+					t.Fatalf("step %d: err = %v, want %v", i, err, s.wantErr)
+				}
+				e, _ := j.Get(seq)
+				if e.State != s.want {
+					t.Fatalf("step %d: state = %s, want %s", i, e.State, s.want)
+				}
+			}
+		})
+	}
+}
+
+// Ensure a retry is not claimed before its time, and the attempt count and
+// error are kept.
+func TestRetrySchedule(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	seq := mustAppend(t, j, msg("", "x"))[0]
+	mustClaim(t, j, 1)
+	if err := j.Settle(ctx, Outcome{Seq: seq, Kind: Retry, At: clk.Now().Add(time.Minute), Err: "backend down"}); err != nil {
+		t.Fatal(err)
+	}
+	if es := mustClaim(t, j, 1); len(es) != 0 {
+		t.Fatalf("claimed %v before its retry time", seqsOf(es))
+	}
+	if at, ok := j.NextReadyAt(); !ok || !at.Equal(clk.Now().Add(time.Minute)) {
+		t.Fatalf("NextReadyAt = %v %v, want %v", at, ok, clk.Now().Add(time.Minute))
+	}
+	e, _ := j.Get(seq)
+	if e.StateName() != "retrying" || e.LastError != "backend down" || e.Attempts != 1 {
+		t.Fatalf("entry = %s attempts=%d err=%q", e.StateName(), e.Attempts, e.LastError)
+	}
+	clk.Add(time.Minute)
+	es := mustClaim(t, j, 1)
+	if len(es) != 1 || es[0].Attempts != 2 {
+		t.Fatalf("after the retry time: claimed %v", es)
+	}
+}
+
+// Ensure entries of one key run strictly one at a time in sequence order,
+// across retries and stuck entries, while other keys go on.
+func TestPerKeyOrder(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	var es []*Entry
+	for i := 0; i < 6; i++ {
+		es = append(es, msg([]string{"a", "b", "c"}[i%3], fmt.Sprint(i)))
+	}
+	es = append(es, msg("", "free1"), msg("", "free2"))
+	seqs := mustAppend(t, j, es...) // a:1,4 b:2,5 c:3,6 free:7,8
+
+	got := seqsOf(mustClaim(t, j, 100))
+	if want := []uint64{1, 2, 3, 7, 8}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("first claim = %v, want %v (heads of a, b, c and unkeyed)", got, want)
+	}
+	// a: done -> 4 ready. b: retry -> 5 waits. c: stuck -> 6 blocked.
+	if err := j.Settle(ctx,
+		Outcome{Seq: seqs[0], Kind: Done},
+		Outcome{Seq: seqs[1], Kind: Retry, At: clk.Now().Add(time.Second)},
+		Outcome{Seq: seqs[2], Kind: Stuck, Err: "bad"},
+	); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqsOf(mustClaim(t, j, 100)); fmt.Sprint(got) != "[4]" {
+		t.Fatalf("second claim = %v, want [4]", got)
+	}
+	if by, ok, _ := j.BlockedBy(6); !ok || by != 3 {
+		t.Fatalf("BlockedBy(6) = %d %v, want 3", by, ok)
+	}
+	clk.Add(time.Second)
+	if got := seqsOf(mustClaim(t, j, 100)); fmt.Sprint(got) != "[2]" {
+		t.Fatalf("after retry time = %v, want [2]", got)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: 2, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqsOf(mustClaim(t, j, 100)); fmt.Sprint(got) != "[5]" {
+		t.Fatalf("after b's head done = %v, want [5]", got)
+	}
+	// Replaying the stuck head of c releases c in order: 3, then 6.
+	if n, err := j.Replay(ctx, Filter{States: []State{StateStuck}}, false); err != nil || len(n) != 1 {
+		t.Fatalf("Replay = %v, %v", n, err)
+	}
+	if got := seqsOf(mustClaim(t, j, 100)); fmt.Sprint(got) != "[3]" {
+		t.Fatalf("after replay = %v, want [3]", got)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: 3, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqsOf(mustClaim(t, j, 100)); fmt.Sprint(got) != "[6]" {
+		t.Fatalf("after c's head done = %v, want [6]", got)
+	}
+}
+
+// Ensure SkipStuck lets a key go past a stuck entry.
+func TestSkipStuck(t *testing.T) {
+	ctx := context.Background()
+	j := mustOpen(t, Options{SkipStuck: true})
+	mustAppend(t, j, msg("k", "1"), msg("k", "2"))
+	mustClaim(t, j, 10)
+	if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Stuck, Err: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != "[2]" {
+		t.Fatalf("claim = %v, want [2]", got)
+	}
+}
+
+// Ensure replaying an earlier done entry puts it before later pending ones
+// of the same key.
+func TestReplayEarlierTakesKey(t *testing.T) {
+	ctx := context.Background()
+	j := mustOpen(t, Options{})
+	mustAppend(t, j, msg("k", "1"))
+	mustClaim(t, j, 10)
+	if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, j, msg("k", "2")) // ready, not yet claimed
+	got, err := j.Replay(ctx, Filter{FromSeq: 1, ToSeq: 1, States: []State{StateDone}}, false)
+	if err != nil || fmt.Sprint(got) != "[1]" {
+		t.Fatalf("Replay = %v %v", got, err)
+	}
+	e1, _ := j.Get(1)
+	if e1.Replays != 1 || e1.Attempts != 0 {
+		t.Fatalf("replayed entry: replays=%d attempts=%d", e1.Replays, e1.Attempts)
+	}
+	for _, want := range []uint64{1, 2} {
+		es := mustClaim(t, j, 10)
+		if fmt.Sprint(seqsOf(es)) != fmt.Sprint([]uint64{want}) {
+			t.Fatalf("claim = %v, want [%d]", seqsOf(es), want)
+		}
+		if err := j.Settle(ctx, Outcome{Seq: want, Kind: Done}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Ensure running entries go back to pending on reopen, keeping attempts,
+// and that counters and sequences survive.
+func TestReopenRecoversRunning(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, j, msg("a", "1"), msg("b", "2"), msg("a", "3"))
+	mustClaim(t, j, 10)
+	// Simulate a crash: close the file without settling.
+	j.Close()
+
+	j = mustOpenAt(t, path, Options{})
+	st := j.Stats()
+	if st.ByState[StatePending] != 3 || st.ByState[StateRunning] != 0 {
+		t.Fatalf("counts after reopen = %v", st.ByState)
+	}
+	es := mustClaim(t, j, 10)
+	if fmt.Sprint(seqsOf(es)) != "[1 2]" || es[0].Attempts != 2 {
+		t.Fatalf("after reopen claimed %v (attempts %d), want [1 2] with attempts 2", seqsOf(es), es[0].Attempts)
+	}
+	if s := mustAppend(t, j, msg("", "4"))[0]; s != 4 {
+		t.Fatalf("next seq = %d, want 4", s)
+	}
+}
+
+// Ensure files that are not journals, newer formats and locked files give
+// clear errors and are never modified.
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	garbage := write("garbage.db", bytes.Repeat([]byte("not a journal "), 1000))
+
+	// A valid journal, truncated in the middle.
+	good := filepath.Join(dir, "good.db")
+	j, err := Open(good, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		mustAppend(t, j, msg("", strings.Repeat("x", 500)))
+	}
+	j.Close()
+	data, _ := os.ReadFile(good)
+	truncated := write("truncated.db", data[:4096+100])
+
+	// Another application's bbolt file.
+	other := filepath.Join(dir, "other.db")
+	db, err := bolt.Open(other, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("users")); return err })
+	db.Close()
+
+	// A journal from the future.
+	newer := filepath.Join(dir, "newer.db")
+	j, _ = Open(newer, Options{Logger: quietLogger()})
+	j.Close()
+	db, _ = bolt.Open(newer, 0o600, nil)
+	_ = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(metaVersion, []byte{0, 0, 0, 9})
+	})
+	db.Close()
+
+	tests := []struct {
+		name, path string
+		opts       Options
+		want       error
+		text       string
+	}{
+		{"Garbage", garbage, Options{}, ErrNotJournal, "garbage.db"},
+		{"Truncated", truncated, Options{}, ErrNotJournal, "truncated.db"},
+		{"OtherBolt", other, Options{}, ErrNotJournal, "other.db"},
+		{"NewerFormat", newer, Options{}, ErrNewerFormat, "format 9"},
+		{"ReadOnlyMissing", filepath.Join(dir, "none.db"), Options{ReadOnly: true}, nil, "no journal there"},
+		{"Directory", dir, Options{}, nil, "is a directory"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := os.ReadFile(tc.path)
+			tc.opts.Logger = quietLogger()
+			j, err := Open(tc.path, tc.opts)
+			if err == nil {
+				j.Close()
+				t.Fatal("Open succeeded")
+			}
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.text) {
+				t.Fatalf("err = %q, want it to mention %q", err, tc.text)
+			}
+			after, _ := os.ReadFile(tc.path)
+			if !bytes.Equal(before, after) {
+				t.Fatal("Open modified the file")
+			}
+		})
+	}
+
+	t.Run("Locked", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "locked.db")
+		mustOpenAt(t, path, Options{})
+		for _, ro := range []bool{false, true} {
+			_, err := Open(path, Options{LockTimeout: 50 * time.Millisecond, ReadOnly: ro, Logger: quietLogger()})
+			if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "in use") {
+				t.Fatalf("ReadOnly=%v: err = %v, want ErrInUse", ro, err)
+			}
+		}
+	})
+	t.Run("ReadOnly", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ro.db")
+		j := mustOpenAt(t, path, Options{})
+		mustAppend(t, j, msg("", "x"))
+		j.Close()
+		ro := mustOpenAt(t, path, Options{ReadOnly: true})
+		if e, err := ro.Get(1); err != nil || string(e.Body) != "x" {
+			t.Fatalf("read-only Get = %v, %v", e, err)
+		}
+		if _, err := ro.Append(context.Background(), msg("", "y")); !errors.Is(err, ErrReadOnly) {
+			t.Fatalf("read-only Append err = %v", err)
+		}
+	})
+}
+
+// Ensure concurrent appenders all get distinct, durable sequences, and
+// that they were coalesced into fewer commits than callers.
+func TestGroupCommit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, per = 64, 50
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				res, err := j.Append(context.Background(), msg(fmt.Sprint(w%7), "x"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if seen[res[0].Seq] {
+					t.Errorf("seq %d given twice", res[0].Seq)
+				}
+				seen[res[0].Seq] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	st := j.Stats()
+	if st.Appends != writers*per {
+		t.Fatalf("appends = %d, want %d", st.Appends, writers*per)
+	}
+	if st.Commits >= writers*per {
+		t.Fatalf("%d commits for %d appends: nothing was coalesced", st.Commits, writers*per)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{})
+	n := 0
+	_ = j.Scan(Filter{}, func(*Entry) bool { n++; return true })
+	if n != writers*per {
+		t.Fatalf("after reopen %d entries, want %d", n, writers*per)
+	}
+}
+
+// Ensure a failed commit fails every caller of the batch and stores none.
+func TestFullJournalFailsBatch(t *testing.T) {
+	j := mustOpen(t, Options{MaxSize: 256 << 10})
+	ctx := context.Background()
+	var err error
+	for i := 0; i < 2000 && err == nil; i++ {
+		_, err = j.Append(ctx, msg("", strings.Repeat("x", 1024)))
+	}
+	if !errors.Is(err, ErrFull) {
+		t.Fatalf("err = %v, want ErrFull", err)
+	}
+	before := j.LastSeq()
+	if _, err := j.Append(ctx, msg("", "y"), msg("", "z")); !errors.Is(err, ErrFull) {
+		t.Fatalf("second err = %v", err)
+	}
+	if j.LastSeq() != before {
+		t.Fatalf("failed batch consumed sequences: %d -> %d", before, j.LastSeq())
+	}
+	// Workers can still drain a full journal.
+	es := mustClaim(t, j, 10)
+	if len(es) == 0 {
+		t.Fatal("nothing claimed from a full journal")
+	}
+}
+
+// Ensure a redelivery is matched once per earlier delivery: the duplicate
+// is dropped, a second distinct message with the same id is kept, and a
+// first delivery is never checked.
+func TestRedeliveryDedup(t *testing.T) {
+	j := mustOpen(t, Options{})
+	id := []byte("hash-1")
+	mk := func(redelivered bool) *Entry {
+		e := msg("", "same body")
+		e.DedupID, e.Redelivered = id, redelivered
+		return e
+	}
+	res, err := j.Append(context.Background(), mk(false), mk(false)) // two distinct messages
+	if err != nil || res[0].Duplicate || res[1].Duplicate {
+		t.Fatalf("first deliveries: %v %v", res, err)
+	}
+	// Both are redelivered, and then a third redelivered one that never
+	// reached the journal.
+	res, err = j.Append(context.Background(), mk(true), mk(true), mk(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].Duplicate || !res[1].Duplicate || res[2].Duplicate {
+		t.Fatalf("redeliveries: %+v, want dup, dup, new", res)
+	}
+	if n := j.LastSeq(); n != 3 {
+		t.Fatalf("journal holds %d entries, want 3", n)
+	}
+	// Confirmed deliveries are no longer matched.
+	if err := j.ConfirmDelivered(context.Background(), []uint64{3}); err != nil {
+		t.Fatal(err)
+	}
+	res, _ = j.Append(context.Background(), mk(true))
+	if res[0].Duplicate {
+		t.Fatal("a confirmed delivery was matched")
+	}
+}
+
+// Ensure retention deletes only old done entries and dedup slots.
+func TestRetention(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now, Retention: time.Hour, RetentionBatch: 3, DedupWindow: time.Hour})
+	for i := 0; i < 10; i++ {
+		e := msg("", fmt.Sprint(i))
+		e.DedupID = []byte(fmt.Sprint(i))
+		mustAppend(t, j, e)
+	}
+	es := mustClaim(t, j, 7)
+	for _, e := range es {
+		if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := j.Expire(ctx); err != nil || n != 0 {
+		t.Fatalf("Expire too early = %d, %v", n, err)
+	}
+	clk.Add(2 * time.Hour)
+	if n, err := j.Expire(ctx); err != nil || n != 7 {
+		t.Fatalf("Expire = %d, %v; want 7", n, err)
+	}
+	st := j.Stats()
+	if st.ByState[StateDone] != 0 || st.ByState[StatePending] != 3 {
+		t.Fatalf("counts = %v", st.ByState)
+	}
+	if s := mustAppend(t, j, msg("", "new"))[0]; s != 11 {
+		t.Fatalf("seq after retention = %d, want 11 (never reused)", s)
+	}
+}
+
+// Ensure Scan filters and limits.
+func TestScan(t *testing.T) {
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	for i := 0; i < 20; i++ {
+		e := msg(fmt.Sprint("k", i%4), "x")
+		e.Type = []string{"a", "b"}[i%2]
+		mustAppend(t, j, e)
+		clk.Add(time.Second)
+	}
+	start := newClock().Now()
+	tests := []struct {
+		name string
+		f    Filter
+		want int
+	}{
+		{"All", Filter{}, 20},
+		{"Limit", Filter{Limit: 5}, 5},
+		{"Key", Filter{Key: "k1"}, 5},
+		{"Type", Filter{Type: "a"}, 10},
+		{"SeqRange", Filter{FromSeq: 5, ToSeq: 9}, 5},
+		{"Since", Filter{Since: start.Add(15 * time.Second)}, 5},
+		{"Until", Filter{Until: start.Add(4 * time.Second)}, 5},
+		{"StatePending", Filter{States: []State{StatePending}}, 20},
+		{"StateDone", Filter{States: []State{StateDone}}, 0},
+		{"StateAndType", Filter{States: []State{StatePending}, Type: "b", Limit: 3}, 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := 0
+			last := uint64(0)
+			if err := j.Scan(tc.f, func(e *Entry) bool {
+				if e.Seq <= last {
+					t.Fatalf("out of order: %d after %d", e.Seq, last)
+				}
+				last = e.Seq
+				n++
+				return true
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if n != tc.want {
+				t.Fatalf("matched %d, want %d", n, tc.want)
+			}
+		})
+	}
+}
+
+// Ensure compaction keeps every entry and refuses a journal in use.
+func TestCompact(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 300; i++ {
+		mustAppend(t, j, msg("", strings.Repeat("x", 1000)))
+	}
+	if _, _, err := Compact(path); !errors.Is(err, ErrInUse) {
+		t.Fatalf("Compact of an open journal: err = %v, want ErrInUse", err)
+	}
+	j.Close()
+	before, after, err := Compact(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after <= 0 || after > before {
+		t.Fatalf("sizes %d -> %d", before, after)
+	}
+	j = mustOpenAt(t, path, Options{})
+	if j.LastSeq() != 300 {
+		t.Fatalf("LastSeq after compact = %d", j.LastSeq())
+	}
+}
+
+// Ensure per-key order holds under random failures and interleaved keys:
+// a randomized model check of the state machine.
+func TestPerKeyOrderRandom(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	rng := rand.New(rand.NewSource(7))
+	const n = 600
+	for i := 0; i < n; i++ {
+		mustAppend(t, j, msg(fmt.Sprint("k", rng.Intn(25)), fmt.Sprint(i)))
+	}
+	doneOrder := map[string][]uint64{}
+	running := map[string]bool{}
+	for done := 0; done < n; {
+		clk.Add(time.Second)
+		es := mustClaim(t, j, 1+rng.Intn(10))
+		for _, e := range es {
+			if running[e.Key] {
+				t.Fatalf("two entries of key %s running at once", e.Key)
+			}
+			running[e.Key] = true
+		}
+		for _, e := range es {
+			running[e.Key] = false
+			o := Outcome{Seq: e.Seq, Kind: Done}
+			switch rng.Intn(4) {
+			case 0:
+				o = Outcome{Seq: e.Seq, Kind: Retry, At: clk.Now().Add(time.Duration(rng.Intn(3)) * time.Second)}
+			case 1:
+				if rng.Intn(3) == 0 {
+					o = Outcome{Seq: e.Seq, Kind: Release}
+				}
+			}
+			if err := j.Settle(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+			if o.Kind == Done {
+				doneOrder[e.Key] = append(doneOrder[e.Key], e.Seq)
+				done++
+			}
+		}
+	}
+	for k, seqs := range doneOrder {
+		for i := 1; i < len(seqs); i++ {
+			if seqs[i] < seqs[i-1] {
+				t.Fatalf("key %s completed out of order: %v", k, seqs)
+			}
+		}
+	}
+}

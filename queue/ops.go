@@ -1,0 +1,368 @@
+package queue
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// AppendResult says what Append did with one entry.
+type AppendResult struct {
+	Seq       uint64 // the new entry, or the earlier delivery it duplicates
+	Duplicate bool   // a redelivery recognised by its DedupID: nothing appended
+}
+
+// Append journals entries and returns once they are durable. Concurrent
+// calls share one transaction and one fsync. If the commit fails, every
+// caller in that batch gets the error and nothing of the batch is stored.
+//
+// A redelivered entry (Redelivered set, DedupID not empty) that matches an
+// unconfirmed earlier delivery is not appended; its result names the
+// earlier entry.
+func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult, error) {
+	res := make([]AppendResult, len(entries))
+	var dups uint64
+	err := j.update(ctx, func(t *txn) error {
+		dups = 0
+		for i, e := range entries {
+			if e.Redelivered && len(e.DedupID) > 0 {
+				seq, ok, err := t.matchRedelivery(e.DedupID)
+				if err != nil {
+					return err
+				}
+				if ok {
+					res[i] = AppendResult{Seq: seq, Duplicate: true}
+					dups++
+					continue
+				}
+			}
+			if err := t.append(e); err != nil {
+				return err
+			}
+			res[i] = AppendResult{Seq: e.Seq}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	j.stats.duplicates.Add(dups)
+	return res, nil
+}
+
+// Claim takes up to max entries that are ready now, marks them running and
+// counts the attempt, durably. It returns an empty slice when nothing is
+// ready. Its cost depends on max, not on the size of the journal.
+func (j *Journal) Claim(ctx context.Context, max int) ([]*Entry, error) {
+	var out []*Entry
+	err := j.update(ctx, func(t *txn) error {
+		out = out[:0]
+		now := uint64(unixNano(t.now))
+		var keys [][]byte
+		c := t.ready.Cursor()
+		for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
+			if binary.BigEndian.Uint64(k[:8]) > now {
+				break
+			}
+			keys = append(keys, k)
+		}
+		for _, k := range keys {
+			seq := binary.BigEndian.Uint64(k[8:])
+			if err := t.ready.Delete(k); err != nil {
+				return err
+			}
+			e, err := t.get(seq)
+			if err != nil {
+				return err
+			}
+			e.Attempts++
+			if err := t.setState(e, StateRunning); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// NextReadyAt returns when the next pending entry becomes ready, and false
+// when nothing is waiting to run.
+func (j *Journal) NextReadyAt() (time.Time, bool) {
+	var at time.Time
+	var ok bool
+	_ = j.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketReady).Cursor().First()
+		if k != nil {
+			at, ok = fromUnixNano(int64(binary.BigEndian.Uint64(k[:8]))), true
+		}
+		return nil
+	})
+	return at, ok
+}
+
+// Outcome is the result of one backend call, for Settle.
+type Outcome struct {
+	Seq  uint64
+	Kind OutcomeKind
+	At   time.Time // for Retry: earliest next attempt
+	Err  string    // for Retry and Stuck: the error to record
+}
+
+// OutcomeKind says how a running entry ends.
+type OutcomeKind uint8
+
+const (
+	// Done: the backend handled it.
+	Done OutcomeKind = iota + 1
+	// Retry: pending again, not before At.
+	Retry
+	// Stuck: parked until an operator replays it.
+	Stuck
+	// Release: pending again at once, e.g. a call cancelled by shutdown.
+	Release
+)
+
+// Settle records the outcomes of running entries, durably. An outcome for
+// an entry that is not running fails with ErrBadState without affecting
+// the others; the first such error is returned.
+func (j *Journal) Settle(ctx context.Context, outs ...Outcome) error {
+	var first error
+	err := j.update(ctx, func(t *txn) error {
+		first = nil
+		for _, o := range outs {
+			if err := t.settle(o); err != nil {
+				if oe, ok := err.(opError); ok {
+					if first == nil {
+						first = oe.err
+					}
+					continue
+				}
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return first
+}
+
+func (t *txn) settle(o Outcome) error {
+	e, err := t.get(o.Seq)
+	if err != nil {
+		return opError{err}
+	}
+	if e.State != StateRunning {
+		return opError{fmt.Errorf("cannot settle entry %d: it is %s: %w", o.Seq, e.State, ErrBadState)}
+	}
+	switch o.Kind {
+	case Done:
+		e.NextAttemptAt = time.Time{}
+		if err := t.setState(e, StateDone); err != nil {
+			return err
+		}
+		return t.release(e)
+	case Retry, Release:
+		if o.Kind == Retry {
+			e.LastError = clip(o.Err)
+			e.NextAttemptAt = o.At
+		} else {
+			e.NextAttemptAt = time.Time{}
+		}
+		if err := t.setState(e, StatePending); err != nil {
+			return err
+		}
+		return t.addReady(e)
+	case Stuck:
+		e.LastError = clip(o.Err)
+		e.NextAttemptAt = time.Time{}
+		if err := t.setState(e, StateStuck); err != nil {
+			return err
+		}
+		if t.j.opts.SkipStuck {
+			return t.release(e)
+		}
+		return nil // stays head of its key: later entries wait
+	}
+	return opError{fmt.Errorf("cannot settle entry %d: unknown outcome %d", o.Seq, o.Kind)}
+}
+
+// release takes a finished entry out of its key's queue and lets the next
+// entry of the key run.
+func (t *txn) release(e *Entry) error {
+	if e.Key == "" {
+		return nil
+	}
+	if err := t.keyq.Delete(keyqKey(e.Key, e.Seq)); err != nil {
+		return err
+	}
+	if h, ok := t.head(e.Key); ok && h != e.Seq {
+		return nil // a replayed earlier entry already holds the key
+	}
+	return t.advance(e.Key)
+}
+
+// Replay puts the done or stuck entries that match f back to pending with
+// a fresh retry budget, counting the replay. Entries in other states are
+// left alone. It works in small transactions and returns the sequences it
+// replayed. With dryRun it only returns what it would replay.
+func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, error) {
+	if len(f.States) == 0 {
+		f.States = []State{StateStuck}
+	}
+	for _, s := range f.States {
+		if s != StateDone && s != StateStuck {
+			return nil, fmt.Errorf("cannot replay %s entries: only done and stuck entries can be replayed", s)
+		}
+	}
+	var seqs []uint64
+	if err := j.Scan(f, func(e *Entry) bool { seqs = append(seqs, e.Seq); return true }); err != nil {
+		return nil, err
+	}
+	if dryRun {
+		return seqs, nil
+	}
+	var done []uint64
+	const chunk = 512
+	for len(seqs) > 0 {
+		n := min(chunk, len(seqs))
+		part := seqs[:n]
+		seqs = seqs[n:]
+		var got []uint64
+		err := j.update(ctx, func(t *txn) error {
+			got = got[:0]
+			for _, seq := range part {
+				ok, err := t.replay(seq)
+				if err != nil {
+					return err
+				}
+				if ok {
+					got = append(got, seq)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return done, err
+		}
+		done = append(done, got...)
+	}
+	return done, nil
+}
+
+func (t *txn) replay(seq uint64) (bool, error) {
+	e, err := t.get(seq)
+	if err != nil {
+		return false, nil // deleted by retention since the scan
+	}
+	if e.State != StateDone && e.State != StateStuck {
+		return false, nil
+	}
+	wasStuck := e.State == StateStuck
+	e.Attempts = 0
+	e.Replays++
+	e.NextAttemptAt = time.Time{}
+	if err := t.setState(e, StatePending); err != nil {
+		return false, err
+	}
+	if e.Key == "" {
+		return true, t.addReady(e)
+	}
+	kq := keyqKey(e.Key, seq)
+	if t.keyq.Get(kq) == nil {
+		if err := t.keyq.Put(kq, nil); err != nil {
+			return false, err
+		}
+	}
+	h, ok := t.head(e.Key)
+	switch {
+	case !ok:
+		return true, t.advance(e.Key)
+	case h == seq:
+		_ = wasStuck // a stuck head replayed: it runs again, still first
+		return true, t.addReady(e)
+	case seq > h:
+		return true, nil // waits behind the current head
+	}
+	// An earlier entry than the current head: it takes the key over unless
+	// the head is running (then it runs when the head settles).
+	he, err := t.get(h)
+	if err != nil {
+		return false, err
+	}
+	if he.State == StateRunning {
+		return true, nil
+	}
+	if he.State == StatePending {
+		if err := t.delReady(he); err != nil {
+			return false, err
+		}
+	}
+	if err := t.keyhead.Put([]byte(e.Key), u64(seq)); err != nil {
+		return false, err
+	}
+	return true, t.addReady(e)
+}
+
+// ConfirmDelivered drops the dedup slots of entries whose broker ACK is
+// known to have been processed (a graceful DISCONNECT's receipt), so they
+// can no longer be matched by a later redelivery.
+func (j *Journal) ConfirmDelivered(ctx context.Context, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	return j.update(ctx, func(t *txn) error {
+		for _, s := range seqs {
+			if err := t.forgetDedup(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Get returns one entry.
+func (j *Journal) Get(seq uint64) (*Entry, error) {
+	var e *Entry
+	err := j.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketEntries).Get(u64(seq))
+		if v == nil {
+			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+		}
+		var err error
+		e, err = decodeEntry(seq, v)
+		return err
+	})
+	return e, err
+}
+
+// BlockedBy returns the earlier unfinished entry of the same key that keeps
+// seq from running, if any.
+func (j *Journal) BlockedBy(seq uint64) (uint64, bool, error) {
+	var by uint64
+	var blocked bool
+	err := j.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketEntries).Get(u64(seq))
+		if v == nil {
+			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+		}
+		e, err := decodeEntry(seq, v)
+		if err != nil {
+			return err
+		}
+		if e.Key == "" || e.State == StateDone {
+			return nil
+		}
+		t := &txn{keyq: tx.Bucket(bucketKeyQ)}
+		if first, ok := t.firstOfKey(e.Key); ok && first < seq {
+			by, blocked = first, true
+		}
+		return nil
+	})
+	return by, blocked, err
+}

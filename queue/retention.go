@@ -1,0 +1,177 @@
+package queue
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// retentionLoop deletes expired done entries and dedup slots every
+// RetentionInterval until ctx ends.
+func (j *Journal) retentionLoop(ctx context.Context) {
+	tick := time.NewTicker(j.opts.RetentionInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if _, err := j.Expire(ctx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrClosed) {
+			j.log.Error("retention failed", "error", err)
+		}
+	}
+}
+
+// Expire deletes done entries whose last change is older than Retention,
+// and dedup slots older than DedupWindow. It works in transactions of at
+// most RetentionBatch deletions, each going through the group commit, so
+// it never holds the write lock for long. It returns the entries deleted.
+func (j *Journal) Expire(ctx context.Context) (int, error) {
+	total := 0
+	batch := j.opts.RetentionBatch
+	// Dedup slots, oldest first.
+	for {
+		n := 0
+		err := j.update(ctx, func(t *txn) error {
+			n = 0
+			cut := unixNano(t.now.Add(-j.opts.DedupWindow))
+			c := t.dedupBy.Cursor()
+			var seqs []uint64
+			for k, v := c.First(); k != nil && len(seqs) < batch; k, v = c.Next() {
+				if len(v) < 8 || int64(binary.BigEndian.Uint64(v)) > cut {
+					break
+				}
+				seqs = append(seqs, binary.BigEndian.Uint64(k))
+			}
+			for _, s := range seqs {
+				if err := t.forgetDedup(s); err != nil {
+					return err
+				}
+			}
+			n = len(seqs)
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		if n < batch {
+			break
+		}
+	}
+	if j.opts.Retention <= 0 {
+		return 0, nil
+	}
+	// Done entries. The state index is in sequence order, not age order: a
+	// replayed old entry may be done recently. Scan a bounded window per
+	// transaction and move on from where the last one stopped.
+	var from uint64
+	for {
+		n, next, more := 0, uint64(0), false
+		err := j.update(ctx, func(t *txn) error {
+			n, more = 0, false
+			cut := t.now.Add(-j.opts.Retention)
+			c := t.state.Cursor()
+			var victims []*Entry
+			scanned := 0
+			for k, _ := c.Seek(stateKey(StateDone, from)); k != nil && k[0] == byte(StateDone); k, _ = c.Next() {
+				seq := binary.BigEndian.Uint64(k[1:])
+				if scanned++; scanned > 8*batch || len(victims) >= batch {
+					more, next = true, seq
+					break
+				}
+				e, err := t.get(seq)
+				if err != nil {
+					return err
+				}
+				if e.UpdatedAt.Before(cut) {
+					victims = append(victims, e)
+				}
+			}
+			for _, e := range victims {
+				if err := t.state.Delete(stateKey(StateDone, e.Seq)); err != nil {
+					return err
+				}
+				if err := t.entries.Delete(u64(e.Seq)); err != nil {
+					return err
+				}
+				if err := t.forgetDedup(e.Seq); err != nil {
+					return err
+				}
+				t.delta[StateDone]--
+			}
+			n = len(victims)
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if !more {
+			break
+		}
+		from = next
+	}
+	if total > 0 {
+		j.log.Info("retention deleted done entries", "count", total, "older_than", j.opts.Retention)
+	}
+	return total, nil
+}
+
+// Compact copies the journal at src into a new, tightly packed file and
+// atomically replaces src with it. It refuses while another process (a
+// running agent) holds src.
+func Compact(src string) (before, after int64, err error) {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return 0, 0, fmt.Errorf("cannot compact journal %s: %w", src, err)
+	}
+	before = fi.Size()
+	// Validate it is a journal and take the exclusive lock while copying.
+	j, err := Open(src, Options{})
+	if err != nil {
+		return 0, 0, fmt.Errorf("cannot compact: %w", err)
+	}
+	tmp := src + ".compact"
+	_ = os.Remove(tmp)
+	dst, err := bolt.Open(tmp, fi.Mode().Perm(), &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		j.Close()
+		return 0, 0, fmt.Errorf("cannot create %s: %w", tmp, err)
+	}
+	// Stop the journal's loops before copying; Close waits for them.
+	j.cancel()
+	if err = bolt.Compact(dst, j.db, 64<<20); err == nil {
+		err = dst.Sync()
+	}
+	if e := dst.Close(); e != nil && err == nil {
+		err = e
+	}
+	if err != nil {
+		j.Close()
+		os.Remove(tmp)
+		return 0, 0, fmt.Errorf("cannot compact journal %s: %w", src, err)
+	}
+	// Rename while still holding the lock on the old file, so no agent can
+	// open it in between; then fsync the directory.
+	if err = os.Rename(tmp, src); err != nil {
+		j.Close()
+		os.Remove(tmp)
+		return 0, 0, fmt.Errorf("cannot replace journal %s: %w", src, err)
+	}
+	j.Close()
+	if d, e := os.Open(filepath.Dir(src)); e == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	if fi, err := os.Stat(src); err == nil {
+		after = fi.Size()
+	}
+	return before, after, nil
+}

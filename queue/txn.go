@@ -1,0 +1,221 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// txn wraps one bbolt write transaction with the journal's index
+// maintenance. Count changes are collected in delta and applied to the
+// in-memory counters only after the commit succeeds.
+type txn struct {
+	j   *Journal
+	tx  *bolt.Tx
+	now time.Time
+
+	meta, entries, ready, state, keyq, keyhead, dedup, dedupBy *bolt.Bucket
+
+	delta        [5]int64
+	appended     int
+	readyChanged bool
+	buf          []byte
+}
+
+func (j *Journal) newTxn(tx *bolt.Tx) *txn {
+	t := &txn{
+		j:       j,
+		tx:      tx,
+		now:     j.opts.Now(),
+		meta:    tx.Bucket(bucketMeta),
+		entries: tx.Bucket(bucketEntries),
+		ready:   tx.Bucket(bucketReady),
+		state:   tx.Bucket(bucketState),
+		keyq:    tx.Bucket(bucketKeyQ),
+		keyhead: tx.Bucket(bucketKeyHead),
+		dedup:   tx.Bucket(bucketDedup),
+		dedupBy: tx.Bucket(bucketDedupBy),
+	}
+	// Sequence keys only grow: pack pages full.
+	t.entries.FillPercent = 0.95
+	return t
+}
+
+// finish persists the state counters with the batch.
+func (t *txn) finish() error {
+	var zero [5]int64
+	if t.delta == zero {
+		return nil
+	}
+	t.j.mu.Lock()
+	b := make([]byte, 0, 40)
+	for i := range t.j.counts {
+		b = binary.BigEndian.AppendUint64(b, uint64(t.j.counts[i]+t.delta[i]))
+	}
+	t.j.mu.Unlock()
+	return t.meta.Put(metaCounts, b)
+}
+
+func (t *txn) get(seq uint64) (*Entry, error) {
+	v := t.entries.Get(u64(seq))
+	if v == nil {
+		return nil, fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+	}
+	return decodeEntry(seq, v)
+}
+
+func (t *txn) put(e *Entry) error {
+	e.UpdatedAt = t.now
+	t.buf = encodeEntry(t.buf[:0], e)
+	// bbolt keeps a reference to the value until commit: copy it.
+	return t.entries.Put(u64(e.Seq), bytes.Clone(t.buf))
+}
+
+// setState moves e to state s in the state index and the counters, and
+// writes e. A zero e.State means e is new.
+func (t *txn) setState(e *Entry, s State) error {
+	if e.State != 0 {
+		if err := t.state.Delete(stateKey(e.State, e.Seq)); err != nil {
+			return err
+		}
+		t.delta[e.State]--
+	}
+	e.State = s
+	t.delta[s]++
+	if err := t.state.Put(stateKey(s, e.Seq), nil); err != nil {
+		return err
+	}
+	return t.put(e)
+}
+
+func (t *txn) addReady(e *Entry) error {
+	t.readyChanged = true
+	return t.ready.Put(readyKey(e.NextAttemptAt, e.Seq), nil)
+}
+
+func (t *txn) delReady(e *Entry) error {
+	return t.ready.Delete(readyKey(e.NextAttemptAt, e.Seq))
+}
+
+// head returns the active entry of key: the one that is ready, running, or
+// blocking the key as stuck.
+func (t *txn) head(key string) (uint64, bool) {
+	v := t.keyhead.Get([]byte(key))
+	if len(v) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(v), true
+}
+
+// firstOfKey returns the lowest sequence of key's unfinished entries.
+func (t *txn) firstOfKey(key string) (uint64, bool) {
+	p := keyPrefix(key)
+	k, _ := t.keyq.Cursor().Seek(p)
+	if k == nil || !bytes.HasPrefix(k, p) || len(k) != len(p)+8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(k[len(p):]), true
+}
+
+// advance makes the first unfinished entry of key its head, and ready if
+// it is pending. With no unfinished entries left, the key is forgotten.
+func (t *txn) advance(key string) error {
+	seq, ok := t.firstOfKey(key)
+	if !ok {
+		return t.keyhead.Delete([]byte(key))
+	}
+	if err := t.keyhead.Put([]byte(key), u64(seq)); err != nil {
+		return err
+	}
+	e, err := t.get(seq)
+	if err != nil {
+		return err
+	}
+	if e.State == StatePending {
+		return t.addReady(e)
+	}
+	return nil
+}
+
+// append stores a new entry and makes it ready if nothing earlier of its
+// key is unfinished.
+func (t *txn) append(e *Entry) error {
+	seq, err := t.entries.NextSequence()
+	if err != nil {
+		return err
+	}
+	e.Seq = seq
+	e.State = 0
+	e.Attempts, e.Replays = 0, 0
+	e.NextAttemptAt = time.Time{}
+	e.LastError = ""
+	e.Fault = clip(e.Fault)
+	if e.ReceivedAt.IsZero() {
+		e.ReceivedAt = t.now
+	}
+	if err := t.setState(e, StatePending); err != nil {
+		return err
+	}
+	t.appended++
+	if len(e.DedupID) > 0 {
+		dk := dedupKey(e.DedupID, seq)
+		if err := t.dedup.Put(dk, nil); err != nil {
+			return err
+		}
+		v := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(dk)), uint64(unixNano(t.now)))
+		if err := t.dedupBy.Put(u64(seq), append(v, dk...)); err != nil {
+			return err
+		}
+	}
+	if e.Key == "" {
+		return t.addReady(e)
+	}
+	if err := t.keyq.Put(keyqKey(e.Key, seq), nil); err != nil {
+		return err
+	}
+	if _, ok := t.head(e.Key); ok {
+		return nil
+	}
+	if err := t.keyhead.Put([]byte(e.Key), u64(seq)); err != nil {
+		return err
+	}
+	return t.addReady(e)
+}
+
+// matchRedelivery looks for an unconfirmed earlier delivery with the same
+// dedup id. A match is consumed, so a second distinct message with the
+// same id is appended rather than mistaken for the first.
+func (t *txn) matchRedelivery(id []byte) (uint64, bool, error) {
+	p := binary.AppendUvarint(nil, uint64(len(id)))
+	p = append(p, id...)
+	c := t.dedup.Cursor()
+	k, _ := c.Seek(p)
+	if k == nil || !bytes.HasPrefix(k, p) || len(k) != len(p)+8 {
+		return 0, false, nil
+	}
+	seq := binary.BigEndian.Uint64(k[len(p):])
+	if err := c.Delete(); err != nil {
+		return 0, false, err
+	}
+	if err := t.dedupBy.Delete(u64(seq)); err != nil {
+		return 0, false, err
+	}
+	return seq, true, nil
+}
+
+// forgetDedup removes seq's dedup slot, if it still has one.
+func (t *txn) forgetDedup(seq uint64) error {
+	v := t.dedupBy.Get(u64(seq))
+	if v == nil {
+		return nil
+	}
+	if len(v) > 8 {
+		if err := t.dedup.Delete(bytes.Clone(v[8:])); err != nil {
+			return err
+		}
+	}
+	return t.dedupBy.Delete(u64(seq))
+}
