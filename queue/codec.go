@@ -23,7 +23,8 @@ var errCorrupt = errors.New("corrupt entry")
 //	format byte (1)
 //	state byte
 //	uvarint attempts, replays
-//	varint  received, updated, next-attempt (Unix nanoseconds, 0 = zero time)
+//	varint  received, updated, next-attempt, budget-start (Unix nanoseconds,
+//	        0 = zero time)
 //	bytes   source, destination, type, key, fault, last error, dedup id
 //	uvarint header count, then name and value bytes for each
 //	bytes   body
@@ -37,6 +38,7 @@ func encodeEntry(buf []byte, e *Entry) []byte {
 	buf = binary.AppendVarint(buf, unixNano(e.ReceivedAt))
 	buf = binary.AppendVarint(buf, unixNano(e.UpdatedAt))
 	buf = binary.AppendVarint(buf, unixNano(e.NextAttemptAt))
+	buf = binary.AppendVarint(buf, unixNano(e.BudgetStart))
 	for _, s := range [...]string{e.Source, e.Destination, e.Type, e.Key, e.Fault, e.LastError} {
 		buf = appendString(buf, s)
 	}
@@ -71,6 +73,7 @@ func decodeEntry(seq uint64, data []byte) (*Entry, error) {
 	e.ReceivedAt = fromUnixNano(d.varint())
 	e.UpdatedAt = fromUnixNano(d.varint())
 	e.NextAttemptAt = fromUnixNano(d.varint())
+	e.BudgetStart = fromUnixNano(d.varint())
 	e.Source = d.string()
 	e.Destination = d.string()
 	e.Type = d.string()

@@ -97,6 +97,7 @@ type Entry struct {
 	Attempts      int       // backend calls started, including the running one
 	Replays       int       // how often an operator replayed it
 	NextAttemptAt time.Time // earliest time a worker may take it
+	BudgetStart   time.Time // when the current retry budget began: append or last replay
 	LastError     string
 	UpdatedAt     time.Time
 

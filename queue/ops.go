@@ -124,6 +124,9 @@ const (
 	Stuck
 	// Release: pending again at once, e.g. a call cancelled by shutdown.
 	Release
+	// Unclaim: pending again at once, and the attempt is not counted: the
+	// entry was claimed but its backend call never started.
+	Unclaim
 )
 
 // Settle records the outcomes of running entries, durably. An outcome for
@@ -167,12 +170,14 @@ func (t *txn) settle(o Outcome) error {
 			return err
 		}
 		return t.release(e)
-	case Retry, Release:
-		if o.Kind == Retry {
+	case Retry, Release, Unclaim:
+		e.NextAttemptAt = time.Time{}
+		switch o.Kind {
+		case Retry:
 			e.LastError = clip(o.Err)
 			e.NextAttemptAt = o.At
-		} else {
-			e.NextAttemptAt = time.Time{}
+		case Unclaim:
+			e.Attempts = max(e.Attempts-1, 0)
 		}
 		if err := t.setState(e, StatePending); err != nil {
 			return err
@@ -266,6 +271,7 @@ func (t *txn) replay(seq uint64) (bool, error) {
 	wasStuck := e.State == StateStuck
 	e.Attempts = 0
 	e.Replays++
+	e.BudgetStart = t.now
 	e.NextAttemptAt = time.Time{}
 	if err := t.setState(e, StatePending); err != nil {
 		return false, err

@@ -156,6 +156,7 @@ func (t *txn) append(e *Entry) error {
 	if e.ReceivedAt.IsZero() {
 		e.ReceivedAt = t.now
 	}
+	e.BudgetStart = e.ReceivedAt
 	if err := t.setState(e, StatePending); err != nil {
 		return err
 	}
