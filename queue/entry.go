@@ -107,6 +107,11 @@ type Entry struct {
 	// and, if it finds one, reports a duplicate instead of appending.
 	DedupID     []byte
 	Redelivered bool
+	// Connection identifies the broker connection that delivered the
+	// message (random per connection). A broker delivers a message at most
+	// once per connection, so a dedup slot matches at most one redelivery
+	// per connection. Not stored with the entry.
+	Connection uint64
 }
 
 // Header returns the first value of the named header and whether it exists.

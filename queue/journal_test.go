@@ -521,39 +521,51 @@ func TestFullJournalFailsBatch(t *testing.T) {
 	}
 }
 
-// Ensure a redelivery is matched once per earlier delivery: the duplicate
-// is dropped, a second distinct message with the same id is kept, and a
-// first delivery is never checked.
+// Ensure a redelivery is matched once per earlier delivery and per
+// connection: the duplicate is dropped, a second distinct message with the
+// same id is kept, a redelivery after a further cut is still recognised,
+// and a first delivery is never checked.
 func TestRedeliveryDedup(t *testing.T) {
 	j := mustOpen(t, Options{})
 	id := []byte("hash-1")
-	mk := func(redelivered bool) *Entry {
+	mk := func(redelivered bool, conn uint64) *Entry {
 		e := msg("", "same body")
-		e.DedupID, e.Redelivered = id, redelivered
+		e.DedupID, e.Redelivered, e.Connection = id, redelivered, conn
 		return e
 	}
-	res, err := j.Append(context.Background(), mk(false), mk(false)) // two distinct messages
-	if err != nil || res[0].Duplicate || res[1].Duplicate {
-		t.Fatalf("first deliveries: %v %v", res, err)
+	append3 := func(es ...*Entry) []AppendResult {
+		t.Helper()
+		res, err := j.Append(context.Background(), es...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
 	}
-	// Both are redelivered, and then a third redelivered one that never
-	// reached the journal.
-	res, err = j.Append(context.Background(), mk(true), mk(true), mk(true))
-	if err != nil {
-		t.Fatal(err)
+	// Two distinct messages with the same body on connection 1.
+	res := append3(mk(false, 1), mk(false, 1))
+	if res[0].Duplicate || res[1].Duplicate {
+		t.Fatalf("first deliveries: %+v", res)
 	}
+	// Connection 2: both are redelivered, and a third that never reached
+	// the journal.
+	res = append3(mk(true, 2), mk(true, 2), mk(true, 2))
 	if !res[0].Duplicate || !res[1].Duplicate || res[2].Duplicate {
-		t.Fatalf("redeliveries: %+v, want dup, dup, new", res)
+		t.Fatalf("redeliveries on connection 2: %+v, want dup, dup, new", res)
+	}
+	// Connection 3: the ACKs of connection 2 were lost too; all three come
+	// again and are all recognised.
+	res = append3(mk(true, 3), mk(true, 3), mk(true, 3))
+	if !res[0].Duplicate || !res[1].Duplicate || !res[2].Duplicate {
+		t.Fatalf("redeliveries on connection 3: %+v, want three dups", res)
 	}
 	if n := j.LastSeq(); n != 3 {
 		t.Fatalf("journal holds %d entries, want 3", n)
 	}
 	// Confirmed deliveries are no longer matched.
-	if err := j.ConfirmDelivered(context.Background(), []uint64{3}); err != nil {
+	if err := j.ConfirmDelivered(context.Background(), []uint64{1, 2, 3}); err != nil {
 		t.Fatal(err)
 	}
-	res, _ = j.Append(context.Background(), mk(true))
-	if res[0].Duplicate {
+	if res = append3(mk(true, 4)); res[0].Duplicate {
 		t.Fatal("a confirmed delivery was matched")
 	}
 }

@@ -29,7 +29,7 @@ func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult
 		dups = 0
 		for i, e := range entries {
 			if e.Redelivered && len(e.DedupID) > 0 {
-				seq, ok, err := t.matchRedelivery(e.DedupID)
+				seq, ok, err := t.matchRedelivery(e.DedupID, e.Connection)
 				if err != nil {
 					return err
 				}

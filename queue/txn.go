@@ -163,7 +163,7 @@ func (t *txn) append(e *Entry) error {
 	t.appended++
 	if len(e.DedupID) > 0 {
 		dk := dedupKey(e.DedupID, seq)
-		if err := t.dedup.Put(dk, nil); err != nil {
+		if err := t.dedup.Put(dk, u64(e.Connection)); err != nil {
 			return err
 		}
 		v := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(dk)), uint64(unixNano(t.now)))
@@ -187,24 +187,30 @@ func (t *txn) append(e *Entry) error {
 }
 
 // matchRedelivery looks for an unconfirmed earlier delivery with the same
-// dedup id. A match is consumed, so a second distinct message with the
-// same id is appended rather than mistaken for the first.
-func (t *txn) matchRedelivery(id []byte) (uint64, bool, error) {
+// dedup id that has not been matched on this connection yet. A broker
+// delivers a message at most once per connection, so each slot matches at
+// most one frame per connection: of two distinct messages with the same id
+// both redelivered, the second finds no free slot and is appended. The
+// slot stays (marked with this connection) until the new ACK is confirmed,
+// so a redelivery after a further cut is still recognised.
+func (t *txn) matchRedelivery(id []byte, conn uint64) (uint64, bool, error) {
 	p := binary.AppendUvarint(nil, uint64(len(id)))
 	p = append(p, id...)
 	c := t.dedup.Cursor()
-	k, _ := c.Seek(p)
-	if k == nil || !bytes.HasPrefix(k, p) || len(k) != len(p)+8 {
-		return 0, false, nil
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		if len(k) != len(p)+8 {
+			continue
+		}
+		if len(v) == 8 && binary.BigEndian.Uint64(v) == conn {
+			continue // already matched on this connection
+		}
+		seq := binary.BigEndian.Uint64(k[len(p):])
+		if err := t.dedup.Put(bytes.Clone(k), u64(conn)); err != nil {
+			return 0, false, err
+		}
+		return seq, true, nil
 	}
-	seq := binary.BigEndian.Uint64(k[len(p):])
-	if err := c.Delete(); err != nil {
-		return 0, false, err
-	}
-	if err := t.dedupBy.Delete(u64(seq)); err != nil {
-		return 0, false, err
-	}
-	return seq, true, nil
+	return 0, false, nil
 }
 
 // forgetDedup removes seq's dedup slot, if it still has one.

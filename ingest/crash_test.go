@@ -1,0 +1,145 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestIngestCrashChild is the child of TestIngestKillBetweenCommitAndAck:
+// it runs a source that kills its own process with SIGKILL right after
+// its first journal commit, before any ACK.
+func TestIngestCrashChild(t *testing.T) {
+	path, raw := os.Getenv("AGENTQ_TEST_CHILD_JOURNAL"), os.Getenv("AGENTQ_TEST_CHILD_URL")
+	if path == "" {
+		return
+	}
+	j := mustOpenJournal(t, path)
+	cfg := mustConfig(t, raw)
+	src := NewSource(cfg, j, Options{Logger: testLogger(t), AfterCommit: func(int) {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}})
+	_ = src.Run(context.Background())
+}
+
+// Ensure a real process killed with SIGKILL between the journal commit and
+// the ACK loses nothing: the broker redelivers, the redeliveries are
+// recognised, each message is journaled once, and the queue ends empty.
+func TestIngestKillBetweenCommitAndAck(t *testing.T) {
+	requireBroker(t)
+	dest := testQueue(t)
+	const n = 400
+	want := bodies(n, func(i int) string { return fmt.Sprintf("order-%d", i%(n/2)) }) // each body twice
+	publish(t, dest, want)
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	raw := "stomp://guest:guest@" + brokerAddr + dest + "?prefetch=100"
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestIngestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "AGENTQ_TEST_CHILD_JOURNAL="+path, "AGENTQ_TEST_CHILD_URL="+raw)
+	out, err := cmd.CombinedOutput()
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if err == nil || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("child did not die by SIGKILL: %v\n%s", err, out)
+	}
+
+	j := mustOpenJournal(t, path)
+	committed := j.LastSeq()
+	if committed == 0 {
+		t.Fatal("child committed nothing before it died")
+	}
+	t.Logf("child committed %d entries and died before acking them", committed)
+	if d := queueDepth(t, dest); d != n {
+		t.Fatalf("queue holds %d messages after the crash, want all %d (nothing was acked)", d, n)
+	}
+
+	src, stop := runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "everything acked", 30*time.Second, func() bool { return src.Status().Acked >= n })
+	stop()
+	assertSameMultiset(t, journalBodies(t, j), want)
+	if d := src.Status().Duplicates; d != committed {
+		t.Fatalf("recognised %d redeliveries, want %d (what the child committed)", d, committed)
+	}
+	if depth := queueDepth(t, dest); depth != 0 {
+		t.Fatalf("queue still holds %d messages", depth)
+	}
+}
+
+// Ensure the agent rides out a broker restart (stop_app/start_app) with a
+// durable queue and persistent messages, reconnecting by itself.
+func TestIngestBrokerRestart(t *testing.T) {
+	requireBroker(t)
+	dest := testQueue(t)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://guest:guest@"+brokerAddr+dest), j, Options{})
+	first := bodies(200, func(i int) string { return fmt.Sprintf("before-%d", i) })
+	publish(t, dest, first)
+	waitFor(t, "first half journaled", 30*time.Second, func() bool { return j.LastSeq() >= 200 })
+
+	rabbitmqctl(t, "stop_app")
+	waitFor(t, "source notices", 30*time.Second, func() bool { return src.Status().State != StateConnected })
+	rabbitmqctl(t, "start_app")
+	rabbitmqctl(t, "await_startup")
+
+	second := bodies(200, func(i int) string { return fmt.Sprintf("after-%d", i) })
+	publish(t, dest, second)
+	waitFor(t, "all journaled", 60*time.Second, func() bool { return j.LastSeq() >= 400 })
+	waitFor(t, "all acked", 30*time.Second, func() bool { return src.Status().Acked >= 400 })
+	stop()
+	assertSameMultiset(t, journalBodies(t, j), append(first, second...))
+	if src.Status().Connects < 2 {
+		t.Fatalf("connects = %d, want a reconnect", src.Status().Connects)
+	}
+	if depth := queueDepth(t, dest); depth != 0 {
+		t.Fatalf("queue still holds %d messages", depth)
+	}
+}
+
+// Ensure an idle connection outlives several heartbeat intervals: the
+// agent heartbeats, and neither side drops it.
+func TestIngestIdleHeartbeat(t *testing.T) {
+	requireBroker(t)
+	dest := testQueue(t)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://guest:guest@"+brokerAddr+dest+"?heartbeat=1s"), j, Options{})
+	waitFor(t, "connected", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	time.Sleep(5 * time.Second) // idle for five heartbeat intervals
+	publish(t, dest, bodies(1, func(int) string { return "after idle" }))
+	waitFor(t, "journaled", 20*time.Second, func() bool { return j.LastSeq() >= 1 })
+	stop()
+	if c := src.Status().Connects; c != 1 {
+		t.Fatalf("connects = %d: the idle connection was dropped", c)
+	}
+}
+
+func rabbitmqctl(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+	}
+}
+
+func assertSameMultiset(t *testing.T, got []string, want [][]byte) {
+	t.Helper()
+	m := map[string]int{}
+	for _, w := range want {
+		m[string(w)]++
+	}
+	for _, g := range got {
+		m[g]--
+	}
+	for b, c := range m {
+		if c != 0 {
+			t.Fatalf("body %q: journaled %d times too few (negative: too many)", b, c)
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("journal holds %d entries, want %d", len(got), len(want))
+	}
+}

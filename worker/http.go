@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// DefaultHTTPTimeout bounds one HTTP call.
+const DefaultHTTPTimeout = 30 * time.Second
+
+// HTTPConfig configures the http backend.
+type HTTPConfig struct {
+	URL               string
+	Timeout           time.Duration     // per call; default 30s
+	Headers           map[string]string // static headers, e.g. Authorization
+	IdempotencyPrefix string            // Idempotency-Key is prefix-seq; default "agentq"
+	Client            *http.Client      // default: a client with the timeout
+}
+
+// HTTP POSTs each message to a URL. 2xx is done; 408, 425, 429, 5xx,
+// connection errors and timeouts are retried (honouring Retry-After);
+// other statuses are permanent.
+type HTTP struct {
+	cfg    HTTPConfig
+	client *http.Client
+}
+
+// NewHTTP validates the URL and returns the backend.
+func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("http backend URL %q: want http:// or https:// with a host", cfg.URL)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultHTTPTimeout
+	}
+	if cfg.IdempotencyPrefix == "" {
+		cfg.IdempotencyPrefix = "agentq"
+	}
+	c := cfg.Client
+	if c == nil {
+		c = &http.Client{}
+	}
+	return &HTTP{cfg: cfg, client: c}, nil
+}
+
+// Name returns "http:" and the URL without credentials.
+func (h *HTTP) Name() string {
+	if u, err := url.Parse(h.cfg.URL); err == nil {
+		u.User = nil
+		u.RawQuery = ""
+		return "http:" + u.String()
+	}
+	return "http"
+}
+
+// maxErrorBody bounds the response body quoted in an error.
+const maxErrorBody = 512
+
+// Call POSTs e.
+func (h *HTTP) Call(ctx context.Context, e *queue.Entry) error {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.cfg.URL, bytes.NewReader(e.Body))
+	if err != nil {
+		return Permanent(fmt.Errorf("cannot build request: %w", err))
+	}
+	ct, ok := e.Header("content-type")
+	if !ok || ct == "" {
+		ct = "application/octet-stream"
+	}
+	req.Header.Set("Content-Type", ct)
+	for k, v := range h.cfg.Headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Idempotency-Key", h.cfg.IdempotencyPrefix+"-"+strconv.FormatUint(e.Seq, 10))
+	req.Header.Set("X-Agentq-Seq", strconv.FormatUint(e.Seq, 10))
+	req.Header.Set("X-Agentq-Type", e.Type)
+	req.Header.Set("X-Agentq-Key", e.Key)
+	req.Header.Set("X-Agentq-Attempt", strconv.Itoa(e.Attempts))
+	resp, err := h.client.Do(req)
+	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("POST %s: timed out after %s", h.Name(), h.cfg.Timeout)
+		}
+		return fmt.Errorf("POST %s: %w", h.Name(), err)
+	}
+	defer resp.Body.Close()
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // let the connection be reused
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return nil
+	}
+	err = fmt.Errorf("POST %s: %s%s", h.Name(), resp.Status, quoteBody(snippet))
+	switch code := resp.StatusCode; {
+	case code == 408 || code == 425 || code == 429 || code >= 500:
+		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			return RetryAfter(err, d)
+		}
+		return err
+	default:
+		return Permanent(err)
+	}
+}
+
+func quoteBody(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return ""
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Sprintf(" (%d bytes of body)", len(b))
+	}
+	return ": " + s
+}
+
+// parseRetryAfter reads seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}

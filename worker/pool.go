@@ -1,0 +1,298 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// Journal is what a Pool needs of the journal.
+type Journal interface {
+	Claim(ctx context.Context, max int) ([]*queue.Entry, error)
+	Settle(ctx context.Context, outs ...queue.Outcome) error
+	Ready() <-chan struct{}
+	NextReadyAt() (time.Time, bool)
+}
+
+// Defaults for a Pool.
+const (
+	DefaultWorkers      = 8
+	DefaultDrainTimeout = 30 * time.Second
+)
+
+// Result describes one finished backend call, for metrics.
+type Result struct {
+	Entry    *queue.Entry
+	Backend  string // "" when no backend was called (no route, bad input)
+	Outcome  string // "done", "retry", "stuck", "cancelled"
+	Duration time.Duration
+	Err      error
+}
+
+// Options configures a Pool.
+type Options struct {
+	Workers int    // concurrent backend calls; default 8
+	Policy  Policy // retry schedule; zero value means DefaultPolicy()
+	// DrainTimeout is how long running calls may finish after Run's
+	// context ends before they are cancelled. Default 30s.
+	DrainTimeout time.Duration
+	// InFlight bounds entries claimed but not yet settled. Default
+	// 32 × Workers: enough to keep workers busy between commits.
+	InFlight int
+	// Observe, if set, is called after each call from the worker goroutine.
+	Observe func(Result)
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// Pool drains the journal into backend calls. Order within a key comes
+// from the journal: it only lets the first unfinished entry of a key be
+// claimed, so the pool can run different keys in parallel freely.
+type Pool struct {
+	j      Journal
+	router *Router
+	opts   Options
+	log    *slog.Logger
+
+	abortOnce sync.Once
+	abort     chan struct{}
+}
+
+// NewPool returns a pool that routes entries with router.
+func NewPool(j Journal, router *Router, opts Options) (*Pool, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = DefaultWorkers
+	}
+	if opts.Policy == (Policy{}) {
+		opts.Policy = DefaultPolicy()
+	}
+	if err := opts.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = DefaultDrainTimeout
+	}
+	if opts.InFlight <= 0 {
+		opts.InFlight = 32 * opts.Workers
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Pool{j: j, router: router, opts: opts, log: opts.Logger.With("component", "worker"), abort: make(chan struct{})}, nil
+}
+
+// Abort cancels running backend calls now instead of at the end of the
+// drain (a second signal). Their entries go back to pending.
+func (p *Pool) Abort() { p.abortOnce.Do(func() { close(p.abort) }) }
+
+// Run claims and processes entries until ctx ends, then lets running calls
+// finish for up to DrainTimeout, cancels what is left, settles everything,
+// and returns. Nothing claimed is left running in the journal unless the
+// journal itself fails.
+func (p *Pool) Run(ctx context.Context) error {
+	// Backend calls get their own context: shutdown of Run's ctx starts
+	// the drain, and only the drain's end (or Abort) cancels calls.
+	callCtx, cancelCalls := context.WithCancel(context.Background())
+	defer cancelCalls()
+	settleCtx := context.Background()
+
+	work := make(chan *queue.Entry)
+	outs := make(chan queue.Outcome, p.opts.InFlight)
+	freed := make(chan int, p.opts.InFlight)
+
+	var workers sync.WaitGroup
+	for i := 0; i < p.opts.Workers; i++ {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for e := range work {
+				outs <- p.handle(callCtx, e)
+			}
+		}()
+	}
+
+	// The settler batches outcomes into group commits while workers go on.
+	settleErr := make(chan error, 1)
+	go func() {
+		var firstErr error
+		batch := make([]queue.Outcome, 0, p.opts.InFlight)
+		for o := range outs {
+			batch = append(batch[:0], o)
+		fill:
+			for len(batch) < cap(batch) {
+				select {
+				case o, ok := <-outs:
+					if !ok {
+						break fill
+					}
+					batch = append(batch, o)
+				default:
+					break fill
+				}
+			}
+			if err := p.j.Settle(settleCtx, batch...); err != nil {
+				// A failed commit leaves the entries running in the
+				// journal; the next Open puts them back to pending.
+				p.log.Error("cannot record outcomes", "error", err, "count", len(batch))
+				if firstErr == nil && !errors.Is(err, queue.ErrBadState) {
+					firstErr = err
+				}
+			}
+			freed <- len(batch)
+		}
+		settleErr <- firstErr
+	}()
+
+	err := p.dispatch(ctx, work, freed)
+
+	// Drain: running calls finish, up to DrainTimeout or Abort.
+	close(work)
+	drained := make(chan struct{})
+	go func() { workers.Wait(); close(drained) }()
+	timer := time.NewTimer(p.opts.DrainTimeout)
+	select {
+	case <-drained:
+	case <-timer.C:
+		p.log.Warn("drain timeout: cancelling running backend calls", "timeout", p.opts.DrainTimeout)
+		cancelCalls()
+		<-drained
+	case <-p.abort:
+		p.log.Warn("shutdown cut short: cancelling running backend calls")
+		cancelCalls()
+		<-drained
+	}
+	timer.Stop()
+	close(outs)
+	if serr := <-settleErr; err == nil {
+		err = serr
+	}
+	return err
+}
+
+// dispatch claims ready entries, within the in-flight bound, and hands them
+// to workers until ctx ends. Claimed entries it could not hand over are
+// unclaimed.
+func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-chan int) error {
+	inflight := 0
+	var queued []*queue.Entry
+	unclaim := func() {
+		if len(queued) == 0 {
+			return
+		}
+		outs := make([]queue.Outcome, len(queued))
+		for i, e := range queued {
+			outs[i] = queue.Outcome{Seq: e.Seq, Kind: queue.Unclaim}
+		}
+		if err := p.j.Settle(context.Background(), outs...); err != nil {
+			p.log.Error("cannot return claimed entries", "error", err)
+		}
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if len(queued) == 0 && inflight < p.opts.InFlight && ctx.Err() == nil {
+			es, err := p.j.Claim(ctx, p.opts.InFlight-inflight)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("cannot claim entries: %w", err)
+			}
+			queued = es
+			inflight += len(es)
+		}
+		var next *queue.Entry
+		var sendTo chan<- *queue.Entry
+		if len(queued) > 0 {
+			next, sendTo = queued[0], work
+		} else {
+			// Nothing to hand over: sleep until something may be ready.
+			d := time.Hour
+			if at, ok := p.j.NextReadyAt(); ok {
+				d = max(at.Sub(p.opts.Now()), time.Millisecond)
+			}
+			if inflight >= p.opts.InFlight {
+				d = time.Hour // wait for capacity instead
+			}
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+			timer.Reset(d)
+		}
+		select {
+		case <-ctx.Done():
+			unclaim()
+			return nil
+		case sendTo <- next:
+			queued = queued[1:]
+		case n := <-freed:
+			inflight -= n
+		case <-p.j.Ready():
+		case <-timer.C:
+		}
+	}
+}
+
+// handle runs one entry and decides its outcome.
+func (p *Pool) handle(ctx context.Context, e *queue.Entry) queue.Outcome {
+	res := Result{Entry: e}
+	out := p.decide(ctx, e, &res)
+	if p.opts.Observe != nil {
+		p.opts.Observe(res)
+	}
+	return out
+}
+
+func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Outcome {
+	log := p.log.With("seq", e.Seq, "type", e.Type, "key", e.Key, "attempt", e.Attempts)
+	stuck := func(msg string) queue.Outcome {
+		res.Outcome = "stuck"
+		log.Warn("entry parked as stuck", "error", msg)
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg}
+	}
+	if e.Fault != "" {
+		res.Err = errors.New(e.Fault)
+		return stuck("bad input: " + e.Fault)
+	}
+	b, ok := p.router.Match(e.Type)
+	if !ok {
+		res.Err = fmt.Errorf("no route for type %q", e.Type)
+		return stuck(res.Err.Error())
+	}
+	res.Backend = b.Name()
+	start := time.Now()
+	err := b.Call(ctx, e)
+	res.Duration = time.Since(start)
+	res.Err = err
+	switch {
+	case err == nil:
+		res.Outcome = "done"
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Done}
+	case ctx.Err() != nil:
+		res.Outcome = "cancelled"
+		log.Info("backend call cancelled by shutdown; entry pending again")
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Release}
+	case IsPermanent(err):
+		return stuck(err.Error())
+	}
+	now := p.opts.Now()
+	ra, _ := RetryAfterOf(err)
+	at, ok := p.opts.Policy.Next(e.Attempts, e.BudgetStart, now, ra)
+	if !ok {
+		return stuck(fmt.Sprintf("gave up after %d attempts: %v", e.Attempts, err))
+	}
+	res.Outcome = "retry"
+	log.Info("backend call failed; will retry", "error", err, "next_attempt", at.Sub(now).Round(time.Millisecond))
+	return queue.Outcome{Seq: e.Seq, Kind: queue.Retry, At: at, Err: err.Error()}
+}

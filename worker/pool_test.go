@@ -1,0 +1,315 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// funcBackend is a test backend made of a function.
+type funcBackend struct {
+	name string
+	fn   func(ctx context.Context, e *queue.Entry) error
+}
+
+func (f *funcBackend) Name() string                                   { return f.name }
+func (f *funcBackend) Call(ctx context.Context, e *queue.Entry) error { return f.fn(ctx, e) }
+
+var _ Backend = (*funcBackend)(nil)
+
+func mustOpenJournal(tb testing.TB, path string, opts queue.Options) *queue.Journal {
+	tb.Helper()
+	if path == "" {
+		path = filepath.Join(tb.TempDir(), "agentq.db")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	j, err := queue.Open(path, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := j.Check(); err != nil && !errors.Is(err, queue.ErrClosed) {
+			tb.Errorf("journal invariants: %v", err)
+		}
+		j.Close()
+	})
+	return j
+}
+
+func mustRouter(tb testing.TB, b Backend) *Router {
+	tb.Helper()
+	r, err := NewRouter([]Route{{Pattern: "#", Backend: b}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
+// startPool runs a pool until the returned stop func is called.
+func startPool(tb testing.TB, j *queue.Journal, r *Router, opts Options) (stop func() error) {
+	tb.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	p, err := NewPool(j, r, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-errc })
+		return runErr
+	}
+	tb.Cleanup(func() { stop() })
+	return stop
+}
+
+func waitFor(tb testing.TB, what string, d time.Duration, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func countState(j *queue.Journal, s queue.State) int64 { return j.Stats().ByState[s] }
+
+// fastPolicy retries quickly so tests with failures finish fast.
+func fastPolicy() Policy {
+	return Policy{InitialInterval: time.Millisecond, Multiplier: 2, MaxInterval: 4 * time.Millisecond, Jitter: 0.2}
+}
+
+// Ensure that under 8 workers with random failures every key's messages
+// complete in journal order, one at a time, and different keys run in
+// parallel.
+func TestPoolPerKeyOrder(t *testing.T) {
+	j := mustOpenJournal(t, "", queue.Options{})
+	const n, keys = 2000, 50
+	var es []*queue.Entry
+	for i := 0; i < n; i++ {
+		es = append(es, &queue.Entry{Type: "t", Key: fmt.Sprint("k", i%keys), Body: []byte(fmt.Sprint(i))})
+	}
+	if _, err := j.Append(context.Background(), es...); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	running := map[string]bool{}
+	done := map[string][]uint64{}
+	overlap := make(chan struct{})
+	var overlapOnce sync.Once
+	active := 0
+	rng := rand.New(rand.NewSource(1))
+	b := &funcBackend{name: "test", fn: func(ctx context.Context, e *queue.Entry) error {
+		mu.Lock()
+		if running[e.Key] {
+			mu.Unlock()
+			t.Errorf("key %s: two calls at once", e.Key)
+			return nil
+		}
+		running[e.Key] = true
+		active++
+		if active > 1 {
+			overlapOnce.Do(func() { close(overlap) })
+		}
+		fail := rng.Intn(5) == 0
+		mu.Unlock()
+		if e.Seq == 1 {
+			// Hold the first call until another key's call runs beside it.
+			select {
+			case <-overlap:
+			case <-time.After(10 * time.Second):
+				t.Error("no other key ran while key k0 was busy")
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		running[e.Key] = false
+		active--
+		if fail {
+			return errors.New("injected failure")
+		}
+		done[e.Key] = append(done[e.Key], e.Seq)
+		return nil
+	}}
+	stop := startPool(t, j, mustRouter(t, b), Options{Workers: 8, Policy: fastPolicy()})
+	waitFor(t, "all done", 60*time.Second, func() bool { return countState(j, queue.StateDone) == n })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for k, seqs := range done {
+		total += len(seqs)
+		for i := 1; i < len(seqs); i++ {
+			if seqs[i] <= seqs[i-1] {
+				t.Fatalf("key %s completed out of order: %v", k, seqs)
+			}
+		}
+	}
+	if total != n {
+		t.Fatalf("%d completions, want %d", total, n)
+	}
+}
+
+// Ensure the outcome of each kind of result: done, permanent failure,
+// retry, no route, bad input.
+func TestPoolOutcomes(t *testing.T) {
+	tests := []struct {
+		name      string
+		entry     queue.Entry
+		err       error
+		wantState string
+		wantError string
+	}{
+		{"Done", queue.Entry{Type: "order.created"}, nil, "done", ""},
+		{"Permanent", queue.Entry{Type: "order.created"}, Permanent(errors.New("bad order")), "stuck", "bad order"},
+		{"Retry", queue.Entry{Type: "order.created"}, errors.New("backend down"), "retrying", "backend down"},
+		{"NoRoute", queue.Entry{Type: "user.deleted"}, nil, "stuck", `no route for type "user.deleted"`},
+		{"BadInput", queue.Entry{Type: "order.created", Fault: "body is not valid JSON"}, nil, "stuck", "body is not valid JSON"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpenJournal(t, "", queue.Options{})
+			calls := 0
+			b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { calls++; return tc.err }}
+			r, err := NewRouter([]Route{{Pattern: "order.*", Backend: b}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := tc.entry
+			if _, err := j.Append(context.Background(), &e); err != nil {
+				t.Fatal(err)
+			}
+			stop := startPool(t, j, r, Options{Workers: 2, Policy: Policy{InitialInterval: time.Hour, Multiplier: 2, MaxInterval: time.Hour}})
+			waitFor(t, "an outcome", 10*time.Second, func() bool {
+				got, _ := j.Get(1)
+				return got.State != queue.StatePending && got.State != queue.StateRunning || got.Retrying()
+			})
+			stop()
+			got, _ := j.Get(1)
+			if got.StateName() != tc.wantState || !strings.Contains(got.LastError, tc.wantError) {
+				t.Fatalf("entry = %s %q, want %s %q", got.StateName(), got.LastError, tc.wantState, tc.wantError)
+			}
+		})
+	}
+}
+
+// Ensure a stuck entry blocks its key, and replay runs it and then the
+// rest of the key in order.
+func TestPoolStuckBlocksThenReplay(t *testing.T) {
+	j := mustOpenJournal(t, "", queue.Options{})
+	var mu sync.Mutex
+	var order []string
+	failFirst := true
+	b := &funcBackend{name: "b", fn: func(_ context.Context, e *queue.Entry) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if string(e.Body) == "1" && failFirst {
+			return Permanent(errors.New("cannot handle 1"))
+		}
+		order = append(order, string(e.Body))
+		return nil
+	}}
+	for _, body := range []string{"1", "2", "3"} {
+		if _, err := j.Append(context.Background(), &queue.Entry{Key: "k", Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := j.Append(context.Background(), &queue.Entry{Key: "other", Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	stop := startPool(t, j, mustRouter(t, b), Options{Workers: 4})
+	waitFor(t, "1 stuck and the other key done", 10*time.Second, func() bool {
+		return countState(j, queue.StateStuck) == 1 && countState(j, queue.StateDone) == 1
+	})
+	if by, ok, _ := j.BlockedBy(2); !ok || by != 1 {
+		t.Fatalf("BlockedBy(2) = %d %v, want 1", by, ok)
+	}
+	mu.Lock()
+	failFirst = false
+	mu.Unlock()
+	if seqs, err := j.Replay(context.Background(), queue.Filter{States: []queue.State{queue.StateStuck}}, false); err != nil || len(seqs) != 1 {
+		t.Fatalf("Replay = %v %v", seqs, err)
+	}
+	waitFor(t, "all done", 10*time.Second, func() bool { return countState(j, queue.StateDone) == 4 })
+	stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(order, ","); got != "x,1,2,3" && got != "1,2,3,x" && !strings.HasSuffix(strings.ReplaceAll(got, "x,", ""), "1,2,3") {
+		t.Fatalf("order = %s, want 1,2,3 in order", got)
+	}
+}
+
+// Ensure shutdown lets a running call finish within the drain timeout, and
+// cancels one that takes longer, putting its entry back to pending.
+func TestPoolShutdown(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		drain     time.Duration
+		abort     bool
+		wantState queue.State
+	}{
+		{"FinishesWithinDrain", 10 * time.Second, false, queue.StateDone},
+		{"CancelledAfterDrain", 50 * time.Millisecond, false, queue.StatePending},
+		{"SecondSignalAborts", time.Hour, true, queue.StatePending},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpenJournal(t, "", queue.Options{})
+			started := make(chan struct{})
+			release := make(chan struct{})
+			b := &funcBackend{name: "b", fn: func(ctx context.Context, e *queue.Entry) error {
+				close(started)
+				select {
+				case <-release:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}}
+			if _, err := j.Append(context.Background(), &queue.Entry{Body: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+			p, err := NewPool(j, mustRouter(t, b), Options{Workers: 1, DrainTimeout: tc.drain, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			errc := make(chan error, 1)
+			go func() { errc <- p.Run(ctx) }()
+			<-started
+			cancel()
+			switch {
+			case tc.abort:
+				p.Abort()
+			case tc.wantState == queue.StateDone:
+				close(release)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			e, _ := j.Get(1)
+			if e.State != tc.wantState {
+				t.Fatalf("state after shutdown = %s, want %s", e.State, tc.wantState)
+			}
+		})
+	}
+}

@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// Backend handles one journaled message. Call may run more than once for
+// the same entry (at-least-once: after a crash, a cut drain or a retry), so
+// a backend must be idempotent or tolerate repeats. It returns nil when the
+// message is handled, Permanent(err) when retrying cannot help, and any
+// other error to be retried (RetryAfter to ask for a minimum delay).
+type Backend interface {
+	Name() string // e.g. "exec:/usr/local/bin/handler", "http:https://...", "log"
+	Call(ctx context.Context, e *queue.Entry) error
+}
+
+// Route sends the messages whose type matches Pattern to Backend.
+type Route struct {
+	Pattern string
+	Backend Backend
+}
+
+// Router picks a message's backend: the first route whose pattern matches
+// its type.
+type Router struct {
+	routes []compiledRoute
+}
+
+type compiledRoute struct {
+	words   []string
+	backend Backend
+}
+
+// NewRouter validates the patterns. A pattern is dot-separated words where
+// '*' stands for exactly one word and '#' for zero or more (AMQP topic
+// semantics); wildcards must be whole words.
+func NewRouter(routes []Route) (*Router, error) {
+	r := &Router{}
+	for i, rt := range routes {
+		if err := validatePattern(rt.Pattern); err != nil {
+			return nil, fmt.Errorf("route %d: pattern %q: %w", i+1, rt.Pattern, err)
+		}
+		if rt.Backend == nil {
+			return nil, fmt.Errorf("route %d: pattern %q has no backend", i+1, rt.Pattern)
+		}
+		r.routes = append(r.routes, compiledRoute{words: strings.Split(rt.Pattern, "."), backend: rt.Backend})
+	}
+	return r, nil
+}
+
+func validatePattern(p string) error {
+	if p == "" {
+		return errors.New("empty pattern (use \"#\" to match every type)")
+	}
+	for _, w := range strings.Split(p, ".") {
+		if w == "" {
+			return errors.New("empty word (two dots, or a dot at either end)")
+		}
+		if w != "*" && w != "#" && strings.ContainsAny(w, "*#") {
+			return fmt.Errorf("word %q: '*' and '#' must be whole words", w)
+		}
+	}
+	return nil
+}
+
+// Match returns the backend of the first route that matches typ.
+func (r *Router) Match(typ string) (Backend, bool) {
+	if len(r.routes) == 0 {
+		return nil, false
+	}
+	var words []string
+	if typ != "" {
+		words = strings.Split(typ, ".")
+	}
+	for _, rt := range r.routes {
+		if matchWords(rt.words, words) {
+			return rt.backend, true
+		}
+	}
+	return nil, false
+}
+
+// MatchPattern reports whether typ matches pattern with AMQP topic
+// semantics: '*' is exactly one word, '#' zero or more. An empty type has
+// zero words, so only patterns of '#'s match it.
+func MatchPattern(pattern, typ string) bool {
+	var words []string
+	if typ != "" {
+		words = strings.Split(typ, ".")
+	}
+	return matchWords(strings.Split(pattern, "."), words)
+}
+
+// matchWords matches without recursion blow-up: '#' is handled by trying
+// each possible length, memoised over (pattern index, word index).
+func matchWords(p, w []string) bool {
+	// Fast path: no '#'.
+	hasHash := false
+	for _, x := range p {
+		if x == "#" {
+			hasHash = true
+			break
+		}
+	}
+	if !hasHash {
+		if len(p) != len(w) {
+			return false
+		}
+		for i := range p {
+			if p[i] != "*" && p[i] != w[i] {
+				return false
+			}
+		}
+		return true
+	}
+	// Dynamic programming: ok[j] = p[:i] matches w[:j].
+	ok := make([]bool, len(w)+1)
+	ok[0] = true
+	for _, x := range p {
+		next := make([]bool, len(w)+1)
+		switch x {
+		case "#":
+			run := false
+			for j := 0; j <= len(w); j++ {
+				run = run || ok[j]
+				next[j] = run
+			}
+		default:
+			for j := 1; j <= len(w); j++ {
+				next[j] = ok[j-1] && (x == "*" || x == w[j-1])
+			}
+		}
+		ok = next
+	}
+	return ok[len(w)]
+}
