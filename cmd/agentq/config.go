@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/agentq/agentq/worker"
+)
+
+// DefaultJournal is where the journal lives when nothing says otherwise.
+const DefaultJournal = "agentq.db"
+
+// DefaultSource is the local RabbitMQ with its stock credentials, so that
+// `agentq run` with no flags works against `make broker`.
+const DefaultSource = "stomp://guest:guest@127.0.0.1:61613/queue/agentq"
+
+// DefaultAdmin is the admin endpoint: loopback only.
+const DefaultAdmin = "127.0.0.1:9464"
+
+// Config is the agent's configuration file (YAML). Every field is
+// optional; flags override it. See testdata/agentq.example.yaml.
+type Config struct {
+	Journal      string        `yaml:"journal"`       // journal file; default ./agentq.db
+	Workers      int           `yaml:"workers"`       // concurrent backend calls; default 8
+	LogFormat    string        `yaml:"log_format"`    // text (default) or json
+	LogLevel     string        `yaml:"log_level"`     // debug, info (default), warn, error
+	DrainTimeout Duration      `yaml:"drain_timeout"` // default 30s
+	Retention    Duration      `yaml:"retention"`     // keep done entries this long; default 168h; 0 keeps forever
+	SkipStuck    bool          `yaml:"skip_stuck"`    // let a key continue past a stuck entry
+	MaxSize      ByteSize      `yaml:"max_size"`      // journal size limit; 0 = none
+	Retry        RetryConfig   `yaml:"retry"`
+	Admin        AdminConfig   `yaml:"admin"`
+	Sources      []SourceEntry `yaml:"sources"`
+	Routes       []RouteEntry  `yaml:"routes"`
+
+	path string // the file it came from, for error messages
+}
+
+// RetryConfig is the retry policy; zero fields take worker's defaults.
+type RetryConfig struct {
+	InitialInterval Duration  `yaml:"initial_interval"`
+	Multiplier      float64   `yaml:"multiplier"`
+	MaxInterval     Duration  `yaml:"max_interval"`
+	Jitter          *float64  `yaml:"jitter"`
+	MaxAttempts     int       `yaml:"max_attempts"`
+	MaxElapsed      *Duration `yaml:"max_elapsed"` // 0 = no time limit
+}
+
+// AdminConfig is the admin endpoint.
+type AdminConfig struct {
+	Addr      *string `yaml:"addr"`       // default 127.0.0.1:9464; "" disables
+	Token     string  `yaml:"token"`      // bearer token; prefer token_file
+	TokenFile string  `yaml:"token_file"` // file holding the bearer token
+}
+
+// SourceEntry is one subscription. URL carries everything the command
+// line can say; the other fields add to or override it.
+type SourceEntry struct {
+	Name         string            `yaml:"name"`
+	URL          string            `yaml:"url"`
+	PasscodeFile string            `yaml:"passcode_file"`
+	PasscodeEnv  string            `yaml:"passcode_env"`
+	Type         string            `yaml:"type"` // SPEC: const:V, header:N, json:a.b, dest:REGEX
+	Key          string            `yaml:"key"`  // SPEC, as type
+	IDHeader     string            `yaml:"id_header"`
+	Durable      bool              `yaml:"durable"`
+	Headers      map[string]string `yaml:"headers"` // extra SUBSCRIBE headers
+	line         int
+}
+
+// RouteEntry maps a type pattern to one backend.
+type RouteEntry struct {
+	Match   string            `yaml:"match"`   // AMQP topic pattern: * one word, # any words
+	Exec    []string          `yaml:"exec"`    // argv
+	Shell   string            `yaml:"shell"`   // a /bin/sh -c command line
+	HTTP    string            `yaml:"http"`    // URL to POST to
+	Log     bool              `yaml:"log"`     // log the message and succeed
+	Timeout Duration          `yaml:"timeout"` // per call
+	Headers map[string]string `yaml:"headers"` // http only
+	Env     []string          `yaml:"env"`     // exec only: extra KEY=VALUE
+	line    int
+}
+
+// Duration is a time.Duration written as "30s", "5m", "168h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration and reports the line of a bad one.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(strings.TrimSpace(n.Value))
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration (use e.g. 30s, 5m, 168h)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ByteSize is a size written as bytes or with a KiB/MiB/GiB suffix.
+type ByteSize int64
+
+// UnmarshalYAML parses a size and reports the line of a bad one.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*b = ByteSize(v)
+	return nil
+}
+
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	var v int64
+	if _, err := fmt.Sscan(s, &v); err != nil || v < 0 {
+		return 0, fmt.Errorf("%q is not a size (use bytes, or e.g. 512MiB, 2GiB)", s)
+	}
+	return v * mult, nil
+}
+
+// LoadConfig reads a configuration file strictly: an unknown or misspelt
+// key is an error that names it and its line.
+func LoadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read config %s: %w", path, err)
+	}
+	defer f.Close()
+	return parseConfig(f, path)
+}
+
+func parseConfig(r io.Reader, path string) (*Config, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read config %s: %w", path, err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config %s: %s", path, strings.TrimPrefix(cleanYAMLError(err), "yaml: "))
+	}
+	c.path = path
+	// A second pass over the node tree finds the line of each source and
+	// route, so later errors can point at them.
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) == nil && len(root.Content) == 1 {
+		m := root.Content[0]
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			items := m.Content[i+1].Content
+			switch m.Content[i].Value {
+			case "sources":
+				for k := range c.Sources {
+					if k < len(items) {
+						c.Sources[k].line = items[k].Line
+					}
+				}
+			case "routes":
+				for k := range c.Routes {
+					if k < len(items) {
+						c.Routes[k].line = items[k].Line
+					}
+				}
+			}
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// cleanYAMLError makes yaml.v3's messages read like ours: "line 7: field
+// wrokers not found in type main.Config" becomes "line 7: unknown key
+// wrokers".
+func cleanYAMLError(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs := make([]string, len(te.Errors))
+		for i, m := range te.Errors {
+			if i := strings.Index(m, "field "); i >= 0 && strings.Contains(m, " not found in type ") {
+				name := m[i+len("field "):]
+				name = name[:strings.Index(name, " not found in type ")]
+				m = m[:i] + "unknown key " + name
+			}
+			msgs[i] = m
+		}
+		return strings.Join(msgs, "; ")
+	}
+	return err.Error()
+}
+
+func (c *Config) validate() error {
+	if c.Workers < 0 {
+		return errors.New("workers must be >= 0")
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	for i, s := range c.Sources {
+		if s.URL == "" {
+			return fmt.Errorf("line %d: sources[%d] has no url", s.line, i)
+		}
+	}
+	for i, r := range c.Routes {
+		if r.Match == "" {
+			return fmt.Errorf("line %d: routes[%d] has no match pattern (use \"#\" for everything)", r.line, i)
+		}
+		n := 0
+		for _, set := range []bool{len(r.Exec) > 0, r.Shell != "", r.HTTP != "", r.Log} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			return fmt.Errorf("line %d: routes[%d] (match %q) must have exactly one of exec, shell, http or log", r.line, i, r.Match)
+		}
+	}
+	if c.Admin.TokenFile != "" {
+		b, err := os.ReadFile(c.Admin.TokenFile)
+		if err != nil {
+			return fmt.Errorf("admin token_file: %w", err)
+		}
+		c.Admin.Token = strings.TrimSpace(string(b))
+		if c.Admin.Token == "" {
+			return fmt.Errorf("admin token_file %s is empty", c.Admin.TokenFile)
+		}
+	}
+	return nil
+}
+
+// policy returns the retry policy with worker's defaults for unset fields.
+func (r RetryConfig) policy() worker.Policy {
+	p := worker.DefaultPolicy()
+	if r.InitialInterval > 0 {
+		p.InitialInterval = time.Duration(r.InitialInterval)
+	}
+	if r.Multiplier > 0 {
+		p.Multiplier = r.Multiplier
+	}
+	if r.MaxInterval > 0 {
+		p.MaxInterval = time.Duration(r.MaxInterval)
+	}
+	if r.Jitter != nil {
+		p.Jitter = *r.Jitter
+	}
+	p.MaxAttempts = r.MaxAttempts
+	if r.MaxElapsed != nil {
+		p.MaxElapsed = time.Duration(*r.MaxElapsed)
+	}
+	return p
+}

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// journalFlags are shared by the commands that read a journal.
+func journalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "journal", Aliases: []string{"j"}, Usage: "journal `PATH` (default ./agentq.db)", EnvVars: []string{"AGENTQ_JOURNAL"}},
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "take the journal path from this config `FILE`", EnvVars: []string{"AGENTQ_CONFIG"}},
+		&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with the running agent's admin token, if it has one", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
+	}
+}
+
+func inspectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "show what is pending, retrying, running, done and stuck",
+		UsageText: "agentq inspect [--journal PATH | --config FILE] [--state S] [--key K] [--type T] [--since TIME] [--limit N] [--json] [SEQ]",
+		Description: `With no filter, prints a summary (counts per state and type, age of the oldest
+pending message) and the stuck entries. With a filter, lists matching entries.
+With SEQ, prints one entry in full: headers, body, attempts, last error, and the
+earlier entry of the same key that blocks it, if any.
+
+Works on a stopped agent's journal (read-only) and on a running one, through its
+admin API (found from the journal's .admin file); the output is the same.
+
+Examples:
+   agentq inspect
+   agentq inspect --state stuck
+   agentq inspect --state retrying --type 'order.created' --json
+   agentq inspect --key order-42 --since 2h
+   agentq inspect 1234`,
+		Flags: append(journalFlags(),
+			&cli.StringFlag{Name: "state", Usage: "pending, retrying, running, done, stuck or all"},
+			&cli.StringFlag{Name: "key", Usage: "only entries with this ordering key"},
+			&cli.StringFlag{Name: "type", Usage: "only entries of this type"},
+			&cli.StringFlag{Name: "since", Usage: "received at or after `TIME` (RFC 3339, a date, or a duration ago: 90m)"},
+			&cli.IntFlag{Name: "limit", Usage: "list at most `N` entries (default 100; 0 = all with --json)", Value: 100},
+			&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
+		),
+		Action: inspectAction,
+	}
+}
+
+func inspectAction(c *cli.Context) error {
+	path, err := journalPath(c.String("journal"), c.String("config"))
+	if err != nil {
+		return err
+	}
+	if c.NArg() > 1 {
+		return usagef("inspect takes at most one SEQ, got %d arguments", c.NArg())
+	}
+	token, err := readToken(c.String("admin-token-file"))
+	if err != nil {
+		return err
+	}
+	var seq uint64
+	if c.NArg() == 1 {
+		if seq, err = strconv.ParseUint(c.Args().First(), 10, 64); err != nil || seq == 0 {
+			return usagef("SEQ %q is not a sequence number", c.Args().First())
+		}
+	}
+	filter, filtered, err := inspectFilter(c)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(path, false, token)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	w := c.App.Writer
+	switch {
+	case seq > 0:
+		v, err := st.Entry(seq)
+		if err != nil {
+			if errors.Is(err, queue.ErrNotFound) {
+				return fmt.Errorf("no entry %d in journal %s", seq, path)
+			}
+			return err
+		}
+		if c.Bool("json") {
+			return json.NewEncoder(w).Encode(v)
+		}
+		printEntry(w, v)
+	case filtered || c.Bool("json"):
+		list, err := st.List(filter)
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			enc := json.NewEncoder(w)
+			for _, v := range list {
+				if err := enc.Encode(v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		printList(w, list)
+	default:
+		sum, err := st.Summary()
+		if err != nil {
+			return err
+		}
+		printSummary(w, sum)
+	}
+	return nil
+}
+
+func inspectFilter(c *cli.Context) (queue.Filter, bool, error) {
+	f := queue.Filter{Key: c.String("key"), Type: c.String("type"), Limit: c.Int("limit")}
+	if c.Bool("json") && !c.IsSet("limit") {
+		f.Limit = 0
+	}
+	filtered := f.Key != "" || f.Type != ""
+	if s := c.String("state"); s != "" {
+		filtered = true
+		if s != "all" {
+			st, retrying, err := queue.ParseState(s)
+			if err != nil {
+				return f, false, usagef("--state: %v (or all)", err)
+			}
+			f.States, f.Retrying = []queue.State{st}, retrying
+		}
+	}
+	if s := c.String("since"); s != "" {
+		filtered = true
+		seq, t, err := parseWhen("since", s, time.Now())
+		if err != nil {
+			return f, false, err
+		}
+		if seq > 0 {
+			f.FromSeq = seq
+		} else {
+			f.Since = t
+		}
+	}
+	return f, filtered, nil
+}
+
+func readToken(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	t, err := readSecretFile(file)
+	if err != nil {
+		return "", usagef("--admin-token-file: %v", err)
+	}
+	return t, nil
+}
+
+func printSummary(w io.Writer, s *summary) {
+	fmt.Fprintf(w, "journal %s: %d entries received in all\n\n", s.Journal, s.LastSeq)
+	states := []string{"pending", "retrying", "running", "done", "stuck"}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "TYPE\t%s\n", strings.ToUpper(strings.Join(states, "\t")))
+	for _, typ := range sortedKeys(s.Types) {
+		name := typ
+		if name == "" {
+			name = "(none)"
+		}
+		row := []string{name}
+		for _, st := range states {
+			row = append(row, strconv.FormatInt(s.Types[typ][st], 10))
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	row := []string{"total"}
+	for _, st := range states {
+		row = append(row, strconv.FormatInt(s.States[st], 10))
+	}
+	fmt.Fprintln(tw, strings.Join(row, "\t"))
+	tw.Flush()
+	fmt.Fprintln(w)
+	if s.OldestPendingAge != nil {
+		fmt.Fprintf(w, "oldest pending: %s ago\n", (time.Duration(*s.OldestPendingAge * float64(time.Second))).Round(time.Second))
+	} else {
+		fmt.Fprintln(w, "oldest pending: none pending")
+	}
+	fmt.Fprintf(w, "stuck: %d\n", s.States["stuck"])
+	if len(s.Stuck) > 0 {
+		fmt.Fprintln(w)
+		printList(w, s.Stuck)
+		if int64(len(s.Stuck)) < s.States["stuck"] {
+			fmt.Fprintf(w, "... and %d more: agentq inspect --state stuck --limit 0\n", s.States["stuck"]-int64(len(s.Stuck)))
+		}
+		fmt.Fprintln(w, "\nreplay them with: agentq replay --from SEQ --state stuck")
+	}
+}
+
+func printList(w io.Writer, list []entryView) {
+	if len(list) == 0 {
+		fmt.Fprintln(w, "no matching entries")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tSTATE\tTYPE\tKEY\tATTEMPTS\tRECEIVED\tNEXT ATTEMPT\tLAST ERROR")
+	for _, v := range list {
+		next := "-"
+		if v.NextAttemptAt != nil {
+			next = v.NextAttemptAt.Local().Format(time.DateTime)
+		}
+		errText := v.LastError
+		if errText == "" {
+			errText = v.Fault
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Seq, v.State, dash(v.Type), dash(v.Key), v.Attempts,
+			v.ReceivedAt.Local().Format(time.DateTime), next, oneLine(errText, 80))
+	}
+	tw.Flush()
+}
+
+func printEntry(w io.Writer, v *entryView) {
+	fmt.Fprintf(w, "entry %d\n", v.Seq)
+	kv := func(k, val string) { fmt.Fprintf(w, "  %-14s %s\n", k+":", val) }
+	kv("state", v.State)
+	kv("type", dash(v.Type))
+	kv("key", dash(v.Key))
+	kv("source", v.Source)
+	kv("destination", v.Destination)
+	kv("received", v.ReceivedAt.Local().Format(time.RFC3339))
+	kv("updated", v.UpdatedAt.Local().Format(time.RFC3339))
+	kv("attempts", strconv.Itoa(v.Attempts))
+	if v.Replays > 0 {
+		kv("replays", strconv.Itoa(v.Replays))
+	}
+	if v.NextAttemptAt != nil {
+		kv("next attempt", v.NextAttemptAt.Local().Format(time.RFC3339))
+	}
+	if v.Fault != "" {
+		kv("bad input", v.Fault)
+	}
+	if v.LastError != "" {
+		kv("last error", v.LastError)
+	}
+	if v.BlockedBy != nil {
+		kv("blocked by", fmt.Sprintf("entry %d (an earlier message of key %q that is not done: agentq inspect %d)", *v.BlockedBy, v.Key, *v.BlockedBy))
+	}
+	fmt.Fprintln(w, "  headers:")
+	for _, h := range v.Headers {
+		fmt.Fprintf(w, "    %s: %s\n", h.Name, strconv.Quote(h.Value)[1:len(strconv.Quote(h.Value))-1])
+	}
+	size := 0
+	if v.BodySize != nil {
+		size = *v.BodySize
+	}
+	fmt.Fprintf(w, "  body (%d bytes):\n", size)
+	switch {
+	case v.Body != nil:
+		b := []byte(*v.Body)
+		if p := prettyJSON(b); p != nil {
+			b = p
+		}
+		for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+			fmt.Fprintf(w, "    %s\n", safeLine(line))
+		}
+	default:
+		fmt.Fprint(w, hexDump(v.BodyBase64, 4096))
+	}
+}
+
+// hexDump shows binary bodies safely, bounded to max bytes.
+func hexDump(b []byte, max int) string {
+	var sb strings.Builder
+	n := min(len(b), max)
+	for off := 0; off < n; off += 16 {
+		end := min(off+16, n)
+		fmt.Fprintf(&sb, "    %08x  % x", off, b[off:end])
+		sb.WriteString(strings.Repeat("   ", 16-(end-off)))
+		sb.WriteString("  |")
+		for _, c := range b[off:end] {
+			if c >= 0x20 && c < 0x7f {
+				sb.WriteByte(c)
+			} else {
+				sb.WriteByte('.')
+			}
+		}
+		sb.WriteString("|\n")
+	}
+	if len(b) > max {
+		fmt.Fprintf(&sb, "    ... %d more bytes\n", len(b)-max)
+	}
+	return sb.String()
+}
+
+// safeLine escapes control characters so a body cannot drive the terminal.
+func safeLine(s string) string {
+	var sb strings.Builder
+	for _, r := range s {
+		if r < 0x20 && r != '\t' || r == 0x7f {
+			fmt.Fprintf(&sb, "\\x%02x", r)
+			continue
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+func oneLine(s string, n int) string {
+	s = safeLine(strings.ReplaceAll(s, "\n", " "))
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return dash(s)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,563 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/agentq/agentq/ingest"
+	"github.com/agentq/agentq/queue"
+	"github.com/agentq/agentq/worker"
+)
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "run the agent: subscribe, journal, acknowledge, and drain the journal into backends",
+		UsageText: "agentq run [--config FILE] [--journal PATH] [--source URL]... [--type-from SPEC] [--key-from SPEC] [--exec \"CMD ARG...\" | --http URL | --log] [--workers N] [--admin ADDR]",
+		Description: `With no flags, agentq subscribes to a local RabbitMQ with its stock credentials
+(` + DefaultSource + `), journals to ./agentq.db and logs each
+message. 'make broker' starts such a RabbitMQ.
+
+Flags override the config file; each also reads an AGENTQ_* environment variable.
+
+SPEC (for --type-from and --key-from) says where a message's type or ordering key comes from:
+   const:VALUE     the same for every message
+   header:NAME     a STOMP header
+   json:a.b.c      a field of the JSON body (numbers index arrays: items.0.id)
+   dest:REGEX      a named group of a regular expression on the destination
+
+Examples:
+   agentq run
+   agentq run --source 'stomp://agent@mq.example.org:61613/queue/orders?vhost=/waldur&passcode_file=/etc/agentq/pass' \
+              --type-from json:event_type --key-from json:order_uuid --exec "/usr/local/bin/handle-order --verbose"
+   agentq run --config /etc/agentq/agentq.yaml
+
+Messages of one key run in journal order; different keys run in parallel on --workers.
+A command backend gets the body on stdin and AGENTQ_SEQ, AGENTQ_TYPE, AGENTQ_KEY, AGENTQ_ATTEMPT,
+AGENTQ_SOURCE, AGENTQ_DESTINATION and AGENTQ_HEADER_<NAME> in its environment. Exit 0 is done,
+exit 65 parks the message as stuck at once, anything else is retried with backoff.
+
+SIGTERM or SIGINT stops taking messages and lets running calls finish (--drain-timeout);
+a second signal cancels them. Their messages stay in the journal and run again on restart.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config `FILE` (see testdata/agentq.example.yaml)", EnvVars: []string{"AGENTQ_CONFIG"}},
+			&cli.StringFlag{Name: "journal", Aliases: []string{"j"}, Usage: "journal `PATH` (default ./agentq.db)", EnvVars: []string{"AGENTQ_JOURNAL"}},
+			&cli.StringSliceFlag{Name: "source", Aliases: []string{"s"}, Usage: "subscribe to `URL` (repeatable): stomp://, stomp+tls://, ws://, wss:// (default " + DefaultSource + ")", EnvVars: []string{"AGENTQ_SOURCE"}},
+			&cli.StringFlag{Name: "type-from", Usage: "where the message type comes from, as `SPEC` (default header:type)", EnvVars: []string{"AGENTQ_TYPE_FROM"}},
+			&cli.StringFlag{Name: "key-from", Usage: "where the ordering key comes from, as `SPEC` (default: no key, no order)", EnvVars: []string{"AGENTQ_KEY_FROM"}},
+			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
+			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
+			&cli.BoolFlag{Name: "log", Usage: "log every message and succeed (the default backend)", EnvVars: []string{"AGENTQ_LOG"}},
+			&cli.DurationFlag{Name: "timeout", Usage: "per-call timeout for --exec and --http", Value: 5 * time.Minute, EnvVars: []string{"AGENTQ_TIMEOUT"}},
+			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N` (default 8)", EnvVars: []string{"AGENTQ_WORKERS"}},
+			&cli.StringFlag{Name: "admin", Usage: "admin endpoint `ADDR` (health, metrics, JSON API); 127.0.0.1:0 picks a free port; empty disables (default " + DefaultAdmin + ")", EnvVars: []string{"AGENTQ_ADMIN"}},
+			&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with a bearer token required by the admin API (needed for non-loopback --admin)", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
+			&cli.StringFlag{Name: "log-format", Usage: "text or json", EnvVars: []string{"AGENTQ_LOG_FORMAT"}},
+			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"AGENTQ_LOG_LEVEL"}},
+			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long running calls may finish after SIGTERM (default 30s)", EnvVars: []string{"AGENTQ_DRAIN_TIMEOUT"}},
+			&cli.DurationFlag{Name: "retention", Usage: "keep done entries this long (default 168h; 0 keeps them forever)", EnvVars: []string{"AGENTQ_RETENTION"}},
+			&cli.BoolFlag{Name: "skip-stuck", Usage: "let later messages of a key run while an earlier one is stuck", EnvVars: []string{"AGENTQ_SKIP_STUCK"}},
+		},
+		Action: runAction,
+	}
+}
+
+// DefaultRetention keeps done entries for a week: long enough to replay
+// last week's work, short enough to keep the file small.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// settings is the agent's resolved configuration: file, then flags.
+type settings struct {
+	cfg      *Config
+	journal  string
+	sources  []ingest.Config
+	routes   []RouteEntry
+	admin    string
+	token    string
+	workers  int
+	drain    time.Duration
+	retain   time.Duration
+	timeout  time.Duration
+	defaults bool // no source was configured: the newcomer's default
+}
+
+func resolveSettings(c *cli.Context) (*settings, error) {
+	cfg := &Config{}
+	if p := c.String("config"); p != "" {
+		var err error
+		if cfg, err = LoadConfig(p); err != nil {
+			return nil, usageError{err.Error()}
+		}
+	}
+	s := &settings{cfg: cfg, journal: cfg.Journal, workers: cfg.Workers, routes: cfg.Routes,
+		drain: time.Duration(cfg.DrainTimeout), timeout: c.Duration("timeout")}
+	if s.journal == "" {
+		s.journal = DefaultJournal
+	}
+	if c.IsSet("journal") {
+		s.journal = c.String("journal")
+	}
+	if c.IsSet("workers") {
+		s.workers = c.Int("workers")
+		if s.workers <= 0 {
+			return nil, usagef("--workers %d: want at least 1", s.workers)
+		}
+	}
+	if s.drain <= 0 {
+		s.drain = worker.DefaultDrainTimeout
+	}
+	if c.IsSet("drain-timeout") {
+		s.drain = c.Duration("drain-timeout")
+	}
+	s.retain = DefaultRetention
+	if cfg.Retention > 0 {
+		s.retain = time.Duration(cfg.Retention)
+	}
+	if c.IsSet("retention") {
+		s.retain = c.Duration("retention")
+	}
+	if c.IsSet("log-format") {
+		cfg.LogFormat = c.String("log-format")
+	}
+	if c.IsSet("log-level") {
+		cfg.LogLevel = c.String("log-level")
+	}
+	if c.IsSet("skip-stuck") {
+		cfg.SkipStuck = c.Bool("skip-stuck")
+	}
+
+	// Admin endpoint and token.
+	s.admin = DefaultAdmin
+	if cfg.Admin.Addr != nil {
+		s.admin = *cfg.Admin.Addr
+	}
+	if c.IsSet("admin") {
+		s.admin = c.String("admin")
+	}
+	s.token = cfg.Admin.Token
+	if f := c.String("admin-token-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, usagef("--admin-token-file: %v", err)
+		}
+		if s.token = strings.TrimSpace(string(b)); s.token == "" {
+			return nil, usagef("--admin-token-file %s is empty", f)
+		}
+	}
+
+	// Backend flags replace the config's routes with one catch-all route.
+	var flagRoutes []RouteEntry
+	if v := c.String("exec"); v != "" {
+		argv, err := splitCommand(v)
+		if err != nil {
+			return nil, usagef("--exec %q: %v", v, err)
+		}
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Exec: argv, Timeout: Duration(s.timeout)})
+	}
+	if v := c.String("http"); v != "" {
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", HTTP: v, Timeout: Duration(s.timeout)})
+	}
+	if c.Bool("log") {
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Log: true})
+	}
+	if len(flagRoutes) > 1 {
+		return nil, usagef("give one of --exec, --http or --log (or several routes in a config file)")
+	}
+	if len(flagRoutes) == 1 {
+		s.routes = flagRoutes
+	}
+	if len(s.routes) == 0 {
+		s.routes = []RouteEntry{{Match: "#", Log: true}}
+	}
+
+	// Sources: flags, else the config file, else the local default.
+	var typeSpec, keySpec *ingest.Spec
+	if v := c.String("type-from"); v != "" {
+		sp, err := ingest.ParseSpec(v)
+		if err != nil {
+			return nil, usagef("--type-from: %v", err)
+		}
+		typeSpec = &sp
+	}
+	if v := c.String("key-from"); v != "" {
+		sp, err := ingest.ParseSpec(v)
+		if err != nil {
+			return nil, usagef("--key-from: %v", err)
+		}
+		keySpec = &sp
+	}
+	var entries []SourceEntry
+	for _, u := range c.StringSlice("source") {
+		entries = append(entries, SourceEntry{URL: u})
+	}
+	flagSources := len(entries) > 0
+	if !flagSources {
+		entries = cfg.Sources
+	}
+	if len(entries) == 0 {
+		entries = []SourceEntry{{URL: DefaultSource}}
+		s.defaults = true
+	}
+	names := map[string]bool{}
+	for i, e := range entries {
+		where := fmt.Sprintf("--source %q", redactURL(e.URL))
+		if !flagSources && !s.defaults {
+			where = fmt.Sprintf("config %s line %d: source", cfg.path, e.line)
+		}
+		sc, err := ingest.ParseURL(e.URL)
+		if err != nil {
+			return nil, usagef("%s: %v", where, err)
+		}
+		if e.Name != "" {
+			sc.Name = e.Name
+		}
+		if e.PasscodeFile != "" {
+			sc.PasscodeFile = e.PasscodeFile
+		}
+		if e.PasscodeEnv != "" {
+			sc.PasscodeEnv = e.PasscodeEnv
+		}
+		if e.IDHeader != "" {
+			sc.IDHeader = e.IDHeader
+		}
+		if e.Durable {
+			sc.Durable = true
+		}
+		for k, v := range e.Headers {
+			if sc.Headers == nil {
+				sc.Headers = map[string]string{}
+			}
+			sc.Headers[k] = v
+		}
+		for _, x := range []struct {
+			spec string
+			dst  *ingest.Spec
+			name string
+		}{{e.Type, &sc.TypeFrom, "type"}, {e.Key, &sc.KeyFrom, "key"}} {
+			if x.spec == "" {
+				continue
+			}
+			sp, err := ingest.ParseSpec(x.spec)
+			if err != nil {
+				return nil, usagef("%s %s: %v", where, x.name, err)
+			}
+			*x.dst = sp
+		}
+		if typeSpec != nil {
+			sc.TypeFrom = *typeSpec
+		}
+		if keySpec != nil {
+			sc.KeyFrom = *keySpec
+		}
+		if err := sc.Resolve(); err != nil {
+			return nil, usagef("%s: %v", where, err)
+		}
+		if names[sc.Name] {
+			sc.Name = fmt.Sprintf("%s#%d", sc.Name, i+1)
+		}
+		names[sc.Name] = true
+		s.sources = append(s.sources, sc)
+	}
+	return s, nil
+}
+
+// buildRouter turns routes into backends.
+func buildRouter(routes []RouteEntry, logger *slog.Logger, journalID string) (*worker.Router, error) {
+	var rs []worker.Route
+	for i, r := range routes {
+		where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
+		if r.line > 0 {
+			where = fmt.Sprintf("line %d: %s", r.line, where)
+		}
+		var b worker.Backend
+		var err error
+		switch {
+		case len(r.Exec) > 0 || r.Shell != "":
+			argv, shell := r.Exec, false
+			if r.Shell != "" {
+				argv, shell = []string{r.Shell}, true
+			}
+			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: time.Duration(r.Timeout), Env: r.Env})
+		case r.HTTP != "":
+			b, err = worker.NewHTTP(worker.HTTPConfig{URL: r.HTTP, Timeout: time.Duration(r.Timeout), Headers: r.Headers, IdempotencyPrefix: "agentq-" + journalID})
+		default:
+			b = worker.NewLog(logger)
+		}
+		if err != nil {
+			return nil, usagef("%s: %v", where, err)
+		}
+		rs = append(rs, worker.Route{Pattern: r.Match, Backend: b})
+	}
+	router, err := worker.NewRouter(rs)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	return router, nil
+}
+
+func runAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("run takes no arguments (got %q); sources are given with --source", c.Args().First())
+	}
+	s, err := resolveSettings(c)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(c.App.ErrWriter, s.cfg.LogFormat, s.cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	return runAgent(c.Context, s, logger)
+}
+
+// runAgent runs the agent until ctx ends or a signal arrives.
+func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
+	ctx, stop := context.WithCancel(parent)
+	defer stop()
+
+	var m *metrics
+	j, err := queue.Open(s.journal, queue.Options{
+		SkipStuck: s.cfg.SkipStuck,
+		Retention: s.retain,
+		MaxSize:   int64(s.cfg.MaxSize),
+		Logger:    logger,
+		OnCommit: func(ci queue.CommitInfo) {
+			if m != nil {
+				m.observeCommit(ci)
+			}
+		},
+	})
+	if err != nil {
+		if errors.Is(err, queue.ErrInUse) {
+			return fmt.Errorf("%w; stop that agent or use another --journal", err)
+		}
+		return err
+	}
+	defer j.Close()
+
+	router, err := buildRouter(s.routes, logger, j.ID())
+	if err != nil {
+		return err
+	}
+	sources := make([]*ingest.Source, len(s.sources))
+	for i, sc := range s.sources {
+		sources[i] = ingest.NewSource(sc, j, ingest.Options{Logger: logger, AfterCommit: crashHook()})
+	}
+	statuses := func() []ingest.Status {
+		out := make([]ingest.Status, len(sources))
+		for i, src := range sources {
+			out[i] = src.Status()
+		}
+		return out
+	}
+	m = newMetrics(j, statuses)
+	pool, err := worker.NewPool(j, router, worker.Options{
+		Workers:      s.workers,
+		Policy:       s.cfg.Retry.policy(),
+		DrainTimeout: s.drain,
+		Observe:      m.observeResult,
+		Logger:       logger,
+	})
+	if err != nil {
+		return usageError{err.Error()}
+	}
+
+	logger.Info("journal open", "path", absPath(s.journal), "entries", j.LastSeq())
+	for _, sc := range s.sources {
+		logger.Info("source", "name", sc.Name, "url", sc.String(), "type_from", sc.TypeFrom.String(), "key_from", sc.KeyFrom.String())
+	}
+
+	var admin *adminServer
+	if s.admin != "" {
+		ln, err := listenAdmin(s.admin, s.token)
+		if err != nil {
+			return err
+		}
+		admin = &adminServer{ln: ln, token: s.token, store: &localStore{j: j, now: time.Now}, metrics: m, sources: statuses, log: logger}
+		admin.start()
+		defer admin.shutdown()
+		addr := ln.Addr().String()
+		if err := writeAdminFile(s.journal, addr); err != nil {
+			return err
+		}
+		defer os.Remove(adminFile(s.journal))
+		logger.Info("admin endpoint", "addr", "http://"+addr, "paths", "/healthz /readyz /metrics /v1/")
+	}
+
+	// Tell a newcomer at once when there is no broker, instead of only
+	// reconnecting quietly.
+	for _, sc := range s.sources {
+		if err := probe(ctx, sc); err != nil {
+			hint := "point agentq at your broker with --source URL"
+			if s.defaults {
+				hint = "start a local RabbitMQ with 'make broker', or point agentq elsewhere with --source URL"
+			}
+			addr := sc.Addr
+			if addr == "" {
+				addr = sc.WSURL
+			}
+			logger.Error(fmt.Sprintf("no broker answers at %s (%v): %s; retrying in the background", addr, err, hint), "source", sc.Name)
+		}
+	}
+
+	// Signals: the first stops intake and starts the drain, the second
+	// cuts the drain short.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case sig := <-sigs:
+			logger.Info("shutting down: no new messages; running calls may finish", "signal", sig.String(), "drain_timeout", s.drain)
+			stop()
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			logger.Warn("second signal: cancelling running calls", "signal", sig.String())
+			pool.Abort()
+		case <-done:
+		}
+	}()
+
+	var ingestWG sync.WaitGroup
+	for _, src := range sources {
+		ingestWG.Add(1)
+		go func() { defer ingestWG.Done(); _ = src.Run(ctx) }()
+	}
+	poolErr := make(chan error, 1)
+	go func() { poolErr <- pool.Run(ctx) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-poolErr:
+		stop() // the pool failed: stop intake too
+		poolErr <- nil
+	}
+	// Shutdown in dependency order: intake first (its last commits and
+	// ACKs finish), then the workers drain, then the journal closes.
+	ingestWG.Wait()
+	if err := <-poolErr; err != nil && runErr == nil {
+		runErr = err
+	}
+	if err := j.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	if runErr != nil {
+		return runErr
+	}
+	logger.Info("stopped cleanly")
+	return nil
+}
+
+// probe dials a source's broker once, briefly, to report a missing broker
+// clearly at startup.
+func probe(ctx context.Context, sc ingest.Config) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	conn, err := ingest.Dial(ctx, sc)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			return oe.Err
+		}
+		return err
+	}
+	return conn.Close()
+}
+
+// crashHook supports the crash tests: with AGENTQ_TEST_CRASH_AFTER_COMMIT=N
+// the process kills itself with SIGKILL after its N-th ingest commit,
+// before the ACKs are sent — the worst moment for a message to be lost.
+func crashHook() func(int) {
+	v := os.Getenv("AGENTQ_TEST_CRASH_AFTER_COMMIT")
+	if v == "" {
+		return nil
+	}
+	var n int64
+	fmt.Sscan(v, &n)
+	var mu sync.Mutex
+	return func(int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if n--; n <= 0 {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // never ACK
+		}
+	}
+}
+
+// splitCommand splits a command line into words, honouring single and
+// double quotes and backslash escapes, without a shell.
+func splitCommand(s string) ([]string, error) {
+	var out []string
+	var cur strings.Builder
+	inWord, quote := false, rune(0)
+	esc := false
+	for _, r := range s {
+		switch {
+		case esc:
+			cur.WriteRune(r)
+			esc = false
+		case r == '\\' && quote != '\'':
+			esc, inWord = true, true
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case r == '\'' || r == '"':
+			quote, inWord = r, true
+		case r == ' ' || r == '\t' || r == '\n':
+			if inWord {
+				out = append(out, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	if quote != 0 || esc {
+		return nil, errors.New("unterminated quote or escape")
+	}
+	if inWord {
+		out = append(out, cur.String())
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty command")
+	}
+	return out, nil
+}
+
+// redactURL hides a password in a URL for error messages.
+func redactURL(s string) string {
+	at := strings.Index(s, "@")
+	scheme := strings.Index(s, "://")
+	if at < 0 || scheme < 0 || at < scheme {
+		return s
+	}
+	user := s[scheme+3 : at]
+	if i := strings.Index(user, ":"); i >= 0 {
+		return s[:scheme+3] + user[:i] + ":xxxxx" + s[at:]
+	}
+	return s
+}
