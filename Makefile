@@ -17,9 +17,10 @@ broker:
 	@bash scripts/broker.sh
 
 # test: vet, then every test with the race detector against the local broker.
+# -p 1: one package at a time, because the ingest tests restart the broker.
 test: broker
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout $(TESTTIME) ./...
+	$(GO) test -race -count=1 -p 1 -timeout $(TESTTIME) ./...
 
 bench: broker
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./... | tee bench.out

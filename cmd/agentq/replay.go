@@ -29,7 +29,7 @@ Examples:
    agentq replay --from 2h --state all          # everything of the last two hours
    agentq replay --from 1 --type order.created --key order-42`,
 		Flags: append(journalFlags(),
-			&cli.StringFlag{Name: "from", Usage: "first `SEQ|TIME` (required)", Required: true},
+			&cli.StringFlag{Name: "from", Usage: "first `SEQ|TIME` (required)"},
 			&cli.StringFlag{Name: "to", Usage: "last `SEQ|TIME` (inclusive)"},
 			&cli.StringFlag{Name: "state", Usage: "stuck, done or all (stuck and done)", Value: "stuck"},
 			&cli.StringFlag{Name: "key", Usage: "only entries with this ordering key"},
@@ -43,6 +43,9 @@ Examples:
 func replayAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("replay takes no arguments (got %q); use --from", c.Args().First())
+	}
+	if c.String("from") == "" {
+		return usagef("--from is required: the first sequence number or time to replay (e.g. --from 1, --from 2h)")
 	}
 	path, err := journalPath(c.String("journal"), c.String("config"))
 	if err != nil {

@@ -1,0 +1,554 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for the agent's goroutines to log to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runMain runs agentq with args and returns its exit code and output.
+func runMain(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb syncBuffer
+	code := Main(context.Background(), append([]string{"agentq"}, args...), strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// agent is an `agentq run` running inside the test.
+type agent struct {
+	cancel  context.CancelFunc
+	done    chan int
+	logs    *syncBuffer
+	journal string
+}
+
+// startAgent runs `agentq run args...` until the test ends or stop is
+// called, and waits for its admin address file.
+func startAgent(t *testing.T, journal string, args ...string) *agent {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &agent{cancel: cancel, done: make(chan int, 1), logs: &syncBuffer{}, journal: journal}
+	go func() {
+		a.done <- Main(ctx, append([]string{"agentq", "run"}, args...), strings.NewReader(""), io.Discard, a.logs)
+	}()
+	t.Cleanup(func() { a.stop(t) })
+	waitFor(t, "the agent's admin address file", 20*time.Second, func() bool {
+		select {
+		case code := <-a.done:
+			a.done <- code
+			t.Fatalf("agent exited with %d:\n%s", code, a.logs.String())
+		default:
+		}
+		_, err := os.Stat(adminFile(journal))
+		return err == nil
+	})
+	return a
+}
+
+func (a *agent) stop(t *testing.T) int {
+	a.cancel()
+	select {
+	case code := <-a.done:
+		a.done <- code
+		return code
+	case <-time.After(40 * time.Second):
+		t.Fatalf("agent did not stop:\n%s", a.logs.String())
+		return -1
+	}
+}
+
+// adminURL reads the running agent's admin address.
+func (a *agent) adminURL(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(adminFile(a.journal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info adminInfo
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + info.Addr
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func requireBroker(t *testing.T) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", "127.0.0.1:61613", 2*time.Second)
+	if err != nil {
+		t.Fatalf("no RabbitMQ on 127.0.0.1:61613 (run `make broker`): %v", err)
+	}
+	c.Close()
+}
+
+func testQueueURL(t *testing.T) string {
+	return fmt.Sprintf("stomp://guest:guest@127.0.0.1:61613/queue/agentq-cmd-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Int63())
+}
+
+// inspectJSON returns `agentq inspect --json` entries for a journal.
+func inspectJSON(t *testing.T, journal string, args ...string) []entryView {
+	t.Helper()
+	code, out, errs := runMain(t, "", append([]string{"inspect", "--journal", journal, "--json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("inspect exited %d: %s", code, errs)
+	}
+	var list []entryView
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var v entryView
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Fatalf("inspect --json line %q: %v", line, err)
+		}
+		list = append(list, v)
+	}
+	return list
+}
+
+func countState(list []entryView, state string) int {
+	n := 0
+	for _, v := range list {
+		if v.State == state {
+			n++
+		}
+	}
+	return n
+}
+
+// Ensure the config loader accepts the shipped example and rejects bad
+// files with the key, field and line at fault.
+func TestLoadConfig(t *testing.T) {
+	if _, err := LoadConfig("../../testdata/agentq.example.yaml"); err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	dir := t.TempDir()
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"UnknownKey", "journal: x.db\nwrokers: 4\n", []string{"line 2", "unknown key wrokers"}},
+		{"NestedUnknownKey", "sources:\n  - url: stomp://h/queue/x\n    prefetch: 5\n", []string{"line 3", "prefetch"}},
+		{"BadDuration", "retry:\n  max_interval: 5 minutes\n", []string{"line 2", "not a duration"}},
+		{"BadSize", "max_size: lots\n", []string{"line 1", "not a size"}},
+		{"RouteWithoutBackend", "routes:\n  - match: \"#\"\n", []string{"line 2", "exactly one of exec, shell, http or log"}},
+		{"SourceWithoutURL", "sources:\n  - name: a\n", []string{"line 2", "has no url"}},
+		{"BadLogFormat", "log_format: xml\n", []string{"log_format"}},
+		{"MissingTokenFile", "admin:\n  token_file: /nonexistent/token\n", []string{"/nonexistent/token"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, tc.name+".yaml")
+			if err := os.WriteFile(p, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := LoadConfig(p)
+			if err == nil {
+				t.Fatal("LoadConfig succeeded")
+			}
+			for _, w := range append(tc.want, p) {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// Ensure usage errors exit 2 with a message naming the flag or file, and
+// runtime failures exit 1, without stack traces.
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.db")
+	os.WriteFile(garbage, bytes.Repeat([]byte("x"), 10000), 0o600)
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("sources:\n  - url: stomp://guest@127.0.0.1:61613/queue/x\n    passcode_file: /nonexistent/pass\n"), 0o600)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"UnknownFlag", []string{"run", "--nope"}, 2, "-nope"},
+		{"UnknownCommand", []string{"frobnicate"}, 2, "frobnicate"},
+		{"RunArgs", []string{"run", "extra"}, 2, "no arguments"},
+		{"BadSourceURL", []string{"run", "--source", "http://x/y"}, 2, "unknown scheme"},
+		{"BadSpec", []string{"run", "--type-from", "xml:a"}, 2, "--type-from"},
+		{"TwoBackends", []string{"run", "--log", "--http", "http://127.0.0.1:1/"}, 2, "one of --exec, --http or --log"},
+		{"MissingPasscodeFile", []string{"run", "--config", cfg, "--journal", filepath.Join(dir, "j.db")}, 2, "/nonexistent/pass"},
+		{"MissingConfig", []string{"run", "--config", "/nonexistent/agentq.yaml"}, 2, "/nonexistent/agentq.yaml"},
+		{"NonLoopbackAdmin", []string{"run", "--journal", filepath.Join(dir, "a.db"), "--admin", "0.0.0.0:0"}, 2, "token"},
+		{"BadState", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "--state", "sleeping"}, 2, "--state"},
+		{"BadSeq", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "abc"}, 2, "SEQ"},
+		{"ReplayNoFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db")}, 2, "from"},
+		{"ReplayBadFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "yesterday-ish"}, 2, "--from"},
+		{"NotAJournal", []string{"inspect", "--journal", garbage}, 1, "not an agentq journal"},
+		{"NoJournal", []string{"inspect", "--journal", filepath.Join(dir, "none.db")}, 1, "none.db"},
+		{"SendBadHeader", []string{"send", "--header", "novalue"}, 2, "K=V"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := runMain(t, "", tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, out, errs)
+			}
+			if !strings.Contains(errs, tc.want) {
+				t.Fatalf("stderr %q does not mention %q", errs, tc.want)
+			}
+			if strings.Contains(errs, "goroutine ") || strings.Contains(errs, "panic") {
+				t.Fatalf("stack trace in output: %s", errs)
+			}
+		})
+	}
+}
+
+// Ensure every command explains itself with a worked example.
+func TestHelp(t *testing.T) {
+	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact"} {
+		code, out, _ := runMain(t, "", cmd, "--help")
+		if code != 0 || !strings.Contains(out, "agentq "+cmd) || !strings.Contains(strings.ToLower(out), "example") {
+			t.Errorf("%s --help (exit %d) lacks usage or an example:\n%s", cmd, code, out)
+		}
+	}
+}
+
+// Ensure the newcomer path: `agentq run` with no flags in an empty
+// directory, `agentq send FILE` from "another terminal", and `agentq
+// inspect` showing the message done, live and after the agent stopped.
+func TestNewcomerPath(t *testing.T) {
+	requireBroker(t)
+	dir := t.TempDir()
+	t.Chdir(dir)
+	a := startAgent(t, DefaultJournal)
+	marker := fmt.Sprintf(`{"hello":"newcomer","nonce":%d}`, rand.Int63())
+	os.WriteFile("order.json", []byte(marker), 0o600)
+	if code, out, errs := runMain(t, "", "send", "order.json"); code != 0 || !strings.Contains(out, "sent 1 message") {
+		t.Fatalf("send exited %d: %s %s", code, out, errs)
+	}
+	var seq uint64
+	waitFor(t, "the message done", 20*time.Second, func() bool {
+		code, out, _ := runMain(t, "", "inspect", "--json", "--state", "done")
+		if code != 0 {
+			return false
+		}
+		for _, line := range strings.Split(out, "\n") {
+			var v entryView
+			if json.Unmarshal([]byte(line), &v) == nil && v.State == "done" {
+				code, full, _ := runMain(t, "", "inspect", "--json", fmt.Sprint(v.Seq))
+				if code == 0 && strings.Contains(full, "newcomer") && strings.Contains(full, fmt.Sprint(marker[len(marker)-8:len(marker)-1])) {
+					seq = v.Seq
+					return true
+				}
+			}
+		}
+		return false
+	})
+	_, live, _ := runMain(t, "", "inspect", fmt.Sprint(seq))
+	_, liveSummary, _ := runMain(t, "", "inspect")
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("agent exited %d:\n%s", code, a.logs.String())
+	}
+	_, offline, _ := runMain(t, "", "inspect", fmt.Sprint(seq))
+	if live != offline {
+		t.Fatalf("inspect SEQ differs live and offline:\nlive:\n%s\noffline:\n%s", live, offline)
+	}
+	_, offlineSummary, _ := runMain(t, "", "inspect")
+	if liveSummary != offlineSummary {
+		t.Fatalf("inspect summary differs live and offline:\nlive:\n%s\noffline:\n%s", liveSummary, offlineSummary)
+	}
+	for _, want := range []string{"state:         done", `"hello": "newcomer"`} {
+		if !strings.Contains(live, want) {
+			t.Errorf("inspect %d lacks %q:\n%s", seq, want, live)
+		}
+	}
+	logs := a.logs.String()
+	for _, want := range []string{"journal open", "msg=source", "stopped cleanly"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+}
+
+// writeScript writes an executable shell script.
+func writeScript(t *testing.T, name, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Ensure stuck messages show in inspect and replay runs them again, live
+// through the admin API and offline on the file, with metrics counting the
+// real traffic.
+func TestReplayLiveAndOffline(t *testing.T) {
+	requireBroker(t)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	flag := filepath.Join(dir, "ok")
+	// The handler fails permanently until the flag file exists.
+	handler := writeScript(t, "handler.sh", fmt.Sprintf("cat >/dev/null\n[ -e %s ] && exit 0\necho 'order not found' >&2\nexit 65\n", flag))
+	src := testQueueURL(t)
+	a := startAgent(t, journal, "--journal", journal, "--source", src, "--key-from", "json:order", "--exec", handler, "--admin", "127.0.0.1:0")
+	for i := 0; i < 3; i++ {
+		body := fmt.Sprintf(`{"order":"o-%d"}`, i)
+		if code, _, errs := runMain(t, body, "send", "--header", "type=order.created", src, "-"); code != 0 {
+			t.Fatalf("send: %s", errs)
+		}
+	}
+	waitFor(t, "three stuck entries", 20*time.Second, func() bool { return countState(inspectJSON(t, journal, "--state", "stuck"), "stuck") == 3 })
+	_, summary, _ := runMain(t, "", "inspect", "--journal", journal)
+	if !strings.Contains(summary, "stuck: 3") || !strings.Contains(summary, "order not found") {
+		t.Fatalf("summary lacks the stuck entries and their error:\n%s", summary)
+	}
+
+	// Metrics count the real traffic.
+	resp, err := http.Get(a.adminURL(t) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`agentq_entries{state="stuck"} 3`, `agentq_processed_total{backend="exec:` + handler + `",outcome="stuck"} 3`, "agentq_journal_commit_duration_seconds_count"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if !regexpMatch(`agentq_acked_total\{source="[^"]+"\} 3`, string(metrics)) {
+		t.Errorf("metrics lack acked_total 3:\n%s", grepLines(string(metrics), "agentq_acked"))
+	}
+
+	// Live replay of one entry, dry run first.
+	code, out, errs := runMain(t, "", "replay", "--journal", journal, "--from", "1", "--to", "1", "--dry-run")
+	if code != 0 || !strings.Contains(out, "would replay 1 entries: 1") {
+		t.Fatalf("dry run: %d %q %s", code, out, errs)
+	}
+	os.WriteFile(flag, nil, 0o600)
+	code, out, errs = runMain(t, "", "replay", "--journal", journal, "--from", "1", "--to", "1")
+	if code != 0 || !strings.Contains(out, "replayed 1 entries: 1") {
+		t.Fatalf("live replay: %d %q %s", code, out, errs)
+	}
+	waitFor(t, "entry 1 done", 20*time.Second, func() bool { return countState(inspectJSON(t, journal, "--state", "done"), "done") == 1 })
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("agent exited %d", code)
+	}
+
+	// Offline replay of the rest; the next run finishes them.
+	code, out, errs = runMain(t, "", "replay", "--journal", journal, "--from", "1")
+	if code != 0 || !strings.Contains(out, "replayed 2 entries: 2 3") {
+		t.Fatalf("offline replay: %d %q %s", code, out, errs)
+	}
+	e := inspectJSON(t, journal, "--state", "pending")
+	if len(e) != 2 || e[0].Replays != 1 || e[0].Attempts != 0 {
+		t.Fatalf("after offline replay: %+v", e)
+	}
+	startAgent(t, journal, "--journal", journal, "--source", src, "--exec", handler, "--admin", "127.0.0.1:0")
+	waitFor(t, "all done", 20*time.Second, func() bool { return countState(inspectJSON(t, journal, "--state", "done"), "done") == 3 })
+}
+
+// proxy forwards 127.0.0.1 connections to the broker until closed.
+type proxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startProxy(t *testing.T, addr, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, b)
+			p.mu.Unlock()
+			go func() { io.Copy(b, c); b.Close() }()
+			go func() { io.Copy(c, b); c.Close() }()
+		}
+	}()
+	t.Cleanup(p.close)
+	return p
+}
+
+// close stops listening and drops every connection: the broker is gone.
+func (p *proxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// Ensure /readyz turns 503 with the reason when the broker goes away, and
+// 200 again when it is back; /healthz stays 200.
+func TestReadyzFollowsBroker(t *testing.T) {
+	requireBroker(t)
+	p := startProxy(t, "127.0.0.1:0", "127.0.0.1:61613")
+	addr := p.ln.Addr().String()
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	q := strings.TrimPrefix(testQueueURL(t), "stomp://guest:guest@127.0.0.1:61613")
+	a := startAgent(t, journal, "--journal", journal, "--source", "stomp://guest:guest@"+addr+q, "--admin", "127.0.0.1:0")
+	base := a.adminURL(t)
+	status := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, "ready", 20*time.Second, func() bool { c, _ := status("/readyz"); return c == 200 })
+	p.close()
+	var body string
+	waitFor(t, "not ready", 20*time.Second, func() bool { var c int; c, body = status("/readyz"); return c == 503 })
+	if !strings.Contains(body, "connecting") {
+		t.Fatalf("readyz body %q lacks the reason", body)
+	}
+	if c, _ := status("/healthz"); c != 200 {
+		t.Fatalf("healthz = %d while the broker is away", c)
+	}
+	startProxy(t, addr, "127.0.0.1:61613") // the broker is back, same address
+	waitFor(t, "ready again", 90*time.Second, func() bool { c, _ := status("/readyz"); return c == 200 })
+}
+
+// Ensure a token protects the admin API, and passcodes appear nowhere: not
+// in logs, inspect output, metrics or errors.
+func TestAdminTokenAndSecrets(t *testing.T) {
+	requireBroker(t)
+	const user, secret = "agentq-test-user", "Zx9-very-secret-Qw7"
+	for _, args := range [][]string{
+		{"add_user", user, secret}, {"set_permissions", "-p", "/", user, ".*", ".*", ".*"},
+	} {
+		out, err := exec.Command("rabbitmqctl", args...).CombinedOutput()
+		if err != nil && !strings.Contains(string(out), "already exists") {
+			t.Fatalf("rabbitmqctl %v: %v %s", args, err, out)
+		}
+	}
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte("admin-token-123\n"), 0o600)
+	t.Setenv("TEST_AGENTQ_PASS", secret)
+	q := strings.TrimPrefix(testQueueURL(t), "stomp://guest:guest@127.0.0.1:61613")
+	src := "stomp://" + user + "@127.0.0.1:61613" + q + "?passcode_env=TEST_AGENTQ_PASS"
+	a := startAgent(t, journal, "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--admin-token-file", tokenFile, "--log-format", "json")
+	if code, _, errs := runMain(t, "hello", "send", "stomp://"+user+":"+secret+"@127.0.0.1:61613"+q, "-"); code != 0 {
+		t.Fatalf("send: %s", errs)
+	}
+	base := a.adminURL(t)
+	get := func(path, token string) (int, string) {
+		req, _ := http.NewRequest("GET", base+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, path := range []string{"/metrics", "/v1/summary", "/v1/entries"} {
+		if c, _ := get(path, ""); c != 401 {
+			t.Errorf("%s without token = %d, want 401", path, c)
+		}
+		if c, _ := get(path, "wrong"); c != 401 {
+			t.Errorf("%s with a wrong token = %d, want 401", path, c)
+		}
+	}
+	waitFor(t, "the message journaled", 20*time.Second, func() bool {
+		c, body := get("/v1/entries", "admin-token-123")
+		return c == 200 && strings.Contains(body, `"seq":1`)
+	})
+	_, metrics := get("/metrics", "admin-token-123")
+	_, sources := get("/v1/sources", "admin-token-123")
+	// inspect without the token is refused; with it works.
+	if code, _, errs := runMain(t, "", "inspect", "--journal", journal); code == 0 || !strings.Contains(errs, "token") {
+		t.Fatalf("inspect without token: %d %s", code, errs)
+	}
+	_, inspectOut, _ := runMain(t, "", "inspect", "--journal", journal, "--admin-token-file", tokenFile, "1")
+	// A wrong passcode's error must not echo it either.
+	code, _, badErr := runMain(t, "", "send", "stomp://"+user+":wrong-"+secret+"@127.0.0.1:61613"+q)
+	if code == 0 {
+		t.Fatal("send with a wrong passcode succeeded")
+	}
+	a.stop(t)
+	for name, text := range map[string]string{"logs": a.logs.String(), "metrics": metrics, "sources": sources, "inspect": inspectOut, "send error": badErr} {
+		if strings.Contains(text, secret) {
+			t.Errorf("the passcode appears in %s", name)
+		}
+	}
+	if !strings.Contains(sources, user) {
+		t.Errorf("/v1/sources does not name the source's user: %s", sources)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
