@@ -1,0 +1,125 @@
+package worker
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Ensure HTTP statuses map to outcomes, Retry-After is honoured, and the
+// documented headers are sent, with a stable idempotency key.
+func TestHTTPOutcomes(t *testing.T) {
+	var mu sync.Mutex
+	var got []http.Header
+	var bodies []string
+	release := make(chan struct{})
+	defer close(release)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, r.Header.Clone())
+		bodies = append(bodies, string(b))
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/200":
+			w.WriteHeader(200)
+		case "/404":
+			http.Error(w, "no such order", 404)
+		case "/429":
+			w.Header().Set("Retry-After", "7")
+			http.Error(w, "slow down", 429)
+		case "/503":
+			http.Error(w, "maintenance", 503)
+		case "/drop":
+			c, _, _ := w.(http.Hijacker).Hijack()
+			c.Close()
+		case "/slow":
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+	}))
+	defer srv.Close()
+	tests := []struct {
+		path       string
+		ok         bool
+		permanent  bool
+		retryAfter time.Duration
+		errText    string
+	}{
+		{"/200", true, false, 0, ""},
+		{"/404", false, true, 0, "no such order"},
+		{"/429", false, false, 7 * time.Second, "429"},
+		{"/503", false, false, 0, "maintenance"},
+		{"/drop", false, false, 0, "POST"},
+		{"/slow", false, false, 0, "timed out"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.TrimPrefix(tc.path, "/"), func(t *testing.T) {
+			h, err := NewHTTP(HTTPConfig{URL: srv.URL + tc.path, Timeout: 300 * time.Millisecond, Headers: map[string]string{"Authorization": "Bearer t"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = h.Call(context.Background(), testEntry([]byte(`{"a":1}`)))
+			if tc.ok != (err == nil) || IsPermanent(err) != tc.permanent {
+				t.Fatalf("Call = %v (permanent %v), want ok=%v permanent=%v", err, IsPermanent(err), tc.ok, tc.permanent)
+			}
+			ra, _ := RetryAfterOf(err)
+			if ra != tc.retryAfter {
+				t.Fatalf("Retry-After = %s, want %s", ra, tc.retryAfter)
+			}
+			if err != nil && !strings.Contains(err.Error(), tc.errText) {
+				t.Fatalf("error %q lacks %q", err, tc.errText)
+			}
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	first := got[0]
+	for name, want := range map[string]string{
+		"Content-Type": "application/json", "Idempotency-Key": "agentq-42", "X-Agentq-Seq": "42",
+		"X-Agentq-Type": "order.created", "X-Agentq-Key": "o-1", "X-Agentq-Attempt": "3", "Authorization": "Bearer t",
+	} {
+		if v := first.Get(name); v != want {
+			t.Errorf("header %s = %q, want %q", name, v, want)
+		}
+	}
+	for i, h := range got {
+		if h.Get("Idempotency-Key") != "agentq-42" {
+			t.Errorf("call %d: Idempotency-Key %q changed between calls for the same entry", i, h.Get("Idempotency-Key"))
+		}
+	}
+	if bodies[0] != `{"a":1}` {
+		t.Errorf("body = %q", bodies[0])
+	}
+}
+
+// Ensure bad URLs are refused with the URL named.
+func TestHTTPBadURL(t *testing.T) {
+	for _, u := range []string{"", "ftp://x/y", "http://", "not a url"} {
+		if _, err := NewHTTP(HTTPConfig{URL: u}); err == nil {
+			t.Errorf("NewHTTP(%q) succeeded", u)
+		}
+	}
+}
+
+// Ensure Retry-After in HTTP-date form is read.
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for v, want := range map[string]time.Duration{
+		"120": 2 * time.Minute, "0": 0, now.Add(90 * time.Second).Format(http.TimeFormat): 90 * time.Second,
+	} {
+		if d, ok := parseRetryAfter(v, now); !ok || d != want {
+			t.Errorf("parseRetryAfter(%q) = %s %v, want %s", v, d, ok, want)
+		}
+	}
+	if _, ok := parseRetryAfter("soon", now); ok {
+		t.Error("parseRetryAfter(soon) succeeded")
+	}
+}
