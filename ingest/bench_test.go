@@ -1,0 +1,86 @@
+package ingest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-stomp/stomp/v3"
+)
+
+// BenchmarkIngestVsBare measures, in one run against the same broker,
+// agentq's ingest (journal with fsync, then ACK) against a bare go-stomp
+// consumer that ACKs each message without journaling: 20,000 persistent
+// 512-byte messages on a durable queue, prefetch 1000. It reports msg/s
+// for each and agentq's ratio to the bare consumer.
+func BenchmarkIngestVsBare(b *testing.B) {
+	requireBroker(b)
+	const n = 20000
+	body := make([]byte, 512)
+	for i := range body {
+		body[i] = byte('a' + i%26)
+	}
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = body
+	}
+	var bare, individual, client float64
+	for it := 0; it < b.N; it++ {
+		bare += rate(b, n, func(dest string) { bareConsume(b, dest, n) }, msgs)
+		individual += rate(b, n, func(dest string) { agentqConsume(b, dest, n, "client-individual") }, msgs)
+		client += rate(b, n, func(dest string) { agentqConsume(b, dest, n, "client") }, msgs)
+	}
+	k := float64(b.N)
+	b.ReportMetric(bare/k, "bare-msg/s")
+	b.ReportMetric(individual/k, "agentq-individual-msg/s")
+	b.ReportMetric(client/k, "agentq-client-msg/s")
+	b.ReportMetric(individual/bare, "ratio-individual")
+	b.ReportMetric(client/bare, "ratio-client")
+}
+
+// rate publishes msgs to a fresh queue (untimed) and times consume.
+func rate(b *testing.B, n int, consume func(dest string), msgs [][]byte) float64 {
+	b.StopTimer()
+	dest := testQueue(b)
+	publish(b, dest, msgs)
+	b.StartTimer()
+	t0 := time.Now()
+	consume(dest)
+	return float64(n) / time.Since(t0).Seconds()
+}
+
+func bareConsume(b *testing.B, dest string, n int) {
+	conn, err := stomp.Dial("tcp", brokerAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"),
+		stomp.ConnOpt.ReadChannelCapacity(1000), stomp.ConnOpt.WriteChannelCapacity(1000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Disconnect()
+	sub, err := conn.Subscribe(dest, stomp.AckClientIndividual, stomp.SubscribeOpt.Header("prefetch-count", "1000"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		m := <-sub.C
+		if m.Err != nil {
+			b.Fatal(m.Err)
+		}
+		if err := conn.Ack(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func agentqConsume(b *testing.B, dest string, n int, mode string) {
+	j := mustOpenJournal(b, "")
+	cfg := mustConfig(b, "stomp://guest:guest@"+brokerAddr+dest+"?prefetch=1000&ack="+mode)
+	src := NewSource(cfg, j, Options{Logger: testLogger(b)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); src.Run(ctx) }()
+	for src.Status().Acked < uint64(n) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+}
