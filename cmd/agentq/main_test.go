@@ -552,3 +552,5 @@ func grepLines(s, sub string) string {
 }
 
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
+
+func httpGet(url string) (*http.Response, error) { return http.Get(url) }
