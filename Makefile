@@ -22,8 +22,11 @@ test: broker
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 -timeout $(TESTTIME) ./...
 
+# bench: every benchmark once (each does a fixed amount of work), one
+# package at a time, then the table for the README.
 bench: broker
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./... | tee bench.out
+	$(GO) test -run '^$$' -bench . -benchtime 1x -p 1 -timeout 30m ./... | tee bench.out
+	@bash scripts/benchtable.sh bench.out
 
 # run: the default agent against the local broker, journal in ./agentq.db.
 run: broker build

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/agentq/agentq/internal/brokertest"
 )
 
 // TestIngestCrashChild is the child of TestIngestKillBetweenCommitAndAck:
@@ -81,10 +83,10 @@ func TestIngestBrokerRestart(t *testing.T) {
 	publish(t, dest, first)
 	waitFor(t, "first half journaled", 30*time.Second, func() bool { return j.LastSeq() >= 200 })
 
-	rabbitmqctl(t, "stop_app")
+	brokertest.Ctl(t, "stop_app")
 	waitFor(t, "source notices", 30*time.Second, func() bool { return src.Status().State != StateConnected })
-	rabbitmqctl(t, "start_app")
-	rabbitmqctl(t, "await_startup")
+	brokertest.Ctl(t, "start_app")
+	brokertest.Ctl(t, "await_startup")
 
 	second := bodies(200, func(i int) string { return fmt.Sprintf("after-%d", i) })
 	publish(t, dest, second)
@@ -114,14 +116,6 @@ func TestIngestIdleHeartbeat(t *testing.T) {
 	stop()
 	if c := src.Status().Connects; c != 1 {
 		t.Fatalf("connects = %d: the idle connection was dropped", c)
-	}
-}
-
-func rabbitmqctl(t *testing.T, args ...string) {
-	t.Helper()
-	out, err := exec.Command("rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
 	}
 }
 

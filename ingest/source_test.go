@@ -4,14 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,25 +17,20 @@ import (
 	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 
+	"github.com/agentq/agentq/internal/brokertest"
 	"github.com/agentq/agentq/queue"
 )
 
 // These tests talk to the real RabbitMQ that `make broker` starts on
 // 127.0.0.1 (STOMP 61613, Web-STOMP 15674). go-stomp's in-process server
 // does not implement ACK, so it cannot prove anything here.
-const (
-	brokerAddr = "127.0.0.1:61613"
-	brokerWS   = "ws://127.0.0.1:15674/ws"
-)
+const brokerAddr = brokertest.Addr
 
-func requireBroker(tb testing.TB) {
-	tb.Helper()
-	c, err := net.DialTimeout("tcp", brokerAddr, 2*time.Second)
-	if err != nil {
-		tb.Fatalf("no RabbitMQ at %s (run `make broker`): %v", brokerAddr, err)
-	}
-	c.Close()
-}
+var (
+	requireBroker = brokertest.Require
+	waitFor       = brokertest.WaitFor
+	queueDepth    = brokertest.QueueDepth
+)
 
 // testQueue returns a fresh queue name for one test.
 func testQueue(tb testing.TB) string {
@@ -107,38 +98,6 @@ func publishEach(tb testing.TB, dest string, bodies [][]byte, headers func(i int
 			tb.Errorf("publish %d: %v", i, err)
 			return
 		}
-	}
-}
-
-// queueDepth asks RabbitMQ how many messages (ready and unacknowledged)
-// a queue holds.
-func queueDepth(tb testing.TB, dest string) int {
-	tb.Helper()
-	name := strings.TrimPrefix(dest, "/queue/")
-	out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name", "messages").CombinedOutput()
-	if err != nil {
-		tb.Fatalf("rabbitmqctl list_queues: %v: %s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 && f[0] == name {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	tb.Fatalf("queue %s not found in rabbitmqctl output", name)
-	return -1
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(tb testing.TB, what string, d time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -230,55 +189,6 @@ func TestIngestPublishConsume(t *testing.T) {
 	}
 }
 
-// proxy is a TCP proxy on 127.0.0.1 that can cut every connection.
-type proxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-	cuts  atomic.Int32
-}
-
-func startProxy(tb testing.TB, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := &proxy{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, b)
-			p.mu.Unlock()
-			go func() { io.Copy(b, c); b.Close() }()
-			go func() { io.Copy(c, b); c.Close() }()
-		}
-	}()
-	tb.Cleanup(func() { ln.Close(); p.cut() })
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-// cut drops every open connection.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-	p.cuts.Add(1)
-}
-
 // Ensure connections cut in the middle lose nothing and journal nothing
 // twice: unacked frames are redelivered and recognised.
 func TestIngestConnectionCut(t *testing.T) {
@@ -291,9 +201,9 @@ func TestIngestConnectionCut(t *testing.T) {
 func testConnectionCut(t *testing.T, withID bool) {
 	requireBroker(t)
 	dest := testQueue(t)
-	p := startProxy(t, brokerAddr)
+	p := brokertest.StartProxy(t, "127.0.0.1:0", brokerAddr)
 	j := mustOpenJournal(t, "")
-	raw := fmt.Sprintf("stomp://guest:guest@%s%s?prefetch=100", p.addr(), dest)
+	raw := fmt.Sprintf("stomp://guest:guest@%s%s?prefetch=100", p.Addr(), dest)
 	if withID {
 		raw += "&id_header=x-msg-id"
 	}
@@ -319,7 +229,7 @@ func testConnectionCut(t *testing.T, withID bool) {
 			return nil
 		})
 		waitFor(t, "progress before a cut", 30*time.Second, func() bool { return j.LastSeq() > before })
-		p.cut()
+		p.Cut()
 	}
 	waitFor(t, "all messages journaled", 60*time.Second, func() bool { return j.LastSeq() >= n })
 	waitFor(t, "queue drained", 60*time.Second, func() bool { return src.Status().Acked >= n })
@@ -352,7 +262,7 @@ func testConnectionCut(t *testing.T, withID bool) {
 		t.Fatalf("queue still holds %d messages", n)
 	}
 	st := src.Status()
-	t.Logf("cuts=%d connects=%d duplicates recognised=%d", p.cuts.Load(), st.Connects, st.Duplicates)
+	t.Logf("cuts=%d connects=%d duplicates recognised=%d", p.Cuts(), st.Connects, st.Duplicates)
 	if st.Connects < 2 {
 		t.Fatalf("connects = %d: the cuts did not force reconnects", st.Connects)
 	}

@@ -34,8 +34,8 @@
 //	          of each key, in order
 //	keyhead   ordering key -> seq: the one entry of the key that is ready,
 //	          running, or stuck and blocking the key
-//	dedup     uvarint len + dedup id + seq -> nil: deliveries a redelivery
-//	          may repeat
+//	dedup     uvarint len + dedup id + seq -> connection id: deliveries a
+//	          redelivery may repeat, and the connection that last matched
 //	dedupseq  seq -> insert time + dedup key: prunes dedup by age
 //
 // Only the head of each key is ever in ready, so picking work reads the

@@ -238,7 +238,7 @@ func openBolt(path string, opts Options) (db *bolt.DB, err error) {
 		Timeout:        opts.LockTimeout,
 		ReadOnly:       opts.ReadOnly,
 		FreelistType:   bolt.FreelistMapType,
-		NoFreelistSync: true,
+		NoFreelistSync: false,
 	}
 	db, err = bolt.Open(path, 0o600, bo)
 	switch {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand"
-	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/go-stomp/stomp/v3"
 
 	"github.com/agentq/agentq/ingest"
+	"github.com/agentq/agentq/internal/brokertest"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -52,11 +52,7 @@ func BenchmarkDispatch(b *testing.B) {
 // and measures from the publisher's send to the backend call's start,
 // through ingest (journal, fsync, ACK) and the pool.
 func BenchmarkEndToEndLatency(b *testing.B) {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:61613", 2*time.Second)
-	if err != nil {
-		b.Fatalf("no RabbitMQ on 127.0.0.1:61613 (run `make broker`): %v", err)
-	}
-	c.Close()
+	brokertest.Require(b)
 	const rate, seconds = 1000, 5
 	const n = rate * seconds
 	var p50, p99 time.Duration

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/go-stomp/stomp/v3"
 
+	"github.com/agentq/agentq/internal/brokertest"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -151,8 +151,8 @@ func TestChaos(t *testing.T) {
 	hl, _ := net.Listen("tcp", "127.0.0.1:0")
 	go srv.Serve(hl)
 	defer srv.Close()
-	proxy := startProxy(t, "127.0.0.1:0", "127.0.0.1:61613")
-	proxyAddr := proxy.ln.Addr().String()
+	proxy := brokertest.StartProxy(t, "127.0.0.1:0", brokertest.Addr)
+	proxyAddr := proxy.Addr()
 	dest := fmt.Sprintf("/queue/agentq-chaos-%d", rand.Int63())
 	logs, _ := os.Create(filepath.Join(dir, "agent.log"))
 	defer logs.Close()
@@ -239,13 +239,13 @@ func TestChaos(t *testing.T) {
 			kills++
 			a.start("")
 		case "broker":
-			rabbitmq(t, "stop_app")
+			brokertest.Ctl(t, "stop_app")
 			time.Sleep(time.Second)
-			rabbitmq(t, "start_app")
-			rabbitmq(t, "await_startup")
+			brokertest.Ctl(t, "start_app")
+			brokertest.Ctl(t, "await_startup")
 			restarts++
 		case "cut":
-			proxy.cutAll()
+			proxy.Cut()
 			cuts++
 		case "full":
 			// Restart with a size limit at the journal's size: the journal
@@ -318,7 +318,7 @@ func TestChaos(t *testing.T) {
 			t.Logf("journaled twice: %s as entries %d and %d (the second redelivered=%s, received %s)", body, es[0].Seq, e.Seq, r, e.ReceivedAt.Format(time.RFC3339Nano))
 		}
 	}
-	depth := queueDepthOf(t, dest)
+	depth := brokertest.QueueDepth(t, dest)
 	// Calls beyond one per message: retries after injected failures, and
 	// at-least-once repeats of calls a kill interrupted before their
 	// outcome was journaled (at most the calls in flight at each kill).
@@ -344,42 +344,4 @@ func TestChaos(t *testing.T) {
 
 func inspectJSONState(t *testing.T, journal, state string) []entryView {
 	return inspectJSON(t, journal, "--state", state)
-}
-
-// cutAll drops every connection through the proxy; it keeps listening.
-func (p *proxy) cutAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func rabbitmq(t *testing.T, args ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput(); err != nil {
-		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
-	}
-}
-
-func queueDepthOf(t *testing.T, dest string) int {
-	t.Helper()
-	name := strings.TrimPrefix(dest, "/queue/")
-	out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name", "messages").CombinedOutput()
-	if err != nil {
-		t.Fatalf("rabbitmqctl list_queues: %v: %s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 && f[0] == name {
-			var n int
-			fmt.Sscan(f[1], &n)
-			return n
-		}
-	}
-	t.Fatalf("queue %s not found", name)
-	return -1
 }

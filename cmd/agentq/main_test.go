@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/agentq/agentq/internal/brokertest"
 )
 
 // syncBuffer is a bytes.Buffer safe for the agent's goroutines to log to.
@@ -102,25 +103,10 @@ func (a *agent) adminURL(t *testing.T) string {
 	return "http://" + info.Addr
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-}
-
-func requireBroker(t *testing.T) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", "127.0.0.1:61613", 2*time.Second)
-	if err != nil {
-		t.Fatalf("no RabbitMQ on 127.0.0.1:61613 (run `make broker`): %v", err)
-	}
-	c.Close()
-}
+var (
+	requireBroker = brokertest.Require
+	waitFor       = brokertest.WaitFor
+)
 
 func testQueueURL(t *testing.T) string {
 	return fmt.Sprintf("stomp://guest:guest@127.0.0.1:61613/queue/agentq-cmd-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Int63())
@@ -388,59 +374,12 @@ func TestReplayLiveAndOffline(t *testing.T) {
 	waitFor(t, "all done", 20*time.Second, func() bool { return countState(inspectJSON(t, journal, "--state", "done"), "done") == 3 })
 }
 
-// proxy forwards 127.0.0.1 connections to the broker until closed.
-type proxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startProxy(t *testing.T, addr, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, b)
-			p.mu.Unlock()
-			go func() { io.Copy(b, c); b.Close() }()
-			go func() { io.Copy(c, b); c.Close() }()
-		}
-	}()
-	t.Cleanup(p.close)
-	return p
-}
-
-// close stops listening and drops every connection: the broker is gone.
-func (p *proxy) close() {
-	p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // Ensure /readyz turns 503 with the reason when the broker goes away, and
 // 200 again when it is back; /healthz stays 200.
 func TestReadyzFollowsBroker(t *testing.T) {
 	requireBroker(t)
-	p := startProxy(t, "127.0.0.1:0", "127.0.0.1:61613")
-	addr := p.ln.Addr().String()
+	p := brokertest.StartProxy(t, "127.0.0.1:0", brokertest.Addr)
+	addr := p.Addr()
 	journal := filepath.Join(t.TempDir(), "agentq.db")
 	q := strings.TrimPrefix(testQueueURL(t), "stomp://guest:guest@127.0.0.1:61613")
 	a := startAgent(t, journal, "--journal", journal, "--source", "stomp://guest:guest@"+addr+q, "--admin", "127.0.0.1:0")
@@ -455,7 +394,7 @@ func TestReadyzFollowsBroker(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 	waitFor(t, "ready", 20*time.Second, func() bool { c, _ := status("/readyz"); return c == 200 })
-	p.close()
+	p.Close()
 	var body string
 	waitFor(t, "not ready", 20*time.Second, func() bool { var c int; c, body = status("/readyz"); return c == 503 })
 	if !strings.Contains(body, "connecting") {
@@ -464,7 +403,7 @@ func TestReadyzFollowsBroker(t *testing.T) {
 	if c, _ := status("/healthz"); c != 200 {
 		t.Fatalf("healthz = %d while the broker is away", c)
 	}
-	startProxy(t, addr, "127.0.0.1:61613") // the broker is back, same address
+	brokertest.StartProxy(t, addr, brokertest.Addr) // the broker is back, same address
 	waitFor(t, "ready again", 90*time.Second, func() bool { c, _ := status("/readyz"); return c == 200 })
 }
 
