@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -135,5 +136,48 @@ func assertSameMultiset(t *testing.T, got []string, want [][]byte) {
 	}
 	if len(got) != len(want) {
 		t.Fatalf("journal holds %d entries, want %d", len(got), len(want))
+	}
+}
+
+// Ensure a durable subscription on a topic keeps what is published while
+// the agent is down, and delivers it when the agent is back.
+func TestIngestDurableTopic(t *testing.T) {
+	requireBroker(t)
+	n := time.Now().UnixNano()
+	topic := fmt.Sprintf("/topic/agentq-test-durable-%d", n)
+	raw := fmt.Sprintf("stomp://guest:guest@%s%s?durable=true&id=agentq-test-durable-%d", brokerAddr, topic, n)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	publish(t, topic, bodies(1, func(int) string { return "while up" }))
+	waitFor(t, "the first message", 20*time.Second, func() bool { return j.LastSeq() >= 1 })
+	stop()
+
+	publish(t, topic, bodies(3, func(i int) string { return fmt.Sprint("while down ", i) }))
+	_, stop = runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "what was published while down", 20*time.Second, func() bool { return j.LastSeq() >= 4 })
+	stop()
+	assertSameMultiset(t, journalBodies(t, j), bodies(4, func(i int) string {
+		if i == 0 {
+			return "while up"
+		}
+		return fmt.Sprint("while down ", i-1)
+	}))
+}
+
+// Ensure a /queue/ destination whose SUBSCRIBE headers do not match the
+// existing queue gets the broker's PRECONDITION_FAILED in the source's
+// last error, and the source keeps trying.
+func TestIngestPreconditionFailed(t *testing.T) {
+	requireBroker(t)
+	dest := testQueue(t)
+	publish(t, dest, bodies(1, func(int) string { return "x" })) // declares it durable, no arguments
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://guest:guest@"+brokerAddr+dest+"?header.x-max-length=5"), j, Options{})
+	waitFor(t, "an error recorded", 20*time.Second, func() bool { return src.Status().LastError != "" })
+	st := src.Status()
+	stop()
+	if !strings.Contains(st.LastError, "PRECONDITION_FAILED") && !strings.Contains(strings.ToLower(st.LastError), "inequivalent") {
+		t.Fatalf("last error = %q, want the broker's PRECONDITION_FAILED", st.LastError)
 	}
 }

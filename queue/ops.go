@@ -122,11 +122,11 @@ const (
 	Retry
 	// Stuck: parked until an operator replays it.
 	Stuck
-	// Release: pending again at once, e.g. a call cancelled by shutdown.
+	// Release: pending again at once and the attempt is not counted: the
+	// call was cancelled by shutdown, or claimed and never started. (A
+	// crash, by contrast, keeps the attempt: Open cannot know how far the
+	// call got.)
 	Release
-	// Unclaim: pending again at once, and the attempt is not counted: the
-	// entry was claimed but its backend call never started.
-	Unclaim
 )
 
 // Settle records the outcomes of running entries, durably. An outcome for
@@ -170,13 +170,12 @@ func (t *txn) settle(o Outcome) error {
 			return err
 		}
 		return t.release(e)
-	case Retry, Release, Unclaim:
+	case Retry, Release:
 		e.NextAttemptAt = time.Time{}
-		switch o.Kind {
-		case Retry:
+		if o.Kind == Retry {
 			e.LastError = clip(o.Err)
 			e.NextAttemptAt = o.At
-		case Unclaim:
+		} else {
 			e.Attempts = max(e.Attempts-1, 0)
 		}
 		if err := t.setState(e, StatePending); err != nil {

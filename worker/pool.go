@@ -189,7 +189,7 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 		}
 		outs := make([]queue.Outcome, len(queued))
 		for i, e := range queued {
-			outs[i] = queue.Outcome{Seq: e.Seq, Kind: queue.Unclaim}
+			outs[i] = queue.Outcome{Seq: e.Seq, Kind: queue.Release}
 		}
 		if err := p.j.Settle(context.Background(), outs...); err != nil {
 			p.log.Error("cannot return claimed entries", "error", err)

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// agentBinary builds the real agentq binary for tests that signal it.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "agentq")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// Ensure SIGTERM starts a drain that waits for a running call, a second
+// SIGTERM cancels it, the agent exits 0, and the message is pending again
+// in the journal, to run on the next start.
+func TestSecondSignalCutsDrain(t *testing.T) {
+	requireBroker(t)
+	bin := agentBinary(t)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	src := testQueueURL(t)
+	var logs syncBuffer
+	cmd := exec.Command(bin, "run", "--journal", journal, "--source", src, "--exec", "sleep 600",
+		"--drain-timeout", "1h", "--admin", "127.0.0.1:0")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor(t, "the admin file", 20*time.Second, func() bool { _, err := os.Stat(adminFile(journal)); return err == nil })
+	if code, _, errs := runMain(t, "", "send", src); code != 0 {
+		t.Fatal(errs)
+	}
+	waitFor(t, "the call running", 20*time.Second, func() bool { return len(inspectJSON(t, journal, "--state", "running")) == 1 })
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "the drain to start", 10*time.Second, func() bool { return strings.Contains(logs.String(), "shutting down") })
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("agent exited with %v:\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the second signal did not end the drain:\n%s", logs.String())
+	}
+	list := inspectJSON(t, journal, "--state", "all")
+	if len(list) != 1 || list[0].State != "pending" {
+		t.Fatalf("after shutdown the entry is %+v, want pending", list)
+	}
+	if !strings.Contains(logs.String(), "second signal") {
+		t.Errorf("logs do not tell about the second signal:\n%s", logs.String())
+	}
+}
+
+// Ensure a missing broker is reported in one line that names the address
+// and says what to do, while the agent keeps retrying.
+func TestNoBrokerSaysSo(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	a := startAgent(t, journal, "--journal", journal, "--source", "stomp://guest:guest@"+addr+"/queue/x", "--admin", "127.0.0.1:0")
+	waitFor(t, "the no-broker line", 10*time.Second, func() bool { return strings.Contains(a.logs.String(), "no broker answers at "+addr) })
+	var line string
+	for _, l := range strings.Split(a.logs.String(), "\n") {
+		if strings.Contains(l, "no broker answers") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "--source") || !strings.Contains(line, "refused") {
+		t.Fatalf("no-broker line lacks the cause or the way out: %s", line)
+	}
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("agent exited %d", code)
+	}
+}
+
+// Ensure compact shrinks a stopped agent's journal and refuses a journal
+// in use.
+func TestCompactCommand(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		j.Append(context.Background(), &queue.Entry{Body: make([]byte, 4000)})
+	}
+	code, _, errs := runMain(t, "", "compact", "--journal", journal)
+	if code != 1 || !strings.Contains(errs, "in use") {
+		t.Fatalf("compact of a journal in use: exit %d %s", code, errs)
+	}
+	j.Close()
+	code, out, errs := runMain(t, "", "compact", "--journal", journal)
+	if code != 0 || !strings.Contains(out, "compacted") {
+		t.Fatalf("compact: exit %d %s %s", code, out, errs)
+	}
+	if n := len(inspectJSON(t, journal, "--state", "all")); n != 200 {
+		t.Fatalf("%d entries after compact, want 200", n)
+	}
+}
+
+// Ensure several sources run in one agent, each on its own connection,
+// and their messages are journaled with their source's name.
+func TestSeveralSources(t *testing.T) {
+	requireBroker(t)
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	s1 := testQueueURL(t) + "?name=first"
+	s2 := "ws://guest:guest@127.0.0.1:15674/ws?name=second&destination=" + strings.SplitN(testQueueURL(t), "61613", 2)[1]
+	startAgent(t, journal, "--journal", journal, "--source", s1, "--source", s2, "--admin", "127.0.0.1:0")
+	for _, u := range []string{s1, s2} {
+		if code, _, errs := runMain(t, "", "send", u); code != 0 {
+			t.Fatal(errs)
+		}
+	}
+	waitFor(t, "both journaled", 20*time.Second, func() bool { return len(inspectJSON(t, journal, "--state", "all")) == 2 })
+	got := map[string]bool{}
+	for _, v := range inspectJSON(t, journal, "--state", "all") {
+		got[v.Source] = true
+	}
+	if !got["first"] || !got["second"] {
+		t.Fatalf("sources journaled: %v, want first and second", got)
+	}
+}
