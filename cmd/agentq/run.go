@@ -59,7 +59,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
 			&cli.BoolFlag{Name: "log", Usage: "log every message and succeed (the default backend)", EnvVars: []string{"AGENTQ_LOG"}},
-			&cli.DurationFlag{Name: "timeout", Usage: "per-call timeout for --exec and --http", Value: 5 * time.Minute, EnvVars: []string{"AGENTQ_TIMEOUT"}},
+			&cli.DurationFlag{Name: "timeout", Usage: "per-call timeout for --exec and --http", Value: DefaultCallTimeout, EnvVars: []string{"AGENTQ_TIMEOUT"}},
 			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N` (default 8)", EnvVars: []string{"AGENTQ_WORKERS"}},
 			&cli.StringFlag{Name: "admin", Usage: "admin endpoint `ADDR` (health, metrics, JSON API); 127.0.0.1:0 picks a free port; empty disables (default " + DefaultAdmin + ")", EnvVars: []string{"AGENTQ_ADMIN"}},
 			&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with a bearer token required by the admin API (needed for non-loopback --admin)", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
@@ -72,6 +72,10 @@ a second signal cancels them. Their messages stay in the journal and run again o
 		Action: runAction,
 	}
 }
+
+// DefaultCallTimeout bounds a command backend's call when nothing else
+// does: a call that hangs would hold its ordering key forever.
+const DefaultCallTimeout = 5 * time.Minute
 
 // DefaultRetention keeps done entries for a week: long enough to replay
 // last week's work, short enough to keep the file small.
@@ -288,7 +292,13 @@ func buildRouter(routes []RouteEntry, logger *slog.Logger, journalID string) (*w
 			if r.Shell != "" {
 				argv, shell = []string{r.Shell}, true
 			}
-			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: time.Duration(r.Timeout), Env: r.Env})
+			// A command that hangs would hold its key forever: calls
+			// always have a timeout.
+			timeout := time.Duration(r.Timeout)
+			if timeout <= 0 {
+				timeout = DefaultCallTimeout
+			}
+			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: timeout, Env: r.Env})
 		case r.HTTP != "":
 			b, err = worker.NewHTTP(worker.HTTPConfig{URL: r.HTTP, Timeout: time.Duration(r.Timeout), Headers: r.Headers, IdempotencyPrefix: "agentq-" + journalID})
 		default:
