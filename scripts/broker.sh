@@ -27,7 +27,7 @@ listeners.tcp.1 = 127.0.0.1:5672
 stomp.listeners.tcp.1 = 127.0.0.1:61613
 web_stomp.tcp.ip = 127.0.0.1
 web_stomp.tcp.port = 15674
-loopback_users = none
+distribution.listener.interface = 127.0.0.1
 '
   if [ "$(cat "$conf" 2>/dev/null)" != "$(printf '%s' "$want")" ]; then
     mkdir -p /etc/rabbitmq
