@@ -55,14 +55,6 @@ func bench1M(b *testing.B) string {
 	return dst
 }
 
-func buildAgent(b *testing.B) string {
-	bin := filepath.Join(b.TempDir(), "agentq")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 var ackedRe = regexp.MustCompile(`(?m)^agentq_acked_total\{[^}]*\} (\d+)`)
 
 // BenchmarkRestart1M measures, with the real binary on a journal of 1M
@@ -71,7 +63,7 @@ var ackedRe = regexp.MustCompile(`(?m)^agentq_acked_total\{[^}]*\} (\d+)`)
 // that backlog while it works on it.
 func BenchmarkRestart1M(b *testing.B) {
 	journal := bench1M(b)
-	bin := buildAgent(b)
+	bin := agentBinary(b)
 	dest := fmt.Sprintf("/queue/agentq-bench-restart-%d", rand.Int63())
 	var firstAck time.Duration
 	var rssKB int64

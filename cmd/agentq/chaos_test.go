@@ -142,10 +142,7 @@ func TestChaos(t *testing.T) {
 	}
 	start := time.Now()
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "agentq")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := agentBinary(t)
 	calls := &callLog{keyOf: map[int]string{}, fail: rand.New(rand.NewSource(1))}
 	srv := &http.Server{Handler: calls}
 	hl, _ := net.Listen("tcp", "127.0.0.1:0")

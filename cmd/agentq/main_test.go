@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,23 +47,66 @@ func runMain(t *testing.T, stdin string, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-// agent is an `agentq run` running inside the test.
+// TestMain removes the agent binary the tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binPath string
+	binErr  error
+)
+
+// agentBinary builds the real agentq binary once per test run, with the
+// race detector when the tests have it.
+func agentBinary(tb testing.TB) string {
+	tb.Helper()
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "agentq-test-bin-"); binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "agentq")
+		args := []string{"build", "-o", binPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		tb.Fatal(binErr)
+	}
+	return binPath
+}
+
+// agent is an `agentq run` process the test started.
 type agent struct {
-	cancel  context.CancelFunc
+	cmd     *exec.Cmd
 	done    chan int
 	logs    *syncBuffer
 	journal string
 }
 
-// startAgent runs `agentq run args...` until the test ends or stop is
-// called, and waits for its admin address file.
+// startAgent runs the real binary as `agentq run args...` until the test
+// ends or stop is called, and waits for its admin address file.
 func startAgent(t *testing.T, journal string, args ...string) *agent {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	a := &agent{cancel: cancel, done: make(chan int, 1), logs: &syncBuffer{}, journal: journal}
-	go func() {
-		a.done <- Main(ctx, append([]string{"agentq", "run"}, args...), strings.NewReader(""), io.Discard, a.logs)
-	}()
+	a := &agent{done: make(chan int, 1), logs: &syncBuffer{}, journal: journal}
+	a.cmd = exec.Command(agentBinary(t), append([]string{"run"}, args...)...)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	os.Remove(adminFile(journal))
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.cmd.Wait(); a.done <- a.cmd.ProcessState.ExitCode() }()
 	t.Cleanup(func() { a.stop(t) })
 	waitFor(t, "the agent's admin address file", 20*time.Second, func() bool {
 		select {
@@ -77,13 +121,15 @@ func startAgent(t *testing.T, journal string, args ...string) *agent {
 	return a
 }
 
+// stop sends SIGTERM and returns the exit code.
 func (a *agent) stop(t *testing.T) int {
-	a.cancel()
+	a.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case code := <-a.done:
 		a.done <- code
 		return code
 	case <-time.After(40 * time.Second):
+		a.cmd.Process.Kill()
 		t.Fatalf("agent did not stop:\n%s", a.logs.String())
 		return -1
 	}

@@ -14,16 +14,6 @@ import (
 	"github.com/agentq/agentq/queue"
 )
 
-// agentBinary builds the real agentq binary for tests that signal it.
-func agentBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "agentq")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // Ensure SIGTERM starts a drain that waits for a running call, a second
 // SIGTERM cancels it, the agent exits 0, and the message is pending again
 // in the journal, to run on the next start.
