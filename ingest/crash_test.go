@@ -1,15 +1,20 @@
 package ingest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/go-stomp/stomp/v3/frame"
 
 	"github.com/agentq/agentq/internal/brokertest"
 )
@@ -179,5 +184,71 @@ func TestIngestPreconditionFailed(t *testing.T) {
 	stop()
 	if !strings.Contains(st.LastError, "PRECONDITION_FAILED") && !strings.Contains(strings.ToLower(st.LastError), "inequivalent") {
 		t.Fatalf("last error = %q, want the broker's PRECONDITION_FAILED", st.LastError)
+	}
+}
+
+// fakeNoHeartbeatBroker accepts STOMP connections and answers CONNECT with
+// heart-beat:0,0, then stays silent: a broker that does no heartbeats. It
+// records the heart-beat header of every CONNECT. (Not a STOMP server: it
+// cannot ACK or deliver, and tests nothing of either.)
+func fakeNoHeartbeatBroker(t *testing.T) (addr string, asked func() []string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	var hb []string
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					f, err := frame.NewReader(r).Read()
+					if err != nil {
+						return
+					}
+					if f == nil {
+						continue // a heartbeat
+					}
+					if f.Command == frame.CONNECT || f.Command == frame.STOMP {
+						mu.Lock()
+						hb = append(hb, f.Header.Get(frame.HeartBeat))
+						mu.Unlock()
+						c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00"))
+					} else if id := f.Header.Get(frame.Receipt); id != "" {
+						c.Write([]byte("RECEIPT\nreceipt-id:" + id + "\n\n\x00"))
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), hb...) }
+}
+
+// Ensure that when a broker grants no heartbeats the source reconnects
+// once with heartbeats off, and then an idle connection is not timed out
+// by go-stomp's own receive interval.
+func TestIngestBrokerGrantsNoHeartbeats(t *testing.T) {
+	addr, asked := fakeNoHeartbeatBroker(t)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://guest:guest@"+addr+"/queue/x?heartbeat=500ms"), j, Options{})
+	waitFor(t, "connected with heartbeats off", 10*time.Second, func() bool {
+		h := asked()
+		return len(h) >= 2 && h[len(h)-1] == "0,0" && src.Status().State == StateConnected
+	})
+	time.Sleep(3 * time.Second) // six of the heartbeat intervals first asked for
+	st := src.Status()
+	stop()
+	if h := asked(); len(h) != 2 || h[0] == "0,0" {
+		t.Fatalf("CONNECT heart-beat headers = %v, want one with heartbeats then one with 0,0", h)
+	}
+	if st.State != StateConnected || st.Connects != 1 {
+		t.Fatalf("after idling: %+v, want still connected after one subscribe", st)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/go-stomp/stomp/v3"
@@ -113,6 +114,9 @@ func ConnOptions(cfg Config, logger *slog.Logger) []func(*stomp.Conn) error {
 		stomp.ConnOpt.ReadChannelCapacity(max(cfg.Prefetch, 20)),
 		stomp.ConnOpt.WriteChannelCapacity(max(cfg.Prefetch, 20)),
 		stomp.ConnOpt.Logger(stompLogger{logger}),
+		// Shutdown must not hang on a broker that does not answer.
+		stomp.ConnOpt.UnsubscribeReceiptTimeout(5 * time.Second),
+		stomp.ConnOpt.DisconnectReceiptTimeout(5 * time.Second),
 	}
 	if cfg.HeartBeat > 0 {
 		// Allow the broker some slack: RabbitMQ rounds heartbeats to
