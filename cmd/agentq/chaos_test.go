@@ -326,6 +326,11 @@ func TestChaos(t *testing.T) {
 	fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", map[bool]string{true: "full", false: "short"}[*chaosFull],
 		plan.messages, entries, lost, len(calls.calls), calls.injected, repeats, dupEntries, orderBroken, depth, kills, restarts, cuts, fulls, time.Since(start).Round(time.Second))
 	tw.Flush()
+	// Each kill can repeat at most what the pool had claimed and not yet
+	// settled: 32 × 8 workers.
+	if bound := kills * 32 * 8; repeats > bound {
+		t.Errorf("%d repeats after %d kills, more than the in-flight bound %d", repeats, kills, bound)
+	}
 	if lost != 0 || orderBroken != 0 || dupEntries != 0 || depth != 0 {
 		t.Fatalf("lost=%d order breaks=%d journal duplicates=%d queue left=%d", lost, orderBroken, dupEntries, depth)
 	}

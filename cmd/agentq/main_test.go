@@ -539,3 +539,19 @@ func grepLines(s, sub string) string {
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
 
 func httpGet(url string) (*http.Response, error) { return http.Get(url) }
+
+// Ensure flags read their AGENTQ_* environment variables, and a bad value
+// there is reported like a bad flag.
+func TestEnvironmentVariables(t *testing.T) {
+	t.Setenv("AGENTQ_SOURCE", "http://not-stomp/queue/x")
+	code, _, errs := runMain(t, "", "run", "--journal", filepath.Join(t.TempDir(), "j.db"))
+	if code != 2 || !strings.Contains(errs, "unknown scheme") {
+		t.Fatalf("AGENTQ_SOURCE not read: exit %d %s", code, errs)
+	}
+	t.Setenv("AGENTQ_SOURCE", "")
+	t.Setenv("AGENTQ_WORKERS", "0")
+	code, _, errs = runMain(t, "", "run", "--journal", filepath.Join(t.TempDir(), "j.db"))
+	if code != 2 || !strings.Contains(errs, "--workers") {
+		t.Fatalf("AGENTQ_WORKERS not read: exit %d %s", code, errs)
+	}
+}
