@@ -277,7 +277,7 @@ func TestExitCodes(t *testing.T) {
 
 // Ensure every command explains itself with a worked example.
 func TestHelp(t *testing.T) {
-	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact"} {
+	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact", "version"} {
 		code, out, _ := runMain(t, "", cmd, "--help")
 		if code != 0 || !strings.Contains(out, "agentq "+cmd) || !strings.Contains(strings.ToLower(out), "example") {
 			t.Errorf("%s --help (exit %d) lacks usage or an example:\n%s", cmd, code, out)
