@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+
 	"github.com/agentq/agentq/queue"
 )
 
@@ -102,7 +104,6 @@ func (p *Pool) Run(ctx context.Context) error {
 	// the drain, and only the drain's end (or Abort) cancels calls.
 	callCtx, cancelCalls := context.WithCancel(context.Background())
 	defer cancelCalls()
-	settleCtx := context.Background()
 
 	work := make(chan *queue.Entry)
 	outs := make(chan queue.Outcome, p.opts.InFlight)
@@ -138,13 +139,8 @@ func (p *Pool) Run(ctx context.Context) error {
 					break fill
 				}
 			}
-			if err := p.j.Settle(settleCtx, batch...); err != nil {
-				// A failed commit leaves the entries running in the
-				// journal; the next Open puts them back to pending.
-				p.log.Error("cannot record outcomes", "error", err, "count", len(batch))
-				if firstErr == nil && !errors.Is(err, queue.ErrBadState) {
-					firstErr = err
-				}
+			if err := p.settle(ctx, batch); err != nil && firstErr == nil {
+				firstErr = err
 			}
 			freed <- len(batch)
 		}
@@ -195,17 +191,28 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 			p.log.Error("cannot return claimed entries", "error", err)
 		}
 	}
+	claimBackoff := newRetryBackoff()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		if len(queued) == 0 && inflight < p.opts.InFlight && ctx.Err() == nil {
 			es, err := p.j.Claim(ctx, p.opts.InFlight-inflight)
 			if err != nil {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
 					return nil
 				}
-				return fmt.Errorf("cannot claim entries: %w", err)
+				// The journal cannot write (a full disk): wait and try
+				// again rather than give up; intake pauses the same way.
+				wait := claimBackoff.NextBackOff()
+				p.log.Error("cannot claim entries; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+				continue
 			}
+			claimBackoff.Reset()
 			queued = es
 			inflight += len(es)
 		}
@@ -242,6 +249,42 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 		case <-timer.C:
 		}
 	}
+}
+
+// settle records outcomes, retrying while the journal cannot write: a lost
+// outcome would leave its entry running until the next start. Once Run's
+// context has ended it tries a few more times and then leaves the entries
+// running, which the next Open puts back to pending (the call repeats:
+// at-least-once).
+func (p *Pool) settle(ctx context.Context, batch []queue.Outcome) error {
+	b := newRetryBackoff()
+	for attempt := 1; ; attempt++ {
+		err := p.j.Settle(context.Background(), batch...)
+		switch {
+		case err == nil, errors.Is(err, queue.ErrBadState):
+			if attempt > 1 {
+				p.log.Info("outcomes recorded after the journal recovered", "count", len(batch), "attempts", attempt)
+			}
+			return nil
+		case errors.Is(err, queue.ErrClosed), ctx.Err() != nil && attempt >= 5:
+			p.log.Error("cannot record outcomes; their entries run again on the next start", "error", err, "count", len(batch))
+			return err
+		}
+		wait := b.NextBackOff()
+		p.log.Error("cannot record outcomes; retrying", "error", err, "count", len(batch), "retry_in", wait.Round(time.Millisecond))
+		time.Sleep(wait)
+	}
+}
+
+// newRetryBackoff is the schedule for journal writes that fail: 50 ms
+// doubling to 5 s, forever.
+func newRetryBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 50 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
 }
 
 // handle runs one entry and decides its outcome.

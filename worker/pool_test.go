@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -311,5 +312,65 @@ func TestPoolShutdown(t *testing.T) {
 				t.Fatalf("state after shutdown = %s, want %s", e.State, tc.wantState)
 			}
 		})
+	}
+}
+
+// flakyJournal fails claims and settles while fail is set, like a full disk.
+type flakyJournal struct {
+	*queue.Journal
+	fail atomic.Bool
+}
+
+func (f *flakyJournal) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
+	if f.fail.Load() {
+		return nil, queue.ErrFull
+	}
+	return f.Journal.Claim(ctx, max)
+}
+
+func (f *flakyJournal) Settle(ctx context.Context, outs ...queue.Outcome) error {
+	if f.fail.Load() {
+		return queue.ErrFull
+	}
+	return f.Journal.Settle(ctx, outs...)
+}
+
+// Ensure a journal that cannot write for a while (a full disk) neither
+// stops the pool nor loses outcomes: claims and settles are retried until
+// the journal recovers.
+func TestPoolRidesOutUnwritableJournal(t *testing.T) {
+	j := mustOpenJournal(t, "", queue.Options{})
+	fj := &flakyJournal{Journal: j}
+	calls := atomic.Int32{}
+	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error {
+		if calls.Add(1) == 1 {
+			fj.fail.Store(true) // the disk fills while the first call runs
+		}
+		return nil
+	}}
+	for i := 0; i < 3; i++ {
+		if _, err := j.Append(context.Background(), &queue.Entry{Body: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := NewPool(fj, mustRouter(t, b), Options{Workers: 1, InFlight: 1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(ctx) }()
+	waitFor(t, "the journal to fail", 10*time.Second, func() bool { return fj.fail.Load() })
+	time.Sleep(300 * time.Millisecond) // a few failed settles and claims
+	select {
+	case err := <-errc:
+		t.Fatalf("pool stopped while the journal could not write: %v", err)
+	default:
+	}
+	fj.fail.Store(false)
+	waitFor(t, "all done after recovery", 20*time.Second, func() bool { return countState(j, queue.StateDone) == 3 })
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -245,13 +245,12 @@ func TestChaos(t *testing.T) {
 			proxy.Cut()
 			cuts++
 		case "full":
-			// Restart with a size limit at the journal's size: the journal
-			// is full, the source stops taking frames, and the broker
-			// keeps them. Then free it.
+			// Restart with a size limit below the journal's size: the
+			// journal is full, the source stops taking frames, and the
+			// broker keeps them. Then free it.
 			a.kill()
 			kills++
-			fi, _ := os.Stat(a.journal)
-			a.start(fmt.Sprintf("max_size: %d\n", fi.Size()))
+			a.start("max_size: 4096\n")
 			waitFor(t, "the journal to fill up", 60*time.Second, func() bool {
 				code, body := a.readyz()
 				return code == 503 && strings.Contains(body, "journal not writable")
