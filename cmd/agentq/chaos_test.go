@@ -182,7 +182,10 @@ func TestChaos(t *testing.T) {
 		for i, try := 0, 0; i < plan.messages; try++ {
 			<-tick.C
 			if conn == nil {
-				c, err := stomp.Dial("tcp", "127.0.0.1:61613", stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
+				// A short receipt timeout: after a broker restart the old
+				// connection's send must fail fast, not after 30 s.
+				c, err := stomp.Dial("tcp", "127.0.0.1:61613", stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"),
+					stomp.ConnOpt.RcvReceiptTimeout(2*time.Second))
 				if err != nil {
 					time.Sleep(200 * time.Millisecond) // the broker is restarting
 					continue
@@ -263,6 +266,7 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	<-published
+	t.Logf("faults done, publishing done at %s", time.Since(start).Round(time.Millisecond))
 	waitFor(t, "every message at the backend", plan.deadline-time.Since(start), func() bool { return calls.distinct() >= plan.messages })
 	waitFor(t, "the journal drained", time.Minute, func() bool {
 		code, _ := a.readyz()
@@ -272,9 +276,11 @@ func TestChaos(t *testing.T) {
 		list := inspectJSONState(t, a.journal, "pending")
 		return len(list) == 0
 	})
+	t.Logf("all delivered and drained at %s", time.Since(start).Round(time.Millisecond))
 	if code := a.term(); code != 0 {
 		t.Errorf("agent exited %d after SIGTERM", code)
 	}
+	t.Logf("agent stopped at %s", time.Since(start).Round(time.Millisecond))
 
 	// Verdicts.
 	calls.mu.Lock()
