@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -71,18 +72,18 @@ func BenchmarkRestart1M(b *testing.B) {
 		if code := Main(context.Background(), []string{"agentq", "send", "stomp://guest:guest@127.0.0.1:61613" + dest}, strings.NewReader(""), io.Discard, io.Discard); code != 0 {
 			b.Fatal("send failed: is the broker up? (make broker)")
 		}
-		os.Remove(adminFile(journal))
+		os.Remove(admin.AddrFile(journal))
 		t0 := time.Now()
 		cmd := exec.Command(bin, "run", "--journal", journal, "--source", "stomp://guest:guest@127.0.0.1:61613"+dest,
 			"--admin", "127.0.0.1:0", "--exec", "sleep 5", "--workers", "8", "--log-level", "error")
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
-		var admin string
+		var adminRaw string
 		for time.Since(t0) < time.Minute {
-			if raw, err := os.ReadFile(adminFile(journal)); err == nil {
-				admin = strings.TrimSpace(string(raw))
-				if resp, err := http.Get("http://" + between(admin, `"addr":"`, `"`) + "/metrics"); err == nil {
+			if raw, err := os.ReadFile(admin.AddrFile(journal)); err == nil {
+				adminRaw = strings.TrimSpace(string(raw))
+				if resp, err := http.Get("http://" + between(adminRaw, `"addr":"`, `"`) + "/metrics"); err == nil {
 					m, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
 					if s := ackedRe.FindSubmatch(m); s != nil && string(s[1]) != "0" {

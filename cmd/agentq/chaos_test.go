@@ -21,6 +21,7 @@ import (
 
 	"github.com/go-stomp/stomp/v3"
 
+	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/internal/brokertest"
 	"github.com/agentq/agentq/queue"
 )
@@ -93,13 +94,13 @@ func (a *chaosAgent) start(extraConfig string) {
 	a.t.Helper()
 	cfg := filepath.Join(a.dir, "agentq.yaml")
 	os.WriteFile(cfg, []byte("retry:\n  initial_interval: 50ms\n  max_interval: 500ms\n  max_elapsed: 0s\ndrain_timeout: 1s\n"+extraConfig), 0o600)
-	os.Remove(adminFile(a.journal))
+	os.Remove(admin.AddrFile(a.journal))
 	a.cmd = exec.Command(a.bin, append([]string{"run", "--config", cfg}, a.args...)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
-	waitFor(a.t, "the agent's admin file", 30*time.Second, func() bool { _, err := os.Stat(adminFile(a.journal)); return err == nil })
+	waitFor(a.t, "the agent's admin file", 30*time.Second, func() bool { _, err := os.Stat(admin.AddrFile(a.journal)); return err == nil })
 }
 
 func (a *chaosAgent) kill() {
@@ -114,11 +115,11 @@ func (a *chaosAgent) term() int {
 }
 
 func (a *chaosAgent) readyz() (int, string) {
-	b, err := os.ReadFile(adminFile(a.journal))
+	b, err := os.ReadFile(admin.AddrFile(a.journal))
 	if err != nil {
 		return 0, err.Error()
 	}
-	var info adminInfo
+	var info admin.AddrInfo
 	json.Unmarshal(b, &info)
 	resp, err := http.Get("http://" + info.Addr + "/readyz")
 	if err != nil {
@@ -349,6 +350,6 @@ func TestChaos(t *testing.T) {
 	}
 }
 
-func inspectJSONState(t *testing.T, journal, state string) []entryView {
+func inspectJSONState(t *testing.T, journal, state string) []admin.EntryView {
 	return inspectJSON(t, journal, "--state", state)
 }

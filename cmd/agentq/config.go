@@ -32,6 +32,7 @@ type Config struct {
 	LogFormat    string        `yaml:"log_format"`    // text (default) or json
 	LogLevel     string        `yaml:"log_level"`     // debug, info (default), warn, error
 	DrainTimeout Duration      `yaml:"drain_timeout"` // default 30s
+	Timeout      Duration      `yaml:"timeout"`       // per-call timeout of routes without their own; default 5m
 	Retention    Duration      `yaml:"retention"`     // keep done entries this long; default 168h; 0 keeps forever
 	SkipStuck    bool          `yaml:"skip_stuck"`    // let a key continue past a stuck entry
 	MaxSize      ByteSize      `yaml:"max_size"`      // journal size limit; 0 = none
@@ -58,6 +59,9 @@ type AdminConfig struct {
 	Addr      *string `yaml:"addr"`       // default 127.0.0.1:9464; "" disables
 	Token     string  `yaml:"token"`      // bearer token; prefer token_file
 	TokenFile string  `yaml:"token_file"` // file holding the bearer token
+	// AllowedHosts are DNS names the admin endpoint answers to besides
+	// loopback names and its own addresses (Host header check).
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // SourceEntry is one subscription. URL carries everything the command

@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -77,7 +78,7 @@ func inspectAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	st, err := openStore(path, false, token)
+	st, err := admin.Open(path, false, token)
 	if err != nil {
 		return err
 	}
@@ -163,7 +164,7 @@ func readToken(file string) (string, error) {
 	return t, nil
 }
 
-func printSummary(w io.Writer, s *summary) {
+func printSummary(w io.Writer, s *admin.Summary) {
 	fmt.Fprintf(w, "journal %s: %d entries received in all\n\n", s.Journal, s.LastSeq)
 	states := []string{"pending", "retrying", "running", "done", "stuck"}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -202,7 +203,7 @@ func printSummary(w io.Writer, s *summary) {
 	}
 }
 
-func printList(w io.Writer, list []entryView) {
+func printList(w io.Writer, list []admin.EntryView) {
 	if len(list) == 0 {
 		fmt.Fprintln(w, "no matching entries")
 		return
@@ -224,7 +225,7 @@ func printList(w io.Writer, list []entryView) {
 	tw.Flush()
 }
 
-func printEntry(w io.Writer, v *entryView) {
+func printEntry(w io.Writer, v *admin.EntryView) {
 	fmt.Fprintf(w, "entry %d\n", v.Seq)
 	kv := func(k, val string) { fmt.Fprintf(w, "  %-14s %s\n", k+":", val) }
 	kv("state", v.State)

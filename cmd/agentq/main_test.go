@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/internal/brokertest"
 )
 
@@ -102,7 +103,7 @@ func startAgent(t *testing.T, journal string, args ...string) *agent {
 	a := &agent{done: make(chan int, 1), logs: &syncBuffer{}, journal: journal}
 	a.cmd = exec.Command(agentBinary(t), append([]string{"run"}, args...)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
-	os.Remove(adminFile(journal))
+	os.Remove(admin.AddrFile(journal))
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +116,7 @@ func startAgent(t *testing.T, journal string, args ...string) *agent {
 			t.Fatalf("agent exited with %d:\n%s", code, a.logs.String())
 		default:
 		}
-		_, err := os.Stat(adminFile(journal))
+		_, err := os.Stat(admin.AddrFile(journal))
 		return err == nil
 	})
 	return a
@@ -138,11 +139,11 @@ func (a *agent) stop(t *testing.T) int {
 // adminURL reads the running agent's admin address.
 func (a *agent) adminURL(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile(adminFile(a.journal))
+	b, err := os.ReadFile(admin.AddrFile(a.journal))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var info adminInfo
+	var info admin.AddrInfo
 	if err := json.Unmarshal(b, &info); err != nil {
 		t.Fatal(err)
 	}
@@ -159,18 +160,18 @@ func testQueueURL(t *testing.T) string {
 }
 
 // inspectJSON returns `agentq inspect --json` entries for a journal.
-func inspectJSON(t *testing.T, journal string, args ...string) []entryView {
+func inspectJSON(t *testing.T, journal string, args ...string) []admin.EntryView {
 	t.Helper()
 	code, out, errs := runMain(t, "", append([]string{"inspect", "--journal", journal, "--json"}, args...)...)
 	if code != 0 {
 		t.Fatalf("inspect exited %d: %s", code, errs)
 	}
-	var list []entryView
+	var list []admin.EntryView
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line == "" {
 			continue
 		}
-		var v entryView
+		var v admin.EntryView
 		if err := json.Unmarshal([]byte(line), &v); err != nil {
 			t.Fatalf("inspect --json line %q: %v", line, err)
 		}
@@ -179,7 +180,7 @@ func inspectJSON(t *testing.T, journal string, args ...string) []entryView {
 	return list
 }
 
-func countState(list []entryView, state string) int {
+func countState(list []admin.EntryView, state string) int {
 	n := 0
 	for _, v := range list {
 		if v.State == state {
@@ -305,7 +306,7 @@ func TestNewcomerPath(t *testing.T) {
 			return false
 		}
 		for _, line := range strings.Split(out, "\n") {
-			var v entryView
+			var v admin.EntryView
 			if json.Unmarshal([]byte(line), &v) == nil && v.State == "done" {
 				code, full, _ := runMain(t, "", "inspect", "--json", fmt.Sprint(v.Seq))
 				if code == 0 && strings.Contains(full, "newcomer") && strings.Contains(full, fmt.Sprint(marker[len(marker)-8:len(marker)-1])) {

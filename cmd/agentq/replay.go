@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -79,7 +80,7 @@ func replayAction(c *cli.Context) error {
 	default:
 		return usagef("--state %q: want stuck, done or all", c.String("state"))
 	}
-	st, err := openStore(path, !c.Bool("dry-run"), token)
+	st, err := admin.Open(path, !c.Bool("dry-run"), token)
 	if err != nil {
 		return err
 	}

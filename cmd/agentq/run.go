@@ -15,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/ingest"
 	"github.com/agentq/agentq/queue"
 	"github.com/agentq/agentq/worker"
@@ -59,14 +60,14 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
 			&cli.BoolFlag{Name: "log", Usage: "log every message and succeed (the default backend)", EnvVars: []string{"AGENTQ_LOG"}},
-			&cli.DurationFlag{Name: "timeout", Usage: "per-call timeout for --exec and --http", Value: DefaultCallTimeout, EnvVars: []string{"AGENTQ_TIMEOUT"}},
-			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N` (default 8)", EnvVars: []string{"AGENTQ_WORKERS"}},
+			&cli.DurationFlag{Name: "timeout", Usage: "per-call `DURATION` for every command and HTTP backend without a timeout of its own (config: timeout)", Value: DefaultCallTimeout, EnvVars: []string{"AGENTQ_TIMEOUT"}},
+			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N`", Value: worker.DefaultWorkers, EnvVars: []string{"AGENTQ_WORKERS"}},
 			&cli.StringFlag{Name: "admin", Usage: "admin endpoint `ADDR` (health, metrics, JSON API); 127.0.0.1:0 picks a free port; empty disables (default " + DefaultAdmin + ")", EnvVars: []string{"AGENTQ_ADMIN"}},
 			&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with a bearer token required by the admin API (needed for non-loopback --admin)", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
-			&cli.StringFlag{Name: "log-format", Usage: "text or json", EnvVars: []string{"AGENTQ_LOG_FORMAT"}},
-			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"AGENTQ_LOG_LEVEL"}},
-			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long running calls may finish after SIGTERM (default 30s)", EnvVars: []string{"AGENTQ_DRAIN_TIMEOUT"}},
-			&cli.DurationFlag{Name: "retention", Usage: "keep done entries this long (default 168h; 0 keeps them forever)", EnvVars: []string{"AGENTQ_RETENTION"}},
+			&cli.StringFlag{Name: "log-format", Usage: "log `FORMAT`: text (default) or json", EnvVars: []string{"AGENTQ_LOG_FORMAT"}},
+			&cli.StringFlag{Name: "log-level", Usage: "log `LEVEL`: debug, info (default), warn or error", EnvVars: []string{"AGENTQ_LOG_LEVEL"}},
+			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long running calls may finish after SIGTERM, as a `DURATION`", Value: worker.DefaultDrainTimeout, EnvVars: []string{"AGENTQ_DRAIN_TIMEOUT"}},
+			&cli.DurationFlag{Name: "retention", Usage: "keep done entries this `DURATION` (0 keeps them forever; stuck entries are never dropped)", Value: DefaultRetention, EnvVars: []string{"AGENTQ_RETENTION"}},
 			&cli.BoolFlag{Name: "skip-stuck", Usage: "let later messages of a key run while an earlier one is stuck", EnvVars: []string{"AGENTQ_SKIP_STUCK"}},
 		},
 		Action: runAction,
@@ -105,7 +106,18 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		}
 	}
 	s := &settings{cfg: cfg, journal: cfg.Journal, workers: cfg.Workers, routes: cfg.Routes,
-		drain: time.Duration(cfg.DrainTimeout), timeout: c.Duration("timeout")}
+		drain: time.Duration(cfg.DrainTimeout), timeout: time.Duration(cfg.Timeout)}
+	if s.timeout <= 0 {
+		s.timeout = DefaultCallTimeout
+	}
+	if c.IsSet("timeout") {
+		if s.timeout = c.Duration("timeout"); s.timeout <= 0 {
+			return nil, usagef("--timeout %s: want a positive duration", s.timeout)
+		}
+	}
+	if s.workers <= 0 {
+		s.workers = worker.DefaultWorkers
+	}
 	if s.journal == "" {
 		s.journal = DefaultJournal
 	}
@@ -167,10 +179,10 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		if err != nil {
 			return nil, usagef("--exec %q: %v", v, err)
 		}
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Exec: argv, Timeout: Duration(s.timeout)})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Exec: argv})
 	}
 	if v := c.String("http"); v != "" {
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", HTTP: v, Timeout: Duration(s.timeout)})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", HTTP: v})
 	}
 	if c.Bool("log") {
 		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Log: true})
@@ -277,7 +289,9 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 }
 
 // buildRouter turns routes into backends.
-func buildRouter(routes []RouteEntry, logger *slog.Logger, journalID string) (*worker.Router, error) {
+// A route without a timeout of its own gets timeout: a call that hangs
+// would hold its ordering key forever.
+func buildRouter(routes []RouteEntry, timeout time.Duration, logger *slog.Logger, journalID string) (*worker.Router, error) {
 	var rs []worker.Route
 	for i, r := range routes {
 		where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
@@ -286,21 +300,19 @@ func buildRouter(routes []RouteEntry, logger *slog.Logger, journalID string) (*w
 		}
 		var b worker.Backend
 		var err error
+		callTimeout := time.Duration(r.Timeout)
+		if callTimeout <= 0 {
+			callTimeout = timeout
+		}
 		switch {
 		case len(r.Exec) > 0 || r.Shell != "":
 			argv, shell := r.Exec, false
 			if r.Shell != "" {
 				argv, shell = []string{r.Shell}, true
 			}
-			// A command that hangs would hold its key forever: calls
-			// always have a timeout.
-			timeout := time.Duration(r.Timeout)
-			if timeout <= 0 {
-				timeout = DefaultCallTimeout
-			}
-			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: timeout, Env: r.Env})
+			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: callTimeout, Env: r.Env})
 		case r.HTTP != "":
-			b, err = worker.NewHTTP(worker.HTTPConfig{URL: r.HTTP, Timeout: time.Duration(r.Timeout), Headers: r.Headers, IdempotencyPrefix: "agentq-" + journalID})
+			b, err = worker.NewHTTP(worker.HTTPConfig{URL: r.HTTP, Timeout: callTimeout, Headers: r.Headers, IdempotencyPrefix: "agentq-" + journalID})
 		default:
 			b = worker.NewLog(logger)
 		}
@@ -336,7 +348,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	ctx, stop := context.WithCancel(parent)
 	defer stop()
 
-	var m *metrics
+	var m *admin.Metrics
 	j, err := queue.Open(s.journal, queue.Options{
 		SkipStuck: s.cfg.SkipStuck,
 		Retention: s.retain,
@@ -344,7 +356,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		Logger:    logger,
 		OnCommit: func(ci queue.CommitInfo) {
 			if m != nil {
-				m.observeCommit(ci)
+				m.ObserveCommit(ci)
 			}
 		},
 	})
@@ -356,7 +368,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	}
 	defer j.Close()
 
-	router, err := buildRouter(s.routes, logger, j.ID())
+	router, err := buildRouter(s.routes, s.timeout, logger, j.ID())
 	if err != nil {
 		return err
 	}
@@ -371,12 +383,12 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		}
 		return out
 	}
-	m = newMetrics(j, statuses)
+	m = admin.NewMetrics(j, statuses)
 	pool, err := worker.NewPool(j, router, worker.Options{
 		Workers:      s.workers,
 		Policy:       s.cfg.Retry.policy(),
 		DrainTimeout: s.drain,
-		Observe:      m.observeResult,
+		Observe:      m.ObserveResult,
 		Logger:       logger,
 	})
 	if err != nil {
@@ -388,21 +400,28 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		logger.Info("source", "name", sc.Name, "url", sc.String(), "type_from", sc.TypeFrom.String(), "key_from", sc.KeyFrom.String())
 	}
 
-	var admin *adminServer
 	if s.admin != "" {
-		ln, err := listenAdmin(s.admin, s.token)
+		ln, err := admin.Listen(s.admin, s.token)
 		if err != nil {
+			if errors.Is(err, admin.ErrAddr) {
+				return usageError{strings.TrimPrefix(err.Error(), admin.ErrAddr.Error()+": ")}
+			}
 			return err
 		}
-		admin = &adminServer{ln: ln, token: s.token, store: &localStore{j: j, now: time.Now}, metrics: m, sources: statuses, log: logger}
-		admin.start()
-		defer admin.shutdown()
+		srv := &admin.Server{Store: admin.NewLocal(j, false), Metrics: m, Sources: statuses,
+			Token: s.token, AllowedHosts: s.cfg.Admin.AllowedHosts, Log: logger}
+		srv.Start(ln)
+		defer srv.Shutdown()
 		addr := ln.Addr().String()
-		if err := writeAdminFile(s.journal, addr); err != nil {
+		info := admin.AddrInfo{Addr: addr, PID: os.Getpid()}
+		if s.token == "" {
+			info.Token = srv.StateToken()
+		}
+		if err := admin.WriteAddrFile(s.journal, info); err != nil {
 			return err
 		}
-		defer os.Remove(adminFile(s.journal))
-		logger.Info("admin endpoint", "addr", "http://"+addr, "paths", "/healthz /readyz /metrics /v1/")
+		defer os.Remove(admin.AddrFile(s.journal))
+		logger.Info("admin endpoint", "addr", "http://"+addr, "paths", "/healthz /readyz /metrics /v1/ /debug/pprof/")
 	}
 
 	// Tell a newcomer at once when there is no broker, instead of only
@@ -423,9 +442,14 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 
 	// Signals: the first stops intake and starts the drain, the second
 	// cuts the drain short.
+	// SIGHUP (the terminal went away, or an operator's reload habit) stops
+	// the agent the same way: it does not reload, and dying without a
+	// drain would leave handlers running. SIGPIPE from a closed log pipe
+	// must not kill it: logging is not worth a message.
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	signal.Ignore(syscall.SIGPIPE)
 	done := make(chan struct{})
 	defer close(done)
 	go func() {

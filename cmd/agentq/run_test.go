@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -31,7 +32,7 @@ func TestSecondSignalCutsDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitFor(t, "the admin file", 20*time.Second, func() bool { _, err := os.Stat(adminFile(journal)); return err == nil })
+	waitFor(t, "the admin file", 20*time.Second, func() bool { _, err := os.Stat(admin.AddrFile(journal)); return err == nil })
 	if code, _, errs := runMain(t, "", "send", src); code != 0 {
 		t.Fatal(errs)
 	}

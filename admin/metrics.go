@@ -1,19 +1,22 @@
-package main
+package admin
 
 import (
+	"net/http"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/agentq/agentq/ingest"
 	"github.com/agentq/agentq/queue"
 	"github.com/agentq/agentq/worker"
 )
 
-// metrics holds the agent's Prometheus metrics. Counters that ingest and
+// Metrics holds the agent's Prometheus metrics. Counters that ingest and
 // the journal already keep are read at scrape time (a collector), so the
 // hot path pays nothing for them; per-call figures are observed as they
 // happen.
-type metrics struct {
+type Metrics struct {
 	reg *prometheus.Registry
 
 	processed   *prometheus.CounterVec   // outcome, backend
@@ -23,8 +26,9 @@ type metrics struct {
 	batchSize   prometheus.Histogram
 }
 
-func newMetrics(j *queue.Journal, sources func() []ingest.Status) *metrics {
-	m := &metrics{reg: prometheus.NewRegistry()}
+// NewMetrics registers the agent's metrics. sources is read at scrape time.
+func NewMetrics(j *queue.Journal, sources func() []ingest.Status) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.processed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "agentq_processed_total", Help: "Backend outcomes: done, retry, stuck, cancelled.",
 	}, []string{"outcome", "backend"})
@@ -49,14 +53,14 @@ func newMetrics(j *queue.Journal, sources func() []ingest.Status) *metrics {
 	return m
 }
 
-// observeCommit is the journal's OnCommit hook.
-func (m *metrics) observeCommit(ci queue.CommitInfo) {
+// ObserveCommit is the journal's OnCommit hook.
+func (m *Metrics) ObserveCommit(ci queue.CommitInfo) {
 	m.commitSecs.Observe(ci.Duration.Seconds())
 	m.batchSize.Observe(float64(ci.Ops))
 }
 
-// observeResult is the worker pool's Observe hook.
-func (m *metrics) observeResult(r worker.Result) {
+// ObserveResult is the worker pool's Observe hook.
+func (m *Metrics) ObserveResult(r worker.Result) {
 	backend := r.Backend
 	if backend == "" {
 		backend = "none"
@@ -121,4 +125,9 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// Handler serves the metrics in Prometheus' text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }

@@ -1,0 +1,64 @@
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+)
+
+// AddrFile is the file beside the journal where a running agent writes its
+// admin address, so inspect, replay and pause find it.
+func AddrFile(journal string) string { return journal + ".admin" }
+
+// AddrInfo is the content of the address file.
+type AddrInfo struct {
+	Addr string `json:"addr"`
+	PID  int    `json:"pid"`
+	// Token is the token the agent generated for state-changing requests
+	// when the operator configured none. The file is written mode 0600, so
+	// only the agent's own user (who may stop it anyway) can replay through
+	// the API; other users of a shared login node cannot.
+	Token string `json:"token,omitempty"`
+}
+
+// WriteAddrFile writes the address file atomically: temp, fsync, rename,
+// readable by the owner only.
+func WriteAddrFile(journal string, info AddrInfo) error {
+	b, _ := json.Marshal(info)
+	path := AddrFile(journal)
+	tmp := path + ".tmp"
+	os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("cannot write admin address file %s: %w", path, err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if e := f.Close(); err == nil {
+		err = e
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cannot write admin address file %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReadAddrFile reads the address file of the agent that holds journal.
+func ReadAddrFile(journal string) (AddrInfo, error) {
+	var info AddrInfo
+	path := AddrFile(journal)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return info, fmt.Errorf("its admin address file %s cannot be read: %w", path, err)
+	}
+	if err := json.Unmarshal(b, &info); err != nil || info.Addr == "" {
+		return info, fmt.Errorf("its admin address file %s is damaged", path)
+	}
+	return info, nil
+}

@@ -1,0 +1,385 @@
+package admin
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentq/agentq/ingest"
+	"github.com/agentq/agentq/queue"
+)
+
+// ErrAddr is wrapped by CheckAddr's errors: the address given is unusable.
+var ErrAddr = errors.New("bad admin address")
+
+// CheckAddr validates an admin address. Without a token it must be a
+// loopback address: the API can replay messages and shows their bodies.
+func CheckAddr(addr, token string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%w: --admin %q: want host:port, e.g. 127.0.0.1:9464", ErrAddr, addr)
+	}
+	if token == "" && !IsLoopback(host) {
+		return fmt.Errorf("%w: --admin %q is not a loopback address: set an admin token (--admin-token-file or admin.token_file) to expose the admin API", ErrAddr, addr)
+	}
+	return nil
+}
+
+// Listen checks and binds the admin address.
+func Listen(addr, token string) (net.Listener, error) {
+	if err := CheckAddr(addr, token); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("cannot listen on admin address %s (another agent running? use --admin 127.0.0.1:0 for any free port, or --admin '' to disable): %w", addr, err)
+	}
+	return ln, nil
+}
+
+// IsLoopback reports whether host is a loopback name or address.
+func IsLoopback(host string) bool {
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Server is the running agent's HTTP endpoint: health, readiness, metrics,
+// profiles and the JSON API that inspect and replay use while it runs.
+//
+// What it refuses, and why:
+//   - a Host header that is neither a loopback name, an IP address the
+//     server is bound to, nor one of AllowedHosts: a web page that rebinds
+//     its own DNS name to 127.0.0.1 cannot read the API (DNS rebinding);
+//   - a state-changing request (any method but GET and HEAD) that a browser
+//     marks cross-site (Sec-Fetch-Site) or that carries a foreign Origin, or
+//     a body that is not JSON: a web page cannot make the operator's browser
+//     replay work;
+//   - a state-changing request without the state token: the configured
+//     admin token, else one generated at start and kept in the address file
+//     (mode 0600), so other users of a shared host cannot replay through a
+//     loopback port either.
+type Server struct {
+	Store   Store
+	Metrics *Metrics
+	Sources func() []ingest.Status
+	// Warnings, if set, adds lines to /readyz that do not make the agent
+	// unready (damaged journal entries, for one).
+	Warnings func() []string
+	// Token, when set, is required on every path but /healthz and /readyz.
+	Token string
+	// AllowedHosts are extra Host names the server answers to (a DNS name
+	// a non-loopback bind is reached by).
+	AllowedHosts []string
+	Log          *slog.Logger
+
+	stateToken string
+	ln         net.Listener
+	srv        *http.Server
+	wg         sync.WaitGroup
+}
+
+// StateToken returns the token state-changing requests need: Token, or the
+// generated one. Valid after Start.
+func (s *Server) StateToken() string { return s.stateToken }
+
+// Handler returns the server's routes with its checks.
+func (s *Server) Handler() http.Handler {
+	if s.stateToken == "" {
+		s.stateToken = s.Token
+	}
+	if s.stateToken == "" {
+		b := make([]byte, 24)
+		_, _ = rand.Read(b)
+		s.stateToken = hex.EncodeToString(b)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.auth(s.Metrics.Handler()))
+	}
+	mux.Handle("GET /v1/summary", s.auth(http.HandlerFunc(s.summary)))
+	mux.Handle("GET /v1/entries", s.auth(http.HandlerFunc(s.list)))
+	mux.Handle("GET /v1/entries/{seq}", s.auth(http.HandlerFunc(s.entry)))
+	mux.Handle("POST /v1/replay", s.auth(http.HandlerFunc(s.replay)))
+	mux.Handle("GET /v1/sources", s.auth(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.sources())
+	})))
+	mux.Handle("GET /debug/pprof/", s.auth(http.HandlerFunc(pprof.Index)))
+	mux.Handle("GET /debug/pprof/cmdline", s.auth(http.HandlerFunc(pprof.Cmdline)))
+	mux.Handle("GET /debug/pprof/profile", s.auth(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("GET /debug/pprof/symbol", s.auth(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("GET /debug/pprof/trace", s.auth(http.HandlerFunc(pprof.Trace)))
+	return s.guard(mux)
+}
+
+// Start serves on ln until Shutdown.
+func (s *Server) Start(ln net.Listener) {
+	s.ln = ln
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log().Error("admin endpoint stopped", "error", err)
+		}
+	}()
+}
+
+// Shutdown stops the server, letting requests in flight finish for a few
+// seconds.
+func (s *Server) Shutdown() {
+	if s.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.srv.Shutdown(ctx)
+	s.wg.Wait()
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+func (s *Server) sources() []ingest.Status {
+	if s.Sources == nil {
+		return []ingest.Status{}
+	}
+	return s.Sources()
+}
+
+// hostAllowed reports whether a Host header names this server.
+func (s *Server) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if host == "" {
+		return false
+	}
+	if IsLoopback(host) {
+		return true
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		if ta, ok := s.addr(); ok && (ta.IP.IsUnspecified() || ta.IP.Equal(ip)) {
+			return true
+		}
+	}
+	for _, h := range s.AllowedHosts {
+		if strings.EqualFold(h, host) {
+			return true
+		}
+	}
+	// A server bound beyond loopback (which needs a token) also answers to
+	// the machine's own name.
+	if ta, ok := s.addr(); ok && !ta.IP.IsLoopback() && strings.EqualFold(host, hostname()) {
+		return true
+	}
+	return false
+}
+
+func (s *Server) addr() (*net.TCPAddr, bool) {
+	if s.ln == nil {
+		return nil, false
+	}
+	ta, ok := s.ln.Addr().(*net.TCPAddr)
+	return ta, ok
+}
+
+// guard refuses foreign hosts and cross-site state changes before any
+// handler runs.
+func (s *Server) guard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.hostAllowed(r.Host) {
+			writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": fmt.Sprintf("host %q is not this agent's admin address; use 127.0.0.1 or localhost (or add it to admin.allowed_hosts)", r.Host)})
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if err := s.sameSite(r); err != nil {
+				writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error()})
+				return
+			}
+			if ct := r.Header.Get("Content-Type"); ct != "" {
+				if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+					writeJSON(w, http.StatusUnsupportedMediaType, map[string]string{"error": "state-changing requests take parameters in the URL and no body, or a JSON body"})
+					return
+				}
+			}
+			if !tokenOK(r, s.stateToken) {
+				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong admin token: state changes need the admin token (the agent's own, from its address file, when none is configured)"})
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// sameSite refuses requests a browser made on behalf of another site.
+func (s *Server) sameSite(r *http.Request) error {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default:
+		return fmt.Errorf("cross-site request refused (Sec-Fetch-Site: %s)", r.Header.Get("Sec-Fetch-Site"))
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) || !s.hostAllowed(u.Host) {
+			return fmt.Errorf("cross-site request refused (Origin: %s)", o)
+		}
+	}
+	return nil
+}
+
+func tokenOK(r *http.Request, token string) bool {
+	want := []byte("Bearer " + token)
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1
+}
+
+// auth checks the bearer token, when one is configured, in constant time.
+func (s *Server) auth(h http.Handler) http.Handler {
+	if s.Token == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !tokenOK(r, s.Token) {
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong admin token"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// readyz is 200 when every source is connected (the journal is open for as
+// long as the server runs), else 503 with the reasons. Warnings are listed
+// either way.
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	var problems []string
+	for _, st := range s.sources() {
+		switch {
+		case st.State != ingest.StateConnected:
+			p := fmt.Sprintf("source %s: %s since %s", st.Name, st.State, st.Since.Format(time.RFC3339))
+			if st.LastError != "" {
+				p += ": " + st.LastError
+			}
+			problems = append(problems, p)
+		case st.Paused:
+			problems = append(problems, fmt.Sprintf("source %s: paused, journal not writable: %s", st.Name, st.LastError))
+		}
+	}
+	var warnings []string
+	if s.Warnings != nil {
+		for _, w := range s.Warnings() {
+			warnings = append(warnings, "warning: "+w)
+		}
+	}
+	if len(problems) > 0 {
+		http.Error(w, "not ready\n"+strings.Join(append(problems, warnings...), "\n"), http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "ready")
+	for _, l := range warnings {
+		fmt.Fprintln(w, l)
+	}
+}
+
+func (s *Server) summary(w http.ResponseWriter, _ *http.Request) {
+	sum, err := s.Store.Summary()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sum)
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	f, err := ParseFilterQuery(r.URL.Query())
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	out, err := s.Store.List(f)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) entry(w http.ResponseWriter, r *http.Request) {
+	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "sequence must be a number"})
+		return
+	}
+	v, err := s.Store.Entry(seq)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
+	f, err := ParseFilterQuery(r.URL.Query())
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	seqs, err := s.Store.Replay(f, r.URL.Query().Get("dry_run") == "true")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if seqs == nil {
+		seqs = []uint64{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"seqs": seqs})
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	if errors.Is(err, queue.ErrNotFound) {
+		code = http.StatusNotFound
+	}
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// hostname is the machine's name, which a non-loopback bind answers to.
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}

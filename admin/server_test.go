@@ -1,0 +1,300 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// testJournal returns a journal with entries in every state: 0..3 done,
+// 4..5 stuck, the rest pending, over three keys and two types.
+func testJournal(t *testing.T) *queue.Journal {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j, err := queue.Open(path, queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	ctx := context.Background()
+	var es []*queue.Entry
+	for i := 0; i < 12; i++ {
+		typ := "order.created"
+		if i%2 == 1 {
+			typ = "user_role.granted"
+		}
+		es = append(es, &queue.Entry{Source: "s", Destination: "/queue/q", Type: typ,
+			Key: []string{"a", "b", "c"}[i%3], Body: []byte(`{"n":` + string(rune('0'+i%10)) + `}`),
+			Headers: []queue.Header{{Name: "type", Value: typ}}})
+	}
+	if _, err := j.Append(ctx, es...); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := j.Claim(ctx, 3)
+	if err != nil || len(claimed) != 3 {
+		t.Fatalf("claim: %v (%d)", err, len(claimed))
+	}
+	if err := j.Settle(ctx, queue.Outcome{Seq: claimed[0].Seq, Kind: queue.Done},
+		queue.Outcome{Seq: claimed[1].Seq, Kind: queue.Stuck, Err: "exit status 65: no such account"},
+		queue.Outcome{Seq: claimed[2].Seq, Kind: queue.Retry, At: time.Now().Add(time.Hour), Err: "503"}); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// serve starts a Server over j on a real loopback listener.
+func serve(t *testing.T, j *queue.Journal, token string) (*Server, string) {
+	t.Helper()
+	ln, err := Listen("127.0.0.1:0", token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Store: NewLocal(j, false), Token: token}
+	s.Start(ln)
+	t.Cleanup(s.Shutdown)
+	return s, "http://" + ln.Addr().String()
+}
+
+// TestLiveAndOfflineViewsAgree: a Remote through the server and a Local on
+// the same journal give the same answers, so inspect prints the same output
+// whether the agent runs or not.
+func TestLiveAndOfflineViewsAgree(t *testing.T) {
+	j := testJournal(t)
+	srv, base := serve(t, j, "")
+	local := NewLocal(j, false)
+	now := time.Now()
+	local.now = func() time.Time { return now }
+	remote := NewRemote(base, srv.StateToken())
+
+	ls, err := local.Summary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := remote.Summary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls.OldestPendingAge, rs.OldestPendingAge = nil, nil // measured at different instants
+	if !reflect.DeepEqual(jsonOf(t, ls), jsonOf(t, rs)) {
+		t.Errorf("summary differs:\nlocal  %s\nremote %s", jsonOf(t, ls), jsonOf(t, rs))
+	}
+	if ls.States["stuck"] != 1 || ls.States["done"] != 1 || ls.States["retrying"] != 1 {
+		t.Errorf("summary states = %v", ls.States)
+	}
+	filters := []queue.Filter{
+		{},
+		{States: []queue.State{queue.StateStuck}},
+		{States: []queue.State{queue.StatePending}, Retrying: true},
+		{Key: "b"},
+		{Type: "order.created", Limit: 2},
+		{FromSeq: 3, ToSeq: 7},
+	}
+	for _, f := range filters {
+		l, err := local.List(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := remote.List(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if jsonOf(t, l) != jsonOf(t, r) {
+			t.Errorf("List(%+v) differs:\nlocal  %s\nremote %s", f, jsonOf(t, l), jsonOf(t, r))
+		}
+	}
+	for seq := uint64(1); seq <= 12; seq++ {
+		l, err := local.Entry(seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := remote.Entry(seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if jsonOf(t, l) != jsonOf(t, r) {
+			t.Errorf("Entry(%d) differs:\nlocal  %s\nremote %s", seq, jsonOf(t, l), jsonOf(t, r))
+		}
+	}
+	if _, err := remote.Entry(999); !errors.Is(err, queue.ErrNotFound) {
+		t.Errorf("Entry(999) over the API: %v, want not found", err)
+	}
+	stuck := queue.Filter{States: []queue.State{queue.StateStuck}, FromSeq: 1}
+	ld, _ := local.Replay(stuck, true)
+	rd, err := remote.Replay(stuck, true)
+	if err != nil || !reflect.DeepEqual(ld, rd) || len(rd) != 1 {
+		t.Fatalf("dry-run replay: local %v remote %v (%v)", ld, rd, err)
+	}
+	if got, err := remote.Replay(stuck, false); err != nil || len(got) != 1 {
+		t.Fatalf("replay over the API: %v %v", got, err)
+	}
+	if n := mustSummary(t, local).States["stuck"]; n != 0 {
+		t.Errorf("after replay %d stuck, want 0", n)
+	}
+}
+
+func mustSummary(t *testing.T, s Store) *Summary {
+	t.Helper()
+	sum, err := s.Summary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
+
+func jsonOf(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestRequestGuards: DNS rebinding and cross-site requests are refused;
+// the CLI's own requests pass.
+func TestRequestGuards(t *testing.T) {
+	j := testJournal(t)
+	for _, configured := range []string{"", "admin-token-123"} {
+		srv, base := serve(t, j, configured)
+		tok := srv.StateToken()
+		if configured != "" && tok != configured {
+			t.Fatalf("state token %q, want the configured one", tok)
+		}
+		if configured == "" && len(tok) < 32 {
+			t.Fatalf("generated state token %q is too short", tok)
+		}
+		cases := []struct {
+			name   string
+			method string
+			path   string
+			hdr    map[string]string
+			bearer bool
+			want   int
+		}{
+			{"read", "GET", "/v1/entries/1", nil, configured != "", 200},
+			{"read with localhost host", "GET", "/v1/summary", map[string]string{"Host": "localhost"}, configured != "", 200},
+			{"rebinding: foreign host reads a body", "GET", "/v1/entries/1", map[string]string{"Host": "evil.example"}, true, 421},
+			{"rebinding: foreign host with port", "GET", "/v1/summary", map[string]string{"Host": "evil.example:9464"}, true, 421},
+			{"foreign host on metrics", "GET", "/metrics", map[string]string{"Host": "evil.example"}, true, 421},
+			{"replay by the CLI", "POST", "/v1/replay?state=done&from=1&dry_run=true", nil, true, 200},
+			{"replay without token", "POST", "/v1/replay?state=done&from=1", nil, false, 401},
+			{"replay with wrong token", "POST", "/v1/replay?state=done&from=1", map[string]string{"Authorization": "Bearer nope"}, false, 401},
+			{"replay cross-site by Origin", "POST", "/v1/replay?state=done&from=1", map[string]string{"Origin": "http://evil.example", "Content-Type": "text/plain"}, true, 403},
+			{"replay cross-site by Sec-Fetch-Site", "POST", "/v1/replay?state=done&from=1", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, 403},
+			{"replay same-site but other origin", "POST", "/v1/replay?state=done&from=1", map[string]string{"Sec-Fetch-Site": "same-site"}, true, 403},
+			{"replay as a simple form", "POST", "/v1/replay?state=done&from=1", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, true, 415},
+			{"replay as text/plain", "POST", "/v1/replay?state=done&from=1", map[string]string{"Content-Type": "text/plain"}, true, 415},
+			{"replay from a foreign host", "POST", "/v1/replay?state=done&from=1", map[string]string{"Host": "evil.example", "Origin": "http://evil.example", "Content-Type": "text/plain"}, true, 421},
+			{"replay with own origin", "POST", "/v1/replay?state=done&from=1&dry_run=true", map[string]string{"Origin": base, "Content-Type": "application/json"}, true, 200},
+			{"pprof index", "GET", "/debug/pprof/", nil, configured != "", 200},
+			{"health needs nothing", "GET", "/healthz", map[string]string{}, false, 200},
+		}
+		for _, c := range cases {
+			req, _ := http.NewRequest(c.method, base+c.path, nil)
+			for k, v := range c.hdr {
+				if k == "Host" {
+					req.Host = v
+				} else {
+					req.Header.Set(k, v)
+				}
+			}
+			if c.bearer {
+				req.Header.Set("Authorization", "Bearer "+tok)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("token %q: %s: %s %s = %d, want %d (%s)", configured, c.name, c.method, c.path, resp.StatusCode, c.want, body)
+			}
+			if c.want != 200 && strings.Contains(string(body), `"n":`) {
+				t.Errorf("%s: refused request leaked a body: %s", c.name, body)
+			}
+		}
+	}
+	// Nothing was replayed by the refused requests.
+	if sum := mustSummary(t, NewLocal(j, false)); sum.States["done"] != 1 {
+		t.Errorf("done = %d after refused replays, want 1", sum.States["done"])
+	}
+}
+
+func TestCheckAddr(t *testing.T) {
+	for _, c := range []struct {
+		addr, token string
+		ok          bool
+	}{
+		{"127.0.0.1:9464", "", true},
+		{"localhost:0", "", true},
+		{"[::1]:9464", "", true},
+		{"0.0.0.0:9464", "", false},
+		{"0.0.0.0:9464", "t", true},
+		{"10.1.2.3:9464", "", false},
+		{"9464", "", false},
+	} {
+		if err := CheckAddr(c.addr, c.token); (err == nil) != c.ok {
+			t.Errorf("CheckAddr(%q, %q) = %v, want ok=%v", c.addr, c.token, err, c.ok)
+		}
+	}
+}
+
+// TestAddrFile: the address file round-trips and, since it may hold the
+// generated state token, only its owner can read it.
+func TestAddrFile(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	if _, err := ReadAddrFile(journal); err == nil || !strings.Contains(err.Error(), AddrFile(journal)) {
+		t.Errorf("missing file: error %v does not name %s", err, AddrFile(journal))
+	}
+	in := AddrInfo{Addr: "127.0.0.1:1234", PID: 42, Token: "secret"}
+	if err := WriteAddrFile(journal, in); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(AddrFile(journal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("address file mode %v, want 0600", fi.Mode().Perm())
+	}
+	out, err := ReadAddrFile(journal)
+	if err != nil || out != in {
+		t.Errorf("ReadAddrFile = %+v, %v; want %+v", out, err, in)
+	}
+	os.WriteFile(AddrFile(journal), []byte("{"), 0o600)
+	if _, err := ReadAddrFile(journal); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("damaged file: %v", err)
+	}
+}
+
+// TestOpenFindsRunningAgent: Open on a journal held by a running agent
+// talks to its API with the token from the address file.
+func TestOpenFindsRunningAgent(t *testing.T) {
+	j := testJournal(t)
+	srv, base := serve(t, j, "")
+	if err := WriteAddrFile(j.Path(), AddrInfo{Addr: strings.TrimPrefix(base, "http://"), Token: srv.StateToken()}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(j.Path(), true, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, ok := st.(*Remote); !ok {
+		t.Fatalf("Open gave %T, want *Remote", st)
+	}
+	if seqs, err := st.Replay(queue.Filter{States: []queue.State{queue.StateDone}, FromSeq: 1}, false); err != nil || len(seqs) != 1 {
+		t.Errorf("replay through the generated token: %v %v", seqs, err)
+	}
+}

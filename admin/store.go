@@ -1,0 +1,355 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// Store is what inspect, replay and the API work on: the journal file of a
+// stopped agent (Local) or a running agent's admin API (Remote). Both return
+// the same values, so what an operator sees does not depend on whether the
+// agent runs.
+type Store interface {
+	Summary() (*Summary, error)
+	List(f queue.Filter) ([]EntryView, error)
+	Entry(seq uint64) (*EntryView, error)
+	Replay(f queue.Filter, dryRun bool) ([]uint64, error)
+	Close() error
+}
+
+// EntryView is an entry as inspect prints it and the JSON API serves it.
+// The JSON field names are a contract with scripts: extend, never rename.
+type EntryView struct {
+	Seq           uint64     `json:"seq"`
+	State         string     `json:"state"`
+	Type          string     `json:"type"`
+	Key           string     `json:"key"`
+	Attempts      int        `json:"attempts"`
+	LastError     string     `json:"last_error"`
+	ReceivedAt    time.Time  `json:"received_at"`
+	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	UpdatedAt     time.Time  `json:"updated_at"`
+	Source        string     `json:"source"`
+	Destination   string     `json:"destination"`
+	Replays       int        `json:"replays"`
+	Fault         string     `json:"fault,omitempty"`
+
+	// Detail, for one entry only.
+	Headers    []queue.Header `json:"headers,omitempty"`
+	BodySize   *int           `json:"body_size,omitempty"`
+	Body       *string        `json:"body,omitempty"`        // when valid UTF-8
+	BodyBase64 []byte         `json:"body_base64,omitempty"` // otherwise
+	BlockedBy  *uint64        `json:"blocked_by,omitempty"`
+}
+
+// ViewOf turns an entry into its view; detail adds headers and body.
+func ViewOf(e *queue.Entry, detail bool) EntryView {
+	v := EntryView{
+		Seq: e.Seq, State: e.StateName(), Type: e.Type, Key: e.Key, Attempts: e.Attempts,
+		LastError: e.LastError, ReceivedAt: e.ReceivedAt, UpdatedAt: e.UpdatedAt,
+		Source: e.Source, Destination: e.Destination, Replays: e.Replays, Fault: e.Fault,
+	}
+	if !e.NextAttemptAt.IsZero() && e.State == queue.StatePending {
+		t := e.NextAttemptAt
+		v.NextAttemptAt = &t
+	}
+	if detail {
+		v.Headers = e.Headers
+		n := len(e.Body)
+		v.BodySize = &n
+		if utf8.Valid(e.Body) {
+			s := string(e.Body)
+			v.Body = &s
+		} else {
+			v.BodyBase64 = e.Body
+		}
+	}
+	return v
+}
+
+// Summary is inspect's overview.
+type Summary struct {
+	Journal          string                      `json:"journal"`
+	LastSeq          uint64                      `json:"last_seq"`
+	States           map[string]int64            `json:"states"`
+	Types            map[string]map[string]int64 `json:"types"` // type -> state -> count
+	OldestPendingAge *float64                    `json:"oldest_pending_age_seconds"`
+	Stuck            []EntryView                 `json:"stuck"`
+}
+
+// SummaryStuckLimit bounds the stuck entries listed in a summary.
+const SummaryStuckLimit = 50
+
+// Local reads (and for replay, writes) a journal directly.
+type Local struct {
+	j   *queue.Journal
+	own bool // close the journal on Close
+	now func() time.Time
+}
+
+// NewLocal returns a Store over j. With own set, Close closes j.
+func NewLocal(j *queue.Journal, own bool) *Local {
+	return &Local{j: j, own: own, now: time.Now}
+}
+
+// Close closes the journal if the store owns it.
+func (s *Local) Close() error {
+	if s.own {
+		return s.j.Close()
+	}
+	return nil
+}
+
+// Summary counts entries per state and type and lists the first stuck ones.
+func (s *Local) Summary() (*Summary, error) {
+	sum := &Summary{
+		Journal: s.j.Path(),
+		LastSeq: s.j.LastSeq(),
+		States:  map[string]int64{"pending": 0, "retrying": 0, "running": 0, "done": 0, "stuck": 0},
+		Types:   map[string]map[string]int64{},
+		Stuck:   []EntryView{},
+	}
+	var oldest time.Time
+	err := s.j.Scan(queue.Filter{}, func(e *queue.Entry) bool {
+		st := e.StateName()
+		sum.States[st]++
+		if sum.Types[e.Type] == nil {
+			sum.Types[e.Type] = map[string]int64{}
+		}
+		sum.Types[e.Type][st]++
+		if e.State == queue.StatePending && (oldest.IsZero() || e.ReceivedAt.Before(oldest)) {
+			oldest = e.ReceivedAt
+		}
+		if e.State == queue.StateStuck && len(sum.Stuck) < SummaryStuckLimit {
+			sum.Stuck = append(sum.Stuck, ViewOf(e, false))
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !oldest.IsZero() {
+		age := s.now().Sub(oldest).Seconds()
+		sum.OldestPendingAge = &age
+	}
+	return sum, nil
+}
+
+// List returns the entries matching f.
+func (s *Local) List(f queue.Filter) ([]EntryView, error) {
+	out := []EntryView{}
+	err := s.j.Scan(f, func(e *queue.Entry) bool {
+		out = append(out, ViewOf(e, false))
+		return true
+	})
+	return out, err
+}
+
+// Entry returns one entry in full, with the entry that blocks its key.
+func (s *Local) Entry(seq uint64) (*EntryView, error) {
+	e, err := s.j.Get(seq)
+	if err != nil {
+		return nil, err
+	}
+	v := ViewOf(e, true)
+	if by, ok, err := s.j.BlockedBy(seq); err == nil && ok {
+		v.BlockedBy = &by
+	}
+	return &v, nil
+}
+
+// Replay puts matching entries back to pending.
+func (s *Local) Replay(f queue.Filter, dryRun bool) ([]uint64, error) {
+	if s.j.ReadOnly() && !dryRun {
+		return nil, errors.New("cannot replay: journal is open read-only")
+	}
+	return s.j.Replay(context.Background(), f, dryRun)
+}
+
+// Open opens the journal read-only (or writable, for replay); if a running
+// agent holds it, it talks to that agent's admin API instead, found through
+// the address file. token is the admin token the operator gave, if any; a
+// token the agent generated for itself is read from the address file.
+func Open(journal string, writable bool, token string) (Store, error) {
+	j, err := queue.Open(journal, queue.Options{ReadOnly: !writable, LockTimeout: 200 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		return NewLocal(j, true), nil
+	}
+	if !errors.Is(err, queue.ErrInUse) {
+		return nil, err
+	}
+	info, ferr := ReadAddrFile(journal)
+	if ferr != nil {
+		return nil, fmt.Errorf("journal %s is in use by a running agent, and %w (is its admin endpoint disabled?)", journal, ferr)
+	}
+	if token == "" {
+		token = info.Token
+	}
+	return &Remote{base: "http://" + info.Addr, token: token, client: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+// Remote is a running agent's JSON API under /v1/.
+type Remote struct {
+	base   string
+	token  string
+	client *http.Client
+}
+
+// NewRemote returns a Store that talks to the agent at base
+// (http://host:port) with the bearer token, if any.
+func NewRemote(base, token string) *Remote {
+	return &Remote{base: strings.TrimSuffix(base, "/"), token: token, client: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// Close does nothing: a Remote holds no resources.
+func (r *Remote) Close() error { return nil }
+
+func (r *Remote) do(method, path string, q url.Values, out any) error {
+	u := r.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		return err
+	}
+	if r.token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.token)
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the running agent at %s: %w", r.base, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			if resp.StatusCode == http.StatusNotFound {
+				return fmt.Errorf("%s: %w", e.Error, queue.ErrNotFound)
+			}
+			return fmt.Errorf("running agent at %s: %s", r.base, e.Error)
+		}
+		return fmt.Errorf("running agent at %s: %s", r.base, resp.Status)
+	}
+	return json.Unmarshal(body, out)
+}
+
+// Summary asks the agent for its summary.
+func (r *Remote) Summary() (*Summary, error) {
+	var s Summary
+	return &s, r.do("GET", "/v1/summary", nil, &s)
+}
+
+// List asks the agent for the entries matching f.
+func (r *Remote) List(f queue.Filter) ([]EntryView, error) {
+	var out []EntryView
+	return out, r.do("GET", "/v1/entries", FilterQuery(f), &out)
+}
+
+// Entry asks the agent for one entry.
+func (r *Remote) Entry(seq uint64) (*EntryView, error) {
+	var v EntryView
+	return &v, r.do("GET", "/v1/entries/"+strconv.FormatUint(seq, 10), nil, &v)
+}
+
+// Replay asks the agent to replay the entries matching f.
+func (r *Remote) Replay(f queue.Filter, dryRun bool) ([]uint64, error) {
+	q := FilterQuery(f)
+	if dryRun {
+		q.Set("dry_run", "true")
+	}
+	var out struct {
+		Seqs []uint64 `json:"seqs"`
+	}
+	return out.Seqs, r.do("POST", "/v1/replay", q, &out)
+}
+
+// FilterQuery and ParseFilterQuery carry a filter over the JSON API.
+func FilterQuery(f queue.Filter) url.Values {
+	q := url.Values{}
+	for _, s := range f.States {
+		q.Add("state", s.String())
+	}
+	if f.Retrying {
+		q.Set("retrying", "true")
+	}
+	if f.FromSeq > 0 {
+		q.Set("from", strconv.FormatUint(f.FromSeq, 10))
+	}
+	if f.ToSeq > 0 {
+		q.Set("to", strconv.FormatUint(f.ToSeq, 10))
+	}
+	if !f.Since.IsZero() {
+		q.Set("since", f.Since.Format(time.RFC3339Nano))
+	}
+	if !f.Until.IsZero() {
+		q.Set("until", f.Until.Format(time.RFC3339Nano))
+	}
+	if f.Key != "" {
+		q.Set("key", f.Key)
+	}
+	if f.Type != "" {
+		q.Set("type", f.Type)
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	return q
+}
+
+// ParseFilterQuery is the inverse of FilterQuery.
+func ParseFilterQuery(q url.Values) (queue.Filter, error) {
+	var f queue.Filter
+	var err error
+	for _, s := range q["state"] {
+		st, retrying, e := queue.ParseState(s)
+		if e != nil {
+			return f, e
+		}
+		f.States = append(f.States, st)
+		f.Retrying = f.Retrying || retrying
+	}
+	f.Retrying = f.Retrying || q.Get("retrying") == "true"
+	num := func(name string) uint64 {
+		v := q.Get(name)
+		if v == "" || err != nil {
+			return 0
+		}
+		n, e := strconv.ParseUint(v, 10, 64)
+		if e != nil {
+			err = fmt.Errorf("%s=%q is not a number", name, v)
+		}
+		return n
+	}
+	tm := func(name string) time.Time {
+		v := q.Get(name)
+		if v == "" || err != nil {
+			return time.Time{}
+		}
+		t, e := time.Parse(time.RFC3339Nano, v)
+		if e != nil {
+			err = fmt.Errorf("%s=%q is not an RFC 3339 time", name, v)
+		}
+		return t
+	}
+	f.FromSeq, f.ToSeq = num("from"), num("to")
+	f.Since, f.Until = tm("since"), tm("until")
+	f.Limit = int(num("limit"))
+	f.Key, f.Type = q.Get("key"), q.Get("type")
+	return f, err
+}
