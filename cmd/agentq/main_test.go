@@ -50,6 +50,9 @@ func runMain(t *testing.T, stdin string, args ...string) (int, string, string) {
 
 // TestMain removes the agent binary the tests built.
 func TestMain(m *testing.M) {
+	if runBenchChild() {
+		return
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

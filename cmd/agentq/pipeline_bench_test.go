@@ -1,0 +1,360 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-stomp/stomp/v3"
+	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/agentq/agentq/internal/brokertest"
+)
+
+// The whole-pipeline benchmarks run the real binary, as users do, against
+// bare consumers of the same library in the same run. Each consumer is a
+// process of its own, so CPU per message is the process's user+sys time
+// over the messages it handled, read from /proc.
+
+const stompAddr = "127.0.0.1:61613"
+
+// pipelineN is the number of messages per consumer (AGENTQ_BENCH_N
+// overrides the default 100,000 for a quick look).
+func pipelineN() int {
+	if v, err := strconv.Atoi(os.Getenv("AGENTQ_BENCH_N")); err == nil && v > 0 {
+		return v
+	}
+	return 100_000
+}
+
+// childEnv selects a bare consumer when the test binary is re-executed.
+const childEnv = "AGENTQ_BENCH_CHILD"
+
+// runBenchChild runs a bare consumer if this process was started as one;
+// it reports whether it did (TestMain then exits).
+func runBenchChild() bool {
+	kind := os.Getenv(childEnv)
+	if kind == "" {
+		return false
+	}
+	n, _ := strconv.Atoi(os.Getenv("AGENTQ_BENCH_CHILD_N"))
+	dest := os.Getenv("AGENTQ_BENCH_CHILD_DEST")
+	if err := bareConsumers[kind](dest, n); err != nil {
+		fmt.Fprintln(os.Stderr, "bare consumer:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+	return true
+}
+
+// bareConsumers are the baselines: they take n messages and only
+// acknowledge them (or let the broker auto-acknowledge), keeping nothing.
+var bareConsumers = map[string]func(dest string, n int) error{
+	"stomp-client-individual": func(dest string, n int) error { return bareSTOMP(dest, n, stomp.AckClientIndividual) },
+	"stomp-auto":              func(dest string, n int) error { return bareSTOMP(dest, n, stomp.AckAuto) },
+}
+
+func bareSTOMP(dest string, n int, mode stomp.AckMode) error {
+	conn, err := stomp.Dial("tcp", stompAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"),
+		stomp.ConnOpt.ReadChannelCapacity(1000), stomp.ConnOpt.WriteChannelCapacity(1000))
+	if err != nil {
+		return err
+	}
+	defer conn.Disconnect()
+	sub, err := conn.Subscribe(dest, mode, stomp.SubscribeOpt.Header("prefetch-count", "1000"))
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		m := <-sub.C
+		if m.Err != nil {
+			return m.Err
+		}
+		if mode != stomp.AckAuto {
+			if err := conn.Ack(m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// publishSTOMP sends n persistent messages of size bytes and waits for the
+// broker's receipt of the last one (a connection's frames are processed
+// in order, so all are queued then).
+func publishSTOMP(tb testing.TB, dest string, n, size int, hdr func(i int) []func(*frame.Frame) error) {
+	tb.Helper()
+	conn, err := stomp.Dial("tcp", stompAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Disconnect()
+	body := make([]byte, size)
+	for i := range body {
+		body[i] = byte('a' + i%26)
+	}
+	for i := 0; i < n; i++ {
+		opts := []func(*frame.Frame) error{stomp.SendOpt.Header("persistent", "true"), stomp.SendOpt.Header("type", "order.created")}
+		if hdr != nil {
+			opts = append(opts, hdr(i)...)
+		}
+		if i == n-1 {
+			opts = append(opts, stomp.SendOpt.Receipt)
+		}
+		if err := conn.Send(dest, "application/octet-stream", body, opts...); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// procCPU is a process's user+sys time so far.
+func procCPU(tb testing.TB, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+}
+
+// procStatusKB reads one kB field of /proc/PID/status (RssAnon, VmRSS).
+func procStatusKB(pid int, field string) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			n, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// pipelineResult is one consumer's figures.
+type pipelineResult struct {
+	msgPerSec float64
+	cpuPerMsg time.Duration
+}
+
+// runBareChild runs a bare consumer process over a pre-filled queue.
+func runBareChild(b *testing.B, kind, dest string, n int) pipelineResult {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+kind, "AGENTQ_BENCH_CHILD_N="+strconv.Itoa(n), "AGENTQ_BENCH_CHILD_DEST="+dest)
+	cmd.Stderr = os.Stderr
+	t0 := time.Now()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("bare consumer %s: %v", kind, err)
+	}
+	wall := time.Since(t0)
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return pipelineResult{msgPerSec: float64(n) / wall.Seconds(), cpuPerMsg: cpu / time.Duration(n)}
+}
+
+var doneRe = regexp.MustCompile(`(?m)^agentq_processed_total\{backend="[^"]*",outcome="done"\} (\d+)`)
+
+// agentRun is the real binary working through a pre-filled queue.
+type agentRun struct {
+	pipelineResult
+	rssAnonMiB   float64
+	journalBytes int64
+}
+
+// runAgentPipeline starts the real binary on a pre-filled queue with the
+// given source URL and extra flags, and waits until every message is done.
+func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agentRun {
+	b.Helper()
+	journal := filepath.Join(b.TempDir(), "agentq.db")
+	args := append([]string{"run", "--journal", journal, "--source", source, "--admin", "127.0.0.1:0", "--log-level", "warn"}, extra...)
+	cmd := exec.Command(agentBinary(b), args...)
+	cmd.Stderr = os.Stderr
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	var base string
+	var rss int64
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		if time.Now().After(deadline) {
+			b.Fatalf("agent did not finish %d messages in 10 minutes", n)
+		}
+		rss = max(rss, procStatusKB(cmd.Process.Pid, "RssAnon"))
+		if base == "" {
+			if raw, err := os.ReadFile(journal + ".admin"); err == nil {
+				base = "http://" + between(string(raw), `"addr":"`, `"`)
+			}
+		} else if done := scrapeDone(base); done >= n {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	wall := time.Since(t0)
+	cpu := procCPU(b, cmd.Process.Pid)
+	fi, _ := os.Stat(journal)
+	return agentRun{
+		pipelineResult: pipelineResult{msgPerSec: float64(n) / wall.Seconds(), cpuPerMsg: cpu / time.Duration(n)},
+		rssAnonMiB:     float64(rss) / 1024,
+		journalBytes:   fi.Size(),
+	}
+}
+
+func scrapeDone(base string) int {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	total := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if m := doneRe.FindStringSubmatch(sc.Text()); m != nil {
+			v, _ := strconv.Atoi(m[1])
+			total += v
+		}
+	}
+	return total
+}
+
+func benchQueue(kind string) string {
+	return fmt.Sprintf("/queue/agentq-bench-%s-%d", kind, rand.Int63())
+}
+
+// BenchmarkPipelineSTOMP: the real binary with default settings (log
+// backend, --log-level warn) over 100,000 persistent 512-byte messages,
+// prefetch 1000, against a bare go-stomp consumer that ACKs each message
+// and one with auto-ack, in the same run.
+func BenchmarkPipelineSTOMP(b *testing.B) {
+	requireBroker(b)
+	n := pipelineN()
+	const size = 512
+	var ind, auto pipelineResult
+	var aq agentRun
+	for it := 0; it < b.N; it++ {
+		q := benchQueue("ind")
+		publishSTOMP(b, q, n, size, nil)
+		ind = runBareChild(b, "stomp-client-individual", q, n)
+
+		q = benchQueue("auto")
+		publishSTOMP(b, q, n, size, nil)
+		auto = runBareChild(b, "stomp-auto", q, n)
+
+		q = benchQueue("agentq")
+		publishSTOMP(b, q, n, size, nil)
+		aq = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n)
+	}
+	reportPipeline(b, aq, map[string]pipelineResult{"individual": ind, "auto": auto}, size, n)
+}
+
+// reportPipeline reports msg/s, CPU µs per message and ratios against each
+// baseline.
+func reportPipeline(b *testing.B, aq agentRun, bases map[string]pipelineResult, size, n int) {
+	b.ReportMetric(aq.msgPerSec, "agentq-msg/s")
+	b.ReportMetric(float64(aq.cpuPerMsg.Nanoseconds())/1000, "agentq-cpu-us/msg")
+	b.ReportMetric(aq.rssAnonMiB, "agentq-rssanon-MiB")
+	b.ReportMetric(float64(aq.journalBytes)/float64(n), "journal-bytes/msg")
+	b.ReportMetric(float64(aq.journalBytes)/float64(n)/float64(size), "journal-bytes-ratio")
+	names := make([]string, 0, len(bases))
+	for k := range bases {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		r := bases[k]
+		b.ReportMetric(r.msgPerSec, k+"-msg/s")
+		b.ReportMetric(float64(r.cpuPerMsg.Nanoseconds())/1000, k+"-cpu-us/msg")
+		b.ReportMetric(aq.msgPerSec/r.msgPerSec, "ratio-msg/s-vs-"+k)
+		if r.cpuPerMsg > 0 {
+			b.ReportMetric(float64(aq.cpuPerMsg)/float64(r.cpuPerMsg), "ratio-cpu-vs-"+k)
+		}
+	}
+}
+
+// BenchmarkEndToEndBinary: publish → journal → fsync → ACK → dispatch → an
+// HTTP backend on loopback, through the real binary at 1,000 msg/s for 5 s.
+// Latency is from the publisher's send to the backend's request.
+func BenchmarkEndToEndBinary(b *testing.B) {
+	requireBroker(b)
+	const rate, seconds = 1000, 5
+	var mu sync.Mutex
+	var lat []time.Duration
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now()
+		var m struct {
+			Sent int64 `json:"sent"`
+		}
+		if json.NewDecoder(r.Body).Decode(&m) == nil && m.Sent > 0 {
+			mu.Lock()
+			lat = append(lat, now.Sub(time.Unix(0, m.Sent)))
+			mu.Unlock()
+		}
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	for it := 0; it < b.N; it++ {
+		q := benchQueue("e2e")
+		journal := filepath.Join(b.TempDir(), "agentq.db")
+		cmd := exec.Command(agentBinary(b), "run", "--journal", journal, "--source", "stomp://guest:guest@"+stompAddr+q,
+			"--admin", "127.0.0.1:0", "--log-level", "warn", "--http", "http://"+ln.Addr().String()+"/")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		brokertest.WaitFor(b, "the agent's subscription", 30*time.Second, func() bool {
+			return strings.Contains(brokertest.Ctl(b, "list_consumers", "-q", "queue_name"), strings.TrimPrefix(q, "/queue/"))
+		})
+		conn, err := stomp.Dial("tcp", stompAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		pad := strings.Repeat("x", 470)
+		tick := time.NewTicker(time.Second / rate)
+		for i := 0; i < rate*seconds; i++ {
+			<-tick.C
+			body := fmt.Sprintf(`{"sent":%d,"pad":"%s"}`, time.Now().UnixNano(), pad)
+			if err := conn.Send(q, "application/json", []byte(body), stomp.SendOpt.Header("persistent", "true")); err != nil {
+				b.Fatal(err)
+			}
+		}
+		tick.Stop()
+		conn.Disconnect()
+		brokertest.WaitFor(b, "every message at the backend", time.Minute, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(lat) >= (it+1)*rate*seconds
+		})
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	sort.Slice(lat, func(i, k int) bool { return lat[i] < lat[k] })
+	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}
