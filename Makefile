@@ -5,7 +5,7 @@ LDFLAGS  := -X 'main.Version=$(VERSION)'
 BIN      := bin/agentq
 TESTTIME ?= 20m
 
-.PHONY: all build test bench run lint broker fuzz chaos clean
+.PHONY: all build test bench run lint broker mosquitto fuzz chaos clean
 
 all: build
 
@@ -16,15 +16,20 @@ build:
 broker:
 	@bash scripts/broker.sh
 
+# mosquitto makes a local Mosquitto 2.0 ready on 127.0.0.1:1884 (installs
+# it as root if missing), for the MQTT tests.
+mosquitto:
+	@bash scripts/mosquitto.sh
+
 # test: vet, then every test with the race detector against the local broker.
 # -p 1: one package at a time, because the ingest tests restart the broker.
-test: broker
+test: broker mosquitto
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 -timeout $(TESTTIME) ./...
 
 # bench: every benchmark once (each does a fixed amount of work), one
 # package at a time, then the table for the README.
-bench: broker
+bench: broker mosquitto
 	$(GO) test -run '^$$' -bench . -benchtime 1x -p 1 -timeout 30m ./... | tee bench.out
 	@bash scripts/benchtable.sh bench.out
 
