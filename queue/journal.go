@@ -15,7 +15,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // FormatVersion is the on-disk format this code writes. Open refuses files
@@ -58,6 +57,10 @@ var (
 	ErrNewerFormat = errors.New("journal format is newer than this agentq")
 	// ErrReadOnly is returned by writes on a journal opened read-only.
 	ErrReadOnly = errors.New("journal is open read-only")
+	// ErrTruncated is returned by Open for a file shorter than bbolt's own
+	// meta page says (a copy cut short, a full disk during a restore). The
+	// error is a *TruncatedError naming the file and both sizes.
+	ErrTruncated = errors.New("journal is truncated")
 	// ErrFull is returned when a write would grow the file past MaxSize.
 	ErrFull = errors.New("journal is full")
 	// ErrBadState is returned when a state change does not apply to the
@@ -223,37 +226,6 @@ func Open(path string, opts Options) (*Journal, error) {
 	go func() { defer j.wg.Done(); j.retentionLoop(ctx) }()
 	j.signalReady()
 	return j, nil
-}
-
-// openBolt opens the bbolt file, turning its failures into errors that say
-// what is wrong with the file. bbolt can panic on some damaged files; that
-// is reported as not a journal rather than crashing the agent.
-func openBolt(path string, opts Options) (db *bolt.DB, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("cannot open journal %s: %w (damaged file: %v)", path, ErrNotJournal, r)
-		}
-	}()
-	bo := &bolt.Options{
-		Timeout:        opts.LockTimeout,
-		ReadOnly:       opts.ReadOnly,
-		FreelistType:   bolt.FreelistMapType,
-		NoFreelistSync: false,
-	}
-	db, err = bolt.Open(path, 0o600, bo)
-	switch {
-	case err == nil:
-		return db, nil
-	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("cannot open journal %s: %w", path, ErrInUse)
-	}
-	// Errors from the file system (permissions, ...) pass through; anything
-	// else bbolt says is about the file's content.
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return nil, fmt.Errorf("cannot open journal %s: %w", path, err)
-	}
-	return nil, fmt.Errorf("cannot open journal %s: %w (%v)", path, ErrNotJournal, err)
 }
 
 // init checks the file is a journal of a version we read, creates the
