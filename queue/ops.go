@@ -308,7 +308,7 @@ func (t *txn) replay(seq uint64) (bool, error) {
 			return false, err
 		}
 	}
-	if err := t.keyhead.Put([]byte(e.Key), u64(seq)); err != nil {
+	if err := t.keyhead.Put(headKey(e.Key), u64(seq)); err != nil {
 		return false, err
 	}
 	return true, t.addReady(e)

@@ -103,7 +103,7 @@ func (t *txn) delReady(e *Entry) error {
 // head returns the active entry of key: the one that is ready, running, or
 // blocking the key as stuck.
 func (t *txn) head(key string) (uint64, bool) {
-	v := t.keyhead.Get([]byte(key))
+	v := t.keyhead.Get(headKey(key))
 	if len(v) != 8 {
 		return 0, false
 	}
@@ -125,9 +125,9 @@ func (t *txn) firstOfKey(key string) (uint64, bool) {
 func (t *txn) advance(key string) error {
 	seq, ok := t.firstOfKey(key)
 	if !ok {
-		return t.keyhead.Delete([]byte(key))
+		return t.keyhead.Delete(headKey(key))
 	}
-	if err := t.keyhead.Put([]byte(key), u64(seq)); err != nil {
+	if err := t.keyhead.Put(headKey(key), u64(seq)); err != nil {
 		return err
 	}
 	e, err := t.get(seq)
@@ -157,6 +157,7 @@ func (t *txn) append(e *Entry) error {
 		e.ReceivedAt = t.now
 	}
 	e.BudgetStart = e.ReceivedAt
+	t.fit(e)
 	if err := t.setState(e, StatePending); err != nil {
 		return err
 	}
@@ -180,10 +181,30 @@ func (t *txn) append(e *Entry) error {
 	if _, ok := t.head(e.Key); ok {
 		return nil
 	}
-	if err := t.keyhead.Put([]byte(e.Key), u64(seq)); err != nil {
+	if err := t.keyhead.Put(headKey(e.Key), u64(seq)); err != nil {
 		return err
 	}
 	return t.addReady(e)
+}
+
+// maxValueSize bounds a stored value; a variable so tests can lower it.
+var maxValueSize = bolt.MaxValueSize
+
+// fit makes an entry that bbolt could never store storable: its headers and
+// body are dropped and Fault says why, so workers park it as stuck and the
+// rest of its batch commits. (Keys and dedup ids of any length are indexed
+// by hash; see indexID.)
+func (t *txn) fit(e *Entry) {
+	t.buf = encodeEntry(t.buf[:0], e)
+	if len(t.buf) <= maxValueSize {
+		return
+	}
+	n := len(t.buf)
+	e.Headers, e.Body = nil, nil
+	e.Fault = clip(fmt.Sprintf("message of %d bytes is too large for the journal (limit %d): headers and body dropped", n, maxValueSize))
+	if t.buf = encodeEntry(t.buf[:0], e); len(t.buf) > maxValueSize {
+		e.Source, e.Destination, e.Type, e.Key, e.DedupID = "", "", "", "", nil
+	}
 }
 
 // matchRedelivery looks for an unconfirmed earlier delivery with the same
@@ -194,8 +215,7 @@ func (t *txn) append(e *Entry) error {
 // slot stays (marked with this connection) until the new ACK is confirmed,
 // so a redelivery after a further cut is still recognised.
 func (t *txn) matchRedelivery(id []byte, conn uint64) (uint64, bool, error) {
-	p := binary.AppendUvarint(nil, uint64(len(id)))
-	p = append(p, id...)
+	p := dedupPrefix(id)
 	c := t.dedup.Cursor()
 	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 		if len(k) != len(p)+8 {
