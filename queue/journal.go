@@ -34,6 +34,7 @@ var (
 	bucketKeyHead = []byte("keyhead")
 	bucketDedup   = []byte("dedup")
 	bucketDedupBy = []byte("dedupseq")
+	bucketDamaged = []byte("damaged")
 
 	metaMagic   = []byte("magic")
 	metaVersion = []byte("version")
@@ -156,6 +157,7 @@ type Journal struct {
 		appends, duplicates, commits, ops atomic.Uint64
 		commitNanos                       atomic.Uint64
 		failed                            atomic.Uint64
+		damaged                           atomic.Uint64
 	}
 }
 
@@ -258,6 +260,9 @@ func (j *Journal) init(fresh bool) error {
 			}
 		}
 		j.loadCounts(meta.Get(metaCounts))
+		if b := tx.Bucket(bucketDamaged); b != nil {
+			j.stats.damaged.Store(uint64(b.Stats().KeyN))
+		}
 		return nil
 	}
 	if j.opts.ReadOnly {
@@ -266,6 +271,10 @@ func (j *Journal) init(fresh bool) error {
 	return j.db.Update(func(tx *bolt.Tx) error {
 		if err := check(tx); err != nil {
 			return err
+		}
+		// Added after format 1 was first written: files may lack it.
+		if _, err := tx.CreateBucketIfNotExists(bucketDamaged); err != nil {
+			return fmt.Errorf("cannot create bucket %s: %w", bucketDamaged, err)
 		}
 		if tx.Bucket(bucketMeta) == nil {
 			for _, name := range allBuckets {
@@ -306,6 +315,12 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 		if err != nil {
 			return err
 		}
+		if e.Damage != "" {
+			if err := t.markDamaged(e); err != nil {
+				return err
+			}
+			continue
+		}
 		e.NextAttemptAt = time.Time{}
 		if err := t.setState(e, StatePending); err != nil {
 			return err
@@ -321,7 +336,17 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 		return err
 	}
 	j.applyCounts(t.delta)
+	j.logDamaged(t.newlyDamaged)
 	return nil
+}
+
+// logDamaged reports entries newly parked as damaged, once each: they were
+// moved out of ready, so no later call finds them again.
+func (j *Journal) logDamaged(es []*Entry) {
+	for _, e := range es {
+		j.stats.damaged.Add(1)
+		j.log.Error("damaged entry parked as stuck; its key is blocked until it is replayed or removed", "seq", e.Seq, "error", e.Damage)
+	}
 }
 
 // Path returns the journal's file path.
@@ -441,6 +466,7 @@ func (j *Journal) commit(batch []*op) {
 	start := time.Now()
 	var delta [5]int64
 	appended, ready := 0, false
+	var damaged []*Entry
 	err := j.db.Update(func(tx *bolt.Tx) error {
 		t := j.newTxn(tx)
 		for _, o := range batch {
@@ -464,7 +490,7 @@ func (j *Journal) commit(batch []*op) {
 		if j.opts.MaxSize > 0 && t.appended > 0 && tx.Size() > j.opts.MaxSize {
 			return fmt.Errorf("%w: file would grow to %d bytes, limit %d", ErrFull, tx.Size(), j.opts.MaxSize)
 		}
-		delta, appended, ready = t.delta, t.appended, t.readyChanged
+		delta, appended, ready, damaged = t.delta, t.appended, t.readyChanged, t.newlyDamaged
 		return nil
 	})
 	d := time.Since(start)
@@ -480,6 +506,7 @@ func (j *Journal) commit(batch []*op) {
 		appended = 0
 	} else {
 		j.applyCounts(delta)
+		j.logDamaged(damaged)
 		j.stats.appends.Add(uint64(appended))
 		if ready {
 			j.signalReady()
@@ -519,6 +546,9 @@ type Stats struct {
 	Ops           uint64 // operations in those commits
 	FailedCommits uint64
 	CommitTime    time.Duration // total time in commits (includes fsync)
+	// Damaged counts entries whose stored value does not decode and that
+	// were parked as stuck because of it (kept across restarts).
+	Damaged uint64
 }
 
 // Stats returns the journal's counters.
@@ -537,5 +567,6 @@ func (j *Journal) Stats() Stats {
 		Ops:           j.stats.ops.Load(),
 		FailedCommits: j.stats.failed.Load(),
 		CommitTime:    time.Duration(j.stats.commitNanos.Load()),
+		Damaged:       j.stats.damaged.Load(),
 	}
 }

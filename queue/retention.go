@@ -90,7 +90,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 				if err != nil {
 					return err
 				}
-				if e.UpdatedAt.Before(cut) {
+				if e.Damage == "" && e.UpdatedAt.Before(cut) {
 					victims = append(victims, e)
 				}
 			}

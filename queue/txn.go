@@ -17,11 +17,12 @@ type txn struct {
 	tx  *bolt.Tx
 	now time.Time
 
-	meta, entries, ready, state, keyq, keyhead, dedup, dedupBy *bolt.Bucket
+	meta, entries, ready, state, keyq, keyhead, dedup, dedupBy, damaged *bolt.Bucket
 
 	delta        [5]int64
 	appended     int
 	readyChanged bool
+	newlyDamaged []*Entry // marked damaged in this transaction, logged after commit
 	buf          []byte
 }
 
@@ -38,6 +39,7 @@ func (j *Journal) newTxn(tx *bolt.Tx) *txn {
 		keyhead: tx.Bucket(bucketKeyHead),
 		dedup:   tx.Bucket(bucketDedup),
 		dedupBy: tx.Bucket(bucketDedupBy),
+		damaged: tx.Bucket(bucketDamaged),
 	}
 	// Sequence keys only grow: pack pages full.
 	t.entries.FillPercent = 0.95
@@ -59,12 +61,71 @@ func (t *txn) finish() error {
 	return t.meta.Put(metaCounts, b)
 }
 
+// get returns entry seq. An entry whose stored value does not decode is
+// returned as a stub with Damage set and the state the index knows, not as
+// an error: one damaged entry must not fail the batch it is in. Callers
+// that need its message check Damage.
 func (t *txn) get(seq uint64) (*Entry, error) {
 	v := t.entries.Get(u64(seq))
 	if v == nil {
 		return nil, fmt.Errorf("entry %d: %w", seq, ErrNotFound)
 	}
-	return decodeEntry(seq, v)
+	e, err := decodeEntry(seq, v)
+	if err != nil {
+		return damagedEntry(t.state, t.damaged, seq, err), nil
+	}
+	return e, nil
+}
+
+// damagedEntry is what the journal knows of an entry whose value does not
+// decode: its sequence, the state its index records, and the damage.
+func damagedEntry(state, damaged *bolt.Bucket, seq uint64, err error) *Entry {
+	e := &Entry{Seq: seq, State: indexState(state, seq), Damage: err.Error()}
+	if damaged != nil {
+		e.LastError = string(damaged.Get(u64(seq)))
+	}
+	if e.LastError == "" {
+		e.LastError = clip("damaged entry: " + e.Damage)
+	}
+	return e
+}
+
+// indexState returns the state the state index records for seq, or 0.
+func indexState(state *bolt.Bucket, seq uint64) State {
+	for s := StatePending; s <= StateStuck; s++ {
+		if state.Get(stateKey(s, seq)) != nil {
+			return s
+		}
+	}
+	return 0
+}
+
+// markDamaged parks a damaged entry (a stub from get) as stuck: it cannot
+// run, and like any stuck entry it keeps its key blocked until an operator
+// acts. Its value is left as it is, for whoever investigates; the damaged
+// bucket records the error.
+func (t *txn) markDamaged(e *Entry) error {
+	if t.damaged.Get(u64(e.Seq)) != nil && e.State == StateStuck {
+		return nil
+	}
+	if e.State != StateStuck {
+		if e.State != 0 {
+			if err := t.state.Delete(stateKey(e.State, e.Seq)); err != nil {
+				return err
+			}
+			t.delta[e.State]--
+		}
+		if err := t.state.Put(stateKey(StateStuck, e.Seq), nil); err != nil {
+			return err
+		}
+		t.delta[StateStuck]++
+		e.State = StateStuck
+	}
+	if err := t.damaged.Put(u64(e.Seq), []byte(e.LastError)); err != nil {
+		return err
+	}
+	t.newlyDamaged = append(t.newlyDamaged, e)
+	return nil
 }
 
 func (t *txn) put(e *Entry) error {
@@ -133,6 +194,9 @@ func (t *txn) advance(key string) error {
 	e, err := t.get(seq)
 	if err != nil {
 		return err
+	}
+	if e.Damage != "" {
+		return t.markDamaged(e)
 	}
 	if e.State == StatePending {
 		return t.addReady(e)
