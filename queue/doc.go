@@ -13,6 +13,17 @@
 // after Append returns, which is what makes "a delivered message is never
 // lost" true.
 //
+// # Full journals
+//
+// With Options.MaxSize set, appends stop (ErrFull) once the live data
+// (file size less bbolt's free pages) passes MaxSize less Options.Reserve
+// (default MaxSize/16, at most 64 MiB), and also while the file system has
+// less than Options.MinFree (default 64 MiB) available. Claim, Settle,
+// Replay and retention may use the reserve up to MaxSize, so workers can
+// always drain a full journal and retention's freed pages go to new
+// messages only once they are below the limit again. Ingest treats ErrFull
+// as back-pressure: the broker keeps the message.
+//
 // # States
 //
 //	pending --Claim--> running --Settle(Done)--> done

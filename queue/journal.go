@@ -76,6 +76,8 @@ const (
 	DefaultRetentionInterval = time.Minute
 	DefaultRetentionBatch    = 512
 	DefaultDedupWindow       = 24 * time.Hour
+	DefaultMinFree           = 64 << 20
+	maxDefaultReserve        = 64 << 20
 )
 
 // Options configures a Journal. The zero value is usable.
@@ -108,10 +110,23 @@ type Options struct {
 	// broker redelivery of it. Default 24h.
 	DedupWindow time.Duration
 
-	// MaxSize, when > 0, makes a batch fail with ErrFull once the file
-	// would grow past this many bytes, as a full disk would. Tests and
-	// operators with a quota use it.
+	// MaxSize, when > 0, makes a batch of appends fail with ErrFull once
+	// the file would grow past this many bytes, as a full disk would.
+	// Tests and operators with a quota use it.
 	MaxSize int64
+
+	// Reserve is the part of MaxSize kept for draining: Append fails with
+	// ErrFull once the journal's live data (file size less free pages)
+	// passes MaxSize-Reserve, while Claim, Settle, Replay and retention go
+	// on up to MaxSize. Without it, ingest would take every page retention
+	// frees and workers could never claim or settle again. 0 means
+	// DefaultReserve: MaxSize/16, at most 64 MiB; < 0 means none.
+	Reserve int64
+
+	// MinFree is the free space on the journal's file system below which
+	// Append fails with ErrFull, for the same reason: the other writes
+	// need room too. 0 means DefaultMinFree (64 MiB); < 0 disables it.
+	MinFree int64
 
 	// OnCommit, if set, is called after every committed batch, from the
 	// commit goroutine: keep it cheap.
@@ -182,6 +197,12 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Reserve == 0 {
+		opts.Reserve = min(opts.MaxSize/16, maxDefaultReserve)
+	}
+	if opts.MinFree == 0 {
+		opts.MinFree = DefaultMinFree
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -28,6 +28,9 @@ func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult
 	var dups uint64
 	err := j.update(ctx, func(t *txn) error {
 		dups = 0
+		if err := t.appendRoom(); err != nil {
+			return opError{fmt.Errorf("cannot append to journal %s: %w", j.path, err)}
+		}
 		for i, e := range entries {
 			if e.Redelivered && len(e.DedupID) > 0 {
 				seq, ok, err := t.matchRedelivery(e.DedupID, e.Connection)

@@ -3,7 +3,10 @@ package queue
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -23,6 +26,7 @@ type txn struct {
 	appended     int
 	readyChanged bool
 	newlyDamaged []*Entry // marked damaged in this transaction, logged after commit
+	roomErr      error    // appendRoom's verdict, once measured
 	buf          []byte
 }
 
@@ -249,6 +253,45 @@ func (t *txn) append(e *Entry) error {
 		return err
 	}
 	return t.addReady(e)
+}
+
+// appendRoom returns ErrFull when appends must stop so that workers keep
+// room to claim, settle and delete: see Options.Reserve and MinFree. It
+// measures once per transaction.
+func (t *txn) appendRoom() error {
+	if t.roomErr == nil {
+		t.roomErr = errNoRoomErr
+		o := t.j.opts
+		if o.MaxSize > 0 {
+			used := t.tx.Size() - int64(t.j.db.Stats().FreeAlloc)
+			if limit := o.MaxSize - max(o.Reserve, 0); used > limit {
+				t.roomErr = fmt.Errorf("%w: %d bytes in use, appends stop at %d (limit %d less a reserve of %d for workers)",
+					ErrFull, used, limit, o.MaxSize, o.MaxSize-limit)
+			}
+		}
+		if t.roomErr == errNoRoomErr && o.MinFree > 0 {
+			if free, ok := diskFree(filepath.Dir(t.j.path)); ok && free < o.MinFree {
+				t.roomErr = fmt.Errorf("%w: the disk has %d bytes free, appends stop below %d", ErrFull, free, o.MinFree)
+			}
+		}
+	}
+	if t.roomErr == errNoRoomErr {
+		return nil
+	}
+	return t.roomErr
+}
+
+// errNoRoomErr marks "measured, there is room" in txn.roomErr.
+var errNoRoomErr = errors.New("room")
+
+// diskFree returns the bytes available to this user on the file system
+// holding dir.
+func diskFree(dir string) (int64, bool) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true
 }
 
 // maxValueSize bounds a stored value; a variable so tests can lower it.
