@@ -1,12 +1,15 @@
 package queue
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"math"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // entryFormat is the first byte of every encoded entry value. Bump it, and
@@ -233,21 +236,53 @@ func stateKey(s State, seq uint64) []byte {
 	return k
 }
 
-// keyPrefix is the per-key queue prefix: uvarint length, then the key, so
-// that no key is a prefix of another key's entries.
+// maxLiteralID is the longest ordering key or dedup id the indexes hold
+// as it is. Longer ones are indexed by their hash (see indexID): bbolt
+// refuses keys over 32768 bytes, and one such message would otherwise fail
+// its whole batch on every retry. The bound is high enough that every key
+// a format 1 journal could hold is still indexed literally.
+const maxLiteralID = bolt.MaxKeySize - 64
+
+// hashedIDMarker starts every hashed index id. Ids that start with it are
+// hashed too, whatever their length, so a literal id can never equal a
+// hashed one. Valid UTF-8 never contains the byte.
+const hashedIDMarker = 0xff
+
+// indexID is how an ordering key or dedup id appears in index keys: the id
+// itself, or for long ids (and ids starting with hashedIDMarker) the marker
+// followed by its SHA-256. Entries always keep the real value.
+func indexID[S ~string | ~[]byte](id S) []byte {
+	if len(id) <= maxLiteralID && (len(id) == 0 || id[0] != hashedIDMarker) {
+		return []byte(id)
+	}
+	sum := sha256.Sum256([]byte(id))
+	return append([]byte{hashedIDMarker}, sum[:]...)
+}
+
+// headKey is the keyhead index key of an ordering key.
+func headKey(key string) []byte { return indexID(key) }
+
+// keyPrefix is the per-key queue prefix: uvarint length, then the key's
+// index id, so that no key is a prefix of another key's entries.
 func keyPrefix(key string) []byte {
-	p := binary.AppendUvarint(make([]byte, 0, len(key)+10), uint64(len(key)))
-	return append(p, key...)
+	id := indexID(key)
+	p := binary.AppendUvarint(make([]byte, 0, len(id)+18), uint64(len(id)))
+	return append(p, id...)
 }
 
 func keyqKey(key string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(keyPrefix(key), seq)
 }
 
+// dedupPrefix is the dedup index prefix of an id: length, then index id.
+func dedupPrefix(id []byte) []byte {
+	x := indexID(id)
+	p := binary.AppendUvarint(make([]byte, 0, len(x)+18), uint64(len(x)))
+	return append(p, x...)
+}
+
 // dedupKey is the dedup index key: length-prefixed id, then sequence, so two
 // distinct messages with the same id each keep a slot.
 func dedupKey(id []byte, seq uint64) []byte {
-	k := binary.AppendUvarint(make([]byte, 0, len(id)+18), uint64(len(id)))
-	k = append(k, id...)
-	return binary.BigEndian.AppendUint64(k, seq)
+	return binary.BigEndian.AppendUint64(dedupPrefix(id), seq)
 }

@@ -13,6 +13,17 @@
 // after Append returns, which is what makes "a delivered message is never
 // lost" true.
 //
+// # Full journals
+//
+// With Options.MaxSize set, appends stop (ErrFull) once the live data
+// (file size less bbolt's free pages) passes MaxSize less Options.Reserve
+// (default MaxSize/16, at most 64 MiB), and also while the file system has
+// less than Options.MinFree (default 64 MiB) available. Claim, Settle,
+// Replay and retention may use the reserve up to MaxSize, so workers can
+// always drain a full journal and retention's freed pages go to new
+// messages only once they are below the limit again. Ingest treats ErrFull
+// as back-pressure: the broker keeps the message.
+//
 // # States
 //
 //	pending --Claim--> running --Settle(Done)--> done
@@ -37,6 +48,26 @@
 //	dedup     uvarint len + dedup id + seq -> connection id: deliveries a
 //	          redelivery may repeat, and the connection that last matched
 //	dedupseq  seq -> insert time + dedup key: prunes dedup by age
+//	damaged   seq -> "damaged entry: ..." for entries parked because their
+//	          value does not decode
+//
+// Ordering keys and dedup ids appear in index keys as they are, up to
+// 32704 bytes; longer ones (and ones starting with byte 0xff, which UTF-8
+// never has) appear as 0xff followed by their SHA-256, so no message can
+// exceed bbolt's key limit and a literal key never equals a hashed one.
+// An entry too large for bbolt to store at all is journalled without its
+// headers and body, with a Fault saying why, so its batch still commits.
+//
+// # Damaged entries
+//
+// Every stored value carries a CRC-32C. A value that does not decode does
+// not stop the journal: Scan and Get return it with Damage set, its
+// sequence, and the state its index records; Claim (and recovery, and a
+// key moving on to it) parks it as stuck with LastError "damaged entry:
+// ...", logs it once at Error and counts it in Stats().Damaged. Like any
+// stuck entry it blocks its key; other keys go on. Replay cannot run it and
+// says so. Check accepts damage that was parked and reports damage nobody
+// has seen yet.
 //
 // Only the head of each key is ever in ready, so picking work reads the
 // first keys of one bucket: its cost does not grow with the journal.

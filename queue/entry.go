@@ -101,6 +101,12 @@ type Entry struct {
 	LastError     string
 	UpdatedAt     time.Time
 
+	// Damage, when set, says the entry's stored value does not decode
+	// (checksum mismatch, ...): only Seq, State (from the state index) and
+	// LastError are known. Claim parks such an entry as stuck instead of
+	// running it. Never stored.
+	Damage string `json:",omitempty"`
+
 	// DedupID identifies the message across broker redeliveries (a
 	// publisher id or a content hash, chosen by ingest). When Redelivered is
 	// set, Append first looks for an unconfirmed entry with the same DedupID

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // FormatVersion is the on-disk format this code writes. Open refuses files
@@ -35,6 +34,7 @@ var (
 	bucketKeyHead = []byte("keyhead")
 	bucketDedup   = []byte("dedup")
 	bucketDedupBy = []byte("dedupseq")
+	bucketDamaged = []byte("damaged")
 
 	metaMagic   = []byte("magic")
 	metaVersion = []byte("version")
@@ -58,6 +58,10 @@ var (
 	ErrNewerFormat = errors.New("journal format is newer than this agentq")
 	// ErrReadOnly is returned by writes on a journal opened read-only.
 	ErrReadOnly = errors.New("journal is open read-only")
+	// ErrTruncated is returned by Open for a file shorter than bbolt's own
+	// meta page says (a copy cut short, a full disk during a restore). The
+	// error is a *TruncatedError naming the file and both sizes.
+	ErrTruncated = errors.New("journal is truncated")
 	// ErrFull is returned when a write would grow the file past MaxSize.
 	ErrFull = errors.New("journal is full")
 	// ErrBadState is returned when a state change does not apply to the
@@ -72,6 +76,8 @@ const (
 	DefaultRetentionInterval = time.Minute
 	DefaultRetentionBatch    = 512
 	DefaultDedupWindow       = 24 * time.Hour
+	DefaultMinFree           = 64 << 20
+	maxDefaultReserve        = 64 << 20
 )
 
 // Options configures a Journal. The zero value is usable.
@@ -104,10 +110,23 @@ type Options struct {
 	// broker redelivery of it. Default 24h.
 	DedupWindow time.Duration
 
-	// MaxSize, when > 0, makes a batch fail with ErrFull once the file
-	// would grow past this many bytes, as a full disk would. Tests and
-	// operators with a quota use it.
+	// MaxSize, when > 0, makes a batch of appends fail with ErrFull once
+	// the file would grow past this many bytes, as a full disk would.
+	// Tests and operators with a quota use it.
 	MaxSize int64
+
+	// Reserve is the part of MaxSize kept for draining: Append fails with
+	// ErrFull once the journal's live data (file size less free pages)
+	// passes MaxSize-Reserve, while Claim, Settle, Replay and retention go
+	// on up to MaxSize. Without it, ingest would take every page retention
+	// frees and workers could never claim or settle again. 0 means
+	// DefaultReserve: MaxSize/16, at most 64 MiB; < 0 means none.
+	Reserve int64
+
+	// MinFree is the free space on the journal's file system below which
+	// Append fails with ErrFull, for the same reason: the other writes
+	// need room too. 0 means DefaultMinFree (64 MiB); < 0 disables it.
+	MinFree int64
 
 	// OnCommit, if set, is called after every committed batch, from the
 	// commit goroutine: keep it cheap.
@@ -153,6 +172,7 @@ type Journal struct {
 		appends, duplicates, commits, ops atomic.Uint64
 		commitNanos                       atomic.Uint64
 		failed                            atomic.Uint64
+		damaged                           atomic.Uint64
 	}
 }
 
@@ -177,6 +197,12 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Reserve == 0 {
+		opts.Reserve = min(opts.MaxSize/16, maxDefaultReserve)
+	}
+	if opts.MinFree == 0 {
+		opts.MinFree = DefaultMinFree
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -225,37 +251,6 @@ func Open(path string, opts Options) (*Journal, error) {
 	return j, nil
 }
 
-// openBolt opens the bbolt file, turning its failures into errors that say
-// what is wrong with the file. bbolt can panic on some damaged files; that
-// is reported as not a journal rather than crashing the agent.
-func openBolt(path string, opts Options) (db *bolt.DB, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("cannot open journal %s: %w (damaged file: %v)", path, ErrNotJournal, r)
-		}
-	}()
-	bo := &bolt.Options{
-		Timeout:        opts.LockTimeout,
-		ReadOnly:       opts.ReadOnly,
-		FreelistType:   bolt.FreelistMapType,
-		NoFreelistSync: false,
-	}
-	db, err = bolt.Open(path, 0o600, bo)
-	switch {
-	case err == nil:
-		return db, nil
-	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("cannot open journal %s: %w", path, ErrInUse)
-	}
-	// Errors from the file system (permissions, ...) pass through; anything
-	// else bbolt says is about the file's content.
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return nil, fmt.Errorf("cannot open journal %s: %w", path, err)
-	}
-	return nil, fmt.Errorf("cannot open journal %s: %w (%v)", path, ErrNotJournal, err)
-}
-
 // init checks the file is a journal of a version we read, creates the
 // buckets on a fresh file, loads the counters, and resets running entries.
 func (j *Journal) init(fresh bool) error {
@@ -286,6 +281,9 @@ func (j *Journal) init(fresh bool) error {
 			}
 		}
 		j.loadCounts(meta.Get(metaCounts))
+		if b := tx.Bucket(bucketDamaged); b != nil {
+			j.stats.damaged.Store(uint64(b.Stats().KeyN))
+		}
 		return nil
 	}
 	if j.opts.ReadOnly {
@@ -294,6 +292,10 @@ func (j *Journal) init(fresh bool) error {
 	return j.db.Update(func(tx *bolt.Tx) error {
 		if err := check(tx); err != nil {
 			return err
+		}
+		// Added after format 1 was first written: files may lack it.
+		if _, err := tx.CreateBucketIfNotExists(bucketDamaged); err != nil {
+			return fmt.Errorf("cannot create bucket %s: %w", bucketDamaged, err)
 		}
 		if tx.Bucket(bucketMeta) == nil {
 			for _, name := range allBuckets {
@@ -334,6 +336,12 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 		if err != nil {
 			return err
 		}
+		if e.Damage != "" {
+			if err := t.markDamaged(e); err != nil {
+				return err
+			}
+			continue
+		}
 		e.NextAttemptAt = time.Time{}
 		if err := t.setState(e, StatePending); err != nil {
 			return err
@@ -349,7 +357,17 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 		return err
 	}
 	j.applyCounts(t.delta)
+	j.logDamaged(t.newlyDamaged)
 	return nil
+}
+
+// logDamaged reports entries newly parked as damaged, once each: they were
+// moved out of ready, so no later call finds them again.
+func (j *Journal) logDamaged(es []*Entry) {
+	for _, e := range es {
+		j.stats.damaged.Add(1)
+		j.log.Error("damaged entry parked as stuck; its key is blocked until it is replayed or removed", "seq", e.Seq, "error", e.Damage)
+	}
 }
 
 // Path returns the journal's file path.
@@ -469,6 +487,7 @@ func (j *Journal) commit(batch []*op) {
 	start := time.Now()
 	var delta [5]int64
 	appended, ready := 0, false
+	var damaged []*Entry
 	err := j.db.Update(func(tx *bolt.Tx) error {
 		t := j.newTxn(tx)
 		for _, o := range batch {
@@ -492,7 +511,7 @@ func (j *Journal) commit(batch []*op) {
 		if j.opts.MaxSize > 0 && t.appended > 0 && tx.Size() > j.opts.MaxSize {
 			return fmt.Errorf("%w: file would grow to %d bytes, limit %d", ErrFull, tx.Size(), j.opts.MaxSize)
 		}
-		delta, appended, ready = t.delta, t.appended, t.readyChanged
+		delta, appended, ready, damaged = t.delta, t.appended, t.readyChanged, t.newlyDamaged
 		return nil
 	})
 	d := time.Since(start)
@@ -508,6 +527,7 @@ func (j *Journal) commit(batch []*op) {
 		appended = 0
 	} else {
 		j.applyCounts(delta)
+		j.logDamaged(damaged)
 		j.stats.appends.Add(uint64(appended))
 		if ready {
 			j.signalReady()
@@ -547,6 +567,9 @@ type Stats struct {
 	Ops           uint64 // operations in those commits
 	FailedCommits uint64
 	CommitTime    time.Duration // total time in commits (includes fsync)
+	// Damaged counts entries whose stored value does not decode and that
+	// were parked as stuck because of it (kept across restarts).
+	Damaged uint64
 }
 
 // Stats returns the journal's counters.
@@ -565,5 +588,6 @@ func (j *Journal) Stats() Stats {
 		Ops:           j.stats.ops.Load(),
 		FailedCommits: j.stats.failed.Load(),
 		CommitTime:    time.Duration(j.stats.commitNanos.Load()),
+		Damaged:       j.stats.damaged.Load(),
 	}
 }

@@ -395,7 +395,7 @@ func TestOpenErrors(t *testing.T) {
 		text       string
 	}{
 		{"Garbage", garbage, Options{}, ErrNotJournal, "garbage.db"},
-		{"Truncated", truncated, Options{}, ErrNotJournal, "truncated.db"},
+		{"Truncated", truncated, Options{}, ErrTruncated, "truncated.db is truncated"},
 		{"OtherBolt", other, Options{}, ErrNotJournal, "other.db"},
 		{"NewerFormat", newer, Options{}, ErrNewerFormat, "format 9"},
 		{"ReadOnlyMissing", filepath.Join(dir, "none.db"), Options{ReadOnly: true}, nil, "no journal there"},

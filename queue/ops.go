@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -27,6 +28,9 @@ func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult
 	var dups uint64
 	err := j.update(ctx, func(t *txn) error {
 		dups = 0
+		if err := t.appendRoom(); err != nil {
+			return opError{fmt.Errorf("cannot append to journal %s: %w", j.path, err)}
+		}
 		for i, e := range entries {
 			if e.Redelivered && len(e.DedupID) > 0 {
 				seq, ok, err := t.matchRedelivery(e.DedupID, e.Connection)
@@ -77,6 +81,13 @@ func (j *Journal) Claim(ctx context.Context, max int) ([]*Entry, error) {
 			e, err := t.get(seq)
 			if err != nil {
 				return err
+			}
+			if e.Damage != "" {
+				// Step over it: parked as stuck, the rest of the claim goes on.
+				if err := t.markDamaged(e); err != nil {
+					return err
+				}
+				continue
 			}
 			e.Attempts++
 			if err := t.setState(e, StateRunning); err != nil {
@@ -163,6 +174,12 @@ func (t *txn) settle(o Outcome) error {
 	if e.State != StateRunning {
 		return opError{fmt.Errorf("cannot settle entry %d: it is %s: %w", o.Seq, e.State, ErrBadState)}
 	}
+	if e.Damage != "" {
+		if err := t.markDamaged(e); err != nil {
+			return err
+		}
+		return opError{fmt.Errorf("cannot settle entry %d: %s: it is parked as stuck", o.Seq, e.LastError)}
+	}
 	switch o.Kind {
 	case Done:
 		e.NextAttemptAt = time.Time{}
@@ -231,17 +248,21 @@ func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, 
 	if dryRun {
 		return seqs, nil
 	}
-	var done []uint64
+	var done, damaged []uint64
 	const chunk = 512
 	for len(seqs) > 0 {
 		n := min(chunk, len(seqs))
 		part := seqs[:n]
 		seqs = seqs[n:]
-		var got []uint64
+		var got, bad []uint64
 		err := j.update(ctx, func(t *txn) error {
-			got = got[:0]
+			got, bad = got[:0], bad[:0]
 			for _, seq := range part {
 				ok, err := t.replay(seq)
+				if errors.Is(err, errCorrupt) {
+					bad = append(bad, seq)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -255,6 +276,10 @@ func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, 
 			return done, err
 		}
 		done = append(done, got...)
+		damaged = append(damaged, bad...)
+	}
+	if len(damaged) > 0 {
+		return done, fmt.Errorf("cannot replay damaged entries %v: their stored message does not decode, so they cannot run and stay stuck: %w", damaged, errCorrupt)
 	}
 	return done, nil
 }
@@ -266,6 +291,12 @@ func (t *txn) replay(seq uint64) (bool, error) {
 	}
 	if e.State != StateDone && e.State != StateStuck {
 		return false, nil
+	}
+	if e.Damage != "" {
+		if err := t.markDamaged(e); err != nil {
+			return false, err
+		}
+		return false, fmt.Errorf("entry %d: %s: %w", seq, e.Damage, errCorrupt)
 	}
 	wasStuck := e.State == StateStuck
 	e.Attempts = 0
@@ -300,7 +331,7 @@ func (t *txn) replay(seq uint64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if he.State == StateRunning {
+	if he.State == StateRunning || he.Damage != "" {
 		return true, nil
 	}
 	if he.State == StatePending {
@@ -308,7 +339,7 @@ func (t *txn) replay(seq uint64) (bool, error) {
 			return false, err
 		}
 	}
-	if err := t.keyhead.Put([]byte(e.Key), u64(seq)); err != nil {
+	if err := t.keyhead.Put(headKey(e.Key), u64(seq)); err != nil {
 		return false, err
 	}
 	return true, t.addReady(e)
@@ -340,8 +371,10 @@ func (j *Journal) Get(seq uint64) (*Entry, error) {
 			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
 		}
 		var err error
-		e, err = decodeEntry(seq, v)
-		return err
+		if e, err = decodeEntry(seq, v); err != nil {
+			e = damagedEntry(tx.Bucket(bucketState), tx.Bucket(bucketDamaged), seq, err)
+		}
+		return nil
 	})
 	return e, err
 }

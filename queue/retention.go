@@ -90,7 +90,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 				if err != nil {
 					return err
 				}
-				if e.UpdatedAt.Before(cut) {
+				if e.Damage == "" && e.UpdatedAt.Before(cut) {
 					victims = append(victims, e)
 				}
 			}
@@ -159,7 +159,11 @@ func Compact(src string) (before, after int64, err error) {
 		return 0, 0, fmt.Errorf("cannot compact journal %s: %w", src, err)
 	}
 	// Rename while still holding the lock on the old file, so no agent can
-	// open it in between; then fsync the directory.
+	// open it in between; then fsync the directory. An Open that was
+	// already waiting for that lock notices the rename and reopens.
+	if testHookCompactRename != nil {
+		testHookCompactRename(src)
+	}
 	if err = os.Rename(tmp, src); err != nil {
 		j.Close()
 		os.Remove(tmp)

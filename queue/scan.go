@@ -56,7 +56,7 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 		visit := func(seq uint64, v []byte) (bool, error) {
 			e, err := decodeEntry(seq, v)
 			if err != nil {
-				return false, err
+				e = damagedEntry(tx.Bucket(bucketState), tx.Bucket(bucketDamaged), seq, err)
 			}
 			if !f.match(e) {
 				return true, nil

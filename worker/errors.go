@@ -5,6 +5,10 @@ import (
 	"time"
 )
 
+// ErrOutputTooLarge is wrapped in the (permanent) error of a call that
+// succeeded with more output than its backend's MaxOutput.
+var ErrOutputTooLarge = errors.New("output too large")
+
 // permanentError marks an error that retrying cannot fix.
 type permanentError struct{ err error }
 

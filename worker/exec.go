@@ -1,15 +1,15 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,24 +23,49 @@ const ExitDataErr = 65
 // DefaultStderrTail is how much of a command's stderr is kept for the error.
 const DefaultStderrTail = 2048
 
+// DefaultMaxOutput bounds the output a backend returns on success: exec's
+// stdout, an HTTP 2xx response body.
+const DefaultMaxOutput = 1 << 20
+
+// ioWaitDelay bounds how long Call waits, once the handler has exited and
+// its process group is killed, for its pipes to close: only a process that
+// left the group (setsid) can still hold them.
+const ioWaitDelay = 2 * time.Second
+
 // ExecConfig configures the exec backend.
 type ExecConfig struct {
 	Argv       []string      // command and arguments, run without a shell
 	Shell      bool          // run strings.Join(Argv, " ") with /bin/sh -c
 	Timeout    time.Duration // per call; 0 = only the caller's context
 	Dir        string        // working directory; "" = the agent's
-	Env        []string      // extra KEY=VALUE for the command
+	Env        []string      // extra KEY=VALUE for the command, always passed
 	StderrTail int           // bytes of stderr kept for the error; default 2048
+	// HideEnv names variables of the agent's environment never passed to
+	// the command, such as the one a source's passcode_env names. Besides
+	// these, AGENTQ_ADMIN_TOKEN and every AGENTQ_* variable whose name
+	// contains PASS, TOKEN or SECRET are always hidden. Env is not filtered.
+	HideEnv []string
+	// MaxOutput bounds the stdout kept as the call's output (see Producer).
+	// 0 means DefaultMaxOutput; < 0 sends stdout to /dev/null and returns
+	// no output. A command that exits 0 with more stdout than this fails
+	// permanently with ErrOutputTooLarge: a cut answer must not pass for
+	// a whole one.
+	MaxOutput int
 }
 
 // Exec runs a command per message: the body on stdin, the context in the
 // environment. Exit 0 is done, exit 65 is a permanent failure, anything
-// else (another code, a signal, the timeout) is retried.
+// else (another code, a signal, the timeout) is retried. The command runs
+// in its own process group, which is killed when the call returns, however
+// it returns, and when the agent dies (see the package documentation).
 type Exec struct {
 	cfg  ExecConfig
 	path string
 	argv []string
+	hide map[string]bool
 }
+
+var _ Producer = (*Exec)(nil)
 
 // NewExec checks the command exists and returns the backend.
 func NewExec(cfg ExecConfig) (*Exec, error) {
@@ -50,6 +75,9 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 	if cfg.StderrTail <= 0 {
 		cfg.StderrTail = DefaultStderrTail
 	}
+	if cfg.MaxOutput == 0 {
+		cfg.MaxOutput = DefaultMaxOutput
+	}
 	argv := cfg.Argv
 	if cfg.Shell {
 		argv = []string{"/bin/sh", "-c", strings.Join(cfg.Argv, " ")}
@@ -58,7 +86,11 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot find command %q: %w", argv[0], err)
 	}
-	return &Exec{cfg: cfg, path: path, argv: argv}, nil
+	hide := make(map[string]bool, len(cfg.HideEnv))
+	for _, n := range cfg.HideEnv {
+		hide[n] = true
+	}
+	return &Exec{cfg: cfg, path: path, argv: argv, hide: hide}, nil
 }
 
 // Name returns "exec:" and the command.
@@ -66,6 +98,13 @@ func (x *Exec) Name() string { return "exec:" + x.argv[0] }
 
 // Call runs the command for e.
 func (x *Exec) Call(ctx context.Context, e *queue.Entry) error {
+	_, err := x.CallOutput(ctx, e)
+	return err
+}
+
+// CallOutput runs the command for e and, when it exits 0, returns its
+// stdout (nil when MaxOutput < 0).
+func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	if x.cfg.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, x.cfg.Timeout)
@@ -74,23 +113,72 @@ func (x *Exec) Call(ctx context.Context, e *queue.Entry) error {
 	cmd := exec.CommandContext(ctx, x.path, x.argv[1:]...)
 	cmd.Args[0] = x.argv[0]
 	cmd.Dir = x.cfg.Dir
-	cmd.Env = append(append(os.Environ(), x.cfg.Env...), entryEnv(e)...)
-	cmd.Stdin = bytes.NewReader(e.Body)
-	cmd.Stdout = io.Discard
-	tail := &tailWriter{max: x.cfg.StderrTail}
-	cmd.Stderr = tail
+	cmd.Env = handlerEnv(x.hide, x.cfg.Env, e)
 	// Its own process group, so a timeout or shutdown kills the command's
-	// children too, and WaitDelay so inherited pipes cannot hang Wait.
+	// children too; the death signal for when the agent dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	setDeathSignal(cmd.SysProcAttr)
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 2 * time.Second
-	err := cmd.Run()
-	if cmd.Process != nil {
-		// Whatever the outcome, leave no stray children behind.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	cmd.WaitDelay = ioWaitDelay
+
+	// Pipes of our own, not exec's copying goroutines: Wait then returns
+	// when the command exits, even if a child it left behind still holds
+	// stdout, and the group is killed at once.
+	var out *headBuffer
+	tail := &tailWriter{max: x.cfg.StderrTail}
+	p, err := newStdio(e.Body, x.cfg.MaxOutput >= 0)
+	if err != nil {
+		return nil, fmt.Errorf("cannot start %s: %w", x.argv[0], err)
 	}
+	cmd.Stdin, cmd.Stderr = p.child[0], p.child[2]
+	if x.cfg.MaxOutput >= 0 {
+		cmd.Stdout = p.child[1] // else nil: /dev/null
+		out = &headBuffer{max: x.cfg.MaxOutput}
+	}
+
+	dog := startWatchdog()
+	if lockThread {
+		runtime.LockOSThread()
+	}
+	err = cmd.Start()
+	p.closeChild()
+	if err != nil {
+		if lockThread {
+			runtime.UnlockOSThread()
+		}
+		dog.stop()
+		p.closeParent()
+		if ctx.Err() != nil {
+			return nil, x.ctxError(ctx, "")
+		}
+		return nil, fmt.Errorf("cannot start %s: %w", x.argv[0], err)
+	}
+	pgid := cmd.Process.Pid
+	dog.watch(pgid)
+	ioDone := p.copy(out, tail)
+	err = cmd.Wait()
+	// Whatever the outcome, leave no stray children behind.
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	if lockThread {
+		runtime.UnlockOSThread()
+	}
+	dog.stop()
+	select {
+	case <-ioDone:
+	case <-time.After(ioWaitDelay):
+		p.closeParent()
+		<-ioDone
+	}
+	p.closeParent()
+
 	if err == nil {
-		return nil
+		if out == nil {
+			return nil, nil
+		}
+		if out.over {
+			return nil, Permanent(fmt.Errorf("exit status 0 but stdout is over the %d-byte output limit: %w", out.max, ErrOutputTooLarge))
+		}
+		return out.buf, nil
 	}
 	msg := tail.String()
 	with := func(s string) string {
@@ -99,57 +187,179 @@ func (x *Exec) Call(ctx context.Context, e *queue.Entry) error {
 		}
 		return s
 	}
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		if errors.Is(ctxErr, context.DeadlineExceeded) && x.cfg.Timeout > 0 {
-			return fmt.Errorf("%s", with(fmt.Sprintf("timed out after %s", x.cfg.Timeout)))
-		}
-		return fmt.Errorf("%s: %w", with("cancelled"), ctxErr)
+	if ctx.Err() != nil {
+		return nil, x.ctxError(ctx, msg)
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return fmt.Errorf("%s", with(fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), ws.Signal())))
+			return nil, fmt.Errorf("%s", with(fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), ws.Signal())))
 		}
 		if ee.ExitCode() == ExitDataErr {
-			return Permanent(fmt.Errorf("%s", with("exit status 65 (bad message)")))
+			return nil, Permanent(fmt.Errorf("%s", with("exit status 65 (bad message)")))
 		}
-		return fmt.Errorf("%s", with(fmt.Sprintf("exit status %d", ee.ExitCode())))
+		return nil, fmt.Errorf("%s", with(fmt.Sprintf("exit status %d", ee.ExitCode())))
 	}
-	return fmt.Errorf("cannot run %s: %w", x.argv[0], err)
+	return nil, fmt.Errorf("cannot run %s: %w", x.argv[0], err)
 }
 
-// entryEnv is the context a command gets in its environment.
-func entryEnv(e *queue.Entry) []string {
-	env := []string{
-		"AGENTQ_SEQ=" + strconv.FormatUint(e.Seq, 10),
-		"AGENTQ_TYPE=" + e.Type,
-		"AGENTQ_KEY=" + e.Key,
-		"AGENTQ_ATTEMPT=" + strconv.Itoa(e.Attempts),
-		"AGENTQ_SOURCE=" + e.Source,
-		"AGENTQ_DESTINATION=" + e.Destination,
-	}
-	seen := map[string]bool{}
-	for _, h := range e.Headers {
-		name := "AGENTQ_HEADER_" + envName(h.Name)
-		if seen[name] || strings.ContainsRune(h.Value, 0) {
-			continue // first value wins; NUL cannot be in the environment
+// ctxError is the error of a call cut short by its context.
+func (x *Exec) ctxError(ctx context.Context, msg string) error {
+	with := func(s string) string {
+		if msg != "" {
+			return s + ": " + msg
 		}
-		seen[name] = true
-		env = append(env, name+"="+h.Value)
+		return s
 	}
-	return env
+	ctxErr := ctx.Err()
+	if errors.Is(ctxErr, context.DeadlineExceeded) && x.cfg.Timeout > 0 {
+		return fmt.Errorf("%s", with(fmt.Sprintf("timed out after %s", x.cfg.Timeout)))
+	}
+	return fmt.Errorf("%s: %w", with("cancelled"), ctxErr)
 }
 
-// envName upper-cases a header name and turns every byte that is not
-// A-Z or 0-9 into '_': content-type becomes CONTENT_TYPE.
-func envName(s string) string {
-	b := []byte(strings.ToUpper(s))
-	for i, c := range b {
-		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			b[i] = '_'
+// stdio holds the three pipes of a handler: the child's ends, passed to
+// it as files, and ours.
+type stdio struct {
+	body   []byte
+	child  [3]*os.File // stdin read end, stdout and stderr write ends
+	parent [3]*os.File // stdin write end, stdout and stderr read ends
+}
+
+// newStdio makes the pipes; without withStdout, stdout is /dev/null.
+func newStdio(body []byte, withStdout bool) (*stdio, error) {
+	p := &stdio{body: body}
+	for i := 0; i < 3; i++ {
+		if i == 1 && !withStdout {
+			continue
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			p.closeChild()
+			p.closeParent()
+			return nil, err
+		}
+		if i == 0 {
+			p.child[i], p.parent[i] = r, w
+		} else {
+			p.child[i], p.parent[i] = w, r
 		}
 	}
-	return string(b)
+	return p, nil
+}
+
+// copy feeds the body to stdin and reads stdout into out and stderr into
+// tail until the pipes close; the channel closes when all three are done.
+func (p *stdio) copy(out *headBuffer, tail *tailWriter) <-chan struct{} {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		// A command that does not read stdin is fine: ignore EPIPE.
+		_, _ = p.parent[0].Write(p.body)
+		_ = p.parent[0].Close()
+	}()
+	go func() {
+		defer wg.Done()
+		_, _ = io.Copy(tail, p.parent[2])
+	}()
+	if p.parent[1] != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = io.Copy(out, p.parent[1])
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	return done
+}
+
+func (p *stdio) closeChild() {
+	for _, f := range p.child {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}
+
+// closeParent closes our ends, which also ends a copy blocked on them.
+func (p *stdio) closeParent() {
+	for _, f := range p.parent {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}
+
+// watchdogScript reads the handler's process group from stdin, then waits
+// for a newline: the agent sends one when the call is over. End of file
+// instead means the agent died, and the group is killed.
+const watchdogScript = `read pg || exit 0; read _ || kill -KILL "-$pg" 2>/dev/null`
+
+// watchdog is a small /bin/sh process, in a process group of its own, that
+// kills a handler's process group if the agent dies during the call. The
+// death signal alone (Linux) kills only the handler, not what it started.
+// A nil *watchdog (it could not start) does nothing.
+type watchdog struct {
+	cmd   *exec.Cmd
+	w     *os.File
+	armed bool
+}
+
+func startWatchdog() *watchdog {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil
+	}
+	cmd := exec.Command("/bin/sh", "-c", watchdogScript)
+	cmd.Args[0] = "agentq-watchdog"
+	cmd.Stdin = r
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	_ = r.Close()
+	if err != nil {
+		_ = w.Close()
+		return nil
+	}
+	return &watchdog{cmd: cmd, w: w}
+}
+
+// watch tells the watchdog which group to kill.
+func (d *watchdog) watch(pgid int) {
+	if d != nil {
+		_, _ = fmt.Fprintf(d.w, "%d\n", pgid)
+		d.armed = true
+	}
+}
+
+// stop ends the watchdog without a kill and reaps it in the background.
+func (d *watchdog) stop() {
+	if d == nil {
+		return
+	}
+	if d.armed {
+		_, _ = d.w.Write([]byte("\n"))
+	}
+	_ = d.w.Close() // unarmed, end of file: it exits at the first read
+	go func() { _ = d.cmd.Wait() }()
+}
+
+// headBuffer keeps the first max bytes written to it and notes the rest.
+type headBuffer struct {
+	max  int
+	buf  []byte
+	over bool
+}
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	take := min(len(p), h.max-len(h.buf))
+	h.buf = append(h.buf, p[:take]...)
+	if take < len(p) {
+		h.over = true
+	}
+	return len(p), nil
 }
 
 // tailWriter keeps the last max bytes written to it.

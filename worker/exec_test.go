@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,60 @@ import (
 
 	"github.com/agentq/agentq/queue"
 )
+
+// helperEnv, when set, makes the test binary a helper process instead of
+// running tests: "agent" (see TestExecDiesWithAgent) or "printenv" (a
+// handler that writes its environment to stdout, NUL-separated).
+const helperEnv = "AGENTQ_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "agent":
+		os.Exit(fakeAgent())
+	case "printenv":
+		os.Stdout.WriteString(strings.Join(os.Environ(), "\x00"))
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// fakeAgent is the re-executed test binary of TestExecDiesWithAgent: it
+// runs a handler that records its pid and its child's, then waits forever.
+func fakeAgent() int {
+	const script = `sleep 60 & echo $! > "$D/g.tmp" && mv "$D/g.tmp" "$D/grandchild"; echo $$ > "$D/c.tmp" && mv "$D/c.tmp" "$D/child"; wait`
+	x, err := NewExec(ExecConfig{Argv: []string{"/bin/sh", "-c", script}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// D comes from the environment the agent was given.
+	err = x.Call(context.Background(), &queue.Entry{Seq: 1})
+	fmt.Fprintln(os.Stderr, "fake agent: the handler returned:", err)
+	return 1
+}
+
+// printenvExec is an exec backend that prints its environment.
+func printenvExec(t *testing.T, cfg ExecConfig) *Exec {
+	t.Helper()
+	cfg.Argv = []string{os.Args[0], "-test.run=^$"}
+	cfg.Env = append(cfg.Env, helperEnv+"=printenv")
+	return mustExec(t, cfg)
+}
+
+// callEnv runs x for e and returns the environment the handler printed.
+func callEnv(t *testing.T, x *Exec, e *queue.Entry) map[string]string {
+	t.Helper()
+	out, err := x.CallOutput(context.Background(), e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(out), "\x00") {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	return env
+}
 
 func testEntry(body []byte) *queue.Entry {
 	return &queue.Entry{
@@ -163,5 +218,146 @@ func TestExecMissingCommand(t *testing.T) {
 	}
 	if _, err := NewExec(ExecConfig{}); err == nil {
 		t.Fatal("NewExec with no command succeeded")
+	}
+}
+
+// Ensure the agent's secrets stay out of a handler's environment while the
+// rest of it, the extra variables and the message's context get through.
+func TestExecHidesSecrets(t *testing.T) {
+	for k, v := range map[string]string{
+		"AGENTQ_ADMIN_TOKEN":      "s1",
+		"AGENTQ_STOMP_PASSCODE":   "s2",
+		"AGENTQ_HMAC_SECRET":      "s3",
+		"RABBIT_PASS":             "s4",
+		"AGENTQ_HEADER_STALE":     "s5",
+		"AGENTQ_JOURNAL":          "keep",
+		"AGENTQ_TEST_UNRELATED":   "keep",
+		"HANDLER_API_TOKEN":       "keep",
+		"AGENTQ_ADMIN_TOKEN_FILE": "s6",
+	} {
+		t.Setenv(k, v)
+	}
+	x := printenvExec(t, ExecConfig{HideEnv: []string{"RABBIT_PASS"}, Env: []string{"EXTRA_TOKEN=keep"}})
+	env := callEnv(t, x, testEntry(nil))
+	tests := []struct {
+		name string
+		want string // "" = absent
+	}{
+		{"AGENTQ_ADMIN_TOKEN", ""},
+		{"AGENTQ_STOMP_PASSCODE", ""},
+		{"AGENTQ_HMAC_SECRET", ""},
+		{"AGENTQ_ADMIN_TOKEN_FILE", ""},
+		{"RABBIT_PASS", ""},
+		{"AGENTQ_HEADER_STALE", ""},
+		{"AGENTQ_JOURNAL", "keep"},
+		{"AGENTQ_TEST_UNRELATED", "keep"},
+		{"HANDLER_API_TOKEN", "keep"},
+		{"EXTRA_TOKEN", "keep"},
+		{"AGENTQ_SEQ", "42"},
+		{"AGENTQ_TYPE", "order.created"},
+		{"AGENTQ_HEADER_CONTENT_TYPE", "application/json"},
+	}
+	for _, tc := range tests {
+		got, ok := env[tc.name]
+		if tc.want == "" && ok {
+			t.Errorf("%s=%s reached the handler, want it hidden", tc.name, got)
+		}
+		if tc.want != "" && got != tc.want {
+			t.Errorf("%s=%q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Ensure header names become safe variable names, values keep newlines,
+// a value with a NUL is left out and named, and values too big for the
+// environment are cut and named, without breaking the call.
+func TestExecHeaderEnv(t *testing.T) {
+	big := strings.Repeat("ab", 1<<19) // 1 MiB
+	e := testEntry(nil)
+	e.Headers = []queue.Header{
+		{Name: "x-multi.line", Value: "one\ntwo\r\n"},
+		{Name: "x-nul", Value: "a\x00b"},
+		{Name: "x-big", Value: big},
+		{Name: "Gr\u00fc\u00dfe=1", Value: "hi"},
+		{Name: "", Value: "nameless"},
+	}
+	env := callEnv(t, printenvExec(t, ExecConfig{}), e)
+	tests := []struct {
+		name, want string
+	}{
+		{"AGENTQ_HEADER_X_MULTI_LINE", "one\ntwo\r\n"},
+		{"AGENTQ_HEADER_X_BIG", big[:MaxHeaderEnvValue]},
+		{"AGENTQ_HEADER_GR____E_1", "hi"},
+		{"AGENTQ_HEADERS_TRUNCATED", "AGENTQ_HEADER_X_BIG"},
+		{"AGENTQ_HEADERS_DROPPED", "AGENTQ_HEADER_X_NUL"},
+	}
+	for _, tc := range tests {
+		if got := env[tc.name]; got != tc.want {
+			t.Errorf("%s = %.40q (%d bytes), want %.40q (%d bytes)", tc.name, got, len(got), tc.want, len(tc.want))
+		}
+	}
+	for k := range env {
+		if k == "AGENTQ_HEADER_" || k == "AGENTQ_HEADER_X_NUL" {
+			t.Errorf("%s set, want it left out", k)
+		}
+	}
+}
+
+// Ensure the total of header variables stays within MaxHeaderEnvTotal:
+// values are cut to what is left, then headers are dropped and named.
+func TestEntryEnvBudget(t *testing.T) {
+	e := &queue.Entry{}
+	for i := 0; i < 20; i++ {
+		e.Headers = append(e.Headers, queue.Header{Name: fmt.Sprint("h", i), Value: strings.Repeat("v", MaxHeaderEnvValue)})
+	}
+	total := 0
+	var truncated, dropped string
+	for _, kv := range entryEnv(e) {
+		switch k, v, _ := strings.Cut(kv, "="); {
+		case strings.HasPrefix(k, "AGENTQ_HEADER_"):
+			total += len(kv)
+		case k == "AGENTQ_HEADERS_TRUNCATED":
+			truncated = v
+		case k == "AGENTQ_HEADERS_DROPPED":
+			dropped = v
+		}
+	}
+	if total > MaxHeaderEnvTotal {
+		t.Errorf("header variables take %d bytes, want <= %d", total, MaxHeaderEnvTotal)
+	}
+	if truncated == "" || !strings.HasSuffix(dropped, "AGENTQ_HEADER_H19") {
+		t.Errorf("TRUNCATED=%q DROPPED=%q, want some cut and the last dropped", truncated, dropped)
+	}
+}
+
+// Ensure stdout is the output of a call that exits 0, within MaxOutput.
+func TestExecOutput(t *testing.T) {
+	tests := []struct {
+		name      string
+		script    string
+		max       int
+		want      string
+		permanent bool
+	}{
+		{"Stdout", "echo hello; echo noise >&2", 0, "hello\n", false},
+		{"Empty", "true", 0, "", false},
+		{"AtLimit", "printf 12345", 5, "12345", false},
+		{"OverLimit", "printf 123456", 5, "", true},
+		{"Discarded", "head -c 3000000 /dev/zero", -1, "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			x := mustExec(t, ExecConfig{Argv: []string{"/bin/sh", "-c", tc.script}, MaxOutput: tc.max})
+			out, err := x.CallOutput(context.Background(), testEntry(nil))
+			if tc.permanent {
+				if !IsPermanent(err) || !errors.Is(err, ErrOutputTooLarge) {
+					t.Fatalf("CallOutput = %v, want a permanent ErrOutputTooLarge", err)
+				}
+				return
+			}
+			if err != nil || string(out) != tc.want {
+				t.Fatalf("CallOutput = %q, %v, want %q", out, err, tc.want)
+			}
+		})
 	}
 }

@@ -26,6 +26,11 @@ type HTTPConfig struct {
 	Headers           map[string]string // static headers, e.g. Authorization
 	IdempotencyPrefix string            // Idempotency-Key is prefix-seq; default "agentq"
 	Client            *http.Client      // default: a client with the timeout
+	// MaxOutput bounds the 2xx response body returned as the call's
+	// output (see Producer). 0 means DefaultMaxOutput; < 0 returns none.
+	// A 2xx body longer than this fails permanently with
+	// ErrOutputTooLarge: a cut answer must not pass for a whole one.
+	MaxOutput int
 }
 
 // HTTP POSTs each message to a URL. 2xx is done; 408, 425, 429, 5xx,
@@ -44,6 +49,9 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultHTTPTimeout
+	}
+	if cfg.MaxOutput == 0 {
+		cfg.MaxOutput = DefaultMaxOutput
 	}
 	if cfg.IdempotencyPrefix == "" {
 		cfg.IdempotencyPrefix = "agentq"
@@ -68,13 +76,22 @@ func (h *HTTP) Name() string {
 // maxErrorBody bounds the response body quoted in an error.
 const maxErrorBody = 512
 
+var _ Producer = (*HTTP)(nil)
+
 // Call POSTs e.
 func (h *HTTP) Call(ctx context.Context, e *queue.Entry) error {
+	_, err := h.CallOutput(ctx, e)
+	return err
+}
+
+// CallOutput POSTs e and, on a 2xx status, returns the response body (nil
+// when MaxOutput < 0).
+func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.cfg.URL, bytes.NewReader(e.Body))
 	if err != nil {
-		return Permanent(fmt.Errorf("cannot build request: %w", err))
+		return nil, Permanent(fmt.Errorf("cannot build request: %w", err))
 	}
 	ct, ok := e.Header("content-type")
 	if !ok || ct == "" {
@@ -92,25 +109,36 @@ func (h *HTTP) Call(ctx context.Context, e *queue.Entry) error {
 	resp, err := h.client.Do(req)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return fmt.Errorf("POST %s: timed out after %s", h.Name(), h.cfg.Timeout)
+			return nil, fmt.Errorf("POST %s: timed out after %s", h.Name(), h.cfg.Timeout)
 		}
-		return fmt.Errorf("POST %s: %w", h.Name(), err)
+		return nil, fmt.Errorf("POST %s: %w", h.Name(), err)
 	}
 	defer resp.Body.Close()
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // let the connection be reused
+	// Drain what is left, within reason, so the connection can be reused.
+	defer func() { _, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) }()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return nil
+		if h.cfg.MaxOutput < 0 {
+			return nil, nil
+		}
+		out, err := io.ReadAll(io.LimitReader(resp.Body, int64(h.cfg.MaxOutput)+1))
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("POST %s: %s, then cannot read the body: %w", h.Name(), resp.Status, err)
+		case len(out) > h.cfg.MaxOutput:
+			return nil, Permanent(fmt.Errorf("POST %s: %s but the body is over the %d-byte output limit: %w", h.Name(), resp.Status, h.cfg.MaxOutput, ErrOutputTooLarge))
+		}
+		return out, nil
 	}
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	err = fmt.Errorf("POST %s: %s%s", h.Name(), resp.Status, quoteBody(snippet))
 	switch code := resp.StatusCode; {
 	case code == 408 || code == 425 || code == 429 || code >= 500:
 		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
-			return RetryAfter(err, d)
+			return nil, RetryAfter(err, d)
 		}
-		return err
+		return nil, err
 	default:
-		return Permanent(err)
+		return nil, Permanent(err)
 	}
 }
 

@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -121,5 +123,52 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 	if _, ok := parseRetryAfter("soon", now); ok {
 		t.Error("parseRetryAfter(soon) succeeded")
+	}
+}
+
+// Ensure a 2xx response body is the call's output, within MaxOutput, and
+// an error status yields none.
+func TestHTTPOutput(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ok":
+			w.Write([]byte(`{"answer":42}`))
+		case "/big":
+			w.Write([]byte(strings.Repeat("x", 100)))
+		case "/created":
+			w.WriteHeader(201)
+		default:
+			http.Error(w, "nope", 500)
+		}
+	}))
+	defer srv.Close()
+	tests := []struct {
+		path      string
+		max       int
+		want      string
+		permanent bool
+		failed    bool
+	}{
+		{"/ok", 0, `{"answer":42}`, false, false},
+		{"/created", 0, "", false, false},
+		{"/big", 100, strings.Repeat("x", 100), false, false},
+		{"/big", 99, "", true, true},
+		{"/big", -1, "", false, false},
+		{"/500", 0, "", false, true},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint(strings.TrimPrefix(tc.path, "/"), tc.max), func(t *testing.T) {
+			h, err := NewHTTP(HTTPConfig{URL: srv.URL + tc.path, MaxOutput: tc.max})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := h.CallOutput(context.Background(), testEntry(nil))
+			if tc.failed != (err != nil) || IsPermanent(err) != tc.permanent || string(out) != tc.want {
+				t.Fatalf("CallOutput = %q, %v, want %q (failed %v, permanent %v)", out, err, tc.want, tc.failed, tc.permanent)
+			}
+			if tc.permanent && !errors.Is(err, ErrOutputTooLarge) {
+				t.Fatalf("CallOutput error %v, want ErrOutputTooLarge", err)
+			}
+		})
 	}
 }

@@ -34,6 +34,9 @@ type Result struct {
 	Outcome  string // "done", "retry", "stuck", "cancelled"
 	Duration time.Duration
 	Err      error
+	// Output is what a Producer backend returned on success (exec's
+	// stdout, an HTTP 2xx body); nil otherwise. Not stored in the journal.
+	Output []byte
 }
 
 // Options configures a Pool.
@@ -315,7 +318,12 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	}
 	res.Backend = b.Name()
 	start := time.Now()
-	err := b.Call(ctx, e)
+	var err error
+	if pr, ok := b.(Producer); ok {
+		res.Output, err = pr.CallOutput(ctx, e)
+	} else {
+		err = b.Call(ctx, e)
+	}
 	res.Duration = time.Since(start)
 	res.Err = err
 	switch {

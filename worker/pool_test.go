@@ -374,3 +374,31 @@ func TestPoolRidesOutUnwritableJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Ensure the pool reports a Producer's output in Result, and no output
+// when the call fails.
+func TestPoolResultOutput(t *testing.T) {
+	x := mustExec(t, ExecConfig{Argv: []string{"/bin/sh", "-c", `printf "seq=%s" "$AGENTQ_SEQ"; [ "$AGENTQ_TYPE" = ok ]`}})
+	j := mustOpenJournal(t, "", queue.Options{})
+	if _, err := j.Append(context.Background(), &queue.Entry{Type: "ok"}, &queue.Entry{Type: "fail"}); err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan Result, 2)
+	stop := startPool(t, j, mustRouter(t, x), Options{Workers: 2, Policy: Policy{InitialInterval: time.Hour, Multiplier: 2, MaxInterval: time.Hour}, Observe: func(r Result) { results <- r }})
+	got := map[string]Result{}
+	for i := 0; i < 2; i++ {
+		select {
+		case r := <-results:
+			got[r.Entry.Type] = r
+		case <-time.After(20 * time.Second):
+			t.Fatal("no result")
+		}
+	}
+	stop()
+	if r := got["ok"]; r.Outcome != "done" || string(r.Output) != "seq=1" {
+		t.Errorf("ok: outcome %s output %q, want done seq=1", r.Outcome, r.Output)
+	}
+	if r := got["fail"]; r.Outcome != "retry" || r.Output != nil {
+		t.Errorf("fail: outcome %s output %q, want retry and no output", r.Outcome, r.Output)
+	}
+}

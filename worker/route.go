@@ -19,6 +19,14 @@ type Backend interface {
 	Call(ctx context.Context, e *queue.Entry) error
 }
 
+// Producer is a Backend whose successful calls return output: exec's
+// stdout, an HTTP 2xx response body. When a backend implements it, the pool
+// calls CallOutput instead of Call and reports the output in Result.Output.
+// The output is not stored. The contract is Call's.
+type Producer interface {
+	CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error)
+}
+
 // Route sends the messages whose type matches Pattern to Backend.
 type Route struct {
 	Pattern string

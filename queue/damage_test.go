@@ -1,0 +1,164 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// logRecorder is a slog handler that keeps every record, for tests that
+// assert what was logged.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	r.recs = append(r.recs, rec)
+	r.mu.Unlock()
+	return nil
+}
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *logRecorder) count(level slog.Level, substr string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, rec := range r.recs {
+		if rec.Level == level && strings.Contains(rec.Message, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// corruptValue flips one byte in the middle of the value stored under key
+// in bucket, in the file itself (the journal must be closed): what a bad
+// disk sector does.
+func corruptValue(tb testing.TB, path string, bucket []byte, key []byte) {
+	tb.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var val []byte
+	_ = db.View(func(tx *bolt.Tx) error { val = bytes.Clone(tx.Bucket(bucket).Get(key)); return nil })
+	db.Close()
+	if len(val) < 8 {
+		tb.Fatalf("no value under %x in %s", key, bucket)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	at := bytes.Index(data, val)
+	if at < 0 || bytes.Count(data, val) != 1 {
+		tb.Fatalf("value of %x found %d times in the file", key, bytes.Count(data, val))
+	}
+	data[at+len(val)/2] ^= 0x40
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Ensure one damaged entry does not block the rest: Scan and Get list it
+// with its damage, Claim parks it as stuck (logged once, counted) and hands
+// out every other entry, its key stays blocked behind it, and replaying it
+// says why it cannot run.
+func TestDamagedEntry(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j, err := Open(path, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, keys = 200, 5
+	for i := 0; i < n; i += 50 {
+		es := make([]*Entry, 50)
+		for k := range es {
+			es[k] = msg(fmt.Sprint("k", (i+k)%keys), fmt.Sprintf("body %03d %s", i+k, strings.Repeat("x", 200)))
+		}
+		mustAppend(t, j, es...)
+	}
+	j.Close()
+	const bad = 73 // key k2 (seq 73 is body 072)
+	corruptValue(t, path, bucketEntries, u64(bad))
+
+	logs := &logRecorder{}
+	j = mustOpenAt(t, path, Options{Logger: slog.New(logs)})
+	all := scanAll(t, j)
+	if len(all) != n {
+		t.Fatalf("Scan listed %d entries, want %d", len(all), n)
+	}
+	for _, e := range all {
+		if (e.Damage != "") != (e.Seq == bad) {
+			t.Fatalf("entry %d: damage %q", e.Seq, e.Damage)
+		}
+	}
+	e, err := j.Get(bad)
+	if err != nil || !strings.Contains(e.Damage, "checksum mismatch") || e.State != StatePending {
+		t.Fatalf("Get(%d) = %+v, %v; want pending with a checksum mismatch", bad, e, err)
+	}
+
+	badKey := "k2"
+	claimed := map[uint64]bool{}
+	for round := 0; round < 2*n; round++ {
+		es := mustClaim(t, j, 16)
+		if len(es) == 0 {
+			break
+		}
+		for _, e := range es {
+			if claimed[e.Seq] {
+				t.Fatalf("entry %d claimed twice", e.Seq)
+			}
+			claimed[e.Seq] = true
+			if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for seq := uint64(1); seq <= n; seq++ {
+		blocked := seq > bad && fmt.Sprint("k", (seq-1)%keys) == badKey
+		if claimed[seq] == (seq == bad || blocked) {
+			t.Fatalf("entry %d: claimed %v, want %v", seq, claimed[seq], !(seq == bad || blocked))
+		}
+	}
+	e, _ = j.Get(bad)
+	if e.State != StateStuck || !strings.HasPrefix(e.LastError, "damaged entry: ") || !strings.Contains(e.LastError, "checksum mismatch") {
+		t.Fatalf("damaged entry after claims: %s %q", e.State, e.LastError)
+	}
+	if st := j.Stats(); st.Damaged != 1 || st.ByState[StateStuck] != 1 {
+		t.Fatalf("stats: damaged %d, stuck %d; want 1, 1", st.Damaged, st.ByState[StateStuck])
+	}
+	if got := logs.count(slog.LevelError, "damaged entry"); got != 1 {
+		t.Fatalf("damage logged %d times, want once", got)
+	}
+	if err := j.Check(); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	done, err := j.Replay(ctx, Filter{}, false)
+	if !errors.Is(err, errCorrupt) || !strings.Contains(err.Error(), fmt.Sprint(bad)) || len(done) != 0 {
+		t.Fatalf("Replay = %v, %v; want an error naming %d", done, err, bad)
+	}
+	if e, _ := j.Get(bad); e.State != StateStuck {
+		t.Fatalf("after replay the damaged entry is %s, want stuck", e.State)
+	}
+	// The count survives a restart.
+	j.Close()
+	j = mustOpenAt(t, path, Options{})
+	if st := j.Stats(); st.Damaged != 1 {
+		t.Fatalf("after reopen: damaged %d, want 1", st.Damaged)
+	}
+}

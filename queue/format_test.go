@@ -1,0 +1,155 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// The files in testdata were written by earlier versions of this package;
+// they must keep opening. journal-v1.db holds 50 entries over three keys
+// and no key, in every state (pending, retrying, running, done, stuck), one
+// with a fault and some with dedup ids; journal-v1.json is what Scan
+// returned for it when it was written.
+
+// copyTestdata copies a testdata file into a temp dir, so tests never
+// modify the original.
+func copyTestdata(tb testing.TB, name string) string {
+	tb.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := filepath.Join(tb.TempDir(), "agentq.db")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func loadV1Golden(tb testing.TB) []*Entry {
+	tb.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", "journal-v1.json"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var want []*Entry
+	if err := json.Unmarshal(data, &want); err != nil {
+		tb.Fatal(err)
+	}
+	if len(want) != 50 {
+		tb.Fatalf("golden file holds %d entries, want 50", len(want))
+	}
+	return want
+}
+
+func scanAll(tb testing.TB, j *Journal) []*Entry {
+	tb.Helper()
+	var all []*Entry
+	if err := j.Scan(Filter{}, func(e *Entry) bool { all = append(all, e); return true }); err != nil {
+		tb.Fatalf("Scan: %v", err)
+	}
+	return all
+}
+
+func jsonOf(tb testing.TB, v any) string {
+	tb.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(b)
+}
+
+// Ensure a version 1 journal opens read-only (inspect) and shows exactly
+// the entries it was written with, through Scan and Get.
+func TestJournalV1Inspect(t *testing.T) {
+	want := loadV1Golden(t)
+	path := copyTestdata(t, "journal-v1.db")
+	before, _ := os.ReadFile(path)
+	j := mustOpenAt(t, path, Options{ReadOnly: true})
+	got := scanAll(t, j)
+	if len(got) != len(want) {
+		t.Fatalf("Scan gave %d entries, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if g, w := jsonOf(t, got[i]), jsonOf(t, want[i]); g != w {
+			t.Fatalf("entry %d:\n got %s\nwant %s", want[i].Seq, g, w)
+		}
+		e, err := j.Get(want[i].Seq)
+		if err != nil {
+			t.Fatalf("Get(%d): %v", want[i].Seq, err)
+		}
+		if g, w := jsonOf(t, e), jsonOf(t, want[i]); g != w {
+			t.Fatalf("Get(%d):\n got %s\nwant %s", want[i].Seq, g, w)
+		}
+	}
+	j.Close()
+	after, _ := os.ReadFile(path)
+	if string(before) != string(after) {
+		t.Fatal("read-only open modified the file")
+	}
+}
+
+// Ensure a version 1 journal opens for writing, keeps its messages, and
+// drains: every unfinished entry can be claimed and settled, in key order.
+func TestJournalV1Drain(t *testing.T) {
+	want := loadV1Golden(t)
+	path := copyTestdata(t, "journal-v1.db")
+	clk := &clock{t: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)} // after every retry time
+	j := mustOpenAt(t, path, Options{Now: clk.Now})
+	got := scanAll(t, j)
+	if len(got) != len(want) {
+		t.Fatalf("Scan gave %d entries, want %d", len(got), len(want))
+	}
+	unfinished := 0
+	for i, w := range want {
+		g := got[i]
+		if g.Seq != w.Seq || string(g.Body) != string(w.Body) || g.Key != w.Key || g.Type != w.Type ||
+			g.Fault != w.Fault || jsonOf(t, g.Headers) != jsonOf(t, w.Headers) || string(g.DedupID) != string(w.DedupID) ||
+			!g.ReceivedAt.Equal(w.ReceivedAt) || g.Attempts != w.Attempts {
+			t.Fatalf("entry %d:\n got %s\nwant %s", w.Seq, jsonOf(t, g), jsonOf(t, w))
+		}
+		wantState := w.State
+		if wantState == StateRunning {
+			wantState = StatePending // recovered by Open
+		}
+		if g.State != wantState {
+			t.Fatalf("entry %d is %s, want %s", w.Seq, g.State, wantState)
+		}
+		if w.State != StateDone {
+			unfinished++
+		}
+	}
+	ctx := context.Background()
+	if _, err := j.Replay(ctx, Filter{States: []State{StateStuck}}, false); err != nil {
+		t.Fatal(err)
+	}
+	lastOfKey := map[string]uint64{}
+	settled := 0
+	for round := 0; round < 100 && settled < unfinished; round++ {
+		es := mustClaim(t, j, 7)
+		for _, e := range es {
+			if e.Key != "" && e.Seq < lastOfKey[e.Key] {
+				t.Fatalf("key %s: entry %d after %d", e.Key, e.Seq, lastOfKey[e.Key])
+			}
+			lastOfKey[e.Key] = e.Seq
+			if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+			settled++
+		}
+	}
+	if settled != unfinished {
+		t.Fatalf("settled %d entries, want %d", settled, unfinished)
+	}
+	if n := j.Stats().ByState[StateDone]; n != 50 {
+		t.Fatalf("%d entries done, want 50", n)
+	}
+	if err := j.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
