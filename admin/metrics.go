@@ -85,6 +85,7 @@ var (
 	descTooLong    = prometheus.NewDesc("agentq_body_too_long_total", "Messages over max_body, journaled truncated and parked.", []string{"source"}, nil)
 	descConnected  = prometheus.NewDesc("agentq_source_connected", "1 when the source is connected and subscribed.", []string{"source"}, nil)
 	descConnects   = prometheus.NewDesc("agentq_source_connects_total", "Successful connections (reconnects show as increments).", []string{"source"}, nil)
+	descDamaged    = prometheus.NewDesc("agentq_journal_damaged_entries", "Entries whose stored value does not decode, parked as stuck.", nil, nil)
 	descPaused     = prometheus.NewDesc("agentq_source_paused", "1 while the source takes no frames because the journal cannot write.", []string{"source"}, nil)
 )
 
@@ -96,7 +97,7 @@ type stateCollector struct {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEntries, descAppends, descCommitFail, descReceived, descJournaled, descAcked, descRedeliv, descTooLong, descConnected, descConnects, descPaused} {
+	for _, d := range []*prometheus.Desc{descEntries, descAppends, descCommitFail, descReceived, descJournaled, descAcked, descRedeliv, descTooLong, descConnected, descConnects, descPaused, descDamaged} {
 		ch <- d
 	}
 }
@@ -108,6 +109,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descAppends, prometheus.CounterValue, float64(st.Appends))
 	ch <- prometheus.MustNewConstMetric(descCommitFail, prometheus.CounterValue, float64(st.FailedCommits))
+	ch <- prometheus.MustNewConstMetric(descDamaged, prometheus.GaugeValue, float64(st.Damaged))
 	for _, s := range c.sources() {
 		ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(s.Received), s.Name)
 		ch <- prometheus.MustNewConstMetric(descJournaled, prometheus.CounterValue, float64(s.Journaled), s.Name)

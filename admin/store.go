@@ -45,6 +45,9 @@ type EntryView struct {
 	Destination   string     `json:"destination"`
 	Replays       int        `json:"replays"`
 	Fault         string     `json:"fault,omitempty"`
+	// Damage says the stored entry does not decode (a flipped bit on
+	// disk): it is parked as stuck and steps aside for the others.
+	Damage string `json:"damage,omitempty"`
 
 	// Detail, for one entry only.
 	Headers    []queue.Header `json:"headers,omitempty"`
@@ -60,6 +63,7 @@ func ViewOf(e *queue.Entry, detail bool) EntryView {
 		Seq: e.Seq, State: e.StateName(), Type: e.Type, Key: e.Key, Attempts: e.Attempts,
 		LastError: e.LastError, ReceivedAt: e.ReceivedAt, UpdatedAt: e.UpdatedAt,
 		Source: e.Source, Destination: e.Destination, Replays: e.Replays, Fault: e.Fault,
+		Damage: e.Damage,
 	}
 	if !e.NextAttemptAt.IsZero() && e.State == queue.StatePending {
 		t := e.NextAttemptAt

@@ -219,7 +219,11 @@ func printList(w io.Writer, list []admin.EntryView) {
 		if errText == "" {
 			errText = v.Fault
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Seq, v.State, dash(v.Type), dash(v.Key), v.Attempts,
+		state := v.State
+		if v.Damage != "" {
+			state += " (damaged)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Seq, state, dash(v.Type), dash(v.Key), v.Attempts,
 			v.ReceivedAt.Local().Format(time.DateTime), next, oneLine(errText, 80))
 	}
 	tw.Flush()
@@ -241,6 +245,9 @@ func printEntry(w io.Writer, v *admin.EntryView) {
 	}
 	if v.NextAttemptAt != nil {
 		kv("next attempt", v.NextAttemptAt.Local().Format(time.RFC3339))
+	}
+	if v.Damage != "" {
+		kv("damaged", v.Damage+" (the stored entry does not decode; its body and headers may be lost)")
 	}
 	if v.Fault != "" {
 		kv("bad input", v.Fault)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/internal/brokertest"
+	"github.com/agentq/agentq/queue"
 )
 
 // syncBuffer is a bytes.Buffer safe for the agent's goroutines to log to.
@@ -238,6 +239,19 @@ func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	garbage := filepath.Join(dir, "garbage.db")
 	os.WriteFile(garbage, bytes.Repeat([]byte("x"), 10000), 0o600)
+	truncated := filepath.Join(dir, "truncated.db")
+	{
+		j, err := queue.Open(truncated, queue.Options{Logger: discardLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 20; i++ {
+			j.Append(context.Background(), &queue.Entry{Source: "t", Body: bytes.Repeat([]byte("b"), 8000)})
+		}
+		j.Close()
+		fi, _ := os.Stat(truncated)
+		os.Truncate(truncated, fi.Size()*6/10)
+	}
 	cfg := filepath.Join(dir, "c.yaml")
 	os.WriteFile(cfg, []byte("sources:\n  - url: stomp://guest@127.0.0.1:61613/queue/x\n    passcode_file: /nonexistent/pass\n"), 0o600)
 	tests := []struct {
@@ -260,6 +274,8 @@ func TestExitCodes(t *testing.T) {
 		{"ReplayNoFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db")}, 2, "from"},
 		{"ReplayBadFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "yesterday-ish"}, 2, "--from"},
 		{"NotAJournal", []string{"inspect", "--journal", garbage}, 1, "not an agentq journal"},
+		{"TruncatedJournal", []string{"inspect", "--journal", truncated}, 1, "truncated"},
+		{"TruncatedJournalRun", []string{"run", "--journal", truncated, "--admin", ""}, 1, "truncated"},
 		{"NoJournal", []string{"inspect", "--journal", filepath.Join(dir, "none.db")}, 1, "none.db"},
 		{"SendBadHeader", []string{"send", "--header", "novalue"}, 2, "K=V"},
 	}

@@ -291,7 +291,8 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 // buildRouter turns routes into backends.
 // A route without a timeout of its own gets timeout: a call that hangs
 // would hold its ordering key forever.
-func buildRouter(routes []RouteEntry, timeout time.Duration, logger *slog.Logger, journalID string) (*worker.Router, error) {
+// hide names environment variables handlers must not see (secrets).
+func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logger *slog.Logger, journalID string) (*worker.Router, error) {
 	var rs []worker.Route
 	for i, r := range routes {
 		where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
@@ -310,7 +311,8 @@ func buildRouter(routes []RouteEntry, timeout time.Duration, logger *slog.Logger
 			if r.Shell != "" {
 				argv, shell = []string{r.Shell}, true
 			}
-			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: callTimeout, Env: r.Env})
+			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: callTimeout, Env: r.Env,
+				HideEnv: hide, MaxOutput: -1})
 		case r.HTTP != "":
 			b, err = worker.NewHTTP(worker.HTTPConfig{URL: r.HTTP, Timeout: callTimeout, Headers: r.Headers, IdempotencyPrefix: "agentq-" + journalID})
 		default:
@@ -368,7 +370,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	}
 	defer j.Close()
 
-	router, err := buildRouter(s.routes, s.timeout, logger, j.ID())
+	router, err := buildRouter(s.routes, s.timeout, secretEnvNames(s.sources), logger, j.ID())
 	if err != nil {
 		return err
 	}
@@ -408,7 +410,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 			}
 			return err
 		}
-		srv := &admin.Server{Store: admin.NewLocal(j, false), Metrics: m, Sources: statuses,
+		srv := &admin.Server{Store: admin.NewLocal(j, false), Metrics: m, Sources: statuses, Warnings: journalWarnings(j),
 			Token: s.token, AllowedHosts: s.cfg.Admin.AllowedHosts, Log: logger}
 		srv.Start(ln)
 		defer srv.Shutdown()
@@ -498,6 +500,28 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	}
 	logger.Info("stopped cleanly")
 	return nil
+}
+
+// secretEnvNames lists the environment variables that hold the sources'
+// passcodes: handlers never get them.
+func secretEnvNames(sources []ingest.Config) []string {
+	var out []string
+	for _, sc := range sources {
+		if sc.PasscodeEnv != "" {
+			out = append(out, sc.PasscodeEnv)
+		}
+	}
+	return out
+}
+
+// journalWarnings reports what /readyz lists without turning unready.
+func journalWarnings(j *queue.Journal) func() []string {
+	return func() []string {
+		if n := j.Stats().Damaged; n > 0 {
+			return []string{fmt.Sprintf("journal %s: %d damaged entries parked as stuck (agentq inspect --state stuck)", j.Path(), n)}
+		}
+		return nil
+	}
 }
 
 // probe dials a source's broker once, briefly, to report a missing broker
