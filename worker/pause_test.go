@@ -262,3 +262,81 @@ func TestPoolInFlight(t *testing.T) {
 		t.Fatalf("InFlight() after = %v, want %v", got, want)
 	}
 }
+
+// instantTimer is a backoff.Timer that fires at once and records waits.
+type instantTimer struct {
+	c     chan time.Time
+	waits []time.Duration
+}
+
+func (t *instantTimer) Start(d time.Duration) {
+	t.waits = append(t.waits, d)
+	t.c = make(chan time.Time, 1)
+	t.c <- time.Time{}
+}
+func (t *instantTimer) Stop()               {}
+func (t *instantTimer) C() <-chan time.Time { return t.c }
+
+// settleFails is a memJournal whose Settle fails the first fails times
+// with err (forever when fails < 0).
+type settleFails struct {
+	*memJournal
+	err   error
+	fails int
+	calls int
+}
+
+func (j *settleFails) Settle(ctx context.Context, outs ...queue.Outcome) error {
+	j.calls++
+	if j.fails < 0 || j.calls <= j.fails {
+		return j.err
+	}
+	return j.memJournal.Settle(ctx, outs...)
+}
+
+// Ensure settle retries a journal that cannot write until it recovers,
+// gives up after a few attempts once Run's context has ended, and stops at
+// once on a closed journal or an entry that is not running.
+func TestPoolSettleRetries(t *testing.T) {
+	tests := []struct {
+		name      string
+		err       error
+		fails     int
+		stopped   bool
+		wantCalls int
+		wantErr   bool
+	}{
+		{"RecoversWhileRunning", queue.ErrFull, 7, false, 8, false},
+		{"GivesUpAfterStop", queue.ErrFull, -1, true, settleAttemptsAfterStop, true},
+		{"RecoversAfterStop", queue.ErrFull, 2, true, 3, false},
+		{"Closed", queue.ErrClosed, -1, false, 1, true},
+		{"BadState", queue.ErrBadState, -1, false, 1, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			j := &settleFails{memJournal: newMemJournal("t"), err: tc.err, fails: tc.fails}
+			b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return nil }}
+			p := mustPool(t, j, []Route{{Pattern: "#", Backend: b}}, Options{})
+			timer := &instantTimer{}
+			p.timer = timer
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tc.stopped {
+				cancel()
+			}
+			if _, err := j.Claim(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			err := p.settle(ctx, []queue.Outcome{{Seq: 1, Kind: queue.Done}})
+			if (err != nil) != tc.wantErr || j.calls != tc.wantCalls {
+				t.Fatalf("settle = %v after %d calls, want error %v after %d", err, j.calls, tc.wantErr, tc.wantCalls)
+			}
+			if len(timer.waits) != tc.wantCalls-1 {
+				t.Fatalf("%d waits between %d calls", len(timer.waits), tc.wantCalls)
+			}
+			if !tc.wantErr && tc.err != queue.ErrBadState && j.get(1).State != queue.StateDone {
+				t.Fatalf("entry %s after settle, want done", j.get(1).State)
+			}
+		})
+	}
+}

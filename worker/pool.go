@@ -70,6 +70,7 @@ type Pool struct {
 
 	pause   pauseState
 	running []atomic.Int64 // calls running per route, by index
+	timer   backoff.Timer  // for journal retries; nil = a real one
 }
 
 // NewPool returns a pool that routes entries with router.
@@ -196,7 +197,6 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 	unclaim := func() {
 		p.release(queued)
 	}
-	claimBackoff := newRetryBackoff()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -215,23 +215,10 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 			inflight -= len(paused)
 		}
 		if len(queued) == 0 && inflight < p.opts.InFlight && ctx.Err() == nil {
-			es, err := p.claim(ctx, p.opts.InFlight-inflight, pauses)
+			es, err := p.claimRetrying(ctx, p.opts.InFlight-inflight, pauses)
 			if err != nil {
-				if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
-					return nil
-				}
-				// The journal cannot write (a full disk): wait and try
-				// again rather than give up; intake pauses the same way.
-				wait := claimBackoff.NextBackOff()
-				p.log.Error("cannot claim entries; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(wait):
-				}
-				continue
+				return nil // ctx ended or the journal closed
 			}
-			claimBackoff.Reset()
 			queued = es
 			inflight += len(es)
 		}
@@ -287,6 +274,25 @@ func (p *Pool) claim(ctx context.Context, max int, pauses *pauseSet) ([]*queue.E
 	return p.j.Claim(ctx, max)
 }
 
+// claimRetrying claims, retrying while the journal cannot write (a full
+// disk) rather than giving up, as intake does. It fails only once ctx ends
+// or the journal is closed.
+func (p *Pool) claimRetrying(ctx context.Context, max int, pauses *pauseSet) ([]*queue.Entry, error) {
+	var es []*queue.Entry
+	op := func() (err error) {
+		es, err = p.claim(ctx, max, pauses)
+		if err != nil && (ctx.Err() != nil || errors.Is(err, queue.ErrClosed)) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	notify := func(err error, wait time.Duration) {
+		p.log.Error("cannot claim entries; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+	}
+	err := backoff.RetryNotifyWithTimer(op, backoff.WithContext(newRetryBackoff(), ctx), notify, p.timer)
+	return es, err
+}
+
 // release returns claimed entries that were never started to pending,
 // without counting the attempt.
 func (p *Pool) release(es []*queue.Entry) {
@@ -302,29 +308,39 @@ func (p *Pool) release(es []*queue.Entry) {
 	}
 }
 
+// settleAttemptsAfterStop is how often settle tries once Run's context
+// has ended.
+const settleAttemptsAfterStop = 5
+
 // settle records outcomes, retrying while the journal cannot write: a lost
 // outcome would leave its entry running until the next start. Once Run's
-// context has ended it tries a few more times and then leaves the entries
-// running, which the next Open puts back to pending (the call repeats:
-// at-least-once).
+// context has ended it makes settleAttemptsAfterStop attempts and then
+// leaves the entries running, which the next Open puts back to pending
+// (the call repeats: at-least-once).
 func (p *Pool) settle(ctx context.Context, batch []queue.Outcome) error {
-	b := newRetryBackoff()
-	for attempt := 1; ; attempt++ {
+	attempts := 0
+	op := func() error {
+		attempts++
 		err := p.j.Settle(context.Background(), batch...)
 		switch {
 		case err == nil, errors.Is(err, queue.ErrBadState):
-			if attempt > 1 {
-				p.log.Info("outcomes recorded after the journal recovered", "count", len(batch), "attempts", attempt)
-			}
 			return nil
-		case errors.Is(err, queue.ErrClosed), ctx.Err() != nil && attempt >= 5:
-			p.log.Error("cannot record outcomes; their entries run again on the next start", "error", err, "count", len(batch))
-			return err
+		case errors.Is(err, queue.ErrClosed), ctx.Err() != nil && attempts >= settleAttemptsAfterStop:
+			return backoff.Permanent(err)
 		}
-		wait := b.NextBackOff()
-		p.log.Error("cannot record outcomes; retrying", "error", err, "count", len(batch), "retry_in", wait.Round(time.Millisecond))
-		time.Sleep(wait)
+		return err
 	}
+	notify := func(err error, wait time.Duration) {
+		p.log.Error("cannot record outcomes; retrying", "error", err, "count", len(batch), "retry_in", wait.Round(time.Millisecond))
+	}
+	if err := backoff.RetryNotifyWithTimer(op, newRetryBackoff(), notify, p.timer); err != nil {
+		p.log.Error("cannot record outcomes; their entries run again on the next start", "error", err, "count", len(batch))
+		return err
+	}
+	if attempts > 1 {
+		p.log.Info("outcomes recorded after the journal recovered", "count", len(batch), "attempts", attempts)
+	}
+	return nil
 }
 
 // newRetryBackoff is the schedule for journal writes that fail: 50 ms
