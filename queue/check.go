@@ -28,24 +28,35 @@ func (j *Journal) Check() error {
 	}
 	err := j.db.View(func(tx *bolt.Tx) error {
 		t := &txn{keyq: tx.Bucket(bucketKeyQ), keyhead: tx.Bucket(bucketKeyHead)}
+		r := readersOf(tx)
 		var counts [5]int64
+		types := map[string]*[5]int64{}
+		damaged := 0
 		states := map[uint64]*Entry{}
 		active := map[string]int{}
-		err := tx.Bucket(bucketEntries).ForEach(func(k, v []byte) error {
-			seq := binary.BigEndian.Uint64(k)
-			e, err := decodeEntry(seq, v)
+		err := r.forEachSeq(0, func(seq uint64) (bool, error) {
+			e, err := r.load(seq, false)
 			if err != nil {
+				return false, err
+			}
+			if e.Damage != "" {
 				// Damage the journal knows about (parked as stuck) is
 				// accounted for; damage nobody has seen yet is reported.
-				if d := tx.Bucket(bucketDamaged); d == nil || d.Get(k) == nil {
-					fail("%v", err)
-					return nil
+				damaged++
+				if r.damaged == nil || r.damaged.Get(u64(seq)) == nil {
+					fail("entry %d: %s", seq, e.Damage)
+					return true, nil
 				}
-				e = damagedEntry(tx.Bucket(bucketState), tx.Bucket(bucketDamaged), seq, err)
 				if e.State != StateStuck {
 					fail("damaged entry %d is %s in the state index, want stuck", seq, e.State)
-					return nil
+					return true, nil
 				}
+			} else {
+				typ := countedType(e.Type)
+				if types[typ] == nil {
+					types[typ] = new([5]int64)
+				}
+				types[typ][e.State]++
 			}
 			counts[e.State]++
 			if e.Key != "" && e.State == StateRunning {
@@ -55,10 +66,27 @@ func (j *Journal) Check() error {
 			if tx.Bucket(bucketState).Get(stateKey(e.State, seq)) == nil {
 				fail("entry %d: missing from the state index as %s", seq, e.State)
 			}
-			return nil
+			return true, nil
 		})
 		if err != nil {
 			return err
+		}
+		if r.msgs != nil && r.msgs.Stats().KeyN != r.status.Stats().KeyN {
+			fail("%d message records for %d status records", r.msgs.Stats().KeyN, r.status.Stats().KeyN)
+		}
+		if damaged == 0 && j.version >= 2 {
+			j.mu.Lock()
+			for typ, n := range types {
+				if c := j.typeCounts[typ]; c == nil || *c != *n {
+					fail("counts of type %q are %v, counters say %v", typ, n[1:], c)
+				}
+			}
+			for typ := range j.typeCounts {
+				if types[typ] == nil {
+					fail("counters have type %q, no entry has it", typ)
+				}
+			}
+			j.mu.Unlock()
 		}
 		n := 0
 		_ = tx.Bucket(bucketState).ForEach(func(k, _ []byte) error { n++; return nil })

@@ -63,11 +63,13 @@ func corruptValue(tb testing.TB, path string, bucket []byte, key []byte) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	at := bytes.Index(data, val)
-	if at < 0 || bytes.Count(data, val) != 1 {
-		tb.Fatalf("value of %x found %d times in the file", key, bytes.Count(data, val))
+	// A bbolt leaf stores each key right before its value.
+	kv := append(bytes.Clone(key), val...)
+	at := bytes.Index(data, kv)
+	if at < 0 || bytes.Count(data, kv) != 1 {
+		tb.Fatalf("value of %x found %d times in the file", key, bytes.Count(data, kv))
 	}
-	data[at+len(val)/2] ^= 0x40
+	data[at+len(key)+len(val)/2] ^= 0x40
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		tb.Fatal(err)
 	}
@@ -78,6 +80,12 @@ func corruptValue(tb testing.TB, path string, bucket []byte, key []byte) {
 // out every other entry, its key stays blocked behind it, and replaying it
 // says why it cannot run.
 func TestDamagedEntry(t *testing.T) {
+	for _, bucket := range [][]byte{bucketMsgs, bucketStatus} {
+		t.Run(string(bucket), func(t *testing.T) { testDamagedEntry(t, bucket) })
+	}
+}
+
+func testDamagedEntry(t *testing.T, bucket []byte) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "agentq.db")
 	j, err := Open(path, Options{Logger: quietLogger()})
@@ -94,7 +102,7 @@ func TestDamagedEntry(t *testing.T) {
 	}
 	j.Close()
 	const bad = 73 // key k2 (seq 73 is body 072)
-	corruptValue(t, path, bucketEntries, u64(bad))
+	corruptValue(t, path, bucket, u64(bad))
 
 	logs := &logRecorder{}
 	j = mustOpenAt(t, path, Options{Logger: slog.New(logs)})

@@ -36,8 +36,15 @@
 // # Buckets
 //
 //	meta      magic "agentq-journal", format version (uint32), journal id,
-//	          per-state counts
-//	entries   seq (uint64 big-endian) -> entry value (see encodeEntry)
+//	          "counts": entries per state; "type:<type>": entries of that
+//	          type per state. Both change in the transaction that changes
+//	          the entries, so a summary never reads the journal.
+//	msgs      seq (uint64 big-endian) -> message record (encodeMessage):
+//	          received time, type, key, fault, source, destination, dedup
+//	          id, headers, body. Written once, by Append.
+//	status    seq -> status record (encodeStatus): state, attempts,
+//	          replays, times, last error, and type/key/fault when
+//	          Reextract changed them. The only record state changes write.
 //	state     state byte + seq -> nil: scans by state, crash recovery
 //	ready     next-attempt time (uint64 ns) + seq -> nil: entries a worker
 //	          may take; the first key is the next one to run
@@ -49,7 +56,14 @@
 //	          redelivery may repeat, and the connection that last matched
 //	dedupseq  seq -> insert time + dedup key: prunes dedup by age
 //	damaged   seq -> "damaged entry: ..." for entries parked because their
-//	          value does not decode
+//	          records do not decode
+//
+// Both records end in a CRC-32C. Format 1 (agentq before the split) kept
+// one value per entry in a bucket "entries", rewritten on every state
+// change. Open for writing migrates such a file in transactions of 4096
+// entries, marking it format 2 in the first; a crash in between leaves
+// entries in both buckets, which every read understands, and the next
+// Open goes on. A read-only Open (inspect) reads format 1 as it is.
 //
 // Ordering keys and dedup ids appear in index keys as they are, up to
 // 32704 bytes; longer ones (and ones starting with byte 0xff, which UTF-8

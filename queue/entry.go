@@ -107,6 +107,10 @@ type Entry struct {
 	// running it. Never stored.
 	Damage string `json:",omitempty"`
 
+	// override says which of Type, Key and Fault were changed after the
+	// message was written (Reextract) and live in the status record.
+	override uint8
+
 	// DedupID identifies the message across broker redeliveries (a
 	// publisher id or a content hash, chosen by ingest). When Redelivered is
 	// set, Append first looks for an unconfirmed entry with the same DedupID

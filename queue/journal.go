@@ -18,8 +18,12 @@ import (
 )
 
 // FormatVersion is the on-disk format this code writes. Open refuses files
-// with a newer version rather than misread them.
-const FormatVersion = 1
+// with a newer version rather than misread them. Format 1 kept each entry
+// as one value rewritten on every state change; format 2 writes the
+// message once and keeps a small status record beside it. Open migrates
+// a format 1 file when it opens it for writing, and reads it as it is
+// when read-only.
+const FormatVersion = 2
 
 // magic marks a bbolt file as an agentq journal.
 const magic = "agentq-journal"
@@ -27,7 +31,9 @@ const magic = "agentq-journal"
 // Bucket names. See doc.go for what each holds.
 var (
 	bucketMeta    = []byte("meta")
-	bucketEntries = []byte("entries")
+	bucketEntries = []byte("entries") // format 1 only
+	bucketMsgs    = []byte("msgs")
+	bucketStatus  = []byte("status")
 	bucketReady   = []byte("ready")
 	bucketState   = []byte("state")
 	bucketKeyQ    = []byte("keyq")
@@ -42,7 +48,18 @@ var (
 	metaCounts  = []byte("counts")
 )
 
-var allBuckets = [][]byte{bucketMeta, bucketEntries, bucketReady, bucketState, bucketKeyQ, bucketKeyHead, bucketDedup, bucketDedupBy}
+// metaTypePrefix starts the meta keys that hold per-type counts: the
+// prefix, then the type; the value is five big-endian uint64, one per
+// State (index 0 unused).
+const metaTypePrefix = "type:"
+
+// indexBuckets exist in every format. Format 1 adds entries; format 2
+// adds msgs, status and damaged (damaged also appears in format 1 files
+// opened for writing by this code).
+var indexBuckets = [][]byte{bucketMeta, bucketReady, bucketState, bucketKeyQ, bucketKeyHead, bucketDedup, bucketDedupBy}
+
+// newBuckets are what a new journal is created with.
+var newBuckets = append(append([][]byte(nil), indexBuckets...), bucketMsgs, bucketStatus, bucketDamaged)
 
 // Sentinel errors.
 var (
@@ -165,8 +182,12 @@ type Journal struct {
 	once    sync.Once
 	cancel  context.CancelFunc
 
-	mu     sync.Mutex // guards counts
-	counts [5]int64   // entries by State (index = State)
+	mu           sync.Mutex           // guards counts and typeCounts
+	counts       [5]int64             // entries by State (index = State)
+	typeCounts   map[string]*[5]int64 // entries by type, then State
+	version      uint32               // format of the file as opened
+	typesScanned bool                 // a format 1 file's type counts were made by Counts
+	arena        arena                // the commit goroutine's key and value memory
 
 	stats struct {
 		appends, duplicates, commits, ops atomic.Uint64
@@ -232,6 +253,8 @@ func Open(path string, opts Options) (*Journal, error) {
 		ops:     make(chan *op, opts.MaxBatch),
 		ready:   make(chan struct{}, 1),
 		closing: make(chan struct{}),
+
+		typeCounts: map[string]*[5]int64{},
 	}
 	if err := j.init(fresh); err != nil {
 		_ = db.Close()
@@ -252,7 +275,8 @@ func Open(path string, opts Options) (*Journal, error) {
 }
 
 // init checks the file is a journal of a version we read, creates the
-// buckets on a fresh file, loads the counters, and resets running entries.
+// buckets on a fresh file, migrates a format 1 file, loads the counters,
+// and resets running entries.
 func (j *Journal) init(fresh bool) error {
 	check := func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
@@ -271,16 +295,23 @@ func (j *Journal) init(fresh bool) error {
 		if len(v) != 4 {
 			return fmt.Errorf("%w: bad version record", ErrNotJournal)
 		}
-		if n := binary.BigEndian.Uint32(v); n > FormatVersion {
-			return fmt.Errorf("%w: file has format %d, this agentq reads up to %d", ErrNewerFormat, n, FormatVersion)
+		j.version = binary.BigEndian.Uint32(v)
+		if j.version > FormatVersion {
+			return fmt.Errorf("%w: file has format %d, this agentq reads up to %d", ErrNewerFormat, j.version, FormatVersion)
 		}
 		j.id = string(meta.Get(metaID))
-		for _, name := range allBuckets {
+		need := indexBuckets
+		if j.version == 1 {
+			need = append(need[:len(need):len(need)], bucketEntries)
+		} else {
+			need = append(need[:len(need):len(need)], bucketMsgs, bucketStatus)
+		}
+		for _, name := range need {
 			if tx.Bucket(name) == nil {
 				return fmt.Errorf("%w: bucket %q missing", ErrNotJournal, name)
 			}
 		}
-		j.loadCounts(meta.Get(metaCounts))
+		j.loadCounts(meta)
 		if b := tx.Bucket(bucketDamaged); b != nil {
 			j.stats.damaged.Store(uint64(b.Stats().KeyN))
 		}
@@ -289,42 +320,142 @@ func (j *Journal) init(fresh bool) error {
 	if j.opts.ReadOnly {
 		return j.db.View(check)
 	}
-	return j.db.Update(func(tx *bolt.Tx) error {
+	err := j.db.Update(func(tx *bolt.Tx) error {
 		if err := check(tx); err != nil {
 			return err
 		}
-		// Added after format 1 was first written: files may lack it.
-		if _, err := tx.CreateBucketIfNotExists(bucketDamaged); err != nil {
-			return fmt.Errorf("cannot create bucket %s: %w", bucketDamaged, err)
+		if tx.Bucket(bucketMeta) != nil {
+			return nil
 		}
-		if tx.Bucket(bucketMeta) == nil {
-			for _, name := range allBuckets {
-				if _, err := tx.CreateBucket(name); err != nil {
+		for _, name := range newBuckets {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return fmt.Errorf("cannot create bucket %s: %w", name, err)
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		id := make([]byte, 8)
+		_, _ = rand.Read(id)
+		j.id = hex.EncodeToString(id)
+		j.version = FormatVersion
+		if err := meta.Put(metaMagic, []byte(magic)); err != nil {
+			return err
+		}
+		if err := meta.Put(metaVersion, binary.BigEndian.AppendUint32(nil, FormatVersion)); err != nil {
+			return err
+		}
+		return meta.Put(metaID, []byte(j.id))
+	})
+	if err != nil {
+		return err
+	}
+	if err := j.migrate(); err != nil {
+		return fmt.Errorf("cannot migrate to format %d: %w", FormatVersion, err)
+	}
+	return j.db.Update(j.recover)
+}
+
+// migrateBatch bounds the entries one migration transaction moves; a
+// variable so tests can make migrations take many transactions.
+var migrateBatch = 4096
+
+// testHookMigrated, if set, runs after each committed migration
+// transaction; an error stops the migration there, as a crash would.
+var testHookMigrated func() error
+
+// migrate moves format 1 entries (one value each) to format 2 (message and
+// status records) in transactions of migrateBatch entries. Each
+// transaction moves its entries completely, so a crash leaves a file whose
+// every entry is in one format or the other; reads understand both, and
+// the next Open goes on where this one stopped. The first transaction
+// marks the file format 2, so an older agentq refuses it from then on.
+// Entries whose value does not decode stay in the old bucket, where reads
+// report them as damaged.
+func (j *Journal) migrate() error {
+	var from uint64
+	moved, total := 0, 0
+	for {
+		err := j.db.Update(func(tx *bolt.Tx) error {
+			moved = 0
+			if tx.Bucket(bucketEntries) == nil {
+				return nil
+			}
+			for _, name := range [][]byte{bucketMsgs, bucketStatus, bucketDamaged} {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 					return fmt.Errorf("cannot create bucket %s: %w", name, err)
 				}
 			}
-			meta := tx.Bucket(bucketMeta)
-			id := make([]byte, 8)
-			_, _ = rand.Read(id)
-			j.id = hex.EncodeToString(id)
-			if err := meta.Put(metaMagic, []byte(magic)); err != nil {
+			if err := tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, FormatVersion)); err != nil {
 				return err
 			}
-			if err := meta.Put(metaVersion, binary.BigEndian.AppendUint32(nil, FormatVersion)); err != nil {
+			t := j.newTxn(tx)
+			if s := t.entries.Sequence(); s > t.msgs.Sequence() {
+				if err := t.msgs.SetSequence(s); err != nil {
+					return err
+				}
+			}
+			var keys [][]byte
+			c := t.entries.Cursor()
+			for k, v := c.Seek(u64(from)); k != nil && len(keys) < migrateBatch; k, v = c.Next() {
+				seq := binary.BigEndian.Uint64(k)
+				from = seq + 1
+				e, err := decodeEntry(seq, v)
+				if err != nil {
+					continue
+				}
+				if err := t.putMessage(e); err != nil {
+					return err
+				}
+				t.buf = encodeStatus(t.buf[:0], e) // keeps UpdatedAt
+				if err := t.status.Put(t.k64(seq), t.arena.copy(t.buf)); err != nil {
+					return err
+				}
+				t.countType(e.Type, 0, e.State)
+				keys = append(keys, t.arena.copy(k))
+			}
+			for _, k := range keys {
+				if err := t.entries.Delete(k); err != nil {
+					return err
+				}
+			}
+			moved = len(keys)
+			if moved == 0 && t.entries.Stats().KeyN == 0 {
+				if err := tx.DeleteBucket(bucketEntries); err != nil {
+					return err
+				}
+			}
+			if err := t.finish(); err != nil {
 				return err
 			}
-			if err := meta.Put(metaID, []byte(j.id)); err != nil {
+			j.applyTxn(t)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		total += moved
+		if moved == 0 {
+			break
+		}
+		if testHookMigrated != nil {
+			if err := testHookMigrated(); err != nil {
 				return err
 			}
 		}
-		return j.recover(tx)
-	})
+	}
+	if total > 0 {
+		j.version = FormatVersion
+		j.log.Info("journal migrated", "format", FormatVersion, "entries", total)
+	}
+	return nil
 }
 
 // recover puts entries that were running when the last process died back
 // to pending, keeping their attempt count.
 func (j *Journal) recover(tx *bolt.Tx) error {
 	t := j.newTxn(tx)
+	if t.msgs == nil {
+		return nil
+	}
 	var seqs []uint64
 	c := t.state.Cursor()
 	prefix := []byte{byte(StateRunning)}
@@ -332,7 +463,7 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 		seqs = append(seqs, binary.BigEndian.Uint64(k[1:]))
 	}
 	for _, seq := range seqs {
-		e, err := t.get(seq)
+		e, err := t.getStatus(seq)
 		if err != nil {
 			return err
 		}
@@ -346,7 +477,7 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 		if err := t.setState(e, StatePending); err != nil {
 			return err
 		}
-		if err := t.ready.Put(readyKey(e.NextAttemptAt, seq), nil); err != nil {
+		if err := t.addReady(e); err != nil {
 			return err
 		}
 	}
@@ -356,7 +487,7 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 	if err := t.finish(); err != nil {
 		return err
 	}
-	j.applyCounts(t.delta)
+	j.applyTxn(t)
 	j.logDamaged(t.newlyDamaged)
 	return nil
 }
@@ -485,11 +616,9 @@ func (j *Journal) commitLoop() {
 
 func (j *Journal) commit(batch []*op) {
 	start := time.Now()
-	var delta [5]int64
-	appended, ready := 0, false
-	var damaged []*Entry
+	var done *txn
 	err := j.db.Update(func(tx *bolt.Tx) error {
-		t := j.newTxn(tx)
+		t := j.newTxnArena(tx, &j.arena)
 		for _, o := range batch {
 			before := t.appended
 			err := o.fn(t)
@@ -511,9 +640,11 @@ func (j *Journal) commit(batch []*op) {
 		if j.opts.MaxSize > 0 && t.appended > 0 && tx.Size() > j.opts.MaxSize {
 			return fmt.Errorf("%w: file would grow to %d bytes, limit %d", ErrFull, tx.Size(), j.opts.MaxSize)
 		}
-		delta, appended, ready, damaged = t.delta, t.appended, t.readyChanged, t.newlyDamaged
+		done = t
 		return nil
 	})
+	j.arena.reset() // bbolt has copied everything it was given
+	appended := 0
 	d := time.Since(start)
 	j.stats.commits.Add(1)
 	j.stats.ops.Add(uint64(len(batch)))
@@ -524,12 +655,12 @@ func (j *Journal) commit(batch []*op) {
 		for _, o := range batch {
 			o.err = err
 		}
-		appended = 0
 	} else {
-		j.applyCounts(delta)
-		j.logDamaged(damaged)
+		appended = done.appended
+		j.applyTxn(done)
+		j.logDamaged(done.newlyDamaged)
 		j.stats.appends.Add(uint64(appended))
-		if ready {
+		if done.readyChanged {
 			j.signalReady()
 		}
 	}
@@ -541,30 +672,59 @@ func (j *Journal) commit(batch []*op) {
 	}
 }
 
-func (j *Journal) loadCounts(b []byte) {
+// loadCounts reads the state and type counters from the meta bucket.
+func (j *Journal) loadCounts(meta *bolt.Bucket) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	for i := 0; i < len(j.counts) && len(b) >= 8; i++ {
-		j.counts[i] = int64(binary.BigEndian.Uint64(b))
-		b = b[8:]
+	read := func(b []byte, into *[5]int64) {
+		for i := 0; i < len(into) && len(b) >= 8; i++ {
+			into[i] = int64(binary.BigEndian.Uint64(b))
+			b = b[8:]
+		}
+	}
+	read(meta.Get(metaCounts), &j.counts)
+	j.typeCounts = map[string]*[5]int64{}
+	c := meta.Cursor()
+	p := []byte(metaTypePrefix)
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		n := new([5]int64)
+		read(v, n)
+		j.typeCounts[string(k[len(p):])] = n
 	}
 }
 
-func (j *Journal) applyCounts(d [5]int64) {
+// applyTxn adds a committed transaction's count changes to the counters.
+func (j *Journal) applyTxn(t *txn) {
 	j.mu.Lock()
-	for i := range d {
-		j.counts[i] += d[i]
+	defer j.mu.Unlock()
+	for i := range t.delta {
+		j.counts[i] += t.delta[i]
 	}
-	j.mu.Unlock()
+	for typ, d := range t.typeDelta {
+		c := j.typeCounts[typ]
+		if c == nil {
+			c = new([5]int64)
+			j.typeCounts[typ] = c
+		}
+		zero := true
+		for i := range d {
+			c[i] += d[i]
+			zero = zero && c[i] == 0
+		}
+		if zero {
+			delete(j.typeCounts, typ)
+		}
+	}
 }
 
 // Stats is a snapshot of the journal's counters.
 type Stats struct {
 	ByState       map[State]int64
-	Appends       uint64 // entries appended since Open
-	Duplicates    uint64 // redeliveries recognised since Open
-	Commits       uint64 // group commits since Open
-	Ops           uint64 // operations in those commits
+	ByType        map[string]map[State]int64 // see Counts
+	Appends       uint64                     // entries appended since Open
+	Duplicates    uint64                     // redeliveries recognised since Open
+	Commits       uint64                     // group commits since Open
+	Ops           uint64                     // operations in those commits
 	FailedCommits uint64
 	CommitTime    time.Duration // total time in commits (includes fsync)
 	// Damaged counts entries whose stored value does not decode and that
@@ -582,6 +742,7 @@ func (j *Journal) Stats() Stats {
 	j.mu.Unlock()
 	return Stats{
 		ByState:       by,
+		ByType:        j.Counts().ByType,
 		Appends:       j.stats.appends.Load(),
 		Duplicates:    j.stats.duplicates.Load(),
 		Commits:       j.stats.commits.Load(),
@@ -590,4 +751,55 @@ func (j *Journal) Stats() Stats {
 		CommitTime:    time.Duration(j.stats.commitNanos.Load()),
 		Damaged:       j.stats.damaged.Load(),
 	}
+}
+
+// Counts is the number of entries by state, and by type and state. Types
+// longer than 256 bytes are counted under their first 256 bytes. Entries
+// parked as damaged stay counted under the type and state they had.
+type Counts struct {
+	ByState map[State]int64
+	ByType  map[string]map[State]int64
+}
+
+// Counts returns the journal's entry counts. They are kept up to date with
+// every commit (and stored with it), so this never reads the journal;
+// only a format 1 file opened read-only has no type counts, and is read
+// once to make them.
+func (j *Journal) Counts() Counts {
+	j.mu.Lock()
+	needScan := j.version < 2 && !j.typesScanned
+	j.typesScanned = true
+	j.mu.Unlock()
+	if needScan {
+		tc := map[string]*[5]int64{}
+		_ = j.Scan(Filter{}, func(e *Entry) bool {
+			if e.Damage == "" {
+				typ := countedType(e.Type)
+				if tc[typ] == nil {
+					tc[typ] = new([5]int64)
+				}
+				tc[typ][e.State]++
+			}
+			return true
+		})
+		j.mu.Lock()
+		j.typeCounts = tc
+		j.mu.Unlock()
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	c := Counts{ByState: map[State]int64{}, ByType: make(map[string]map[State]int64, len(j.typeCounts))}
+	for s := StatePending; s <= StateStuck; s++ {
+		c.ByState[s] = j.counts[s]
+	}
+	for typ, n := range j.typeCounts {
+		m := map[State]int64{}
+		for s := StatePending; s <= StateStuck; s++ {
+			if n[s] != 0 {
+				m[s] = n[s]
+			}
+		}
+		c.ByType[typ] = m
+	}
+	return c
 }

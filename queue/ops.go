@@ -167,7 +167,7 @@ func (j *Journal) Settle(ctx context.Context, outs ...Outcome) error {
 }
 
 func (t *txn) settle(o Outcome) error {
-	e, err := t.get(o.Seq)
+	e, err := t.getStatus(o.Seq)
 	if err != nil {
 		return opError{err}
 	}
@@ -285,7 +285,7 @@ func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, 
 }
 
 func (t *txn) replay(seq uint64) (bool, error) {
-	e, err := t.get(seq)
+	e, err := t.getStatus(seq)
 	if err != nil {
 		return false, nil // deleted by retention since the scan
 	}
@@ -327,7 +327,7 @@ func (t *txn) replay(seq uint64) (bool, error) {
 	}
 	// An earlier entry than the current head: it takes the key over unless
 	// the head is running (then it runs when the head settles).
-	he, err := t.get(h)
+	he, err := t.getStatus(h)
 	if err != nil {
 		return false, err
 	}
@@ -362,19 +362,14 @@ func (j *Journal) ConfirmDelivered(ctx context.Context, seqs []uint64) error {
 	})
 }
 
-// Get returns one entry.
+// Get returns one entry. An entry whose stored records do not decode is
+// returned with Damage set (see Entry.Damage), not as an error.
 func (j *Journal) Get(seq uint64) (*Entry, error) {
 	var e *Entry
 	err := j.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketEntries).Get(u64(seq))
-		if v == nil {
-			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
-		}
 		var err error
-		if e, err = decodeEntry(seq, v); err != nil {
-			e = damagedEntry(tx.Bucket(bucketState), tx.Bucket(bucketDamaged), seq, err)
-		}
-		return nil
+		e, err = readersOf(tx).load(seq, true)
+		return err
 	})
 	return e, err
 }
@@ -385,11 +380,7 @@ func (j *Journal) BlockedBy(seq uint64) (uint64, bool, error) {
 	var by uint64
 	var blocked bool
 	err := j.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketEntries).Get(u64(seq))
-		if v == nil {
-			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
-		}
-		e, err := decodeEntry(seq, v)
+		e, err := readersOf(tx).load(seq, false)
 		if err != nil {
 			return err
 		}

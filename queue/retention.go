@@ -86,7 +86,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 					more, next = true, seq
 					break
 				}
-				e, err := t.get(seq)
+				e, err := t.getStatus(seq)
 				if err != nil {
 					return err
 				}
@@ -98,13 +98,17 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 				if err := t.state.Delete(stateKey(StateDone, e.Seq)); err != nil {
 					return err
 				}
-				if err := t.entries.Delete(u64(e.Seq)); err != nil {
+				if err := t.msgs.Delete(u64(e.Seq)); err != nil {
+					return err
+				}
+				if err := t.status.Delete(u64(e.Seq)); err != nil {
 					return err
 				}
 				if err := t.forgetDedup(e.Seq); err != nil {
 					return err
 				}
 				t.delta[StateDone]--
+				t.countType(e.Type, StateDone, 0)
 			}
 			n = len(victims)
 			return nil

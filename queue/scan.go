@@ -51,12 +51,12 @@ func (f *Filter) match(e *Entry) bool {
 // from FromSeq.
 func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 	return j.db.View(func(tx *bolt.Tx) error {
-		entries := tx.Bucket(bucketEntries)
+		r := readersOf(tx)
 		n := 0
-		visit := func(seq uint64, v []byte) (bool, error) {
-			e, err := decodeEntry(seq, v)
+		visit := func(seq uint64) (bool, error) {
+			e, err := r.load(seq, true)
 			if err != nil {
-				e = damagedEntry(tx.Bucket(bucketState), tx.Bucket(bucketDamaged), seq, err)
+				return false, err
 			}
 			if !f.match(e) {
 				return true, nil
@@ -72,25 +72,19 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 				if f.ToSeq > 0 && seq > f.ToSeq {
 					break
 				}
-				more, err := visit(seq, entries.Get(k[1:]))
+				more, err := visit(seq)
 				if err != nil || !more {
 					return err
 				}
 			}
 			return nil
 		}
-		c := entries.Cursor()
-		for k, v := c.Seek(u64(f.FromSeq)); k != nil; k, v = c.Next() {
-			seq := binary.BigEndian.Uint64(k)
+		return r.forEachSeq(f.FromSeq, func(seq uint64) (bool, error) {
 			if f.ToSeq > 0 && seq > f.ToSeq {
-				break
+				return false, nil
 			}
-			more, err := visit(seq, v)
-			if err != nil || !more {
-				return err
-			}
-		}
-		return nil
+			return visit(seq)
+		})
 	})
 }
 
@@ -98,7 +92,7 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 func (j *Journal) LastSeq() uint64 {
 	var s uint64
 	_ = j.db.View(func(tx *bolt.Tx) error {
-		s = tx.Bucket(bucketEntries).Sequence()
+		s = readersOf(tx).lastSeq()
 		return nil
 	})
 	return s

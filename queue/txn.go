@@ -12,87 +12,267 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// readers are the buckets entries are read from. entries holds format 1
+// values (a file not yet migrated, or opened read-only); msgs and status
+// hold format 2. Any of them may be missing (nil) in a read-only file.
+type readers struct {
+	entries, msgs, status, state, damaged *bolt.Bucket
+}
+
+func readersOf(tx *bolt.Tx) readers {
+	return readers{
+		entries: tx.Bucket(bucketEntries),
+		msgs:    tx.Bucket(bucketMsgs),
+		status:  tx.Bucket(bucketStatus),
+		state:   tx.Bucket(bucketState),
+		damaged: tx.Bucket(bucketDamaged),
+	}
+}
+
+// load returns entry seq, with its whole message when full is set, or only
+// the fields state changes need (status, received, type, key, fault). An
+// entry whose stored records do not decode is returned as a stub with
+// Damage set and the state the index knows, not as an error: one damaged
+// entry must not fail the batch it is in. Callers that need its message
+// check Damage.
+func (r readers) load(seq uint64, full bool) (*Entry, error) {
+	var kb [8]byte
+	k := binary.BigEndian.AppendUint64(kb[:0], seq)
+	var sv []byte
+	if r.status != nil {
+		sv = r.status.Get(k)
+	}
+	if sv == nil {
+		if r.entries != nil {
+			if v := r.entries.Get(k); v != nil {
+				e, err := decodeEntry(seq, v)
+				if err != nil {
+					return r.damagedEntry(seq, nil, err), nil
+				}
+				return e, nil
+			}
+		}
+		return nil, fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+	}
+	e := &Entry{Seq: seq}
+	var mv []byte
+	if r.msgs != nil {
+		mv = r.msgs.Get(k)
+	}
+	merr := decodeMessage(seq, mv, e, full)
+	if err := decodeStatus(seq, sv, e); err != nil {
+		return r.damagedEntry(seq, nil, err), nil
+	}
+	if merr != nil {
+		return r.damagedEntry(seq, e, merr), nil
+	}
+	return e, nil
+}
+
+// damagedEntry is what the journal knows of an entry whose records do not
+// decode: its sequence, the state its index records, the damage, and its
+// status if that record is intact.
+func (r readers) damagedEntry(seq uint64, status *Entry, err error) *Entry {
+	e := &Entry{Seq: seq}
+	if status != nil {
+		e = &Entry{Seq: seq, Attempts: status.Attempts, Replays: status.Replays, UpdatedAt: status.UpdatedAt,
+			BudgetStart: status.BudgetStart, NextAttemptAt: status.NextAttemptAt, LastError: status.LastError}
+	}
+	e.Damage = err.Error()
+	if r.state != nil {
+		e.State = indexState(r.state, seq)
+	}
+	e.LastError = clip("damaged entry: " + e.Damage)
+	if r.damaged != nil {
+		if v := r.damaged.Get(u64(seq)); v != nil {
+			e.LastError = string(v)
+		}
+	}
+	return e
+}
+
+// lastSeq is the highest sequence ever assigned.
+func (r readers) lastSeq() uint64 {
+	var s uint64
+	if r.msgs != nil {
+		s = r.msgs.Sequence()
+	}
+	if r.entries != nil {
+		s = max(s, r.entries.Sequence())
+	}
+	return s
+}
+
+// forEachSeq calls fn for every entry's sequence from from on, in order,
+// over both formats, until fn returns false or an error.
+func (r readers) forEachSeq(from uint64, fn func(seq uint64) (bool, error)) error {
+	var a, b *bolt.Cursor
+	var ka, kb []byte
+	if r.status != nil {
+		a = r.status.Cursor()
+		ka, _ = a.Seek(u64(from))
+	}
+	if r.entries != nil {
+		b = r.entries.Cursor()
+		kb, _ = b.Seek(u64(from))
+	}
+	for ka != nil || kb != nil {
+		var seq uint64
+		switch {
+		case kb == nil || ka != nil && bytes.Compare(ka, kb) < 0:
+			seq = binary.BigEndian.Uint64(ka)
+			ka, _ = a.Next()
+		case ka == nil || bytes.Compare(kb, ka) < 0:
+			seq = binary.BigEndian.Uint64(kb)
+			kb, _ = b.Next()
+		default: // in both (cannot happen once migrated): one entry
+			seq = binary.BigEndian.Uint64(ka)
+			ka, _ = a.Next()
+			kb, _ = b.Next()
+		}
+		more, err := fn(seq)
+		if err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}
+
 // txn wraps one bbolt write transaction with the journal's index
-// maintenance. Count changes are collected in delta and applied to the
-// in-memory counters only after the commit succeeds.
+// maintenance. Count changes are collected in delta and typeDelta and
+// applied to the in-memory counters only after the commit succeeds.
 type txn struct {
+	readers
 	j   *Journal
 	tx  *bolt.Tx
 	now time.Time
 
-	meta, entries, ready, state, keyq, keyhead, dedup, dedupBy, damaged *bolt.Bucket
+	meta, ready, keyq, keyhead, dedup, dedupBy *bolt.Bucket
 
 	delta        [5]int64
+	typeDelta    map[string]*[5]int64
 	appended     int
 	readyChanged bool
 	newlyDamaged []*Entry // marked damaged in this transaction, logged after commit
 	roomErr      error    // appendRoom's verdict, once measured
 	buf          []byte
+	arena        *arena
 }
 
 func (j *Journal) newTxn(tx *bolt.Tx) *txn {
+	return j.newTxnArena(tx, &arena{})
+}
+
+func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 	t := &txn{
+		readers: readersOf(tx),
 		j:       j,
 		tx:      tx,
 		now:     j.opts.Now(),
 		meta:    tx.Bucket(bucketMeta),
-		entries: tx.Bucket(bucketEntries),
 		ready:   tx.Bucket(bucketReady),
-		state:   tx.Bucket(bucketState),
 		keyq:    tx.Bucket(bucketKeyQ),
 		keyhead: tx.Bucket(bucketKeyHead),
 		dedup:   tx.Bucket(bucketDedup),
 		dedupBy: tx.Bucket(bucketDedupBy),
-		damaged: tx.Bucket(bucketDamaged),
+		arena:   a,
 	}
 	// Sequence keys only grow: pack pages full.
-	t.entries.FillPercent = 0.95
+	if t.msgs != nil {
+		t.msgs.FillPercent = 0.95
+		t.status.FillPercent = 0.95
+		t.state.FillPercent = 0.95
+	}
 	return t
 }
 
-// finish persists the state counters with the batch.
+// k64 is u64 in the arena: a key that must live until the commit.
+func (t *txn) k64(v uint64) []byte {
+	return binary.BigEndian.AppendUint64(t.arena.alloc(8)[:0], v)
+}
+
+// finish persists the state and type counters with the batch.
 func (t *txn) finish() error {
 	var zero [5]int64
-	if t.delta == zero {
-		return nil
+	if t.delta != zero {
+		t.j.mu.Lock()
+		b := make([]byte, 0, 40)
+		for i := range t.j.counts {
+			b = binary.BigEndian.AppendUint64(b, uint64(t.j.counts[i]+t.delta[i]))
+		}
+		t.j.mu.Unlock()
+		if err := t.meta.Put(metaCounts, b); err != nil {
+			return err
+		}
 	}
-	t.j.mu.Lock()
-	b := make([]byte, 0, 40)
-	for i := range t.j.counts {
-		b = binary.BigEndian.AppendUint64(b, uint64(t.j.counts[i]+t.delta[i]))
+	for typ, d := range t.typeDelta {
+		if *d == zero {
+			continue
+		}
+		t.j.mu.Lock()
+		var c [5]int64
+		if old := t.j.typeCounts[typ]; old != nil {
+			c = *old
+		}
+		t.j.mu.Unlock()
+		all := zero
+		for i := range c {
+			all[i] = c[i] + d[i]
+		}
+		k := append([]byte(metaTypePrefix), typ...)
+		if all == zero {
+			if err := t.meta.Delete(k); err != nil {
+				return err
+			}
+			continue
+		}
+		b := make([]byte, 0, 40)
+		for _, n := range all {
+			b = binary.BigEndian.AppendUint64(b, uint64(n))
+		}
+		if err := t.meta.Put(k, b); err != nil {
+			return err
+		}
 	}
-	t.j.mu.Unlock()
-	return t.meta.Put(metaCounts, b)
+	return nil
 }
 
-// get returns entry seq. An entry whose stored value does not decode is
-// returned as a stub with Damage set and the state the index knows, not as
-// an error: one damaged entry must not fail the batch it is in. Callers
-// that need its message check Damage.
-func (t *txn) get(seq uint64) (*Entry, error) {
-	v := t.entries.Get(u64(seq))
-	if v == nil {
-		return nil, fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+// countType moves one entry of type typ from state from to state to in
+// the per-type counters (0 = none).
+func (t *txn) countType(typ string, from, to State) {
+	typ = countedType(typ)
+	if t.typeDelta == nil {
+		t.typeDelta = map[string]*[5]int64{}
 	}
-	e, err := decodeEntry(seq, v)
-	if err != nil {
-		return damagedEntry(t.state, t.damaged, seq, err), nil
+	d := t.typeDelta[typ]
+	if d == nil {
+		d = new([5]int64)
+		t.typeDelta[typ] = d
 	}
-	return e, nil
+	if from != 0 {
+		d[from]--
+	}
+	if to != 0 {
+		d[to]++
+	}
 }
 
-// damagedEntry is what the journal knows of an entry whose value does not
-// decode: its sequence, the state its index records, and the damage.
-func damagedEntry(state, damaged *bolt.Bucket, seq uint64, err error) *Entry {
-	e := &Entry{Seq: seq, State: indexState(state, seq), Damage: err.Error()}
-	if damaged != nil {
-		e.LastError = string(damaged.Get(u64(seq)))
+// countedType bounds the type names the counters keep, so a hostile type
+// cannot grow the meta bucket's keys without limit.
+func countedType(typ string) string {
+	const maxLen = 256
+	if len(typ) > maxLen {
+		return typ[:maxLen]
 	}
-	if e.LastError == "" {
-		e.LastError = clip("damaged entry: " + e.Damage)
-	}
-	return e
+	return typ
 }
+
+// get returns entry seq with its whole message (see readers.load).
+func (t *txn) get(seq uint64) (*Entry, error) { return t.load(seq, true) }
+
+// getStatus returns entry seq without its headers and body: enough for a
+// state change.
+func (t *txn) getStatus(seq uint64) (*Entry, error) { return t.load(seq, false) }
 
 // indexState returns the state the state index records for seq, or 0.
 func indexState(state *bolt.Bucket, seq uint64) State {
@@ -104,10 +284,11 @@ func indexState(state *bolt.Bucket, seq uint64) State {
 	return 0
 }
 
-// markDamaged parks a damaged entry (a stub from get) as stuck: it cannot
+// markDamaged parks a damaged entry (a stub from load) as stuck: it cannot
 // run, and like any stuck entry it keeps its key blocked until an operator
-// acts. Its value is left as it is, for whoever investigates; the damaged
-// bucket records the error.
+// acts. Its records are left as they are, for whoever investigates; the
+// damaged bucket records the error. (Its type is unknown, so the per-type
+// counters keep it where it was.)
 func (t *txn) markDamaged(e *Entry) error {
 	if t.damaged.Get(u64(e.Seq)) != nil && e.State == StateStuck {
 		return nil
@@ -132,15 +313,22 @@ func (t *txn) markDamaged(e *Entry) error {
 	return nil
 }
 
-func (t *txn) put(e *Entry) error {
+// putStatus writes e's status record: what every state change writes.
+func (t *txn) putStatus(e *Entry) error {
 	e.UpdatedAt = t.now
-	t.buf = encodeEntry(t.buf[:0], e)
-	// bbolt keeps a reference to the value until commit: copy it.
-	return t.entries.Put(u64(e.Seq), bytes.Clone(t.buf))
+	t.buf = encodeStatus(t.buf[:0], e)
+	// bbolt keeps a reference to the value until commit.
+	return t.status.Put(t.k64(e.Seq), t.arena.copy(t.buf))
+}
+
+// putMessage writes e's message record, once, at append (or migration).
+func (t *txn) putMessage(e *Entry) error {
+	t.buf = encodeMessage(t.buf[:0], e)
+	return t.msgs.Put(t.k64(e.Seq), t.arena.copy(t.buf))
 }
 
 // setState moves e to state s in the state index and the counters, and
-// writes e. A zero e.State means e is new.
+// writes its status. A zero e.State means e is new.
 func (t *txn) setState(e *Entry, s State) error {
 	if e.State != 0 {
 		if err := t.state.Delete(stateKey(e.State, e.Seq)); err != nil {
@@ -148,17 +336,28 @@ func (t *txn) setState(e *Entry, s State) error {
 		}
 		t.delta[e.State]--
 	}
+	t.countType(e.Type, e.State, s)
 	e.State = s
 	t.delta[s]++
-	if err := t.state.Put(stateKey(s, e.Seq), nil); err != nil {
+	k := t.arena.alloc(9)
+	k[0] = byte(s)
+	binary.BigEndian.PutUint64(k[1:], e.Seq)
+	if err := t.state.Put(k, nil); err != nil {
 		return err
 	}
-	return t.put(e)
+	return t.putStatus(e)
 }
 
 func (t *txn) addReady(e *Entry) error {
 	t.readyChanged = true
-	return t.ready.Put(readyKey(e.NextAttemptAt, e.Seq), nil)
+	k := t.arena.alloc(16)
+	n := unixNano(e.NextAttemptAt)
+	if n < 0 {
+		n = 0
+	}
+	binary.BigEndian.PutUint64(k, uint64(n))
+	binary.BigEndian.PutUint64(k[8:], e.Seq)
+	return t.ready.Put(k, nil)
 }
 
 func (t *txn) delReady(e *Entry) error {
@@ -195,7 +394,7 @@ func (t *txn) advance(key string) error {
 	if err := t.keyhead.Put(headKey(key), u64(seq)); err != nil {
 		return err
 	}
-	e, err := t.get(seq)
+	e, err := t.getStatus(seq)
 	if err != nil {
 		return err
 	}
@@ -211,7 +410,7 @@ func (t *txn) advance(key string) error {
 // append stores a new entry and makes it ready if nothing earlier of its
 // key is unfinished.
 func (t *txn) append(e *Entry) error {
-	seq, err := t.entries.NextSequence()
+	seq, err := t.msgs.NextSequence()
 	if err != nil {
 		return err
 	}
@@ -225,7 +424,11 @@ func (t *txn) append(e *Entry) error {
 		e.ReceivedAt = t.now
 	}
 	e.BudgetStart = e.ReceivedAt
-	t.fit(e)
+	e.override = 0
+	t.fit(e) // encodes the message into t.buf
+	if err := t.msgs.Put(t.k64(seq), t.arena.copy(t.buf)); err != nil {
+		return err
+	}
 	if err := t.setState(e, StatePending); err != nil {
 		return err
 	}
@@ -243,7 +446,7 @@ func (t *txn) append(e *Entry) error {
 	if e.Key == "" {
 		return t.addReady(e)
 	}
-	if err := t.keyq.Put(keyqKey(e.Key, seq), nil); err != nil {
+	if err := t.keyq.Put(t.arena.copy(keyqKey(e.Key, seq)), nil); err != nil {
 		return err
 	}
 	if _, ok := t.head(e.Key); ok {
@@ -302,15 +505,16 @@ var maxValueSize = bolt.MaxValueSize
 // rest of its batch commits. (Keys and dedup ids of any length are indexed
 // by hash; see indexID.)
 func (t *txn) fit(e *Entry) {
-	t.buf = encodeEntry(t.buf[:0], e)
+	t.buf = encodeMessage(t.buf[:0], e)
 	if len(t.buf) <= maxValueSize {
 		return
 	}
 	n := len(t.buf)
 	e.Headers, e.Body = nil, nil
 	e.Fault = clip(fmt.Sprintf("message of %d bytes is too large for the journal (limit %d): headers and body dropped", n, maxValueSize))
-	if t.buf = encodeEntry(t.buf[:0], e); len(t.buf) > maxValueSize {
+	if t.buf = encodeMessage(t.buf[:0], e); len(t.buf) > maxValueSize {
 		e.Source, e.Destination, e.Type, e.Key, e.DedupID = "", "", "", "", nil
+		t.buf = encodeMessage(t.buf[:0], e)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -66,6 +67,10 @@ type Pool struct {
 
 	abortOnce sync.Once
 	abort     chan struct{}
+
+	pause   pauseState
+	running []atomic.Int64 // calls running per route, by index
+	timer   backoff.Timer  // for journal retries; nil = a real one
 }
 
 // NewPool returns a pool that routes entries with router.
@@ -91,7 +96,13 @@ func NewPool(j Journal, router *Router, opts Options) (*Pool, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Pool{j: j, router: router, opts: opts, log: opts.Logger.With("component", "worker"), abort: make(chan struct{})}, nil
+	if router == nil {
+		return nil, errors.New("worker pool needs a router")
+	}
+	p := &Pool{j: j, router: router, opts: opts, log: opts.Logger.With("component", "worker"), abort: make(chan struct{})}
+	p.pause.wake = make(chan struct{}, 1)
+	p.running = make([]atomic.Int64, len(router.routes))
+	return p, nil
 }
 
 // Abort cancels running backend calls now instead of at the end of the
@@ -182,40 +193,32 @@ func (p *Pool) Run(ctx context.Context) error {
 func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-chan int) error {
 	inflight := 0
 	var queued []*queue.Entry
+	var pauses *pauseSet // the pauses queued was claimed under
 	unclaim := func() {
-		if len(queued) == 0 {
-			return
-		}
-		outs := make([]queue.Outcome, len(queued))
-		for i, e := range queued {
-			outs[i] = queue.Outcome{Seq: e.Seq, Kind: queue.Release}
-		}
-		if err := p.j.Settle(context.Background(), outs...); err != nil {
-			p.log.Error("cannot return claimed entries", "error", err)
-		}
+		p.release(queued)
 	}
-	claimBackoff := newRetryBackoff()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		if len(queued) == 0 && inflight < p.opts.InFlight && ctx.Err() == nil {
-			es, err := p.j.Claim(ctx, p.opts.InFlight-inflight)
-			if err != nil {
-				if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
-					return nil
+		if ps := p.pause.set.Load(); ps != pauses {
+			// Pauses changed: give back what is claimed and now paused.
+			var keep, paused []*queue.Entry
+			for _, e := range queued {
+				if ps.paused(e.Type) {
+					paused = append(paused, e)
+				} else {
+					keep = append(keep, e)
 				}
-				// The journal cannot write (a full disk): wait and try
-				// again rather than give up; intake pauses the same way.
-				wait := claimBackoff.NextBackOff()
-				p.log.Error("cannot claim entries; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(wait):
-				}
-				continue
 			}
-			claimBackoff.Reset()
+			p.release(paused)
+			queued, pauses = keep, ps
+			inflight -= len(paused)
+		}
+		if len(queued) == 0 && inflight < p.opts.InFlight && ctx.Err() == nil {
+			es, err := p.claimRetrying(ctx, p.opts.InFlight-inflight, pauses)
+			if err != nil {
+				return nil // ctx ended or the journal closed
+			}
 			queued = es
 			inflight += len(es)
 		}
@@ -228,6 +231,10 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 			d := time.Hour
 			if at, ok := p.j.NextReadyAt(); ok {
 				d = max(at.Sub(p.opts.Now()), time.Millisecond)
+			}
+			if pauses.active() {
+				// Paused entries may be the ones ready now: poll.
+				d = max(d, pausedPoll)
 			}
 			if inflight >= p.opts.InFlight {
 				d = time.Hour // wait for capacity instead
@@ -249,34 +256,91 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 		case n := <-freed:
 			inflight -= n
 		case <-p.j.Ready():
+		case <-p.pause.wake:
 		case <-timer.C:
 		}
 	}
 }
 
+// pausedPoll is how often the dispatcher looks for work while some types
+// are paused: the journal's next ready time may be a paused entry's.
+const pausedPoll = 500 * time.Millisecond
+
+// claim claims up to max entries, leaving paused types in the journal.
+func (p *Pool) claim(ctx context.Context, max int, pauses *pauseSet) ([]*queue.Entry, error) {
+	if mc, ok := p.j.(MatchingClaimer); ok && pauses.active() {
+		return mc.ClaimMatching(ctx, max, func(typ string) bool { return !pauses.paused(typ) })
+	}
+	return p.j.Claim(ctx, max)
+}
+
+// claimRetrying claims, retrying while the journal cannot write (a full
+// disk) rather than giving up, as intake does. It fails only once ctx ends
+// or the journal is closed.
+func (p *Pool) claimRetrying(ctx context.Context, max int, pauses *pauseSet) ([]*queue.Entry, error) {
+	var es []*queue.Entry
+	op := func() (err error) {
+		es, err = p.claim(ctx, max, pauses)
+		if err != nil && (ctx.Err() != nil || errors.Is(err, queue.ErrClosed)) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	notify := func(err error, wait time.Duration) {
+		p.log.Error("cannot claim entries; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+	}
+	err := backoff.RetryNotifyWithTimer(op, backoff.WithContext(newRetryBackoff(), ctx), notify, p.timer)
+	return es, err
+}
+
+// release returns claimed entries that were never started to pending,
+// without counting the attempt.
+func (p *Pool) release(es []*queue.Entry) {
+	if len(es) == 0 {
+		return
+	}
+	outs := make([]queue.Outcome, len(es))
+	for i, e := range es {
+		outs[i] = queue.Outcome{Seq: e.Seq, Kind: queue.Release}
+	}
+	if err := p.j.Settle(context.Background(), outs...); err != nil {
+		p.log.Error("cannot return claimed entries", "error", err)
+	}
+}
+
+// settleAttemptsAfterStop is how often settle tries once Run's context
+// has ended.
+const settleAttemptsAfterStop = 5
+
 // settle records outcomes, retrying while the journal cannot write: a lost
 // outcome would leave its entry running until the next start. Once Run's
-// context has ended it tries a few more times and then leaves the entries
-// running, which the next Open puts back to pending (the call repeats:
-// at-least-once).
+// context has ended it makes settleAttemptsAfterStop attempts and then
+// leaves the entries running, which the next Open puts back to pending
+// (the call repeats: at-least-once).
 func (p *Pool) settle(ctx context.Context, batch []queue.Outcome) error {
-	b := newRetryBackoff()
-	for attempt := 1; ; attempt++ {
+	attempts := 0
+	op := func() error {
+		attempts++
 		err := p.j.Settle(context.Background(), batch...)
 		switch {
 		case err == nil, errors.Is(err, queue.ErrBadState):
-			if attempt > 1 {
-				p.log.Info("outcomes recorded after the journal recovered", "count", len(batch), "attempts", attempt)
-			}
 			return nil
-		case errors.Is(err, queue.ErrClosed), ctx.Err() != nil && attempt >= 5:
-			p.log.Error("cannot record outcomes; their entries run again on the next start", "error", err, "count", len(batch))
-			return err
+		case errors.Is(err, queue.ErrClosed), ctx.Err() != nil && attempts >= settleAttemptsAfterStop:
+			return backoff.Permanent(err)
 		}
-		wait := b.NextBackOff()
-		p.log.Error("cannot record outcomes; retrying", "error", err, "count", len(batch), "retry_in", wait.Round(time.Millisecond))
-		time.Sleep(wait)
+		return err
 	}
+	notify := func(err error, wait time.Duration) {
+		p.log.Error("cannot record outcomes; retrying", "error", err, "count", len(batch), "retry_in", wait.Round(time.Millisecond))
+	}
+	if err := backoff.RetryNotifyWithTimer(op, newRetryBackoff(), notify, p.timer); err != nil {
+		p.log.Error("cannot record outcomes; their entries run again on the next start", "error", err, "count", len(batch))
+		return err
+	}
+	if attempts > 1 {
+		p.log.Info("outcomes recorded after the journal recovered", "count", len(batch), "attempts", attempts)
+	}
+	return nil
 }
 
 // newRetryBackoff is the schedule for journal writes that fail: 50 ms
@@ -311,12 +375,15 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 		res.Err = errors.New(e.Fault)
 		return stuck("bad input: " + e.Fault)
 	}
-	b, ok := p.router.Match(e.Type)
+	route, ok := p.router.route(e.Type)
 	if !ok {
 		res.Err = fmt.Errorf("no route for type %q", e.Type)
 		return stuck(res.Err.Error())
 	}
+	b := p.router.routes[route].backend
 	res.Backend = b.Name()
+	p.running[route].Add(1)
+	defer p.running[route].Add(-1)
 	start := time.Now()
 	var err error
 	if pr, ok := b.(Producer); ok {

@@ -40,6 +40,7 @@ type Router struct {
 }
 
 type compiledRoute struct {
+	pattern string
 	words   []string
 	backend Backend
 }
@@ -56,7 +57,7 @@ func NewRouter(routes []Route) (*Router, error) {
 		if rt.Backend == nil {
 			return nil, fmt.Errorf("route %d: pattern %q has no backend", i+1, rt.Pattern)
 		}
-		r.routes = append(r.routes, compiledRoute{words: strings.Split(rt.Pattern, "."), backend: rt.Backend})
+		r.routes = append(r.routes, compiledRoute{pattern: rt.Pattern, words: strings.Split(rt.Pattern, "."), backend: rt.Backend})
 	}
 	return r, nil
 }
@@ -78,30 +79,40 @@ func validatePattern(p string) error {
 
 // Match returns the backend of the first route that matches typ.
 func (r *Router) Match(typ string) (Backend, bool) {
-	if len(r.routes) == 0 {
+	i, ok := r.route(typ)
+	if !ok {
 		return nil, false
 	}
-	var words []string
-	if typ != "" {
-		words = strings.Split(typ, ".")
+	return r.routes[i].backend, true
+}
+
+// route returns the index of the first route that matches typ.
+func (r *Router) route(typ string) (int, bool) {
+	if len(r.routes) == 0 {
+		return 0, false
 	}
-	for _, rt := range r.routes {
+	words := typeWords(typ)
+	for i, rt := range r.routes {
 		if matchWords(rt.words, words) {
-			return rt.backend, true
+			return i, true
 		}
 	}
-	return nil, false
+	return 0, false
+}
+
+// typeWords splits a type into words; "" has none.
+func typeWords(typ string) []string {
+	if typ == "" {
+		return nil
+	}
+	return strings.Split(typ, ".")
 }
 
 // MatchPattern reports whether typ matches pattern with AMQP topic
 // semantics: '*' is exactly one word, '#' zero or more. An empty type has
 // zero words, so only patterns of '#'s match it.
 func MatchPattern(pattern, typ string) bool {
-	var words []string
-	if typ != "" {
-		words = strings.Split(typ, ".")
-	}
-	return matchWords(strings.Split(pattern, "."), words)
+	return matchWords(strings.Split(pattern, "."), typeWords(typ))
 }
 
 // matchWords matches without recursion blow-up: '#' is handled by trying
