@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"encoding/binary"
 	"time"
 
@@ -18,6 +19,13 @@ type Filter struct {
 	Key      string
 	Type     string
 	Limit    int // 0 = no limit
+	// Reverse walks from the newest entry back (newest first), for pages
+	// that show the latest work first.
+	Reverse bool
+	// Match, when set, is a further condition (a type pattern, text in the
+	// last error) the caller checks on each otherwise matching entry. It
+	// runs inside a read transaction: it must not call the journal.
+	Match func(*Entry) bool
 }
 
 func (f *Filter) match(e *Entry) bool {
@@ -42,13 +50,13 @@ func (f *Filter) match(e *Entry) bool {
 	if f.Key != "" && e.Key != f.Key || f.Type != "" && e.Type != f.Type {
 		return false
 	}
-	return true
+	return f.Match == nil || f.Match(e)
 }
 
-// Scan calls fn for each entry that matches f, in sequence order, until fn
-// returns false or Limit entries were passed. It reads one snapshot. With a
-// single state it walks that state's index; otherwise it walks the entries
-// from FromSeq.
+// Scan calls fn for each entry that matches f, in sequence order (newest
+// first with Reverse), until fn returns false or Limit entries were passed.
+// It reads one snapshot. With a single state it walks that state's index;
+// otherwise it walks the entries from FromSeq (or back from ToSeq).
 func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 	return j.db.View(func(tx *bolt.Tx) error {
 		r := readersOf(tx)
@@ -63,6 +71,9 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 			}
 			n++
 			return fn(e) && (f.Limit <= 0 || n < f.Limit), nil
+		}
+		if f.Reverse {
+			return scanReverse(tx, r, f, visit)
 		}
 		if len(f.States) == 1 {
 			s := f.States[0]
@@ -96,4 +107,80 @@ func (j *Journal) LastSeq() uint64 {
 		return nil
 	})
 	return s
+}
+
+// scanReverse is Scan's newest-first walk, over the state index when the
+// filter names one state, else over every entry of both formats.
+func scanReverse(tx *bolt.Tx, r readers, f Filter, visit func(uint64) (bool, error)) error {
+	hi := f.ToSeq
+	if hi == 0 {
+		hi = r.lastSeq()
+	}
+	if len(f.States) == 1 {
+		s := byte(f.States[0])
+		c := tx.Bucket(bucketState).Cursor()
+		k, _ := c.Seek(stateKey(f.States[0], hi+1))
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		for ; k != nil && k[0] == s; k, _ = c.Prev() {
+			seq := binary.BigEndian.Uint64(k[1:])
+			if seq > hi {
+				continue
+			}
+			if seq < f.FromSeq {
+				return nil
+			}
+			more, err := visit(seq)
+			if err != nil || !more {
+				return err
+			}
+		}
+		return nil
+	}
+	// Both formats' buckets, merged from the top down.
+	type walker struct {
+		c *bolt.Cursor
+		k []byte
+	}
+	var ws []*walker
+	for _, b := range []*bolt.Bucket{r.status, r.entries} {
+		if b == nil {
+			continue
+		}
+		w := &walker{c: b.Cursor()}
+		if w.k, _ = w.c.Seek(u64(hi + 1)); w.k == nil {
+			w.k, _ = w.c.Last()
+		} else {
+			w.k, _ = w.c.Prev()
+		}
+		ws = append(ws, w)
+	}
+	last := uint64(0)
+	for {
+		var top *walker
+		for _, w := range ws {
+			if w.k != nil && (top == nil || bytes.Compare(w.k, top.k) > 0) {
+				top = w
+			}
+		}
+		if top == nil {
+			return nil
+		}
+		seq := binary.BigEndian.Uint64(top.k)
+		top.k, _ = top.c.Prev()
+		if seq == last || seq > hi {
+			continue // the same entry in both formats, or above the window
+		}
+		last = seq
+		if seq < f.FromSeq {
+			return nil
+		}
+		more, err := visit(seq)
+		if err != nil || !more {
+			return err
+		}
+	}
 }
