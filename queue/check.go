@@ -62,7 +62,7 @@ func (j *Journal) Check() error {
 			if e.Key != "" && e.State == StateRunning {
 				active[e.Key]++
 			}
-			states[seq] = &Entry{Seq: seq, State: e.State, Key: e.Key, NextAttemptAt: e.NextAttemptAt}
+			states[seq] = &Entry{Seq: seq, State: e.State, Key: e.Key, Type: e.Type, NextAttemptAt: e.NextAttemptAt}
 			if tx.Bucket(bucketState).Get(stateKey(e.State, seq)) == nil {
 				fail("entry %d: missing from the state index as %s", seq, e.State)
 			}
@@ -100,7 +100,8 @@ func (j *Journal) Check() error {
 			}
 		}
 		j.mu.Unlock()
-		_ = tx.Bucket(bucketReady).ForEach(func(k, _ []byte) error {
+		pauses := j.pauses.Load()
+		checkReady := func(k []byte, held bool) {
 			seq := binary.BigEndian.Uint64(k[8:])
 			e := states[seq]
 			switch {
@@ -108,14 +109,20 @@ func (j *Journal) Check() error {
 				fail("ready index names missing entry %d", seq)
 			case e.State != StatePending:
 				fail("ready index names entry %d, which is %s", seq, e.State)
-			case e.Key != "":
+			case pauses.holds(e.Type) != held:
+				fail("entry %d of type %q is in the wrong one of ready and held (held=%v)", seq, e.Type, held)
+			}
+			if e != nil && e.State == StatePending && e.Key != "" {
 				active[e.Key]++
 				if first, ok := t.firstOfKey(e.Key); !ok || first != seq {
 					fail("entry %d is ready but is not the first unfinished entry of key %q (%d)", seq, e.Key, first)
 				}
 			}
-			return nil
-		})
+		}
+		_ = tx.Bucket(bucketReady).ForEach(func(k, _ []byte) error { checkReady(k, false); return nil })
+		if held := tx.Bucket(bucketHeld); held != nil {
+			_ = held.ForEach(func(k, _ []byte) error { checkReady(k, true); return nil })
+		}
 		for k, n := range active {
 			if n > 1 {
 				fail("key %q has %d entries ready or running at once", k, n)

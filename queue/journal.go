@@ -188,6 +188,7 @@ type Journal struct {
 	version      uint32               // format of the file as opened
 	typesScanned bool                 // a format 1 file's type counts were made by Counts
 	arena        arena                // the commit goroutine's key and value memory
+	pauses       atomic.Pointer[pauseSet] // paused type patterns (see pause.go)
 
 	stats struct {
 		appends, duplicates, commits, ops atomic.Uint64
@@ -312,6 +313,7 @@ func (j *Journal) init(fresh bool) error {
 			}
 		}
 		j.loadCounts(meta)
+		j.loadPauses(tx)
 		if b := tx.Bucket(bucketDamaged); b != nil {
 			j.stats.damaged.Store(uint64(b.Stats().KeyN))
 		}
@@ -659,6 +661,9 @@ func (j *Journal) commit(batch []*op) {
 		appended = done.appended
 		j.applyTxn(done)
 		j.logDamaged(done.newlyDamaged)
+		for _, f := range done.onCommit {
+			f()
+		}
 		j.stats.appends.Add(uint64(appended))
 		if done.readyChanged {
 			j.signalReady()

@@ -61,15 +61,35 @@ func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult
 // counts the attempt, durably. It returns an empty slice when nothing is
 // ready. Its cost depends on max, not on the size of the journal.
 func (j *Journal) Claim(ctx context.Context, max int) ([]*Entry, error) {
+	return j.ClaimMatching(ctx, max, nil)
+}
+
+// maxClaimSkip bounds the ready entries one ClaimMatching looks past.
+const maxClaimSkip = 4096
+
+// ClaimMatching is Claim restricted to ready entries whose type want
+// accepts (nil accepts all); the others stay ready and untouched. It looks
+// past at most a few thousand unwanted entries per call. A stored pause
+// (SetPaused) is the better tool for a lasting pause: held entries are not
+// in ready at all.
+func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ string) bool) ([]*Entry, error) {
 	var out []*Entry
 	err := j.update(ctx, func(t *txn) error {
 		out = out[:0]
 		now := uint64(unixNano(t.now))
 		var keys [][]byte
+		skipped := 0
 		c := t.ready.Cursor()
-		for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
+		for k, _ := c.First(); k != nil && len(keys) < max && skipped < maxClaimSkip; k, _ = c.Next() {
 			if binary.BigEndian.Uint64(k[:8]) > now {
 				break
+			}
+			if want != nil {
+				e, err := t.load(binary.BigEndian.Uint64(k[8:]), false)
+				if err == nil && e.Damage == "" && !want(e.Type) {
+					skipped++
+					continue
+				}
 			}
 			keys = append(keys, k)
 		}

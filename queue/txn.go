@@ -155,6 +155,8 @@ type txn struct {
 	readyChanged bool
 	newlyDamaged []*Entry // marked damaged in this transaction, logged after commit
 	roomErr      error    // appendRoom's verdict, once measured
+	pauses       *pauseSet
+	onCommit     []func() // run after the batch committed
 	buf          []byte
 	arena        *arena
 }
@@ -176,6 +178,7 @@ func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 		dedup:   tx.Bucket(bucketDedup),
 		dedupBy: tx.Bucket(bucketDedupBy),
 		arena:   a,
+		pauses:  j.pauses.Load(),
 	}
 	// Sequence keys only grow: pack pages full.
 	if t.msgs != nil {
@@ -357,11 +360,24 @@ func (t *txn) addReady(e *Entry) error {
 	}
 	binary.BigEndian.PutUint64(k, uint64(n))
 	binary.BigEndian.PutUint64(k[8:], e.Seq)
+	if t.pauses.holds(e.Type) {
+		held, err := t.tx.CreateBucketIfNotExists(bucketHeld)
+		if err != nil {
+			return err
+		}
+		return held.Put(k, nil)
+	}
 	return t.ready.Put(k, nil)
 }
 
 func (t *txn) delReady(e *Entry) error {
-	return t.ready.Delete(readyKey(e.NextAttemptAt, e.Seq))
+	k := readyKey(e.NextAttemptAt, e.Seq)
+	if held := t.tx.Bucket(bucketHeld); held != nil {
+		if err := held.Delete(k); err != nil {
+			return err
+		}
+	}
+	return t.ready.Delete(k)
 }
 
 // head returns the active entry of key: the one that is ready, running, or

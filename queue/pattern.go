@@ -1,0 +1,84 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ValidatePattern checks an AMQP topic pattern: dot-separated words, where
+// '*' is exactly one word and '#' zero or more, each a whole word.
+func ValidatePattern(p string) error {
+	if p == "" {
+		return errors.New("empty pattern (use \"#\" to match every type)")
+	}
+	for _, w := range strings.Split(p, ".") {
+		if w == "" {
+			return errors.New("empty word (two dots, or a dot at either end)")
+		}
+		if w != "*" && w != "#" && strings.ContainsAny(w, "*#") {
+			return fmt.Errorf("word %q: '*' and '#' must be whole words", w)
+		}
+	}
+	return nil
+}
+
+// MatchPattern reports whether typ matches pattern with AMQP topic
+// semantics: '*' is exactly one word, '#' zero or more. An empty type has
+// zero words, so only patterns of '#'s match it. Routes (package worker)
+// and pauses use this one matcher, so a pattern means the same everywhere.
+func MatchPattern(pattern, typ string) bool {
+	return MatchWords(strings.Split(pattern, "."), TypeWords(typ))
+}
+
+// TypeWords splits a type into words; "" has none.
+func TypeWords(typ string) []string {
+	if typ == "" {
+		return nil
+	}
+	return strings.Split(typ, ".")
+}
+
+// MatchWords matches a pattern split into words against a type's words
+// without recursion blow-up: '#' is handled by dynamic programming over
+// (pattern word, type word).
+func MatchWords(p, w []string) bool {
+	hasHash := false
+	for _, x := range p {
+		if x == "#" {
+			hasHash = true
+			break
+		}
+	}
+	if !hasHash {
+		if len(p) != len(w) {
+			return false
+		}
+		for i := range p {
+			if p[i] != "*" && p[i] != w[i] {
+				return false
+			}
+		}
+		return true
+	}
+	// ok[j]: the pattern so far matches w[:j].
+	ok := make([]bool, len(w)+1)
+	ok[0] = true
+	for _, x := range p {
+		next := make([]bool, len(w)+1)
+		switch x {
+		case "#":
+			run := false
+			for j := 0; j <= len(w); j++ {
+				run = run || ok[j]
+				next[j] = run
+			}
+		default:
+			for j := 1; j <= len(w); j++ {
+				next[j] = ok[j-1] && (x == "*" || x == w[j-1])
+			}
+		}
+		ok = next
+	}
+	return ok[len(w)]
+}

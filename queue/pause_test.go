@@ -1,0 +1,106 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+// TestPause: entries of a paused type are not claimed while intake goes
+// on, the pause survives a reopen, and Resume makes them claimable in key
+// order; other types run throughout.
+func TestPause(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{})
+	ctx := context.Background()
+	if err := j.SetPaused(ctx, "order.*", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.SetPaused(ctx, "order..x", true); err == nil {
+		t.Error("a bad pattern was accepted")
+	}
+	add := func(typ, key string) uint64 {
+		return mustAppend(t, j, &Entry{Source: "t", Type: typ, Key: key, Body: []byte("x")})[0]
+	}
+	o1 := add("order.created", "o1")
+	u1 := add("user_role.granted", "p1")
+	o2 := add("order.created", "o1")
+	u2 := add("user_role.granted", "")
+	if got := seqsOf(mustClaim(t, j, 10)); !reflect.DeepEqual(got, []uint64{u1, u2}) {
+		t.Fatalf("claimed %v while orders are paused, want %v", got, []uint64{u1, u2})
+	}
+	if n := j.Held(); n != 1 {
+		t.Errorf("held %d, want 1 (the head of key o1)", n)
+	}
+	if err := j.Check(); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	j = mustOpenAt(t, path, Options{})
+	if got := j.Paused(); !reflect.DeepEqual(got, []string{"order.*"}) {
+		t.Fatalf("paused after reopen %v", got)
+	}
+	if got := mustClaim(t, j, 10); len(got) != 2 || got[0].Type == "order.created" {
+		// The two user_role entries were running: recovery made them pending.
+		t.Fatalf("after reopen claimed %v", seqsOf(got))
+	}
+	if err := j.SetPaused(ctx, "order.*", false); err != nil {
+		t.Fatal(err)
+	}
+	got := mustClaim(t, j, 10)
+	if len(got) != 1 || got[0].Seq != o1 {
+		t.Fatalf("after resume claimed %v, want [%d] (then %d after it)", seqsOf(got), o1, o2)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: o1, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustClaim(t, j, 10); len(got) != 1 || got[0].Seq != o2 {
+		t.Fatalf("claimed %v, want [%d]", seqsOf(got), o2)
+	}
+	if len(j.Paused()) != 0 || j.Held() != 0 {
+		t.Errorf("paused %v held %d after resume", j.Paused(), j.Held())
+	}
+}
+
+// TestPauseHoldsRetries: an entry of a paused type that fails and is
+// retried goes back to held, not to ready.
+func TestPauseHoldsRetries(t *testing.T) {
+	j := mustOpen(t, Options{})
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		mustAppend(t, j, &Entry{Source: "t", Type: "a.b", Key: fmt.Sprint("k", i), Body: []byte("x")})
+	}
+	running := mustClaim(t, j, 3)
+	if err := j.SetPaused(ctx, "a.#", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range running {
+		if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Retry, Err: "503"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := mustClaim(t, j, 10); len(got) != 0 {
+		t.Fatalf("claimed %v while paused", seqsOf(got))
+	}
+	if j.Held() != 3 {
+		t.Errorf("held %d, want 3", j.Held())
+	}
+}
+
+func TestMatchPattern(t *testing.T) {
+	for _, c := range []struct {
+		p, typ string
+		want   bool
+	}{
+		{"#", "", true}, {"#", "a.b", true}, {"*", "", false}, {"*", "a", true},
+		{"a.*", "a.b", true}, {"a.*", "a.b.c", false}, {"a.#", "a", true}, {"a.#.c", "a.b.x.c", true},
+		{"order", "order.created", false}, {"*.created", "order.created", true},
+	} {
+		if got := MatchPattern(c.p, c.typ); got != c.want {
+			t.Errorf("MatchPattern(%q, %q) = %v", c.p, c.typ, got)
+		}
+	}
+}
