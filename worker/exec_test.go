@@ -238,11 +238,14 @@ func TestExecHidesSecrets(t *testing.T) {
 		t.Setenv(k, v)
 	}
 	x := printenvExec(t, ExecConfig{HideEnv: []string{"RABBIT_PASS"}, Env: []string{"EXTRA_TOKEN=keep"}})
-	env := callEnv(t, x, testEntry(nil))
+	e := testEntry(nil)
+	e.Headers = append(e.Headers, queue.Header{Name: "x-auth-token", Value: "from-message"})
+	env := callEnv(t, x, e)
 	tests := []struct {
 		name string
 		want string // "" = absent
 	}{
+		{"AGENTQ_HEADER_X_AUTH_TOKEN", "from-message"},
 		{"AGENTQ_ADMIN_TOKEN", ""},
 		{"AGENTQ_STOMP_PASSCODE", ""},
 		{"AGENTQ_HMAC_SECRET", ""},
