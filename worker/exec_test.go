@@ -219,6 +219,10 @@ func TestExecMissingCommand(t *testing.T) {
 	if _, err := NewExec(ExecConfig{}); err == nil {
 		t.Fatal("NewExec with no command succeeded")
 	}
+	x := mustExec(t, ExecConfig{Argv: []string{"true"}, Dir: "/nonexistent/dir"})
+	if err := x.Call(context.Background(), testEntry(nil)); err == nil || !strings.Contains(err.Error(), "cannot start true") {
+		t.Fatalf("Call in a missing directory = %v, want cannot start", err)
+	}
 }
 
 // Ensure the agent's secrets stay out of a handler's environment while the
