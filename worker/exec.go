@@ -136,41 +136,7 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		out = &headBuffer{max: x.cfg.MaxOutput}
 	}
 
-	dog := startWatchdog()
-	if lockThread {
-		runtime.LockOSThread()
-	}
-	err = cmd.Start()
-	p.closeChild()
-	if err != nil {
-		if lockThread {
-			runtime.UnlockOSThread()
-		}
-		dog.stop()
-		p.closeParent()
-		if ctx.Err() != nil {
-			return nil, x.ctxError(ctx, "")
-		}
-		return nil, fmt.Errorf("cannot start %s: %w", x.argv[0], err)
-	}
-	pgid := cmd.Process.Pid
-	dog.watch(pgid)
-	ioDone := p.copy(out, tail)
-	err = cmd.Wait()
-	// Whatever the outcome, leave no stray children behind.
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	if lockThread {
-		runtime.UnlockOSThread()
-	}
-	dog.stop()
-	select {
-	case <-ioDone:
-	case <-time.After(ioWaitDelay):
-		p.closeParent()
-		<-ioDone
-	}
-	p.closeParent()
-
+	err = run(cmd, p, out, tail)
 	if err == nil {
 		if out == nil {
 			return nil, nil
@@ -180,15 +146,14 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		}
 		return out.buf, nil
 	}
-	msg := tail.String()
+	if ctx.Err() != nil {
+		return nil, x.ctxError(ctx, tail.String())
+	}
 	with := func(s string) string {
-		if msg != "" {
+		if msg := tail.String(); msg != "" {
 			return s + ": " + msg
 		}
 		return s
-	}
-	if ctx.Err() != nil {
-		return nil, x.ctxError(ctx, msg)
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -200,7 +165,41 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("%s", with(fmt.Sprintf("exit status %d", ee.ExitCode())))
 	}
+	if cmd.Process == nil {
+		return nil, fmt.Errorf("cannot start %s: %w", x.argv[0], err)
+	}
 	return nil, fmt.Errorf("cannot run %s: %w", x.argv[0], err)
+}
+
+// run starts cmd under a watchdog, waits for it to exit, kills its process
+// group, and waits (boundedly) for the pipes to be drained.
+func run(cmd *exec.Cmd, p *stdio, out *headBuffer, tail *tailWriter) error {
+	dog := startWatchdog()
+	defer dog.stop()
+	if lockThread {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	err := cmd.Start()
+	p.closeChild()
+	if err != nil {
+		p.closeParent()
+		return err
+	}
+	pgid := cmd.Process.Pid
+	dog.watch(pgid)
+	ioDone := p.copy(out, tail)
+	err = cmd.Wait()
+	// Whatever the outcome, leave no stray children behind.
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	select {
+	case <-ioDone:
+	case <-time.After(ioWaitDelay):
+		p.closeParent() // only a process outside the group holds them
+		<-ioDone
+	}
+	p.closeParent()
+	return err
 }
 
 // ctxError is the error of a call cut short by its context.

@@ -219,6 +219,10 @@ func TestExecMissingCommand(t *testing.T) {
 	if _, err := NewExec(ExecConfig{}); err == nil {
 		t.Fatal("NewExec with no command succeeded")
 	}
+	x := mustExec(t, ExecConfig{Argv: []string{"true"}, Dir: "/nonexistent/dir"})
+	if err := x.Call(context.Background(), testEntry(nil)); err == nil || !strings.Contains(err.Error(), "cannot start true") {
+		t.Fatalf("Call in a missing directory = %v, want cannot start", err)
+	}
 }
 
 // Ensure the agent's secrets stay out of a handler's environment while the
@@ -238,11 +242,14 @@ func TestExecHidesSecrets(t *testing.T) {
 		t.Setenv(k, v)
 	}
 	x := printenvExec(t, ExecConfig{HideEnv: []string{"RABBIT_PASS"}, Env: []string{"EXTRA_TOKEN=keep"}})
-	env := callEnv(t, x, testEntry(nil))
+	e := testEntry(nil)
+	e.Headers = append(e.Headers, queue.Header{Name: "x-auth-token", Value: "from-message"})
+	env := callEnv(t, x, e)
 	tests := []struct {
 		name string
 		want string // "" = absent
 	}{
+		{"AGENTQ_HEADER_X_AUTH_TOKEN", "from-message"},
 		{"AGENTQ_ADMIN_TOKEN", ""},
 		{"AGENTQ_STOMP_PASSCODE", ""},
 		{"AGENTQ_HMAC_SECRET", ""},

@@ -28,9 +28,8 @@ type MatchingClaimer interface {
 // them would count attempts and spin, so the pool does not pretend.
 var ErrPauseUnsupported = errors.New("the journal cannot leave types unclaimed (no ClaimMatching)")
 
-// pauseSet is an immutable set of paused patterns; gen counts changes.
+// pauseSet is an immutable set of paused patterns; a change makes a new one.
 type pauseSet struct {
-	gen      uint64
 	patterns []string   // sorted
 	words    [][]string // patterns split into words
 }
@@ -109,16 +108,15 @@ func (p *Pool) updatePauses(edit func([]string) []string) {
 	defer p.pause.mu.Unlock()
 	old := p.pause.set.Load()
 	var ps []string
-	var gen uint64
 	if old != nil {
-		ps, gen = slices.Clone(old.patterns), old.gen
+		ps = slices.Clone(old.patterns)
 	}
 	ps = edit(ps)
 	slices.Sort(ps)
 	if old != nil && slices.Equal(ps, old.patterns) {
 		return
 	}
-	s := &pauseSet{gen: gen + 1, patterns: ps}
+	s := &pauseSet{patterns: ps}
 	for _, pat := range ps {
 		s.words = append(s.words, strings.Split(pat, "."))
 	}

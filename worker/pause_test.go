@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+
 	"github.com/agentq/agentq/queue"
 )
 
@@ -318,7 +320,7 @@ func TestPoolSettleRetries(t *testing.T) {
 			b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return nil }}
 			p := mustPool(t, j, []Route{{Pattern: "#", Backend: b}}, Options{})
 			timer := &instantTimer{}
-			p.timer = timer
+			p.newTimer = func() backoff.Timer { return timer }
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			if tc.stopped {

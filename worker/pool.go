@@ -70,7 +70,8 @@ type Pool struct {
 
 	pause   pauseState
 	running []atomic.Int64 // calls running per route, by index
-	timer   backoff.Timer  // for journal retries; nil = a real one
+	// newTimer makes the timers of journal retries; nil = real ones.
+	newTimer func() backoff.Timer
 }
 
 // NewPool returns a pool that routes entries with router.
@@ -289,7 +290,7 @@ func (p *Pool) claimRetrying(ctx context.Context, max int, pauses *pauseSet) ([]
 	notify := func(err error, wait time.Duration) {
 		p.log.Error("cannot claim entries; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
 	}
-	err := backoff.RetryNotifyWithTimer(op, backoff.WithContext(newRetryBackoff(), ctx), notify, p.timer)
+	err := backoff.RetryNotifyWithTimer(op, backoff.WithContext(newRetryBackoff(), ctx), notify, p.retryTimer())
 	return es, err
 }
 
@@ -333,7 +334,7 @@ func (p *Pool) settle(ctx context.Context, batch []queue.Outcome) error {
 	notify := func(err error, wait time.Duration) {
 		p.log.Error("cannot record outcomes; retrying", "error", err, "count", len(batch), "retry_in", wait.Round(time.Millisecond))
 	}
-	if err := backoff.RetryNotifyWithTimer(op, newRetryBackoff(), notify, p.timer); err != nil {
+	if err := backoff.RetryNotifyWithTimer(op, newRetryBackoff(), notify, p.retryTimer()); err != nil {
 		p.log.Error("cannot record outcomes; their entries run again on the next start", "error", err, "count", len(batch))
 		return err
 	}
@@ -341,6 +342,14 @@ func (p *Pool) settle(ctx context.Context, batch []queue.Outcome) error {
 		p.log.Info("outcomes recorded after the journal recovered", "count", len(batch), "attempts", attempts)
 	}
 	return nil
+}
+
+// retryTimer returns a timer for one retry loop; nil means backoff's own.
+func (p *Pool) retryTimer() backoff.Timer {
+	if p.newTimer == nil {
+		return nil
+	}
+	return p.newTimer()
 }
 
 // newRetryBackoff is the schedule for journal writes that fail: 50 ms
