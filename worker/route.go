@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -62,20 +61,7 @@ func NewRouter(routes []Route) (*Router, error) {
 	return r, nil
 }
 
-func validatePattern(p string) error {
-	if p == "" {
-		return errors.New("empty pattern (use \"#\" to match every type)")
-	}
-	for _, w := range strings.Split(p, ".") {
-		if w == "" {
-			return errors.New("empty word (two dots, or a dot at either end)")
-		}
-		if w != "*" && w != "#" && strings.ContainsAny(w, "*#") {
-			return fmt.Errorf("word %q: '*' and '#' must be whole words", w)
-		}
-	}
-	return nil
-}
+func validatePattern(p string) error { return queue.ValidatePattern(p) }
 
 // Match returns the backend of the first route that matches typ.
 func (r *Router) Match(typ string) (Backend, bool) {
@@ -101,60 +87,10 @@ func (r *Router) route(typ string) (int, bool) {
 }
 
 // typeWords splits a type into words; "" has none.
-func typeWords(typ string) []string {
-	if typ == "" {
-		return nil
-	}
-	return strings.Split(typ, ".")
-}
+func typeWords(typ string) []string { return queue.TypeWords(typ) }
 
 // MatchPattern reports whether typ matches pattern with AMQP topic
-// semantics: '*' is exactly one word, '#' zero or more. An empty type has
-// zero words, so only patterns of '#'s match it.
-func MatchPattern(pattern, typ string) bool {
-	return matchWords(strings.Split(pattern, "."), typeWords(typ))
-}
+// semantics (see queue.MatchPattern: routes and pauses share one matcher).
+func MatchPattern(pattern, typ string) bool { return queue.MatchPattern(pattern, typ) }
 
-// matchWords matches without recursion blow-up: '#' is handled by trying
-// each possible length, memoised over (pattern index, word index).
-func matchWords(p, w []string) bool {
-	// Fast path: no '#'.
-	hasHash := false
-	for _, x := range p {
-		if x == "#" {
-			hasHash = true
-			break
-		}
-	}
-	if !hasHash {
-		if len(p) != len(w) {
-			return false
-		}
-		for i := range p {
-			if p[i] != "*" && p[i] != w[i] {
-				return false
-			}
-		}
-		return true
-	}
-	// Dynamic programming: ok[j] = p[:i] matches w[:j].
-	ok := make([]bool, len(w)+1)
-	ok[0] = true
-	for _, x := range p {
-		next := make([]bool, len(w)+1)
-		switch x {
-		case "#":
-			run := false
-			for j := 0; j <= len(w); j++ {
-				run = run || ok[j]
-				next[j] = run
-			}
-		default:
-			for j := 1; j <= len(w); j++ {
-				next[j] = ok[j-1] && (x == "*" || x == w[j-1])
-			}
-		}
-		ok = next
-	}
-	return ok[len(w)]
-}
+func matchWords(p, w []string) bool { return queue.MatchWords(p, w) }
