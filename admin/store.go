@@ -26,6 +26,11 @@ type Store interface {
 	List(f queue.Filter) ([]EntryView, error)
 	Entry(seq uint64) (*EntryView, error)
 	Replay(f queue.Filter, dryRun bool) ([]uint64, error)
+	// Pause and Resume stop and restart dispatch of the types matching
+	// pattern; Paused lists the stored pauses.
+	Pause(pattern string) error
+	Resume(pattern string) error
+	Paused() ([]string, error)
 	Close() error
 }
 
@@ -182,6 +187,30 @@ func (s *Local) Replay(f queue.Filter, dryRun bool) ([]uint64, error) {
 	return s.j.Replay(context.Background(), f, dryRun)
 }
 
+// Pause stores a pause in the journal (the agent is stopped: it takes
+// effect when it starts).
+func (s *Local) Pause(pattern string) error { return s.setPaused(pattern, true) }
+
+// Resume removes a stored pause.
+func (s *Local) Resume(pattern string) error { return s.setPaused(pattern, false) }
+
+func (s *Local) setPaused(pattern string, paused bool) error {
+	if s.j.ReadOnly() {
+		return errors.New("cannot change pauses: journal is open read-only")
+	}
+	return s.j.SetPaused(context.Background(), pattern, paused)
+}
+
+// Paused lists the stored pauses.
+func (s *Local) Paused() ([]string, error) { return nonNil(s.j.Paused()), nil }
+
+func nonNil(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
+}
+
 // Open opens the journal read-only (or writable, for replay); if a running
 // agent holds it, it talks to that agent's admin API instead, found through
 // the address file. token is the admin token the operator gave, if any; a
@@ -281,6 +310,26 @@ func (r *Remote) Replay(f queue.Filter, dryRun bool) ([]uint64, error) {
 		Seqs []uint64 `json:"seqs"`
 	}
 	return out.Seqs, r.do("POST", "/v1/replay", q, &out)
+}
+
+// Pause asks the agent to pause pattern.
+func (r *Remote) Pause(pattern string) error {
+	var out struct{}
+	return r.do("POST", "/v1/pause", url.Values{"pattern": {pattern}}, &out)
+}
+
+// Resume asks the agent to resume pattern.
+func (r *Remote) Resume(pattern string) error {
+	var out struct{}
+	return r.do("POST", "/v1/resume", url.Values{"pattern": {pattern}}, &out)
+}
+
+// Paused asks the agent for its pauses.
+func (r *Remote) Paused() ([]string, error) {
+	var out struct {
+		Paused []string `json:"paused"`
+	}
+	return out.Paused, r.do("GET", "/v1/paused", nil, &out)
 }
 
 // FilterQuery and ParseFilterQuery carry a filter over the JSON API.
