@@ -31,6 +31,8 @@
 //	                   running --Settle(Stuck)--> stuck
 //	                   running --Settle(Release)--> pending (shutdown)
 //	done, stuck --Replay--> pending (attempts reset, replays+1)
+//	pending, stuck --Reextract--> pending (new type/key/fault, attempts
+//	                   reset, replays+1; moved to its new key's queue)
 //	running --Open after a crash--> pending (attempts kept)
 //
 // # Buckets

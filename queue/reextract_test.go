@@ -1,0 +1,137 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+)
+
+// Ensure Reextract repairs entries a wrong extraction spec parked: in one
+// call, entries that got no key and a fault, and stuck heads of real keys
+// with pending entries behind them, all become runnable, move to their
+// keys, and every key then runs in sequence order; done entries are left
+// alone; Check passes.
+func TestReextract(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	type body struct {
+		Key  string `json:"k"`
+		Type string `json:"t"`
+	}
+	mk := func(key, typ, fault, realKey string) *Entry {
+		b, _ := json.Marshal(body{realKey, "order.created"})
+		return &Entry{Type: typ, Key: key, Fault: fault, Body: b}
+	}
+	const badFault = "spec: no field order_id"
+	var es []*Entry
+	// 1..6: the wrong spec found no key and set a fault.
+	for i := 0; i < 6; i++ {
+		es = append(es, mk("", "unknown", badFault, []string{"a", "b", "c"}[i%3]))
+	}
+	// 7..12: extracted right (by a fixed ingest), pending on their keys.
+	for i := 0; i < 6; i++ {
+		k := []string{"a", "b", "c"}[i%3]
+		es = append(es, mk(k, "order.created", "", k))
+	}
+	// 13: a head of key d parked with a fault; 14, 15 wait behind it.
+	es = append(es, mk("d", "unknown", badFault, "d"), mk("d", "order.created", "", "d"), mk("d", "order.created", "", "d"))
+	// 16: done long ago with the wrong spec: stays as it is.
+	es = append(es, mk("", "unknown", badFault, "e"))
+	mustAppend(t, j, es...)
+
+	// Workers park what has a fault; 7..9 run once and retry later.
+	for round := 0; round < 3; round++ {
+		for _, e := range mustClaim(t, j, 100) {
+			o := Outcome{Seq: e.Seq, Kind: Release}
+			switch {
+			case e.Seq == 16:
+				o = Outcome{Seq: e.Seq, Kind: Done}
+			case e.Fault != "":
+				o = Outcome{Seq: e.Seq, Kind: Stuck, Err: e.Fault}
+			case e.Seq <= 9:
+				o = Outcome{Seq: e.Seq, Kind: Retry, At: clk.Now(), Err: "down"}
+			}
+			if err := j.Settle(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := j.Stats().ByState[StateStuck]; n != 7 {
+		t.Fatalf("%d stuck before Reextract, want 7 (1..6 and 13)", n)
+	}
+
+	calls := 0
+	fix := func(e *Entry) (string, string, string) {
+		calls++
+		var b body
+		if err := json.Unmarshal(e.Body, &b); err != nil {
+			return e.Type, e.Key, "body is not JSON"
+		}
+		return b.Type, b.Key, ""
+	}
+	dry, err := j.Reextract(ctx, Filter{}, fix, true)
+	if err != nil || fmt.Sprint(dry) != "[1 2 3 4 5 6 13]" {
+		t.Fatalf("dry run = %v, %v; want [1 2 3 4 5 6 13]", dry, err)
+	}
+	if n := j.Stats().ByState[StateStuck]; n != 7 {
+		t.Fatalf("dry run changed the journal: %d stuck", n)
+	}
+	calls = 0
+	got, err := j.Reextract(ctx, Filter{}, fix, false)
+	if err != nil || fmt.Sprint(got) != "[1 2 3 4 5 6 13]" {
+		t.Fatalf("Reextract = %v, %v; want [1 2 3 4 5 6 13]", got, err)
+	}
+	if calls != 15 {
+		t.Fatalf("fn called %d times, want 15 (every unfinished entry once)", calls)
+	}
+	if err := j.Check(); err != nil {
+		t.Fatalf("Check after Reextract: %v", err)
+	}
+	e1, _ := j.Get(1)
+	if e1.State != StatePending || e1.Key != "a" || e1.Type != "order.created" || e1.Fault != "" || e1.Attempts != 0 || e1.Replays != 1 {
+		t.Fatalf("entry 1 after Reextract: %+v", e1)
+	}
+	if e16, _ := j.Get(16); e16.State != StateDone || e16.Fault != badFault {
+		t.Fatalf("done entry 16 changed: %+v", e16)
+	}
+	if c := j.Counts().ByType; c["unknown"][StateDone] != 1 || c["unknown"][StateStuck] != 0 || c["order.created"][StatePending] != 15 {
+		t.Fatalf("counts by type = %v", c)
+	}
+
+	// Drain: each key in sequence order, nothing stuck, nothing left.
+	order := map[string][]uint64{}
+	for round := 0; round < 50; round++ {
+		es := mustClaim(t, j, 100)
+		if len(es) == 0 {
+			break
+		}
+		seen := map[string]bool{}
+		for _, e := range es {
+			if seen[e.Key] {
+				t.Fatalf("two entries of key %s claimed at once", e.Key)
+			}
+			seen[e.Key] = true
+			order[e.Key] = append(order[e.Key], e.Seq)
+			if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := map[string]string{"a": "[1 4 7 10]", "b": "[2 5 8 11]", "c": "[3 6 9 12]", "d": "[13 14 15]"}
+	for k, w := range want {
+		if fmt.Sprint(order[k]) != w {
+			t.Fatalf("key %s ran %v, want %s", k, order[k], w)
+		}
+	}
+	if st := j.Stats(); st.ByState[StateDone] != 16 {
+		t.Fatalf("done = %d, want 16 (%v)", st.ByState[StateDone], st.ByState)
+	}
+	// Reextracted values survive a reopen (they live in the status record).
+	j.Close()
+	j = mustOpenAt(t, j.Path(), Options{ReadOnly: true})
+	if e, _ := j.Get(1); e.Key != "a" || e.Fault != "" || e.Type != "order.created" {
+		t.Fatalf("entry 1 = %+v", e)
+	}
+}
