@@ -57,6 +57,10 @@ func (j *Journal) Check() error {
 					types[typ] = new([5]int64)
 				}
 				types[typ][e.State]++
+				if e.Retrying() {
+					types[typ][0]++
+					counts[0]++
+				}
 			}
 			counts[e.State]++
 			if e.Key != "" && e.State == StateRunning {
@@ -94,6 +98,9 @@ func (j *Journal) Check() error {
 			fail("state index has %d keys for %d entries", n, len(states))
 		}
 		j.mu.Lock()
+		if damaged == 0 && counts[0] != j.counts[0] {
+			fail("%d entries are retrying, counter says %d", counts[0], j.counts[0])
+		}
 		for s := StatePending; s <= StateStuck; s++ {
 			if counts[s] != j.counts[s] {
 				fail("count of %s entries is %d, counter says %d", s, counts[s], j.counts[s])

@@ -110,6 +110,9 @@ type Entry struct {
 	// override says which of Type, Key and Fault were changed after the
 	// message was written (Reextract) and live in the status record.
 	override uint8
+	// countedRetrying says the stored counters count this entry as
+	// retrying (pending with attempts behind it); set when it is loaded.
+	countedRetrying bool
 
 	// DedupID identifies the message across broker redeliveries (a
 	// publisher id or a content hash, chosen by ingest). When Redelivered is

@@ -412,6 +412,10 @@ func (j *Journal) migrate() error {
 					return err
 				}
 				t.countType(e.Type, 0, e.State)
+				if e.Retrying() {
+					e.countedRetrying = false
+					t.countRetrying(e)
+				}
 				keys = append(keys, t.arena.copy(k))
 			}
 			for _, k := range keys {
@@ -764,6 +768,10 @@ func (j *Journal) Stats() Stats {
 type Counts struct {
 	ByState map[State]int64
 	ByType  map[string]map[State]int64
+	// Retrying is how many of the pending entries have failed before
+	// (inspect shows them as "retrying"); RetryingByType splits it by type.
+	Retrying       int64
+	RetryingByType map[string]int64
 }
 
 // Counts returns the journal's entry counts. They are kept up to date with
@@ -784,20 +792,31 @@ func (j *Journal) Counts() Counts {
 					tc[typ] = new([5]int64)
 				}
 				tc[typ][e.State]++
+				if e.Retrying() {
+					tc[typ][0]++
+				}
 			}
 			return true
 		})
 		j.mu.Lock()
 		j.typeCounts = tc
+		j.counts[0] = 0
+		for _, n := range tc {
+			j.counts[0] += n[0]
+		}
 		j.mu.Unlock()
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	c := Counts{ByState: map[State]int64{}, ByType: make(map[string]map[State]int64, len(j.typeCounts))}
+	c := Counts{ByState: map[State]int64{}, ByType: make(map[string]map[State]int64, len(j.typeCounts)),
+		Retrying: j.counts[0], RetryingByType: map[string]int64{}}
 	for s := StatePending; s <= StateStuck; s++ {
 		c.ByState[s] = j.counts[s]
 	}
 	for typ, n := range j.typeCounts {
+		if n[0] != 0 {
+			c.RetryingByType[typ] = n[0]
+		}
 		m := map[State]int64{}
 		for s := StatePending; s <= StateStuck; s++ {
 			if n[s] != 0 {

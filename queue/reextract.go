@@ -110,6 +110,10 @@ func (t *txn) reextract(seq uint64, fn func(e *Entry) (typ, key, fault string)) 
 		}
 	}
 	// New routing, counted under the new type, started afresh.
+	if e.countedRetrying {
+		e.Attempts = 0
+		t.countRetrying(e) // uncounted under the old type
+	}
 	t.countType(e.Type, e.State, 0)
 	t.countType(typ, 0, e.State)
 	e.Type, e.Key, e.Fault = typ, key, fault

@@ -49,6 +49,7 @@ func (r readers) load(seq uint64, full bool) (*Entry, error) {
 				if err != nil {
 					return r.damagedEntry(seq, nil, err), nil
 				}
+				e.countedRetrying = e.Retrying()
 				return e, nil
 			}
 		}
@@ -66,6 +67,7 @@ func (r readers) load(seq uint64, full bool) (*Entry, error) {
 	if merr != nil {
 		return r.damagedEntry(seq, e, merr), nil
 	}
+	e.countedRetrying = e.Retrying()
 	return e, nil
 }
 
@@ -82,6 +84,7 @@ func (r readers) damagedEntry(seq uint64, status *Entry, err error) *Entry {
 	if r.state != nil {
 		e.State = indexState(r.state, seq)
 	}
+	e.countedRetrying = e.Retrying()
 	e.LastError = clip("damaged entry: " + e.Damage)
 	if r.damaged != nil {
 		if v := r.damaged.Get(u64(seq)); v != nil {
@@ -260,6 +263,31 @@ func (t *txn) countType(typ string, from, to State) {
 	}
 }
 
+// countRetrying keeps the retrying counters (index 0 of the state and
+// type counters, which no State uses) in step with e: a pending entry with
+// attempts behind it counts as retrying, so a summary can show pending and
+// retrying apart without reading the entries.
+func (t *txn) countRetrying(e *Entry) {
+	now := e.State == StatePending && e.Attempts > 0
+	if now == e.countedRetrying {
+		return
+	}
+	d := int64(1)
+	if !now {
+		d = -1
+	}
+	t.delta[0] += d
+	typ := countedType(e.Type)
+	if t.typeDelta == nil {
+		t.typeDelta = map[string]*[5]int64{}
+	}
+	if t.typeDelta[typ] == nil {
+		t.typeDelta[typ] = new([5]int64)
+	}
+	t.typeDelta[typ][0] += d
+	e.countedRetrying = now
+}
+
 // countedType bounds the type names the counters keep, so a hostile type
 // cannot grow the meta bucket's keys without limit.
 func countedType(typ string) string {
@@ -308,6 +336,7 @@ func (t *txn) markDamaged(e *Entry) error {
 		}
 		t.delta[StateStuck]++
 		e.State = StateStuck
+		t.countRetrying(e)
 	}
 	if err := t.damaged.Put(u64(e.Seq), []byte(e.LastError)); err != nil {
 		return err
@@ -342,6 +371,7 @@ func (t *txn) setState(e *Entry, s State) error {
 	t.countType(e.Type, e.State, s)
 	e.State = s
 	t.delta[s]++
+	t.countRetrying(e)
 	k := t.arena.alloc(9)
 	k[0] = byte(s)
 	binary.BigEndian.PutUint64(k[1:], e.Seq)
