@@ -2,6 +2,7 @@ package admin
 
 import (
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -24,6 +25,18 @@ type Metrics struct {
 	callSeconds *prometheus.HistogramVec // backend
 	commitSecs  prometheus.Histogram
 	batchSize   prometheus.Histogram
+
+	// Outcome totals, kept apart from the labelled counters for the
+	// dashboard's rates.
+	done, retry, stuck atomic.Uint64
+}
+
+// OutcomeCounts are the backend outcomes since start.
+type OutcomeCounts struct{ Done, Retry, Stuck uint64 }
+
+// Outcomes returns the backend outcomes since start.
+func (m *Metrics) Outcomes() OutcomeCounts {
+	return OutcomeCounts{m.done.Load(), m.retry.Load(), m.stuck.Load()}
 }
 
 // NewMetrics registers the agent's metrics. sources is read at scrape time.
@@ -66,6 +79,14 @@ func (m *Metrics) ObserveResult(r worker.Result) {
 		backend = "none"
 	}
 	m.processed.WithLabelValues(r.Outcome, backend).Inc()
+	switch r.Outcome {
+	case "done":
+		m.done.Add(1)
+	case "retry":
+		m.retry.Add(1)
+	case "stuck":
+		m.stuck.Add(1)
+	}
 	if r.Outcome == "retry" {
 		m.retries.Inc()
 	}

@@ -90,11 +90,26 @@ type Server struct {
 	// a non-loopback bind is reached by).
 	AllowedHosts []string
 	Log          *slog.Logger
+	// Control, when set, is the running agent's routes and pause levers;
+	// without it pauses go to the journal only (an offline view).
+	Control Control
+	// Reextract, when set, replays the matching unfinished entries with
+	// their type and key read again by the current source settings.
+	Reextract func(queue.Filter) ([]uint64, error)
+	// ReadOnly refuses every change (replay, pause) and hides the
+	// dashboard's buttons.
+	ReadOnly bool
+	// Retention is how long done entries are kept, for the dashboard.
+	Retention time.Duration
 
 	stateToken string
 	ln         net.Listener
 	srv        *http.Server
 	wg         sync.WaitGroup
+	ui         *ui
+	started    time.Time
+	rateMu     sync.Mutex
+	stop       chan struct{}
 }
 
 // StateToken returns the token state-changing requests need: Token, or the
@@ -123,6 +138,17 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/entries", s.auth(http.HandlerFunc(s.list)))
 	mux.Handle("GET /v1/entries/{seq}", s.auth(http.HandlerFunc(s.entry)))
 	mux.Handle("POST /v1/replay", s.auth(http.HandlerFunc(s.replay)))
+	mux.Handle("POST /v1/reextract", s.auth(http.HandlerFunc(s.reextract)))
+	mux.Handle("POST /v1/pause", s.auth(http.HandlerFunc(s.pauseAPI(true))))
+	mux.Handle("POST /v1/resume", s.auth(http.HandlerFunc(s.pauseAPI(false))))
+	mux.Handle("GET /v1/paused", s.auth(http.HandlerFunc(s.paused)))
+	mux.Handle("GET /v1/routes", s.auth(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		routes := []RouteView{}
+		if s.Control != nil {
+			routes = s.Control.Routes()
+		}
+		writeJSON(w, http.StatusOK, routes)
+	})))
 	mux.Handle("GET /v1/sources", s.auth(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.sources())
 	})))
@@ -131,6 +157,9 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /debug/pprof/profile", s.auth(http.HandlerFunc(pprof.Profile)))
 	mux.Handle("GET /debug/pprof/symbol", s.auth(http.HandlerFunc(pprof.Symbol)))
 	mux.Handle("GET /debug/pprof/trace", s.auth(http.HandlerFunc(pprof.Trace)))
+	s.started = time.Now()
+	s.ui = s.newUI()
+	s.ui.routes(mux)
 	return s.guard(mux)
 }
 
@@ -138,7 +167,9 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) Start(ln net.Listener) {
 	s.ln = ln
 	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	s.wg.Add(1)
+	s.stop = make(chan struct{})
+	s.wg.Add(2)
+	go s.sampleLoop()
 	go func() {
 		defer s.wg.Done()
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -156,7 +187,25 @@ func (s *Server) Shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = s.srv.Shutdown(ctx)
+	close(s.stop)
 	s.wg.Wait()
+}
+
+// sampleLoop records the counters every 10 s for the dashboard's rates.
+func (s *Server) sampleLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			s.rateMu.Lock()
+			s.ui.rates.sample(s, now)
+			s.rateMu.Unlock()
+		}
+	}
 }
 
 func (s *Server) log() *slog.Logger {
@@ -223,6 +272,16 @@ func (s *Server) guard(h http.Handler) http.Handler {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			if err := s.sameSite(r); err != nil {
 				writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error()})
+				return
+			}
+			if strings.HasPrefix(r.URL.Path, "/ui/") {
+				// Dashboard forms: the session cookie and the form's
+				// CSRF token are checked by the dashboard itself.
+				h.ServeHTTP(w, r)
+				return
+			}
+			if s.ReadOnly {
+				writeJSON(w, http.StatusForbidden, map[string]string{"error": "the admin endpoint is read-only (--admin-read-only)"})
 				return
 			}
 			if ct := r.Header.Get("Content-Type"); ct != "" {
@@ -361,6 +420,66 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
 		seqs = []uint64{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"seqs": seqs})
+}
+
+func (s *Server) reextract(w http.ResponseWriter, r *http.Request) {
+	if s.Reextract == nil {
+		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "this agent cannot re-extract"})
+		return
+	}
+	f, err := ParseFilterQuery(r.URL.Query())
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	seqs, err := s.Reextract(f)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if seqs == nil {
+		seqs = []uint64{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"seqs": seqs})
+}
+
+// pause changes a pause through the running agent's Control, or the
+// journal alone when there is none.
+func (s *Server) pause(pattern string, paused bool) error {
+	switch {
+	case s.Control != nil && paused:
+		return s.Control.Pause(pattern)
+	case s.Control != nil:
+		return s.Control.Resume(pattern)
+	case paused:
+		return s.Store.Pause(pattern)
+	}
+	return s.Store.Resume(pattern)
+}
+
+func (s *Server) pauseAPI(paused bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		pat := r.URL.Query().Get("pattern")
+		if err := s.pause(pat, paused); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		s.paused(w, r)
+	}
+}
+
+func (s *Server) paused(w http.ResponseWriter, _ *http.Request) {
+	var ps []string
+	if s.Control != nil {
+		ps = s.Control.Paused()
+	} else {
+		var err error
+		if ps, err = s.Store.Paused(); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"paused": nonNil(ps)})
 }
 
 func writeError(w http.ResponseWriter, err error) {

@@ -1,32 +1,22 @@
 package main
 
 import (
+	"github.com/agentq/agentq/admin"
+
 	"bytes"
 	"encoding/json"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 )
 
-// parseWhen reads a --from/--to/--since value: a sequence number, an RFC
-// 3339 time, a date (2006-01-02), or a duration meaning that long ago.
-func parseWhen(flag, v string, now time.Time) (seq uint64, t time.Time, err error) {
-	v = strings.TrimSpace(v)
-	if n, err := strconv.ParseUint(v, 10, 64); err == nil {
-		return n, time.Time{}, nil
+// parseWhen reads a --from/--to/--since value (see admin.ParseWhen).
+func parseWhen(flag, v string, now time.Time) (uint64, time.Time, error) {
+	seq, t, err := admin.ParseWhen(v, now)
+	if err != nil {
+		return 0, time.Time{}, usagef("--%s %v", flag, err)
 	}
-	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		return 0, t, nil
-	}
-	if t, err := time.ParseInLocation("2006-01-02", v, time.Local); err == nil {
-		return 0, t, nil
-	}
-	if d, err := time.ParseDuration(strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(v, "ago")), " ")); err == nil && d > 0 {
-		return 0, now.Add(-d), nil
-	}
-	return 0, time.Time{}, usagef("--%s %q: want a sequence number, an RFC 3339 time (2026-11-24T10:00:00Z), a date (2026-11-24) or a duration ago (90m)", flag, v)
+	return seq, t, nil
 }
 
 // sortedKeys returns m's keys in order.
