@@ -6,11 +6,12 @@
 // # The rule
 //
 // A delivery is acknowledged only after the journal commit that holds it
-// returned. In client-individual mode every delivery gets its own ACK; in
-// client mode one ACK of the batch's last delivery acknowledges it and
-// everything before it on the connection (RabbitMQ makes this cumulative
-// across the whole connection, which is why a client-mode source has a
-// connection of its own).
+// returned. In client mode (agentq's default) one ACK of the batch's last
+// delivery acknowledges it and everything before it on the connection
+// (RabbitMQ maps it to basic.ack with multiple=true, cumulative across the
+// whole connection, which is why every source has a connection of its
+// own); in client-individual mode every delivery gets its own ACK. Either
+// way every entry of the batch is recorded with Sent.
 //
 // # Confirmation
 //
@@ -27,41 +28,7 @@
 // could be mistaken small.
 package ack
 
-import (
-	"errors"
-	"sync"
-)
-
-// ErrUnknownDelivery is returned when acknowledging a delivery that was
-// never recorded as committed.
-var ErrUnknownDelivery = errors.New("unknown delivery")
-
-// Mode is how deliveries are acknowledged.
-type Mode int
-
-const (
-	// Individual sends one ACK per delivery (STOMP client-individual).
-	Individual Mode = iota
-	// Cumulative sends one ACK per batch, for its last delivery (STOMP client).
-	Cumulative
-)
-
-// Plan returns the indexes, within a committed batch of n deliveries, that
-// must be acknowledged: all of them in Individual mode, the last one in
-// Cumulative mode.
-func Plan(m Mode, n int) []int {
-	if n == 0 {
-		return nil
-	}
-	if m == Cumulative {
-		return []int{n - 1}
-	}
-	idx := make([]int, n)
-	for i := range idx {
-		idx[i] = i
-	}
-	return idx
-}
+import "sync"
 
 // DefaultLedgerLimit bounds a Ledger: past it the oldest sent entries are
 // no longer tracked and keep their dedup slot until the journal's window
@@ -71,13 +38,10 @@ const DefaultLedgerLimit = 1 << 20
 // Ledger tracks, for one broker connection, journal entries whose ACK was
 // sent but not yet confirmed. It is safe for concurrent use.
 type Ledger struct {
-	mu      sync.Mutex
-	limit   int
-	sent    []uint64
-	base    int // absolute index of sent[0]
-	dropped int
-	// counters for metrics
-	committed, acked, duplicates uint64
+	mu    sync.Mutex
+	limit int
+	sent  []uint64
+	base  int // absolute index of sent[0]
 }
 
 // NewLedger returns a ledger that tracks at most limit sent entries
@@ -89,24 +53,13 @@ func NewLedger(limit int) *Ledger {
 	return &Ledger{limit: limit}
 }
 
-// Committed records that n deliveries were committed to the journal, dups
-// of them as recognised redeliveries (nothing appended).
-func (l *Ledger) Committed(n, dups int) {
-	l.mu.Lock()
-	l.committed += uint64(n)
-	l.duplicates += uint64(dups)
-	l.mu.Unlock()
-}
-
 // Sent records that the ACKs for these journal entries were written to the
 // connection.
 func (l *Ledger) Sent(seqs ...uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.acked += uint64(len(seqs))
 	l.sent = append(l.sent, seqs...)
 	if over := len(l.sent) - l.limit; over > 0 {
-		l.dropped += over
 		l.base += over
 		l.sent = append(l.sent[:0], l.sent[over:]...)
 	}
@@ -155,20 +108,4 @@ func (l *Ledger) Lost() int {
 	l.base += n
 	l.sent = nil
 	return n
-}
-
-// Counts is a snapshot of a ledger's totals.
-type Counts struct {
-	Committed  uint64 // deliveries committed (including duplicates)
-	Duplicates uint64 // redeliveries recognised, not appended
-	Acked      uint64 // ACKs sent
-	Untracked  int    // sent entries dropped past the limit
-	Pending    int    // sent, not yet confirmed
-}
-
-// Counts returns the ledger's totals.
-func (l *Ledger) Counts() Counts {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return Counts{Committed: l.committed, Duplicates: l.duplicates, Acked: l.acked, Untracked: l.dropped, Pending: len(l.sent)}
 }

@@ -18,36 +18,39 @@ const (
 	DefaultHeartBeat = 10 * time.Second
 	DefaultMaxBody   = 16 << 20
 	DefaultVHost     = "/"
+	DefaultAckMode   = "client"
 )
 
 // Config is one subscription: one broker connection, one destination.
 //
-// The URL form (ParseURL) is
+// The URL form (ParseURL; URLHelp documents every form and parameter) is
 //
 //	stomp://user:pass@host:61613/queue/orders?vhost=/&prefetch=200
 //	stomp+tls://user@host:61614/queue/orders?ca=/etc/ssl/ca.pem&passcode_file=/etc/agentq/pass
 //	ws://user:pass@host:15674/ws?destination=/queue/orders
-//	wss://user@host/ws?destination=/exchange/waldur/order.*&durable=true
+//	wss://user@host/ws?destination=/exchange/waldur/order.*&durable=true&durable_queue=agentq-orders
 //
 // For stomp and stomp+tls the URL path is the destination; for ws and wss
 // the path is the WebSocket endpoint and the destination is a parameter.
-// Query parameters:
+// A "+" in a parameter is a literal plus. Query parameters (the fields
+// they set in brackets):
 //
-//	vhost          virtual host, sent as the STOMP host header (default /)
-//	prefetch       unacknowledged frames the broker may send (default 100)
-//	ack            client-individual (default) or client
-//	heartbeat      heartbeat interval both ways, a Go duration (default 10s; 0 disables)
-//	durable        true: durable subscription for /topic and /exchange destinations
-//	id             subscription id (default agentq-NAME when durable)
-//	name           source name in logs and metrics (default: the destination)
-//	passcode_file  read the passcode from this file
-//	passcode_env   read the passcode from this environment variable
-//	type, key      SPECs for the message type and ordering key (see Spec)
-//	id_header      publisher-supplied id header for redelivery matching
-//	max_body       largest body journaled whole, in bytes (default 16 MiB)
-//	destination    the destination (ws and wss only; required there)
-//	ca, cert, cert_key, server_name, insecure   TLS settings
-//	header.NAME    an extra SUBSCRIBE header
+//	vhost          virtual host, sent as the STOMP host header (default /) [VHost]
+//	prefetch       unacknowledged frames the broker may send (default 100) [Prefetch]
+//	ack            client (default) or client-individual [AckMode]
+//	heartbeat      heartbeat interval both ways, a Go duration (default 10s; 0 disables) [HeartBeat]
+//	durable        true: durable subscription for /topic and /exchange destinations [Durable]
+//	durable_queue  the durable subscription's queue (x-queue-name) [DurableQueue]
+//	id             subscription id (default agentq-NAME when durable) [SubscriptionID]
+//	name           source name in logs and metrics (default: the destination) [Name]
+//	passcode_file  read the passcode from this file, again on every reconnect [PasscodeFile]
+//	passcode_env   read the passcode from this environment variable [PasscodeEnv]
+//	type, key      SPECs for the message type and ordering key, "|" chains allowed (see Spec) [TypeFrom, KeyFrom]
+//	id_header      publisher-supplied id header for redelivery matching [IDHeader]
+//	max_body       largest body journaled whole, in bytes (default 16 MiB) [MaxBody]
+//	destination    the destination (ws and wss only; required there) [Destination]
+//	ca, cert, cert_key, server_name, insecure   TLS settings [TLS]
+//	header.NAME    an extra SUBSCRIBE header [Headers]
 type Config struct {
 	Name           string
 	Scheme         string // stomp, stomp+tls, ws, wss
@@ -55,15 +58,16 @@ type Config struct {
 	WSURL          string // WebSocket URL (ws, wss), without credentials
 	Login          string
 	Passcode       string `json:"-"`
-	PasscodeFile   string
+	PasscodeFile   string // read by Resolve and again before every connect
 	PasscodeEnv    string
 	VHost          string
 	Destination    string
-	AckMode        string // client-individual or client
+	AckMode        string // client (the default) or client-individual
 	Prefetch       int
 	HeartBeat      time.Duration
 	Headers        map[string]string // extra SUBSCRIBE headers
 	Durable        bool
+	DurableQueue   string // x-queue-name of a durable subscription; "" lets RabbitMQ name it after SubscriptionID
 	SubscriptionID string
 	IDHeader       string
 	MaxBody        int
@@ -84,7 +88,11 @@ type TLSConfig struct {
 	Insecure   bool
 }
 
-// ParseURL parses a source URL. Call Resolve before use.
+// ParseURL parses a source URL (see URLHelp). Call Resolve before use.
+//
+// Query parameters are split on "&" and "=" and unescaped with
+// url.PathUnescape, so a "+" is a literal plus, never a space; "%2B",
+// "%26" ("&"), "%23" ("#") and "%25" ("%") work too.
 func ParseURL(raw string) (Config, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -101,95 +109,35 @@ func ParseURL(raw string) (Config, error) {
 	if u.Host == "" {
 		return Config{}, errors.New("missing broker host")
 	}
+	if u.Fragment != "" || strings.HasSuffix(raw, "#") {
+		return Config{}, errors.New(`a "#" starts a URL fragment, which a source URL has no use for: write a "#" in a parameter as %23`)
+	}
 	if u.User != nil {
 		c.Login = u.User.Username()
 		c.Passcode, _ = u.User.Password()
 	}
-	q := u.Query()
-	for name, vals := range q {
-		v := vals[len(vals)-1]
-		switch {
-		case name == "vhost":
-			c.VHost = v
-		case name == "prefetch":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > 65535 {
-				return Config{}, fmt.Errorf("prefetch=%q: want a number from 1 to 65535", v)
-			}
-			c.Prefetch = n
-		case name == "ack":
-			if v != "client-individual" && v != "client" {
-				return Config{}, fmt.Errorf("ack=%q: want client-individual or client", v)
-			}
-			c.AckMode = v
-		case name == "heartbeat":
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 {
-				return Config{}, fmt.Errorf("heartbeat=%q: want a duration like 10s (0 disables)", v)
-			}
-			c.HeartBeat, c.heartbeatSet = d, true
-		case name == "durable":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return Config{}, fmt.Errorf("durable=%q: want true or false", v)
-			}
-			c.Durable = b
-		case name == "id":
-			c.SubscriptionID = v
-		case name == "name":
-			c.Name = v
-		case name == "passcode_file":
-			c.PasscodeFile = v
-		case name == "passcode_env":
-			c.PasscodeEnv = v
-		case name == "type" || name == "key":
-			sp, err := ParseSpec(v)
-			if err != nil {
-				return Config{}, fmt.Errorf("%s=: %v", name, err)
-			}
-			if name == "type" {
-				c.TypeFrom = sp
-			} else {
-				c.KeyFrom = sp
-			}
-		case name == "id_header":
-			c.IDHeader = v
-		case name == "max_body":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return Config{}, fmt.Errorf("max_body=%q: want a positive number of bytes", v)
-			}
-			c.MaxBody = n
-		case name == "destination":
-			if c.Scheme == "stomp" || c.Scheme == "stomp+tls" {
-				return Config{}, errors.New("destination=: for stomp:// URLs the destination is the URL path")
-			}
-			c.Destination = v
-		case name == "ca":
-			c.TLS.CAFile = v
-		case name == "cert":
-			c.TLS.CertFile = v
-		case name == "cert_key":
-			c.TLS.KeyFile = v
-		case name == "server_name":
-			c.TLS.ServerName = v
-		case name == "insecure":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return Config{}, fmt.Errorf("insecure=%q: want true or false", v)
-			}
-			c.TLS.Insecure = b
-		case strings.HasPrefix(name, "header.") && len(name) > len("header."):
-			if c.Headers == nil {
-				c.Headers = map[string]string{}
-			}
-			c.Headers[strings.TrimPrefix(name, "header.")] = v
-		default:
-			return Config{}, fmt.Errorf("unknown parameter %q (see agentq run --help)", name)
+	for _, part := range strings.Split(u.RawQuery, "&") {
+		if part == "" {
+			continue
+		}
+		rawName, rawVal, _ := strings.Cut(part, "=")
+		name, err := url.PathUnescape(rawName)
+		if err != nil {
+			return Config{}, fmt.Errorf("parameter %q: bad %%-escape", rawName)
+		}
+		val, err := url.PathUnescape(rawVal)
+		if err != nil {
+			return Config{}, fmt.Errorf("parameter %s: bad %%-escape in its value", name)
+		}
+		if err := c.SetParam(name, val); err != nil {
+			return Config{}, err
 		}
 	}
 	switch c.Scheme {
 	case "stomp", "stomp+tls":
+		if c.Destination != "" {
+			return Config{}, errors.New("destination=: for stomp:// URLs the destination is the URL path")
+		}
 		c.Destination = u.Path
 		if c.Destination == "" || c.Destination == "/" {
 			return Config{}, errors.New("missing destination: put it in the path, e.g. stomp://host:61613/queue/orders")
@@ -216,6 +164,183 @@ func ParseURL(raw string) (Config, error) {
 	return c, nil
 }
 
+// SetParam sets one source parameter by its URL name (see URLHelp), as
+// ParseURL does for each query parameter. Configuration files can use it
+// so that every parameter is parsed in one place.
+func (c *Config) SetParam(name, value string) error {
+	for _, p := range params {
+		if p.name == name {
+			return p.set(c, value)
+		}
+	}
+	if h, ok := strings.CutPrefix(name, "header."); ok && h != "" {
+		if c.Headers == nil {
+			c.Headers = map[string]string{}
+		}
+		c.Headers[h] = value
+		return nil
+	}
+	return fmt.Errorf("unknown parameter %q (see agentq run --help)", name)
+}
+
+// param is one source URL parameter: the parser and URLHelp both read
+// the params table, so they cannot drift apart.
+type param struct {
+	name, arg, help string
+	example         string // a value the parser accepts, for tests
+	set             func(c *Config, v string) error
+}
+
+func boolParam(name string, dst func(c *Config) *bool) func(c *Config, v string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%s=%q: want true or false", name, v)
+		}
+		*dst(c) = b
+		return nil
+	}
+}
+
+func stringParam(dst func(c *Config) *string) func(c *Config, v string) error {
+	return func(c *Config, v string) error { *dst(c) = v; return nil }
+}
+
+func specParam(name string, dst func(c *Config) *Spec) func(c *Config, v string) error {
+	return func(c *Config, v string) error {
+		sp, err := ParseSpec(v)
+		if err != nil {
+			return fmt.Errorf("%s=: %v", name, err)
+		}
+		*dst(c) = sp
+		return nil
+	}
+}
+
+var params = []param{
+	{"vhost", "VHOST", "virtual host, sent as the STOMP host header (default /)", "/", stringParam(func(c *Config) *string { return &c.VHost })},
+	{"prefetch", "N", "unacknowledged messages the broker may send, 1 to 65535 (default 100)", "200", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("prefetch=%q: want a number from 1 to 65535", v)
+		}
+		c.Prefetch = n
+		return nil
+	}},
+	{"ack", "MODE", "client (default: one cumulative ACK per journal commit) or client-individual (one ACK per message)", "client-individual", func(c *Config, v string) error {
+		if v != "client-individual" && v != "client" {
+			return fmt.Errorf("ack=%q: want client or client-individual", v)
+		}
+		c.AckMode = v
+		return nil
+	}},
+	{"heartbeat", "DURATION", "heartbeat interval both ways, a Go duration (default 10s; 0 disables)", "5s", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("heartbeat=%q: want a duration like 10s (0 disables)", v)
+		}
+		c.HeartBeat, c.heartbeatSet = d, true
+		return nil
+	}},
+	{"durable", "BOOL", "true: a durable subscription (/topic/ and /exchange/ only): the broker keeps what is published while the agent is down. Without it a /topic/ or /exchange/ source loses those messages", "true", boolParam("durable", func(c *Config) *bool { return &c.Durable })},
+	{"durable_queue", "NAME", "the queue behind a durable subscription (RabbitMQ's x-queue-name header). Without it RabbitMQ names the queue after the subscription id, which follows the source name: renaming the source then leaves the old queue behind, filling up (remove it with: rabbitmqctl delete_queue OLD-NAME; see rabbitmqctl list_queues)", "agentq-orders", stringParam(func(c *Config) *string { return &c.DurableQueue })},
+	{"id", "ID", "subscription id (default agentq-NAME when durable)", "agentq-orders", stringParam(func(c *Config) *string { return &c.SubscriptionID })},
+	{"name", "NAME", "source name in logs and metrics (default: the destination without its leading /)", "orders", stringParam(func(c *Config) *string { return &c.Name })},
+	{"passcode_file", "PATH", "read the passcode from this file (one trailing newline is trimmed); read again on every reconnect, so a rotated secret is picked up without a restart", "/etc/agentq/passcode", stringParam(func(c *Config) *string { return &c.PasscodeFile })},
+	{"passcode_env", "VAR", "read the passcode from this environment variable", "AGENTQ_PASSCODE", stringParam(func(c *Config) *string { return &c.PasscodeEnv })},
+	{"type", "SPEC", "where the message type comes from (default header:type); see SPEC below", "json:event.type|header:type", specParam("type", func(c *Config) *Spec { return &c.TypeFrom })},
+	{"key", "SPEC", "where the ordering key comes from (default: none, no ordering); see SPEC below", "json:order_uuid|json:resource_uuid", specParam("key", func(c *Config) *Spec { return &c.KeyFrom })},
+	{"id_header", "NAME", "a publisher-supplied id header that identifies a message across redeliveries (values over 256 bytes are hashed)", "x-message-id", stringParam(func(c *Config) *string { return &c.IDHeader })},
+	{"max_body", "BYTES", "largest body journaled whole (default 16777216); a longer one is journaled truncated and parked as stuck", "1048576", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("max_body=%q: want a positive number of bytes", v)
+		}
+		c.MaxBody = n
+		return nil
+	}},
+	{"destination", "DEST", "the destination; ws:// and wss:// only (required there), for stomp:// it is the URL path", "/queue/orders", func(c *Config, v string) error {
+		if c.Scheme == "stomp" || c.Scheme == "stomp+tls" {
+			return errors.New("destination=: for stomp:// URLs the destination is the URL path")
+		}
+		c.Destination = v
+		return nil
+	}},
+	{"ca", "PATH", "CA certificates (PEM) to verify the broker with (stomp+tls, wss; default: the system's)", "/etc/ssl/ca.pem", stringParam(func(c *Config) *string { return &c.TLS.CAFile })},
+	{"cert", "PATH", "client certificate (PEM), with cert_key", "/etc/agentq/client.pem", stringParam(func(c *Config) *string { return &c.TLS.CertFile })},
+	{"cert_key", "PATH", "the client certificate's private key (PEM), with cert", "/etc/agentq/client.key", stringParam(func(c *Config) *string { return &c.TLS.KeyFile })},
+	{"server_name", "NAME", "name to verify the broker's certificate against (default: the URL's host)", "mq.example.org", stringParam(func(c *Config) *string { return &c.TLS.ServerName })},
+	{"insecure", "BOOL", "true: do not verify the broker's certificate (tests only)", "true", boolParam("insecure", func(c *Config) *bool { return &c.TLS.Insecure })},
+}
+
+// headerParam documents the header.NAME family, which SetParam matches
+// by prefix.
+var headerParam = param{name: "header.NAME", arg: "VALUE", help: "an extra SUBSCRIBE header, e.g. header.x-queue-type=quorum (RabbitMQ reads queue arguments from these)"}
+
+// URLHelp returns plain text documenting every source URL form and
+// parameter, for agentq run --help and the README. It is built from the
+// same table ParseURL uses.
+func URLHelp() string {
+	var b strings.Builder
+	b.WriteString(`Source URLs:
+
+  stomp://[USER[:PASS]@]HOST[:PORT]/DESTINATION[?PARAMS]      STOMP over TCP (port 61613)
+  stomp+tls://[USER[:PASS]@]HOST[:PORT]/DESTINATION[?PARAMS]  STOMP over TLS (port 61614)
+  ws://[USER[:PASS]@]HOST[:PORT]/PATH?destination=DESTINATION[&PARAMS]
+                                     STOMP over WebSocket (RabbitMQ Web-STOMP: port 15674, path /ws)
+  wss://[USER[:PASS]@]HOST[:PORT]/PATH?destination=DESTINATION[&PARAMS]
+                                     STOMP over WebSocket over TLS
+
+  Percent-escape special characters in USER and PASS (@ as %40, : as %3A, / as %2F).
+  Rather than a PASS in the URL, use passcode_file or passcode_env.
+
+DESTINATION (RabbitMQ):
+
+  /queue/NAME        a durable queue NAME; the subscription declares it, so it must match
+                     how it exists (else PRECONDITION_FAILED)
+  /amq/queue/NAME    an existing queue declared by someone else (NOT_FOUND if missing)
+  /topic/KEY         the amq.topic exchange, binding KEY (use durable=true)
+  /exchange/EX[/KEY] exchange EX, binding KEY (use durable=true)
+  /temp-queue/NAME, /reply-queue/NAME
+
+PARAMS, NAME=VALUE joined by "&". A "+" is a literal plus, never a space; write
+"&" as %26, "#" as %23, "%" as %25 ("+" may also be written %2B):
+
+`)
+	for _, p := range append(append([]param(nil), params...), headerParam) {
+		fmt.Fprintf(&b, "  %s=%s\n      %s\n", p.name, p.arg, p.help)
+	}
+	b.WriteString(`
+SPEC (type=, key=):
+
+  const:VALUE      the same value for every message
+  header:NAME      a header of the message (missing: empty)
+  json:a.b.0.c     a scalar field of the JSON body; numbers index arrays
+  dest:REGEX       the first named group of REGEX on the destination, e.g.
+                   dest:^/exchange/waldur/(?P<type>.+)$
+  SPEC|SPEC|...    a fallback chain: the first SPEC that yields a non-empty value
+                   wins, e.g. json:order_uuid|json:resource_uuid|json:project_uuid;
+                   if none does, the message is journaled with a fault that names
+                   every SPEC tried. A "|" followed by a kind and a colon starts the
+                   next SPEC; any other "|" belongs to a dest: regular expression.
+
+  A message whose type or key cannot be read (invalid JSON, a missing field, a
+  destination that does not match) is journaled with a fault and parked as stuck,
+  never dropped.
+
+Durable subscriptions and orphaned queues:
+
+  A /topic/ or /exchange/ source without durable=true has no queue while the agent
+  is down: whatever is published then is lost (agentq warns at start). With
+  durable=true RabbitMQ keeps a queue for the subscription; name it with
+  durable_queue=NAME so that renaming the source keeps the same queue. A queue left
+  behind by a renamed or removed source keeps filling up; find it with
+  "rabbitmqctl list_queues name messages consumers" and remove it with
+  "rabbitmqctl delete_queue NAME".
+`)
+	return b.String()
+}
+
 func validDestination(d string) bool {
 	for _, p := range []string{"/queue/", "/amq/queue/", "/topic/", "/exchange/", "/temp-queue/", "/reply-queue/"} {
 		if strings.HasPrefix(d, p) && len(d) > len(p) {
@@ -236,7 +361,7 @@ func (c *Config) Resolve() error {
 		c.VHost = DefaultVHost
 	}
 	if c.AckMode == "" {
-		c.AckMode = "client-individual"
+		c.AckMode = DefaultAckMode
 	}
 	if c.Prefetch <= 0 {
 		c.Prefetch = DefaultPrefetch
@@ -259,15 +384,15 @@ func (c *Config) Resolve() error {
 	if c.PasscodeFile != "" && c.PasscodeEnv != "" {
 		return fmt.Errorf("source %q: give passcode_file or passcode_env, not both", c.Name)
 	}
+	if c.DurableQueue != "" && !c.Durable {
+		return fmt.Errorf("source %q: durable_queue needs durable=true", c.Name)
+	}
 	if c.PasscodeFile != "" {
-		b, err := os.ReadFile(c.PasscodeFile)
+		p, err := ReadSecretFile(c.PasscodeFile)
 		if err != nil {
-			return fmt.Errorf("source %q: passcode_file %s: %w", c.Name, c.PasscodeFile, errors.Unwrap(err))
+			return fmt.Errorf("source %q: passcode_file: %w", c.Name, err)
 		}
-		c.Passcode = strings.TrimRight(string(b), "\r\n")
-		if c.Passcode == "" {
-			return fmt.Errorf("source %q: passcode_file %s is empty", c.Name, c.PasscodeFile)
-		}
+		c.Passcode = p
 	}
 	if c.PasscodeEnv != "" {
 		v, ok := os.LookupEnv(c.PasscodeEnv)
@@ -309,6 +434,9 @@ func (c Config) String() string {
 	if c.Durable {
 		q.Set("durable", "true")
 	}
+	if c.DurableQueue != "" {
+		q.Set("durable_queue", c.DurableQueue)
+	}
 	s := u.String()
 	if len(q) > 0 {
 		keys := make([]string, 0, len(q))
@@ -323,6 +451,16 @@ func (c Config) String() string {
 		s += "?" + strings.Join(parts, "&")
 	}
 	return s
+}
+
+// Warnings returns what is legal but probably not meant in c, for the
+// command to print at start (Run also logs them).
+func (c Config) Warnings() []string {
+	var w []string
+	if !c.Durable && (strings.HasPrefix(c.Destination, "/topic/") || strings.HasPrefix(c.Destination, "/exchange/")) {
+		w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, c.Destination))
+	}
+	return w
 }
 
 // redactErr removes a URL's password from an error text that quotes it.

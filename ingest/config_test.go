@@ -9,13 +9,17 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-stomp/stomp/v3/frame"
 )
 
 // Ensure every URL form parses into the right fields, with defaults.
@@ -27,7 +31,7 @@ func TestParseURL(t *testing.T) {
 		{"stomp://u:p@host:61613/queue/orders?vhost=/waldur&prefetch=200", func(c Config) bool {
 			return c.Scheme == "stomp" && c.Addr == "host:61613" && c.Login == "u" && c.Passcode == "p" &&
 				c.VHost == "/waldur" && c.Prefetch == 200 && c.Destination == "/queue/orders" && c.Name == "queue/orders" &&
-				c.AckMode == "client-individual" && c.HeartBeat == 10*time.Second && c.TypeFrom.String() == "header:type"
+				c.AckMode == "client" && c.HeartBeat == 10*time.Second && c.TypeFrom.String() == "header:type"
 		}},
 		{"stomp://host/queue/x", func(c Config) bool { return c.Addr == "host:61613" && c.VHost == "/" && c.Prefetch == DefaultPrefetch }},
 		{"stomp+tls://u@host/amq/queue/x?ca=/ca.pem&cert=/c.pem&cert_key=/k.pem&server_name=mq&insecure=true", func(c Config) bool {
@@ -41,8 +45,8 @@ func TestParseURL(t *testing.T) {
 		}},
 		{"stomp://h/topic/events?durable=true&id=my-sub", func(c Config) bool { return c.Durable && c.SubscriptionID == "my-sub" }},
 		{"stomp://h/queue/a%20b", func(c Config) bool { return c.Destination == "/queue/a b" }},
-		{"stomp://h/queue/x?ack=client&heartbeat=0&max_body=1024&id_header=x-id&name=orders", func(c Config) bool {
-			return c.AckMode == "client" && c.HeartBeat == 0 && c.MaxBody == 1024 && c.IDHeader == "x-id" && c.Name == "orders"
+		{"stomp://h/queue/x?ack=client-individual&heartbeat=0&max_body=1024&id_header=x-id&name=orders", func(c Config) bool {
+			return c.AckMode == "client-individual" && c.HeartBeat == 0 && c.MaxBody == 1024 && c.IDHeader == "x-id" && c.Name == "orders"
 		}},
 		{"stomp://h/queue/x?type=json:event.type&key=dest:/queue/(?P<k>.*)", func(c Config) bool {
 			return c.TypeFrom.String() == "json:event.type" && c.KeyFrom.Kind == "dest"
@@ -236,5 +240,174 @@ func TestDialRefused(t *testing.T) {
 	_, err := Dial(context.Background(), mustConfig(t, "stomp://u:p@"+addr+"/queue/x"))
 	if err == nil || !strings.Contains(err.Error(), addr) {
 		t.Fatalf("Dial = %v, want an error naming %s", err, addr)
+	}
+}
+
+// Ensure a "+" in a parameter is a literal plus, never a space, and that
+// %2B, %23 and %26 decode; a raw "#" is refused rather than silently
+// cutting the URL short.
+func TestParseURLPlus(t *testing.T) {
+	tests := []struct {
+		raw, typ, key string
+	}{
+		{"stomp://h/queue/x?type=dest:^/queue/(?P<type>.+)$", "dest:^/queue/(?P<type>.+)$", ""},
+		{"stomp://h/queue/x?type=dest:^/queue/(?P<type>.%2B)$&key=const:a%23b", "dest:^/queue/(?P<type>.+)$", "const:a#b"},
+		{"stomp://h/queue/x?key=const:a+b%26c%25d", "header:type", "const:a+b&c%d"},
+	}
+	for _, tc := range tests {
+		c := mustConfig(t, tc.raw)
+		if got := c.TypeFrom.String(); got != tc.typ {
+			t.Errorf("%s: type = %q, want %q", tc.raw, got, tc.typ)
+		}
+		if got := c.KeyFrom.String(); got != tc.key {
+			t.Errorf("%s: key = %q, want %q", tc.raw, got, tc.key)
+		}
+	}
+	c := mustConfig(t, "stomp://h/queue/x?header.x-match=a+b&name=n+1")
+	if c.Headers["x-match"] != "a+b" || c.Name != "n+1" {
+		t.Errorf("header %q, name %q: want the + kept", c.Headers["x-match"], c.Name)
+	}
+	for _, raw := range []string{"stomp://h/queue/x?key=const:a#b", "stomp://h/queue/x?key=%zz"} {
+		if _, err := ParseURL(raw); err == nil {
+			t.Errorf("ParseURL(%q) accepted it", raw)
+		}
+	}
+}
+
+// Ensure URLHelp documents every parameter the parser accepts (both come
+// from one table), each parameter is accepted with its documented example,
+// and the help covers the URL forms and the SPEC chain.
+func TestURLHelpCoversParams(t *testing.T) {
+	help := URLHelp()
+	for _, p := range append(append([]param(nil), params...), headerParam) {
+		if !strings.Contains(help, "  "+p.name+"=") {
+			t.Errorf("URLHelp does not document %s", p.name)
+		}
+		if p.set == nil {
+			continue
+		}
+		raw := "ws://h/ws?destination=/topic/t&durable=true&" + p.name + "=" + url.PathEscape(p.example)
+		if p.name == "destination" {
+			raw = "ws://h/ws?destination=" + p.example
+		}
+		c, err := ParseURL(raw)
+		if err != nil {
+			t.Errorf("%s=%s (its documented example): %v", p.name, p.example, err)
+			continue
+		}
+		if p.name == "cert" || p.name == "cert_key" || p.name == "ca" || p.name == "server_name" || p.name == "insecure" ||
+			p.name == "passcode_file" || p.name == "passcode_env" {
+			continue // need files, variables or TLS; parsed is enough
+		}
+		if err := c.Resolve(); err != nil {
+			t.Errorf("%s=%s: Resolve: %v", p.name, p.example, err)
+		}
+	}
+	for _, want := range []string{"stomp://", "stomp+tls://", "ws://", "wss://", "/amq/queue/NAME", "SPEC|SPEC", "rabbitmqctl delete_queue", "literal plus"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("URLHelp does not mention %q", want)
+		}
+	}
+	if _, err := ParseURL("stomp://h/queue/x?not_a_param=1"); err == nil {
+		t.Error("an unknown parameter was accepted")
+	}
+}
+
+// Ensure durable_queue sets the SUBSCRIBE header x-queue-name, needs
+// durable=true, and shows in String.
+func TestParseDurableQueue(t *testing.T) {
+	c := mustConfig(t, "stomp://h/topic/t?durable=true&durable_queue=agentq-orders")
+	if c.DurableQueue != "agentq-orders" || !strings.Contains(c.String(), "durable_queue=agentq-orders") {
+		t.Fatalf("DurableQueue = %q, String = %q", c.DurableQueue, c.String())
+	}
+	f := frame.New(frame.SUBSCRIBE)
+	for _, o := range SubscribeOptions(c) {
+		o(f)
+	}
+	if got := f.Header.Get("x-queue-name"); got != "agentq-orders" {
+		t.Fatalf("x-queue-name = %q", got)
+	}
+	c, _ = ParseURL("stomp://h/topic/t?durable_queue=q")
+	if err := c.Resolve(); err == nil || !strings.Contains(err.Error(), "durable=true") {
+		t.Fatalf("durable_queue without durable: %v", err)
+	}
+}
+
+// Ensure a /topic/ or /exchange/ source without durable=true is warned
+// about, and nothing else is.
+func TestConfigWarnings(t *testing.T) {
+	tests := []struct {
+		raw  string
+		warn bool
+	}{
+		{"stomp://h/topic/t", true},
+		{"stomp://h/exchange/e/k", true},
+		{"stomp://h/topic/t?durable=true", false},
+		{"stomp://h/queue/q", false},
+		{"stomp://h/amq/queue/q", false},
+	}
+	for _, tc := range tests {
+		w := mustConfig(t, tc.raw).Warnings()
+		if (len(w) > 0) != tc.warn || (tc.warn && !strings.Contains(w[0], "durable=true")) {
+			t.Errorf("%s: warnings %q, want some: %v", tc.raw, w, tc.warn)
+		}
+	}
+}
+
+// Ensure RedactURL hides the password whole, even one holding "@", and
+// passcode-like parameters, and leaves everything else readable.
+func TestRedactURL(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"stomp://guest:guest@host/queue/x", "stomp://guest:xxxxx@host/queue/x"},
+		{"stomp://guest:S3cr@tPW@host:61613/queue/x", "stomp://guest:xxxxx@host:61613/queue/x"},
+		{"ws://u:p@ss@h/ws?destination=/queue/a@b", "ws://u:xxxxx@h/ws?destination=/queue/a@b"},
+		{"stomp://u:pa/ss@host/queue/x", "stomp://u:xxxxx@host/queue/x"},
+		{"stomp://u@host/queue/x", "stomp://u@host/queue/x"},
+		{"stomp://host:61613/queue/x?passcode=hunter22&prefetch=5", "stomp://host:61613/queue/x?passcode=xxxxx&prefetch=5"},
+		{"stomp://h/queue/x?password=a&token=b&passcode_file=/etc/p&passcode_env=P&key=json:k", "stomp://h/queue/x?password=xxxxx&token=xxxxx&passcode_file=/etc/p&passcode_env=P&key=json:k"},
+		{"not a url", "not a url"},
+	}
+	for _, tc := range tests {
+		if got := RedactURL(tc.in); got != tc.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	for _, secret := range []string{"S3cr@tPW", "tPW", "hunter22"} {
+		for _, tc := range tests {
+			if strings.Contains(tc.in, secret) && strings.Contains(RedactURL(tc.in), secret) {
+				t.Errorf("RedactURL(%q) leaks %q", tc.in, secret)
+			}
+		}
+	}
+}
+
+// Ensure ReadSecretFile trims exactly one trailing newline and names the
+// file in its errors.
+func TestReadSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct{ content, want string }{
+		{"pw\n", "pw"},
+		{"pw\r\n", "pw"},
+		{"pw", "pw"},
+		{"pw\n\n", "pw\n"},
+		{" pw \n", " pw "},
+	}
+	for i, tc := range tests {
+		got, err := ReadSecretFile(write(fmt.Sprint("s", i), tc.content))
+		if err != nil || got != tc.want {
+			t.Errorf("ReadSecretFile(%q) = %q, %v; want %q", tc.content, got, err, tc.want)
+		}
+	}
+	for _, p := range []string{filepath.Join(dir, "missing"), write("empty", "\n")} {
+		if _, err := ReadSecretFile(p); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("ReadSecretFile(%s) = %v, want an error naming the file", p, err)
+		}
 	}
 }

@@ -39,14 +39,21 @@ func TestIngestCrashChild(t *testing.T) {
 // Ensure a real process killed with SIGKILL between the journal commit and
 // the ACK loses nothing: the broker redelivers, the redeliveries are
 // recognised, each message is journaled once, and the queue ends empty.
+// Both ack modes.
 func TestIngestKillBetweenCommitAndAck(t *testing.T) {
+	for _, mode := range ackModes {
+		t.Run(mode, func(t *testing.T) { testKillBetweenCommitAndAck(t, mode) })
+	}
+}
+
+func testKillBetweenCommitAndAck(t *testing.T, mode string) {
 	requireBroker(t)
 	dest := testQueue(t)
 	const n = 400
 	want := bodies(n, func(i int) string { return fmt.Sprintf("order-%d", i%(n/2)) }) // each body twice
 	publish(t, dest, want)
 	path := filepath.Join(t.TempDir(), "agentq.db")
-	raw := "stomp://guest:guest@" + brokerAddr + dest + "?prefetch=100"
+	raw := "stomp://guest:guest@" + brokerAddr + dest + "?prefetch=100&ack=" + mode
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestIngestCrashChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "AGENTQ_TEST_CHILD_JOURNAL="+path, "AGENTQ_TEST_CHILD_URL="+raw)
@@ -251,4 +258,31 @@ func TestIngestBrokerGrantsNoHeartbeats(t *testing.T) {
 	if st.State != StateConnected || st.Connects != 1 {
 		t.Fatalf("after idling: %+v, want still connected after one subscribe", st)
 	}
+}
+
+// Ensure durable_queue names the queue behind a durable subscription
+// (x-queue-name), so a renamed source finds what was published while it
+// was down, under its new name.
+func TestIngestDurableQueueName(t *testing.T) {
+	requireBroker(t)
+	n := time.Now().UnixNano()
+	topic := fmt.Sprintf("/topic/agentq-test-dq-%d", n)
+	qname := fmt.Sprintf("agentq-test-dq-%d", n)
+	t.Cleanup(func() { brokertest.Ctl(t, "delete_queue", qname) })
+	raw := fmt.Sprintf("stomp://guest:guest@%s%s?durable=true&durable_queue=%s&name=", brokerAddr, topic, qname)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, raw+"before-rename"), j, Options{})
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	stop()
+	if d := queueDepth(t, "/queue/"+qname); d != 0 {
+		t.Fatalf("queue %s holds %d messages, want 0", qname, d)
+	}
+	publish(t, topic, bodies(3, func(i int) string { return fmt.Sprint("while down ", i) }))
+	src, stop = runSource(t, mustConfig(t, raw+"after-rename"), j, Options{})
+	waitFor(t, "what was published while down", 20*time.Second, func() bool { return j.LastSeq() >= 3 })
+	stop()
+	if src.Config().SubscriptionID != "agentq-after-rename" {
+		t.Fatalf("subscription id %q: the test did not rename the source", src.Config().SubscriptionID)
+	}
+	assertSameMultiset(t, journalBodies(t, j), bodies(3, func(i int) string { return fmt.Sprint("while down ", i) }))
 }

@@ -140,6 +140,9 @@ func SubscribeOptions(cfg Config) []func(*frame.Frame) error {
 			stomp.SubscribeOpt.Header("durable", "true"),
 			stomp.SubscribeOpt.Header("auto-delete", "false"),
 		)
+		if cfg.DurableQueue != "" {
+			opts = append(opts, stomp.SubscribeOpt.Header("x-queue-name", cfg.DurableQueue))
+		}
 	}
 	for k, v := range cfg.Headers {
 		opts = append(opts, stomp.SubscribeOpt.Header(k, v))
@@ -147,12 +150,13 @@ func SubscribeOptions(cfg Config) []func(*frame.Frame) error {
 	return opts
 }
 
-// AckMode returns the go-stomp ack mode for cfg.
+// AckMode returns the go-stomp ack mode for cfg: client (cumulative)
+// unless cfg asks for client-individual.
 func AckMode(cfg Config) stomp.AckMode {
-	if cfg.AckMode == "client" {
-		return stomp.AckClient
+	if cfg.AckMode == "client-individual" {
+		return stomp.AckClientIndividual
 	}
-	return stomp.AckClientIndividual
+	return stomp.AckClient
 }
 
 // stompLogger sends go-stomp's own logs to slog at debug level.

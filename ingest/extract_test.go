@@ -1,6 +1,10 @@
 package ingest
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -67,20 +71,6 @@ func TestParseSpecErrors(t *testing.T) {
 	}
 }
 
-// Ensure the body is parsed once for both type and key.
-func TestExtractParsesOnce(t *testing.T) {
-	m := &Message{Body: []byte(`{"t":"a","k":"b"}`)}
-	ts, _ := ParseSpec("json:t")
-	ks, _ := ParseSpec("json:k")
-	if v, _ := ts.Extract(m); v != "a" {
-		t.Fatal(v)
-	}
-	m.Body = []byte(`garbage`) // a second parse would fail
-	if v, err := ks.Extract(m); v != "b" || err != nil {
-		t.Fatalf("second extraction = %q, %v: the body was parsed again", v, err)
-	}
-}
-
 // FuzzExtract: extraction never panics on any spec path or body.
 func FuzzExtract(f *testing.F) {
 	f.Add("a.b", []byte(`{"a":{"b":"c"}}`), "x")
@@ -95,5 +85,157 @@ func FuzzExtract(f *testing.F) {
 			}
 			_, _ = sp.Extract(&Message{Destination: "/queue/" + path, Headers: []queue.Header{{Name: header, Value: path}}, Body: body})
 		}
+	})
+}
+
+// Ensure a fallback chain takes the first SPEC that yields a value, treats
+// "|" inside a regular expression as alternation, and names every SPEC
+// tried when none yields one.
+func TestExtractChain(t *testing.T) {
+	tests := []struct {
+		spec, dest, body string
+		want, err        string
+	}{
+		{"json:order_uuid|json:resource_uuid|json:project_uuid", "/queue/x", `{"resource_uuid":"r-1","project_uuid":"p-1"}`, "r-1", ""},
+		{"json:order_uuid|json:resource_uuid|json:project_uuid", "/queue/x", `{"order_uuid":"o-1","project_uuid":"p-1"}`, "o-1", ""},
+		{"json:order_uuid|json:resource_uuid|json:project_uuid", "/queue/x", `{"order_uuid":"","project_uuid":"p-1"}`, "p-1", ""},
+		{"json:order_uuid|json:resource_uuid|json:project_uuid", "/queue/x", `{"other":1}`, "",
+			"json:order_uuid: json field order_uuid missing; json:resource_uuid: json field resource_uuid missing; json:project_uuid: json field project_uuid missing"},
+		{"header:x-type|json:type", "/queue/x", `{"type":"from-json"}`, "from-json", ""},
+		{"header:x-missing|const:fallback", "/queue/x", `not json`, "fallback", ""},
+		{"header:x-missing|header:x-also-missing", "/queue/x", `{}`, "", ""},
+		{"json:type|header:type", "/queue/x", `not json`, "from-header", ""},
+		{"dest:^/queue/(?P<t>a|b)$|const:other", "/queue/b", `{}`, "b", ""},
+		{"dest:^/queue/(?P<t>a|b)$|const:other", "/queue/c", `{}`, "other", ""},
+	}
+	hdrs := []queue.Header{{Name: "type", Value: "from-header"}}
+	for _, tc := range tests {
+		t.Run(tc.spec, func(t *testing.T) {
+			sp, err := ParseSpec(tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := sp.String(); got != tc.spec {
+				t.Fatalf("String() = %q, want %q", got, tc.spec)
+			}
+			got, err := sp.Extract(&Message{Destination: tc.dest, Headers: hdrs, Body: []byte(tc.body)})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Extract = %q, %v; want an error with %q", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("Extract = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+	for _, bad := range []string{"json:a|", "json:a|xml:b", "json:a|json:"} {
+		if _, err := ParseSpec(bad); err == nil {
+			t.Errorf("ParseSpec(%q) accepted a bad chain", bad)
+		}
+	}
+}
+
+// extractFull is the reference for the scanner: decode the whole body
+// into an interface value and walk it, as agentq did before the scanner.
+func extractFull(body []byte, path []string, arg string) (string, error) {
+	if err := validJSON(body); err != nil {
+		return "", err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return "", fmt.Errorf("reference decode failed on valid JSON: %v", err)
+	}
+	for i, p := range path {
+		at := strings.Join(path[:i+1], ".")
+		switch x := v.(type) {
+		case map[string]any:
+			var ok bool
+			if v, ok = x[p]; !ok {
+				return "", fmt.Errorf("json field %s missing", at)
+			}
+		case []any:
+			n, err := strconv.Atoi(p)
+			if err != nil || n < 0 || n >= len(x) {
+				return "", fmt.Errorf("json field %s missing (array of %d)", at, len(x))
+			}
+			v = x[n]
+		default:
+			return "", fmt.Errorf("json field %s missing (%s is not an object)", at, strings.Join(path[:i], "."))
+		}
+	}
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case json.Number:
+		return x.String(), nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	case nil:
+		return "", fmt.Errorf("json field %s is null", arg)
+	case map[string]any:
+		return "", fmt.Errorf("json field %s is an object, not a scalar", arg)
+	case []any:
+		return "", fmt.Errorf("json field %s is an array, not a scalar", arg)
+	}
+	return "", fmt.Errorf("json field %s has an unexpected type", arg)
+}
+
+// Ensure the scanner agrees with the full decode on hand-picked inputs
+// (the fuzz target below explores the rest).
+func TestScanJSONAgrees(t *testing.T) {
+	for _, tc := range scanSeeds {
+		checkScanAgrees(t, tc.path, []byte(tc.body))
+	}
+}
+
+var scanSeeds = []struct{ path, body string }{
+	{"a.b", `{"a":{"b":"c"}}`},
+	{"a", `{"a":1,"a":2}`},
+	{"a.b", `{"a":{"b":1},"a":{"c":2}}`},
+	{"type", `{"t\u0079pe":"esc","x":[1,{"type":"no"}]}`},
+	{"a", `{"a":"\ud800x\n\"q"}`},
+	{"0.1", `[[1,"two",3]]`},
+	{"+1", `["a","b"]`},
+	{"-0", `["a"]`},
+	{"01", `["a","b"]`},
+	{"a", `{"a":-1.5e+10}`},
+	{"a", ` {"a" : true } `},
+	{"a.0", `{"a":[]}`},
+	{"a.b", `{"a":"str"}`},
+	{"a", `{"a":null}`},
+	{"a", `{"a":{}}`},
+	{"a", `{"a":[{}]}`},
+	{"a", `"top"`},
+	{"a", `{"a":"1"} {"b":2}`},
+	{"a", `{"a":"1"} ]`},
+	{"a", `{"a":"x}]\"{"}`},
+	{"k", `{"k":"` + strings.Repeat("x", 40000) + `"}`},
+}
+
+func checkScanAgrees(t *testing.T, path string, body []byte) {
+	t.Helper()
+	sp, err := ParseSpec("json:" + path)
+	if err != nil || len(sp.alts) > 0 {
+		return
+	}
+	want, wantErr := extractFull(body, sp.path, sp.Arg)
+	got, gotErr := sp.Extract(&Message{Body: body})
+	if got != want || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+		t.Fatalf("json:%s on %q: scanner = %q, %v; full decode = %q, %v", path, body, got, gotErr, want, wantErr)
+	}
+}
+
+// FuzzScanJSON: for every path and body, the field scanner returns what
+// decoding the whole body and walking it returns, value and error.
+func FuzzScanJSON(f *testing.F) {
+	for _, tc := range scanSeeds {
+		f.Add(tc.path, []byte(tc.body))
+	}
+	f.Fuzz(func(t *testing.T, path string, body []byte) {
+		checkScanAgrees(t, path, body)
 	})
 }

@@ -5,12 +5,15 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -27,11 +30,23 @@ type Journal interface {
 	ConfirmDelivered(ctx context.Context, seqs []uint64) error
 }
 
-// Default reconnect schedule: 1 s doubling to 60 s, with jitter, forever.
+// Defaults for Options.
 const (
+	// Reconnect schedule: 1 s doubling to 60 s, with jitter, forever.
 	DefaultReconnectInitial = time.Second
 	DefaultReconnectMax     = 60 * time.Second
+	// DefaultShutdownTimeout bounds unsubscribe and disconnect at shutdown.
+	DefaultShutdownTimeout = 15 * time.Second
+	// DefaultHealthyAfter is how long a session that delivered nothing
+	// must stay subscribed to reset the reconnect schedule.
+	DefaultHealthyAfter = 30 * time.Second
+	// DefaultMaxBatch bounds the deliveries journaled in one Append.
+	DefaultMaxBatch = 1024
 )
+
+// maxIDHeader is the longest id_header value used as a dedup id as it
+// is; longer values are hashed.
+const maxIDHeader = 256
 
 // Options tunes a Source beyond its Config.
 type Options struct {
@@ -42,6 +57,16 @@ type Options struct {
 
 	// MaxBatch bounds the deliveries journaled in one Append. Default 1024.
 	MaxBatch int
+
+	// ShutdownTimeout bounds how long Run takes, once its context ends,
+	// to unsubscribe and disconnect gracefully; past it the connection is
+	// closed (unacknowledged messages are redelivered). Default 15 s.
+	ShutdownTimeout time.Duration
+
+	// HealthyAfter is how long a session that delivered no message must
+	// stay subscribed before its end resets the reconnect backoff. A
+	// session that delivered a message always resets it. Default 30 s.
+	HealthyAfter time.Duration
 
 	// AfterCommit, if set, runs after each journal commit and before the
 	// ACKs are sent. Tests use it to kill the process at the worst moment.
@@ -69,12 +94,19 @@ type Status struct {
 	LastError string    `json:"last_error,omitempty"`
 	Paused    bool      `json:"paused"` // journal not writable: not taking frames
 
+	// Failures counts the sessions in a row that ended before delivering
+	// a message (refused login, missing queue, ...); RetryIn is the wait
+	// before the next attempt. Both are zero while a session is healthy.
+	Failures int           `json:"failures"`
+	RetryIn  time.Duration `json:"retry_in"`
+
 	Received    uint64 `json:"received"`
 	Journaled   uint64 `json:"journaled"`
 	Duplicates  uint64 `json:"duplicates"`
 	Acked       uint64 `json:"acked"`
 	Connects    uint64 `json:"connects"`
 	BodyTooLong uint64 `json:"body_too_long"`
+	Faulted     uint64 `json:"faulted"` // journaled with a fault (bad input, or an entry the journal refused as received)
 }
 
 // Source is one subscription. Run keeps it connected until its context
@@ -88,7 +120,7 @@ type Source struct {
 	mu     sync.Mutex
 	status Status
 
-	received, journaled, duplicates, acked, connects, tooLong atomic.Uint64
+	received, journaled, duplicates, acked, connects, tooLong, faulted atomic.Uint64
 	// heartbeatOff is set when the broker granted no heartbeats: go-stomp
 	// would otherwise time the idle connection out on its own interval.
 	heartbeatOff atomic.Bool
@@ -106,7 +138,13 @@ func NewSource(cfg Config, j Journal, opts Options) *Source {
 		opts.ReconnectMax = DefaultReconnectMax
 	}
 	if opts.MaxBatch <= 0 {
-		opts.MaxBatch = 1024
+		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if opts.HealthyAfter <= 0 {
+		opts.HealthyAfter = DefaultHealthyAfter
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -133,6 +171,7 @@ func (s *Source) Status() Status {
 	st.Acked = s.acked.Load()
 	st.Connects = s.connects.Load()
 	st.BodyTooLong = s.tooLong.Load()
+	st.Faulted = s.faulted.Load()
 	return st
 }
 
@@ -154,10 +193,23 @@ func (s *Source) setPaused(p bool) {
 	s.mu.Unlock()
 }
 
+func (s *Source) setRetry(failures int, wait time.Duration) {
+	s.mu.Lock()
+	s.status.Failures, s.status.RetryIn = failures, wait
+	s.mu.Unlock()
+}
+
 // Run connects, subscribes and journals until ctx ends, reconnecting with
-// exponential backoff and jitter after every failure, forever. It returns
-// nil when ctx ends.
+// exponential backoff and jitter after every failure, forever. Only a
+// session that delivered a message, or stayed subscribed for
+// Options.HealthyAfter, starts the schedule afresh: a broker that refuses
+// the login or the destination is retried ever more slowly, up to
+// ReconnectMax. Run returns nil when ctx ends, within about
+// Options.ShutdownTimeout whatever the broker does.
 func (s *Source) Run(ctx context.Context) error {
+	for _, w := range s.cfg.Warnings() {
+		s.log.Warn(w)
+	}
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = s.opts.ReconnectInitial
 	b.MaxInterval = s.opts.ReconnectMax
@@ -166,6 +218,7 @@ func (s *Source) Run(ctx context.Context) error {
 	b.MaxElapsedTime = 0
 	b.Reset()
 	defer s.setState(StateStopped, nil)
+	failures := 0
 	for {
 		s.setState(StateConnecting, nil)
 		healthy, err := s.session(ctx)
@@ -173,11 +226,15 @@ func (s *Source) Run(ctx context.Context) error {
 			return nil
 		}
 		if healthy {
-			b.Reset() // a session that worked starts the schedule afresh
+			b.Reset()
+			failures = 0
+		} else {
+			failures++
 		}
 		wait := b.NextBackOff()
+		s.setRetry(failures, wait)
 		s.setState(StateConnecting, err)
-		s.log.Warn("disconnected from broker; will reconnect", "error", err, "retry_in", wait.Round(time.Millisecond))
+		s.log.Warn("disconnected from broker; will reconnect", "error", err, "failures", failures, "retry_in", wait.Round(time.Millisecond))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -188,16 +245,35 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 }
 
-// session runs one connection. healthy reports whether it got as far as
-// subscribing, so the reconnect schedule can start over.
+// connConfig returns the configuration for the next connection: the
+// passcode file is read again, so a rotated secret needs no restart.
+func (s *Source) connConfig() (Config, error) {
+	cfg := s.cfg
+	if cfg.PasscodeFile != "" {
+		p, err := ReadSecretFile(cfg.PasscodeFile)
+		if err != nil {
+			return cfg, fmt.Errorf("passcode_file: %w", err)
+		}
+		cfg.Passcode = p
+	}
+	return cfg, nil
+}
+
+// session runs one connection. healthy reports whether it delivered a
+// message or stayed subscribed for HealthyAfter, so the reconnect
+// schedule can start over.
 func (s *Source) session(ctx context.Context) (healthy bool, err error) {
+	cfg, err := s.connConfig()
+	if err != nil {
+		return false, err
+	}
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	nc, err := Dial(dialCtx, s.cfg)
+	nc, err := Dial(dialCtx, cfg)
 	if err != nil {
 		cancel()
 		return false, err
 	}
-	opts := ConnOptions(s.cfg, s.opts.Logger)
+	opts := ConnOptions(cfg, s.opts.Logger)
 	grantedNone := false
 	opts = append(opts, stomp.ConnOpt.ResponseHeaders(func(h *frame.Header) {
 		grantedNone = h.Get("heart-beat") == "0,0"
@@ -209,55 +285,173 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	cancel()
 	if err != nil {
 		nc.Close()
-		return false, fmt.Errorf("cannot connect to %s: %w", s.cfg.String(), brokerError(err))
+		return false, fmt.Errorf("cannot connect to %s: %w", s.cfg.String(), brokerError(err, cfg))
 	}
-	if grantedNone && s.cfg.HeartBeat > 0 && !s.heartbeatOff.Load() {
+	if grantedNone && cfg.HeartBeat > 0 && !s.heartbeatOff.Load() {
 		// The broker does not do heartbeats. go-stomp would still time the
 		// connection out after its own receive interval, dropping every
 		// idle connection: reconnect with heartbeats off.
 		s.heartbeatOff.Store(true)
 		s.log.Warn("broker granted no heartbeats; reconnecting with heartbeats off")
-		_ = conn.Disconnect()
+		s.closeConn(conn, nc, false)
 		return true, errors.New("broker granted no heartbeats")
 	}
-	sub, err := conn.Subscribe(s.cfg.Destination, AckMode(s.cfg), SubscribeOptions(s.cfg)...)
+	sub, err := conn.Subscribe(cfg.Destination, AckMode(cfg), SubscribeOptions(cfg)...)
 	if err != nil {
-		_ = conn.MustDisconnect()
-		return false, fmt.Errorf("cannot subscribe to %s: %w", s.cfg.Destination, brokerError(err))
+		s.closeConn(conn, nc, false)
+		return false, fmt.Errorf("cannot subscribe to %s: %w", cfg.Destination, brokerError(err, cfg))
 	}
+	subscribed := time.Now()
 	s.connects.Add(1)
 	s.setState(StateConnected, nil)
-	s.log.Info("subscribed", "dest", s.cfg.Destination, "url", s.cfg.String(), "ack", s.cfg.AckMode, "prefetch", s.cfg.Prefetch)
+	s.log.Info("subscribed", "dest", cfg.Destination, "url", s.cfg.String(), "ack", cfg.AckMode, "prefetch", cfg.Prefetch)
+
+	// The reader hands frames to the committer until told to discard;
+	// from then on it keeps draining sub.C, without ACKs (those frames are
+	// redelivered), so go-stomp never blocks on it while we unsubscribe
+	// and disconnect.
+	rd := &reader{
+		frames:  make(chan *stomp.Message, cfg.Prefetch+1),
+		errc:    make(chan error, 1),
+		discard: make(chan struct{}),
+		dead:    make(chan struct{}),
+	}
+	go s.readLoop(sub, rd)
+	defer close(rd.dead)
 
 	ledger := ack.NewLedger(0)
 	barrierCtx, stopBarrier := context.WithCancel(context.Background())
-	var barrierWG sync.WaitGroup
-	barrierWG.Add(1)
+	barrierDone := make(chan struct{})
 	kick := make(chan struct{}, 1)
-	go func() { defer barrierWG.Done(); s.barrierLoop(barrierCtx, conn, ledger, kick) }()
-	err = s.pump(ctx, conn, sub, ledger, kick, rand.Uint64())
+	go func() { defer close(barrierDone); s.barrierLoop(barrierCtx, conn, ledger, kick) }()
+
+	err = s.commitLoop(ctx, conn, rd, ledger, kick, rand.Uint64())
+	close(rd.discard)
 	stopBarrier()
-	barrierWG.Wait()
+	healthy = rd.delivered.Load() > 0 || time.Since(subscribed) >= s.opts.HealthyAfter
+
 	if ctx.Err() != nil {
-		// Shutdown: unsubscribe so the broker stops sending, then a
-		// DISCONNECT whose receipt confirms every ACK sent before it.
-		_ = sub.Unsubscribe()
-		if derr := conn.Disconnect(); derr == nil {
-			seqs := ledger.Confirm()
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if cerr := s.j.ConfirmDelivered(cctx, seqs); cerr != nil {
-				s.log.Warn("cannot record confirmed deliveries", "error", cerr)
-			}
-			cancel()
-		} else {
-			ledger.Lost()
-			_ = conn.MustDisconnect()
-		}
+		s.shutdown(conn, nc, sub, ledger, barrierDone)
 		return true, nil
 	}
 	ledger.Lost()
-	_ = conn.MustDisconnect()
-	return true, err
+	s.closeConn(conn, nc, false)
+	waitBounded(barrierDone, s.opts.ShutdownTimeout)
+	if rd.delivered.Load() == 0 {
+		err = explainEarlyClose(err, cfg)
+	}
+	return healthy, err
+}
+
+// shutdown ends a session whose context ended: UNSUBSCRIBE, so the broker
+// stops sending, then a DISCONNECT whose receipt confirms every ACK sent
+// before it. Both are bounded by ShutdownTimeout, after which the
+// connection is closed: then the unconfirmed ACKs keep their dedup slots.
+func (s *Source) shutdown(conn *stomp.Conn, nc interface{ Close() error }, sub *stomp.Subscription, ledger *ack.Ledger, barrierDone <-chan struct{}) {
+	done := make(chan error, 1)
+	go func() {
+		_ = sub.Unsubscribe()
+		done <- conn.Disconnect()
+	}()
+	t := time.NewTimer(s.opts.ShutdownTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			ledger.Lost()
+			s.closeConn(conn, nc, false)
+			break
+		}
+		seqs := ledger.Confirm()
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if cerr := s.j.ConfirmDelivered(cctx, seqs); cerr != nil {
+			s.log.Warn("cannot record confirmed deliveries", "error", cerr)
+		}
+		cancel()
+	case <-t.C:
+		s.log.Warn("broker did not confirm unsubscribe and disconnect in time; closing the connection", "timeout", s.opts.ShutdownTimeout)
+		ledger.Lost()
+		s.closeConn(conn, nc, true)
+	}
+	waitBounded(barrierDone, s.opts.ShutdownTimeout)
+}
+
+// closeConn closes a connection without waiting on the broker. go-stomp's
+// MustDisconnect can block behind a send that holds its lock, so the
+// socket is closed first and MustDisconnect runs on its own; with wait it
+// is given a moment.
+func (s *Source) closeConn(conn *stomp.Conn, nc interface{ Close() error }, hard bool) {
+	if hard {
+		_ = nc.Close()
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = conn.MustDisconnect() }()
+	if !waitBounded(done, 5*time.Second) {
+		_ = nc.Close()
+	}
+}
+
+// waitBounded waits for ch to close, at most d. It reports whether it did.
+func waitBounded(ch <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// reader is the hand-over between readLoop and commitLoop.
+type reader struct {
+	frames    chan *stomp.Message
+	errc      chan error    // the first error of the subscription
+	discard   chan struct{} // closed: drop frames from now on
+	dead      chan struct{} // closed: the session is over, stop reading
+	delivered atomic.Uint64
+}
+
+// readLoop only moves MESSAGE frames from go-stomp's sub.C to rd.frames.
+// go-stomp stops reading the socket when a subscriber falls behind, and a
+// slow fsync must never stop heartbeats, so it never waits on the journal.
+// After discard it keeps emptying sub.C until go-stomp closes it.
+func (s *Source) readLoop(sub *stomp.Subscription, rd *reader) {
+	for {
+		var m *stomp.Message
+		var ok bool
+		select {
+		case m, ok = <-sub.C:
+		case <-rd.dead:
+			return
+		}
+		if !ok {
+			rd.fail(errors.New("subscription closed"))
+			return
+		}
+		if m.Err != nil {
+			rd.fail(m.Err)
+			continue // go-stomp closes sub.C next
+		}
+		select {
+		case <-rd.discard:
+			continue // not ACKed: the broker redelivers it
+		default:
+		}
+		s.received.Add(1)
+		rd.delivered.Add(1)
+		select {
+		case rd.frames <- m:
+		case <-rd.discard:
+		}
+	}
+}
+
+func (rd *reader) fail(err error) {
+	select {
+	case rd.errc <- err:
+	default:
+	}
 }
 
 // barrierLoop confirms ACKs while the connection lives. STOMP has no
@@ -265,7 +459,7 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 // receipt for an empty transaction's ABORT proves every ACK sent before it
 // arrived. Confirmed entries lose their dedup slot, so the window in which
 // a redelivery is matched by content stays about one round trip long. The
-// pump kicks it after each batch of ACKs; at most one barrier is
+// committer kicks it after each batch of ACKs; at most one barrier is
 // outstanding, so under load one barrier covers many batches.
 func (s *Source) barrierLoop(ctx context.Context, conn *stomp.Conn, ledger *ack.Ledger, kick <-chan struct{}) {
 	for {
@@ -277,7 +471,7 @@ func (s *Source) barrierLoop(ctx context.Context, conn *stomp.Conn, ledger *ack.
 		mark := ledger.Mark()
 		tx, err := conn.BeginWithError()
 		if err != nil {
-			return // the connection is gone; pump reports it
+			return // the connection is gone; the committer reports it
 		}
 		if err := tx.AbortWithReceipt(); err != nil {
 			return
@@ -289,94 +483,67 @@ func (s *Source) barrierLoop(ctx context.Context, conn *stomp.Conn, ledger *ack.
 	}
 }
 
-// pump reads frames on its own goroutine into a buffer bounded by the
-// prefetch, and commits and ACKs them in batches on this one. A slow fsync
-// never stops go-stomp's reader, and the broker never has more than the
-// prefetch unacknowledged, so memory stays bounded whatever the backlog.
-func (s *Source) pump(ctx context.Context, conn *stomp.Conn, sub *stomp.Subscription, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
-	frames := make(chan *stomp.Message, s.cfg.Prefetch+1)
-	readErr := make(chan error, 1)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(frames)
-		for {
-			var m *stomp.Message
-			var ok bool
-			select {
-			case m, ok = <-sub.C:
-			case <-stop:
-				return
-			}
-			if !ok {
-				readErr <- errors.New("subscription closed")
-				return
-			}
-			if m.Err != nil {
-				readErr <- brokerError(m.Err)
-				return
-			}
-			s.received.Add(1)
-			select {
-			case frames <- m:
-			case <-stop:
-				return
-			}
-		}
-	}()
-	defer func() {
-		close(stop)
-		wg.Wait()
-	}()
+// batch holds the committer's buffers, reused from one batch to the next.
+type batch struct {
+	msgs    []*stomp.Message
+	entries []*queue.Entry
+	store   []queue.Entry
+	headers []queue.Header
+	seqs    []uint64
+	b       entryBuilder
+}
 
-	mode := ack.Individual
-	if s.cfg.AckMode == "client" {
-		mode = ack.Cumulative
-	}
-	batch := make([]*stomp.Message, 0, s.opts.MaxBatch)
+// commitLoop takes everything the reader has buffered (up to MaxBatch
+// frames), journals it with one Append and only then ACKs it: one
+// cumulative ACK of the last frame in client mode, one per frame in
+// client-individual mode.
+func (s *Source) commitLoop(ctx context.Context, conn *stomp.Conn, rd *reader, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
+	cumulative := s.cfg.AckMode != "client-individual"
+	bt := &batch{}
 	for {
-		batch = batch[:0]
+		bt.msgs = bt.msgs[:0]
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case m, ok := <-frames:
-			if !ok {
-				return <-readErr
-			}
-			batch = append(batch, m)
+		case err := <-rd.errc:
+			return brokerError(err, s.cfg)
+		case m := <-rd.frames:
+			bt.msgs = append(bt.msgs, m)
 		}
 	fill:
-		for len(batch) < s.opts.MaxBatch {
+		for len(bt.msgs) < s.opts.MaxBatch {
 			select {
-			case m, ok := <-frames:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, m)
+			case m := <-rd.frames:
+				bt.msgs = append(bt.msgs, m)
 			default:
 				break fill
 			}
 		}
-		res, err := s.commit(ctx, batch, connID)
+		res, err := s.commit(ctx, bt, connID)
 		if err != nil {
 			return err // ctx ended while the journal was unwritable
 		}
 		if s.opts.AfterCommit != nil {
-			s.opts.AfterCommit(len(batch))
+			s.opts.AfterCommit(len(bt.msgs))
 		}
-		seqs := make([]uint64, 0, len(batch))
-		for _, i := range ack.Plan(mode, len(batch)) {
-			if err := conn.Ack(batch[i]); err != nil {
+		if cumulative {
+			if err := conn.Ack(bt.msgs[len(bt.msgs)-1]); err != nil {
 				return fmt.Errorf("cannot ack: %w", err)
 			}
+		} else {
+			for _, m := range bt.msgs {
+				if err := conn.Ack(m); err != nil {
+					return fmt.Errorf("cannot ack: %w", err)
+				}
+			}
 		}
+		bt.seqs = bt.seqs[:0]
 		for _, r := range res {
-			seqs = append(seqs, r.Seq)
+			bt.seqs = append(bt.seqs, r.Seq)
 		}
-		ledger.Sent(seqs...)
-		s.acked.Add(uint64(len(batch)))
+		ledger.Sent(bt.seqs...)
+		s.acked.Add(uint64(len(bt.msgs)))
+		clear(bt.msgs) // let the bodies go
 		select {
 		case kick <- struct{}{}:
 		default: // a barrier is on its way; the next one covers these
@@ -384,38 +551,64 @@ func (s *Source) pump(ctx context.Context, conn *stomp.Conn, sub *stomp.Subscrip
 	}
 }
 
-// commit journals a batch, retrying with backoff while the journal cannot
-// write (disk full, I/O error). Meanwhile nothing is ACKed and no new
-// frames are taken: the broker keeps them. It returns an error only when
-// ctx ends first.
-func (s *Source) commit(ctx context.Context, batch []*stomp.Message, connID uint64) ([]queue.AppendResult, error) {
-	entries := make([]*queue.Entry, len(batch))
-	for i, m := range batch {
-		entries[i] = s.entry(m, connID)
+// commit journals a batch. While the journal cannot write (disk full, I/O
+// error) it retries with backoff; meanwhile nothing is ACKed and no new
+// frames are taken: the broker keeps them. An error that points at the
+// batch rather than the disk is narrowed down to the entry that causes
+// it, which is journaled with a fault instead of looping forever. It
+// returns an error only when ctx ends first.
+func (s *Source) commit(ctx context.Context, bt *batch, connID uint64) ([]queue.AppendResult, error) {
+	n := len(bt.msgs)
+	bt.store = slices.Grow(bt.store[:0], n)[:n]
+	bt.entries = bt.entries[:0]
+	bt.headers = bt.headers[:0]
+	for i, m := range bt.msgs {
+		e := &bt.store[i]
+		*e = queue.Entry{}
+		bt.headers = s.fill(e, m, connID, &bt.b, bt.headers)
+		bt.entries = append(bt.entries, e)
 	}
+	return s.appendAll(ctx, bt.entries)
+}
+
+// appendAll appends entries in order, each exactly once.
+func (s *Source) appendAll(ctx context.Context, entries []*queue.Entry) ([]queue.AppendResult, error) {
+	res := make([]queue.AppendResult, 0, len(entries))
+	window := len(entries) // entries tried together; halved to isolate a bad one
 	var b *backoff.ExponentialBackOff
-	for attempt := 0; ; attempt++ {
-		res, err := s.j.Append(ctx, entries...)
+	paused := false
+	for len(res) < len(entries) {
+		rest := entries[len(res):]
+		try := rest[:min(window, len(rest))]
+		r, err := s.j.Append(ctx, try...)
 		if err == nil {
-			if attempt > 0 {
+			res = append(res, r...)
+			s.count(r)
+			window = len(entries)
+			if paused {
+				paused = false
 				s.setPaused(false)
-				s.log.Info("journal writable again; taking frames", "attempts", attempt+1)
+				s.log.Info("journal writable again; taking frames")
 			}
-			dups := 0
-			for _, r := range res {
-				if r.Duplicate {
-					dups++
-				}
-			}
-			s.journaled.Add(uint64(len(res) - dups))
-			s.duplicates.Add(uint64(dups))
-			if dups > 0 {
-				s.log.Info("redeliveries recognised; not journaled twice", "count", dups)
-			}
-			return res, nil
+			continue
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if !retryable(err) {
+			switch {
+			case len(try) > 1:
+				window = (len(try) + 1) / 2
+				continue
+			case !strings.HasPrefix(try[0].Fault, faultRefused):
+				// This entry alone fails: journal it without what can make
+				// a journal refuse it (the ordering key, a long dedup id),
+				// with a fault, so it is parked as stuck, not lost.
+				s.refused(try[0], err)
+				continue
+			}
+			// Even the bare entry fails: the journal, not the entry, is
+			// at fault. Wait like for a full disk.
 		}
 		if b == nil {
 			b = backoff.NewExponentialBackOff()
@@ -423,10 +616,13 @@ func (s *Source) commit(ctx context.Context, batch []*stomp.Message, connID uint
 			b.MaxInterval = 10 * time.Second
 			b.MaxElapsedTime = 0
 			b.Reset()
+		}
+		if !paused {
+			paused = true
 			s.setPaused(true)
 		}
 		wait := b.NextBackOff()
-		s.log.Error("cannot journal frames; not acknowledging, not taking more until it works", "error", err, "frames", len(batch), "retry_in", wait.Round(time.Millisecond))
+		s.log.Error("cannot journal frames; not acknowledging, not taking more until it works", "error", err, "frames", len(rest), "retry_in", wait.Round(time.Millisecond))
 		s.setState(StateConnected, err)
 		t := time.NewTimer(wait)
 		select {
@@ -435,7 +631,53 @@ func (s *Source) commit(ctx context.Context, batch []*stomp.Message, connID uint
 			return nil, ctx.Err()
 		case <-t.C:
 		}
+		window = len(entries)
 	}
+	return res, nil
+}
+
+func (s *Source) count(res []queue.AppendResult) {
+	dups := 0
+	for _, r := range res {
+		if r.Duplicate {
+			dups++
+		}
+	}
+	s.journaled.Add(uint64(len(res) - dups))
+	s.duplicates.Add(uint64(dups))
+	if dups > 0 {
+		s.log.Info("redeliveries recognised; not journaled twice", "count", dups)
+	}
+}
+
+// faultRefused starts the fault of an entry the journal refused as
+// received.
+const faultRefused = "the journal refused this message as received"
+
+// refused strips e of what a journal may refuse and faults it.
+func (s *Source) refused(e *queue.Entry, err error) {
+	f := fmt.Sprintf("%s (%v); journaled without its ordering key (%d bytes)", faultRefused, err, len(e.Key))
+	if e.Fault != "" {
+		f += "; " + e.Fault
+	}
+	e.Fault = f
+	e.Key = ""
+	if len(e.DedupID) > maxIDHeader {
+		sum := sha256.Sum256(e.DedupID)
+		e.DedupID = append([]byte("h:"), sum[:]...)
+	}
+	s.faulted.Add(1)
+	s.log.Error("journal refused a message; journaling it with a fault, parked as stuck", "error", err)
+}
+
+// retryable reports whether an Append error is about the journal (full,
+// closed, I/O) rather than the entries: then the same batch is retried
+// until it works.
+func retryable(err error) bool {
+	var pe *fs.PathError
+	var errno syscall.Errno
+	return errors.Is(err, queue.ErrFull) || errors.Is(err, queue.ErrClosed) || errors.Is(err, queue.ErrReadOnly) ||
+		errors.As(err, &pe) || errors.As(err, &errno)
 }
 
 // volatileHeaders change between deliveries of one message and must not
@@ -445,21 +687,36 @@ var volatileHeaders = map[string]bool{
 	"content-length": true, "destination": true,
 }
 
-// entry turns a MESSAGE frame into a journal entry. Bad input is never
+// entryBuilder holds scratch space for building entries.
+type entryBuilder struct {
+	h   hash.Hash
+	idx []int
+}
+
+// entry turns a MESSAGE frame into a new journal entry.
+func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
+	e := &queue.Entry{}
+	s.fill(e, m, connID, &entryBuilder{}, nil)
+	return e
+}
+
+// fill turns a MESSAGE frame into a journal entry, taking the headers
+// from the end of arena (which it returns grown). Bad input is never
 // dropped: what cannot be read is journaled with a Fault, which workers
 // park as stuck.
-func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
+func (s *Source) fill(e *queue.Entry, m *stomp.Message, connID uint64, b *entryBuilder, arena []queue.Header) []queue.Header {
 	n := m.Header.Len()
-	hdrs := make([]queue.Header, n)
+	start := len(arena)
 	for i := 0; i < n; i++ {
 		k, v := m.Header.GetAt(i)
-		hdrs[i] = queue.Header{Name: k, Value: v}
+		arena = append(arena, queue.Header{Name: k, Value: v})
 	}
+	hdrs := arena[start:len(arena):len(arena)]
 	dest := m.Destination
 	if dest == "" {
 		dest = s.cfg.Destination
 	}
-	e := &queue.Entry{
+	*e = queue.Entry{
 		ReceivedAt:  s.opts.Now(),
 		Source:      s.cfg.Name,
 		Destination: dest,
@@ -468,7 +725,7 @@ func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
 		Redelivered: m.Header.Get("redelivered") == "true",
 		Connection:  connID,
 	}
-	e.DedupID = s.dedupID(e)
+	e.DedupID = s.dedupID(e, b)
 	var faults []string
 	if max := s.cfg.MaxBody; max > 0 && len(e.Body) > max {
 		s.tooLong.Add(1)
@@ -476,38 +733,51 @@ func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
 		s.log.Warn("message body over max_body: journaled truncated and parked as stuck", "size", len(e.Body), "max_body", max)
 		e.Body = e.Body[:max]
 	}
-	view := &Message{Destination: dest, Headers: hdrs, Body: e.Body}
+	view := Message{Destination: dest, Headers: hdrs, Body: e.Body}
 	var err error
-	if e.Type, err = s.cfg.TypeFrom.Extract(view); err != nil {
+	if e.Type, err = s.cfg.TypeFrom.Extract(&view); err != nil {
 		faults = append(faults, fmt.Sprintf("cannot read type (%s): %v", s.cfg.TypeFrom, err))
 	}
-	if e.Key, err = s.cfg.KeyFrom.Extract(view); err != nil {
+	if e.Key, err = s.cfg.KeyFrom.Extract(&view); err != nil {
 		faults = append(faults, fmt.Sprintf("cannot read key (%s): %v", s.cfg.KeyFrom, err))
 	}
-	e.Fault = strings.Join(faults, "; ")
-	return e
+	if len(faults) > 0 {
+		e.Fault = strings.Join(faults, "; ")
+		s.faulted.Add(1)
+	}
+	return arena
 }
 
 // dedupID identifies a message across redeliveries: the publisher's id
-// header when the source names one and the frame has it, else a SHA-256 of
-// the destination, the non-volatile headers and the body.
-func (s *Source) dedupID(e *queue.Entry) []byte {
+// header when the source names one and the frame has it (hashed when
+// longer than 256 bytes), else a SHA-256 of the destination, the
+// non-volatile headers and the body.
+func (s *Source) dedupID(e *queue.Entry, b *entryBuilder) []byte {
 	if s.cfg.IDHeader != "" {
 		if v, ok := e.Header(s.cfg.IDHeader); ok && v != "" {
-			return append([]byte("id:"), v...)
+			if len(v) <= maxIDHeader {
+				return append([]byte("id:"), v...)
+			}
+			sum := sha256.Sum256([]byte(v))
+			return append([]byte("idh:"), sum[:]...)
 		}
 	}
-	h := sha256.New()
+	if b.h == nil {
+		b.h = sha256.New()
+	}
+	h := b.h
+	h.Reset()
 	h.Write([]byte(e.Destination))
 	h.Write([]byte{0})
-	hs := make([]queue.Header, 0, len(e.Headers))
-	for _, x := range e.Headers {
+	b.idx = b.idx[:0]
+	for i, x := range e.Headers {
 		if !volatileHeaders[x.Name] {
-			hs = append(hs, x)
+			b.idx = append(b.idx, i)
 		}
 	}
-	sort.SliceStable(hs, func(a, b int) bool { return hs[a].Name < hs[b].Name })
-	for _, x := range hs {
+	slices.SortStableFunc(b.idx, func(x, y int) int { return strings.Compare(e.Headers[x].Name, e.Headers[y].Name) })
+	for _, i := range b.idx {
+		x := e.Headers[i]
 		h.Write([]byte(x.Name))
 		h.Write([]byte{':'})
 		h.Write([]byte(x.Value))
@@ -518,20 +788,53 @@ func (s *Source) dedupID(e *queue.Entry) []byte {
 	return h.Sum([]byte("h:"))
 }
 
-// brokerError keeps the broker's own message of an ERROR frame.
-func brokerError(err error) error {
+// brokerError keeps the broker's own message of an ERROR frame, with a
+// hint for the errors newcomers meet.
+func brokerError(err error, cfg Config) error {
 	var se stomp.Error
 	if pe := (*stomp.Error)(nil); errors.As(err, &pe) && pe != nil {
 		se = *pe
 	} else if !errors.As(err, &se) {
 		return err
 	}
-	if se.Frame == nil {
+	if se.Frame == nil || se.Frame.Command != frame.ERROR {
 		return err
 	}
 	detail := strings.TrimSpace(string(se.Frame.Body))
+	msg := fmt.Sprintf("broker says %q", se.Message)
 	if detail != "" && !strings.Contains(se.Message, detail) {
-		return fmt.Errorf("broker says %q: %s", se.Message, detail)
+		msg += ": " + detail
 	}
-	return fmt.Errorf("broker says %q", se.Message)
+	if h := hint(se.Message+" "+detail, cfg); h != "" {
+		msg += " (" + h + ")"
+	}
+	return errors.New(msg)
+}
+
+// queueHint explains the difference between /queue/ and /amq/queue/.
+const queueHint = "/queue/NAME redeclares the queue; use /amq/queue/NAME for a queue declared by someone else"
+
+func hint(text string, cfg Config) string {
+	switch {
+	case strings.Contains(text, "PRECONDITION_FAILED") && strings.HasPrefix(cfg.Destination, "/queue/"):
+		return queueHint
+	case strings.Contains(text, "NOT_FOUND") && strings.HasPrefix(cfg.Destination, "/amq/queue/"):
+		return "/amq/queue/NAME needs an existing queue; /queue/NAME declares it"
+	}
+	return ""
+}
+
+// explainEarlyClose adds what a bare "connection closed" means when it
+// comes before any message: RabbitMQ's Web-STOMP closes the WebSocket
+// (normal closure, reason "STOMP died") without an ERROR frame when it
+// refuses a SUBSCRIBE.
+func explainEarlyClose(err error, cfg Config) error {
+	if err == nil || (cfg.Scheme != "ws" && cfg.Scheme != "wss") || !strings.Contains(err.Error(), "connection closed") {
+		return err
+	}
+	h := "the broker's log has the reason: a missing queue (NOT_FOUND), a queue declared with other arguments (PRECONDITION_FAILED) or ACCESS_REFUSED"
+	if strings.HasPrefix(cfg.Destination, "/queue/") {
+		h += "; " + queueHint
+	}
+	return fmt.Errorf("broker closed the WebSocket right after SUBSCRIBE to %s without an ERROR frame (%s): %w", cfg.Destination, h, err)
 }

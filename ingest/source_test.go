@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand"
@@ -191,19 +192,27 @@ func TestIngestPublishConsume(t *testing.T) {
 
 // Ensure connections cut in the middle lose nothing and journal nothing
 // twice: unacked frames are redelivered and recognised.
+// Both ack modes: client (cumulative, the default) and client-individual.
 func TestIngestConnectionCut(t *testing.T) {
-	t.Run("ContentHash", func(t *testing.T) { testConnectionCut(t, false) })
-	// Every tenth body repeats an earlier one, and the publisher sets an id:
-	// distinct messages with the same body must all be kept.
-	t.Run("SameBodiesWithIDHeader", func(t *testing.T) { testConnectionCut(t, true) })
+	for _, mode := range ackModes {
+		t.Run(mode, func(t *testing.T) {
+			t.Run("ContentHash", func(t *testing.T) { testConnectionCut(t, mode, false) })
+			// Every tenth body repeats an earlier one, and the publisher sets an id:
+			// distinct messages with the same body must all be kept.
+			t.Run("SameBodiesWithIDHeader", func(t *testing.T) { testConnectionCut(t, mode, true) })
+		})
+	}
 }
 
-func testConnectionCut(t *testing.T, withID bool) {
+// ackModes are the STOMP ack modes a source supports.
+var ackModes = []string{"client", "client-individual"}
+
+func testConnectionCut(t *testing.T, mode string, withID bool) {
 	requireBroker(t)
 	dest := testQueue(t)
 	p := brokertest.StartProxy(t, "127.0.0.1:0", brokerAddr)
 	j := mustOpenJournal(t, "")
-	raw := fmt.Sprintf("stomp://guest:guest@%s%s?prefetch=100", p.Addr(), dest)
+	raw := fmt.Sprintf("stomp://guest:guest@%s%s?prefetch=100&ack=%s", p.Addr(), dest, mode)
 	if withID {
 		raw += "&id_header=x-msg-id"
 	}
@@ -381,4 +390,112 @@ func (f *flakyJournal) Append(ctx context.Context, es ...*queue.Entry) ([]queue.
 		return nil, fmt.Errorf("cannot commit journal: %w", queue.ErrFull)
 	}
 	return f.Journal.Append(ctx, es...)
+}
+
+// Ensure a 40 KB id header and a 40 KB JSON key do not stall a source: the
+// long id is hashed into a short dedup id, and an entry the journal
+// refuses as received is narrowed down and journaled with a fault (or
+// whole, once the journal indexes long keys), while the messages around
+// it are journaled in order and everything is ACKed.
+func TestIngestLongIDAndKey(t *testing.T) {
+	requireBroker(t)
+	dest := testQueue(t)
+	long := strings.Repeat("k", 40<<10)
+	in := [][]byte{
+		[]byte(`{"key":"a"}`),
+		[]byte(`{"key":"b"}`), // with the 40 KB id header
+		[]byte(`{"key":"` + long + `"}`),
+		[]byte(`{"key":"c"}`),
+	}
+	publishEach(t, dest, in, func(i int) []string {
+		if i == 1 {
+			return []string{"x-msg-id", long}
+		}
+		return []string{"x-msg-id", fmt.Sprint("id-", i)}
+	})
+	j := mustOpenJournal(t, "")
+	cfg := mustConfig(t, "stomp://guest:guest@"+brokerAddr+dest+"?key=json:key&id_header=x-msg-id&prefetch=10")
+	src, stop := runSource(t, cfg, j, Options{})
+	waitFor(t, "all four journaled and acked", 30*time.Second, func() bool { return src.Status().Acked >= uint64(len(in)) })
+	stop()
+	var es []*queue.Entry
+	_ = j.Scan(queue.Filter{}, func(e *queue.Entry) bool { es = append(es, e); return true })
+	if len(es) != len(in) {
+		t.Fatalf("journaled %d entries, want %d", len(es), len(in))
+	}
+	for i, e := range es {
+		if string(e.Body) != string(in[i]) {
+			t.Fatalf("entry %d has body %.40q, want %.40q", i, e.Body, in[i])
+		}
+	}
+	if e := es[1]; len(e.DedupID) > 64 || e.Fault != "" || e.Key != "b" {
+		t.Errorf("long id header: dedup id of %d bytes, fault %q, key %q; want a short hash, no fault", len(e.DedupID), e.Fault, e.Key)
+	}
+	if e := es[2]; !(e.Key == long && e.Fault == "") && !(e.Key == "" && strings.Contains(e.Fault, "refused")) {
+		t.Errorf("long key: key of %d bytes, fault %.200q; want it whole or faulted", len(e.Key), e.Fault)
+	}
+	if e := es[3]; e.Key != "c" || e.Fault != "" {
+		t.Errorf("message after the long key: key %q fault %q", e.Key, e.Fault)
+	}
+	if src.Status().Paused {
+		t.Error("source paused: the refusal was taken for a full disk")
+	}
+	if n := queueDepth(t, dest); n != 0 {
+		t.Fatalf("queue still holds %d messages", n)
+	}
+}
+
+// refusingJournal refuses, with an error that is not about the disk, any
+// batch holding an entry whose key is "poison", like a journal that
+// cannot index a key.
+type refusingJournal struct {
+	*queue.Journal
+	calls atomic.Int64
+}
+
+func (r *refusingJournal) Append(ctx context.Context, es ...*queue.Entry) ([]queue.AppendResult, error) {
+	r.calls.Add(1)
+	for _, e := range es {
+		if e.Key == "poison" {
+			return nil, errors.New("cannot commit journal: key too large")
+		}
+	}
+	return r.Journal.Append(ctx, es...)
+}
+
+// Ensure an Append error that retrying cannot fix is narrowed down to the
+// one entry causing it, which is journaled with a fault; the rest of the
+// batch is journaled once each, in order, and the source never pauses.
+func TestIngestJournalRefusesEntry(t *testing.T) {
+	requireBroker(t)
+	dest := testQueue(t)
+	in := bodies(300, func(i int) string {
+		if i == 150 {
+			return `{"key":"poison"}`
+		}
+		return fmt.Sprintf(`{"key":"k%d","n":%d}`, i%5, i)
+	})
+	publish(t, dest, in)
+	j := mustOpenJournal(t, "")
+	rj := &refusingJournal{Journal: j}
+	src, stop := runSource(t, mustConfig(t, "stomp://guest:guest@"+brokerAddr+dest+"?key=json:key&prefetch=300"), rj, Options{})
+	waitFor(t, "all acked", 30*time.Second, func() bool { return src.Status().Acked >= uint64(len(in)) })
+	stop()
+	assertExactlyOnce(t, journalBodies(t, j), in)
+	var faulted []string
+	_ = j.Scan(queue.Filter{}, func(e *queue.Entry) bool {
+		if e.Fault != "" {
+			faulted = append(faulted, string(e.Body)+" "+e.Fault)
+		}
+		return true
+	})
+	if len(faulted) != 1 || !strings.Contains(faulted[0], "poison") || !strings.Contains(faulted[0], "key too large") {
+		t.Fatalf("faulted entries = %q, want only the poison one, naming the journal's error", faulted)
+	}
+	if st := src.Status(); st.Paused || st.Faulted != 1 {
+		t.Fatalf("status %+v: want not paused, one faulted", st)
+	}
+	if c := rj.calls.Load(); c > 100 {
+		t.Fatalf("%d Append calls for 300 messages: the bad entry was not isolated by halving", c)
+	}
 }
