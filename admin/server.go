@@ -95,7 +95,7 @@ type Server struct {
 	Control Control
 	// Reextract, when set, replays the matching unfinished entries with
 	// their type and key read again by the current source settings.
-	Reextract func(queue.Filter) ([]uint64, error)
+	Reextract func(f queue.Filter, dryRun bool) ([]uint64, error)
 	// ReadOnly refuses every change (replay, pause) and hides the
 	// dashboard's buttons.
 	ReadOnly bool
@@ -432,7 +432,7 @@ func (s *Server) reextract(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
-	seqs, err := s.Reextract(f)
+	seqs, err := s.Reextract(f, r.URL.Query().Get("dry_run") == "true")
 	if err != nil {
 		writeError(w, err)
 		return

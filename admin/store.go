@@ -115,6 +115,9 @@ func NewLocal(j *queue.Journal, own bool) *Local {
 	return &Local{j: j, own: own, now: time.Now}
 }
 
+// Journal returns the journal the store reads.
+func (s *Local) Journal() *queue.Journal { return s.j }
+
 // Close closes the journal if the store owns it.
 func (s *Local) Close() error {
 	if s.own {
@@ -339,6 +342,19 @@ func (r *Remote) Replay(f queue.Filter, dryRun bool) ([]uint64, error) {
 		Seqs []uint64 `json:"seqs"`
 	}
 	return out.Seqs, r.do("POST", "/v1/replay", q, &out)
+}
+
+// Reextract asks the agent to replay the unfinished entries matching f
+// with type and key read again by its current settings.
+func (r *Remote) Reextract(f queue.Filter, dryRun bool) ([]uint64, error) {
+	q := FilterQuery(f)
+	if dryRun {
+		q.Set("dry_run", "true")
+	}
+	var out struct {
+		Seqs []uint64 `json:"seqs"`
+	}
+	return out.Seqs, r.do("POST", "/v1/reextract", q, &out)
 }
 
 // Pause asks the agent to pause pattern.

@@ -646,7 +646,7 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		if u.s.Reextract == nil {
 			return "", errors.New("replay with re-extraction needs the running agent's source settings")
 		}
-		done, err := u.s.Reextract(f)
+		done, err := u.s.Reextract(f, false)
 		if err != nil {
 			return "", err
 		}

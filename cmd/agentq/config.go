@@ -11,6 +11,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/agentq/agentq/ingest"
 	"github.com/agentq/agentq/worker"
 )
 
@@ -62,6 +63,8 @@ type AdminConfig struct {
 	// AllowedHosts are DNS names the admin endpoint answers to besides
 	// loopback names and its own addresses (Host header check).
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// ReadOnly: the admin API and dashboard change nothing.
+	ReadOnly bool `yaml:"read_only"`
 }
 
 // SourceEntry is one subscription. URL carries everything the command
@@ -75,7 +78,8 @@ type SourceEntry struct {
 	Key          string            `yaml:"key"`  // SPEC, as type
 	IDHeader     string            `yaml:"id_header"`
 	Durable      bool              `yaml:"durable"`
-	Headers      map[string]string `yaml:"headers"` // extra SUBSCRIBE headers
+	DurableQueue string            `yaml:"durable_queue"` // the durable subscription's queue name
+	Headers      map[string]string `yaml:"headers"`       // extra SUBSCRIBE headers
 	line         int
 }
 
@@ -241,14 +245,11 @@ func (c *Config) validate() error {
 		}
 	}
 	if c.Admin.TokenFile != "" {
-		b, err := os.ReadFile(c.Admin.TokenFile)
+		tok, err := ingest.ReadSecretFile(c.Admin.TokenFile)
 		if err != nil {
 			return fmt.Errorf("admin token_file: %w", err)
 		}
-		c.Admin.Token = strings.TrimSpace(string(b))
-		if c.Admin.Token == "" {
-			return fmt.Errorf("admin token_file %s is empty", c.Admin.TokenFile)
-		}
+		c.Admin.Token = strings.TrimSpace(tok)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/agentq/agentq/admin"
+	"github.com/agentq/agentq/ingest"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -157,7 +158,7 @@ func readToken(file string) (string, error) {
 	if file == "" {
 		return "", nil
 	}
-	t, err := readSecretFile(file)
+	t, err := ingest.ReadSecretFile(file)
 	if err != nil {
 		return "", usagef("--admin-token-file: %v", err)
 	}
@@ -192,6 +193,9 @@ func printSummary(w io.Writer, s *admin.Summary) {
 	} else {
 		fmt.Fprintln(w, "oldest pending: none pending")
 	}
+	if len(s.Paused) > 0 {
+		fmt.Fprintf(w, "paused: %s (held, not dispatched: agentq resume PATTERN)\n", strings.Join(s.Paused, " "))
+	}
 	fmt.Fprintf(w, "stuck: %d\n", s.States["stuck"])
 	if len(s.Stuck) > 0 {
 		fmt.Fprintln(w)
@@ -200,6 +204,12 @@ func printSummary(w io.Writer, s *admin.Summary) {
 			fmt.Fprintf(w, "... and %d more: agentq inspect --state stuck --limit 0\n", s.States["stuck"]-int64(len(s.Stuck)))
 		}
 		fmt.Fprintln(w, "\nreplay them with: agentq replay --from SEQ --state stuck")
+		for _, v := range s.Stuck {
+			if strings.Contains(v.Fault, "cannot read type") || strings.Contains(v.Fault, "cannot read key") {
+				fmt.Fprintln(w, "type or key could not be read: fix the SPEC, then: agentq replay --from SEQ --reextract")
+				break
+			}
+		}
 	}
 }
 
@@ -251,6 +261,9 @@ func printEntry(w io.Writer, v *admin.EntryView) {
 	}
 	if v.Fault != "" {
 		kv("bad input", v.Fault)
+		if strings.Contains(v.Fault, "cannot read type") || strings.Contains(v.Fault, "cannot read key") {
+			kv("hint", fmt.Sprintf("fix the type/key SPEC, then: agentq replay --from %d --reextract", v.Seq))
+		}
 	}
 	if v.LastError != "" {
 		kv("last error", v.LastError)

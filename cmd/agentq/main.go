@@ -83,6 +83,8 @@ Quick start (a local RabbitMQ from 'make broker'):
 			runCommand(),
 			inspectCommand(),
 			replayCommand(),
+			pauseCommand(),
+			resumeCommand(),
 			sendCommand(),
 			compactCommand(),
 			versionCommand(),
@@ -136,16 +138,3 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// readSecretFile reads a token or passcode file, trimming the newline.
-func readSecretFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return "", fmt.Errorf("%s is empty", path)
-	}
-	return s, nil
-}

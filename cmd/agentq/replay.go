@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/agentq/agentq/admin"
+	"github.com/agentq/agentq/ingest"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -28,7 +29,8 @@ Examples:
    agentq replay --from 1200 --dry-run          # what would run again
    agentq replay --from 1200 --to 1300          # stuck entries 1200..1300
    agentq replay --from 2h --state all          # everything of the last two hours
-   agentq replay --from 1 --type order.created --key order-42`,
+   agentq replay --from 1 --type order.created --key order-42
+   agentq replay --from 1 --reextract --config /etc/agentq/agentq.yaml   # after fixing a wrong SPEC`,
 		Flags: append(journalFlags(),
 			&cli.StringFlag{Name: "from", Usage: "first `SEQ|TIME` (required)"},
 			&cli.StringFlag{Name: "to", Usage: "last `SEQ|TIME` (inclusive)"},
@@ -36,6 +38,9 @@ Examples:
 			&cli.StringFlag{Name: "key", Usage: "only entries with this ordering key"},
 			&cli.StringFlag{Name: "type", Usage: "only entries of this type"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print what would be replayed, change nothing"},
+			&cli.BoolFlag{Name: "reextract", Usage: "read type and key again from each stored message with the current settings (a running agent's own; offline: --config, --type-from, --key-from), for every unfinished entry in the range (pending, retrying and stuck)"},
+			&cli.StringFlag{Name: "type-from", Usage: "with --reextract on a stopped agent: the type `SPEC` for every source"},
+			&cli.StringFlag{Name: "key-from", Usage: "with --reextract on a stopped agent: the key `SPEC` for every source"},
 		),
 		Action: replayAction,
 	}
@@ -69,6 +74,9 @@ func replayAction(c *cli.Context) error {
 			return err
 		}
 		f.ToSeq, f.Until = seq, t
+	}
+	if c.Bool("reextract") {
+		return reextractAction(c, path, token, f)
 	}
 	switch c.String("state") {
 	case "stuck":
@@ -113,4 +121,100 @@ func listSeqs(seqs []uint64) string {
 		fmt.Fprintf(&sb, " %d", s)
 	}
 	return sb.String()
+}
+
+// reextractAction is replay --reextract: the entries keep their message
+// and get a type, key and fault read again with the current settings.
+func reextractAction(c *cli.Context, path, token string, f queue.Filter) error {
+	if c.IsSet("state") {
+		switch c.String("state") {
+		case "stuck":
+			f.States = []queue.State{queue.StateStuck}
+		case "pending":
+			f.States = []queue.State{queue.StatePending}
+		case "all":
+		default:
+			return usagef("--state %q with --reextract: want stuck, pending or all (unfinished entries)", c.String("state"))
+		}
+	}
+	st, err := admin.Open(path, !c.Bool("dry-run"), token)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var seqs []uint64
+	switch st := st.(type) {
+	case *admin.Remote:
+		if c.IsSet("type-from") || c.IsSet("key-from") {
+			return usagef("the agent is running: it re-extracts with its own settings; change its configuration and restart it, or stop it to use --type-from/--key-from")
+		}
+		seqs, err = st.Reextract(f, c.Bool("dry-run"))
+	case *admin.Local:
+		var sources []ingest.Config
+		if sources, err = reextractSettings(c); err == nil {
+			seqs, err = reextract(st.Journal(), sources, f, c.Bool("dry-run"))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	verb := "re-extracted and replayed"
+	if c.Bool("dry-run") {
+		verb = "would re-extract and replay"
+	}
+	fmt.Fprintf(c.App.Writer, "%s %d entries%s\n", verb, len(seqs), listSeqs(seqs))
+	return nil
+}
+
+// reextractSettings are the sources of --config with --type-from and
+// --key-from applied; without --config, one catch-all source whose name
+// is empty (it applies to entries of every source).
+func reextractSettings(c *cli.Context) ([]ingest.Config, error) {
+	var sources []ingest.Config
+	if p := c.String("config"); p != "" {
+		cfg, err := LoadConfig(p)
+		if err != nil {
+			return nil, usageError{err.Error()}
+		}
+		for _, e := range cfg.Sources {
+			sc, err := ingest.ParseURL(e.URL)
+			if err != nil {
+				return nil, usagef("config %s: source: %v", p, err)
+			}
+			for _, x := range []struct{ param, value string }{{"name", e.Name}, {"type", e.Type}, {"key", e.Key}} {
+				if x.value != "" {
+					if err := sc.SetParam(x.param, x.value); err != nil {
+						return nil, usagef("config %s: source %s: %v", p, x.param, err)
+					}
+				}
+			}
+			if err := sc.Resolve(); err != nil {
+				return nil, usagef("config %s: source: %v", p, err)
+			}
+			sources = append(sources, sc)
+		}
+	}
+	if len(sources) == 0 {
+		if !c.IsSet("type-from") && !c.IsSet("key-from") {
+			return nil, usagef("--reextract on a stopped agent needs the settings to read with: --config FILE, or --type-from/--key-from")
+		}
+		sc := ingest.Config{Name: ""}
+		sc.TypeFrom, _ = ingest.ParseSpec("header:type")
+		sources = []ingest.Config{sc}
+	}
+	for i := range sources {
+		for _, x := range []struct {
+			flag string
+			dst  *ingest.Spec
+		}{{"type-from", &sources[i].TypeFrom}, {"key-from", &sources[i].KeyFrom}} {
+			if v := c.String(x.flag); v != "" {
+				sp, err := ingest.ParseSpec(v)
+				if err != nil {
+					return nil, usagef("--%s: %v", x.flag, err)
+				}
+				*x.dst = sp
+			}
+		}
+	}
+	return sources, nil
 }

@@ -32,11 +32,7 @@ message. 'make broker' starts such a RabbitMQ.
 
 Flags override the config file; each also reads an AGENTQ_* environment variable.
 
-SPEC (for --type-from and --key-from) says where a message's type or ordering key comes from:
-   const:VALUE     the same for every message
-   header:NAME     a STOMP header
-   json:a.b.c      a field of the JSON body (numbers index arrays: items.0.id)
-   dest:REGEX      a named group of a regular expression on the destination
+`+indent(ingest.URLHelp(), "")+`
 
 Examples:
    agentq run
@@ -49,7 +45,7 @@ A command backend gets the body on stdin and AGENTQ_SEQ, AGENTQ_TYPE, AGENTQ_KEY
 AGENTQ_SOURCE, AGENTQ_DESTINATION and AGENTQ_HEADER_<NAME> in its environment. Exit 0 is done,
 exit 65 parks the message as stuck at once, anything else is retried with backoff.
 
-SIGTERM or SIGINT stops taking messages and lets running calls finish (--drain-timeout);
+SIGTERM, SIGINT or SIGHUP stops taking messages and lets running calls finish (--drain-timeout);
 a second signal cancels them. Their messages stay in the journal and run again on restart.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config `FILE` (see testdata/agentq.example.yaml)", EnvVars: []string{"AGENTQ_CONFIG"}},
@@ -64,6 +60,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N`", Value: worker.DefaultWorkers, EnvVars: []string{"AGENTQ_WORKERS"}},
 			&cli.StringFlag{Name: "admin", Usage: "admin endpoint `ADDR` (health, metrics, JSON API); 127.0.0.1:0 picks a free port; empty disables (default " + DefaultAdmin + ")", EnvVars: []string{"AGENTQ_ADMIN"}},
 			&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with a bearer token required by the admin API (needed for non-loopback --admin)", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
+			&cli.BoolFlag{Name: "admin-read-only", Usage: "the admin API and dashboard show everything but change nothing (no replay, pause or resume)", EnvVars: []string{"AGENTQ_ADMIN_READ_ONLY"}},
 			&cli.StringFlag{Name: "log-format", Usage: "log `FORMAT`: text (default) or json", EnvVars: []string{"AGENTQ_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Usage: "log `LEVEL`: debug, info (default), warn or error", EnvVars: []string{"AGENTQ_LOG_LEVEL"}},
 			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long running calls may finish after SIGTERM, as a `DURATION`", Value: worker.DefaultDrainTimeout, EnvVars: []string{"AGENTQ_DRAIN_TIMEOUT"}},
@@ -95,6 +92,7 @@ type settings struct {
 	retain   time.Duration
 	timeout  time.Duration
 	defaults bool // no source was configured: the newcomer's default
+	readOnly bool // the admin endpoint refuses changes
 }
 
 func resolveSettings(c *cli.Context) (*settings, error) {
@@ -161,15 +159,17 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	if c.IsSet("admin") {
 		s.admin = c.String("admin")
 	}
+	s.readOnly = cfg.Admin.ReadOnly
+	if c.IsSet("admin-read-only") {
+		s.readOnly = c.Bool("admin-read-only")
+	}
 	s.token = cfg.Admin.Token
 	if f := c.String("admin-token-file"); f != "" {
-		b, err := os.ReadFile(f)
+		tok, err := ingest.ReadSecretFile(f)
 		if err != nil {
 			return nil, usagef("--admin-token-file: %v", err)
 		}
-		if s.token = strings.TrimSpace(string(b)); s.token == "" {
-			return nil, usagef("--admin-token-file %s is empty", f)
-		}
+		s.token = strings.TrimSpace(tok)
 	}
 
 	// Backend flags replace the config's routes with one catch-all route.
@@ -227,7 +227,7 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	}
 	names := map[string]bool{}
 	for i, e := range entries {
-		where := fmt.Sprintf("--source %q", redactURL(e.URL))
+		where := fmt.Sprintf("--source %q", ingest.RedactURL(e.URL))
 		if !flagSources && !s.defaults {
 			where = fmt.Sprintf("config %s line %d: source", cfg.path, e.line)
 		}
@@ -235,40 +235,26 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		if err != nil {
 			return nil, usagef("%s: %v", where, err)
 		}
-		if e.Name != "" {
-			sc.Name = e.Name
-		}
-		if e.PasscodeFile != "" {
-			sc.PasscodeFile = e.PasscodeFile
-		}
-		if e.PasscodeEnv != "" {
-			sc.PasscodeEnv = e.PasscodeEnv
-		}
-		if e.IDHeader != "" {
-			sc.IDHeader = e.IDHeader
+		// The file's fields are the URL's parameters by other names: each
+		// is parsed by the same code as in a URL.
+		for _, x := range []struct{ param, value string }{
+			{"name", e.Name}, {"passcode_file", e.PasscodeFile}, {"passcode_env", e.PasscodeEnv},
+			{"id_header", e.IDHeader}, {"type", e.Type}, {"key", e.Key}, {"durable_queue", e.DurableQueue},
+		} {
+			if x.value == "" {
+				continue
+			}
+			if err := sc.SetParam(x.param, x.value); err != nil {
+				return nil, usagef("%s: %s: %v", where, x.param, err)
+			}
 		}
 		if e.Durable {
 			sc.Durable = true
 		}
 		for k, v := range e.Headers {
-			if sc.Headers == nil {
-				sc.Headers = map[string]string{}
+			if err := sc.SetParam("header."+k, v); err != nil {
+				return nil, usagef("%s: headers: %v", where, err)
 			}
-			sc.Headers[k] = v
-		}
-		for _, x := range []struct {
-			spec string
-			dst  *ingest.Spec
-			name string
-		}{{e.Type, &sc.TypeFrom, "type"}, {e.Key, &sc.KeyFrom, "key"}} {
-			if x.spec == "" {
-				continue
-			}
-			sp, err := ingest.ParseSpec(x.spec)
-			if err != nil {
-				return nil, usagef("%s %s: %v", where, x.name, err)
-			}
-			*x.dst = sp
 		}
 		if typeSpec != nil {
 			sc.TypeFrom = *typeSpec
@@ -396,6 +382,13 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
+	// Pauses an operator stored (live or offline) hold from the start.
+	for _, p := range j.Paused() {
+		if err := pool.Pause(p); err != nil {
+			return err
+		}
+		logger.Warn("dispatch paused by an operator: messages are journaled but not handled until resumed (agentq resume)", "pattern", p)
+	}
 
 	logger.Info("journal open", "path", absPath(s.journal), "entries", j.LastSeq())
 	for _, sc := range s.sources {
@@ -411,7 +404,10 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 			return err
 		}
 		srv := &admin.Server{Store: admin.NewLocal(j, false), Metrics: m, Sources: statuses, Warnings: journalWarnings(j),
-			Token: s.token, AllowedHosts: s.cfg.Admin.AllowedHosts, Log: logger}
+			Token: s.token, AllowedHosts: s.cfg.Admin.AllowedHosts, Log: logger,
+			Control:   &admin.Agent{Journal: j, Pool: pool, RouteList: routeViews(s.routes)},
+			Reextract: func(f queue.Filter, dryRun bool) ([]uint64, error) { return reextract(j, s.sources, f, dryRun) },
+			ReadOnly:  s.readOnly, Retention: s.retain}
 		srv.Start(ln)
 		defer srv.Shutdown()
 		addr := ln.Addr().String()
@@ -423,7 +419,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 			return err
 		}
 		defer os.Remove(admin.AddrFile(s.journal))
-		logger.Info("admin endpoint", "addr", "http://"+addr, "paths", "/healthz /readyz /metrics /v1/ /debug/pprof/")
+		logger.Info("admin endpoint", "addr", "http://"+addr, "dashboard", "http://"+addr+"/ui/", "paths", "/healthz /readyz /metrics /v1/ /debug/pprof/")
 	}
 
 	// Tell a newcomer at once when there is no broker, instead of only
@@ -500,6 +496,68 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	}
 	logger.Info("stopped cleanly")
 	return nil
+}
+
+// indent prefixes every line of s.
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = prefix + l
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// routeViews describes the routes for the dashboard: pattern and backend,
+// without secrets (an HTTP route's URL loses its credentials).
+func routeViews(routes []RouteEntry) []admin.RouteView {
+	out := make([]admin.RouteView, len(routes))
+	for i, r := range routes {
+		b := "log"
+		switch {
+		case len(r.Exec) > 0:
+			b = "exec: " + strings.Join(r.Exec, " ")
+		case r.Shell != "":
+			b = "shell: " + r.Shell
+		case r.HTTP != "":
+			b = "http: " + ingest.RedactURL(r.HTTP)
+		}
+		out[i] = admin.RouteView{Pattern: r.Match, Backend: b}
+	}
+	return out
+}
+
+// reextract replays the unfinished entries matching f with their type and
+// key read again by the current settings of the source each came from.
+func reextract(j *queue.Journal, sources []ingest.Config, f queue.Filter, dryRun bool) ([]uint64, error) {
+	byName := map[string]ingest.Config{}
+	for _, sc := range sources {
+		byName[sc.Name] = sc
+	}
+	return j.Reextract(context.Background(), f, func(e *queue.Entry) (string, string, string) {
+		sc, ok := byName[e.Source]
+		if !ok {
+			// A catch-all (the command line's SPECs) reads every source.
+			if sc, ok = byName[""]; !ok {
+				return e.Type, e.Key, e.Fault // no such source any more: as it was
+			}
+		}
+		var faults []string
+		if strings.HasPrefix(e.Fault, "body of ") {
+			faults = append(faults, e.Fault) // over max_body: stays bad input
+		}
+		view := ingest.Message{Destination: e.Destination, Headers: e.Headers, Body: e.Body}
+		typ, err := sc.TypeFrom.Extract(&view)
+		if err != nil {
+			faults = append(faults, fmt.Sprintf("cannot read type (%s): %v", sc.TypeFrom, err))
+		}
+		key, err := sc.KeyFrom.Extract(&view)
+		if err != nil {
+			faults = append(faults, fmt.Sprintf("cannot read key (%s): %v", sc.KeyFrom, err))
+		}
+		return typ, key, strings.Join(faults, "; ")
+	}, dryRun)
 }
 
 // secretEnvNames lists the environment variables that hold the sources'
@@ -604,18 +662,4 @@ func splitCommand(s string) ([]string, error) {
 		return nil, errors.New("empty command")
 	}
 	return out, nil
-}
-
-// redactURL hides a password in a URL for error messages.
-func redactURL(s string) string {
-	at := strings.Index(s, "@")
-	scheme := strings.Index(s, "://")
-	if at < 0 || scheme < 0 || at < scheme {
-		return s
-	}
-	user := s[scheme+3 : at]
-	if i := strings.Index(user, ":"); i >= 0 {
-		return s[:scheme+3] + user[:i] + ":xxxxx" + s[at:]
-	}
-	return s
 }

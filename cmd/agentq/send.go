@@ -58,10 +58,10 @@ func sendAction(c *cli.Context) error {
 	}
 	cfg, err := ingest.ParseURL(target)
 	if err != nil {
-		return usagef("URL %q: %v", redactURL(target), err)
+		return usagef("URL %q: %v", ingest.RedactURL(target), err)
 	}
 	if err := cfg.Resolve(); err != nil {
-		return usagef("URL %q: %v", redactURL(target), err)
+		return usagef("URL %q: %v", ingest.RedactURL(target), err)
 	}
 	var body []byte
 	switch file {

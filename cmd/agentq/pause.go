@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/agentq/agentq/admin"
+	"github.com/agentq/agentq/queue"
+)
+
+func pauseCommand() *cli.Command {
+	return pauseResume("pause", true, `Stops dispatch of the message types that match PATTERN (AMQP topic wildcards:
+* one word, # any words). Messages keep being received, journaled and
+acknowledged; calls already running finish. The pause is kept in the journal,
+so a restarted agent stays paused until 'agentq resume PATTERN'. Works on a
+running agent through its admin API and on a stopped agent's journal.
+
+With no PATTERN, lists what is paused.
+
+Examples:
+   agentq pause 'order.*'           # hold all orders, e.g. during SLURM maintenance
+   agentq pause '#'                 # hold everything
+   agentq pause                     # what is paused`)
+}
+
+func resumeCommand() *cli.Command {
+	return pauseResume("resume", false, `Resumes dispatch of the message types PATTERN paused; held messages run in
+order. PATTERN must be written as it was paused ('agentq pause' lists them).
+
+Examples:
+   agentq resume 'order.*'`)
+}
+
+func pauseResume(name string, pause bool, desc string) *cli.Command {
+	return &cli.Command{
+		Name:        name,
+		Usage:       map[bool]string{true: "stop dispatch of matching message types (intake goes on)", false: "resume dispatch of a paused pattern"}[pause],
+		UsageText:   "agentq " + name + " [--journal PATH | --config FILE] [PATTERN]",
+		Description: desc,
+		Flags:       journalFlags(),
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 1 {
+				return usagef("%s takes one PATTERN, got %d arguments (quote patterns with * or #)", name, c.NArg())
+			}
+			pattern := strings.TrimSpace(c.Args().First())
+			if pattern == "" && !pause {
+				return usagef("resume needs the PATTERN to resume ('agentq pause' lists them)")
+			}
+			if pattern != "" {
+				if err := queue.ValidatePattern(pattern); err != nil {
+					return usagef("PATTERN %q: %v", pattern, err)
+				}
+			}
+			path, err := journalPath(c.String("journal"), c.String("config"))
+			if err != nil {
+				return err
+			}
+			token, err := readToken(c.String("admin-token-file"))
+			if err != nil {
+				return err
+			}
+			st, err := admin.Open(path, pattern != "", token)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if pattern != "" {
+				if pause {
+					err = st.Pause(pattern)
+				} else {
+					err = st.Resume(pattern)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			ps, err := st.Paused()
+			if err != nil {
+				return err
+			}
+			if pattern != "" {
+				fmt.Fprintf(c.App.Writer, "%sd %s\n", name, pattern)
+			}
+			if len(ps) == 0 {
+				fmt.Fprintln(c.App.Writer, "nothing is paused")
+			} else {
+				fmt.Fprintf(c.App.Writer, "paused: %s\n", strings.Join(ps, " "))
+			}
+			return nil
+		},
+	}
+}
