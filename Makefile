@@ -5,7 +5,7 @@ LDFLAGS  := -X 'main.Version=$(VERSION)'
 BIN      := bin/agentq
 TESTTIME ?= 20m
 
-.PHONY: all build test bench run lint broker mosquitto fuzz chaos clean
+.PHONY: all build test bench run lint broker mosquitto chromium screenshots fuzz chaos clean
 
 all: build
 
@@ -21,9 +21,17 @@ broker:
 mosquitto:
 	@bash scripts/mosquitto.sh
 
+# chromium installs Debian's chromium for the dashboard's browser test.
+chromium:
+	@bash scripts/chromium.sh
+
+# screenshots refreshes the dashboard pictures the README shows.
+screenshots: broker chromium
+	AGENTQ_SCREENSHOTS=$(CURDIR)/testdata/screenshots $(GO) test -count=1 -run '^TestDashboardInBrowser$$' ./cmd/agentq
+
 # test: vet, then every test with the race detector against the local broker.
 # -p 1: one package at a time, because the ingest tests restart the broker.
-test: broker mosquitto
+test: broker mosquitto chromium
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 -timeout $(TESTTIME) ./...
 

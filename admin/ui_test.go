@@ -1,0 +1,212 @@
+package admin
+
+import (
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// uiClient is a browser-like client: it keeps cookies and does not follow
+// redirects, so tests see each step.
+func uiClient(t *testing.T) *http.Client {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func get(t *testing.T, c *http.Client, u string) (int, string, http.Header) {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func postForm(t *testing.T, c *http.Client, u string, form url.Values, hdr map[string]string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", u, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+var csrfRe = regexp.MustCompile(`name="csrf" value="([0-9a-f]+)"`)
+
+// TestDashboardPages: every page renders from the journal, with the
+// security headers, and entries are listed newest first.
+func TestDashboardPages(t *testing.T) {
+	j := testJournal(t)
+	_, base := serve(t, j, "")
+	c := uiClient(t)
+	for _, path := range []string{"/ui/", "/ui/entries", "/ui/entries?state=pending&type=order.*", "/ui/entries/1", "/ui/stuck", "/ui/routes", "/ui/login"} {
+		code, body, h := get(t, c, base+path)
+		if code != 200 {
+			t.Fatalf("GET %s = %d: %s", path, code, body)
+		}
+		if csp := h.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe-inline") {
+			t.Errorf("GET %s: Content-Security-Policy %q", path, csp)
+		}
+		if strings.Contains(body, "<script>") || strings.Contains(body, " onclick=") {
+			t.Errorf("GET %s: inline script in the page", path)
+		}
+	}
+	_, body, _ := get(t, c, base+"/ui/entries")
+	i12, i1 := strings.Index(body, `href="/ui/entries/12"`), strings.Index(body, `href="/ui/entries/1"`)
+	if i12 < 0 || i1 < 0 || i12 > i1 {
+		t.Errorf("entries are not newest first")
+	}
+	_, body, _ = get(t, c, base+"/ui/stuck")
+	if !strings.Contains(body, "exit status 65: no such account") {
+		t.Errorf("the stuck page does not show the error")
+	}
+	_, body, _ = get(t, c, base+"/ui/entries?type=order*")
+	if !strings.Contains(body, "type pattern") {
+		t.Errorf("a bad type pattern is not explained: %s", body)
+	}
+}
+
+// TestDashboardActions: replay needs a login and the form token; a
+// cross-site form is refused; Replay all matching replays the whole
+// filter; pause and resume reach the journal.
+func TestDashboardActions(t *testing.T) {
+	j := testJournal(t)
+	srv, base := serve(t, j, "")
+	c := uiClient(t)
+	replayAll := url.Values{"state": {"stuck"}, "all": {"1"}, "next": {"/ui/stuck"}}
+
+	// Not logged in: no form token on the page, and a post is refused.
+	_, body, _ := get(t, c, base+"/ui/stuck")
+	if csrfRe.MatchString(body) || strings.Contains(body, `id="replay-all"`) == false {
+		t.Fatalf("logged out: token on page %v, buttons %v", csrfRe.MatchString(body), strings.Contains(body, `id="replay-all"`))
+	}
+	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, nil); code != http.StatusUnauthorized {
+		t.Errorf("replay without login = %d, want 401", code)
+	}
+	// A wrong token does not log in.
+	if code, _, h := postForm(t, c, base+"/ui/login", url.Values{"token": {"nope"}}, nil); code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "error=") {
+		t.Errorf("wrong token: %d %s", code, h.Get("Location"))
+	}
+	// Log in with the state token.
+	code, _, h := postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}, "next": {"/ui/stuck"}}, nil)
+	if code != http.StatusSeeOther || h.Get("Location") != "/ui/stuck" {
+		t.Fatalf("login = %d → %s", code, h.Get("Location"))
+	}
+	if sc := h.Get("Set-Cookie"); !strings.Contains(sc, "HttpOnly") || !strings.Contains(sc, "SameSite=Strict") {
+		t.Errorf("session cookie %q lacks HttpOnly or SameSite=Strict", sc)
+	}
+	_, body, _ = get(t, c, base+"/ui/stuck")
+	m := csrfRe.FindStringSubmatch(body)
+	if m == nil {
+		t.Fatal("no form token after login")
+	}
+	csrf := m[1]
+	// Logged in but without the form token, or cross-site: refused.
+	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, nil); code != http.StatusForbidden {
+		t.Errorf("replay without the form token = %d, want 403", code)
+	}
+	replayAll.Set("csrf", csrf)
+	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, map[string]string{"Origin": "http://evil.example"}); code != http.StatusForbidden {
+		t.Errorf("cross-site replay = %d, want 403", code)
+	}
+	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, map[string]string{"Sec-Fetch-Site": "cross-site"}); code != http.StatusForbidden {
+		t.Errorf("cross-site replay (Sec-Fetch-Site) = %d, want 403", code)
+	}
+	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 1 {
+		t.Fatalf("refused requests changed the journal: %d stuck", n)
+	}
+	// The real thing.
+	code, _, h = postForm(t, c, base+"/ui/replay", replayAll, map[string]string{"Origin": base, "Sec-Fetch-Site": "same-origin"})
+	if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "replayed+1+entries") {
+		t.Fatalf("replay all = %d → %s", code, h.Get("Location"))
+	}
+	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 0 {
+		t.Errorf("after Replay all matching %d stuck, want 0", n)
+	}
+	// Pause and resume.
+	code, _, _ = postForm(t, c, base+"/ui/pause", url.Values{"csrf": {csrf}, "pattern": {"order.*"}}, nil)
+	if code != http.StatusSeeOther || len(j.Paused()) != 1 {
+		t.Fatalf("pause = %d, journal paused %v", code, j.Paused())
+	}
+	_, body, _ = get(t, c, base+"/ui/routes")
+	if !strings.Contains(body, "<code>order.*</code>") {
+		t.Errorf("routes page does not list the pause")
+	}
+	postForm(t, c, base+"/ui/resume", url.Values{"csrf": {csrf}, "pattern": {"order.*"}}, nil)
+	if len(j.Paused()) != 0 {
+		t.Errorf("resume left %v paused", j.Paused())
+	}
+	// Redirects stay on the dashboard.
+	code, _, h = postForm(t, c, base+"/ui/replay", url.Values{"csrf": {csrf}, "seq": {"1"}, "next": {"https://evil.example/"}}, nil)
+	if loc := h.Get("Location"); code != http.StatusSeeOther || !strings.HasPrefix(loc, "/ui/") {
+		t.Errorf("open redirect: %d → %s", code, loc)
+	}
+}
+
+// TestDashboardTokenAndReadOnly: with a configured token the dashboard
+// needs a login to read; read-only hides and refuses every change.
+func TestDashboardTokenAndReadOnly(t *testing.T) {
+	j := testJournal(t)
+	_, base := serve(t, j, "admin-token-123")
+	c := uiClient(t)
+	if code, _, h := get(t, c, base+"/ui/entries/1"); code != http.StatusSeeOther || !strings.HasPrefix(h.Get("Location"), "/ui/login") {
+		t.Fatalf("reading without a login: %d → %s", code, h.Get("Location"))
+	}
+	postForm(t, c, base+"/ui/login", url.Values{"token": {"admin-token-123"}}, nil)
+	if code, body, _ := get(t, c, base+"/ui/entries/1"); code != 200 || !strings.Contains(body, "Entry 1") {
+		t.Fatalf("after login: %d", code)
+	}
+
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := &Server{Store: NewLocal(j, false), ReadOnly: true}
+	ro.Start(ln)
+	defer ro.Shutdown()
+	rbase := "http://" + ln.Addr().String()
+	c = uiClient(t)
+	postForm(t, c, rbase+"/ui/login", url.Values{"token": {ro.StateToken()}}, nil)
+	_, body, _ := get(t, c, rbase+"/ui/stuck")
+	if strings.Contains(body, `id="replay-all"`) {
+		t.Errorf("read-only page shows replay buttons")
+	}
+	m := csrfRe.FindStringSubmatch(body)
+	form := url.Values{"state": {"stuck"}, "all": {"1"}}
+	if m != nil {
+		form.Set("csrf", m[1])
+	}
+	if code, _, _ := postForm(t, c, rbase+"/ui/replay", form, nil); code != http.StatusForbidden {
+		t.Errorf("read-only replay = %d, want 403", code)
+	}
+	req, _ := http.NewRequest("POST", rbase+"/v1/replay?state=stuck&from=1", nil)
+	req.Header.Set("Authorization", "Bearer "+ro.StateToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("read-only API replay = %d, want 403", resp.StatusCode)
+	}
+	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 1 {
+		t.Errorf("read-only server changed the journal")
+	}
+	_ = queue.StateStuck
+}
