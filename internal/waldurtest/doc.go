@@ -15,9 +15,12 @@
 // payloads of the ten types whose keys cycle so tests can check per-key
 // order. STOMPLogin checks credentials with a raw STOMP CONNECT.
 //
-// Publishing goes through the management API, one HTTP request per
-// message: simple and without a client library, and fast enough for
-// thousands of messages in a test (see TestPublishThroughput).
+// Publish goes through the management API, one HTTP request per message:
+// about 7 ms each under -race here, so 1,000 messages take 7 s.
+// PublishBatch sends over STOMP instead (a plain TCP client, one
+// connection per queue, a receipt per message that RabbitMQ sends once it
+// has confirmed it): 5,000 messages in under a second. See
+// TestPublishThroughput.
 //
 // Management calls retry for a bounded time (Options.BrokerWait) because
 // other packages' tests restart the broker. Everything the server creates

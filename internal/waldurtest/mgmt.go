@@ -19,6 +19,11 @@ const (
 	DefaultSTOMPAddr     = "127.0.0.1:61613"
 )
 
+// ErrQueueFull is returned by Publish when the queue is at x-max-length:
+// with x-overflow reject-publish-dlx the broker refuses the message (and
+// dead-letters it to waldur.dlq.messages).
+var ErrQueueFull = errors.New("queue is full")
+
 // errMgmtStatus marks a management API answer that retrying cannot fix.
 var errMgmtStatus = errors.New("management API refused")
 
@@ -162,6 +167,11 @@ func (m *mgmt) publish(ctx context.Context, vhost, queue string, body []byte) er
 		Routed bool `json:"routed"`
 	}
 	if err := m.call(ctx, http.MethodPost, "/exchanges/"+esc(vhost)+"/amq.default/publish", req, &resp); err != nil {
+		// RabbitMQ 3.10 answers 400 "rejected Unable to publish message.
+		// Check queue limits." when the overflow policy rejects it.
+		if strings.Contains(err.Error(), "queue limits") {
+			return fmt.Errorf("cannot publish to %s/%s: %w: %w", vhost, queue, ErrQueueFull, err)
+		}
 		return err
 	}
 	if !resp.Routed {

@@ -54,6 +54,9 @@ type Options struct {
 	// BrokerWait bounds how long one management call retries while the
 	// broker restarts; 0 means 60 s.
 	BrokerWait time.Duration
+	// STOMPAddr is where PublishBatch sends, as the management user; ""
+	// means DefaultSTOMPAddr.
+	STOMPAddr string
 }
 
 // Call is one API request the server answered.
@@ -76,6 +79,7 @@ type Server struct {
 	mgmt     *mgmt
 	offering string
 	args     map[string]any
+	stomp    string // address for PublishBatch
 
 	mu         sync.Mutex
 	users      map[string]*user // by UUID hex
@@ -151,6 +155,7 @@ func New(tb testing.TB, opts Options) *Server {
 			http: &http.Client{Timeout: 30 * time.Second}, attempts: int(opts.BrokerWait/pause) + 1, pause: pause,
 		},
 		offering:   hexUUID(opts.Offering),
+		stomp:      opts.STOMPAddr,
 		args:       QueueArguments(),
 		users:      map[string]*user{},
 		identities: map[string]*identity{},
@@ -281,9 +286,10 @@ func (s *Server) QueueInfo(ctx context.Context, vhost, name string) (QueueInfo, 
 // Publish sends a payload of objectType the way Mastermind does: to every
 // unified queue whose filter takes the type, with object_type added to the
 // payload, and to every legacy queue of that type for the offering. Each
-// message is persistent and goes through the management API. With no
-// queue to take it, the message is dropped and Publish returns nil, as in
-// Waldur; Publish returns how many queues got it through PublishCount.
+// message is persistent and goes through the management API, one request
+// per queue. With no queue to take it the message is dropped and Publish
+// returns nil, as in Waldur; PublishCount also says how many queues got
+// it. A full queue gives ErrQueueFull.
 func (s *Server) Publish(ctx context.Context, objectType string, payload map[string]any) error {
 	_, err := s.PublishCount(ctx, objectType, payload)
 	return err

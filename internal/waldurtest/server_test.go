@@ -298,6 +298,22 @@ func TestPublishThroughput(t *testing.T) {
 	}
 	t.Logf("%d publishes through the management API in %s", n, time.Since(start))
 	depth(t, ctx, s, reg.Subscriptions[0].VHost, reg.Subscriptions[0].Queue, n)
+
+	const m = 5000
+	batch := make([]map[string]any, m)
+	for i := range batch {
+		batch[i] = waldurtest.Payload("order", i)
+	}
+	start = time.Now()
+	got, err := s.PublishBatch(ctx, "order", batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != m {
+		t.Errorf("PublishBatch published %d, want %d", got, m)
+	}
+	t.Logf("%d publishes over STOMP with receipts in %s", m, time.Since(start))
+	depth(t, ctx, s, reg.Subscriptions[0].VHost, reg.Subscriptions[0].Queue, n+m)
 }
 
 // Ensure Payload gives every type a key by waldur.DefaultKeys, cycling
