@@ -218,3 +218,16 @@ func (c *Client) CreateQueue(ctx context.Context, subscriptionUUID, offeringUUID
 	}
 	return q, nil
 }
+
+// DeleteEventSubscription deletes a legacy event subscription, as the
+// site agent does when it stops. Waldur removes the subscription's broker
+// user and queues with it; without this, every restart in legacy mode
+// leaves a subscription behind whose queue keeps filling (up to its
+// x-max-length, for an hour per message).
+func (c *Client) DeleteEventSubscription(ctx context.Context, subscriptionUUID string) error {
+	if !validUUID(subscriptionUUID) {
+		return fmt.Errorf("cannot delete event subscription: %q is not a UUID", subscriptionUUID)
+	}
+	_, err := c.do(ctx, "delete event subscription", http.MethodDelete, subscriptionsPath+Hex(subscriptionUUID)+"/", nil, nil, nil)
+	return err
+}

@@ -135,6 +135,10 @@ func (m *mgmt) declareQueue(ctx context.Context, vhost, name string, args map[st
 		map[string]any{"durable": true, "auto_delete": false, "arguments": args}, nil)
 }
 
+func (m *mgmt) deleteQueue(ctx context.Context, vhost, name string) error {
+	return m.ignore404(m.call(ctx, http.MethodDelete, "/queues/"+esc(vhost)+"/"+esc(name), nil, nil))
+}
+
 // QueueInfo is what the management API says about a queue.
 type QueueInfo struct {
 	Name       string         `json:"name"`

@@ -415,7 +415,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.calls = append(s.calls, call)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	if out != nil {
+	if out != nil && status != http.StatusNoContent {
 		json.NewEncoder(w).Encode(out)
 	}
 }
@@ -450,6 +450,8 @@ func (s *Server) route(r *http.Request, body []byte, call *Call) (int, any) {
 		status, out, err = s.registerQueue(ctx, u, parts[2], body)
 	case len(parts) == 4 && parts[1] == "marketplace-site-agent-identities" && parts[3] == "register_event_subscription" && r.Method == http.MethodPost:
 		status, out, err = s.registerEventSubscription(ctx, u, parts[2], body)
+	case len(parts) == 3 && parts[1] == "event-subscriptions" && r.Method == http.MethodDelete:
+		status, err = s.deleteSubscription(ctx, u, parts[2])
 	case len(parts) == 4 && parts[1] == "event-subscriptions" && parts[3] == "create_queue" && r.Method == http.MethodPost:
 		status, out, err = s.createQueue(ctx, u, parts[2], body)
 	default:
@@ -724,4 +726,24 @@ func (s *Server) createQueue(ctx context.Context, u *user, uuid string, body []b
 		"object_type":   q.objectType,
 		"created":       q.created,
 	}, nil
+}
+
+// deleteSubscription removes a legacy subscription with its queues and
+// its broker user, as Waldur does.
+func (s *Server) deleteSubscription(ctx context.Context, u *user, uuid string) (int, error) {
+	sub, ok := s.subs[hexUUID(uuid)]
+	if !ok || sub.owner != u {
+		return 0, detail(http.StatusNotFound, "No EventSubscription matches the given query.")
+	}
+	for _, q := range sub.queues {
+		if err := s.mgmt.deleteQueue(ctx, q.vhost, q.name); err != nil {
+			return 0, err
+		}
+	}
+	if err := s.mgmt.deleteUser(ctx, sub.uuid); err != nil {
+		return 0, err
+	}
+	delete(s.rmqUsers, sub.uuid)
+	delete(s.subs, sub.uuid)
+	return http.StatusNoContent, nil
 }

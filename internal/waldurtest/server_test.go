@@ -177,6 +177,22 @@ func TestRegisterLegacy(t *testing.T) {
 		checkQueue(t, ctx, s, sub.VHost, sub.Queue)
 		mustLogin(t, ctx, sub.VHost, sub.Login, s.Token())
 	}
+
+	// Ensure deleting a subscription takes its broker user and queue.
+	sub := reg.Subscriptions[0]
+	if err := c.DeleteEventSubscription(ctx, sub.Login); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, ctx, sub.VHost, sub.Login, s.Token())
+	if _, err := s.QueueInfo(ctx, sub.VHost, sub.Queue); err == nil {
+		t.Errorf("queue %s still exists", sub.Queue)
+	}
+	if err := c.DeleteEventSubscription(ctx, sub.Login); !errors.Is(err, waldur.ErrNotFound) {
+		t.Errorf("second delete: err = %v, want ErrNotFound", err)
+	}
+	if got := len(s.Queues()); got != 1 {
+		t.Errorf("queues left = %d, want 1", got)
+	}
 }
 
 // Ensure a token change behaves as in Waldur: the API takes only the new
