@@ -203,7 +203,7 @@ func detail(raw []byte) string {
 		Detail string `json:"detail"`
 	}
 	if json.Unmarshal(raw, &d) == nil && d.Detail != "" {
-		s = d.Detail
+		s = strings.Join(strings.Fields(d.Detail), " ")
 	} else {
 		var buf bytes.Buffer
 		if json.Compact(&buf, raw) == nil {

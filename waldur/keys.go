@@ -22,7 +22,10 @@ import (
 //     resource-scoped user_role sync still carries project_uuid.
 //   - resource, resource_periodic_limits, resource_api_key_rotation: the
 //     resource.
-//   - offering_user: the offering user, falling back to the Waldur user.
+//   - offering_user: the offering user. Every action carries
+//     offering_user_uuid; the fallback to user_uuid only keeps a payload
+//     without it from failing, and such a payload is ordered among its
+//     user's, not its offering user's, messages.
 //   - importable_resources: the import request.
 //   - offering_resources_sync: the offering.
 var DefaultKeys = map[string]string{
