@@ -50,18 +50,34 @@ func checkQueue(t *testing.T, ctx context.Context, s *waldurtest.Server, vhost, 
 	}
 }
 
-// mustLogin checks that the broker takes the credentials.
+// mustLogin checks that the broker takes the credentials. Other packages'
+// tests restart the broker now and then, so failures are retried for a
+// bounded time.
 func mustLogin(t *testing.T, ctx context.Context, vhost, login, passcode string) {
 	t.Helper()
-	if err := waldurtest.STOMPLogin(ctx, "", vhost, login, passcode); err != nil {
-		t.Fatalf("STOMP login %s on %s: %v", login, vhost, err)
+	var err error
+	for range 60 {
+		if err = waldurtest.STOMPLogin(ctx, "", vhost, login, passcode); err == nil {
+			return
+		}
+		time.Sleep(time.Second)
 	}
+	t.Fatalf("STOMP login %s on %s: %v", login, vhost, err)
 }
 
-// mustRefuse checks that the broker answers CONNECT with an ERROR frame.
+// mustRefuse checks that the broker answers CONNECT with an ERROR frame,
+// retrying a broken connection (a broker restart) for a bounded time.
 func mustRefuse(t *testing.T, ctx context.Context, vhost, login, passcode string) {
 	t.Helper()
-	if err := waldurtest.STOMPLogin(ctx, "", vhost, login, passcode); !errors.Is(err, waldurtest.ErrRefused) {
+	var err error
+	for range 60 {
+		err = waldurtest.STOMPLogin(ctx, "", vhost, login, passcode)
+		if err == nil || errors.Is(err, waldurtest.ErrRefused) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if !errors.Is(err, waldurtest.ErrRefused) {
 		t.Fatalf("STOMP login %s on %s: err = %v, want ErrRefused", login, vhost, err)
 	}
 }
