@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentq/agentq/internal/brokertest"
 	"github.com/agentq/agentq/internal/waldurtest"
 	"github.com/agentq/agentq/waldur"
 )
@@ -69,7 +68,7 @@ func TestEnsureIdentity(t *testing.T) {
 
 // Ensure RegisterQueue omits object_types for nil and sends [] for "all".
 func TestRegisterQueueBody(t *testing.T) {
-	brokertest.Require(t)
+	waldurtest.RequireBroker(t)
 	ctx := testContext(t)
 	s := waldurtest.New(t, waldurtest.Options{Token: secret})
 	c := &waldur.Client{BaseURL: s.URL(), Token: secret}

@@ -8,6 +8,10 @@
 // token, full permissions on that vhost only, and durable queues with
 // Waldur's arguments (QueueArguments).
 //
+// The server also serves /rmqws-stomp, a reverse proxy to RabbitMQ's
+// Web-STOMP (ws://127.0.0.1:15674/ws) like the one in front of Waldur's
+// broker, so waldur.BrokerURL of the server's URL works unchanged.
+//
 // Tokens behave as in Waldur: SetToken makes the API accept only the new
 // token at once, while the broker keeps the old password until the agent
 // calls register_queue again. Publish sends payloads the way Mastermind
@@ -22,7 +26,8 @@
 // has confirmed it): 5,000 messages in under a second. See
 // TestPublishThroughput.
 //
-// Management calls retry for a bounded time (Options.BrokerWait) because
-// other packages' tests restart the broker. Everything the server creates
+// Management calls retry for a bounded time (Options.BrokerWait), and
+// RequireBroker waits for the broker, because other packages' tests
+// restart it. Everything the server creates
 // on the broker is deleted when the test ends.
 package waldurtest

@@ -17,6 +17,7 @@ import (
 const (
 	DefaultManagementURL = "http://127.0.0.1:15672"
 	DefaultSTOMPAddr     = "127.0.0.1:61613"
+	DefaultWebSTOMPURL   = "ws://127.0.0.1:15674/ws"
 )
 
 // ErrQueueFull is returned by Publish when the queue is at x-max-length:

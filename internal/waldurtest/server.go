@@ -11,6 +11,8 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -57,6 +59,10 @@ type Options struct {
 	// STOMPAddr is where PublishBatch sends, as the management user; ""
 	// means DefaultSTOMPAddr.
 	STOMPAddr string
+	// WebSTOMPURL is RabbitMQ's Web-STOMP endpoint, which the server
+	// serves at /rmqws-stomp like Waldur's reverse proxy; "" means
+	// DefaultWebSTOMPURL.
+	WebSTOMPURL string
 }
 
 // Call is one API request the server answered.
@@ -144,6 +150,13 @@ func New(tb testing.TB, opts Options) *Server {
 	if opts.ManagementUser == "" {
 		opts.ManagementUser, opts.ManagementPassword = "guest", "guest"
 	}
+	if opts.WebSTOMPURL == "" {
+		opts.WebSTOMPURL = DefaultWebSTOMPURL
+	}
+	ws, err := url.Parse(opts.WebSTOMPURL)
+	if err != nil {
+		tb.Fatalf("waldurtest: Web-STOMP URL: %v", err)
+	}
 	if opts.BrokerWait <= 0 {
 		opts.BrokerWait = 60 * time.Second
 	}
@@ -171,9 +184,28 @@ func New(tb testing.TB, opts Options) *Server {
 		}
 	}
 	s.main = s.addUser(opts.Token)
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	mux := http.NewServeMux()
+	mux.Handle("/rmqws-stomp", webSTOMPProxy(ws))
+	mux.HandleFunc("/", s.serve)
+	s.srv = httptest.NewServer(mux)
 	tb.Cleanup(s.cleanup)
 	return s
+}
+
+// webSTOMPProxy forwards /rmqws-stomp to RabbitMQ's Web-STOMP, WebSocket
+// upgrade included, as the reverse proxy in front of Waldur's broker does,
+// so that the default broker address of a test Waldur works.
+func webSTOMPProxy(target *url.URL) http.Handler {
+	t := *target
+	if t.Scheme == "ws" {
+		t.Scheme = "http"
+	} else if t.Scheme == "wss" {
+		t.Scheme = "https"
+	}
+	return &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.Out.URL.Scheme, r.Out.URL.Host, r.Out.URL.Path, r.Out.URL.RawPath = t.Scheme, t.Host, t.Path, ""
+		r.Out.Host = t.Host
+	}}
 }
 
 // QueueArguments returns the arguments Waldur declares its queues with.

@@ -101,7 +101,7 @@ func depth(t *testing.T, ctx context.Context, s *waldurtest.Server, vhost, name 
 // Ensure unified registration creates the vhost, the broker user and the
 // queue, and that the broker takes the login with the token.
 func TestRegisterUnified(t *testing.T) {
-	brokertest.Require(t)
+	waldurtest.RequireBroker(t)
 	ctx := testContext(t)
 	s := waldurtest.New(t, waldurtest.Options{})
 	c := newClient(s, s.Token())
@@ -167,7 +167,7 @@ func TestRegisterUnified(t *testing.T) {
 // Ensure legacy registration makes one subscription, broker user and
 // queue per type.
 func TestRegisterLegacy(t *testing.T) {
-	brokertest.Require(t)
+	waldurtest.RequireBroker(t)
 	ctx := testContext(t)
 	s := waldurtest.New(t, waldurtest.Options{})
 	c := newClient(s, s.Token())
@@ -214,7 +214,7 @@ func TestRegisterLegacy(t *testing.T) {
 // Ensure a token change behaves as in Waldur: the API takes only the new
 // token at once; the broker keeps the old password until register_queue.
 func TestTokenRotation(t *testing.T) {
-	brokertest.Require(t)
+	waldurtest.RequireBroker(t)
 	ctx := testContext(t)
 	s := waldurtest.New(t, waldurtest.Options{Token: "old-token-0123456789"})
 	old := newClient(s, "old-token-0123456789")
@@ -248,7 +248,7 @@ func TestTokenRotation(t *testing.T) {
 
 // Ensure register_queue on another user's identity is a 409 that says so.
 func TestForeignIdentity(t *testing.T) {
-	brokertest.Require(t)
+	waldurtest.RequireBroker(t)
 	ctx := testContext(t)
 	s := waldurtest.New(t, waldurtest.Options{})
 	reg, err := newClient(s, s.Token()).Register(ctx, waldur.Options{Offering: s.Offering()})
@@ -270,7 +270,7 @@ func TestForeignIdentity(t *testing.T) {
 // Ensure Publish routes as Mastermind does: unified queues by their
 // filter, with object_type; legacy queues by type.
 func TestPublish(t *testing.T) {
-	brokertest.Require(t)
+	waldurtest.RequireBroker(t)
 	ctx := testContext(t)
 	s := waldurtest.New(t, waldurtest.Options{})
 	c := newClient(s, s.Token())
@@ -314,7 +314,7 @@ func TestPublishThroughput(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1,000 publishes")
 	}
-	brokertest.Require(t)
+	waldurtest.RequireBroker(t)
 	ctx := testContext(t)
 	s := waldurtest.New(t, waldurtest.Options{})
 	reg, err := newClient(s, s.Token()).Register(ctx, waldur.Options{Offering: s.Offering(), Types: []string{"order"}})

@@ -37,7 +37,7 @@ func subscribe(t *testing.T, ctx context.Context, sub waldur.Subscription, token
 // order, with object_type in unified payloads and without it in legacy
 // ones.
 func TestSubscribeDestinations(t *testing.T) {
-	brokertest.Require(t)
+	RequireBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s := New(t, Options{})
@@ -106,7 +106,7 @@ func TestSubscribeDestinations(t *testing.T) {
 // x-max-length the broker rejects the publish and dead-letters it to
 // waldur.dlq.messages.
 func TestOverflowDeadLetters(t *testing.T) {
-	brokertest.Require(t)
+	RequireBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s := New(t, Options{QueueArgs: map[string]any{"x-max-length": 2}})
