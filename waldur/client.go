@@ -60,16 +60,18 @@ type Client struct {
 
 var defaultHTTP = &http.Client{Timeout: 30 * time.Second}
 
-// String describes the client without its token.
-func (c *Client) String() string {
+// String describes the client without its token. It and GoString and
+// LogValue have value receivers so that a Client printed by value is
+// covered too.
+func (c Client) String() string {
 	return fmt.Sprintf("waldur.Client{BaseURL: %q, Token: %s}", c.BaseURL, redact(c.Token))
 }
 
 // GoString keeps %#v from printing the token.
-func (c *Client) GoString() string { return c.String() }
+func (c Client) GoString() string { return c.String() }
 
 // LogValue keeps slog from printing the token.
-func (c *Client) LogValue() slog.Value {
+func (c Client) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("base_url", c.BaseURL), slog.String("token", redact(c.Token)))
 }
 

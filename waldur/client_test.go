@@ -218,7 +218,7 @@ func TestClientRedacts(t *testing.T) {
 	c := &waldur.Client{BaseURL: "https://waldur.example.com", Token: secret}
 	var buf strings.Builder
 	slog.New(slog.NewTextHandler(&buf, nil)).Info("client", "client", c)
-	for _, s := range []string{c.String(), fmt.Sprintf("%v %+v %#v %s", c, c, c, c), buf.String()} {
+	for _, s := range []string{c.String(), fmt.Sprintf("%v %+v %#v %s %v %+v %#v", c, c, c, c, *c, *c, *c), buf.String()} {
 		if strings.Contains(s, secret) {
 			t.Errorf("%q holds the token", s)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // ObjectTypes are the ten payload types Waldur publishes to site agents,
@@ -115,11 +116,11 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 	for _, t := range types {
 		sub, err := c.RegisterEventSubscription(ctx, id.UUID, t)
 		if err != nil {
-			return Registration{}, err
+			return Registration{}, c.undoLegacy(reg.Subscriptions, err)
 		}
 		q, err := c.CreateQueue(ctx, sub.UUID, opts.Offering, t)
 		if err != nil {
-			return Registration{}, err
+			return Registration{}, c.undoLegacy(append(reg.Subscriptions, Subscription{Login: sub.UUID}), err)
 		}
 		reg.Subscriptions = append(reg.Subscriptions, Subscription{
 			Login:       sub.UUID,
@@ -138,3 +139,18 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 // queue without Waldur's arguments and RabbitMQ refuses it with
 // PRECONDITION_FAILED.
 func Destination(queue string) string { return "/amq/queue/" + queue }
+
+// undoLegacy deletes the subscriptions a failed legacy registration made,
+// so that retries do not pile up subscriptions whose queues keep filling.
+// It uses its own short context: the caller's may be what failed. A
+// failed delete is added to err.
+func (c *Client) undoLegacy(made []Subscription, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, s := range made {
+		if derr := c.DeleteEventSubscription(ctx, s.Login); derr != nil {
+			err = fmt.Errorf("%w; cleanup also failed: %v", err, derr)
+		}
+	}
+	return err
+}

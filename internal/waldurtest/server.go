@@ -93,8 +93,16 @@ type Server struct {
 	identities map[string]*identity     // by UUID hex
 	subs       map[string]*subscription // by UUID hex
 	calls      []Call
+	faults     []fault
 	vhosts     map[string]bool
 	rmqUsers   map[string]bool
+}
+
+// fault is an injected failure: the next call whose path contains match
+// answers status.
+type fault struct {
+	match  string
+	status int
 }
 
 type user struct {
@@ -271,6 +279,15 @@ func (s *Server) addUser(token string) *user {
 	u.username = "user-" + u.uuid[:8]
 	s.users[u.uuid] = u
 	return u
+}
+
+// Fail makes the next API call whose path contains match (after the
+// token check) answer status with {"detail": "injected failure"}, without
+// doing anything. Several Fail calls queue up in order.
+func (s *Server) Fail(match string, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = append(s.faults, fault{match, status})
 }
 
 // Calls returns the API calls served so far, in order.
@@ -458,6 +475,12 @@ func (s *Server) route(r *http.Request, body []byte, call *Call) (int, any) {
 		return aerr.status, aerr.body
 	}
 	call.User = u.uuid
+	for i, f := range s.faults {
+		if strings.Contains(r.URL.Path, f.match) {
+			s.faults = slices.Delete(s.faults, i, i+1)
+			return f.status, map[string]string{"detail": "injected failure"}
+		}
+	}
 	ctx := r.Context()
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 	var (

@@ -211,6 +211,38 @@ func TestRegisterLegacy(t *testing.T) {
 	}
 }
 
+// Ensure a legacy registration that fails half-way deletes the
+// subscriptions it made, and that a retry then succeeds.
+func TestRegisterLegacyUndo(t *testing.T) {
+	waldurtest.RequireBroker(t)
+	ctx := testContext(t)
+	s := waldurtest.New(t, waldurtest.Options{})
+	c := newClient(s, s.Token())
+	s.Fail("/create_queue/", 503)
+	types := []string{"order", "resource"}
+	_, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types})
+	var e *waldur.Error
+	if !errors.As(err, &e) || e.Status != 503 || e.Op != "create queue" {
+		t.Fatalf("err = %v, want a 503 from create queue", err)
+	}
+	var deletes int
+	for _, call := range s.Calls() {
+		if call.Method == "DELETE" && call.Status == 204 {
+			deletes++
+		}
+	}
+	if deletes != 1 {
+		t.Errorf("deleted %d subscriptions, want 1", deletes)
+	}
+	reg, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(s.Queues()), len(reg.Subscriptions); got != want {
+		t.Errorf("queues = %d, want %d (no leftovers)", got, want)
+	}
+}
+
 // Ensure a token change behaves as in Waldur: the API takes only the new
 // token at once; the broker keeps the old password until register_queue.
 func TestTokenRotation(t *testing.T) {
