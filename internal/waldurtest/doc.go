@@ -17,7 +17,8 @@
 // calls register_queue again. Publish sends payloads the way Mastermind
 // does (with object_type on a unified queue), and Payload makes realistic
 // payloads of the ten types whose keys cycle so tests can check per-key
-// order. STOMPLogin checks credentials with a raw STOMP CONNECT.
+// order. STOMPLogin checks credentials with a raw STOMP CONNECT, and Fail
+// injects an API failure into the next matching call.
 //
 // Publish goes through the management API, one HTTP request per message:
 // about 7 ms each under -race here, so 1,000 messages take 7 s.
