@@ -338,7 +338,11 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	s.closeConn(conn, nc, false)
 	waitBounded(barrierDone, s.opts.ShutdownTimeout)
 	if rd.delivered.Load() == 0 {
-		err = explainEarlyClose(err, cfg)
+		reason := ""
+		if wc, ok := nc.(*wsConn); ok {
+			reason = wc.closeReason()
+		}
+		err = explainEarlyClose(err, cfg, reason)
 	}
 	return healthy, err
 }
@@ -828,13 +832,16 @@ func hint(text string, cfg Config) string {
 // comes before any message: RabbitMQ's Web-STOMP closes the WebSocket
 // (normal closure, reason "STOMP died") without an ERROR frame when it
 // refuses a SUBSCRIBE.
-func explainEarlyClose(err error, cfg Config) error {
+func explainEarlyClose(err error, cfg Config, reason string) error {
 	if err == nil || (cfg.Scheme != "ws" && cfg.Scheme != "wss") || !strings.Contains(err.Error(), "connection closed") {
 		return err
 	}
 	h := "the broker's log has the reason: a missing queue (NOT_FOUND), a queue declared with other arguments (PRECONDITION_FAILED) or ACCESS_REFUSED"
 	if strings.HasPrefix(cfg.Destination, "/queue/") {
 		h += "; " + queueHint
+	}
+	if reason != "" {
+		return fmt.Errorf("broker closed the WebSocket right after SUBSCRIBE to %s without an ERROR frame: %s (%s)", cfg.Destination, reason, h)
 	}
 	return fmt.Errorf("broker closed the WebSocket right after SUBSCRIBE to %s without an ERROR frame (%s): %w", cfg.Destination, h, err)
 }
