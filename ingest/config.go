@@ -465,15 +465,16 @@ func (c Config) Warnings() []string {
 
 // redactErr removes a URL's password from an error text that quotes it.
 func redactErr(msg, raw string) string {
+	msg = strings.ReplaceAll(msg, raw, RedactURL(raw))
 	if u, err := url.Parse(raw); err == nil && u.User != nil {
 		if p, ok := u.User.Password(); ok && p != "" {
-			msg = strings.ReplaceAll(msg, p, "xxxxx")
+			msg = strings.ReplaceAll(msg, p, redacted)
 		}
 	}
 	if i := strings.Index(raw, "://"); i >= 0 {
 		if at := strings.LastIndex(raw, "@"); at > i {
-			if c := strings.Index(raw[i+3:at], ":"); c >= 0 {
-				msg = strings.ReplaceAll(msg, raw[i+3+c+1:at], "xxxxx")
+			if c := strings.Index(raw[i+3:at], ":"); c >= 0 && c+1 < at-i-3 {
+				msg = strings.ReplaceAll(msg, raw[i+3+c+1:at], redacted)
 			}
 		}
 	}

@@ -411,3 +411,22 @@ func TestReadSecretFile(t *testing.T) {
 		}
 	}
 }
+
+// Ensure the Config doc comment names every parameter of the table, so the
+// godoc and URLHelp do not drift apart.
+func TestConfigDocListsParams(t *testing.T) {
+	src, err := os.ReadFile("config.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, ok := strings.Cut(string(src), "type Config struct")
+	if !ok {
+		t.Fatal("no Config in config.go")
+	}
+	doc = doc[strings.LastIndex(doc, "// Config is one subscription"):]
+	for _, p := range append(append([]param(nil), params...), headerParam) {
+		if !strings.Contains(doc, p.name) {
+			t.Errorf("the Config doc comment does not mention %s", p.name)
+		}
+	}
+}

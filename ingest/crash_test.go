@@ -199,6 +199,12 @@ func TestIngestPreconditionFailed(t *testing.T) {
 // records the heart-beat header of every CONNECT. (Not a STOMP server: it
 // cannot ACK or deliver, and tests nothing of either.)
 func fakeNoHeartbeatBroker(t *testing.T) (addr string, asked func() []string) {
+	return fakeBroker(t, true)
+}
+
+// fakeBroker is fakeNoHeartbeatBroker; with receipts false it never
+// answers a receipt either: a broker that hangs.
+func fakeBroker(t *testing.T, receipts bool) (addr string, asked func() []string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +234,7 @@ func fakeNoHeartbeatBroker(t *testing.T) (addr string, asked func() []string) {
 						hb = append(hb, f.Header.Get(frame.HeartBeat))
 						mu.Unlock()
 						c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00"))
-					} else if id := f.Header.Get(frame.Receipt); id != "" {
+					} else if id := f.Header.Get(frame.Receipt); id != "" && receipts {
 						c.Write([]byte("RECEIPT\nreceipt-id:" + id + "\n\n\x00"))
 					}
 				}
@@ -285,4 +291,22 @@ func TestIngestDurableQueueName(t *testing.T) {
 		t.Fatalf("subscription id %q: the test did not rename the source", src.Config().SubscriptionID)
 	}
 	assertSameMultiset(t, journalBodies(t, j), bodies(3, func(i int) string { return fmt.Sprint("while down ", i) }))
+}
+
+// Ensure Run returns within its shutdown bound when the broker answers
+// neither UNSUBSCRIBE nor DISCONNECT.
+func TestIngestShutdownBrokerSilent(t *testing.T) {
+	addr, _ := fakeBroker(t, false)
+	j := mustOpenJournal(t, "")
+	src := NewSource(mustConfig(t, "stomp://guest:guest@"+addr+"/queue/x?heartbeat=0"), j, Options{Logger: testLogger(t), ShutdownTimeout: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = src.Run(ctx) }()
+	waitFor(t, "subscribed", 10*time.Second, func() bool { return src.Status().State == StateConnected })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return within a minute of cancel with ShutdownTimeout 1s")
+	}
 }

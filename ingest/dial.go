@@ -57,9 +57,12 @@ func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.WSURL, err)
 		}
-		ws.SetReadLimit(int64(cfg.MaxBody) + 1<<20)
-		// The connection outlives the dial context: NetConn gets its own.
-		return websocket.NetConn(context.Background(), ws, websocket.MessageText), nil
+		// No read limit, as over TCP: a body over max_body must arrive to be
+		// journaled truncated with a fault; a limit would drop the
+		// connection and have the broker redeliver it forever.
+		ws.SetReadLimit(-1)
+		// The connection outlives the dial context: it gets its own.
+		return newWSConn(ws), nil
 	}
 	return nil, fmt.Errorf("unknown scheme %q", cfg.Scheme)
 }

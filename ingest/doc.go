@@ -7,6 +7,19 @@
 // and parameter), resolved into a Config, and run by a Source: one
 // subscription on one connection of its own.
 //
+// # Adapters
+//
+// The discipline described below does not depend on STOMP. The protocol
+// sits behind three small internal interfaces (adapter.go): an adapter
+// opens a session (dial, log in, subscribe), a session hands over
+// deliveries, ACKs a committed batch, sends a barrier that confirms
+// earlier ACKs, and closes gracefully or at once, and a delivery exposes
+// destination, headers, body and the redelivered flag. STOMP (stomp.go)
+// is the first adapter; an AMQP 0-9-1 or MQTT one would implement the
+// same interfaces and inherit batching, ACK after commit, pause on a
+// journal failure, backoff, status, redelivery matching and the shutdown
+// bound.
+//
 // # Reader and committer
 //
 // Each connection has two goroutines. The reader (readLoop) only moves

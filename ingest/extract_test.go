@@ -239,3 +239,37 @@ func FuzzScanJSON(f *testing.F) {
 		checkScanAgrees(t, path, body)
 	})
 }
+
+// BenchmarkExtractJSON compares reading one field with the scanner against
+// decoding the whole body, on a 4 KiB event with the field near the end.
+func BenchmarkExtractJSON(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString(`{"items":[`)
+	for i := 0; sb.Len() < 4000; i++ {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		fmt.Fprintf(&sb, `{"id":"i-%d","qty":%d,"tags":["a","b"]}`, i, i)
+	}
+	sb.WriteString(`],"event":{"type":"order.created","order_uuid":"0b8f1c1e"}}`)
+	body := []byte(sb.String())
+	sp, _ := ParseSpec("json:event.order_uuid")
+	b.Run("Scan", func(b *testing.B) {
+		b.SetBytes(int64(len(body)))
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if v, err := sp.Extract(&Message{Body: body}); err != nil || v != "0b8f1c1e" {
+				b.Fatal(v, err)
+			}
+		}
+	})
+	b.Run("FullDecode", func(b *testing.B) {
+		b.SetBytes(int64(len(body)))
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if v, err := extractFull(body, sp.path, sp.Arg); err != nil || v != "0b8f1c1e" {
+				b.Fatal(v, err)
+			}
+		}
+	})
+}

@@ -19,7 +19,7 @@ func TestIngestRefusedBacksOff(t *testing.T) {
 	tests := []struct{ name, url, want, hint string }{
 		{"NotFound", "stomp://guest:guest@" + brokerAddr + "/amq/queue/agentq-test-does-not-exist", "NOT_FOUND", "/queue/NAME declares it"},
 		{"PreconditionFailed", "stomp://guest:guest@" + brokerAddr + declared + "?header.x-max-length=5", "PRECONDITION_FAILED", "/amq/queue/NAME"},
-		{"WebSTOMPPreconditionFailed", "ws://guest:guest@127.0.0.1:15674/ws?destination=" + declared + "&header.x-max-length=5", "without an ERROR frame", "use /amq/queue/NAME for a queue declared by someone else"},
+		{"WebSTOMPPreconditionFailed", "ws://guest:guest@127.0.0.1:15674/ws?destination=" + declared + "&header.x-max-length=5", `reason "STOMP died"`, "use /amq/queue/NAME for a queue declared by someone else"},
 	}
 	const initial, maxWait = 20 * time.Millisecond, 400 * time.Millisecond
 	for _, tc := range tests {

@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/go-stomp/stomp/v3"
-	"github.com/go-stomp/stomp/v3/frame"
 
 	"github.com/agentq/agentq/ack"
 	"github.com/agentq/agentq/queue"
@@ -120,10 +118,9 @@ type Source struct {
 	mu     sync.Mutex
 	status Status
 
+	adapter adapter
+
 	received, journaled, duplicates, acked, connects, tooLong, faulted atomic.Uint64
-	// heartbeatOff is set when the broker granted no heartbeats: go-stomp
-	// would otherwise time the idle connection out on its own interval.
-	heartbeatOff atomic.Bool
 }
 
 // NewSource returns a source for a resolved Config (see Config.Resolve).
@@ -150,6 +147,7 @@ func NewSource(cfg Config, j Journal, opts Options) *Source {
 		opts.Now = time.Now
 	}
 	s := &Source{cfg: cfg, j: j, opts: opts, log: opts.Logger.With("component", "ingest", "source", cfg.Name)}
+	s.adapter = &stompAdapter{logger: opts.Logger, log: s.log}
 	s.status = Status{Name: cfg.Name, URL: cfg.String(), State: StateConnecting, Since: opts.Now()}
 	return s
 }
@@ -267,99 +265,66 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	nc, err := Dial(dialCtx, cfg)
+	sess, err := s.adapter.connect(ctx, cfg)
 	if err != nil {
-		cancel()
-		return false, err
-	}
-	opts := ConnOptions(cfg, s.opts.Logger)
-	grantedNone := false
-	opts = append(opts, stomp.ConnOpt.ResponseHeaders(func(h *frame.Header) {
-		grantedNone = h.Get("heart-beat") == "0,0"
-	}))
-	if s.heartbeatOff.Load() {
-		opts = append(opts, stomp.ConnOpt.HeartBeat(0, 0))
-	}
-	conn, err := stomp.ConnectWithContext(dialCtx, nc, opts...)
-	cancel()
-	if err != nil {
-		nc.Close()
-		return false, fmt.Errorf("cannot connect to %s: %w", s.cfg.String(), brokerError(err, cfg))
-	}
-	if grantedNone && cfg.HeartBeat > 0 && !s.heartbeatOff.Load() {
-		// The broker does not do heartbeats. go-stomp would still time the
-		// connection out after its own receive interval, dropping every
-		// idle connection: reconnect with heartbeats off.
-		s.heartbeatOff.Store(true)
-		s.log.Warn("broker granted no heartbeats; reconnecting with heartbeats off")
-		s.closeConn(conn, nc, false)
-		return true, errors.New("broker granted no heartbeats")
-	}
-	sub, err := conn.Subscribe(cfg.Destination, AckMode(cfg), SubscribeOptions(cfg)...)
-	if err != nil {
-		s.closeConn(conn, nc, false)
-		return false, fmt.Errorf("cannot subscribe to %s: %w", cfg.Destination, brokerError(err, cfg))
+		return errors.Is(err, errReconnectNow), err
 	}
 	subscribed := time.Now()
 	s.connects.Add(1)
 	s.setState(StateConnected, nil)
 	s.log.Info("subscribed", "dest", cfg.Destination, "url", s.cfg.String(), "ack", cfg.AckMode, "prefetch", cfg.Prefetch)
 
-	// The reader hands frames to the committer until told to discard;
-	// from then on it keeps draining sub.C, without ACKs (those frames are
-	// redelivered), so go-stomp never blocks on it while we unsubscribe
-	// and disconnect.
+	// The reader hands deliveries to the committer until told to discard;
+	// from then on it keeps draining the session, without ACKs (those
+	// messages are redelivered), so the protocol library never blocks on
+	// it while the session closes.
 	rd := &reader{
-		frames:  make(chan *stomp.Message, cfg.Prefetch+1),
+		frames:  make(chan delivery, cfg.Prefetch+1),
 		errc:    make(chan error, 1),
 		discard: make(chan struct{}),
 		dead:    make(chan struct{}),
 	}
-	go s.readLoop(sub, rd)
+	go s.readLoop(sess, rd)
 	defer close(rd.dead)
 
 	ledger := ack.NewLedger(0)
 	barrierCtx, stopBarrier := context.WithCancel(context.Background())
 	barrierDone := make(chan struct{})
 	kick := make(chan struct{}, 1)
-	go func() { defer close(barrierDone); s.barrierLoop(barrierCtx, conn, ledger, kick) }()
+	go func() { defer close(barrierDone); s.barrierLoop(barrierCtx, sess, ledger, kick) }()
 
-	err = s.commitLoop(ctx, conn, rd, ledger, kick, rand.Uint64())
+	err = s.commitLoop(ctx, sess, rd, ledger, kick, rand.Uint64())
 	close(rd.discard)
 	stopBarrier()
 	healthy = rd.delivered.Load() > 0 || time.Since(subscribed) >= s.opts.HealthyAfter
 
 	if ctx.Err() != nil {
-		s.shutdown(conn, nc, sub, ledger, barrierDone)
+		s.shutdown(sess, ledger, barrierDone)
 		return true, nil
 	}
 	ledger.Lost()
-	s.closeConn(conn, nc, false)
+	sess.abort()
 	waitBounded(barrierDone, s.opts.ShutdownTimeout)
 	if rd.delivered.Load() == 0 {
-		err = explainEarlyClose(err, cfg)
+		err = sess.explain(err)
 	}
 	return healthy, err
 }
 
-// shutdown ends a session whose context ended: UNSUBSCRIBE, so the broker
-// stops sending, then a DISCONNECT whose receipt confirms every ACK sent
-// before it. Both are bounded by ShutdownTimeout, after which the
-// connection is closed: then the unconfirmed ACKs keep their dedup slots.
-func (s *Source) shutdown(conn *stomp.Conn, nc interface{ Close() error }, sub *stomp.Subscription, ledger *ack.Ledger, barrierDone <-chan struct{}) {
+// shutdown ends a session whose context ended gracefully (for STOMP:
+// UNSUBSCRIBE, then a DISCONNECT whose receipt confirms every ACK sent
+// before it), bounded by ShutdownTimeout, after which the connection is
+// dropped: then the unconfirmed ACKs keep their dedup slots.
+func (s *Source) shutdown(sess session, ledger *ack.Ledger, barrierDone <-chan struct{}) {
 	done := make(chan error, 1)
-	go func() {
-		_ = sub.Unsubscribe()
-		done <- conn.Disconnect()
-	}()
+	go func() { done <- sess.close() }()
 	t := time.NewTimer(s.opts.ShutdownTimeout)
 	defer t.Stop()
 	select {
 	case err := <-done:
 		if err != nil {
 			ledger.Lost()
-			s.closeConn(conn, nc, false)
+			sess.abort()
 			break
 		}
 		seqs := ledger.Confirm()
@@ -369,26 +334,11 @@ func (s *Source) shutdown(conn *stomp.Conn, nc interface{ Close() error }, sub *
 		}
 		cancel()
 	case <-t.C:
-		s.log.Warn("broker did not confirm unsubscribe and disconnect in time; closing the connection", "timeout", s.opts.ShutdownTimeout)
+		s.log.Warn("broker did not confirm the end of the session in time; dropping the connection", "timeout", s.opts.ShutdownTimeout)
 		ledger.Lost()
-		s.closeConn(conn, nc, true)
+		sess.abort()
 	}
 	waitBounded(barrierDone, s.opts.ShutdownTimeout)
-}
-
-// closeConn closes a connection without waiting on the broker. go-stomp's
-// MustDisconnect can block behind a send that holds its lock, so the
-// socket is closed first and MustDisconnect runs on its own; with wait it
-// is given a moment.
-func (s *Source) closeConn(conn *stomp.Conn, nc interface{ Close() error }, hard bool) {
-	if hard {
-		_ = nc.Close()
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = conn.MustDisconnect() }()
-	if !waitBounded(done, 5*time.Second) {
-		_ = nc.Close()
-	}
 }
 
 // waitBounded waits for ch to close, at most d. It reports whether it did.
@@ -405,33 +355,26 @@ func waitBounded(ch <-chan struct{}, d time.Duration) bool {
 
 // reader is the hand-over between readLoop and commitLoop.
 type reader struct {
-	frames    chan *stomp.Message
-	errc      chan error    // the first error of the subscription
-	discard   chan struct{} // closed: drop frames from now on
+	frames    chan delivery
+	errc      chan error    // the error that ended the session
+	discard   chan struct{} // closed: drop deliveries from now on
 	dead      chan struct{} // closed: the session is over, stop reading
 	delivered atomic.Uint64
 }
 
-// readLoop only moves MESSAGE frames from go-stomp's sub.C to rd.frames.
-// go-stomp stops reading the socket when a subscriber falls behind, and a
-// slow fsync must never stop heartbeats, so it never waits on the journal.
-// After discard it keeps emptying sub.C until go-stomp closes it.
-func (s *Source) readLoop(sub *stomp.Subscription, rd *reader) {
+// readLoop only moves deliveries from the session to rd.frames. A
+// protocol library may stop reading the socket when its consumer falls
+// behind (go-stomp does), and a slow fsync must never stop heartbeats, so
+// it never waits on the journal. After discard it keeps draining the
+// session until it ends.
+func (s *Source) readLoop(sess session, rd *reader) {
 	for {
-		var m *stomp.Message
-		var ok bool
-		select {
-		case m, ok = <-sub.C:
-		case <-rd.dead:
+		d, err := sess.receive(rd.dead)
+		if err != nil {
+			if !errors.Is(err, errSessionOver) {
+				rd.errc <- err
+			}
 			return
-		}
-		if !ok {
-			rd.fail(errors.New("subscription closed"))
-			return
-		}
-		if m.Err != nil {
-			rd.fail(m.Err)
-			continue // go-stomp closes sub.C next
 		}
 		select {
 		case <-rd.discard:
@@ -441,27 +384,18 @@ func (s *Source) readLoop(sub *stomp.Subscription, rd *reader) {
 		s.received.Add(1)
 		rd.delivered.Add(1)
 		select {
-		case rd.frames <- m:
+		case rd.frames <- d:
 		case <-rd.discard:
 		}
 	}
 }
 
-func (rd *reader) fail(err error) {
-	select {
-	case rd.errc <- err:
-	default:
-	}
-}
-
-// barrierLoop confirms ACKs while the connection lives. STOMP has no
-// receipt for ACK, but a broker handles a connection's frames in order: the
-// receipt for an empty transaction's ABORT proves every ACK sent before it
-// arrived. Confirmed entries lose their dedup slot, so the window in which
-// a redelivery is matched by content stays about one round trip long. The
-// committer kicks it after each batch of ACKs; at most one barrier is
-// outstanding, so under load one barrier covers many batches.
-func (s *Source) barrierLoop(ctx context.Context, conn *stomp.Conn, ledger *ack.Ledger, kick <-chan struct{}) {
+// barrierLoop confirms ACKs while the connection lives. Confirmed entries
+// lose their dedup slot, so the window in which a redelivery is matched by
+// content stays about one round trip long. The committer kicks it after
+// each batch of ACKs; at most one barrier is outstanding, so under load
+// one barrier covers many batches.
+func (s *Source) barrierLoop(ctx context.Context, sess session, ledger *ack.Ledger, kick <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -469,12 +403,8 @@ func (s *Source) barrierLoop(ctx context.Context, conn *stomp.Conn, ledger *ack.
 		case <-kick:
 		}
 		mark := ledger.Mark()
-		tx, err := conn.BeginWithError()
-		if err != nil {
-			return // the connection is gone; the committer reports it
-		}
-		if err := tx.AbortWithReceipt(); err != nil {
-			return
+		if err := sess.barrier(); err != nil {
+			return // the connection is gone (the committer reports it), or no barriers
 		}
 		seqs := ledger.ConfirmThrough(mark)
 		if err := s.j.ConfirmDelivered(ctx, seqs); err != nil && ctx.Err() == nil {
@@ -485,7 +415,7 @@ func (s *Source) barrierLoop(ctx context.Context, conn *stomp.Conn, ledger *ack.
 
 // batch holds the committer's buffers, reused from one batch to the next.
 type batch struct {
-	msgs    []*stomp.Message
+	msgs    []delivery
 	entries []*queue.Entry
 	store   []queue.Entry
 	headers []queue.Header
@@ -494,11 +424,8 @@ type batch struct {
 }
 
 // commitLoop takes everything the reader has buffered (up to MaxBatch
-// frames), journals it with one Append and only then ACKs it: one
-// cumulative ACK of the last frame in client mode, one per frame in
-// client-individual mode.
-func (s *Source) commitLoop(ctx context.Context, conn *stomp.Conn, rd *reader, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
-	cumulative := s.cfg.AckMode != "client-individual"
+// deliveries), journals it with one Append and only then ACKs it.
+func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
 	bt := &batch{}
 	for {
 		bt.msgs = bt.msgs[:0]
@@ -506,15 +433,15 @@ func (s *Source) commitLoop(ctx context.Context, conn *stomp.Conn, rd *reader, l
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-rd.errc:
-			return brokerError(err, s.cfg)
-		case m := <-rd.frames:
-			bt.msgs = append(bt.msgs, m)
+			return err
+		case d := <-rd.frames:
+			bt.msgs = append(bt.msgs, d)
 		}
 	fill:
 		for len(bt.msgs) < s.opts.MaxBatch {
 			select {
-			case m := <-rd.frames:
-				bt.msgs = append(bt.msgs, m)
+			case d := <-rd.frames:
+				bt.msgs = append(bt.msgs, d)
 			default:
 				break fill
 			}
@@ -526,16 +453,8 @@ func (s *Source) commitLoop(ctx context.Context, conn *stomp.Conn, rd *reader, l
 		if s.opts.AfterCommit != nil {
 			s.opts.AfterCommit(len(bt.msgs))
 		}
-		if cumulative {
-			if err := conn.Ack(bt.msgs[len(bt.msgs)-1]); err != nil {
-				return fmt.Errorf("cannot ack: %w", err)
-			}
-		} else {
-			for _, m := range bt.msgs {
-				if err := conn.Ack(m); err != nil {
-					return fmt.Errorf("cannot ack: %w", err)
-				}
-			}
+		if err := sess.ack(bt.msgs); err != nil {
+			return err
 		}
 		bt.seqs = bt.seqs[:0]
 		for _, r := range res {
@@ -562,10 +481,9 @@ func (s *Source) commit(ctx context.Context, bt *batch, connID uint64) ([]queue.
 	bt.store = slices.Grow(bt.store[:0], n)[:n]
 	bt.entries = bt.entries[:0]
 	bt.headers = bt.headers[:0]
-	for i, m := range bt.msgs {
+	for i, d := range bt.msgs {
 		e := &bt.store[i]
-		*e = queue.Entry{}
-		bt.headers = s.fill(e, m, connID, &bt.b, bt.headers)
+		bt.headers = s.fill(e, d, connID, &bt.b, bt.headers)
 		bt.entries = append(bt.entries, e)
 	}
 	return s.appendAll(ctx, bt.entries)
@@ -693,26 +611,15 @@ type entryBuilder struct {
 	idx []int
 }
 
-// entry turns a MESSAGE frame into a new journal entry.
-func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
-	e := &queue.Entry{}
-	s.fill(e, m, connID, &entryBuilder{}, nil)
-	return e
-}
-
 // fill turns a MESSAGE frame into a journal entry, taking the headers
 // from the end of arena (which it returns grown). Bad input is never
 // dropped: what cannot be read is journaled with a Fault, which workers
 // park as stuck.
-func (s *Source) fill(e *queue.Entry, m *stomp.Message, connID uint64, b *entryBuilder, arena []queue.Header) []queue.Header {
-	n := m.Header.Len()
+func (s *Source) fill(e *queue.Entry, d delivery, connID uint64, b *entryBuilder, arena []queue.Header) []queue.Header {
 	start := len(arena)
-	for i := 0; i < n; i++ {
-		k, v := m.Header.GetAt(i)
-		arena = append(arena, queue.Header{Name: k, Value: v})
-	}
+	arena = d.appendHeaders(arena)
 	hdrs := arena[start:len(arena):len(arena)]
-	dest := m.Destination
+	dest := d.destination()
 	if dest == "" {
 		dest = s.cfg.Destination
 	}
@@ -721,8 +628,8 @@ func (s *Source) fill(e *queue.Entry, m *stomp.Message, connID uint64, b *entryB
 		Source:      s.cfg.Name,
 		Destination: dest,
 		Headers:     hdrs,
-		Body:        m.Body,
-		Redelivered: m.Header.Get("redelivered") == "true",
+		Body:        d.body(),
+		Redelivered: d.redelivered(),
 		Connection:  connID,
 	}
 	e.DedupID = s.dedupID(e, b)
@@ -786,55 +693,4 @@ func (s *Source) dedupID(e *queue.Entry, b *entryBuilder) []byte {
 	h.Write([]byte{0})
 	h.Write(e.Body)
 	return h.Sum([]byte("h:"))
-}
-
-// brokerError keeps the broker's own message of an ERROR frame, with a
-// hint for the errors newcomers meet.
-func brokerError(err error, cfg Config) error {
-	var se stomp.Error
-	if pe := (*stomp.Error)(nil); errors.As(err, &pe) && pe != nil {
-		se = *pe
-	} else if !errors.As(err, &se) {
-		return err
-	}
-	if se.Frame == nil || se.Frame.Command != frame.ERROR {
-		return err
-	}
-	detail := strings.TrimSpace(string(se.Frame.Body))
-	msg := fmt.Sprintf("broker says %q", se.Message)
-	if detail != "" && !strings.Contains(se.Message, detail) {
-		msg += ": " + detail
-	}
-	if h := hint(se.Message+" "+detail, cfg); h != "" {
-		msg += " (" + h + ")"
-	}
-	return errors.New(msg)
-}
-
-// queueHint explains the difference between /queue/ and /amq/queue/.
-const queueHint = "/queue/NAME redeclares the queue; use /amq/queue/NAME for a queue declared by someone else"
-
-func hint(text string, cfg Config) string {
-	switch {
-	case strings.Contains(text, "PRECONDITION_FAILED") && strings.HasPrefix(cfg.Destination, "/queue/"):
-		return queueHint
-	case strings.Contains(text, "NOT_FOUND") && strings.HasPrefix(cfg.Destination, "/amq/queue/"):
-		return "/amq/queue/NAME needs an existing queue; /queue/NAME declares it"
-	}
-	return ""
-}
-
-// explainEarlyClose adds what a bare "connection closed" means when it
-// comes before any message: RabbitMQ's Web-STOMP closes the WebSocket
-// (normal closure, reason "STOMP died") without an ERROR frame when it
-// refuses a SUBSCRIBE.
-func explainEarlyClose(err error, cfg Config) error {
-	if err == nil || (cfg.Scheme != "ws" && cfg.Scheme != "wss") || !strings.Contains(err.Error(), "connection closed") {
-		return err
-	}
-	h := "the broker's log has the reason: a missing queue (NOT_FOUND), a queue declared with other arguments (PRECONDITION_FAILED) or ACCESS_REFUSED"
-	if strings.HasPrefix(cfg.Destination, "/queue/") {
-		h += "; " + queueHint
-	}
-	return fmt.Errorf("broker closed the WebSocket right after SUBSCRIBE to %s without an ERROR frame (%s): %w", cfg.Destination, h, err)
 }

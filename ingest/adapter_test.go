@@ -1,0 +1,157 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// fakeAdapter is an adapter for tests of the protocol-neutral discipline:
+// its sessions deliver what the test sends on in and record the ACKs. It
+// proves what the source does, never what a broker does.
+type fakeAdapter struct {
+	in       chan *fakeDelivery
+	onAck    func(batch []delivery)
+	closeErr chan error // what session.close returns; nil channel: blocks forever
+	aborted  atomic.Int32
+	sessions atomic.Int32
+}
+
+func (a *fakeAdapter) connect(ctx context.Context, cfg Config) (session, error) {
+	a.sessions.Add(1)
+	return &fakeSession{a: a}, nil
+}
+
+type fakeSession struct{ a *fakeAdapter }
+
+func (s *fakeSession) receive(stop <-chan struct{}) (delivery, error) {
+	select {
+	case d := <-s.a.in:
+		return d, nil
+	case <-stop:
+		return nil, errSessionOver
+	}
+}
+
+func (s *fakeSession) ack(batch []delivery) error {
+	if s.a.onAck != nil {
+		s.a.onAck(batch)
+	}
+	return nil
+}
+
+func (s *fakeSession) barrier() error          { return errNoBarrier }
+func (s *fakeSession) close() error            { return <-s.a.closeErr }
+func (s *fakeSession) abort()                  { s.a.aborted.Add(1) }
+func (s *fakeSession) explain(err error) error { return err }
+
+type fakeDelivery struct{ b []byte }
+
+func (d *fakeDelivery) destination() string                             { return "/queue/fake" }
+func (d *fakeDelivery) appendHeaders(dst []queue.Header) []queue.Header { return dst }
+func (d *fakeDelivery) redelivered() bool                               { return false }
+func (d *fakeDelivery) body() []byte                                    { return d.b }
+
+func runFake(t *testing.T, a *fakeAdapter, j Journal, opts Options) (*Source, context.CancelFunc, <-chan struct{}) {
+	t.Helper()
+	opts.Logger = testLogger(t)
+	src := NewSource(mustConfig(t, "stomp://h/queue/fake"), j, opts)
+	src.adapter = a
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = src.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return src, cancel, done
+}
+
+// Ensure, through a non-STOMP adapter, that every ACK comes after the
+// commit of the deliveries it covers, and that a journal failure pauses
+// the source without ACKs until writes work again.
+func TestDisciplineAckAfterCommit(t *testing.T) {
+	j := mustOpenJournal(t, "")
+	fj := &flakyJournal{Journal: j}
+	var mu sync.Mutex
+	acked := 0
+	var violations []string
+	graceful := make(chan error)
+	close(graceful) // close returns nil at once
+	a := &fakeAdapter{in: make(chan *fakeDelivery, 1000), closeErr: graceful}
+	a.onAck = func(batch []delivery) {
+		mu.Lock()
+		defer mu.Unlock()
+		acked += len(batch)
+		if last := j.LastSeq(); last < uint64(acked) {
+			violations = append(violations, fmt.Sprintf("ACK of %d deliveries with %d journaled", acked, last))
+		}
+	}
+	src, _, _ := runFake(t, a, fj, Options{MaxBatch: 16})
+	for i := 0; i < 200; i++ {
+		a.in <- &fakeDelivery{b: []byte(fmt.Sprint("m", i))}
+	}
+	waitFor(t, "first 200 acked", 20*time.Second, func() bool { return src.Status().Acked >= 200 })
+	fj.fail.Store(true)
+	for i := 200; i < 300; i++ {
+		a.in <- &fakeDelivery{b: []byte(fmt.Sprint("m", i))}
+	}
+	waitFor(t, "paused", 20*time.Second, func() bool { return src.Status().Paused })
+	if got := src.Status().Acked; got != 200 {
+		t.Fatalf("acked %d while the journal failed, want 200", got)
+	}
+	fj.fail.Store(false)
+	waitFor(t, "all acked", 20*time.Second, func() bool { return src.Status().Acked >= 300 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(violations) > 0 {
+		t.Fatalf("ACK before commit: %v", violations)
+	}
+	if got := j.LastSeq(); got != 300 {
+		t.Fatalf("journaled %d, want 300", got)
+	}
+}
+
+// Ensure Run returns within its bound when a session's graceful close
+// never returns, and that it drops the connection.
+func TestDisciplineShutdownBound(t *testing.T) {
+	j := mustOpenJournal(t, "")
+	a := &fakeAdapter{in: make(chan *fakeDelivery)} // closeErr nil: close blocks forever
+	src, cancel, done := runFake(t, a, j, Options{ShutdownTimeout: 100 * time.Millisecond})
+	waitFor(t, "connected", 10*time.Second, func() bool { return src.Status().State == StateConnected })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return within a minute with ShutdownTimeout 100ms")
+	}
+	if a.aborted.Load() == 0 {
+		t.Fatal("the connection was not dropped after the bound")
+	}
+}
+
+// failingAdapter refuses every session, like a broker refusing the login.
+type failingAdapter struct{ n atomic.Int32 }
+
+func (a *failingAdapter) connect(ctx context.Context, cfg Config) (session, error) {
+	a.n.Add(1)
+	return nil, errors.New("refused")
+}
+
+// Ensure sessions that never deliver make the reconnect backoff grow.
+func TestDisciplineBackoffGrows(t *testing.T) {
+	j := mustOpenJournal(t, "")
+	src := NewSource(mustConfig(t, "stomp://h/queue/fake"), j, Options{Logger: testLogger(t), ReconnectInitial: 10 * time.Millisecond, ReconnectMax: 200 * time.Millisecond})
+	src.adapter = &failingAdapter{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = src.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "six failures", 20*time.Second, func() bool { return src.Status().Failures >= 6 })
+	if st := src.Status(); st.RetryIn < 130*time.Millisecond || st.LastError != "refused" {
+		t.Fatalf("after %d failures: retry in %s, last error %q", st.Failures, st.RetryIn, st.LastError)
+	}
+}
