@@ -327,7 +327,7 @@ func (t *txn) replay(seq uint64) (bool, error) {
 	}
 	// An earlier entry than the current head: it takes the key over unless
 	// the head is running (then it runs when the head settles).
-	he, err := t.getStatus(h)
+	he, err := t.getSchedule(h)
 	if err != nil {
 		return false, err
 	}
