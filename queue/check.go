@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -135,6 +136,48 @@ func (j *Journal) Check() error {
 				fail("key %q has %d entries ready or running at once", k, n)
 			}
 		}
+		// Nothing pending may be forgotten: an entry without a key, or the
+		// head of its key, must be ready.
+		ready := tx.Bucket(bucketReady)
+		for seq, e := range states {
+			if e.State == StatePending && e.Key == "" && ready.Get(readyKey(e.NextAttemptAt, seq)) == nil {
+				fail("pending entry %d has no key and is not ready", seq)
+			}
+		}
+		keyq := tx.Bucket(bucketKeyQ)
+		_ = tx.Bucket(bucketKeyHead).ForEach(func(id, v []byte) error {
+			if len(v) != 8 {
+				fail("keyhead %x: bad value", id)
+				return nil
+			}
+			seq := binary.BigEndian.Uint64(v)
+			p := binary.AppendUvarint(nil, uint64(len(id)))
+			p = append(p, id...)
+			k, _ := keyq.Cursor().Seek(p)
+			e := states[seq]
+			switch {
+			case e == nil:
+				fail("keyhead names missing entry %d", seq)
+			case keyq.Get(binary.BigEndian.AppendUint64(bytes.Clone(p), seq)) == nil:
+				fail("keyhead names entry %d, which is not in its key's queue", seq)
+			case e.State != StateRunning && (k == nil || !bytes.HasPrefix(k, p) || binary.BigEndian.Uint64(k[len(p):]) != seq):
+				fail("keyhead names entry %d (%s), which is not its key's first unfinished entry", seq, e.State)
+			case e.State == StatePending && ready.Get(readyKey(e.NextAttemptAt, seq)) == nil:
+				fail("entry %d heads its key and is pending, but is not ready", seq)
+			}
+			return nil
+		})
+		_ = keyq.ForEach(func(k, _ []byte) error {
+			n, w := binary.Uvarint(k)
+			if w <= 0 || uint64(len(k)) != uint64(w)+n+8 {
+				fail("keyq key %x is malformed", k)
+				return nil
+			}
+			if tx.Bucket(bucketKeyHead).Get(k[w:uint64(w)+n]) == nil {
+				fail("entry %d is queued on a key with no head", binary.BigEndian.Uint64(k[len(k)-8:]))
+			}
+			return nil
+		})
 		return nil
 	})
 	if err != nil {

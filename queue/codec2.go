@@ -179,8 +179,7 @@ func decodeStatus(seq uint64, data []byte, e *Entry) error {
 // from a few large chunks instead of one allocation each keeps the commit
 // path cheap. Only the commit goroutine uses a journal's arena.
 type arena struct {
-	cur  []byte
-	used []byte // the chunk before cur, kept for reuse
+	cur []byte
 }
 
 const arenaChunk = 256 << 10

@@ -98,3 +98,85 @@ func FuzzEntryRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// decodeRecords rebuilds an entry from its format 2 records.
+func decodeRecords(seq uint64, msg, status []byte) (*Entry, error) {
+	e := &Entry{Seq: seq}
+	if err := decodeMessage(seq, msg, e, true); err != nil {
+		return nil, err
+	}
+	if err := decodeStatus(seq, status, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Ensure entries round-trip through the format 2 records unchanged,
+// including routing fields overridden in the status record.
+func TestRecordsRoundTrip(t *testing.T) {
+	for _, e := range sampleEntries() {
+		for _, ovr := range []uint8{0, overrideType | overrideKey | overrideFault} {
+			in := *e
+			in.override = ovr
+			got, err := decodeRecords(in.Seq, encodeMessage(nil, &in), encodeStatus(nil, &in))
+			if err != nil {
+				t.Fatalf("entry %d: %v", in.Seq, err)
+			}
+			if !reflect.DeepEqual(normalise(got), normalise(&in)) {
+				t.Fatalf("entry %d round trip:\n got %+v\nwant %+v", in.Seq, got, &in)
+			}
+		}
+	}
+	// Overrides win over the message's values.
+	e := &Entry{Seq: 1, State: StatePending, Type: "old", Key: "k-old", Fault: "bad spec"}
+	m := encodeMessage(nil, e)
+	e.Type, e.Key, e.Fault, e.override = "new", "k-new", "", overrideType|overrideKey|overrideFault
+	got, err := decodeRecords(1, m, encodeStatus(nil, e))
+	if err != nil || got.Type != "new" || got.Key != "k-new" || got.Fault != "" {
+		t.Fatalf("overridden = %+v, %v", got, err)
+	}
+}
+
+// Ensure damage to either record is detected: every truncation and every
+// flipped byte gives an error, never a panic or a wrong entry.
+func TestRecordsDamage(t *testing.T) {
+	e := sampleEntries()[2]
+	e.override = overrideKey
+	for _, tc := range []struct {
+		name   string
+		record []byte
+		decode func([]byte) error
+	}{
+		{"Message", encodeMessage(nil, e), func(b []byte) error { return decodeMessage(3, b, &Entry{}, true) }},
+		{"Status", encodeStatus(nil, e), func(b []byte) error { return decodeStatus(3, b, &Entry{}) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := tc.record
+			for n := 0; n < len(v); n += 1 + n/50 {
+				if err := tc.decode(v[:n]); err == nil {
+					t.Fatalf("truncated to %d bytes: no error", n)
+				}
+			}
+			for i := 0; i < len(v); i += 1 + i/50 {
+				d := append([]byte(nil), v...)
+				d[i] ^= 0x40
+				if err := tc.decode(d); err == nil {
+					t.Fatalf("byte %d flipped: no error", i)
+				}
+			}
+		})
+	}
+}
+
+// FuzzDecodeRecords: decoding arbitrary bytes as either record never
+// panics.
+func FuzzDecodeRecords(f *testing.F) {
+	for _, e := range sampleEntries()[:3] {
+		f.Add(encodeMessage(nil, e), encodeStatus(nil, e))
+	}
+	f.Add([]byte{}, []byte{2})
+	f.Fuzz(func(t *testing.T, msg, status []byte) {
+		_, _ = decodeRecords(7, msg, status)
+		_ = decodeMessage(7, msg, &Entry{}, false)
+	})
+}

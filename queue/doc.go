@@ -9,9 +9,21 @@
 // them in one bbolt transaction and commits it: one fsync for the batch
 // (group commit). A caller returns only after its batch is on disk, and if
 // the commit fails every caller in the batch gets the error and nothing of
-// the batch is stored. NoSync is never set. Ingest ACKs the broker only
+// the batch is stored. An operation that cannot apply (settling an entry
+// that is not running, an append refused for lack of room) fails alone and
+// the rest of the batch commits. NoSync is never set. Ingest ACKs the broker only
 // after Append returns, which is what makes "a delivered message is never
 // lost" true.
+//
+// # Opening
+//
+// Before bbolt maps the file, Open reads both bbolt meta pages and refuses
+// a file shorter than the newest valid one says (ErrTruncated, naming the
+// file and both sizes): bbolt would fault on the missing pages and kill the
+// process. After taking the file lock, Open checks that the path still
+// names the file it locked; Compact renames a new file over the journal,
+// and an Open that waited for Compact's lock would otherwise write to the
+// renamed-away old file. It then reopens, within LockTimeout.
 //
 // # Full journals
 //

@@ -374,13 +374,14 @@ var testHookMigrated func() error
 // report them as damaged.
 func (j *Journal) migrate() error {
 	var from uint64
-	moved, total := 0, 0
+	moved, total, ran := 0, 0, false
 	for {
 		err := j.db.Update(func(tx *bolt.Tx) error {
 			moved = 0
 			if tx.Bucket(bucketEntries) == nil {
 				return nil
 			}
+			ran = true
 			for _, name := range [][]byte{bucketMsgs, bucketStatus, bucketDamaged} {
 				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 					return fmt.Errorf("cannot create bucket %s: %w", name, err)
@@ -448,8 +449,10 @@ func (j *Journal) migrate() error {
 			}
 		}
 	}
-	if total > 0 {
+	if ran {
 		j.version = FormatVersion
+	}
+	if total > 0 {
 		j.log.Info("journal migrated", "format", FormatVersion, "entries", total)
 	}
 	return nil

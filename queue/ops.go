@@ -23,6 +23,12 @@ type AppendResult struct {
 // A redelivered entry (Redelivered set, DedupID not empty) that matches an
 // unconfirmed earlier delivery is not appended; its result names the
 // earlier entry.
+//
+// Append fails with ErrFull, alone and without affecting the rest of its
+// batch, while the journal is within Options.Reserve of MaxSize or the
+// disk has less than Options.MinFree available: that room is kept for the
+// workers that drain it. An entry bbolt could never store is appended
+// without its headers and body and with a Fault, rather than failing.
 func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult, error) {
 	res := make([]AppendResult, len(entries))
 	var dups uint64
@@ -347,7 +353,7 @@ func (t *txn) replay(seq uint64) (bool, error) {
 	}
 	// An earlier entry than the current head: it takes the key over unless
 	// the head is running (then it runs when the head settles).
-	he, err := t.getStatus(h)
+	he, err := t.getSchedule(h)
 	if err != nil {
 		return false, err
 	}

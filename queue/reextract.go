@@ -154,7 +154,7 @@ func (t *txn) schedule(e *Entry) error {
 	if e.Seq > h {
 		return nil
 	}
-	he, err := t.getStatus(h)
+	he, err := t.getSchedule(h)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"testing"
+	"time"
 )
 
 // Ensure Reextract repairs entries a wrong extraction spec parked: in one
@@ -133,5 +135,78 @@ func TestReextract(t *testing.T) {
 	j = mustOpenAt(t, j.Path(), Options{ReadOnly: true})
 	if e, _ := j.Get(1); e.Key != "a" || e.Fault != "" || e.Type != "order.created" {
 		t.Fatalf("entry 1 = %+v", e)
+	}
+}
+
+// Ensure the journal's invariants hold through random mixes of claims,
+// outcomes, replays and Reextract calls that move entries between keys,
+// and that everything drains in the end.
+func TestReextractRandom(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	rng := rand.New(rand.NewSource(11))
+	const n = 300
+	for i := 0; i < n; i++ {
+		e := msg(fmt.Sprint("k", rng.Intn(8)), fmt.Sprint(i))
+		if rng.Intn(5) == 0 {
+			e.Key = ""
+		}
+		mustAppend(t, j, e)
+	}
+	for step := 0; step < 60; step++ {
+		clk.Add(time.Second)
+		switch rng.Intn(4) {
+		case 0:
+			shift := rng.Intn(8)
+			_, err := j.Reextract(ctx, Filter{}, func(e *Entry) (string, string, string) {
+				if rng.Intn(3) == 0 {
+					return e.Type, e.Key, e.Fault
+				}
+				key := fmt.Sprint("k", (int(e.Seq)+shift)%8)
+				if rng.Intn(6) == 0 {
+					key = ""
+				}
+				return e.Type, key, ""
+			}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			if _, err := j.Replay(ctx, Filter{}, false); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			for _, e := range mustClaim(t, j, 1+rng.Intn(20)) {
+				o := Outcome{Seq: e.Seq, Kind: Done}
+				switch rng.Intn(4) {
+				case 0:
+					o = Outcome{Seq: e.Seq, Kind: Stuck, Err: "x"}
+				case 1:
+					o = Outcome{Seq: e.Seq, Kind: Retry, At: clk.Now().Add(time.Second)}
+				}
+				if err := j.Settle(ctx, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := j.Check(); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+	}
+	// Drain.
+	for round := 0; round < 200 && j.Stats().ByState[StateDone] < n; round++ {
+		clk.Add(time.Second)
+		if _, err := j.Replay(ctx, Filter{}, false); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range mustClaim(t, j, 50) {
+			if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if d := j.Stats().ByState[StateDone]; d != n {
+		t.Fatalf("%d of %d entries done: %v", d, n, j.Stats().ByState)
 	}
 }

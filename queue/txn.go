@@ -36,6 +36,13 @@ func readersOf(tx *bolt.Tx) readers {
 // entry must not fail the batch it is in. Callers that need its message
 // check Damage.
 func (r readers) load(seq uint64, full bool) (*Entry, error) {
+	return r.loadAs(seq, full, true)
+}
+
+// loadAs is load; without withMessage it reads only the status record
+// (Type, Key and Fault are then unset unless overridden): enough to
+// schedule an entry.
+func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 	var kb [8]byte
 	k := binary.BigEndian.AppendUint64(kb[:0], seq)
 	var sv []byte
@@ -56,11 +63,14 @@ func (r readers) load(seq uint64, full bool) (*Entry, error) {
 		return nil, fmt.Errorf("entry %d: %w", seq, ErrNotFound)
 	}
 	e := &Entry{Seq: seq}
-	var mv []byte
-	if r.msgs != nil {
-		mv = r.msgs.Get(k)
+	var merr error
+	if withMessage {
+		var mv []byte
+		if r.msgs != nil {
+			mv = r.msgs.Get(k)
+		}
+		merr = decodeMessage(seq, mv, e, full)
 	}
-	merr := decodeMessage(seq, mv, e, full)
 	if err := decodeStatus(seq, sv, e); err != nil {
 		return r.damagedEntry(seq, nil, err), nil
 	}
@@ -305,6 +315,10 @@ func (t *txn) get(seq uint64) (*Entry, error) { return t.load(seq, true) }
 // state change.
 func (t *txn) getStatus(seq uint64) (*Entry, error) { return t.load(seq, false) }
 
+// getSchedule returns entry seq's status record only: state and next
+// attempt, what scheduling a key's head needs.
+func (t *txn) getSchedule(seq uint64) (*Entry, error) { return t.loadAs(seq, false, false) }
+
 // indexState returns the state the state index records for seq, or 0.
 func indexState(state *bolt.Bucket, seq uint64) State {
 	for s := StatePending; s <= StateStuck; s++ {
@@ -440,7 +454,7 @@ func (t *txn) advance(key string) error {
 	if err := t.keyhead.Put(headKey(key), u64(seq)); err != nil {
 		return err
 	}
-	e, err := t.getStatus(seq)
+	e, err := t.getSchedule(seq)
 	if err != nil {
 		return err
 	}
