@@ -3,10 +3,14 @@ package ingest
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"sort"
 	"testing"
 
 	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/agentq/agentq/queue"
 )
 
 // FuzzFrameToEntry feeds raw STOMP frames (with header escapes such as
@@ -45,5 +49,32 @@ func FuzzFrameToEntry(f *testing.F) {
 		if len(e.DedupID) == 0 {
 			t.Fatal("no dedup id")
 		}
+		if want := referenceDedupID(e); len(fr.Body) <= cfg.MaxBody && !bytes.Equal(e.DedupID, want) {
+			t.Fatalf("dedup id %x, want %x: redeliveries of entries journaled by an earlier agentq would not be recognised", e.DedupID, want)
+		}
 	})
+}
+
+// referenceDedupID is the content hash as agentq computed it before the
+// committer reused its buffers; the format must not change.
+func referenceDedupID(e *queue.Entry) []byte {
+	h := sha256.New()
+	h.Write([]byte(e.Destination))
+	h.Write([]byte{0})
+	hs := make([]queue.Header, 0, len(e.Headers))
+	for _, x := range e.Headers {
+		if !volatileHeaders[x.Name] {
+			hs = append(hs, x)
+		}
+	}
+	sort.SliceStable(hs, func(a, b int) bool { return hs[a].Name < hs[b].Name })
+	for _, x := range hs {
+		h.Write([]byte(x.Name))
+		h.Write([]byte{':'})
+		h.Write([]byte(x.Value))
+		h.Write([]byte{'\n'})
+	}
+	h.Write([]byte{0})
+	h.Write(e.Body)
+	return h.Sum([]byte("h:"))
 }

@@ -609,6 +609,7 @@ var volatileHeaders = map[string]bool{
 type entryBuilder struct {
 	h   hash.Hash
 	idx []int
+	buf []byte
 }
 
 // fill turns a MESSAGE frame into a journal entry, taking the headers
@@ -674,8 +675,8 @@ func (s *Source) dedupID(e *queue.Entry, b *entryBuilder) []byte {
 	}
 	h := b.h
 	h.Reset()
-	h.Write([]byte(e.Destination))
-	h.Write([]byte{0})
+	buf := append(b.buf[:0], e.Destination...)
+	buf = append(buf, 0)
 	b.idx = b.idx[:0]
 	for i, x := range e.Headers {
 		if !volatileHeaders[x.Name] {
@@ -685,12 +686,14 @@ func (s *Source) dedupID(e *queue.Entry, b *entryBuilder) []byte {
 	slices.SortStableFunc(b.idx, func(x, y int) int { return strings.Compare(e.Headers[x].Name, e.Headers[y].Name) })
 	for _, i := range b.idx {
 		x := e.Headers[i]
-		h.Write([]byte(x.Name))
-		h.Write([]byte{':'})
-		h.Write([]byte(x.Value))
-		h.Write([]byte{'\n'})
+		buf = append(buf, x.Name...)
+		buf = append(buf, ':')
+		buf = append(buf, x.Value...)
+		buf = append(buf, '\n')
 	}
-	h.Write([]byte{0})
+	buf = append(buf, 0)
+	h.Write(buf)
+	b.buf = buf
 	h.Write(e.Body)
 	return h.Sum([]byte("h:"))
 }
