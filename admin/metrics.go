@@ -26,6 +26,9 @@ type Metrics struct {
 	commitSecs  prometheus.Histogram
 	batchSize   prometheus.Histogram
 
+	// Relay, if set, gives the outbox relay's counters at scrape time.
+	Relay func() ingest.RelayStats
+
 	// Outcome totals, kept apart from the labelled counters for the
 	// dashboard's rates.
 	done, retry, stuck atomic.Uint64
@@ -61,7 +64,7 @@ func NewMetrics(j *queue.Journal, sources func() []ingest.Status) *Metrics {
 		Buckets: prometheus.ExponentialBuckets(1, 2, 14),
 	})
 	m.reg.MustRegister(m.processed, m.retries, m.callSeconds, m.commitSecs, m.batchSize,
-		&stateCollector{j: j, sources: sources},
+		&stateCollector{m: m, j: j, sources: sources},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -107,18 +110,24 @@ var (
 	descConnected  = prometheus.NewDesc("agentq_source_connected", "1 when the source is connected and subscribed.", []string{"source"}, nil)
 	descConnects   = prometheus.NewDesc("agentq_source_connects_total", "Successful connections (reconnects show as increments).", []string{"source"}, nil)
 	descDamaged    = prometheus.NewDesc("agentq_journal_damaged_entries", "Entries whose stored value does not decode, parked as stuck.", nil, nil)
+	descOutbox     = prometheus.NewDesc("agentq_outbox_pending", "Answers (results, replies, dead letters) waiting in the outbox to be published.", nil, nil)
+	descOutboxFail = prometheus.NewDesc("agentq_outbox_failed", "Outbox messages whose publication failed at least once (unroutable, refused, broker away).", nil, nil)
+	descPublished  = prometheus.NewDesc("agentq_results_published_total", "Answers the broker confirmed.", nil, nil)
+	descPubFailed  = prometheus.NewDesc("agentq_results_failed_total", "Failed publications of answers (each is kept and tried again).", nil, nil)
+	descRoutePause = prometheus.NewDesc("agentq_route_paused", "1 for each type pattern whose dispatch is paused.", []string{"pattern"}, nil)
 	descPaused     = prometheus.NewDesc("agentq_source_paused", "1 while the source takes no frames because the journal cannot write.", []string{"source"}, nil)
 )
 
 // stateCollector reads journal and source counters at scrape time. Source
 // URLs are never labels: they could carry credentials.
 type stateCollector struct {
+	m       *Metrics
 	j       *queue.Journal
 	sources func() []ingest.Status
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEntries, descAppends, descCommitFail, descReceived, descJournaled, descAcked, descRedeliv, descTooLong, descConnected, descConnects, descPaused, descDamaged} {
+	for _, d := range []*prometheus.Desc{descEntries, descAppends, descCommitFail, descReceived, descJournaled, descAcked, descRedeliv, descTooLong, descConnected, descConnects, descPaused, descDamaged, descOutbox, descOutboxFail, descPublished, descPubFailed, descRoutePause} {
 		ch <- d
 	}
 }
@@ -131,6 +140,18 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAppends, prometheus.CounterValue, float64(st.Appends))
 	ch <- prometheus.MustNewConstMetric(descCommitFail, prometheus.CounterValue, float64(st.FailedCommits))
 	ch <- prometheus.MustNewConstMetric(descDamaged, prometheus.GaugeValue, float64(st.Damaged))
+	pending, failed := c.j.OutboxCounts()
+	ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(pending))
+	ch <- prometheus.MustNewConstMetric(descOutboxFail, prometheus.GaugeValue, float64(failed))
+	var rs ingest.RelayStats
+	if c.m.Relay != nil {
+		rs = c.m.Relay()
+	}
+	ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(rs.Published))
+	ch <- prometheus.MustNewConstMetric(descPubFailed, prometheus.CounterValue, float64(rs.Failed))
+	for _, p := range c.j.Paused() {
+		ch <- prometheus.MustNewConstMetric(descRoutePause, prometheus.GaugeValue, 1, p)
+	}
 	for _, s := range c.sources() {
 		ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(s.Received), s.Name)
 		ch <- prometheus.MustNewConstMetric(descJournaled, prometheus.CounterValue, float64(s.Journaled), s.Name)

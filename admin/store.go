@@ -98,6 +98,47 @@ type Summary struct {
 	Stuck            []EntryView                 `json:"stuck"`
 	// Paused lists the type patterns whose dispatch is paused.
 	Paused []string `json:"paused"`
+	// Outbox is what waits to be published: results, replies, dead
+	// letters.
+	Outbox OutboxView `json:"outbox"`
+}
+
+// OutboxView summarises the outbox: counts and the failed messages.
+type OutboxView struct {
+	Pending int       `json:"pending"`
+	Failed  int       `json:"failed"`
+	Items   []OutView `json:"failed_messages"`
+}
+
+// OutView is one outbox message without its body.
+type OutView struct {
+	ID          uint64    `json:"id"`
+	Seq         uint64    `json:"seq"`
+	Kind        string    `json:"kind"`
+	Target      string    `json:"target"`
+	Destination string    `json:"destination,omitempty"`
+	Attempts    int       `json:"attempts"`
+	LastError   string    `json:"last_error,omitempty"`
+	NextAt      time.Time `json:"next_attempt_at"`
+	CreatedAt   time.Time `json:"created_at"`
+	BodySize    int       `json:"body_size"`
+}
+
+// outboxOf reads the outbox counts and up to limit failed messages.
+func outboxOf(j *queue.Journal, limit int) (OutboxView, error) {
+	v := OutboxView{Items: []OutView{}}
+	err := j.ScanOutbox(func(m *queue.Out) bool {
+		v.Pending++
+		if m.Failed() {
+			v.Failed++
+			if len(v.Items) < limit {
+				v.Items = append(v.Items, OutView{ID: m.ID, Seq: m.Seq, Kind: m.Kind, Target: m.Target, Destination: m.Destination,
+					Attempts: m.Attempts, LastError: m.LastError, NextAt: m.NextAt, CreatedAt: m.CreatedAt, BodySize: len(m.Body)})
+			}
+		}
+		return true
+	})
+	return v, err
 }
 
 // SummaryStuckLimit bounds the stuck entries listed in a summary.
@@ -138,6 +179,10 @@ func (s *Local) Summary() (*Summary, error) {
 		Stuck:   []EntryView{},
 		Paused:  nonNil(s.j.Paused()),
 	}
+	var err error
+	if sum.Outbox, err = outboxOf(s.j, SummaryStuckLimit); err != nil {
+		return nil, err
+	}
 	c := s.j.Counts()
 	split := func(by map[queue.State]int64, retrying int64) map[string]int64 {
 		m := map[string]int64{}
@@ -164,7 +209,7 @@ func (s *Local) Summary() (*Summary, error) {
 			sum.Types[typ] = m
 		}
 	}
-	err := s.j.Scan(queue.Filter{States: []queue.State{queue.StateStuck}, Limit: SummaryStuckLimit}, func(e *queue.Entry) bool {
+	err = s.j.Scan(queue.Filter{States: []queue.State{queue.StateStuck}, Limit: SummaryStuckLimit}, func(e *queue.Entry) bool {
 		sum.Stuck = append(sum.Stuck, ViewOf(e, false))
 		return true
 	})

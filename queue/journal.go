@@ -175,19 +175,20 @@ type Journal struct {
 	log  *slog.Logger
 	id   string
 
-	ops     chan *op
-	ready   chan struct{} // signalled after a commit that made work ready
-	closing chan struct{}
-	wg      sync.WaitGroup
-	once    sync.Once
-	cancel  context.CancelFunc
+	ops      chan *op
+	ready    chan struct{} // signalled after a commit that made work ready
+	outReady chan struct{} // signalled after a commit that added outbox messages
+	closing  chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
+	cancel   context.CancelFunc
 
-	mu           sync.Mutex           // guards counts and typeCounts
-	counts       [5]int64             // entries by State (index = State)
-	typeCounts   map[string]*[5]int64 // entries by type, then State
-	version      uint32               // format of the file as opened
-	typesScanned bool                 // a format 1 file's type counts were made by Counts
-	arena        arena                // the commit goroutine's key and value memory
+	mu           sync.Mutex               // guards counts and typeCounts
+	counts       [5]int64                 // entries by State (index = State)
+	typeCounts   map[string]*[5]int64     // entries by type, then State
+	version      uint32                   // format of the file as opened
+	typesScanned bool                     // a format 1 file's type counts were made by Counts
+	arena        arena                    // the commit goroutine's key and value memory
 	pauses       atomic.Pointer[pauseSet] // paused type patterns (see pause.go)
 
 	stats struct {
@@ -247,13 +248,14 @@ func Open(path string, opts Options) (*Journal, error) {
 		return nil, err
 	}
 	j := &Journal{
-		path:    path,
-		db:      db,
-		opts:    opts,
-		log:     opts.Logger.With("component", "journal"),
-		ops:     make(chan *op, opts.MaxBatch),
-		ready:   make(chan struct{}, 1),
-		closing: make(chan struct{}),
+		path:     path,
+		db:       db,
+		opts:     opts,
+		log:      opts.Logger.With("component", "journal"),
+		ops:      make(chan *op, opts.MaxBatch),
+		ready:    make(chan struct{}, 1),
+		outReady: make(chan struct{}, 1),
+		closing:  make(chan struct{}),
 
 		typeCounts: map[string]*[5]int64{},
 	}
@@ -674,6 +676,9 @@ func (j *Journal) commit(batch []*op) {
 		j.stats.appends.Add(uint64(appended))
 		if done.readyChanged {
 			j.signalReady()
+		}
+		if done.outAdded > 0 {
+			j.signalOutbox()
 		}
 	}
 	if j.opts.OnCommit != nil {

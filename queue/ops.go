@@ -147,6 +147,9 @@ type Outcome struct {
 	Kind OutcomeKind
 	At   time.Time // for Retry: earliest next attempt
 	Err  string    // for Retry and Stuck: the error to record
+	// Out are messages to publish (a result for Done, a dead letter for
+	// Stuck), written to the outbox in the same transaction.
+	Out []*Out
 }
 
 // OutcomeKind says how a running entry ends.
@@ -205,6 +208,14 @@ func (t *txn) settle(o Outcome) error {
 			return err
 		}
 		return opError{fmt.Errorf("cannot settle entry %d: %s: it is parked as stuck", o.Seq, e.LastError)}
+	}
+	if o.Kind == Done || o.Kind == Stuck {
+		for _, m := range o.Out {
+			m.Seq = o.Seq
+			if err := t.putOut(m); err != nil {
+				return err
+			}
+		}
 	}
 	switch o.Kind {
 	case Done:

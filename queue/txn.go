@@ -169,6 +169,7 @@ type txn struct {
 	newlyDamaged []*Entry // marked damaged in this transaction, logged after commit
 	roomErr      error    // appendRoom's verdict, once measured
 	pauses       *pauseSet
+	outAdded     int      // outbox messages written
 	onCommit     []func() // run after the batch committed
 	buf          []byte
 	arena        *arena

@@ -54,6 +54,13 @@ type Options struct {
 	Observe func(Result)
 	Logger  *slog.Logger
 	Now     func() time.Time
+	// ResultID returns the agentq-result-id of an entry's answers: stable
+	// for the entry, so a consumer can take repeats as one. Default: the
+	// entry's sequence number.
+	ResultID func(e *queue.Entry) string
+	// CorrelationID returns the correlation-id a result carries. Default:
+	// the incoming correlation-id, else the incoming message id.
+	CorrelationID func(e *queue.Entry) string
 }
 
 // Pool drains the journal into backend calls. Order within a key comes
@@ -389,6 +396,12 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 		res.Err = fmt.Errorf("no route for type %q", e.Type)
 		return stuck(res.Err.Error())
 	}
+	answer := p.router.routes[route].answer
+	stuck = func(msg string) queue.Outcome {
+		res.Outcome = "stuck"
+		log.Warn("entry parked as stuck", "error", msg)
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
+	}
 	b := p.router.routes[route].backend
 	res.Backend = b.Name()
 	p.running[route].Add(1)
@@ -405,7 +418,7 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	switch {
 	case err == nil:
 		res.Outcome = "done"
-		return queue.Outcome{Seq: e.Seq, Kind: queue.Done}
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Done, Out: p.result(answer, e, res.Output)}
 	case ctx.Err() != nil:
 		res.Outcome = "cancelled"
 		log.Info("backend call cancelled by shutdown; entry pending again")

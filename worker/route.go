@@ -30,7 +30,32 @@ type Producer interface {
 type Route struct {
 	Pattern string
 	Backend Backend
+	// Answer says what the route publishes back; the zero value publishes
+	// nothing.
+	Answer Answer
 }
+
+// Answer is what a route publishes through the journal's outbox.
+type Answer struct {
+	// Results names the destination of a successful call's output (see
+	// Producer); ReplyOnly answers only messages that carry a reply-to.
+	// The incoming message's reply-to wins over Results when present.
+	Results string
+	// Empty publishes an empty output too (by default it publishes
+	// nothing).
+	Empty bool
+	// CopyHeaders are incoming headers copied onto the result.
+	CopyHeaders []string
+	// OnStuck names the destination of a copy of each entry that becomes
+	// stuck (a dead letter).
+	OnStuck string
+}
+
+// ReplyOnly as Answer.Results answers only messages with a reply-to.
+const ReplyOnly = "reply"
+
+// Answers reports whether the route publishes results.
+func (a Answer) Answers() bool { return a.Results != "" }
 
 // Router picks a message's backend: the first route whose pattern matches
 // its type.
@@ -42,6 +67,7 @@ type compiledRoute struct {
 	pattern string
 	words   []string
 	backend Backend
+	answer  Answer
 }
 
 // NewRouter validates the patterns. A pattern is dot-separated words where
@@ -56,7 +82,7 @@ func NewRouter(routes []Route) (*Router, error) {
 		if rt.Backend == nil {
 			return nil, fmt.Errorf("route %d: pattern %q has no backend", i+1, rt.Pattern)
 		}
-		r.routes = append(r.routes, compiledRoute{pattern: rt.Pattern, words: strings.Split(rt.Pattern, "."), backend: rt.Backend})
+		r.routes = append(r.routes, compiledRoute{pattern: rt.Pattern, words: strings.Split(rt.Pattern, "."), backend: rt.Backend, answer: rt.Answer})
 	}
 	return r, nil
 }

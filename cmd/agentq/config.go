@@ -93,7 +93,14 @@ type RouteEntry struct {
 	Timeout Duration          `yaml:"timeout"` // per call
 	Headers map[string]string `yaml:"headers"` // http only
 	Env     []string          `yaml:"env"`     // exec only: extra KEY=VALUE
-	line    int
+	// Results is where a successful call's output is published (exec
+	// stdout, HTTP 2xx body): a stomp://, ws://, amqp:// URL, or "reply"
+	// for reply-to only. A message's reply-to wins when present.
+	Results      string   `yaml:"results"`
+	ResultsEmpty bool     `yaml:"results_empty"` // publish empty output too
+	CopyHeaders  []string `yaml:"copy_headers"`  // incoming headers copied onto results
+	OnStuck      string   `yaml:"on_stuck"`      // URL a copy of each stuck entry is published to
+	line         int
 }
 
 // Duration is a time.Duration written as "30s", "5m", "168h".

@@ -193,6 +193,12 @@ func printSummary(w io.Writer, s *admin.Summary) {
 	} else {
 		fmt.Fprintln(w, "oldest pending: none pending")
 	}
+	if s.Outbox.Pending > 0 {
+		fmt.Fprintf(w, "outbox: %d answers waiting to be published, %d failed\n", s.Outbox.Pending, s.Outbox.Failed)
+		for _, o := range s.Outbox.Items {
+			fmt.Fprintf(w, "  %s of entry %d to %s: %d attempts: %s\n", o.Kind, o.Seq, o.Target, o.Attempts, oneLine(o.LastError, 160))
+		}
+	}
 	if len(s.Paused) > 0 {
 		fmt.Fprintf(w, "paused: %s (held, not dispatched: agentq resume PATTERN)\n", strings.Join(s.Paused, " "))
 	}

@@ -32,7 +32,7 @@ message. 'make broker' starts such a RabbitMQ.
 
 Flags override the config file; each also reads an AGENTQ_* environment variable.
 
-`+indent(ingest.URLHelp(), "")+`
+` + indent(ingest.URLHelp(), "") + `
 
 Examples:
    agentq run
@@ -55,6 +55,8 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringFlag{Name: "key-from", Usage: "where the ordering key comes from, as `SPEC` (default: no key, no order)", EnvVars: []string{"AGENTQ_KEY_FROM"}},
 			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
+			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, or reply: only to a message's reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
+			&cli.StringFlag{Name: "on-stuck", Usage: "publish a copy of each message that becomes stuck to `URL` (a dead letter, with agentq-error and agentq-attempts headers)", EnvVars: []string{"AGENTQ_ON_STUCK"}},
 			&cli.BoolFlag{Name: "log", Usage: "log every message and succeed (the default backend)", EnvVars: []string{"AGENTQ_LOG"}},
 			&cli.DurationFlag{Name: "timeout", Usage: "per-call `DURATION` for every command and HTTP backend without a timeout of its own (config: timeout)", Value: DefaultCallTimeout, EnvVars: []string{"AGENTQ_TIMEOUT"}},
 			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N`", Value: worker.DefaultWorkers, EnvVars: []string{"AGENTQ_WORKERS"}},
@@ -191,7 +193,10 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		return nil, usagef("give one of --exec, --http or --log (or several routes in a config file)")
 	}
 	if len(flagRoutes) == 1 {
+		flagRoutes[0].Results, flagRoutes[0].OnStuck = c.String("results"), c.String("on-stuck")
 		s.routes = flagRoutes
+	} else if c.IsSet("results") || c.IsSet("on-stuck") {
+		return nil, usagef("--results and --on-stuck go with --exec, --http or --log; in a config file set results: and on_stuck: on each route")
 	}
 	if len(s.routes) == 0 {
 		s.routes = []RouteEntry{{Match: "#", Log: true}}
@@ -278,8 +283,23 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 // A route without a timeout of its own gets timeout: a call that hangs
 // would hold its ordering key forever.
 // hide names environment variables handlers must not see (secrets).
-func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logger *slog.Logger, journalID string) (*worker.Router, error) {
+func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logger *slog.Logger, journalID string) (*worker.Router, map[string]ingest.Target, error) {
 	var rs []worker.Route
+	targets := map[string]ingest.Target{}
+	// target parses a results or on_stuck URL once; its name (stored in
+	// the outbox) is the URL without secrets.
+	target := func(where, field, raw string) (string, error) {
+		if raw == "" || raw == worker.ReplyOnly && field == "results" {
+			return raw, nil
+		}
+		t, err := ingest.ParseTarget(raw)
+		if err != nil {
+			return "", usagef("%s: %s %q: %v", where, field, ingest.RedactURL(raw), err)
+		}
+		t.Name = field + ":" + ingest.RedactURL(raw)
+		targets[t.Name] = t
+		return t.Name, nil
+	}
 	for i, r := range routes {
 		where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
 		if r.line > 0 {
@@ -287,6 +307,17 @@ func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logg
 		}
 		var b worker.Backend
 		var err error
+		answer := worker.Answer{Empty: r.ResultsEmpty, CopyHeaders: r.CopyHeaders}
+		if answer.Results, err = target(where, "results", r.Results); err != nil {
+			return nil, nil, err
+		}
+		if answer.OnStuck, err = target(where, "on_stuck", r.OnStuck); err != nil {
+			return nil, nil, err
+		}
+		maxOutput := -1 // output is kept only where it is published
+		if answer.Answers() {
+			maxOutput = 0
+		}
 		callTimeout := time.Duration(r.Timeout)
 		if callTimeout <= 0 {
 			callTimeout = timeout
@@ -298,22 +329,22 @@ func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logg
 				argv, shell = []string{r.Shell}, true
 			}
 			b, err = worker.NewExec(worker.ExecConfig{Argv: argv, Shell: shell, Timeout: callTimeout, Env: r.Env,
-				HideEnv: hide, MaxOutput: -1})
+				HideEnv: hide, MaxOutput: maxOutput})
 		case r.HTTP != "":
-			b, err = worker.NewHTTP(worker.HTTPConfig{URL: r.HTTP, Timeout: callTimeout, Headers: r.Headers, IdempotencyPrefix: "agentq-" + journalID})
+			b, err = worker.NewHTTP(worker.HTTPConfig{URL: r.HTTP, Timeout: callTimeout, Headers: r.Headers, IdempotencyPrefix: "agentq-" + journalID, MaxOutput: maxOutput})
 		default:
 			b = worker.NewLog(logger)
 		}
 		if err != nil {
-			return nil, usagef("%s: %v", where, err)
+			return nil, nil, usagef("%s: %v", where, err)
 		}
-		rs = append(rs, worker.Route{Pattern: r.Match, Backend: b})
+		rs = append(rs, worker.Route{Pattern: r.Match, Backend: b, Answer: answer})
 	}
 	router, err := worker.NewRouter(rs)
 	if err != nil {
-		return nil, usageError{err.Error()}
+		return nil, nil, usageError{err.Error()}
 	}
-	return router, nil
+	return router, targets, nil
 }
 
 func runAction(c *cli.Context) error {
@@ -356,10 +387,14 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	}
 	defer j.Close()
 
-	router, err := buildRouter(s.routes, s.timeout, secretEnvNames(s.sources), logger, j.ID())
+	router, targets, err := buildRouter(s.routes, s.timeout, secretEnvNames(s.sources), logger, j.ID())
 	if err != nil {
 		return err
 	}
+	for name, t := range ingest.ReplyTargets(s.sources) {
+		targets[name] = t
+	}
+	relay := &ingest.Relay{Journal: j, Targets: targets, Log: logger.With("component", "relay")}
 	sources := make([]*ingest.Source, len(s.sources))
 	for i, sc := range s.sources {
 		sources[i] = ingest.NewSource(sc, j, ingest.Options{Logger: logger, AfterCommit: crashHook()})
@@ -372,12 +407,15 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		return out
 	}
 	m = admin.NewMetrics(j, statuses)
+	m.Relay = relay.Stats
 	pool, err := worker.NewPool(j, router, worker.Options{
-		Workers:      s.workers,
-		Policy:       s.cfg.Retry.policy(),
-		DrainTimeout: s.drain,
-		Observe:      m.ObserveResult,
-		Logger:       logger,
+		Workers:       s.workers,
+		Policy:        s.cfg.Retry.policy(),
+		DrainTimeout:  s.drain,
+		Observe:       m.ObserveResult,
+		Logger:        logger,
+		ResultID:      func(e *queue.Entry) string { return fmt.Sprintf("%s-%d", j.ID(), e.Seq) },
+		CorrelationID: correlationID(s.sources),
 	})
 	if err != nil {
 		return usageError{err.Error()}
@@ -474,6 +512,12 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	}
 	poolErr := make(chan error, 1)
 	go func() { poolErr <- pool.Run(ctx) }()
+	// The relay outlives intake and the drain, so the answers of the last
+	// calls go out too (bounded: what is left waits in the outbox).
+	relayCtx, relayStop := context.WithCancel(context.Background())
+	relayDone := make(chan struct{})
+	go func() { defer close(relayDone); _ = relay.Run(relayCtx) }()
+	defer func() { relayStop(); <-relayDone }()
 
 	var runErr error
 	select {
@@ -488,6 +532,9 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	if err := <-poolErr; err != nil && runErr == nil {
 		runErr = err
 	}
+	flushOutbox(j, 5*time.Second)
+	relayStop()
+	<-relayDone
 	if err := j.Close(); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -496,6 +543,38 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	}
 	logger.Info("stopped cleanly")
 	return nil
+}
+
+// flushOutbox waits, at most d, for the relay to publish what is due.
+func flushOutbox(j *queue.Journal, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		due, err := j.Outbox(1, time.Now())
+		if err != nil || len(due) == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// correlationID is what a result's correlation-id says: the incoming
+// correlation-id, else the source's id header, else the message id.
+func correlationID(sources []ingest.Config) func(*queue.Entry) string {
+	idHeader := map[string]string{}
+	for _, sc := range sources {
+		idHeader[sc.Name] = sc.IDHeader
+	}
+	return func(e *queue.Entry) string {
+		for _, n := range []string{"correlation-id", "correlation_id", idHeader[e.Source], "message_id", "message-id"} {
+			if n == "" {
+				continue
+			}
+			if v, ok := e.Header(n); ok && v != "" {
+				return v
+			}
+		}
+		return ""
+	}
 }
 
 // indent prefixes every line of s.

@@ -1,0 +1,242 @@
+package queue
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The outbox holds messages agentq publishes: results of successful calls
+// and dead letters of entries that became stuck. A message is written in
+// the same transaction that settles its entry, so a result exists exactly
+// when its entry is done, whatever crashes. A relay publishes it and
+// removes it only after the broker confirmed it (OutboxDone); a refused or
+// unroutable message stays, marked failed with a retry time (OutboxFailed).
+// Bucket outbox: id (uint64 big-endian, never reused) -> record.
+
+var bucketOutbox = []byte("outbox")
+
+// Out is one outbox message.
+type Out struct {
+	ID uint64 // assigned when written
+	// Seq is the entry the message comes from.
+	Seq uint64
+	// Kind is "result" or "dead-letter".
+	Kind string
+	// Target names where it goes: a results destination of the command's
+	// configuration. Destination, when set, overrides the target's own
+	// destination (a reply-to).
+	Target      string
+	Destination string
+	Headers     []Header
+	Body        []byte
+	CreatedAt   time.Time
+	// Attempts counts publications that failed; LastError is the last
+	// failure, NextAt when the relay may try again.
+	Attempts  int
+	LastError string
+	NextAt    time.Time
+}
+
+// Failed reports whether a publication of m has failed.
+func (m *Out) Failed() bool { return m.Attempts > 0 }
+
+const outFormat = 1
+
+func encodeOut(buf []byte, m *Out) []byte {
+	buf = append(buf, outFormat)
+	buf = binary.AppendUvarint(buf, m.Seq)
+	buf = appendString(buf, m.Kind)
+	buf = appendString(buf, m.Target)
+	buf = appendString(buf, m.Destination)
+	buf = binary.AppendUvarint(buf, uint64(len(m.Headers)))
+	for _, h := range m.Headers {
+		buf = appendString(buf, h.Name)
+		buf = appendString(buf, h.Value)
+	}
+	buf = appendBytes(buf, m.Body)
+	buf = binary.AppendVarint(buf, unixNano(m.CreatedAt))
+	buf = binary.AppendUvarint(buf, uint64(m.Attempts))
+	buf = appendString(buf, m.LastError)
+	buf = binary.AppendVarint(buf, unixNano(m.NextAt))
+	return binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf, castagnoli))
+}
+
+func decodeOut(id uint64, data []byte) (*Out, error) {
+	if len(data) < 5 || data[0] != outFormat {
+		return nil, fmt.Errorf("%w: outbox message %d: unknown format", errCorrupt, id)
+	}
+	body, sum := data[:len(data)-4], binary.BigEndian.Uint32(data[len(data)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, fmt.Errorf("%w: outbox message %d: checksum mismatch", errCorrupt, id)
+	}
+	d := decoder{b: body[1:]}
+	m := &Out{ID: id}
+	m.Seq = d.uvarint()
+	m.Kind = d.string()
+	m.Target = d.string()
+	m.Destination = d.string()
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.fail()
+	}
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		m.Headers = append(m.Headers, Header{Name: d.string(), Value: d.string()})
+	}
+	m.Body = d.bytes()
+	m.CreatedAt = fromUnixNano(d.varint())
+	m.Attempts = d.int()
+	m.LastError = d.string()
+	m.NextAt = fromUnixNano(d.varint())
+	if d.err != nil {
+		return nil, fmt.Errorf("%w: outbox message %d: %v", errCorrupt, id, d.err)
+	}
+	return m, nil
+}
+
+// putOut writes m to the outbox in t, giving it an id.
+func (t *txn) putOut(m *Out) error {
+	b, err := t.tx.CreateBucketIfNotExists(bucketOutbox)
+	if err != nil {
+		return err
+	}
+	if m.ID == 0 {
+		if m.ID, err = b.NextSequence(); err != nil {
+			return err
+		}
+		if m.CreatedAt.IsZero() {
+			m.CreatedAt = t.now
+		}
+		t.outAdded++
+	}
+	t.buf = encodeOut(t.buf[:0], m)
+	return b.Put(t.k64(m.ID), t.arena.copy(t.buf))
+}
+
+// Outbox returns up to max outbox messages due at now (new ones, and
+// failed ones whose retry time has come), oldest first.
+func (j *Journal) Outbox(max int, now time.Time) ([]*Out, error) {
+	var out []*Out
+	err := j.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOutbox)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.First(); k != nil && len(out) < max; k, v = c.Next() {
+			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
+			if err != nil {
+				j.log.Error("outbox message does not decode; left in place", "error", err)
+				continue
+			}
+			if m.NextAt.After(now) {
+				continue
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ScanOutbox calls fn for every outbox message in id order until it
+// returns false.
+func (j *Journal) ScanOutbox(fn func(*Out) bool) error {
+	err := j.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOutbox)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
+			if err != nil {
+				return err
+			}
+			if !fn(m) {
+				return errStopOutbox
+			}
+			return nil
+		})
+	})
+	if err == errStopOutbox {
+		return nil
+	}
+	return err
+}
+
+var errStopOutbox = errors.New("stop")
+
+// OutboxCounts returns how many messages wait in the outbox and how many
+// of them have failed at least once.
+func (j *Journal) OutboxCounts() (pending, failed int) {
+	_ = j.ScanOutbox(func(m *Out) bool {
+		pending++
+		if m.Failed() {
+			failed++
+		}
+		return true
+	})
+	return pending, failed
+}
+
+// OutboxDone removes published messages: the broker confirmed them.
+func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return j.update(ctx, func(t *txn) error {
+		b := t.tx.Bucket(bucketOutbox)
+		if b == nil {
+			return nil
+		}
+		for _, id := range ids {
+			if err := b.Delete(t.k64(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// OutboxFailed records a failed publication of message id: the error, one
+// more attempt, and when to try again.
+func (j *Journal) OutboxFailed(ctx context.Context, ids []uint64, reason string, next time.Time) error {
+	return j.update(ctx, func(t *txn) error {
+		b := t.tx.Bucket(bucketOutbox)
+		if b == nil {
+			return nil
+		}
+		for _, id := range ids {
+			v := b.Get(t.k64(id))
+			if v == nil {
+				continue
+			}
+			m, err := decodeOut(id, v)
+			if err != nil {
+				return err
+			}
+			m.Attempts++
+			m.LastError = clip(reason)
+			m.NextAt = next
+			if err := t.putOut(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// OutboxReady is signalled after a commit that added outbox messages.
+func (j *Journal) OutboxReady() <-chan struct{} { return j.outReady }
+
+func (j *Journal) signalOutbox() {
+	select {
+	case j.outReady <- struct{}{}:
+	default:
+	}
+}

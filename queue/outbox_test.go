@@ -1,0 +1,80 @@
+package queue
+
+import (
+	"context"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// TestOutbox: a result is written with the settle that marks its entry
+// done (and a dead letter with the one that parks it), survives a reopen,
+// and leaves only when published; a failure is kept with its error.
+func TestOutbox(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	clk := newClock()
+	j := mustOpenAt(t, path, Options{Now: clk.Now})
+	ctx := context.Background()
+	mustAppend(t, j, msg("a", "1"), msg("b", "2"), msg("c", "3"))
+	es := mustClaim(t, j, 3)
+	res := &Out{Kind: "result", Target: "results", Headers: []Header{{Name: "agentq-result-id", Value: "x-1"}}, Body: []byte("answer")}
+	dl := &Out{Kind: "dead-letter", Target: "dlq", Body: []byte("2")}
+	if err := j.Settle(ctx,
+		Outcome{Seq: es[0].Seq, Kind: Done, Out: []*Out{res}},
+		Outcome{Seq: es[1].Seq, Kind: Stuck, Err: "boom", Out: []*Out{dl}},
+		Outcome{Seq: es[2].Seq, Kind: Retry, At: clk.Now().Add(time.Hour), Out: []*Out{{Kind: "result", Target: "x"}}}, // not written: not done
+	); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-j.OutboxReady():
+	default:
+		t.Error("OutboxReady not signalled")
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{Now: clk.Now})
+	got, err := j.Outbox(10, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Seq != es[0].Seq || string(got[0].Body) != "answer" || got[0].Target != "results" ||
+		!reflect.DeepEqual(got[0].Headers, res.Headers) || got[1].Kind != "dead-letter" || got[1].Seq != es[1].Seq {
+		t.Fatalf("outbox after reopen: %+v", got)
+	}
+	// A failure stays, with its error, and is not due before its time.
+	if err := j.OutboxFailed(ctx, []uint64{got[1].ID}, "NO_ROUTE: unroutable", clk.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if p, f := j.OutboxCounts(); p != 2 || f != 1 {
+		t.Errorf("counts %d pending %d failed, want 2 and 1", p, f)
+	}
+	due, _ := j.Outbox(10, clk.Now())
+	if len(due) != 1 || due[0].ID != got[0].ID {
+		t.Fatalf("due %+v, want only the first", due)
+	}
+	if err := j.OutboxDone(ctx, []uint64{got[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(2 * time.Minute)
+	due, _ = j.Outbox(10, clk.Now())
+	if len(due) != 1 || due[0].Attempts != 1 || due[0].LastError != "NO_ROUTE: unroutable" {
+		t.Fatalf("failed message after its retry time: %+v", due)
+	}
+	if p, _ := j.OutboxCounts(); p != 1 {
+		t.Errorf("pending %d after one was published, want 1", p)
+	}
+}
+
+// TestOutboxFailedCommit: when the settle's batch cannot commit, neither
+// the state change nor the result is stored.
+func TestOutboxFailedCommit(t *testing.T) {
+	j := mustOpen(t, Options{})
+	ctx := context.Background()
+	mustAppend(t, j, msg("a", "1"))
+	e := mustClaim(t, j, 1)[0]
+	j.Close()
+	if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done, Out: []*Out{{Kind: "result", Target: "r"}}}); err == nil {
+		t.Fatal("settle on a closed journal succeeded")
+	}
+}
