@@ -199,12 +199,13 @@ type stompPublisher struct {
 	conn *stomp.Conn
 }
 
-// publish sends the batch and asks for a receipt on its last frame: the
-// broker processes a connection's frames in order, so the receipt
-// confirms them all. An ERROR frame (no such exchange, access refused)
+// publish sends the batch, then a barrier (BEGIN, ABORT with a receipt):
+// the broker processes a connection's frames in order, so the receipt
+// confirms them all. A receipt header on a SEND would be passed on to the
+// consumer, so no message carries one. An ERROR frame (no such exchange, access refused)
 // fails the whole batch: STOMP does not say which frame it was about.
 func (p *stompPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
-	for i, m := range msgs {
+	for _, m := range msgs {
 		dest := m.Destination
 		if dest == "" {
 			dest = p.t.Conn.Destination
@@ -221,12 +222,16 @@ func (p *stompPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint
 			}
 			opts = append(opts, stomp.SendOpt.Header(h.Name, h.Value))
 		}
-		if i == len(msgs)-1 {
-			opts = append(opts, stomp.SendOpt.Receipt)
-		}
 		if err := p.conn.Send(dest, ct, m.Body, opts...); err != nil {
 			return nil, nil, fmt.Errorf("publish to %s: %w", dest, brokerError(err, p.t.Conn))
 		}
+	}
+	tx, err := p.conn.BeginWithError()
+	if err == nil {
+		err = tx.AbortWithReceipt()
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("publish to %s: no receipt: %w", p.t.Conn.String(), brokerError(err, p.t.Conn))
 	}
 	ids := make([]uint64, len(msgs))
 	for i, m := range msgs {

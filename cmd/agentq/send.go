@@ -89,6 +89,9 @@ func sendAction(c *cli.Context) error {
 		if !ok || k == "" {
 			return usagef("--header %q: want K=V", h)
 		}
+		if ingest.PerDeliveryHeader(k) {
+			return usagef("--header %s: a header the broker or the connection sets for each delivery; it cannot be sent", k)
+		}
 		opts = append(opts, stomp.SendOpt.Header(k, v))
 	}
 
@@ -106,13 +109,19 @@ func sendAction(c *cli.Context) error {
 	defer conn.Disconnect()
 	n := c.Int("count")
 	for i := 0; i < n; i++ {
-		o := opts
-		if i == n-1 {
-			o = append(o, stomp.SendOpt.Receipt)
-		}
-		if err := conn.Send(cfg.Destination, ctype, body, o...); err != nil {
+		if err := conn.Send(cfg.Destination, ctype, body, opts...); err != nil {
 			return fmt.Errorf("cannot send message %d of %d to %s: %w", i+1, n, cfg.Destination, err)
 		}
+	}
+	// A receipt on a SEND would reach the consumer as a header: confirm
+	// the messages with an empty transaction's receipt instead (a
+	// connection's frames are processed in order).
+	tx, err := conn.BeginWithError()
+	if err == nil {
+		err = tx.AbortWithReceipt()
+	}
+	if err != nil {
+		return fmt.Errorf("cannot confirm the messages sent to %s: %w", cfg.Destination, err)
 	}
 	fmt.Fprintf(c.App.Writer, "sent %d message(s) of %d bytes to %s\n", n, len(body), cfg.Destination)
 	return nil

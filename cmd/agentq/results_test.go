@@ -1,0 +1,249 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math/rand"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-stomp/stomp/v3"
+	"github.com/go-stomp/stomp/v3/frame"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/agentq/agentq/internal/brokertest"
+)
+
+// amqpTest opens an AMQP channel to the local broker for test set-up.
+func amqpTest(t *testing.T) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial("amqp://guest:guest@127.0.0.1:5672/")
+	if err != nil {
+		t.Fatalf("AMQP to the local broker: %v (make broker)", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+// kill stops the agent with SIGKILL: no drain, no goodbye.
+func (a *agent) kill() {
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	<-a.done
+	a.done <- -1
+}
+
+// metricValue reads one unlabelled metric of a running agent.
+func metricValue(t *testing.T, base, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.ParseFloat(string(m[1]), 64)
+	return v
+}
+
+// TestResultsGlobusShaped: tasks in, results out, as Globus Compute's
+// endpoint does it: a tasks queue, a results exchange with a queue bound
+// to *.results. The agent is killed with SIGKILL once, and the results
+// broker goes away for a while (a proxy in front of it closes): handlers
+// go on meanwhile, results wait in the outbox and arrive when it is back;
+// every task has a result, repeats carry the same agentq-result-id.
+func TestResultsGlobusShaped(t *testing.T) {
+	requireBroker(t)
+	ch := amqpTest(t)
+	id := rand.Int63()
+	ep := fmt.Sprintf("ep%d", id)
+	resultsQ := fmt.Sprintf("agentq-results-%d", id)
+	if err := ch.ExchangeDeclare("agentq-test-results", "topic", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(resultsQ, false, true, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(resultsQ, "*.results", "agentq-test-results", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The results broker, reached through a proxy that can go away.
+	proxy := brokertest.StartProxy(t, "127.0.0.1:0", brokertest.Addr)
+	proxyAddr := proxy.Addr()
+
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	tasks := fmt.Sprintf("/queue/agentq-tasks-%d", id)
+	src := "stomp://guest:guest@127.0.0.1:61613" + tasks
+	handler := writeScript(t, "task.sh", `read body; echo "result of $body"`)
+	args := []string{"--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
+		"--key-from", "header:task", "--results", "stomp://guest:guest@" + proxyAddr + "/exchange/agentq-test-results/" + ep + ".results"}
+	a := startAgent(t, journal, args...)
+
+	const n = 300
+	conn, err := stomp.Dial("tcp", "127.0.0.1:61613", stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Disconnect()
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			if err := conn.Send(tasks, "text/plain", []byte(fmt.Sprintf("task-%d", i)), stomp.SendOpt.Header("persistent", "true"),
+				stomp.SendOpt.Header("task", fmt.Sprintf("t%d", i)), stomp.SendOpt.Header("correlation-id", fmt.Sprintf("c%d", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Collect results as they come.
+	var mu sync.Mutex
+	results := map[string]map[string]bool{} // body -> result ids
+	deliveries, err := ch.Consume(resultsQ, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for d := range deliveries {
+			mu.Lock()
+			body := strings.TrimSpace(string(d.Body))
+			if results[body] == nil {
+				results[body] = map[string]bool{}
+			}
+			rid, _ := d.Headers["agentq-result-id"].(string)
+			results[body][rid] = true
+			mu.Unlock()
+		}
+	}()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(results) }
+
+	publish(0, 100)
+	waitFor(t, "first results", 60*time.Second, func() bool { return count() >= 50 })
+	a.kill()
+	a = startAgent(t, journal, args...)
+	waitFor(t, "100 results", 60*time.Second, func() bool { return count() >= 100 })
+
+	// The results broker goes away: handlers go on, results wait.
+	proxy.Close()
+	base := a.adminURL(t)
+	publish(100, 200)
+	waitFor(t, "the tasks handled while results cannot go out", 60*time.Second, func() bool {
+		return countState(inspectJSON(t, journal, "--state", "done"), "done") >= 200
+	})
+	waitFor(t, "results waiting in the outbox", 30*time.Second, func() bool { return metricValue(t, base, "agentq_outbox_pending") > 0 })
+	if c := count(); c >= 200 {
+		t.Fatalf("%d results arrived while their broker was away", c)
+	}
+	brokertest.StartProxy(t, proxyAddr, brokertest.Addr) // back, same address
+	publish(200, n)
+	waitFor(t, "every result", 90*time.Second, func() bool { return count() >= n })
+	for i := 0; i < n; i++ {
+		ids := results[fmt.Sprintf("result of task-%d", i)]
+		if len(ids) != 1 {
+			t.Errorf("task %d: result ids %v, want exactly one (repeats share it)", i, ids)
+		}
+	}
+	waitFor(t, "the outbox empty", 30*time.Second, func() bool { return metricValue(t, base, "agentq_outbox_pending") == 0 })
+}
+
+// TestReplyToTempQueue: a requester sends with reply-to:/temp-queue/...
+// over STOMP, as RabbitMQ's RPC pattern does, and gets each answer.
+func TestReplyToTempQueue(t *testing.T) {
+	requireBroker(t)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	rpc := fmt.Sprintf("/queue/agentq-rpc-%d", rand.Int63())
+	handler := writeScript(t, "answer.sh", `read body; echo "answer to $body"`)
+	startAgent(t, journal, "--journal", journal, "--source", "stomp://guest:guest@127.0.0.1:61613"+rpc, "--admin", "127.0.0.1:0",
+		"--exec", handler, "--results", "reply")
+	// go-stomp ignores MESSAGE frames for subscriptions it did not make,
+	// and RabbitMQ delivers temp-queue replies under the reply-to's name:
+	// the requester speaks raw frames.
+	nc, err := net.Dial("tcp", "127.0.0.1:61613")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	w, r := frame.NewWriter(nc), frame.NewReader(nc)
+	if err := w.Write(frame.New("CONNECT", "accept-version", "1.2", "host", "/", "login", "guest", "passcode", "guest")); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := r.Read(); err != nil || f.Command != "CONNECTED" {
+		t.Fatalf("CONNECT: %v %v", f, err)
+	}
+	for i := 0; i < 3; i++ {
+		f := frame.New("SEND", "destination", rpc, "reply-to", "/temp-queue/answers", "correlation-id", fmt.Sprintf("c%d", i))
+		f.Body = []byte(fmt.Sprintf("q%d", i))
+		if err := w.Write(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]string{}
+	nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for len(got) < 3 {
+		f, err := r.Read()
+		if err != nil {
+			t.Fatalf("answers so far %v: %v", got, err)
+		}
+		if f == nil || f.Command != "MESSAGE" {
+			continue // a heartbeat
+		}
+		got[f.Header.Get("correlation-id")] = strings.TrimSpace(string(f.Body))
+		if f.Header.Get("receipt") != "" || f.Header.Get("agentq-result-id") == "" {
+			t.Errorf("answer headers: receipt %q, result id %q", f.Header.Get("receipt"), f.Header.Get("agentq-result-id"))
+		}
+	}
+	for i := 0; i < 3; i++ {
+		if want := fmt.Sprintf("answer to q%d", i); got[fmt.Sprintf("c%d", i)] != want {
+			t.Errorf("answer c%d = %q, want %q", i, got[fmt.Sprintf("c%d", i)], want)
+		}
+	}
+}
+
+// TestResultsUnroutable: results to an exchange where no queue is bound
+// (AMQP, mandatory) are kept and shown as failed, never dropped.
+func TestResultsUnroutable(t *testing.T) {
+	requireBroker(t)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	q := fmt.Sprintf("/queue/agentq-unroutable-%d", rand.Int63())
+	src := "stomp://guest:guest@127.0.0.1:61613" + q
+	handler := writeScript(t, "r.sh", `echo out`)
+	a := startAgent(t, journal, "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
+		"--results", fmt.Sprintf("amqp://guest:guest@127.0.0.1:5672/?exchange=amq.topic&routing_key=nobody.listens.%d", rand.Int63()))
+	for i := 0; i < 3; i++ {
+		if code, _, errs := runMain(t, fmt.Sprintf("m%d", i), "send", src, "-"); code != 0 {
+			t.Fatal(errs)
+		}
+	}
+	base := a.adminURL(t)
+	waitFor(t, "three failed results", 60*time.Second, func() bool { return metricValue(t, base, "agentq_outbox_failed") == 3 })
+	code, out, errs := runMain(t, "", "inspect", "--journal", journal)
+	if code != 0 || !strings.Contains(out, "outbox: 3 answers waiting") || !strings.Contains(out, "unroutable") {
+		t.Errorf("inspect does not show the failed results:\n%s%s", out, errs)
+	}
+	if v := metricValue(t, base, "agentq_results_failed_total"); v < 3 {
+		t.Errorf("agentq_results_failed_total = %v", v)
+	}
+	a.stop(t)
+	// Still there after a restart: nothing was dropped.
+	code, out, _ = runMain(t, "", "inspect", "--journal", journal)
+	if code != 0 || !strings.Contains(out, "outbox: 3 answers waiting") {
+		t.Errorf("after a restart:\n%s", out)
+	}
+	_ = os.Remove
+}
