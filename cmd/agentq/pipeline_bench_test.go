@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -204,7 +205,7 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 			if raw, err := os.ReadFile(journal + ".admin"); err == nil {
 				base = "http://" + between(string(raw), `"addr":"`, `"`)
 			}
-		} else if done := scrapeDone(base); done >= n {
+		} else if done := scrapeDone(base); done >= n && (!slices.Contains(extra, "--results") || metricValueB(base, "agentq_outbox_pending") == 0) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -217,6 +218,24 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 		rssAnonMiB:     float64(rss) / 1024,
 		journalBytes:   fi.Size(),
 	}
+}
+
+// metricValueB reads one unlabelled metric; -1 if it cannot.
+func metricValueB(base, name string) float64 {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
 }
 
 func scrapeDone(base string) int {
@@ -357,4 +376,43 @@ func BenchmarkEndToEndBinary(b *testing.B) {
 	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
+}
+
+// BenchmarkPipelineResults: tasks in, results out, through the real
+// binary: 20,000 persistent 512-byte tasks to an HTTP backend on loopback
+// that answers 512 bytes, with --results to a queue (every answer in the
+// outbox, published with a receipt per batch) and, in the same run,
+// without it. Reports both and their ratio.
+func BenchmarkPipelineResults(b *testing.B) {
+	requireBroker(b)
+	n := pipelineN() / 5
+	answer := make([]byte, 512)
+	for i := range answer {
+		answer[i] = byte('A' + i%26)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(answer) })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	backend := "http://" + ln.Addr().String() + "/"
+	var with, without agentRun
+	for it := 0; it < b.N; it++ {
+		q := benchQueue("tasks")
+		publishSTOMP(b, q, n, 512, nil)
+		without = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend)
+
+		q = benchQueue("tasks-results")
+		publishSTOMP(b, q, n, 512, nil)
+		results := benchQueue("results")
+		with = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend,
+			"--results", "stomp://guest:guest@"+stompAddr+results)
+	}
+	b.ReportMetric(without.msgPerSec, "no-results-msg/s")
+	b.ReportMetric(float64(without.cpuPerMsg.Nanoseconds())/1000, "no-results-cpu-us/msg")
+	b.ReportMetric(with.msgPerSec, "results-msg/s")
+	b.ReportMetric(float64(with.cpuPerMsg.Nanoseconds())/1000, "results-cpu-us/msg")
+	b.ReportMetric(with.msgPerSec/without.msgPerSec, "ratio-msg/s")
 }

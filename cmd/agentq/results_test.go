@@ -247,3 +247,42 @@ func TestResultsUnroutable(t *testing.T) {
 	}
 	_ = os.Remove
 }
+
+// TestDeadLetters: a route's on_stuck publishes a copy of each entry that
+// becomes stuck, with the error and attempts, through the outbox.
+func TestDeadLetters(t *testing.T) {
+	requireBroker(t)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	id := rand.Int63()
+	q := fmt.Sprintf("/queue/agentq-dl-in-%d", id)
+	dlq := fmt.Sprintf("/queue/agentq-dl-out-%d", id)
+	src := "stomp://guest:guest@127.0.0.1:61613" + q
+	handler := writeScript(t, "bad.sh", `echo "no such account" >&2; exit 65`)
+	conn, err := stomp.Dial("tcp", "127.0.0.1:61613", stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Disconnect()
+	sub, err := conn.Subscribe(dlq, stomp.AckAuto) // declares the queue before anything is published to it
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, journal, "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
+		"--on-stuck", "stomp://guest:guest@127.0.0.1:61613"+dlq)
+	if code, _, errs := runMain(t, `{"order":"o-1"}`, "send", "--header", "order=o-1", src, "-"); code != 0 {
+		t.Fatal(errs)
+	}
+	select {
+	case m := <-sub.C:
+		if m.Err != nil {
+			t.Fatal(m.Err)
+		}
+		if string(m.Body) != `{"order":"o-1"}` || !strings.Contains(m.Header.Get("agentq-error"), "no such account") ||
+			m.Header.Get("agentq-attempts") != "1" || m.Header.Get("order") != "o-1" {
+			t.Errorf("dead letter: body %q headers %v", m.Body, m.Header)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("no dead letter within 60s")
+	}
+}
