@@ -406,12 +406,18 @@ func (s *Server) entry(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
+	s.seqsOf(w, r, s.Store.Replay)
+}
+
+// seqsOf runs a filter action (replay, re-extract) and answers with the
+// sequences it touched.
+func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Filter, bool) ([]uint64, error)) {
 	f, err := ParseFilterQuery(r.URL.Query())
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
-	seqs, err := s.Store.Replay(f, r.URL.Query().Get("dry_run") == "true")
+	seqs, err := fn(f, r.URL.Query().Get("dry_run") == "true")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -427,20 +433,7 @@ func (s *Server) reextract(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "this agent cannot re-extract"})
 		return
 	}
-	f, err := ParseFilterQuery(r.URL.Query())
-	if err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
-		return
-	}
-	seqs, err := s.Reextract(f, r.URL.Query().Get("dry_run") == "true")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if seqs == nil {
-		seqs = []uint64{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"seqs": seqs})
+	s.seqsOf(w, r, s.Reextract)
 }
 
 // pause changes a pause through the running agent's Control, or the

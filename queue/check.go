@@ -137,10 +137,12 @@ func (j *Journal) Check() error {
 			}
 		}
 		// Nothing pending may be forgotten: an entry without a key, or the
-		// head of its key, must be ready.
+		// head of its key, must be ready (or held by a pause).
 		ready := tx.Bucket(bucketReady)
+		held := tx.Bucket(bucketHeld)
+		isReady := func(k []byte) bool { return ready.Get(k) != nil || held != nil && held.Get(k) != nil }
 		for seq, e := range states {
-			if e.State == StatePending && e.Key == "" && ready.Get(readyKey(e.NextAttemptAt, seq)) == nil {
+			if e.State == StatePending && e.Key == "" && !isReady(readyKey(e.NextAttemptAt, seq)) {
 				fail("pending entry %d has no key and is not ready", seq)
 			}
 		}
@@ -162,7 +164,7 @@ func (j *Journal) Check() error {
 				fail("keyhead names entry %d, which is not in its key's queue", seq)
 			case e.State != StateRunning && (k == nil || !bytes.HasPrefix(k, p) || binary.BigEndian.Uint64(k[len(p):]) != seq):
 				fail("keyhead names entry %d (%s), which is not its key's first unfinished entry", seq, e.State)
-			case e.State == StatePending && ready.Get(readyKey(e.NextAttemptAt, seq)) == nil:
+			case e.State == StatePending && !isReady(readyKey(e.NextAttemptAt, seq)):
 				fail("entry %d heads its key and is pending, but is not ready", seq)
 			}
 			return nil

@@ -84,16 +84,7 @@ func decodeEntry(seq uint64, data []byte) (*Entry, error) {
 	e.Fault = d.string()
 	e.LastError = d.string()
 	e.DedupID = d.bytes()
-	if n := d.int(); n > 0 && d.err == nil {
-		if n > len(d.b) { // each header needs at least two bytes
-			d.fail()
-		} else {
-			e.Headers = make([]Header, n)
-			for i := range e.Headers {
-				e.Headers[i] = Header{Name: d.string(), Value: d.string()}
-			}
-		}
-	}
+	e.Headers = d.headers()
 	e.Body = d.bytes()
 	if d.err == nil && len(d.b) != 0 {
 		d.fail()
@@ -183,6 +174,23 @@ func (d *decoder) bytes() []byte {
 	copy(out, d.b[:n])
 	d.b = d.b[n:]
 	return out
+}
+
+// headers reads a count and that many name/value pairs.
+func (d *decoder) headers() []Header {
+	n := d.int()
+	if n == 0 || d.err != nil {
+		return nil
+	}
+	if n > len(d.b) { // each header needs at least two bytes
+		d.fail()
+		return nil
+	}
+	hs := make([]Header, n)
+	for i := range hs {
+		hs[i] = Header{Name: d.string(), Value: d.string()}
+	}
+	return hs
 }
 
 func (d *decoder) string() string {

@@ -84,16 +84,7 @@ func decodeMessage(seq uint64, data []byte, e *Entry, full bool) error {
 		e.Source = d.string()
 		e.Destination = d.string()
 		e.DedupID = d.bytes()
-		if n := d.int(); n > 0 && d.err == nil {
-			if n > len(d.b) {
-				d.fail()
-			} else {
-				e.Headers = make([]Header, n)
-				for i := range e.Headers {
-					e.Headers[i] = Header{Name: d.string(), Value: d.string()}
-				}
-			}
-		}
+		e.Headers = d.headers()
 		e.Body = d.bytes()
 		if d.err == nil && len(d.b) != 0 {
 			d.fail()
