@@ -199,7 +199,7 @@ func (s *amqpSession) ended() error {
 func (s *amqpSession) ack(batch []delivery) error {
 	last := batch[len(batch)-1].(*amqpDelivery)
 	if err := s.ch.Ack(last.DeliveryTag, true); err != nil {
-		return fmt.Errorf("cannot ack: %w", err)
+		return fmt.Errorf("cannot ack: %w", amqpError(err, s.cfg))
 	}
 	return nil
 }
@@ -263,8 +263,13 @@ func amqpError(err error, cfg Config) error {
 	if !errors.As(err, &ae) {
 		return err
 	}
-	if !ae.Server {
-		return fmt.Errorf("%s (code %d)", ae.Reason, ae.Code)
+	switch {
+	case ae == amqp.ErrCredentials:
+		return fmt.Errorf("broker refused the login: %s (check the user and password, or passcode_file)", ae.Reason)
+	case ae == amqp.ErrVhost:
+		return fmt.Errorf("broker refused vhost %q: %s (the vhost is the URL path; %%2F for /)", cfg.VHost, ae.Reason)
+	case !ae.Server:
+		return fmt.Errorf("connection lost: %s", ae.Reason)
 	}
 	msg := fmt.Sprintf("broker says %q", ae.Reason)
 	if h := amqpHint(ae, cfg); h != "" {
