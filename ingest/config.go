@@ -51,6 +51,20 @@ const (
 //	destination    the destination (ws and wss only; required there) [Destination]
 //	ca, cert, cert_key, server_name, insecure   TLS settings [TLS]
 //	header.NAME    an extra SUBSCRIBE header [Headers]
+//
+// AMQP 0-9-1 sources (amqp_config.go) take the vhost from the URL path
+// (%2F for /, empty for /) and these parameters besides prefetch,
+// heartbeat, name, passcode_file, passcode_env, type, key, id_header,
+// max_body and the TLS ones:
+//
+//	amqp://user:pass@host:5672/?queue=orders
+//	amqps://user@host/prod?queue=events&exchange=pulp&bind=pulp.server.repo.*.finish&ca=/etc/ssl/ca.pem
+//
+//	queue          the queue to consume; required [Queue]
+//	exchange       declare queue durable and bind it to this exchange [Exchange]
+//	bind           a binding key, repeatable (AMQP wildcards) [Bindings]
+//	exclusive      true: exclusive consumer [Exclusive]
+//	single_active  true: declare queue with x-single-active-consumer [SingleActive]
 type Config struct {
 	Name           string
 	Scheme         string // stomp, stomp+tls, ws, wss
@@ -74,6 +88,13 @@ type Config struct {
 	TypeFrom       Spec // default header:type
 	KeyFrom        Spec // default: none (no ordering)
 	TLS            TLSConfig
+
+	// AMQP 0-9-1 (amqp://, amqps://); see amqp_config.go.
+	Queue        string   // the queue to consume
+	Exchange     string   // declare Queue durable and bind it to Exchange
+	Bindings     []string // binding keys of Queue to Exchange (bind=, repeatable)
+	Exclusive    bool     // consume as the queue's only consumer
+	SingleActive bool     // declare Queue with x-single-active-consumer
 
 	heartbeatSet bool
 }
@@ -101,10 +122,11 @@ func ParseURL(raw string) (Config, error) {
 	c := Config{Scheme: strings.ToLower(u.Scheme), Prefetch: -1, MaxBody: -1}
 	switch c.Scheme {
 	case "stomp", "stomp+tls", "ws", "wss":
+	case "amqp", "amqps":
 	case "":
-		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws:// or wss://")
+		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss://, amqp:// or amqps://")
 	default:
-		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws or wss", u.Scheme)
+		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss, amqp or amqps", u.Scheme)
 	}
 	if u.Host == "" {
 		return Config{}, errors.New("missing broker host")
@@ -157,6 +179,11 @@ func ParseURL(raw string) (Config, error) {
 		w := url.URL{Scheme: c.Scheme, Host: u.Host, Path: u.Path}
 		c.WSURL = w.String()
 		c.Addr = u.Host
+	case "amqp", "amqps":
+		if err := c.parseAMQP(u); err != nil {
+			return Config{}, err
+		}
+		return c, nil
 	}
 	if !validDestination(c.Destination) {
 		return Config{}, fmt.Errorf("destination %q: want /queue/NAME, /amq/queue/NAME, /topic/NAME, /exchange/NAME[/KEY] or /temp-queue/NAME", c.Destination)
@@ -271,6 +298,16 @@ var params = []param{
 	{"cert_key", "PATH", "the client certificate's private key (PEM), with cert", "/etc/agentq/client.key", stringParam(func(c *Config) *string { return &c.TLS.KeyFile })},
 	{"server_name", "NAME", "name to verify the broker's certificate against (default: the URL's host)", "mq.example.org", stringParam(func(c *Config) *string { return &c.TLS.ServerName })},
 	{"insecure", "BOOL", "true: do not verify the broker's certificate (tests only)", "true", boolParam("insecure", func(c *Config) *bool { return &c.TLS.Insecure })},
+
+	// AMQP 0-9-1 only (amqp://, amqps://); see amqp_config.go.
+	{"queue", "NAME", "amqp:// only, required: the queue to consume. Alone, it must exist and is consumed as it is, never redeclared (so a queue declared with any arguments works; NOT_FOUND if missing); with exchange= or single_active=true agentq declares it durable", "agentq-orders", stringParam(func(c *Config) *string { return &c.Queue })},
+	{"exchange", "EX", "amqp:// only: declare queue= durable and bind it to the existing exchange EX with each bind= key, so what is published while the agent is down waits in the queue", "pulp", stringParam(func(c *Config) *string { return &c.Exchange })},
+	{"bind", "KEY", "amqp:// only, with exchange=, repeatable: a binding key; AMQP wildcards (* one word, # zero or more; write # as %23), any key for a fanout exchange", "pulp.server.repo.*.finish", func(c *Config, v string) error {
+		c.Bindings = append(c.Bindings, v)
+		return nil
+	}},
+	{"exclusive", "BOOL", "amqp:// only: true: consume as the queue's only consumer; another agent is refused (ACCESS_REFUSED ... in exclusive use) and retries with backoff until this one goes", "true", boolParam("exclusive", func(c *Config) *bool { return &c.Exclusive })},
+	{"single_active", "BOOL", "amqp:// only: true: declare queue= durable with x-single-active-consumer: one agent consumes, others wait connected and take over when it goes", "true", boolParam("single_active", func(c *Config) *bool { return &c.SingleActive })},
 }
 
 // headerParam documents the header.NAME family, which SetParam matches
@@ -290,6 +327,10 @@ func URLHelp() string {
                                      STOMP over WebSocket (RabbitMQ Web-STOMP: port 15674, path /ws)
   wss://[USER[:PASS]@]HOST[:PORT]/PATH?destination=DESTINATION[&PARAMS]
                                      STOMP over WebSocket over TLS
+  amqp://[USER[:PASS]@]HOST[:PORT]/[VHOST]?queue=NAME[&PARAMS]
+                                     AMQP 0-9-1 (port 5672); VHOST empty for /, else escaped (%2F for /)
+  amqps://[USER[:PASS]@]HOST[:PORT]/[VHOST]?queue=NAME[&PARAMS]
+                                     AMQP 0-9-1 over TLS (port 5671)
 
   Percent-escape special characters in USER and PASS (@ as %40, : as %3A, / as %2F).
   Rather than a PASS in the URL, use passcode_file or passcode_env.
@@ -328,6 +369,21 @@ SPEC (type=, key=):
   destination that does not match) is journaled with a fault and parked as stuck,
   never dropped.
 
+AMQP 0-9-1 sources (amqp://, amqps://):
+
+  queue=NAME alone consumes an existing queue as it is. queue=NAME&exchange=EX&bind=KEY
+  declares NAME durable, bound to EX with each KEY, and consumes it. One basic.ack
+  (multiple) per journal commit. The destination is written as RabbitMQ's STOMP
+  writes it (/exchange/EX/KEY; /queue/KEY for the default exchange, /topic/KEY for
+  amq.topic), so one dest: SPEC serves both protocols. The type defaults to the
+  routing key (header:routing_key) and id_header to message_id. Headers: exchange,
+  routing_key, then the properties under their AMQP names (content_type,
+  content_encoding, delivery_mode, priority, correlation_id, reply_to, expiration,
+  message_id, timestamp as RFC 3339, type, user_id, app_id), then the application
+  headers under their own names; tables and arrays as JSON, byte arrays as base64.
+  Parameters that do not apply (vhost=, ack=, durable=, id=, destination=,
+  header.NAME=) are refused. heartbeat= is in whole seconds; 0 takes the broker's.
+
 Durable subscriptions and orphaned queues:
 
   A /topic/ or /exchange/ source without durable=true has no queue while the agent
@@ -354,6 +410,9 @@ func validDestination(d string) bool {
 // environment variable, and validates. Errors name the source and field,
 // never the passcode.
 func (c *Config) Resolve() error {
+	if err := c.resolveAMQP(); err != nil { // amqp_config.go
+		return err
+	}
 	if c.Name == "" {
 		c.Name = strings.TrimPrefix(c.Destination, "/")
 	}
@@ -412,6 +471,9 @@ func (c *Config) Resolve() error {
 
 // String returns the source as a URL with the passcode hidden, for logs.
 func (c Config) String() string {
+	if c.isAMQP() {
+		return c.amqpString() // amqp_config.go
+	}
 	u := url.URL{Scheme: c.Scheme, Host: c.Addr, Path: c.Destination}
 	q := url.Values{}
 	if c.Scheme == "ws" || c.Scheme == "wss" {

@@ -287,6 +287,9 @@ func TestURLHelpCoversParams(t *testing.T) {
 			continue
 		}
 		raw := "ws://h/ws?destination=/topic/t&durable=true&" + p.name + "=" + url.PathEscape(p.example)
+		if amqpOnlyParams[p.name] {
+			raw = "amqp://h/?queue=q&exchange=e&bind=k&" + p.name + "=" + url.PathEscape(p.example)
+		}
 		if p.name == "destination" {
 			raw = "ws://h/ws?destination=" + p.example
 		}
@@ -303,7 +306,7 @@ func TestURLHelpCoversParams(t *testing.T) {
 			t.Errorf("%s=%s: Resolve: %v", p.name, p.example, err)
 		}
 	}
-	for _, want := range []string{"stomp://", "stomp+tls://", "ws://", "wss://", "/amq/queue/NAME", "SPEC|SPEC", "rabbitmqctl delete_queue", "literal plus"} {
+	for _, want := range []string{"stomp://", "stomp+tls://", "ws://", "wss://", "amqp://", "amqps://", "/amq/queue/NAME", "SPEC|SPEC", "rabbitmqctl delete_queue", "literal plus"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("URLHelp does not mention %q", want)
 		}

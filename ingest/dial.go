@@ -19,18 +19,18 @@ import (
 )
 
 // Dial opens the transport for cfg, bounded by ctx, ready for
-// stomp.Connect. go-stomp's own dial context does not bound the TCP dial,
+// stomp.Connect (or, for amqp and amqps, amqp091.Open). go-stomp's own dial context does not bound the TCP dial,
 // so agentq dials itself.
 func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
 	switch cfg.Scheme {
-	case "stomp":
+	case "stomp", "amqp":
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", cfg.Addr)
 		if err != nil {
 			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.Addr, err)
 		}
 		return c, nil
-	case "stomp+tls":
+	case "stomp+tls", "amqps":
 		tc, err := tlsConfig(cfg)
 		if err != nil {
 			return nil, err

@@ -1,0 +1,466 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/agentq/agentq/internal/brokertest"
+	"github.com/agentq/agentq/queue"
+)
+
+// These tests talk to the real RabbitMQ on 127.0.0.1 over AMQP 0-9-1.
+
+const amqpAddr = "127.0.0.1:5672"
+
+func requireAMQP(tb testing.TB) {
+	tb.Helper()
+	c, err := net.DialTimeout("tcp", amqpAddr, 2*time.Second)
+	if err != nil {
+		tb.Fatalf("no RabbitMQ AMQP listener at %s (run `make broker`): %v", amqpAddr, err)
+	}
+	c.Close()
+}
+
+// amqpChannel opens a connection and channel for the test's own use
+// (declaring, publishing), closed when the test ends.
+func amqpChannel(tb testing.TB) *amqp.Channel {
+	tb.Helper()
+	conn, err := amqp.Dial("amqp://guest:guest@" + amqpAddr + "/")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ch
+}
+
+// amqpTestQueue returns a fresh queue name, deleted when the test ends.
+func amqpTestQueue(tb testing.TB) string {
+	return amqpTestQueueNamed(tb, fmt.Sprintf("agentq-test-%s-%d", strings.ReplaceAll(tb.Name(), "/", "-"), rand.Int63()))
+}
+
+// declareQueue declares a durable queue as another application would.
+func declareQueue(tb testing.TB, name string, args amqp.Table) {
+	tb.Helper()
+	if _, err := amqpChannel(tb).QueueDeclare(name, true, false, false, false, args); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// publishAMQP publishes persistent messages in confirm mode and waits
+// until the broker confirmed every one.
+func publishAMQP(tb testing.TB, exchange, key string, msgs []amqp.Publishing) {
+	tb.Helper()
+	ch := amqpChannel(tb)
+	if err := ch.Confirm(false); err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	confirms := make([]*amqp.DeferredConfirmation, 0, len(msgs))
+	for i, m := range msgs {
+		if m.DeliveryMode == 0 {
+			m.DeliveryMode = amqp.Persistent
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false, m)
+		if err != nil {
+			tb.Fatalf("publish %d: %v", i, err)
+		}
+		confirms = append(confirms, dc)
+	}
+	for i, dc := range confirms {
+		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+			tb.Fatalf("publish %d not confirmed: %v", i, err)
+		}
+	}
+}
+
+// plain returns one publishing per body.
+func plain(bs [][]byte) []amqp.Publishing {
+	out := make([]amqp.Publishing, len(bs))
+	for i, b := range bs {
+		out[i] = amqp.Publishing{Body: b}
+	}
+	return out
+}
+
+func amqpURL(addr, query string) string { return "amqp://guest:guest@" + addr + "/?" + query }
+
+// confirmCounter counts the deliveries whose ACKs the source confirmed
+// (barrier or graceful close).
+type confirmCounter struct {
+	*queue.Journal
+	n atomic.Int64
+}
+
+func (c *confirmCounter) ConfirmDelivered(ctx context.Context, seqs []uint64) error {
+	c.n.Add(int64(len(seqs)))
+	return c.Journal.ConfirmDelivered(ctx, seqs)
+}
+
+// Ensure N messages are journaled once each, in order, with what they
+// carried (properties, headers, binary bodies), the type from the
+// routing key and the destination as RabbitMQ's STOMP writes it; all are
+// ACKed, and the qos barrier confirms the ACKs while the session lives.
+func TestAMQPPublishConsume(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, amqp.Table{"x-max-length": int32(100000)}) // consumed as it is: other arguments work
+	const n = 500
+	msgs := make([]amqp.Publishing, n)
+	want := make([][]byte, n)
+	for i := range msgs {
+		body := []byte(fmt.Sprintf("\x00\xff binary %d \x01", i))
+		want[i] = body
+		msgs[i] = amqp.Publishing{Body: body, MessageId: fmt.Sprint("m-", i), ContentType: "application/octet-stream",
+			Timestamp: time.Unix(1700000000, 0), Headers: amqp.Table{"result_serializers": []any{"json", "pickle"}, "n": int32(i)}}
+	}
+	publishAMQP(t, "", q, msgs)
+	j := &confirmCounter{Journal: mustOpenJournal(t, "")}
+	src, stop := runSource(t, mustConfig(t, amqpURL(amqpAddr, "queue="+q+"&prefetch=50&key=header:n")), j, Options{})
+	waitFor(t, "all journaled and acked", 30*time.Second, func() bool { return src.Status().Acked >= n })
+	waitFor(t, "the barrier confirming every ack", 30*time.Second, func() bool { return j.n.Load() >= n })
+	stop()
+	assertExactlyOnce(t, journalBodies(t, j.Journal), want)
+	if d := queueDepth(t, "/queue/"+q); d != 0 {
+		t.Fatalf("queue still holds %d messages", d)
+	}
+	e, err := j.Get(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hv := func(name string) string { v, _ := e.Header(name); return v }
+	if e.Destination != "/queue/"+q || e.Type != q || e.Key != "7" || e.Source != q || !bytes.Equal(e.Body, want[7]) ||
+		hv("result_serializers") != `["json","pickle"]` || hv("message_id") != "m-7" || hv("delivery_mode") != "2" ||
+		hv("timestamp") != "2023-11-14T22:13:20Z" || hv("content_type") != "application/octet-stream" || string(e.DedupID) != "id:m-7" {
+		t.Fatalf("entry 8: dest %q type %q key %q source %q dedup %q headers %v body %q", e.Destination, e.Type, e.Key, e.Source, e.DedupID, e.Headers, e.Body)
+	}
+}
+
+// TestAMQPCrashChild is the child of TestAMQPKillBetweenCommitAndAck: it
+// kills its own process with SIGKILL right after its first journal
+// commit, before any ACK.
+func TestAMQPCrashChild(t *testing.T) {
+	path, raw := os.Getenv("AGENTQ_TEST_AMQP_CHILD_JOURNAL"), os.Getenv("AGENTQ_TEST_AMQP_CHILD_URL")
+	if path == "" {
+		return
+	}
+	j := mustOpenJournal(t, path)
+	src := NewSource(mustConfig(t, raw), j, Options{Logger: testLogger(t), AfterCommit: func(int) {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}})
+	_ = src.Run(context.Background())
+}
+
+// Ensure a real process killed with SIGKILL between the journal commit
+// and the ACK loses nothing: the broker redelivers, every redelivery of a
+// committed message is recognised (by message_id, or by content for
+// messages without one, each body twice), and the queue ends empty.
+func TestAMQPKillBetweenCommitAndAck(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	const n = 400
+	msgs := make([]amqp.Publishing, n)
+	var want [][]byte
+	for i := range msgs {
+		if i%2 == 0 {
+			msgs[i] = amqp.Publishing{Body: []byte("same body, told apart by message_id"), MessageId: fmt.Sprint("id-", i)}
+		} else {
+			msgs[i] = amqp.Publishing{Body: []byte(fmt.Sprintf("order-%d", i%(n/4)))} // each body twice
+		}
+		want = append(want, msgs[i].Body)
+	}
+	publishAMQP(t, "", q, msgs)
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	raw := amqpURL(amqpAddr, "queue="+q+"&prefetch=100")
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAMQPCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "AGENTQ_TEST_AMQP_CHILD_JOURNAL="+path, "AGENTQ_TEST_AMQP_CHILD_URL="+raw)
+	out, err := cmd.CombinedOutput()
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if err == nil || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("child did not die by SIGKILL: %v\n%s", err, out)
+	}
+	j := mustOpenJournal(t, path)
+	committed := j.LastSeq()
+	if committed == 0 {
+		t.Fatal("child committed nothing before it died")
+	}
+	t.Logf("child committed %d entries and died before acking them", committed)
+	if d := queueDepth(t, "/queue/"+q); d != n {
+		t.Fatalf("queue holds %d messages after the crash, want all %d (nothing was acked)", d, n)
+	}
+
+	src, stop := runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "everything acked", 30*time.Second, func() bool { return src.Status().Acked >= n })
+	stop()
+	assertSameMultiset(t, journalBodies(t, j), want)
+	if d := src.Status().Duplicates; d != committed {
+		t.Fatalf("recognised %d redeliveries, want %d (what the child committed)", d, committed)
+	}
+	if d := queueDepth(t, "/queue/"+q); d != 0 {
+		t.Fatalf("queue still holds %d messages", d)
+	}
+}
+
+// Ensure ten connection cuts (through a TCP proxy) while messages and
+// ACKs are in flight lose nothing and journal nothing twice: with
+// message_id for half the messages (whose bodies repeat), by content for
+// the other half.
+func TestAMQPConnectionCuts(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	p := brokertest.StartProxy(t, "127.0.0.1:0", amqpAddr)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, amqpURL(p.Addr(), "queue="+q+"&prefetch=100")), j, Options{})
+
+	const n, chunks = 3000, 10
+	msgs := make([]amqp.Publishing, n)
+	want := make([][]byte, n)
+	for i := range msgs {
+		if i%2 == 0 {
+			msgs[i] = amqp.Publishing{Body: []byte(fmt.Sprint("repeated-", i%10)), MessageId: fmt.Sprint("id-", i)}
+		} else {
+			msgs[i] = amqp.Publishing{Body: []byte(fmt.Sprintf("msg-%05d", i))}
+		}
+		want[i] = msgs[i].Body
+	}
+	per := n / chunks
+	for k := 0; k < chunks; k++ {
+		before := j.LastSeq()
+		publishAMQP(t, "", q, msgs[k*per:(k+1)*per])
+		waitFor(t, "progress before a cut", 30*time.Second, func() bool { return j.LastSeq() > before })
+		p.Cut()
+	}
+	waitFor(t, "all messages journaled", 60*time.Second, func() bool { return j.LastSeq() >= n })
+	waitFor(t, "all acked", 60*time.Second, func() bool { return src.Status().Acked >= n })
+	stop()
+	assertSameMultiset(t, journalBodies(t, j), want)
+	if d := queueDepth(t, "/queue/"+q); d != 0 {
+		t.Fatalf("queue still holds %d messages", d)
+	}
+	st := src.Status()
+	t.Logf("cuts=%d connects=%d duplicates recognised=%d", p.Cuts(), st.Connects, st.Duplicates)
+	if st.Connects < 2 {
+		t.Fatalf("connects = %d: the cuts did not force reconnects", st.Connects)
+	}
+}
+
+// Ensure the source rides out a broker restart (stop_app/start_app) with
+// a durable queue and persistent messages, reconnecting by itself. This
+// is the one AMQP test that restarts the shared broker.
+func TestAMQPBrokerRestart(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, amqpURL(amqpAddr, "queue="+q)), j, Options{})
+	first := bodies(200, func(i int) string { return fmt.Sprintf("before-%d", i) })
+	publishAMQP(t, "", q, plain(first))
+	waitFor(t, "first half journaled", 30*time.Second, func() bool { return j.LastSeq() >= 200 })
+
+	var stopped atomic.Bool
+	t.Cleanup(func() {
+		if stopped.Load() {
+			brokertest.Ctl(t, "start_app")
+			brokertest.Ctl(t, "await_startup")
+		}
+	})
+	stopped.Store(true)
+	brokertest.Ctl(t, "stop_app")
+	waitFor(t, "source notices", 30*time.Second, func() bool { return src.Status().State != StateConnected })
+	brokertest.Ctl(t, "start_app")
+	brokertest.Ctl(t, "await_startup")
+	stopped.Store(false)
+
+	second := bodies(200, func(i int) string { return fmt.Sprintf("after-%d", i) })
+	publishAMQP(t, "", q, plain(second))
+	waitFor(t, "all journaled", 60*time.Second, func() bool { return j.LastSeq() >= 400 })
+	waitFor(t, "all acked", 30*time.Second, func() bool { return src.Status().Acked >= 400 })
+	stop()
+	assertSameMultiset(t, journalBodies(t, j), append(first, second...))
+	if c := src.Status().Connects; c < 2 {
+		t.Fatalf("connects = %d, want a reconnect", c)
+	}
+	if d := queueDepth(t, "/queue/"+q); d != 0 {
+		t.Fatalf("queue still holds %d messages", d)
+	}
+}
+
+// Ensure the Pulp setup works: a topic exchange, a queue the source
+// declares with bind=pulp.server.repo.*.finish; events published while
+// the agent is down arrive after its restart, typed by routing key, and
+// *.start events never reach it.
+func TestAMQPPulpTopic(t *testing.T) {
+	requireAMQP(t)
+	ex := fmt.Sprintf("agentq-test-pulp-%d", rand.Int63())
+	ch := amqpChannel(t)
+	if err := ch.ExchangeDeclare(ex, "topic", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = amqpChannel(t).ExchangeDelete(ex, false, false) })
+	q := amqpTestQueue(t)
+	raw := amqpURL(amqpAddr, "queue="+q+"&exchange="+ex+"&bind=pulp.server.repo.*.finish&name=pulp")
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	stop()
+
+	for i := 0; i < 3; i++ {
+		body := []byte(fmt.Sprintf(`{"repo":"r%d"}`, i))
+		publishAMQP(t, ex, fmt.Sprintf("pulp.server.repo.r%d.start", i), plain([][]byte{body}))
+		publishAMQP(t, ex, fmt.Sprintf("pulp.server.repo.r%d.finish", i), plain([][]byte{body}))
+		publishAMQP(t, ex, fmt.Sprintf("pulp.server.repo.r%d.x.finish", i), plain([][]byte{body})) // * is one word
+	}
+	if d := queueDepth(t, "/queue/"+q); d != 3 {
+		t.Fatalf("queue holds %d messages while the agent is down, want the 3 finish events", d)
+	}
+	src, stop = runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "what was published while down", 20*time.Second, func() bool { return src.Status().Acked >= 3 })
+	stop()
+	var types, dests []string
+	_ = j.Scan(queue.Filter{}, func(e *queue.Entry) bool {
+		types = append(types, e.Type)
+		dests = append(dests, e.Destination)
+		return true
+	})
+	if got := strings.Join(types, " "); got != "pulp.server.repo.r0.finish pulp.server.repo.r1.finish pulp.server.repo.r2.finish" {
+		t.Fatalf("journaled types %q, want the three finish events only", got)
+	}
+	if want := "/exchange/" + ex + "/pulp.server.repo.r0.finish"; dests[0] != want {
+		t.Fatalf("destination %q, want %q", dests[0], want)
+	}
+	if d := queueDepth(t, "/queue/"+q); d != 0 {
+		t.Fatalf("queue still holds %d messages", d)
+	}
+}
+
+// Ensure that while one source holds a queue with exclusive=true (or, as
+// the active one, with single_active=true), a second one consumes
+// nothing, and takes over when the first stops. With exclusive=true the
+// second is refused and says why in the broker's words, and backs off.
+// Binary bodies and array headers arrive intact.
+func TestAMQPGlobusSingleConsumer(t *testing.T) {
+	requireAMQP(t)
+	for _, mode := range []string{"exclusive", "single_active"} {
+		t.Run(mode, func(t *testing.T) {
+			q := fmt.Sprintf("%x.tasks", rand.Uint64()) // <ENDPOINT_ID>.tasks
+			q = amqpTestQueueNamed(t, q)
+			if mode == "exclusive" {
+				declareQueue(t, q, nil)
+			}
+			raw := amqpURL(amqpAddr, "queue="+q+"&"+mode+"=true")
+			opts := Options{ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond}
+			ja, jb := mustOpenJournal(t, ""), mustOpenJournal(t, "")
+			a, stopA := runSource(t, mustConfig(t, raw), ja, opts)
+			waitFor(t, "the first source subscribed", 20*time.Second, func() bool { return a.Status().State == StateConnected })
+			b, stopB := runSource(t, mustConfig(t, raw), jb, opts)
+			if mode == "exclusive" {
+				waitFor(t, "the second source refused three times", 20*time.Second, func() bool { return b.Status().Failures >= 3 })
+				st := b.Status()
+				if !strings.Contains(st.LastError, "ACCESS_REFUSED") || !strings.Contains(st.LastError, "in exclusive use") || st.Connects != 0 {
+					t.Fatalf("second source: %+v, want refused in the broker's words", st)
+				}
+			} else {
+				waitFor(t, "the standby subscribed", 20*time.Second, func() bool { return b.Status().State == StateConnected })
+			}
+
+			msgs := make([]amqp.Publishing, 100)
+			for i := range msgs {
+				body := make([]byte, 64)
+				for k := range body {
+					body[k] = byte(rand.Intn(256))
+				}
+				body[0], body[1] = 0, 0xff
+				msgs[i] = amqp.Publishing{Body: body, ContentType: "application/x-python-serialize",
+					Headers: amqp.Table{"result_serializers": []any{"json", "pickle"}, "task": "transfer"}}
+			}
+			publishAMQP(t, "", q, msgs[:50])
+			waitFor(t, "the first source took the first half", 20*time.Second, func() bool { return a.Status().Acked >= 50 })
+			stopA()
+			if got := jb.LastSeq(); got != 0 {
+				t.Fatalf("the second source journaled %d messages while the first held the queue", got)
+			}
+			waitFor(t, "the second source took over", 30*time.Second, func() bool { return b.Status().State == StateConnected })
+			publishAMQP(t, "", q, msgs[50:])
+			waitFor(t, "the second source took the second half", 20*time.Second, func() bool { return b.Status().Acked >= 50 })
+			stopB()
+			for k, j := range []*queue.Journal{ja, jb} {
+				var got []string
+				_ = j.Scan(queue.Filter{}, func(e *queue.Entry) bool {
+					if v, _ := e.Header("result_serializers"); v != `["json","pickle"]` {
+						t.Errorf("result_serializers = %q", v)
+					}
+					got = append(got, string(e.Body))
+					return true
+				})
+				var want [][]byte
+				for _, m := range msgs[k*50 : (k+1)*50] {
+					want = append(want, m.Body)
+				}
+				assertExactlyOnce(t, got, want)
+			}
+		})
+	}
+}
+
+// amqpTestQueueNamed returns name, deleting the queue when the test ends.
+func amqpTestQueueNamed(tb testing.TB, name string) string {
+	tb.Cleanup(func() {
+		if conn, err := amqp.Dial("amqp://guest:guest@" + amqpAddr + "/"); err == nil {
+			if ch, err := conn.Channel(); err == nil {
+				_, _ = ch.QueueDelete(name, false, false, false)
+			}
+			conn.Close()
+		}
+	})
+	return name
+}
+
+// Ensure refusals keep the broker's words, with a hint, and are retried
+// with a growing backoff: a missing queue, a queue declared with other
+// arguments, a wrong password.
+func TestAMQPRefused(t *testing.T) {
+	requireAMQP(t)
+	declared := amqpTestQueue(t)
+	declareQueue(t, declared, nil)
+	tests := []struct{ name, url, want, hint string }{
+		{"NotFound", amqpURL(amqpAddr, "queue=agentq-test-does-not-exist"), "NOT_FOUND", "exchange=EX&bind=KEY"},
+		{"PreconditionFailed", amqpURL(amqpAddr, "queue="+declared+"&single_active=true"), "PRECONDITION_FAILED", "consume it as it is"},
+		{"BadPassword", "amqp://guest:wrong@" + amqpAddr + "/?queue=" + declared, "username or password", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpenJournal(t, "")
+			src, stop := runSource(t, mustConfig(t, tc.url), j, Options{ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 400 * time.Millisecond})
+			waitFor(t, "four failed sessions", 30*time.Second, func() bool { return src.Status().Failures >= 4 })
+			st := src.Status()
+			stop()
+			if st.RetryIn < 100*time.Millisecond {
+				t.Fatalf("after %d failures the next attempt is in %s: the backoff was reset", st.Failures, st.RetryIn)
+			}
+			if !strings.Contains(st.LastError, tc.want) || !strings.Contains(st.LastError, tc.hint) || strings.Contains(st.LastError, "wrong") {
+				t.Fatalf("last error = %q, want %q and the hint %q", st.LastError, tc.want, tc.hint)
+			}
+		})
+	}
+}
