@@ -51,6 +51,20 @@ const (
 //	destination    the destination (ws and wss only; required there) [Destination]
 //	ca, cert, cert_key, server_name, insecure   TLS settings [TLS]
 //	header.NAME    an extra SUBSCRIBE header [Headers]
+//
+// MQTT sources (mqtt, mqtts, mqtt+ws, mqtt+wss; see mqtt.go) take
+//
+//	mqtt://user:pass@host:1883/?topic=subscription/+/offering/+/%23&client_id=agentq-waldur
+//	mqtt+ws://vhost%3Auser@host:15675/?path=/ws&topic=a/b&passcode_file=/etc/agentq/pass
+//
+// with the parameters name, passcode_file, passcode_env, type, key,
+// id_header, max_body, prefetch (the local buffer only), heartbeat (the
+// MQTT keepalive), the TLS ones, and:
+//
+//	topic          a topic filter, repeatable, MQTT wildcards (required) [Topics]
+//	client_id      the persistent session's client id (default: from the journal id and name) [ClientID]
+//	qos            subscription QoS, 0 or 1 (default 1) [QoS]
+//	path           WebSocket path (default /ws) [WSPath]
 type Config struct {
 	Name           string
 	Scheme         string // stomp, stomp+tls, ws, wss
@@ -75,7 +89,14 @@ type Config struct {
 	KeyFrom        Spec // default: none (no ordering)
 	TLS            TLSConfig
 
+	// MQTT sources only.
+	Topics   []string // topic filters
+	ClientID string   // "": derived from the journal id and Name (see NewSource)
+	QoS      int      // 0 or 1; default 1 (a zero value set by code means 1 too: see qos=)
+	WSPath   string   // WebSocket path of mqtt+ws and mqtt+wss (default /ws)
+
 	heartbeatSet bool
+	qosSet       bool
 }
 
 // TLSConfig is a source's TLS settings. Verification is on unless
@@ -101,10 +122,11 @@ func ParseURL(raw string) (Config, error) {
 	c := Config{Scheme: strings.ToLower(u.Scheme), Prefetch: -1, MaxBody: -1}
 	switch c.Scheme {
 	case "stomp", "stomp+tls", "ws", "wss":
+	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
 	case "":
-		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws:// or wss://")
+		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss:// or mqtt://, mqtts://, mqtt+ws://, mqtt+wss://")
 	default:
-		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws or wss", u.Scheme)
+		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss, mqtt, mqtts, mqtt+ws or mqtt+wss", u.Scheme)
 	}
 	if u.Host == "" {
 		return Config{}, errors.New("missing broker host")
@@ -157,6 +179,8 @@ func ParseURL(raw string) (Config, error) {
 		w := url.URL{Scheme: c.Scheme, Host: u.Host, Path: u.Path}
 		c.WSURL = w.String()
 		c.Addr = u.Host
+	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
+		return c, c.parseMQTT(u)
 	}
 	if !validDestination(c.Destination) {
 		return Config{}, fmt.Errorf("destination %q: want /queue/NAME, /amq/queue/NAME, /topic/NAME, /exchange/NAME[/KEY] or /temp-queue/NAME", c.Destination)
@@ -273,6 +297,9 @@ var params = []param{
 	{"insecure", "BOOL", "true: do not verify the broker's certificate (tests only)", "true", boolParam("insecure", func(c *Config) *bool { return &c.TLS.Insecure })},
 }
 
+// MQTT parameters (mqtt_config.go).
+func init() { params = append(params, mqttParams...) }
+
 // headerParam documents the header.NAME family, which SetParam matches
 // by prefix.
 var headerParam = param{name: "header.NAME", arg: "VALUE", help: "an extra SUBSCRIBE header, e.g. header.x-queue-type=quorum (RabbitMQ reads queue arguments from these)"}
@@ -310,6 +337,7 @@ PARAMS, NAME=VALUE joined by "&". A "+" is a literal plus, never a space; write
 	for _, p := range append(append([]param(nil), params...), headerParam) {
 		fmt.Fprintf(&b, "  %s=%s\n      %s\n", p.name, p.arg, p.help)
 	}
+	b.WriteString(mqttHelp)
 	b.WriteString(`
 SPEC (type=, key=):
 
@@ -354,6 +382,11 @@ func validDestination(d string) bool {
 // environment variable, and validates. Errors name the source and field,
 // never the passcode.
 func (c *Config) Resolve() error {
+	if isMQTTScheme(c.Scheme) {
+		if err := c.resolveMQTT(); err != nil {
+			return err
+		}
+	}
 	if c.Name == "" {
 		c.Name = strings.TrimPrefix(c.Destination, "/")
 	}
@@ -412,6 +445,9 @@ func (c *Config) Resolve() error {
 
 // String returns the source as a URL with the passcode hidden, for logs.
 func (c Config) String() string {
+	if isMQTTScheme(c.Scheme) {
+		return c.mqttString()
+	}
 	u := url.URL{Scheme: c.Scheme, Host: c.Addr, Path: c.Destination}
 	q := url.Values{}
 	if c.Scheme == "ws" || c.Scheme == "wss" {
@@ -457,6 +493,9 @@ func (c Config) String() string {
 // command to print at start (Run also logs them).
 func (c Config) Warnings() []string {
 	var w []string
+	if isMQTTScheme(c.Scheme) {
+		return c.mqttWarnings()
+	}
 	if !c.Durable && (strings.HasPrefix(c.Destination, "/topic/") || strings.HasPrefix(c.Destination, "/exchange/")) {
 		w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, c.Destination))
 	}

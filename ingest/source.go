@@ -148,6 +148,9 @@ func NewSource(cfg Config, j Journal, opts Options) *Source {
 	}
 	s := &Source{cfg: cfg, j: j, opts: opts, log: opts.Logger.With("component", "ingest", "source", cfg.Name)}
 	s.adapter = &stompAdapter{logger: opts.Logger, log: s.log}
+	if isMQTTScheme(cfg.Scheme) {
+		s.adapter = newMQTTAdapter(s)
+	}
 	s.status = Status{Name: cfg.Name, URL: cfg.String(), State: StateConnecting, Since: opts.Now()}
 	return s
 }
