@@ -24,6 +24,9 @@ const (
 	DefaultMQTTBuffer = 1024
 )
 
+// mqttAckMode is Config.AckMode of an MQTT source.
+const mqttAckMode = "puback"
+
 // isMQTTScheme reports whether scheme is one of the MQTT URL schemes.
 func isMQTTScheme(scheme string) bool {
 	switch scheme {
@@ -95,9 +98,10 @@ func (c *Config) resolveMQTT() error {
 	if c.VHost != "" && c.VHost != DefaultVHost {
 		return fmt.Errorf("source %q: vhost= does not apply to MQTT: log in as VHOST:USER (RabbitMQ), written VHOST%%3AUSER in the URL", c.Name)
 	}
-	if (c.AckMode != "" && c.AckMode != DefaultAckMode) || c.Durable || c.DurableQueue != "" || c.SubscriptionID != "" || len(c.Headers) > 0 {
+	if (c.AckMode != "" && c.AckMode != mqttAckMode) || c.Durable || c.DurableQueue != "" || c.SubscriptionID != "" || len(c.Headers) > 0 {
 		return fmt.Errorf("source %q: ack, durable, durable_queue, id and header.NAME are STOMP parameters; an MQTT source always has a persistent session with QoS %d PUBACKs after the commit", c.Name, DefaultMQTTQoS)
 	}
+	c.AckMode = mqttAckMode // for logs: one PUBACK per QoS 1 message
 	if !c.qosSet {
 		c.QoS = DefaultMQTTQoS
 	}
