@@ -390,3 +390,52 @@ func testMQTTNothingLost(t *testing.T, b mqttBroker) {
 		t.Fatalf("connects = %d, want at least %d (10 cuts and a broker restart after %d)", st.Connects, c0+11, c0)
 	}
 }
+
+// Ensure Waldur's topic layout works end to end over RabbitMQ's Web-MQTT
+// with a vhost:user login (escaped as %3A in the URL): the type comes
+// from the last topic level through a dest: SPEC, the key from the body,
+// and a topic filter with "+" and "#" written as the URL documents.
+func TestMQTTWaldurWebSocketVHost(t *testing.T) {
+	requireMQTT(t, "127.0.0.1:1883")
+	requireMQTT(t, "127.0.0.1:15675")
+	id := mqttTestID()
+	vhost, user, pass := "agentq-test-"+id, "agentq-test-"+id, "pw-"+id
+	brokertest.Ctl(t, "add_vhost", vhost)
+	t.Cleanup(func() { brokertest.Ctl(t, "delete_vhost", vhost) })
+	brokertest.Ctl(t, "add_user", user, pass)
+	t.Cleanup(func() { brokertest.Ctl(t, "delete_user", user) })
+	brokertest.Ctl(t, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+	raw := "mqtt+ws://" + vhost + "%3A" + user + ":" + pass + "@127.0.0.1:15675/?path=/ws" +
+		"&topic=subscription/+/offering/+/%23&client_id=agentqw" + id + "&key=json:uuid" +
+		"&type=dest:^subscription/[^/]+/offering/[^/]+/(?P<type>[a-z_]+)$"
+	cfg := mustConfig(t, raw)
+	if cfg.Login != vhost+":"+user {
+		t.Fatalf("login %q, want %s:%s", cfg.Login, vhost, user)
+	}
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, cfg, j, Options{})
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+
+	sub, off := "5a1c3b2e9f7d4c1a8e6b0d2f4a6c8e01", "7b2d4c3f0a8e5d2b9f7c1e3a5b7d9f02"
+	types := []string{"order", "resource", "user_role", "order"}
+	msgs := bodies(len(types), func(i int) string { return fmt.Sprintf(`{"uuid":"u%d","n":%d}`, i%2, i) })
+	// Another vhost's message on the same topic is not ours (published first).
+	mqttPublish(t, "127.0.0.1:1883", "guest:guest", 1, func(int) string { return "subscription/" + sub + "/offering/" + off + "/order" }, bodies(1, func(int) string { return "other vhost" }))
+	login := vhost + ":" + user + ":" + pass
+	mqttPublish(t, "127.0.0.1:1883", login, 1, func(i int) string {
+		return "subscription/" + sub + "/offering/" + off + "/" + types[i]
+	}, msgs)
+	waitFor(t, "all journaled and acked", 30*time.Second, func() bool { return src.Status().Acked >= uint64(len(msgs)) })
+	stop()
+	assertExactlyOnce(t, journalBodies(t, j), msgs)
+	for i, typ := range types {
+		e, err := j.Get(uint64(i + 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Type != typ || e.Key != fmt.Sprintf("u%d", i%2) || e.Fault != "" || !strings.HasPrefix(e.Destination, "subscription/"+sub+"/") {
+			t.Fatalf("entry %d: type %q key %q fault %q dest %q; want type %s", i+1, e.Type, e.Key, e.Fault, e.Destination, typ)
+		}
+	}
+}
