@@ -67,7 +67,7 @@ func TestParseAMQPURLErrors(t *testing.T) {
 		{"amqp://h/?queue=q&exclusive=maybe", "exclusive"},
 		{"stomp://h/queue/x?queue=q", "amqp:// and amqps:// only"},
 		{"ws://h/ws?destination=/queue/x&exclusive=true&bind=k", "exclusive="},
-		{"mqtt://h/x", "amqp"},
+		{"nats://h/x", "amqp"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.raw, func(t *testing.T) {

@@ -65,6 +65,20 @@ const (
 //	bind           a binding key, repeatable (AMQP wildcards) [Bindings]
 //	exclusive      true: exclusive consumer [Exclusive]
 //	single_active  true: declare queue with x-single-active-consumer [SingleActive]
+
+// MQTT sources (mqtt, mqtts, mqtt+ws, mqtt+wss; see mqtt.go) take
+//
+//	mqtt://user:pass@host:1883/?topic=subscription/+/offering/+/%23&client_id=agentq-waldur
+//	mqtt+ws://vhost%3Auser@host:15675/?path=/ws&topic=a/b&passcode_file=/etc/agentq/pass
+//
+// with the parameters name, passcode_file, passcode_env, type, key,
+// id_header, max_body, prefetch (the local buffer only), heartbeat (the
+// MQTT keepalive), the TLS ones, and:
+//
+//	topic          a topic filter, repeatable, MQTT wildcards (required) [Topics]
+//	client_id      the persistent session's client id (default: from the journal id and name) [ClientID]
+//	qos            subscription QoS, 0 or 1 (default 1) [QoS]
+//	path           WebSocket path (default /ws) [WSPath]
 type Config struct {
 	Name           string
 	Scheme         string // stomp, stomp+tls, ws, wss
@@ -96,7 +110,14 @@ type Config struct {
 	Exclusive    bool     // consume as the queue's only consumer
 	SingleActive bool     // declare Queue with x-single-active-consumer
 
+	// MQTT sources only.
+	Topics   []string // topic filters
+	ClientID string   // "": derived from the journal id and Name (see NewSource)
+	QoS      int      // 0 or 1; default 1 (a zero value set by code means 1 too: see qos=)
+	WSPath   string   // WebSocket path of mqtt+ws and mqtt+wss (default /ws)
+
 	heartbeatSet bool
+	qosSet       bool
 }
 
 // TLSConfig is a source's TLS settings. Verification is on unless
@@ -123,10 +144,11 @@ func ParseURL(raw string) (Config, error) {
 	switch c.Scheme {
 	case "stomp", "stomp+tls", "ws", "wss":
 	case "amqp", "amqps":
+	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
 	case "":
-		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss://, amqp:// or amqps://")
+		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws:// or mqtt+wss://")
 	default:
-		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss, amqp or amqps", u.Scheme)
+		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss, amqp, amqps, mqtt, mqtts, mqtt+ws or mqtt+wss", u.Scheme)
 	}
 	if u.Host == "" {
 		return Config{}, errors.New("missing broker host")
@@ -184,6 +206,9 @@ func ParseURL(raw string) (Config, error) {
 			return Config{}, err
 		}
 		return c, nil
+
+	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
+		return c, c.parseMQTT(u)
 	}
 	if !validDestination(c.Destination) {
 		return Config{}, fmt.Errorf("destination %q: want /queue/NAME, /amq/queue/NAME, /topic/NAME, /exchange/NAME[/KEY] or /temp-queue/NAME", c.Destination)
@@ -310,6 +335,9 @@ var params = []param{
 	{"single_active", "BOOL", "amqp:// only: true: declare queue= durable with x-single-active-consumer: one agent consumes, others wait connected and take over when it goes", "true", boolParam("single_active", func(c *Config) *bool { return &c.SingleActive })},
 }
 
+// MQTT parameters (mqtt_config.go).
+func init() { params = append(params, mqttParams...) }
+
 // headerParam documents the header.NAME family, which SetParam matches
 // by prefix.
 var headerParam = param{name: "header.NAME", arg: "VALUE", help: "an extra SUBSCRIBE header, e.g. header.x-queue-type=quorum (RabbitMQ reads queue arguments from these)"}
@@ -351,6 +379,7 @@ PARAMS, NAME=VALUE joined by "&". A "+" is a literal plus, never a space; write
 	for _, p := range append(append([]param(nil), params...), headerParam) {
 		fmt.Fprintf(&b, "  %s=%s\n      %s\n", p.name, p.arg, p.help)
 	}
+	b.WriteString(mqttHelp)
 	b.WriteString(`
 SPEC (type=, key=):
 
@@ -413,6 +442,11 @@ func (c *Config) Resolve() error {
 	if err := c.resolveAMQP(); err != nil { // amqp_config.go
 		return err
 	}
+	if isMQTTScheme(c.Scheme) {
+		if err := c.resolveMQTT(); err != nil {
+			return err
+		}
+	}
 	if c.Name == "" {
 		c.Name = strings.TrimPrefix(c.Destination, "/")
 	}
@@ -474,6 +508,9 @@ func (c Config) String() string {
 	if c.isAMQP() {
 		return c.amqpString() // amqp_config.go
 	}
+	if isMQTTScheme(c.Scheme) {
+		return c.mqttString()
+	}
 	u := url.URL{Scheme: c.Scheme, Host: c.Addr, Path: c.Destination}
 	q := url.Values{}
 	if c.Scheme == "ws" || c.Scheme == "wss" {
@@ -519,6 +556,9 @@ func (c Config) String() string {
 // command to print at start (Run also logs them).
 func (c Config) Warnings() []string {
 	var w []string
+	if isMQTTScheme(c.Scheme) {
+		return c.mqttWarnings()
+	}
 	if !c.Durable && (strings.HasPrefix(c.Destination, "/topic/") || strings.HasPrefix(c.Destination, "/exchange/")) {
 		w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, c.Destination))
 	}

@@ -293,6 +293,9 @@ func TestURLHelpCoversParams(t *testing.T) {
 		if p.name == "destination" {
 			raw = "ws://h/ws?destination=" + p.example
 		}
+		if mqttOnly[p.name] {
+			raw = "mqtt+ws://h/?topic=t&" + p.name + "=" + url.PathEscape(p.example)
+		}
 		c, err := ParseURL(raw)
 		if err != nil {
 			t.Errorf("%s=%s (its documented example): %v", p.name, p.example, err)
@@ -306,7 +309,7 @@ func TestURLHelpCoversParams(t *testing.T) {
 			t.Errorf("%s=%s: Resolve: %v", p.name, p.example, err)
 		}
 	}
-	for _, want := range []string{"stomp://", "stomp+tls://", "ws://", "wss://", "amqp://", "amqps://", "/amq/queue/NAME", "SPEC|SPEC", "rabbitmqctl delete_queue", "literal plus"} {
+	for _, want := range []string{"stomp://", "stomp+tls://", "ws://", "wss://", "amqp://", "amqps://", "mqtt://", "mqtts://", "mqtt+ws://", "mqtt+wss://", "mqtt.prefetch", "/amq/queue/NAME", "SPEC|SPEC", "rabbitmqctl delete_queue", "literal plus"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("URLHelp does not mention %q", want)
 		}

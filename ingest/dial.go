@@ -22,6 +22,9 @@ import (
 // stomp.Connect (or, for amqp and amqps, amqp091.Open). go-stomp's own dial context does not bound the TCP dial,
 // so agentq dials itself.
 func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
+	if isMQTTScheme(cfg.Scheme) {
+		return dialMQTT(ctx, cfg)
+	}
 	switch cfg.Scheme {
 	case "stomp", "amqp":
 		var d net.Dialer

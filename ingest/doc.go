@@ -1,7 +1,7 @@
-// Package ingest subscribes to a broker over STOMP (TCP, TLS, WebSocket),
-// journals every message it receives, and acknowledges a message to the
-// broker only once the journal holds it on disk. It is the only package
-// that imports go-stomp.
+// Package ingest subscribes to a broker over STOMP or MQTT (TCP, TLS,
+// WebSocket), journals every message it receives, and acknowledges a
+// message to the broker only once the journal holds it on disk. It is the
+// only package that imports go-stomp and paho.mqtt.golang.
 //
 // A source is described by a URL (ParseURL; URLHelp documents every form
 // and parameter), resolved into a Config, and run by a Source: one
@@ -101,6 +101,46 @@
 // the broker's message with a hint; over Web-STOMP, where RabbitMQ closes
 // the WebSocket without an ERROR frame, the error says so. passcode_file
 // is read again before every connect.
+//
+// # MQTT
+//
+// mqtt://, mqtts://, mqtt+ws:// and mqtt+wss:// sources (mqtt.go) use
+// paho.mqtt.golang with MQTT 3.1.1 over a connection agentq dials itself
+// (the same TLS settings and WebSocket library as STOMP). Each source has
+// a persistent session (clean session off) with QoS 1 subscriptions to
+// its topic filters, under a stable client id: client_id=, or by default
+// MQTTClientID of the journal's id and the source name, logged at start.
+// A restarted agent resumes the session, and the broker delivers what it
+// kept meanwhile. paho's auto-ack is off: the committer calls
+// Message.Ack, which sends the PUBACK, for every message of a committed
+// batch in receive order (MQTT 3.1.1 §4.6). QoS 0 messages are journaled
+// too, with nothing to acknowledge. Every paho client lives for one
+// session, so an ACK can never go out on a later connection, where its
+// packet id may name another message.
+//
+// The destination of an entry is the message's topic, so dest: SPECs
+// read topic levels; without type= the type is the whole topic. MQTT
+// 3.1.1 has no headers: an entry gets one, qos. A redelivery (the DUP
+// flag, set when the broker resends after a reconnect) is matched like
+// any other, by the content hash (id_header has no header to read).
+//
+// MQTT has no acknowledgement of a PUBACK and none of DISCONNECT, so an
+// MQTT session has no barrier (errNoBarrier): dedup slots are never
+// confirmed and expire after the journal's dedup window (24 h). The
+// price is the content-hash error described above, over that window
+// instead of one round trip: a redelivered message byte-identical to an
+// earlier, acknowledged one on the same topic would be taken for a
+// duplicate. Messages that carry a UUID or a timestamp, as Waldur's do,
+// never meet it. (A PINGREQ written after the PUBACKs, whose PINGRESP
+// would prove the broker read them, is a possible barrier; paho does not
+// expose one.)
+//
+// The broker bounds the messages outstanding without PUBACK, and so the
+// size of a journal commit: RabbitMQ's mqtt.prefetch (default 10 per
+// connection, which caps a source at 10 messages per fsync; raise it in
+// rabbitmq.conf, e.g. mqtt.prefetch = 1000) and Mosquitto's
+// max_inflight_messages (default 20). RabbitMQ's login for a virtual host
+// is VHOST:USER, written VHOST%3AUSER in the URL.
 //
 // # Shutdown
 //

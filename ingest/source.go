@@ -148,8 +148,11 @@ func NewSource(cfg Config, j Journal, opts Options) *Source {
 	}
 	s := &Source{cfg: cfg, j: j, opts: opts, log: opts.Logger.With("component", "ingest", "source", cfg.Name)}
 	s.adapter = &stompAdapter{logger: opts.Logger, log: s.log}
-	if cfg.isAMQP() {
+	switch {
+	case cfg.isAMQP():
 		s.adapter = &amqpAdapter{log: s.log, report: func(err error) { s.setState(StateConnected, err) }}
+	case isMQTTScheme(cfg.Scheme):
+		s.adapter = newMQTTAdapter(s)
 	}
 	s.status = Status{Name: cfg.Name, URL: cfg.String(), State: StateConnecting, Since: opts.Now()}
 	return s

@@ -1,0 +1,334 @@
+package ingest
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/agentq/agentq/queue"
+)
+
+// The MQTT adapter: paho.mqtt.golang over TCP, TLS or WebSocket, MQTT
+// 3.1.1, a persistent session (clean session off) under a stable client
+// id, QoS 1 subscriptions, and auto-ack off: a PUBACK goes out only when
+// the committer calls Message.Ack, after the journal commit, in the order
+// the messages arrived (§4.6).
+//
+// agentq dials the transport itself (dialMQTT) and hands paho the
+// connection, so the TLS settings, the dial bound and the WebSocket
+// library are the same as for STOMP. paho's own reconnect is off: the
+// Source reconnects, with one new paho client per session, so an ACK of
+// a message from a dead connection can never reach a later one (where
+// its packet id may name another message).
+
+// mqttAdapter opens MQTT sessions for one source.
+type mqttAdapter struct {
+	log      *slog.Logger
+	clientID string
+}
+
+var _ adapter = (*mqttAdapter)(nil)
+
+// newMQTTAdapter returns the adapter of an MQTT source, with its client
+// id: cfg.ClientID, or one derived from the journal's id and the source
+// name, logged so an operator can find the session on the broker.
+func newMQTTAdapter(s *Source) *mqttAdapter {
+	id, from := s.cfg.ClientID, "client_id"
+	if id == "" {
+		jid := ""
+		if j, ok := s.j.(interface{ ID() string }); ok {
+			jid = j.ID()
+		}
+		id, from = MQTTClientID(jid, s.cfg.Name), "journal id and source name"
+		if jid == "" {
+			from = "source name (the journal has no id)"
+		}
+	}
+	s.log.Info("mqtt session", "client_id", id, "from", from, "clean_session", false, "qos", s.cfg.QoS)
+	return &mqttAdapter{log: s.log, clientID: id}
+}
+
+// MQTTClientID returns the default client id of an MQTT source: "agentq"
+// and 16 hex digits of a SHA-256 over the journal id and the source
+// name, 22 characters of [0-9a-z] (every MQTT 3.1.1 server accepts up to
+// 23 such). The same journal and name give the same id, so a restarted
+// agent resumes its session; another journal or name starts a new one.
+func MQTTClientID(journalID, name string) string {
+	h := sha256.New()
+	h.Write([]byte(journalID))
+	h.Write([]byte{0})
+	h.Write([]byte(name))
+	return "agentq" + hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	nc, err := dialMQTT(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &mqttSession{
+		cfg:  cfg,
+		nc:   nc,
+		msgs: make(chan mqtt.Message, cfg.Prefetch),
+		lost: make(chan struct{}),
+		dead: make(chan struct{}),
+	}
+	opts := mqtt.NewClientOptions()
+	opts.AddBroker("tcp://" + cfg.Addr) // informational: the connection is nc
+	opts.SetCustomOpenConnectionFn(s.openOnce)
+	opts.SetClientID(a.clientID)
+	opts.SetUsername(cfg.Login)
+	opts.SetPassword(cfg.Passcode)
+	opts.SetProtocolVersion(4)
+	opts.SetCleanSession(false)
+	opts.SetAutoAckDisabled(true)
+	opts.SetOrderMatters(true)
+	opts.SetAutoReconnect(false)
+	opts.SetConnectRetry(false)
+	opts.SetResumeSubs(false)
+	opts.SetConnectTimeout(30 * time.Second)
+	opts.SetKeepAlive(cfg.HeartBeat)
+	if cfg.HeartBeat > 0 {
+		opts.SetPingTimeout(max(cfg.HeartBeat, 5*time.Second))
+	}
+	opts.SetDefaultPublishHandler(s.handle)
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { s.fail(err) })
+	s.client = mqtt.NewClient(opts)
+
+	if err := wait(ctx, s.client.Connect()); err != nil {
+		s.abort()
+		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), mqttConnectError(err, cfg))
+	}
+	filters := make(map[string]byte, len(cfg.Topics))
+	for _, t := range cfg.Topics {
+		filters[t] = byte(cfg.QoS)
+	}
+	tok := s.client.SubscribeMultiple(filters, nil) // nil: the default handler, which also takes what the session held
+	if err := wait(ctx, tok); err != nil {
+		s.abort()
+		return nil, fmt.Errorf("cannot subscribe to %s: %w", cfg.Destination, err)
+	}
+	for t, granted := range tok.(*mqtt.SubscribeToken).Result() {
+		if granted == 0x80 {
+			s.abort()
+			return nil, fmt.Errorf("broker refused the subscription to %q (SUBACK 0x80: not authorised, or an invalid filter)", t)
+		}
+		if int(granted) < cfg.QoS {
+			a.log.Warn("broker granted a lower QoS than asked for", "topic", t, "qos", granted, "asked", cfg.QoS)
+		}
+	}
+	return s, nil
+}
+
+// wait waits for a paho token, bounded by ctx.
+func wait(ctx context.Context, t mqtt.Token) error {
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// mqttConnectError adds a hint to the refusals newcomers meet.
+func mqttConnectError(err error, cfg Config) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "Authori") || strings.Contains(msg, "user name or password"):
+		h := "check the login and passcode"
+		if !strings.Contains(cfg.Login, ":") {
+			h += "; RabbitMQ's login for a virtual host other than / is VHOST:USER, written VHOST%3AUSER in the URL"
+		}
+		return fmt.Errorf("broker refused the login: %w (%s)", err, h)
+	case strings.Contains(msg, "identifier rejected"):
+		return fmt.Errorf("broker refused the client id: %w (set client_id= to at most 23 letters and digits)", err)
+	}
+	return err
+}
+
+// dialMQTT opens the transport of an MQTT source, bounded by ctx.
+func dialMQTT(ctx context.Context, cfg Config) (net.Conn, error) {
+	switch cfg.Scheme {
+	case "mqtt":
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", cfg.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.Addr, err)
+		}
+		return c, nil
+	case "mqtts":
+		tc, err := tlsConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		d := tls.Dialer{Config: tc}
+		c, err := d.DialContext(ctx, "tcp", cfg.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("cannot reach broker at %s over TLS: %w", cfg.Addr, err)
+		}
+		return c, nil
+	case "mqtt+ws", "mqtt+wss":
+		hc := &http.Client{}
+		if cfg.Scheme == "mqtt+wss" {
+			tc, err := tlsConfig(cfg)
+			if err != nil {
+				return nil, err
+			}
+			hc.Transport = &http.Transport{TLSClientConfig: tc}
+		}
+		ws, _, err := websocket.Dial(ctx, cfg.WSURL, &websocket.DialOptions{HTTPClient: hc, Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.WSURL, err)
+		}
+		ws.SetReadLimit(-1) // as over TCP: a long body is journaled truncated, not refused
+		// The connection outlives the dial context: it gets its own.
+		wctx, cancel := context.WithCancel(context.Background())
+		return &mqttWSConn{Conn: websocket.NetConn(wctx, ws, websocket.MessageBinary), cancel: cancel}, nil
+	}
+	return nil, fmt.Errorf("unknown scheme %q", cfg.Scheme)
+}
+
+// mqttWSConn ends the WebSocket's context when it is closed.
+type mqttWSConn struct {
+	net.Conn
+	cancel context.CancelFunc
+}
+
+func (c *mqttWSConn) Close() error {
+	err := c.Conn.Close()
+	c.cancel()
+	return err
+}
+
+// mqttSession is one MQTT connection: one paho client, its subscriptions.
+type mqttSession struct {
+	cfg    Config
+	nc     net.Conn
+	client mqtt.Client
+	opened bool // openOnce ran
+
+	msgs chan mqtt.Message // from paho's router to receive, in order
+
+	mu   sync.Mutex
+	err  error         // what ended the connection
+	lost chan struct{} // closed when the connection ended
+	dead chan struct{} // closed by close or abort: nobody takes messages any more
+	once sync.Once
+}
+
+var _ session = (*mqttSession)(nil)
+
+// openOnce hands paho the connection dialed for this session; a second
+// call (paho never makes one: the protocol version is explicit and
+// reconnecting is off) fails.
+func (s *mqttSession) openOnce(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
+	if s.opened {
+		return nil, errors.New("connection already used")
+	}
+	s.opened = true
+	return s.nc, nil
+}
+
+// handle runs in paho's router goroutine, once per message, in order.
+// It must not block forever: paho stops reading the socket meanwhile.
+func (s *mqttSession) handle(_ mqtt.Client, m mqtt.Message) {
+	select {
+	case s.msgs <- m:
+	case <-s.dead: // not acknowledged: the broker redelivers it
+	}
+}
+
+func (s *mqttSession) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	if err == nil {
+		err = errors.New("connection lost")
+	}
+	s.err = fmt.Errorf("connection to %s lost: %w", s.cfg.Addr, err)
+	close(s.lost)
+}
+
+func (s *mqttSession) lostErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func (s *mqttSession) receive(stop <-chan struct{}) (delivery, error) {
+	select {
+	case m := <-s.msgs:
+		return mqttDelivery{m}, nil
+	case <-s.lost:
+		return nil, s.lostErr()
+	case <-stop:
+		return nil, errSessionOver
+	}
+}
+
+// ack sends one PUBACK per QoS 1 message, in receive order (QoS 0
+// messages have nothing to acknowledge). paho passes them to its writer
+// one by one, so the order holds on the wire.
+func (s *mqttSession) ack(batch []delivery) error {
+	for _, d := range batch {
+		if err := s.lostErr(); err != nil {
+			return fmt.Errorf("cannot ack: %w", err)
+		}
+		d.(mqttDelivery).m.Ack()
+	}
+	return nil
+}
+
+// barrier: MQTT 3.1.1 has no acknowledgement of a PUBACK, so nothing
+// confirms that the broker processed one; dedup slots expire by age.
+func (s *mqttSession) barrier() error { return errNoBarrier }
+
+// close disconnects gracefully without unsubscribing: the session and its
+// subscriptions stay on the broker, which keeps what arrives meanwhile.
+// A DISCONNECT is not acknowledged either, so close reports that the
+// acks it sent are unconfirmed.
+func (s *mqttSession) close() error {
+	s.once.Do(func() { close(s.dead) })
+	s.client.Disconnect(250)
+	return errNoBarrier
+}
+
+// abort closes the socket; paho winds down on its own.
+func (s *mqttSession) abort() {
+	s.once.Do(func() { close(s.dead) })
+	_ = s.nc.Close()
+	go s.client.Disconnect(0)
+}
+
+func (s *mqttSession) explain(err error) error { return err }
+
+// mqttDelivery is one PUBLISH.
+type mqttDelivery struct{ m mqtt.Message }
+
+func (d mqttDelivery) destination() string { return d.m.Topic() }
+func (d mqttDelivery) body() []byte        { return d.m.Payload() }
+func (d mqttDelivery) redelivered() bool   { return d.m.Duplicate() }
+
+var qosValues = [...]string{"0", "1", "2"}
+
+// appendHeaders adds the one header MQTT 3.1.1 has to offer: qos.
+func (d mqttDelivery) appendHeaders(dst []queue.Header) []queue.Header {
+	return append(dst, queue.Header{Name: "qos", Value: qosValues[d.m.Qos()%3]})
+}

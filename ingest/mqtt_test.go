@@ -1,0 +1,441 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/agentq/agentq/internal/brokertest"
+)
+
+// These tests talk to the real brokers on 127.0.0.1: RabbitMQ's MQTT
+// plugin (1883, Web-MQTT 15675; `make broker`) and Mosquitto 2.0 (1884,
+// WebSocket 9884, persistence on; scripts/mosquitto.sh).
+
+// mqttBroker is one broker under test.
+type mqttBroker struct {
+	name, addr string
+	login      string
+	restart    func(t *testing.T, down func())
+}
+
+var mqttBrokers = []mqttBroker{
+	{name: "RabbitMQ", addr: "127.0.0.1:1883", login: "guest:guest", restart: restartRabbitMQ},
+	{name: "Mosquitto", addr: "127.0.0.1:1884", restart: restartMosquitto},
+}
+
+func requireMQTT(tb testing.TB, addr string) {
+	tb.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		tb.Fatalf("no MQTT broker at %s (run `make broker` and scripts/mosquitto.sh): %v", addr, err)
+	}
+	c.Close()
+}
+
+// mqttClient connects a plain paho client (clean session unless a client
+// id is given, which makes it persistent).
+func mqttClient(tb testing.TB, addr, login, clientID string) mqtt.Client {
+	tb.Helper()
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second)
+	if clientID == "" {
+		clientID = fmt.Sprintf("agentqpub%d", rand.Int63())
+	} else {
+		o.SetCleanSession(false)
+	}
+	o.SetClientID(clientID)
+	if login != "" { // [vhost:]user:pass
+		i := strings.LastIndex(login, ":")
+		o.SetUsername(login[:i]).SetPassword(login[i+1:])
+	}
+	c := mqtt.NewClient(o)
+	if err := waitToken(c.Connect()); err != nil {
+		tb.Fatalf("mqtt connect %s: %v", addr, err)
+	}
+	return c
+}
+
+func waitToken(t mqtt.Token) error {
+	if !t.WaitTimeout(30 * time.Second) {
+		return fmt.Errorf("no answer in 30s")
+	}
+	return t.Error()
+}
+
+// mqttSession creates a persistent session with subscriptions to filter
+// at QoS 1, so the broker keeps what is published from now on, and
+// removes the session when the test ends.
+func mqttSessionFor(tb testing.TB, addr, login, clientID, filter string) {
+	tb.Helper()
+	c := mqttClient(tb, addr, login, clientID)
+	if err := waitToken(c.Subscribe(filter, 1, nil)); err != nil {
+		tb.Fatalf("subscribe: %v", err)
+	}
+	c.Disconnect(250)
+	tb.Cleanup(func() { mqttDropSession(tb, addr, login, clientID) })
+}
+
+// mqttDropSession removes a persistent session (a clean-session connect
+// under its client id).
+func mqttDropSession(tb testing.TB, addr, login, clientID string) {
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetProtocolVersion(4).SetClientID(clientID).SetCleanSession(true).SetConnectTimeout(10 * time.Second)
+	if login != "" {
+		i := strings.LastIndex(login, ":")
+		o.SetUsername(login[:i]).SetPassword(login[i+1:])
+	}
+	c := mqtt.NewClient(o)
+	if waitToken(c.Connect()) == nil {
+		c.Disconnect(250)
+	}
+}
+
+// mqttPublish publishes bodies at QoS qos to topic(i) and waits until the
+// broker has acknowledged every one (QoS 1).
+func mqttPublish(tb testing.TB, addr, login string, qos byte, topic func(i int) string, bodies [][]byte) {
+	tb.Helper()
+	if err := mqttPublishErr(addr, login, qos, topic, bodies); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// mqttPublishErr is mqttPublish for other goroutines than the test's.
+func mqttPublishErr(addr, login string, qos byte, topic func(i int) string, bodies [][]byte) error {
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetProtocolVersion(4).SetAutoReconnect(false).
+		SetConnectTimeout(10 * time.Second).SetClientID(fmt.Sprintf("agentqpub%d", rand.Int63()))
+	if login != "" {
+		i := strings.LastIndex(login, ":")
+		o.SetUsername(login[:i]).SetPassword(login[i+1:])
+	}
+	c := mqtt.NewClient(o)
+	if err := waitToken(c.Connect()); err != nil {
+		return fmt.Errorf("publisher cannot connect to %s: %w", addr, err)
+	}
+	defer c.Disconnect(250)
+	toks := make([]mqtt.Token, len(bodies))
+	for i, b := range bodies {
+		toks[i] = c.Publish(topic(i), qos, false, b)
+	}
+	for i, tk := range toks {
+		if err := waitToken(tk); err != nil {
+			return fmt.Errorf("publish %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func mqttTestID() string { return strconv.FormatInt(rand.Int63(), 36) }
+
+// orderBodies returns JSON bodies {"k":KEY,"n":N} for n from..from+count-1,
+// keys n%7.
+func orderBodies(from, count int) [][]byte {
+	return bodies(count, func(i int) string { return fmt.Sprintf(`{"k":"k%d","n":%d}`, (from+i)%7, from+i) })
+}
+
+// assertPerKeyOrder checks that, for every key, the journal holds the
+// bodies in increasing n.
+func assertPerKeyOrder(t *testing.T, got []string) {
+	t.Helper()
+	last := map[string]int{}
+	for _, g := range got {
+		var m struct {
+			K string `json:"k"`
+			N int    `json:"n"`
+		}
+		if err := json.Unmarshal([]byte(g), &m); err != nil {
+			t.Fatalf("body %q: %v", g, err)
+		}
+		if l, ok := last[m.K]; ok && m.N <= l {
+			t.Fatalf("key %s: n=%d journaled after n=%d", m.K, m.N, l)
+		}
+		last[m.K] = m.N
+	}
+}
+
+// Ensure QoS 1 messages are journaled exactly once, in order, with the
+// topic as destination and type, over TCP on both brokers and over
+// WebSocket on Mosquitto; a QoS 0 message is journaled too.
+func TestMQTTPublishConsume(t *testing.T) {
+	tests := []struct{ name, pub, url string }{
+		{"RabbitMQ", "127.0.0.1:1883", "mqtt://guest:guest@127.0.0.1:1883/?topic=%s&client_id=%s"},
+		{"Mosquitto", "127.0.0.1:1884", "mqtt://127.0.0.1:1884/?topic=%s&client_id=%s"},
+		{"MosquittoWebSocket", "127.0.0.1:1884", "mqtt+ws://127.0.0.1:9884/?path=/&topic=%s&client_id=%s"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			requireMQTT(t, tc.pub)
+			login := ""
+			if strings.Contains(tc.url, "guest") {
+				login = "guest:guest"
+			}
+			id := mqttTestID()
+			base := "agentq/test/" + id
+			clientID := "agentqt" + id
+			t.Cleanup(func() { mqttDropSession(t, tc.pub, login, clientID) })
+			j := mustOpenJournal(t, "")
+			cfg := mustConfig(t, fmt.Sprintf(tc.url, base+"/%23", clientID)+"&key=json:k")
+			src, stop := runSource(t, cfg, j, Options{})
+			waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+			want := orderBodies(0, 300)
+			mqttPublish(t, tc.pub, login, 1, func(i int) string { return base + "/orders" }, want)
+			mqttPublish(t, tc.pub, login, 0, func(int) string { return base + "/qos0" }, bodies(1, func(int) string { return "at most once" }))
+			want = append(want, []byte("at most once"))
+			waitFor(t, "all journaled", 30*time.Second, func() bool { return j.LastSeq() >= uint64(len(want)) })
+			waitFor(t, "all acked", 30*time.Second, func() bool { return src.Status().Acked >= uint64(len(want)) })
+			stop()
+			assertExactlyOnce(t, journalBodies(t, j), want)
+			e, _ := j.Get(1)
+			if e.Destination != base+"/orders" || e.Type != base+"/orders" || e.Key != "k0" || e.Source != base+"/#" {
+				t.Fatalf("entry 1 = dest %q type %q key %q source %q", e.Destination, e.Type, e.Key, e.Source)
+			}
+			if v, _ := e.Header("qos"); v != "1" {
+				t.Fatalf("entry 1 qos header %q, want 1", v)
+			}
+			e, _ = j.Get(uint64(len(want)))
+			if v, _ := e.Header("qos"); v != "0" || string(e.Body) != "at most once" {
+				t.Fatalf("last entry %q qos %q, want the QoS 0 message", e.Body, v)
+			}
+		})
+	}
+}
+
+// restartRabbitMQ stops and starts the RabbitMQ application, running down
+// while it is stopped. Other packages' tests share this broker: this is
+// the one test that restarts it, and it is started again whatever happens.
+func restartRabbitMQ(t *testing.T, down func()) {
+	started := false
+	t.Cleanup(func() {
+		if !started {
+			brokertest.Ctl(t, "start_app")
+		}
+	})
+	brokertest.Ctl(t, "stop_app")
+	down()
+	brokertest.Ctl(t, "start_app")
+	started = true
+	brokertest.Ctl(t, "await_startup")
+	waitFor(t, "RabbitMQ's MQTT listener", 60*time.Second, func() bool { return mqttUp("127.0.0.1:1883") })
+}
+
+const mosquittoPIDFile = "/var/tmp/agentq-mosquitto/mosquitto.pid"
+
+// restartMosquitto stops Mosquitto (SIGTERM: it saves its persistence
+// file) and starts it again with scripts/mosquitto.sh. Only these tests
+// use it.
+func restartMosquitto(t *testing.T, down func()) {
+	raw, err := os.ReadFile(mosquittoPIDFile)
+	if err != nil {
+		t.Fatalf("cannot find Mosquitto's pid: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil || pid <= 1 {
+		t.Fatalf("bad pid file %s: %q", mosquittoPIDFile, raw)
+	}
+	t.Cleanup(func() { startMosquitto(t) })
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatalf("cannot stop Mosquitto (pid %d): %v", pid, err)
+	}
+	waitFor(t, "Mosquitto to exit", 30*time.Second, func() bool { return syscall.Kill(pid, 0) != nil })
+	down()
+	startMosquitto(t)
+}
+
+func startMosquitto(t *testing.T) {
+	if mqttUp("127.0.0.1:1884") {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "../scripts/mosquitto.sh").CombinedOutput()
+	if err != nil {
+		t.Fatalf("scripts/mosquitto.sh: %v\n%s", err, out)
+	}
+}
+
+func mqttUp(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
+}
+
+// TestMQTTCrashChild is the child of TestMQTTNothingLost: it runs an MQTT
+// source that kills its own process with SIGKILL right after its first
+// journal commit, before any PUBACK.
+func TestMQTTCrashChild(t *testing.T) {
+	path, raw := os.Getenv("AGENTQ_TEST_MQTT_CHILD_JOURNAL"), os.Getenv("AGENTQ_TEST_MQTT_CHILD_URL")
+	if path == "" {
+		return
+	}
+	j := mustOpenJournal(t, path)
+	src := NewSource(mustConfig(t, raw), j, Options{Logger: testLogger(t), AfterCommit: func(int) {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}})
+	_ = src.Run(context.Background())
+}
+
+// Ensure, on both brokers, that QoS 1 messages survive everything at once
+// with nothing lost, nothing journaled twice and the order per key kept:
+// messages published while no agent runs (the persistent session keeps
+// them), a process killed with SIGKILL between the journal commit and the
+// PUBACKs, ten connection cuts while messages flow, a broker restart, and
+// the agent stopped and started again.
+func TestMQTTNothingLost(t *testing.T) {
+	for _, b := range mqttBrokers {
+		t.Run(b.name, func(t *testing.T) { testMQTTNothingLost(t, b) })
+	}
+}
+
+func testMQTTNothingLost(t *testing.T, b mqttBroker) {
+	requireMQTT(t, b.addr)
+	id := mqttTestID()
+	base, clientID := "agentq/test/"+id, "agentqt"+id
+	mqttSessionFor(t, b.addr, b.login, clientID, base+"/#")
+	proxy := brokertest.StartProxy(t, "127.0.0.1:0", b.addr)
+	userinfo := ""
+	if b.login != "" {
+		userinfo = b.login + "@"
+	}
+	raw := fmt.Sprintf("mqtt://%s%s/?topic=%s/%%23&client_id=%s&key=json:k&heartbeat=2s", userinfo, proxy.Addr(), base, clientID)
+	topic := func(int) string { return base + "/orders" }
+	var want [][]byte
+	publish := func(n int) {
+		t.Helper()
+		m := orderBodies(len(want), n)
+		mqttPublish(t, b.addr, b.login, 1, topic, m)
+		want = append(want, m...)
+	}
+
+	// Published while no agent runs: the session keeps them.
+	publish(400)
+
+	// A child takes them and dies after its first commit, before any PUBACK.
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMQTTCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "AGENTQ_TEST_MQTT_CHILD_JOURNAL="+path, "AGENTQ_TEST_MQTT_CHILD_URL="+raw)
+	out, err := cmd.CombinedOutput()
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if err == nil || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL || ctx.Err() != nil {
+		t.Fatalf("child did not die by its own SIGKILL: %v\n%s", err, out)
+	}
+	j := mustOpenJournal(t, path)
+	committed := j.LastSeq()
+	if committed == 0 {
+		t.Fatal("child committed nothing before it died")
+	}
+	t.Logf("child committed %d entries and died before acknowledging them", committed)
+
+	// The agent resumes the session: the broker redelivers (DUP) what the
+	// child committed, and it is recognised.
+	src, stop := runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "the child's commits redelivered and recognised", 30*time.Second, func() bool { return src.Status().Duplicates >= committed })
+
+	// Ten cuts while messages flow, each on a new connection.
+	c0 := src.Status().Connects
+	for i := 0; i < 10; i++ {
+		m := orderBodies(len(want), 150)
+		want = append(want, m...)
+		before := j.LastSeq()
+		errc := make(chan error, 1)
+		go func() { errc <- mqttPublishErr(b.addr, b.login, 1, topic, m) }()
+		waitFor(t, "messages flowing on a new connection before a cut", 30*time.Second, func() bool {
+			return src.Status().Connects >= c0+uint64(i) && j.LastSeq() > before
+		})
+		proxy.Cut()
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A broker restart while the agent runs, then more messages.
+	waitFor(t, "connected after the last cut", 30*time.Second, func() bool {
+		st := src.Status()
+		return st.Connects >= c0+10 && st.State == StateConnected
+	})
+	b.restart(t, func() {
+		waitFor(t, "the source to notice", 30*time.Second, func() bool { return src.Status().State != StateConnected })
+	})
+	publish(200)
+	waitFor(t, "everything so far journaled", 60*time.Second, func() bool { return j.LastSeq() >= uint64(len(want)) })
+
+	// The agent stopped; messages published meanwhile; the agent back.
+	stop()
+	publish(200)
+	src2, stop2 := runSource(t, mustConfig(t, raw), j, Options{})
+	waitFor(t, "everything journaled", 60*time.Second, func() bool { return j.LastSeq() >= uint64(len(want)) })
+	waitFor(t, "the last messages acknowledged", 30*time.Second, func() bool { return src2.Status().Acked >= 200 })
+	stop2()
+
+	got := journalBodies(t, j)
+	assertSameMultiset(t, got, want)
+	assertPerKeyOrder(t, got)
+	st := src.Status()
+	t.Logf("%d messages; connects %d; redeliveries recognised %d (child committed %d)", len(want), st.Connects, st.Duplicates+src2.Status().Duplicates, committed)
+	if st.Connects < c0+11 {
+		t.Fatalf("connects = %d, want at least %d (10 cuts and a broker restart after %d)", st.Connects, c0+11, c0)
+	}
+}
+
+// Ensure Waldur's topic layout works end to end over RabbitMQ's Web-MQTT
+// with a vhost:user login (escaped as %3A in the URL): the type comes
+// from the last topic level through a dest: SPEC, the key from the body,
+// and a topic filter with "+" and "#" written as the URL documents.
+func TestMQTTWaldurWebSocketVHost(t *testing.T) {
+	requireMQTT(t, "127.0.0.1:1883")
+	requireMQTT(t, "127.0.0.1:15675")
+	id := mqttTestID()
+	vhost, user, pass := "agentq-test-"+id, "agentq-test-"+id, "pw-"+id
+	brokertest.Ctl(t, "add_vhost", vhost)
+	t.Cleanup(func() { brokertest.Ctl(t, "delete_vhost", vhost) })
+	brokertest.Ctl(t, "add_user", user, pass)
+	t.Cleanup(func() { brokertest.Ctl(t, "delete_user", user) })
+	brokertest.Ctl(t, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+	raw := "mqtt+ws://" + vhost + "%3A" + user + ":" + pass + "@127.0.0.1:15675/?path=/ws" +
+		"&topic=subscription/+/offering/+/%23&client_id=agentqw" + id + "&key=json:uuid" +
+		"&type=dest:^subscription/[^/]+/offering/[^/]+/(?P<type>[a-z_]+)$"
+	cfg := mustConfig(t, raw)
+	if cfg.Login != vhost+":"+user {
+		t.Fatalf("login %q, want %s:%s", cfg.Login, vhost, user)
+	}
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, cfg, j, Options{})
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+
+	sub, off := "5a1c3b2e9f7d4c1a8e6b0d2f4a6c8e01", "7b2d4c3f0a8e5d2b9f7c1e3a5b7d9f02"
+	types := []string{"order", "resource", "user_role", "order"}
+	msgs := bodies(len(types), func(i int) string { return fmt.Sprintf(`{"uuid":"u%d","n":%d}`, i%2, i) })
+	// Another vhost's message on the same topic is not ours (published first).
+	mqttPublish(t, "127.0.0.1:1883", "guest:guest", 1, func(int) string { return "subscription/" + sub + "/offering/" + off + "/order" }, bodies(1, func(int) string { return "other vhost" }))
+	login := vhost + ":" + user + ":" + pass
+	mqttPublish(t, "127.0.0.1:1883", login, 1, func(i int) string {
+		return "subscription/" + sub + "/offering/" + off + "/" + types[i]
+	}, msgs)
+	waitFor(t, "all journaled and acked", 30*time.Second, func() bool { return src.Status().Acked >= uint64(len(msgs)) })
+	stop()
+	assertExactlyOnce(t, journalBodies(t, j), msgs)
+	for i, typ := range types {
+		e, err := j.Get(uint64(i + 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Type != typ || e.Key != fmt.Sprintf("u%d", i%2) || e.Fault != "" || !strings.HasPrefix(e.Destination, "subscription/"+sub+"/") {
+			t.Fatalf("entry %d: type %q key %q fault %q dest %q; want type %s", i+1, e.Type, e.Key, e.Fault, e.Destination, typ)
+		}
+	}
+}
