@@ -40,16 +40,15 @@ type Target struct {
 func (t Target) String() string { return t.Conn.String() }
 
 // ParseTarget parses a results URL: any stomp://, stomp+tls://, ws://,
-// wss:// URL a source takes (its destination is where answers go), or
+// wss:// URL a source takes (its destination is where answers go),
 // amqp[s]://user@host/VHOST?exchange=EX&routing_key=KEY (mandatory=false
-// lets the broker drop unroutable messages).
+// lets the broker drop unroutable messages), or an mqtt:// URL with one
+// topic= (QoS 1; MQTT 3.1.1 carries the body only, no headers).
 func ParseTarget(raw string) (Target, error) {
 	scheme, _, _ := strings.Cut(raw, "://")
 	switch strings.ToLower(scheme) {
 	case "amqp", "amqps":
 		return parseAMQPTarget(raw)
-	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
-		return Target{}, fmt.Errorf("results over MQTT are not built yet: use a stomp:// or amqp:// results URL")
 	}
 	c, err := ParseURL(raw)
 	if err != nil {
@@ -180,6 +179,8 @@ func dialPublisher(ctx context.Context, t Target, passcode string) (publisher, e
 	switch c.Scheme {
 	case "amqp", "amqps":
 		return dialAMQPPublisher(ctx, t, c)
+	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
+		return dialMQTTPublisher(ctx, t, c)
 	}
 	nc, err := Dial(ctx, c)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -284,5 +285,41 @@ func TestDeadLetters(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("no dead letter within 60s")
+	}
+}
+
+// TestResultsMQTT: results published to an MQTT topic (QoS 1, confirmed
+// by PUBACK) on RabbitMQ's MQTT plugin.
+func TestResultsMQTT(t *testing.T) {
+	requireBroker(t)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	id := rand.Int63()
+	topic := fmt.Sprintf("agentq/results/%d", id)
+	got := make(chan string, 10)
+	opts := mqtt.NewClientOptions().AddBroker("tcp://127.0.0.1:1883").SetClientID(fmt.Sprintf("agentq-test-%d", id)).
+		SetUsername("guest").SetPassword("guest")
+	c := mqtt.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		t.Fatalf("MQTT connect: %v", tok.Error())
+	}
+	defer c.Disconnect(100)
+	if tok := c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) { got <- strings.TrimSpace(string(m.Payload())) }); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		t.Fatalf("MQTT subscribe: %v", tok.Error())
+	}
+	src := fmt.Sprintf("stomp://guest:guest@127.0.0.1:61613/queue/agentq-mqtt-results-%d", id)
+	handler := writeScript(t, "r.sh", `read body; echo "done $body"`)
+	startAgent(t, journal, "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
+		"--results", "mqtt://guest:guest@127.0.0.1:1883/?topic="+topic)
+	if code, _, errs := runMain(t, "job-1", "send", src, "-"); code != 0 {
+		t.Fatal(errs)
+	}
+	select {
+	case b := <-got:
+		if b != "done job-1" {
+			t.Errorf("result %q", b)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("no MQTT result within 60s")
 	}
 }
