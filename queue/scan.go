@@ -24,7 +24,8 @@ type Filter struct {
 	Reverse bool
 	// Match, when set, is a further condition (a type pattern, text in the
 	// last error) the caller checks on each otherwise matching entry. It
-	// runs inside a read transaction: it must not call the journal.
+	// sees the entry without its headers and body, and runs inside a read
+	// transaction: it must not call the journal.
 	Match func(*Entry) bool
 }
 
@@ -62,12 +63,19 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 		r := readersOf(tx)
 		n := 0
 		visit := func(seq uint64) (bool, error) {
-			e, err := r.load(seq, true)
+			// Match on the status and routing first; read the message
+			// (headers, body) only for entries that match.
+			e, err := r.load(seq, false)
 			if err != nil {
 				return false, err
 			}
 			if !f.match(e) {
 				return true, nil
+			}
+			if e.Damage == "" {
+				if e, err = r.load(seq, true); err != nil {
+					return false, err
+				}
 			}
 			n++
 			return fn(e) && (f.Limit <= 0 || n < f.Limit), nil
