@@ -1,5 +1,5 @@
-// Command agentq is a durable work-queue agent: it subscribes to STOMP
-// destinations, journals every message to a local bbolt file before it
+// Command agentq is a durable work-queue agent: it subscribes to STOMP,
+// AMQP or MQTT sources, journals every message to a local bbolt file before it
 // acknowledges the broker, and drains the journal into backend calls with
 // retries that survive restarts. See README.md.
 package main
@@ -66,10 +66,15 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
 		Name:  "agentq",
 		Usage: "a durable work-queue agent: broker → journal → ack; journal → workers → backend",
-		Description: `agentq subscribes to STOMP destinations (RabbitMQ over TCP, TLS or WebSocket),
-writes every message to a local journal and fsyncs it before it ACKs the broker,
-then runs each message through a backend (a command, an HTTP call, or the log)
-with retries that survive restarts. A message the broker delivered is never lost.
+		Description: `agentq subscribes to a broker (STOMP over TCP, TLS or WebSocket; AMQP 0-9-1;
+MQTT; or a Waldur site's queues), writes every message to a local journal and
+fsyncs it before it acknowledges the broker, then runs each message through a
+backend (a command, an HTTP call, or the log) with retries that survive
+restarts, and can publish each call's result back. A message the broker
+delivered is never lost.
+
+The admin endpoint (127.0.0.1:9464) serves health, metrics, a JSON API and a
+dashboard at /ui/.
 
 Quick start (a local RabbitMQ from 'make broker'):
    agentq run                          # subscribe to /queue/agentq, journal to ./agentq.db
