@@ -178,6 +178,7 @@ type Journal struct {
 	ops      chan *op
 	ready    chan struct{} // signalled after a commit that made work ready
 	outReady chan struct{} // signalled after a commit that added outbox messages
+	loopDone chan struct{} // closed when the commit loop has stopped
 	closing  chan struct{}
 	wg       sync.WaitGroup
 	once     sync.Once
@@ -255,6 +256,7 @@ func Open(path string, opts Options) (*Journal, error) {
 		ops:      make(chan *op, opts.MaxBatch),
 		ready:    make(chan struct{}, 1),
 		outReady: make(chan struct{}, 1),
+		loopDone: make(chan struct{}),
 		closing:  make(chan struct{}),
 
 		typeCounts: map[string]*[5]int64{},
@@ -586,8 +588,18 @@ func (j *Journal) update(ctx context.Context, fn func(t *txn) error) error {
 	case j.ops <- o:
 	}
 	// Once queued, the op will run: wait for its outcome even if ctx ends,
-	// so a caller never mistakes a committed write for a failed one.
-	<-o.done
+	// so a caller never mistakes a committed write for a failed one. If
+	// Close won the race, the commit loop may have drained the queue and
+	// stopped before this op got in: then it never runs.
+	select {
+	case <-o.done:
+	case <-j.loopDone:
+		select {
+		case <-o.done:
+		default:
+			return ErrClosed // o stays in the dead queue: not back to the pool
+		}
+	}
 	err := o.err
 	o.fn = nil
 	opPool.Put(o)
@@ -598,6 +610,7 @@ func (j *Journal) update(ctx context.Context, fn func(t *txn) error) error {
 // MaxBatch), applies them in one transaction, commits (one fsync), and
 // only then releases the callers.
 func (j *Journal) commitLoop() {
+	defer close(j.loopDone)
 	batch := make([]*op, 0, j.opts.MaxBatch)
 	for {
 		var first *op

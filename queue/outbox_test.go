@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -76,5 +77,25 @@ func TestOutboxFailedCommit(t *testing.T) {
 	j.Close()
 	if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done, Out: []*Out{{Kind: "result", Target: "r"}}}); err == nil {
 		t.Fatal("settle on a closed journal succeeded")
+	}
+}
+
+// TestWriteAfterCloseReturns: a write racing with Close, or after it,
+// returns ErrClosed instead of waiting forever on a commit loop that has
+// stopped (the queue's buffer could still take the operation).
+func TestWriteAfterCloseReturns(t *testing.T) {
+	j := mustOpen(t, Options{})
+	j.Close()
+	for i := 0; i < 200; i++ {
+		done := make(chan error, 1)
+		go func() { _, err := j.Append(context.Background(), msg("k", "x")); done <- err }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("append after close: %v, want ErrClosed", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("append %d after close did not return", i)
+		}
 	}
 }
