@@ -439,3 +439,23 @@ func TestMQTTWaldurWebSocketVHost(t *testing.T) {
 		}
 	}
 }
+
+// Ensure that without client_id the session's client id follows the
+// journal and the source name: a source started again on the same
+// journal resumes the session and gets what was published meanwhile.
+func TestMQTTDefaultClientIDResumes(t *testing.T) {
+	requireMQTT(t, "127.0.0.1:1884")
+	base := "agentq/test/" + mqttTestID()
+	j := mustOpenJournal(t, "")
+	cfg := mustConfig(t, "mqtt://127.0.0.1:1884/?topic="+base+"/%23")
+	t.Cleanup(func() { mqttDropSession(t, "127.0.0.1:1884", "", MQTTClientID(j.ID(), cfg.Name)) })
+	src, stop := runSource(t, cfg, j, Options{})
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	stop()
+	want := orderBodies(0, 50)
+	mqttPublish(t, "127.0.0.1:1884", "", 1, func(int) string { return base + "/x" }, want)
+	_, stop = runSource(t, cfg, j, Options{})
+	waitFor(t, "what was published while down", 20*time.Second, func() bool { return j.LastSeq() >= uint64(len(want)) })
+	stop()
+	assertExactlyOnce(t, journalBodies(t, j), want)
+}
