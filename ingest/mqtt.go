@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -83,7 +84,7 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	}
 	s := &mqttSession{
 		cfg:  cfg,
-		nc:   nc,
+		nc:   &mqttBufConn{Conn: nc, r: bufio.NewReaderSize(nc, 64<<10)},
 		msgs: make(chan mqtt.Message, cfg.Prefetch),
 		lost: make(chan struct{}),
 		dead: make(chan struct{}),
@@ -214,6 +215,15 @@ func (c *mqttWSConn) Close() error {
 	c.cancel()
 	return err
 }
+
+// mqttBufConn buffers reads: paho reads each packet's fixed header a
+// byte at a time, which would be a system call per byte.
+type mqttBufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *mqttBufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // mqttSession is one MQTT connection: one paho client, its subscriptions.
 type mqttSession struct {
