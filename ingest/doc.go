@@ -142,6 +142,11 @@
 // max_inflight_messages (default 20). RabbitMQ's login for a virtual host
 // is VHOST:USER, written VHOST%3AUSER in the URL.
 //
+// At shutdown an MQTT source sends DISCONNECT without unsubscribing: the
+// session and its subscriptions stay, and the broker keeps collecting
+// for it. Remove a session no longer wanted with a clean-session connect
+// under its client id (RabbitMQ: or delete its queue).
+//
 // # Shutdown
 //
 // When Run's context ends, the committer finishes the batch in hand
