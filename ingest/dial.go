@@ -19,10 +19,10 @@ import (
 )
 
 // Dial opens the transport for cfg, bounded by ctx, ready for
-// stomp.Connect (for an MQTT source, the transport paho speaks over). go-stomp's own dial context does not bound the TCP dial,
+// stomp.Connect. go-stomp's own dial context does not bound the TCP dial,
 // so agentq dials itself.
 func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
-	if isMQTTScheme(cfg.Scheme) {
+	if isMQTTScheme(cfg.Scheme) { // the transport paho speaks over
 		return dialMQTT(ctx, cfg)
 	}
 	switch cfg.Scheme {
