@@ -459,3 +459,33 @@ func TestMQTTDefaultClientIDResumes(t *testing.T) {
 	stop()
 	assertExactlyOnce(t, journalBodies(t, j), want)
 }
+
+// Ensure a refused MQTT login is reported with a hint, retried ever more
+// slowly, and that passcode_file is read again on every connect: once the
+// file holds the right passcode the source connects without a restart.
+func TestMQTTPasscodeFileRotation(t *testing.T) {
+	requireMQTT(t, "127.0.0.1:1883")
+	id := mqttTestID()
+	base, clientID := "agentq/test/"+id, "agentqt"+id
+	t.Cleanup(func() { mqttDropSession(t, "127.0.0.1:1883", "guest:guest", clientID) })
+	pf := filepath.Join(t.TempDir(), "passcode")
+	if err := os.WriteFile(pf, []byte("not-the-passcode\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	cfg := mustConfig(t, "mqtt://guest@127.0.0.1:1883/?topic="+base+"/%23&client_id="+clientID+"&passcode_file="+pf)
+	src, stop := runSource(t, cfg, j, Options{ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 400 * time.Millisecond})
+	waitFor(t, "three refused logins", 20*time.Second, func() bool { return src.Status().Failures >= 3 })
+	st := src.Status()
+	if st.State == StateConnected || !strings.Contains(st.LastError, "refused the login") || !strings.Contains(st.LastError, "VHOST%3AUSER") ||
+		strings.Contains(st.LastError, "not-the-passcode") {
+		t.Fatalf("status %+v: want a refused login with the vhost hint, without the passcode", st)
+	}
+	if err := os.WriteFile(pf, []byte("guest\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "connected with the rotated passcode", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	mqttPublish(t, "127.0.0.1:1883", "guest:guest", 1, func(int) string { return base + "/x" }, bodies(1, func(int) string { return "after rotation" }))
+	waitFor(t, "journaled", 20*time.Second, func() bool { return j.LastSeq() >= 1 })
+	stop()
+}
