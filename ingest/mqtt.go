@@ -84,7 +84,7 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	}
 	s := &mqttSession{
 		cfg:  cfg,
-		nc:   &mqttBufConn{Conn: nc, r: bufio.NewReaderSize(nc, 64<<10)},
+		nc:   newMQTTConn(nc),
 		msgs: make(chan mqtt.Message, cfg.Prefetch),
 		lost: make(chan struct{}),
 		dead: make(chan struct{}),
@@ -216,19 +216,88 @@ func (c *mqttWSConn) Close() error {
 	return err
 }
 
-// mqttBufConn buffers reads: paho reads each packet's fixed header a
-// byte at a time, which would be a system call per byte.
-type mqttBufConn struct {
+// mqttConn is the connection paho speaks over. It buffers reads (paho
+// reads each packet's fixed header a byte at a time, a system call per
+// byte) and coalesces PUBACKs: paho writes each one on its own, which
+// would cost a system call and a TCP segment per message, on both sides.
+// mqttConn keeps them until the committer has handed paho a whole batch
+// (flushAcks), or paho writes any other packet, which goes out after
+// them: the order on the wire stays paho's.
+type mqttConn struct {
 	net.Conn
 	r *bufio.Reader
+
+	mu    sync.Mutex
+	acks  []byte        // PUBACKs not yet written
+	nacks uint64        // PUBACKs paho has handed over, ever
+	wrote chan struct{} // signalled when a PUBACK is handed over
 }
 
-func (c *mqttBufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func newMQTTConn(nc net.Conn) *mqttConn {
+	return &mqttConn{Conn: nc, r: bufio.NewReaderSize(nc, 64<<10), wrote: make(chan struct{}, 1)}
+}
+
+func (c *mqttConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// isPuback reports whether p is exactly one PUBACK packet, as paho
+// writes it.
+func isPuback(p []byte) bool { return len(p) == 4 && p[0] == 0x40 && p[1] == 2 }
+
+func (c *mqttConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if isPuback(p) {
+		c.acks = append(c.acks, p...)
+		c.nacks++
+		select {
+		case c.wrote <- struct{}{}:
+		default:
+		}
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *mqttConn) flushLocked() error {
+	if len(c.acks) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.acks)
+	c.acks = c.acks[:0]
+	return err
+}
+
+// flushAcks waits until paho has handed over n PUBACKs in all, then
+// writes the buffered ones at once.
+func (c *mqttConn) flushAcks(n uint64, lost <-chan struct{}) error {
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	for {
+		c.mu.Lock()
+		if c.nacks >= n {
+			err := c.flushLocked()
+			c.mu.Unlock()
+			return err
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.wrote:
+		case <-lost:
+			return errors.New("connection lost")
+		case <-t.C:
+			return errors.New("paho did not write the PUBACKs in 30s")
+		}
+	}
+}
 
 // mqttSession is one MQTT connection: one paho client, its subscriptions.
 type mqttSession struct {
 	cfg    Config
-	nc     net.Conn
+	nc     *mqttConn
+	nacks  uint64 // PUBACKs asked of paho (committer only)
 	client mqtt.Client
 	opened bool // openOnce ran
 
@@ -294,14 +363,25 @@ func (s *mqttSession) receive(stop <-chan struct{}) (delivery, error) {
 }
 
 // ack sends one PUBACK per QoS 1 message, in receive order (QoS 0
-// messages have nothing to acknowledge). paho passes them to its writer
-// one by one, so the order holds on the wire.
+// messages have nothing to acknowledge): Message.Ack hands each to paho's
+// writer, in order, and mqttConn sends them in one write.
 func (s *mqttSession) ack(batch []delivery) error {
+	n := s.nacks
 	for _, d := range batch {
 		if err := s.lostErr(); err != nil {
 			return fmt.Errorf("cannot ack: %w", err)
 		}
-		d.(mqttDelivery).m.Ack()
+		m := d.(mqttDelivery).m
+		m.Ack()
+		if m.Qos() > 0 {
+			s.nacks++
+		}
+	}
+	if s.nacks == n {
+		return nil
+	}
+	if err := s.nc.flushAcks(s.nacks, s.lost); err != nil {
+		return fmt.Errorf("cannot ack: %w", err)
 	}
 	return nil
 }
