@@ -184,7 +184,7 @@ func (c Config) mqttWarnings() []string {
 // mqttParams are the MQTT source parameters, one block of the params
 // table.
 var mqttParams = []param{
-	{"topic", "FILTER", "MQTT: a topic filter to subscribe to, repeatable (topic=a/%2B/b&topic=c/%23); MQTT wildcards: + one level, # the rest (written %23); required for MQTT", "subscription/+/offering/+/#", func(c *Config, v string) error {
+	{"topic", "FILTER", "MQTT: a topic filter to subscribe to, repeatable (topic=a/+/b&topic=c/%23); MQTT wildcards: + one level, # the rest (written %23); required for MQTT", "subscription/+/offering/+/#", func(c *Config, v string) error {
 		if err := mqttParam(c, "topic"); err != nil {
 			return err
 		}
