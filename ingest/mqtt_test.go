@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/agentq/agentq/internal/brokertest"
+	"github.com/agentq/agentq/queue"
 )
 
 // These tests talk to the real brokers on 127.0.0.1: RabbitMQ's MQTT
@@ -488,4 +490,45 @@ func TestMQTTPasscodeFileRotation(t *testing.T) {
 	mqttPublish(t, "127.0.0.1:1883", "guest:guest", 1, func(int) string { return base + "/x" }, bodies(1, func(int) string { return "after rotation" }))
 	waitFor(t, "journaled", 20*time.Second, func() bool { return j.LastSeq() >= 1 })
 	stop()
+}
+
+// confirmJournal counts the entries whose ACKs the source confirmed.
+type confirmJournal struct {
+	*queue.Journal
+	confirmed atomic.Uint64
+}
+
+func (j *confirmJournal) ConfirmDelivered(ctx context.Context, seqs []uint64) error {
+	j.confirmed.Add(uint64(len(seqs)))
+	return j.Journal.ConfirmDelivered(ctx, seqs)
+}
+
+// Ensure the PINGREQ barrier confirms PUBACKs on both brokers: every
+// acknowledged entry's dedup slot is dropped while the session lives, and
+// at shutdown nothing is left unconfirmed.
+func TestMQTTBarrierConfirms(t *testing.T) {
+	for _, b := range mqttBrokers {
+		t.Run(b.name, func(t *testing.T) {
+			requireMQTT(t, b.addr)
+			id := mqttTestID()
+			base, clientID := "agentq/test/"+id, "agentqt"+id
+			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
+			userinfo := ""
+			if b.login != "" {
+				userinfo = b.login + "@"
+			}
+			j := &confirmJournal{Journal: mustOpenJournal(t, "")}
+			src, stop := runSource(t, mustConfig(t, "mqtt://"+userinfo+b.addr+"/?topic="+base+"/%23&client_id="+clientID), j, Options{})
+			waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+			const n = 500
+			mqttPublish(t, b.addr, b.login, 1, func(int) string { return base + "/x" }, orderBodies(0, n))
+			waitFor(t, "every PUBACK confirmed by a barrier", 30*time.Second, func() bool { return j.confirmed.Load() >= n })
+			mqttPublish(t, b.addr, b.login, 1, func(int) string { return base + "/x" }, orderBodies(n, 1))
+			waitFor(t, "the last one acked", 30*time.Second, func() bool { return src.Status().Acked >= n+1 })
+			stop()
+			if c := j.confirmed.Load(); c != n+1 {
+				t.Fatalf("confirmed %d, want all %d", c, n+1)
+			}
+		})
+	}
 }
