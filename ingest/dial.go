@@ -22,7 +22,7 @@ import (
 // stomp.Connect (or, for amqp and amqps, amqp091.Open). go-stomp's own dial context does not bound the TCP dial,
 // so agentq dials itself.
 func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
-	if isMQTTScheme(cfg.Scheme) {
+	if isMQTTScheme(cfg.Scheme) { // the transport paho speaks over
 		return dialMQTT(ctx, cfg)
 	}
 	switch cfg.Scheme {

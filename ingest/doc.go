@@ -124,16 +124,17 @@
 // flag, set when the broker resends after a reconnect) is matched like
 // any other, by the content hash (id_header has no header to read).
 //
-// MQTT has no acknowledgement of a PUBACK and none of DISCONNECT, so an
-// MQTT session has no barrier (errNoBarrier): dedup slots are never
-// confirmed and expire after the journal's dedup window (24 h). The
-// price is the content-hash error described above, over that window
-// instead of one round trip: a redelivered message byte-identical to an
-// earlier, acknowledged one on the same topic would be taken for a
-// duplicate. Messages that carry a UUID or a timestamp, as Waldur's do,
-// never meet it. (A PINGREQ written after the PUBACKs, whose PINGRESP
-// would prove the broker read them, is a possible barrier; paho does not
-// expose one.)
+// MQTT 3.1.1 acknowledges neither a PUBACK nor DISCONNECT, but a server
+// handles a connection's packets in order and answers every PINGREQ with
+// a PINGRESP, in order. That is the MQTT barrier: agentq writes the
+// PUBACKs itself (paho hands them to agentq's connection, which sends a
+// batch's in one write), then a PINGREQ after them, and counts the
+// PINGRESPs it reads; the answer to its PINGREQ proves the broker handled
+// every PUBACK before it, and their dedup slots are dropped. At shutdown
+// a barrier comes before DISCONNECT. (On RabbitMQ the MQTT reader passes
+// an ack on to its channel process before it answers the PINGREQ; the
+// STOMP receipt barrier rests on the same ordering.) A session that ends
+// before the answer leaves its slots to expire by age.
 //
 // The broker bounds the messages outstanding without PUBACK, and so the
 // size of a journal commit: RabbitMQ's mqtt.prefetch (default 10 per
@@ -141,6 +142,11 @@
 // rabbitmq.conf, e.g. mqtt.prefetch = 1000) and Mosquitto's
 // max_inflight_messages (default 20). RabbitMQ's login for a virtual host
 // is VHOST:USER, written VHOST%3AUSER in the URL.
+//
+// At shutdown an MQTT source sends DISCONNECT without unsubscribing: the
+// session and its subscriptions stay, and the broker keeps collecting
+// for it. Remove a session no longer wanted with a clean-session connect
+// under its client id (RabbitMQ: or delete its queue).
 //
 // # Shutdown
 //

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -83,7 +85,7 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	}
 	s := &mqttSession{
 		cfg:  cfg,
-		nc:   nc,
+		nc:   newMQTTConn(nc),
 		msgs: make(chan mqtt.Message, cfg.Prefetch),
 		lost: make(chan struct{}),
 		dead: make(chan struct{}),
@@ -215,10 +217,186 @@ func (c *mqttWSConn) Close() error {
 	return err
 }
 
+// mqttConn is the connection paho speaks over. It buffers reads (paho
+// reads each packet's fixed header a byte at a time, a system call per
+// byte) and coalesces PUBACKs: paho writes each one on its own, which
+// would cost a system call and a TCP segment per message, on both sides.
+// mqttConn keeps them until the committer has handed paho a whole batch
+// (flushAcks), or paho writes any other packet, which goes out after
+// them: the order on the wire stays paho's.
+type mqttConn struct {
+	net.Conn
+	r *bufio.Reader
+
+	mu       sync.Mutex
+	acks     []byte        // PUBACKs not yet written
+	nacks    uint64        // PUBACKs paho has handed over, ever
+	wrote    chan struct{} // signalled when a PUBACK is handed over
+	pingreqs uint64        // PINGREQs written, paho's and barriers'
+
+	scan      packetScanner // the packets read, for their types
+	pingresps atomic.Uint64 // PINGRESPs read
+	pong      chan struct{} // signalled when a PINGRESP is read
+}
+
+func newMQTTConn(nc net.Conn) *mqttConn {
+	return &mqttConn{Conn: nc, r: bufio.NewReaderSize(nc, 64<<10), wrote: make(chan struct{}, 1), pong: make(chan struct{}, 1)}
+}
+
+// Read is called by paho's reader only (and before it, by the CONNECT
+// handshake): one goroutine at a time.
+func (c *mqttConn) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if k := c.scan.feed(p[:n], pingresp); k > 0 {
+		c.pingresps.Add(k)
+		select {
+		case c.pong <- struct{}{}:
+		default:
+		}
+	}
+	return n, err
+}
+
+// MQTT packet types this file looks at.
+const (
+	pingreq  = 12
+	pingresp = 13
+)
+
+// packetScanner follows packet boundaries in a stream of MQTT packets.
+type packetScanner struct {
+	state     int // 0: fixed header byte next, 1: remaining length, 2: body
+	typ       byte
+	rem, mult int
+}
+
+// feed takes the next bytes of the stream and returns how many packets
+// of type typ ended in them.
+func (sc *packetScanner) feed(b []byte, typ byte) (n uint64) {
+	for len(b) > 0 {
+		switch sc.state {
+		case 0:
+			sc.typ, sc.rem, sc.mult, sc.state = b[0]>>4, 0, 1, 1
+			b = b[1:]
+		case 1:
+			x := b[0]
+			b = b[1:]
+			sc.rem += int(x&0x7f) * sc.mult
+			sc.mult *= 128
+			if x&0x80 == 0 {
+				sc.state = 2
+			}
+		case 2:
+			k := min(sc.rem, len(b))
+			b, sc.rem = b[k:], sc.rem-k
+		}
+		if sc.state == 2 && sc.rem == 0 {
+			if sc.typ == typ {
+				n++
+			}
+			sc.state = 0
+		}
+	}
+	return n
+}
+
+// ping writes a PINGREQ after everything written so far (PUBACKs held
+// back included) and returns its number among the PINGREQs written.
+func (c *mqttConn) ping() (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	if _, err := c.Conn.Write([]byte{pingreq << 4, 0}); err != nil {
+		return 0, err
+	}
+	c.pingreqs++
+	return c.pingreqs, nil
+}
+
+// awaitPong waits until the k-th PINGRESP has been read: a server answers
+// PINGREQs in order.
+func (c *mqttConn) awaitPong(k uint64, lost, dead <-chan struct{}) error {
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	for c.pingresps.Load() < k {
+		select {
+		case <-c.pong:
+		case <-lost:
+			return errors.New("connection lost")
+		case <-dead:
+			return errSessionOver
+		case <-t.C:
+			return errors.New("no PINGRESP in 30s")
+		}
+	}
+	return nil
+}
+
+// isPuback reports whether p is exactly one PUBACK packet, as paho
+// writes it.
+func isPuback(p []byte) bool { return len(p) == 4 && p[0] == 0x40 && p[1] == 2 }
+
+func (c *mqttConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if isPuback(p) {
+		c.acks = append(c.acks, p...)
+		c.nacks++
+		select {
+		case c.wrote <- struct{}{}:
+		default:
+		}
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Write(p)
+	if err == nil && len(p) == 2 && p[0] == pingreq<<4 && p[1] == 0 {
+		c.pingreqs++ // paho's keepalive
+	}
+	return n, err
+}
+
+func (c *mqttConn) flushLocked() error {
+	if len(c.acks) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.acks)
+	c.acks = c.acks[:0]
+	return err
+}
+
+// flushAcks waits until paho has handed over n PUBACKs in all, then
+// writes the buffered ones at once.
+func (c *mqttConn) flushAcks(n uint64, lost <-chan struct{}) error {
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	for {
+		c.mu.Lock()
+		if c.nacks >= n {
+			err := c.flushLocked()
+			c.mu.Unlock()
+			return err
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.wrote:
+		case <-lost:
+			return errors.New("connection lost")
+		case <-t.C:
+			return errors.New("paho did not write the PUBACKs in 30s")
+		}
+	}
+}
+
 // mqttSession is one MQTT connection: one paho client, its subscriptions.
 type mqttSession struct {
 	cfg    Config
-	nc     net.Conn
+	nc     *mqttConn
+	nacks  uint64 // PUBACKs asked of paho (committer only)
 	client mqtt.Client
 	opened bool // openOnce ran
 
@@ -284,30 +462,51 @@ func (s *mqttSession) receive(stop <-chan struct{}) (delivery, error) {
 }
 
 // ack sends one PUBACK per QoS 1 message, in receive order (QoS 0
-// messages have nothing to acknowledge). paho passes them to its writer
-// one by one, so the order holds on the wire.
+// messages have nothing to acknowledge): Message.Ack hands each to paho's
+// writer, in order, and mqttConn sends them in one write.
 func (s *mqttSession) ack(batch []delivery) error {
+	n := s.nacks
 	for _, d := range batch {
 		if err := s.lostErr(); err != nil {
 			return fmt.Errorf("cannot ack: %w", err)
 		}
-		d.(mqttDelivery).m.Ack()
+		m := d.(mqttDelivery).m
+		m.Ack()
+		if m.Qos() > 0 {
+			s.nacks++
+		}
+	}
+	if s.nacks == n {
+		return nil
+	}
+	if err := s.nc.flushAcks(s.nacks, s.lost); err != nil {
+		return fmt.Errorf("cannot ack: %w", err)
 	}
 	return nil
 }
 
-// barrier: MQTT 3.1.1 has no acknowledgement of a PUBACK, so nothing
-// confirms that the broker processed one; dedup slots expire by age.
-func (s *mqttSession) barrier() error { return errNoBarrier }
+// barrier confirms every PUBACK sent before it. MQTT 3.1.1 does not
+// acknowledge a PUBACK, but a server handles a connection's packets in
+// order and answers each PINGREQ with a PINGRESP, in order: a PINGREQ
+// written after the PUBACKs (ack returns only once they are written)
+// whose PINGRESP comes back proves the broker handled them.
+func (s *mqttSession) barrier() error {
+	k, err := s.nc.ping()
+	if err != nil {
+		return err
+	}
+	return s.nc.awaitPong(k, s.lost, s.dead)
+}
 
 // close disconnects gracefully without unsubscribing: the session and its
 // subscriptions stay on the broker, which keeps what arrives meanwhile.
-// A DISCONNECT is not acknowledged either, so close reports that the
-// acks it sent are unconfirmed.
+// DISCONNECT is not acknowledged, so a barrier before it confirms the
+// PUBACKs.
 func (s *mqttSession) close() error {
+	err := s.barrier()
 	s.once.Do(func() { close(s.dead) })
 	s.client.Disconnect(250)
-	return errNoBarrier
+	return err
 }
 
 // abort closes the socket; paho winds down on its own.

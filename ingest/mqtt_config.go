@@ -39,9 +39,6 @@ func isMQTTScheme(scheme string) bool {
 // mqttOnly names the parameters that apply to MQTT sources only.
 var mqttOnly = map[string]bool{"topic": true, "client_id": true, "qos": true, "path": true}
 
-// stompOnly names the parameters an MQTT source refuses.
-var stompOnly = map[string]bool{"vhost": true, "ack": true, "durable": true, "durable_queue": true, "id": true, "destination": true}
-
 func mqttParam(c *Config, name string) error {
 	if !isMQTTScheme(c.Scheme) {
 		return fmt.Errorf("%s=: applies to mqtt://, mqtts://, mqtt+ws:// and mqtt+wss:// sources only", name)
@@ -187,7 +184,7 @@ func (c Config) mqttWarnings() []string {
 // mqttParams are the MQTT source parameters, one block of the params
 // table.
 var mqttParams = []param{
-	{"topic", "FILTER", "MQTT: a topic filter to subscribe to, repeatable (topic=a/%2B/b&topic=c/%23); MQTT wildcards: + one level, # the rest (written %23); required for MQTT", "subscription/+/offering/+/#", func(c *Config, v string) error {
+	{"topic", "FILTER", "MQTT: a topic filter to subscribe to, repeatable (topic=a/+/b&topic=c/%23); MQTT wildcards: + one level, # the rest (written %23); required for MQTT", "subscription/+/offering/+/#", func(c *Config, v string) error {
 		if err := mqttParam(c, "topic"); err != nil {
 			return err
 		}
@@ -264,5 +261,6 @@ MQTT sources (MQTT 3.1.1, QoS 1, persistent session):
   go into one journal commit: RabbitMQ's mqtt.prefetch (default 10 per connection;
   raise it in rabbitmq.conf, e.g. mqtt.prefetch = 1000), Mosquitto's
   max_inflight_messages (default 20). prefetch= only sizes agentq's own buffer
-  (default 1024).
+  (default 1024); keep it at least the broker's limit. heartbeat= is the MQTT
+  keepalive (default 10s).
 `

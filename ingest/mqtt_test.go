@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/agentq/agentq/internal/brokertest"
+	"github.com/agentq/agentq/queue"
 )
 
 // These tests talk to the real brokers on 127.0.0.1: RabbitMQ's MQTT
@@ -437,5 +439,96 @@ func TestMQTTWaldurWebSocketVHost(t *testing.T) {
 		if e.Type != typ || e.Key != fmt.Sprintf("u%d", i%2) || e.Fault != "" || !strings.HasPrefix(e.Destination, "subscription/"+sub+"/") {
 			t.Fatalf("entry %d: type %q key %q fault %q dest %q; want type %s", i+1, e.Type, e.Key, e.Fault, e.Destination, typ)
 		}
+	}
+}
+
+// Ensure that without client_id the session's client id follows the
+// journal and the source name: a source started again on the same
+// journal resumes the session and gets what was published meanwhile.
+func TestMQTTDefaultClientIDResumes(t *testing.T) {
+	requireMQTT(t, "127.0.0.1:1884")
+	base := "agentq/test/" + mqttTestID()
+	j := mustOpenJournal(t, "")
+	cfg := mustConfig(t, "mqtt://127.0.0.1:1884/?topic="+base+"/%23")
+	t.Cleanup(func() { mqttDropSession(t, "127.0.0.1:1884", "", MQTTClientID(j.ID(), cfg.Name)) })
+	src, stop := runSource(t, cfg, j, Options{})
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	stop()
+	want := orderBodies(0, 50)
+	mqttPublish(t, "127.0.0.1:1884", "", 1, func(int) string { return base + "/x" }, want)
+	_, stop = runSource(t, cfg, j, Options{})
+	waitFor(t, "what was published while down", 20*time.Second, func() bool { return j.LastSeq() >= uint64(len(want)) })
+	stop()
+	assertExactlyOnce(t, journalBodies(t, j), want)
+}
+
+// Ensure a refused MQTT login is reported with a hint, retried ever more
+// slowly, and that passcode_file is read again on every connect: once the
+// file holds the right passcode the source connects without a restart.
+func TestMQTTPasscodeFileRotation(t *testing.T) {
+	requireMQTT(t, "127.0.0.1:1883")
+	id := mqttTestID()
+	base, clientID := "agentq/test/"+id, "agentqt"+id
+	t.Cleanup(func() { mqttDropSession(t, "127.0.0.1:1883", "guest:guest", clientID) })
+	pf := filepath.Join(t.TempDir(), "passcode")
+	if err := os.WriteFile(pf, []byte("not-the-passcode\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	cfg := mustConfig(t, "mqtt://guest@127.0.0.1:1883/?topic="+base+"/%23&client_id="+clientID+"&passcode_file="+pf)
+	src, stop := runSource(t, cfg, j, Options{ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 400 * time.Millisecond})
+	waitFor(t, "three refused logins", 20*time.Second, func() bool { return src.Status().Failures >= 3 })
+	st := src.Status()
+	if st.State == StateConnected || !strings.Contains(st.LastError, "refused the login") || !strings.Contains(st.LastError, "VHOST%3AUSER") ||
+		strings.Contains(st.LastError, "not-the-passcode") {
+		t.Fatalf("status %+v: want a refused login with the vhost hint, without the passcode", st)
+	}
+	if err := os.WriteFile(pf, []byte("guest\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "connected with the rotated passcode", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	mqttPublish(t, "127.0.0.1:1883", "guest:guest", 1, func(int) string { return base + "/x" }, bodies(1, func(int) string { return "after rotation" }))
+	waitFor(t, "journaled", 20*time.Second, func() bool { return j.LastSeq() >= 1 })
+	stop()
+}
+
+// confirmJournal counts the entries whose ACKs the source confirmed.
+type confirmJournal struct {
+	*queue.Journal
+	confirmed atomic.Uint64
+}
+
+func (j *confirmJournal) ConfirmDelivered(ctx context.Context, seqs []uint64) error {
+	j.confirmed.Add(uint64(len(seqs)))
+	return j.Journal.ConfirmDelivered(ctx, seqs)
+}
+
+// Ensure the PINGREQ barrier confirms PUBACKs on both brokers: every
+// acknowledged entry's dedup slot is dropped while the session lives, and
+// at shutdown nothing is left unconfirmed.
+func TestMQTTBarrierConfirms(t *testing.T) {
+	for _, b := range mqttBrokers {
+		t.Run(b.name, func(t *testing.T) {
+			requireMQTT(t, b.addr)
+			id := mqttTestID()
+			base, clientID := "agentq/test/"+id, "agentqt"+id
+			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
+			userinfo := ""
+			if b.login != "" {
+				userinfo = b.login + "@"
+			}
+			j := &confirmJournal{Journal: mustOpenJournal(t, "")}
+			src, stop := runSource(t, mustConfig(t, "mqtt://"+userinfo+b.addr+"/?topic="+base+"/%23&client_id="+clientID), j, Options{})
+			waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+			const n = 500
+			mqttPublish(t, b.addr, b.login, 1, func(int) string { return base + "/x" }, orderBodies(0, n))
+			waitFor(t, "every PUBACK confirmed by a barrier", 30*time.Second, func() bool { return j.confirmed.Load() >= n })
+			mqttPublish(t, b.addr, b.login, 1, func(int) string { return base + "/x" }, orderBodies(n, 1))
+			waitFor(t, "the last one acked", 30*time.Second, func() bool { return src.Status().Acked >= n+1 })
+			stop()
+			if c := j.confirmed.Load(); c != n+1 {
+				t.Fatalf("confirmed %d, want all %d", c, n+1)
+			}
+		})
 	}
 }
