@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -93,5 +94,20 @@ func TestAMQPHeaders(t *testing.T) {
 	got = appendAMQPHeaders(nil, &amqp.Delivery{RoutingKey: "q"})
 	if len(got) != 1 || got[0] != (queue.Header{Name: "routing_key", Value: "q"}) {
 		t.Fatalf("bare delivery headers = %v", got)
+	}
+}
+
+// Ensure connection.blocked reaches the source's status in the broker's
+// words, and the watcher ends with the connection.
+func TestAMQPBlockedReported(t *testing.T) {
+	var got []error
+	a := &amqpAdapter{log: testLogger(t), report: func(err error) { got = append(got, err) }}
+	c := make(chan amqp.Blocking, 2)
+	c <- amqp.Blocking{Active: true, Reason: "low on memory"}
+	c <- amqp.Blocking{Active: false}
+	close(c)
+	a.watchBlocked(c)
+	if len(got) != 1 || !strings.Contains(got[0].Error(), `blocked the connection: "low on memory"`) {
+		t.Fatalf("reported %v, want the block with its reason, once", got)
 	}
 }

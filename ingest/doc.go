@@ -1,7 +1,9 @@
-// Package ingest subscribes to a broker over STOMP or MQTT (TCP, TLS,
+// Package ingest is agentq's broker side. It subscribes to a broker over
+// STOMP (TCP, TLS, WebSocket), AMQP 0-9-1 (TCP, TLS) or MQTT (TCP, TLS,
 // WebSocket), journals every message it receives, and acknowledges a
-// message to the broker only once the journal holds it on disk. It is the
-// only package that imports go-stomp and paho.mqtt.golang.
+// message to the broker only once the journal holds it on disk; it also
+// publishes what agentq answers (the outbox relay). It is the only package
+// that imports go-stomp, amqp091-go and paho.mqtt.golang.
 //
 // A source is described by a URL (ParseURL; URLHelp documents every form
 // and parameter), resolved into a Config, and run by a Source: one
@@ -9,16 +11,51 @@
 //
 // # Adapters
 //
-// The discipline described below does not depend on STOMP. The protocol
+// The discipline described below does not depend on the protocol, which
 // sits behind three small internal interfaces (adapter.go): an adapter
 // opens a session (dial, log in, subscribe), a session hands over
 // deliveries, ACKs a committed batch, sends a barrier that confirms
 // earlier ACKs, and closes gracefully or at once, and a delivery exposes
 // destination, headers, body and the redelivered flag. STOMP (stomp.go)
-// is the first adapter; an AMQP 0-9-1 or MQTT one would implement the
-// same interfaces and inherit batching, ACK after commit, pause on a
-// journal failure, backoff, status, redelivery matching and the shutdown
-// bound.
+// and AMQP 0-9-1 (amqp.go) implement them and inherit batching, ACK after
+// commit, pause on a journal failure, backoff, status, redelivery
+// matching and the shutdown bound.
+//
+// # AMQP 0-9-1
+//
+// amqp:// and amqps:// sources (amqp.go, amqp_config.go) use amqp091-go
+// with one connection, one channel and one consumer per session. queue=
+// alone consumes an existing queue as it is, never redeclared, so queues
+// declared with any arguments work; exchange= and bind= (repeatable)
+// declare the queue durable and bind it, and a queue name is required
+// because a server-named queue would lose what is published while the
+// agent is down. exclusive=true consumes exclusively (a second agent is
+// refused with ACCESS_REFUSED and backs off); single_active=true declares
+// x-single-active-consumer (a second agent waits connected as a standby).
+//
+// A committed batch is acknowledged with one basic.ack, multiple=true, of
+// its highest delivery tag. AMQP has no confirmation of acks, so the
+// barrier is a synchronous method on the same channel: basic.qos with the
+// prefetch already set. RabbitMQ handles a channel's methods in order, so
+// its qos-ok proves every earlier ack was processed; at shutdown the
+// cancel-ok of basic.cancel does the same. The redelivered flag is the
+// delivery's; the dedup id is the message_id property by default
+// (id_header=message_id), else the content hash.
+//
+// An entry keeps what the message carried, as headers: exchange and
+// routing_key, the basic properties that are set under their AMQP names
+// (content_type, content_encoding, delivery_mode, priority,
+// correlation_id, reply_to, expiration, message_id, timestamp in RFC 3339,
+// type, user_id, app_id), then the application headers under their own
+// names; tables and arrays as JSON, byte arrays as base64, timestamps in
+// RFC 3339. When names collide the first wins, as for exec's
+// AGENTQ_HEADER_* variables. The destination is written as RabbitMQ's
+// STOMP plugin writes it (/exchange/EX/KEY, /queue/KEY for the default
+// exchange, /topic/KEY for amq.topic, "/" and "%" escaped), so a dest:
+// SPEC serves both protocols; the default type is the routing key. Broker
+// closes keep the broker's words (NOT_FOUND, PRECONDITION_FAILED,
+// ACCESS_REFUSED ... in exclusive use) with a hint, and connection.blocked
+// is logged and shown as the source's last error.
 //
 // # Reader and committer
 //
