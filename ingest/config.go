@@ -51,6 +51,11 @@ const (
 //	destination    the destination (ws and wss only; required there) [Destination]
 //	ca, cert, cert_key, server_name, insecure   TLS settings [TLS]
 //	header.NAME    an extra SUBSCRIBE header [Headers]
+//
+// A Waldur site (waldur+https://HOST/?offering=UUID&token_file=PATH)
+// takes offering, token_file, token_env, types, mode, broker and
+// key.TYPE besides the parameters above that apply to it [Waldur]; see
+// waldur_config.go.
 type Config struct {
 	Name           string
 	Scheme         string // stomp, stomp+tls, ws, wss
@@ -74,6 +79,7 @@ type Config struct {
 	TypeFrom       Spec // default header:type
 	KeyFrom        Spec // default: none (no ordering)
 	TLS            TLSConfig
+	Waldur         *WaldurConfig // set for waldur+https:// and waldur+http:// sources
 
 	heartbeatSet bool
 }
@@ -101,10 +107,12 @@ func ParseURL(raw string) (Config, error) {
 	c := Config{Scheme: strings.ToLower(u.Scheme), Prefetch: -1, MaxBody: -1}
 	switch c.Scheme {
 	case "stomp", "stomp+tls", "ws", "wss":
+	case "waldur+https", "waldur+http":
+		return parseWaldurURL(u, raw)
 	case "":
-		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws:// or wss://")
+		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss:// or waldur+https://")
 	default:
-		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws or wss", u.Scheme)
+		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss or waldur+https", u.Scheme)
 	}
 	if u.Host == "" {
 		return Config{}, errors.New("missing broker host")
@@ -172,6 +180,9 @@ func (c *Config) SetParam(name, value string) error {
 		if p.name == name {
 			return p.set(c, value)
 		}
+	}
+	if ok, err := c.setWaldurParam(name, value); ok {
+		return err
 	}
 	if h, ok := strings.CutPrefix(name, "header."); ok && h != "" {
 		if c.Headers == nil {
@@ -310,6 +321,7 @@ PARAMS, NAME=VALUE joined by "&". A "+" is a literal plus, never a space; write
 	for _, p := range append(append([]param(nil), params...), headerParam) {
 		fmt.Fprintf(&b, "  %s=%s\n      %s\n", p.name, p.arg, p.help)
 	}
+	writeWaldurHelp(&b)
 	b.WriteString(`
 SPEC (type=, key=):
 
@@ -354,6 +366,9 @@ func validDestination(d string) bool {
 // environment variable, and validates. Errors name the source and field,
 // never the passcode.
 func (c *Config) Resolve() error {
+	if c.Waldur != nil {
+		return c.resolveWaldur()
+	}
 	if c.Name == "" {
 		c.Name = strings.TrimPrefix(c.Destination, "/")
 	}
@@ -412,6 +427,9 @@ func (c *Config) Resolve() error {
 
 // String returns the source as a URL with the passcode hidden, for logs.
 func (c Config) String() string {
+	if c.Waldur != nil {
+		return c.waldurString()
+	}
 	u := url.URL{Scheme: c.Scheme, Host: c.Addr, Path: c.Destination}
 	q := url.Values{}
 	if c.Scheme == "ws" || c.Scheme == "wss" {
