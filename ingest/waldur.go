@@ -43,8 +43,12 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 			return nil, err
 		}
 		w.reg, w.token, w.stale, fresh = &reg, cfg.Passcode, false, true
+		var queues []string
+		for _, s := range reg.Subscriptions {
+			queues = append(queues, s.Queue)
+		}
 		a.log.Info("registered with waldur", "why", why, "mode", reg.Mode, "identity", reg.Identity.UUID,
-			"queues", len(reg.Subscriptions), "types", strings.Join(reg.ObjectTypes, ","))
+			"queues", strings.Join(queues, ","), "types", strings.Join(reg.ObjectTypes, ","))
 	}
 	var logins []stompLogin
 	for _, s := range w.reg.Subscriptions {
