@@ -53,9 +53,9 @@ const (
 //	header.NAME    an extra SUBSCRIBE header [Headers]
 //
 // A Waldur site (waldur+https://HOST/?offering=UUID&token_file=PATH)
-// takes offering, token_file, token_env, types, mode, broker and
-// key.TYPE besides the parameters above that apply to it [Waldur]; see
-// waldur_config.go.
+// takes offering, token_file, token_env, types, mode, broker, state_file
+// and key.TYPE besides the parameters above that apply to it [Waldur];
+// see waldur_config.go.
 type Config struct {
 	Name           string
 	Scheme         string // stomp, stomp+tls, ws, wss

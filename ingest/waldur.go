@@ -38,14 +38,28 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 		case w.reg != nil:
 			why = "the token changed"
 		}
-		reg, err := a.register(ctx, cfg)
-		if err != nil {
-			return nil, err
+		var reg waldur.Registration
+		var err error
+		reused := false
+		if w.reg == nil && !w.stale && cfg.Waldur.StateFile != "" {
+			// Legacy: the subscriptions of the last run, if Waldur still
+			// has them, hold what was published meanwhile.
+			reg, reused = a.reuseLegacy(ctx, cfg)
+		}
+		if !reused {
+			prev := previousLegacy(cfg, w.reg)
+			if reg, err = a.register(ctx, cfg); err != nil {
+				return nil, err
+			}
+			a.forgetLegacy(ctx, cfg, prev, reg)
 		}
 		w.reg, w.token, w.stale, fresh = &reg, cfg.Passcode, false, true
 		var queues []string
 		for _, s := range reg.Subscriptions {
 			queues = append(queues, s.Queue)
+		}
+		if reused {
+			why = "start, reusing the subscriptions in " + cfg.Waldur.StateFile
 		}
 		a.log.Info("registered with waldur", "why", why, "mode", reg.Mode, "identity", reg.Identity.UUID,
 			"queues", strings.Join(queues, ","), "types", strings.Join(reg.ObjectTypes, ","))
@@ -81,22 +95,32 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 	return sess, nil
 }
 
-// register runs waldur.Client.Register with the token cfg was read with.
-func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registration, error) {
+// client is a Waldur API client with cfg's token and TLS settings.
+func (a *stompAdapter) client(cfg Config) (*waldur.Client, error) {
 	w := cfg.Waldur
 	hc := &http.Client{Timeout: 30 * time.Second}
 	if strings.HasPrefix(w.APIURL, "https:") && (cfg.TLS != TLSConfig{}) {
 		u, err := url.Parse(w.APIURL)
 		if err != nil {
-			return waldur.Registration{}, fmt.Errorf("cannot parse waldur URL: %w", err)
+			return nil, fmt.Errorf("cannot parse waldur URL: %w", err)
 		}
 		tc, err := tlsConfig(Config{Name: cfg.Name, Addr: u.Host, TLS: cfg.TLS})
 		if err != nil {
-			return waldur.Registration{}, err
+			return nil, err
 		}
 		hc.Transport = &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: 10 * time.Second}
 	}
-	c := waldur.Client{BaseURL: w.APIURL, Token: cfg.Passcode, HTTP: hc}
+	return &waldur.Client{BaseURL: w.APIURL, Token: cfg.Passcode, HTTP: hc}, nil
+}
+
+// register runs waldur.Client.Register with the token cfg was read with,
+// and records a legacy registration in the state file.
+func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registration, error) {
+	w := cfg.Waldur
+	c, err := a.client(cfg)
+	if err != nil {
+		return waldur.Registration{}, err
+	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	reg, err := c.Register(rctx, waldur.Options{Offering: w.Offering, Types: w.Types, Mode: w.Mode, Version: agentqVersion()})
@@ -112,6 +136,11 @@ func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registr
 	}
 	if len(reg.Subscriptions) == 0 {
 		return reg, errors.New("cannot register with waldur: it gave no queue")
+	}
+	if w.StateFile != "" {
+		if err := writeLegacyState(w, reg); err != nil {
+			a.log.Error("cannot record the waldur subscriptions; the next start registers new ones", "error", err)
+		}
 	}
 	return reg, nil
 }

@@ -50,6 +50,10 @@ type WaldurConfig struct {
 	Mode     string          // waldur.ModeUnified (default) or waldur.ModeLegacy
 	Broker   string          // the broker= override as given; "" derives it (waldur.BrokerURL)
 	Keys     map[string]Spec // key.TYPE= overrides
+	// StateFile (legacy mode) records the event subscriptions a
+	// registration made, so that the next start reads the same queues.
+	// Without it every start registers new ones.
+	StateFile string
 
 	// Set by Resolve.
 	typeSpec Spec            // where the type comes from; zero in legacy mode: the queue says
@@ -103,6 +107,7 @@ var waldurParams = []param{
 		c.Waldur.Broker = v
 		return nil
 	}},
+	{"state_file", "PATH", "mode=legacy: record the event subscriptions here (no secret in it) so that a restart reads the same queues and nothing left in them is lost; without it every start registers new subscriptions, as waldur-site-agent does", "/var/lib/agentq/waldur-legacy.json", stringParam(func(c *Config) *string { return &c.Waldur.StateFile })},
 }
 
 // waldurKeyParam documents the key.TYPE family, which setWaldurParam
@@ -254,6 +259,9 @@ func (c *Config) resolveWaldur() error {
 	}
 	if w.Mode == "" {
 		w.Mode = waldur.ModeUnified
+	}
+	if w.StateFile != "" && w.Mode != waldur.ModeLegacy {
+		return fail("state_file applies to mode=legacy only (a unified queue is kept by Waldur)")
 	}
 	if c.PasscodeFile != "" {
 		p, err := ReadSecretFile(c.PasscodeFile)

@@ -111,6 +111,7 @@ func TestWaldurParseURLErrors(t *testing.T) {
 		{base + "&token_file=" + tok + "&key.order=xml:a", "key.order="},
 		{base + "&token_file=" + tok + "&types=order&key.resource=json:a", "does not receive resource"},
 		{base + "&token_file=" + tok + "&vhost=/x", "do not apply"},
+		{base + "&token_file=" + tok + "&state_file=/tmp/x", "mode=legacy only"},
 		{base + "&token_file=/nonexistent/token", "/nonexistent/token"},
 		{"waldur+http://w/?offering=" + testOffering + "&token_file=" + tok + "&insecure=true", "TLS settings need"},
 		{"stomp://h/queue/x?offering=" + testOffering, "waldur+https:// sources only"},
@@ -158,6 +159,9 @@ func TestWaldurParamsDocumented(t *testing.T) {
 		raw := "waldur+https://w.example.org/?offering=" + testOffering + "&" + p.name + "=" + url.PathEscape(p.example)
 		if p.name != "token_file" && p.name != "token_env" {
 			raw += "&token_file=" + tok
+		}
+		if p.name == "state_file" {
+			raw += "&mode=legacy"
 		}
 		c, err := ParseURL(raw)
 		if err != nil {

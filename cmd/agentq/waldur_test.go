@@ -115,6 +115,7 @@ printf '%%s %%s %%s %%s\n' "$1" "$AGENTQ_TYPE" "$AGENTQ_KEY" "$n" >> %[3]s
 `, r.gate, r.blocked, r.calls))
 	var b strings.Builder
 	fmt.Fprintf(&b, "journal: %s\nworkers: 4\ndrain_timeout: 1s\nretry:\n  initial_interval: 50ms\n  max_interval: 500ms\n  max_elapsed: 0s\n", r.journal)
+	params = strings.ReplaceAll(params, "{dir}", r.dir)
 	fmt.Fprintf(&b, "admin:\n  addr: 127.0.0.1:0\nsources:\n  - url: waldur+%s/?offering=%s&token_file=%s%s\nroutes:\n", r.srv.URL(), r.srv.Offering(), r.token, params)
 	for _, typ := range waldur.ObjectTypes {
 		fmt.Fprintf(&b, "  - match: %s\n    exec: [%q, %q]\n", typ, handler, typ)
@@ -253,19 +254,57 @@ func registerQueueCalls(srv *waldurtest.Server) int {
 
 // Ensure a Waldur site in one line works end to end with the real binary
 // in unified mode (over Waldur's Web-STOMP path): 1,000 messages of the
-// ten types, the agent killed with SIGKILL twice on the way (once between
-// a journal commit and its ACKs, once while a handler runs); nothing is
+// ten types, the agent killed with SIGKILL twice on the way; nothing is
 // lost, each type runs on its route, and each order's, resource's and
 // project's messages run in order.
 func TestWaldurAgentUnified(t *testing.T) {
 	r := newWaldurRun(t, "&prefetch=50")
+	r.runWithKills()
+	r.check(waldur.ObjectTypes, 100, false)
+	if n := registerQueueCalls(r.srv); n != 3 {
+		t.Errorf("%d register_queue calls, want one per start", n)
+	}
+	if qs := r.srv.Queues(); len(qs) != 1 {
+		t.Errorf("queues %+v, want the one unified queue kept across restarts", qs)
+	}
+}
+
+// Ensure the same in legacy mode, straight to RabbitMQ's STOMP port: a
+// subscription, a login and a queue per type, one connection each; the
+// restarts reuse the subscriptions recorded in state_file, so what the
+// killed agent left in their queues is read by the next one.
+func TestWaldurAgentLegacy(t *testing.T) {
+	r := newWaldurRun(t, "&mode=legacy&broker=stomp://"+brokertest.Addr+"&state_file={dir}/legacy.json")
+	r.runWithKills()
+	r.check(waldur.ObjectTypes, 100, true)
+	logins := map[string]bool{}
+	for _, q := range r.srv.Queues() {
+		logins[q.Login] = true
+	}
+	if len(r.srv.Queues()) != 10 || len(logins) != 10 {
+		t.Fatalf("%d queues, %d broker logins: want one of each per type, kept across restarts", len(r.srv.Queues()), len(logins))
+	}
+}
+
+// runWithKills runs the agent while 1,000 messages (100 of each type) are
+// published in three parts, and kills it with SIGKILL twice: once between
+// a journal commit and its ACKs, once while a handler runs. It returns
+// when every message was handled and the last agent stopped.
+func (r *waldurRun) runWithKills() {
+	t := r.t
+	t.Helper()
 	types := waldur.ObjectTypes
 	const perType = 100
 
 	// The first agent kills itself after its fourth commit, before the ACKs.
 	t.Setenv("AGENTQ_TEST_CRASH_AFTER_COMMIT", "4")
-	a := startAgent(t, r.journal, "--config", r.config)
+	a := r.start()
 	r.publish(types[:4], 0, perType)
+	defer func() {
+		if t.Failed() {
+			t.Logf("last agent's log:\n%s", a.logs.String())
+		}
+	}()
 	waitFor(t, "the agent to kill itself after a commit", 60*time.Second, func() bool { return exited(a) })
 	t.Setenv("AGENTQ_TEST_CRASH_AFTER_COMMIT", "")
 
@@ -284,13 +323,6 @@ func TestWaldurAgentUnified(t *testing.T) {
 	if code := a.stop(t); code != 0 {
 		t.Fatalf("agent exited %d:\n%s", code, a.logs.String())
 	}
-	r.check(types, perType, false)
-	if n := registerQueueCalls(r.srv); n != 3 {
-		t.Errorf("%d register_queue calls, want one per start", n)
-	}
-	if qs := r.srv.Queues(); len(qs) != 1 {
-		t.Errorf("queues %+v, want the one unified queue kept across restarts", qs)
-	}
 }
 
 // exited reports whether the agent process has ended.
@@ -301,34 +333,6 @@ func exited(a *agent) bool {
 		return true
 	default:
 		return false
-	}
-}
-
-// Ensure legacy mode with the real binary: a subscription, a login and a
-// queue per type, one connection each, 1,000 messages of the ten types,
-// each type from its queue, in order per object.
-//
-// No kills here: the deprecated legacy API makes new subscriptions at
-// every registration and has no call to find the last run's, so what a
-// killed agent left in its queues is not read by the next one (see
-// ingest/doc.go).
-func TestWaldurAgentLegacy(t *testing.T) {
-	r := newWaldurRun(t, "&mode=legacy&broker=stomp://"+brokertest.Addr)
-	types := waldur.ObjectTypes
-	const perType = 100
-	a := r.start()
-	r.publish(types, 0, perType)
-	waitFor(t, "every message handled", 120*time.Second, func() bool { return len(r.handled()) == len(types)*perType })
-	if code := a.stop(t); code != 0 {
-		t.Fatalf("agent exited %d:\n%s", code, a.logs.String())
-	}
-	r.check(types, perType, true)
-	logins := map[string]bool{}
-	for _, q := range r.srv.Queues() {
-		logins[q.Login] = true
-	}
-	if len(logins) != len(types) {
-		t.Fatalf("%d broker logins for %d types", len(logins), len(types))
 	}
 }
 
