@@ -148,6 +148,9 @@ type stompSession struct {
 	merged chan fanItem  // fan-in of several subscriptions; nil for one
 	gone   chan struct{} // closed when the session is over: forwarders drop frames
 	once   sync.Once
+	// ended, if set, learns the error of a session that delivered
+	// nothing (the source passes it to explain).
+	ended func(err error)
 	err    error // the first error of a subscription, reported when it ends
 }
 
@@ -313,7 +316,11 @@ func (s *stompSession) explain(err error) error {
 	if len(s.meta) == 1 {
 		cfg.Destination = s.meta[0].dest
 	}
-	return explainEarlyClose(err, cfg, reason)
+	err = explainEarlyClose(err, cfg, reason)
+	if s.ended != nil {
+		s.ended(err)
+	}
+	return err
 }
 
 // stompDelivery is a MESSAGE frame.

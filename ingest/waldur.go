@@ -92,6 +92,13 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 		}
 		return nil, err
 	}
+	// A subscription refused after CONNECT (a queue Waldur deleted)
+	// ends the session before any message: register again then too.
+	sess.(*stompSession).ended = func(err error) {
+		if refusedByBroker(err) {
+			w.stale = true
+		}
+	}
 	return sess, nil
 }
 

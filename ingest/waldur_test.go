@@ -459,3 +459,26 @@ func TestWaldurReregister(t *testing.T) {
 		t.Fatalf("journal holds %d entries, published %d", j.LastSeq(), n)
 	}
 }
+
+// Ensure a Waldur source whose queue disappears (deleted on the broker)
+// registers again, which declares it again, and goes on.
+func TestWaldurQueueDeleted(t *testing.T) {
+	waldurtest.RequireBroker(t)
+	srv := waldurtest.New(t, waldurtest.Options{})
+	tok := writeToken(t, t.TempDir(), srv.Token())
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, waldurSourceURL(srv, tok, "&types=resource&broker=stomp://"+brokerAddr)), j, Options{})
+	defer stop()
+	waitFor(t, "connected", 60*time.Second, func() bool { return src.Status().State == StateConnected })
+	n := publishMixed(t, srv, []string{"resource"}, 3)
+	waitFor(t, "first batch", 30*time.Second, func() bool { return src.Status().Acked >= uint64(n) })
+	q := srv.Queues()[0]
+	brokertest.Ctl(t, "delete_queue", "--vhost", q.VHost, q.Name)
+	waitFor(t, "a second registration", 60*time.Second, func() bool { return registerCalls(srv) >= 2 })
+	waitFor(t, "connected again", 60*time.Second, func() bool { return src.Status().State == StateConnected })
+	n += publishMixed(t, srv, []string{"resource"}, 3)
+	waitFor(t, "second batch", 30*time.Second, func() bool { return src.Status().Acked >= uint64(n) })
+	if j.LastSeq() != uint64(n) {
+		t.Fatalf("journal holds %d entries, published %d", j.LastSeq(), n)
+	}
+}
