@@ -151,7 +151,7 @@ type stompSession struct {
 	// ended, if set, learns the error of a session that delivered
 	// nothing (the source passes it to explain).
 	ended func(err error)
-	err    error // the first error of a subscription, reported when it ends
+	err   error // the first error of a subscription, reported when it ends
 }
 
 var _ session = (*stompSession)(nil)
