@@ -482,3 +482,72 @@ func TestWaldurQueueDeleted(t *testing.T) {
 		t.Fatalf("journal holds %d entries, published %d", j.LastSeq(), n)
 	}
 }
+
+// Ensure a legacy Waldur source reuses the subscriptions recorded in
+// state_file when it starts again, and after a token rotation registers
+// new ones, records them and deletes the ones they replace.
+func TestWaldurLegacyStateAndRotation(t *testing.T) {
+	waldurtest.RequireBroker(t)
+	srv := waldurtest.New(t, waldurtest.Options{})
+	dir := t.TempDir()
+	tok := writeToken(t, dir, srv.Token())
+	state := filepath.Join(dir, "legacy.json")
+	proxy := brokertest.StartProxy(t, "127.0.0.1:0", brokerAddr)
+	cfg := mustConfig(t, waldurSourceURL(srv, tok, "&mode=legacy&types=order,resource&state_file="+state+"&broker=stomp://"+proxy.Addr()))
+	j := mustOpenJournal(t, "")
+	subCalls := func() int {
+		n := 0
+		for _, c := range srv.Calls() {
+			if strings.HasSuffix(c.Path, "/register_event_subscription/") {
+				n++
+			}
+		}
+		return n
+	}
+	logins := func() []string {
+		var out []string
+		for _, q := range srv.Queues() {
+			out = append(out, q.Login)
+		}
+		slices.Sort(out)
+		return out
+	}
+
+	src, stop := runSource(t, cfg, j, Options{})
+	waitFor(t, "connected", 60*time.Second, func() bool { return src.Status().State == StateConnected })
+	first := logins()
+	stop()
+	b, err := os.ReadFile(state)
+	if err != nil || strings.Contains(string(b), srv.Token()) || !strings.Contains(string(b), first[0]) {
+		t.Fatalf("state file %s (%v): want the subscriptions and no token", b, err)
+	}
+
+	// A new start reuses them: messages published meanwhile arrive.
+	n := publishMixed(t, srv, []string{"order", "resource"}, 3)
+	src, stop = runSource(t, cfg, j, Options{})
+	defer stop()
+	waitFor(t, "what was published meanwhile", 60*time.Second, func() bool { return src.Status().Acked >= uint64(n) })
+	if got := subCalls(); got != 2 || !slices.Equal(logins(), first) {
+		t.Fatalf("%d register_event_subscription calls, logins %v, want 2 and %v", got, logins(), first)
+	}
+
+	// Token rotation: new subscriptions, the old ones deleted.
+	const rotated = "rotated-legacy-token"
+	srv.SetToken(rotated)
+	writeToken(t, dir, rotated)
+	proxy.Cut()
+	waitFor(t, "new subscriptions", 60*time.Second, func() bool { return subCalls() >= 4 })
+	waitFor(t, "connected again", 60*time.Second, func() bool { return src.Status().State == StateConnected })
+	n += publishMixed(t, srv, []string{"order", "resource"}, 3)
+	waitFor(t, "messages after the rotation", 60*time.Second, func() bool { return src.Status().Acked >= uint64(n) })
+	now := logins()
+	if len(now) != 2 || slices.Contains(now, first[0]) || slices.Contains(now, first[1]) {
+		t.Fatalf("logins after the rotation %v, first %v: want two new ones only", now, first)
+	}
+	if b, _ := os.ReadFile(state); !strings.Contains(string(b), now[0]) || strings.Contains(string(b), rotated) {
+		t.Fatalf("state file after the rotation: %s", b)
+	}
+	if j.LastSeq() != uint64(n) {
+		t.Fatalf("journal holds %d entries, published %d", j.LastSeq(), n)
+	}
+}
