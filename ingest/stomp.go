@@ -55,7 +55,7 @@ type stompSub struct {
 // one session. wrap, if set, turns each MESSAGE into the delivery handed
 // to the source. On any failure every connection made so far is closed.
 func (a *stompAdapter) open(ctx context.Context, cfg Config, logins []stompLogin, wrap func(m *stomp.Message, sub *stompSub) delivery) (session, error) {
-	s := &stompSession{cfg: cfg, wrap: wrap, gone: make(chan struct{})}
+	s := &stompSession{cfg: cfg, wrap: wrap, gone: make(chan struct{}), shared: map[*stomp.Conn]bool{}}
 	for _, l := range logins {
 		lc := cfg
 		lc.Login, lc.VHost = l.login, l.vhost
@@ -65,10 +65,16 @@ func (a *stompAdapter) open(ctx context.Context, cfg Config, logins []stompLogin
 			return nil, err
 		}
 		s.conns = append(s.conns, c)
+		mode := AckMode(cfg)
+		if len(l.subs) > 1 {
+			// A cumulative ACK would cover the other subscriptions' frames.
+			mode = stomp.AckClientIndividual
+			s.shared[c.conn] = true
+		}
 		for i := range l.subs {
 			sub := &l.subs[i]
 			lc.Destination = sub.dest
-			ss, err := c.conn.Subscribe(sub.dest, AckMode(cfg), SubscribeOptions(lc)...)
+			ss, err := c.conn.Subscribe(sub.dest, mode, SubscribeOptions(lc)...)
 			if err != nil {
 				s.abort()
 				return nil, fmt.Errorf("cannot subscribe to %s: %w", sub.dest, brokerError(err, lc))
@@ -142,6 +148,7 @@ func (c *stompConn) abort() {
 type stompSession struct {
 	cfg    Config
 	conns  []*stompConn
+	shared map[*stomp.Conn]bool // connections with several subscriptions
 	subs   []*stomp.Subscription
 	meta   []*stompSub // beside subs
 	wrap   func(m *stomp.Message, sub *stompSub) delivery
@@ -231,31 +238,27 @@ type stompMessager interface {
 }
 
 func (s *stompSession) ack(batch []delivery) error {
-	if s.cfg.AckMode != "client-individual" {
-		// One cumulative ACK per connection: go-stomp flushes the socket
-		// per frame. Safe only with one subscription per connection
-		// (RabbitMQ acks with multiple=true on the connection's channel);
-		// Waldur sources have that, and ParseURL gives several
-		// destinations client-individual.
-		var last []*stomp.Message
-		for i := len(batch) - 1; i >= 0; i-- {
-			m := batch[i].(stompMessager).stompMessage()
-			if !slices.ContainsFunc(last, func(x *stomp.Message) bool { return x.Conn == m.Conn }) {
-				last = append(last, m)
-				if len(last) == len(s.conns) {
-					break
-				}
-			}
-		}
-		for i := len(last) - 1; i >= 0; i-- {
-			if err := last[i].Conn.Ack(last[i]); err != nil {
-				return fmt.Errorf("cannot ack: %w", err)
-			}
-		}
-		return nil
-	}
+	// ack=client: one cumulative ACK of the last frame per connection,
+	// since go-stomp flushes the socket per frame. RabbitMQ applies it to
+	// the connection's channel, across subscriptions, so a connection
+	// with several subscriptions subscribed client-individual (open) and
+	// gets one ACK per frame.
+	var last []*stomp.Message
 	for _, d := range batch {
 		m := d.(stompMessager).stompMessage()
+		if s.cfg.AckMode == "client-individual" || s.shared[m.Conn] {
+			if err := m.Conn.Ack(m); err != nil {
+				return fmt.Errorf("cannot ack: %w", err)
+			}
+			continue
+		}
+		if i := slices.IndexFunc(last, func(x *stomp.Message) bool { return x.Conn == m.Conn }); i >= 0 {
+			last[i] = m
+		} else {
+			last = append(last, m)
+		}
+	}
+	for _, m := range last {
 		if err := m.Conn.Ack(m); err != nil {
 			return fmt.Errorf("cannot ack: %w", err)
 		}

@@ -551,3 +551,55 @@ func TestWaldurLegacyStateAndRotation(t *testing.T) {
 		t.Fatalf("journal holds %d entries, published %d", j.LastSeq(), n)
 	}
 }
+
+// multiAdapter opens fixed logins and subscriptions, as a Waldur source
+// does after registering.
+type multiAdapter struct {
+	*stompAdapter
+	logins []stompLogin
+}
+
+func (m multiAdapter) connect(ctx context.Context, cfg Config) (session, error) {
+	return m.open(ctx, cfg, m.logins, nil)
+}
+
+// Ensure several subscriptions on one connection (in ack=client mode,
+// which they must not use between them) lose nothing and journal nothing
+// twice across connection cuts, keep each queue's order, and leave both
+// queues empty.
+func TestSTOMPSeveralSubscriptionsOneConnection(t *testing.T) {
+	requireBroker(t)
+	destA, destB := testQueue(t)+"-a", testQueue(t)+"-b"
+	wantA := bodies(300, func(i int) string { return fmt.Sprintf(`{"q":"a","n":%d}`, i) })
+	wantB := bodies(300, func(i int) string { return fmt.Sprintf(`{"q":"b","n":%d}`, i) })
+	publish(t, destA, wantA)
+	publish(t, destB, wantB)
+	proxy := brokertest.StartProxy(t, "127.0.0.1:0", brokerAddr)
+	cfg := mustConfig(t, "stomp://guest:guest@"+proxy.Addr()+destA+"?prefetch=20")
+	j := mustOpenJournal(t, "")
+	src := NewSource(cfg, j, Options{Logger: testLogger(t), ReconnectInitial: 50 * time.Millisecond, ReconnectMax: 200 * time.Millisecond, MaxBatch: 16})
+	src.adapter = multiAdapter{src.adapter.(*stompAdapter), []stompLogin{{login: "guest", vhost: "/", subs: []stompSub{{dest: destA}, {dest: destB}}}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = src.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for cut := 1; cut <= 3; cut++ {
+		waitFor(t, "progress", 30*time.Second, func() bool { return src.Status().Acked >= uint64(cut*100) })
+		proxy.Cut()
+	}
+	waitFor(t, "everything journaled", 60*time.Second, func() bool { return j.LastSeq() >= 600 && src.Status().State == StateConnected })
+	waitFor(t, "both queues empty", 30*time.Second, func() bool { return queueDepth(t, destA) == 0 && queueDepth(t, destB) == 0 })
+	var gotA, gotB []string
+	for _, b := range journalBodies(t, j) {
+		if strings.Contains(b, `"q":"a"`) {
+			gotA = append(gotA, b)
+		} else {
+			gotB = append(gotB, b)
+		}
+	}
+	assertExactlyOnce(t, gotA, wantA)
+	assertExactlyOnce(t, gotB, wantB)
+	if st := src.Status(); st.Connects < 4 {
+		t.Fatalf("%d connects, want at least 4 (three cuts)", st.Connects)
+	}
+}
