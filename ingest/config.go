@@ -48,7 +48,8 @@ const (
 //	type, key      SPECs for the message type and ordering key, "|" chains allowed (see Spec) [TypeFrom, KeyFrom]
 //	id_header      publisher-supplied id header for redelivery matching [IDHeader]
 //	max_body       largest body journaled whole, in bytes (default 16 MiB) [MaxBody]
-//	destination    the destination (ws and wss only; required there) [Destination]
+//	destination    the destination (ws and wss: required); repeated, or beside a
+//	               stomp:// path: further destinations on the same connection [Destination, Destinations]
 //	ca, cert, cert_key, server_name, insecure   TLS settings [TLS]
 //	header.NAME    an extra SUBSCRIBE header [Headers]
 //
@@ -67,7 +68,8 @@ type Config struct {
 	PasscodeEnv    string
 	VHost          string
 	Destination    string
-	AckMode        string // client (the default) or client-individual
+	Destinations   []string // further destinations on the same connection (repeated destination=)
+	AckMode        string   // client (the default) or client-individual
 	Prefetch       int
 	HeartBeat      time.Duration
 	Headers        map[string]string // extra SUBSCRIBE headers
@@ -143,9 +145,6 @@ func ParseURL(raw string) (Config, error) {
 	}
 	switch c.Scheme {
 	case "stomp", "stomp+tls":
-		if c.Destination != "" {
-			return Config{}, errors.New("destination=: for stomp:// URLs the destination is the URL path")
-		}
 		c.Destination = u.Path
 		if c.Destination == "" || c.Destination == "/" {
 			return Config{}, errors.New("missing destination: put it in the path, e.g. stomp://host:61613/queue/orders")
@@ -166,8 +165,10 @@ func ParseURL(raw string) (Config, error) {
 		c.WSURL = w.String()
 		c.Addr = u.Host
 	}
-	if !validDestination(c.Destination) {
-		return Config{}, fmt.Errorf("destination %q: want /queue/NAME, /amq/queue/NAME, /topic/NAME, /exchange/NAME[/KEY] or /temp-queue/NAME", c.Destination)
+	for _, d := range append([]string{c.Destination}, c.Destinations...) {
+		if !validDestination(d) {
+			return Config{}, fmt.Errorf("destination %q: want /queue/NAME, /amq/queue/NAME, /topic/NAME, /exchange/NAME[/KEY] or /temp-queue/NAME", d)
+		}
 	}
 	return c, nil
 }
@@ -270,11 +271,12 @@ var params = []param{
 		c.MaxBody = n
 		return nil
 	}},
-	{"destination", "DEST", "the destination; ws:// and wss:// only (required there), for stomp:// it is the URL path", "/queue/orders", func(c *Config, v string) error {
-		if c.Scheme == "stomp" || c.Scheme == "stomp+tls" {
-			return errors.New("destination=: for stomp:// URLs the destination is the URL path")
+	{"destination", "DEST", "the destination (ws:// and wss://: required; stomp://: the URL path). Repeated, or beside a stomp:// path: further destinations subscribed on the same connection, each ACKed per message", "/queue/orders", func(c *Config, v string) error {
+		if c.Destination == "" && c.Scheme != "stomp" && c.Scheme != "stomp+tls" {
+			c.Destination = v
+		} else {
+			c.Destinations = append(c.Destinations, v)
 		}
-		c.Destination = v
 		return nil
 	}},
 	{"ca", "PATH", "CA certificates (PEM) to verify the broker with (stomp+tls, wss; default: the system's)", "/etc/ssl/ca.pem", stringParam(func(c *Config) *string { return &c.TLS.CAFile })},
@@ -402,6 +404,9 @@ func (c *Config) Resolve() error {
 	if c.DurableQueue != "" && !c.Durable {
 		return fmt.Errorf("source %q: durable_queue needs durable=true", c.Name)
 	}
+	if c.Durable && len(c.Destinations) > 0 {
+		return fmt.Errorf("source %q: durable takes one destination (give each durable subscription a source of its own)", c.Name)
+	}
 	if c.PasscodeFile != "" {
 		p, err := ReadSecretFile(c.PasscodeFile)
 		if err != nil {
@@ -456,6 +461,9 @@ func (c Config) String() string {
 		q.Set("durable_queue", c.DurableQueue)
 	}
 	s := u.String()
+	for _, d := range c.Destinations {
+		q.Add("destination", d)
+	}
 	if len(q) > 0 {
 		keys := make([]string, 0, len(q))
 		for k := range q {
@@ -464,7 +472,9 @@ func (c Config) String() string {
 		sort.Strings(keys)
 		var parts []string
 		for _, k := range keys {
-			parts = append(parts, k+"="+q.Get(k))
+			for _, v := range q[k] {
+				parts = append(parts, k+"="+v)
+			}
 		}
 		s += "?" + strings.Join(parts, "&")
 	}
@@ -475,8 +485,10 @@ func (c Config) String() string {
 // command to print at start (Run also logs them).
 func (c Config) Warnings() []string {
 	var w []string
-	if !c.Durable && (strings.HasPrefix(c.Destination, "/topic/") || strings.HasPrefix(c.Destination, "/exchange/")) {
-		w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, c.Destination))
+	for _, d := range append([]string{c.Destination}, c.Destinations...) {
+		if !c.Durable && (strings.HasPrefix(d, "/topic/") || strings.HasPrefix(d, "/exchange/")) {
+			w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, d))
+		}
 	}
 	return w
 }

@@ -35,7 +35,11 @@ func (a *stompAdapter) connect(ctx context.Context, cfg Config) (session, error)
 	if cfg.Waldur != nil {
 		return a.connectWaldur(ctx, cfg)
 	}
-	return a.open(ctx, cfg, []stompLogin{{login: cfg.Login, vhost: cfg.VHost, subs: []stompSub{{dest: cfg.Destination}}}}, nil)
+	l := stompLogin{login: cfg.Login, vhost: cfg.VHost}
+	for _, d := range append([]string{cfg.Destination}, cfg.Destinations...) {
+		l.subs = append(l.subs, stompSub{dest: d})
+	}
+	return a.open(ctx, cfg, []stompLogin{l}, nil)
 }
 
 // stompLogin is one connection to open: a login and vhost, and the

@@ -254,7 +254,7 @@ func (c *Config) resolveWaldur() error {
 		return fail("token_file= or token_env= is required: the Waldur API token")
 	case c.PasscodeFile != "" && c.PasscodeEnv != "":
 		return fail("give token_file or token_env, not both")
-	case c.Destination != "" || c.VHost != "" || c.Durable || c.DurableQueue != "" || c.SubscriptionID != "":
+	case c.Destination != "" || len(c.Destinations) > 0 || c.VHost != "" || c.Durable || c.DurableQueue != "" || c.SubscriptionID != "":
 		return fail("destination, vhost, durable, durable_queue and id do not apply: Waldur's registration gives the queues")
 	}
 	if w.Mode == "" {

@@ -552,19 +552,9 @@ func TestWaldurLegacyStateAndRotation(t *testing.T) {
 	}
 }
 
-// multiAdapter opens fixed logins and subscriptions, as a Waldur source
-// does after registering.
-type multiAdapter struct {
-	*stompAdapter
-	logins []stompLogin
-}
-
-func (m multiAdapter) connect(ctx context.Context, cfg Config) (session, error) {
-	return m.open(ctx, cfg, m.logins, nil)
-}
-
-// Ensure several subscriptions on one connection (in ack=client mode,
-// which they must not use between them) lose nothing and journal nothing
+// Ensure a stomp:// source with two destinations (two subscriptions on
+// one connection, in ack=client mode, which they must not use between
+// them) loses nothing and journal nothing
 // twice across connection cuts, keep each queue's order, and leave both
 // queues empty.
 func TestSTOMPSeveralSubscriptionsOneConnection(t *testing.T) {
@@ -575,14 +565,10 @@ func TestSTOMPSeveralSubscriptionsOneConnection(t *testing.T) {
 	publish(t, destA, wantA)
 	publish(t, destB, wantB)
 	proxy := brokertest.StartProxy(t, "127.0.0.1:0", brokerAddr)
-	cfg := mustConfig(t, "stomp://guest:guest@"+proxy.Addr()+destA+"?prefetch=20")
+	cfg := mustConfig(t, "stomp://guest:guest@"+proxy.Addr()+destA+"?prefetch=20&destination="+destB)
 	j := mustOpenJournal(t, "")
-	src := NewSource(cfg, j, Options{Logger: testLogger(t), ReconnectInitial: 50 * time.Millisecond, ReconnectMax: 200 * time.Millisecond, MaxBatch: 16})
-	src.adapter = multiAdapter{src.adapter.(*stompAdapter), []stompLogin{{login: "guest", vhost: "/", subs: []stompSub{{dest: destA}, {dest: destB}}}}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = src.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	src, stop := runSource(t, cfg, j, Options{MaxBatch: 16})
+	defer stop()
 	for cut := 1; cut <= 3; cut++ {
 		waitFor(t, "progress", 30*time.Second, func() bool { return src.Status().Acked >= uint64(cut*100) })
 		proxy.Cut()
