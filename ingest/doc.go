@@ -5,8 +5,9 @@
 //
 // A source is described by a URL (ParseURL; URLHelp documents every form
 // and parameter), resolved into a Config, and run by a Source: one
-// subscription on one connection of its own, or, for a Waldur site,
-// every queue Waldur gives (see Waldur sites below).
+// connection of its own with one subscription (or several: repeated
+// destination= parameters, each then ACKed per message), or, for a Waldur
+// site, every queue Waldur gives (see Waldur sites below).
 //
 // # Adapters
 //
