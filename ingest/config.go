@@ -48,7 +48,8 @@ const (
 //	type, key      SPECs for the message type and ordering key, "|" chains allowed (see Spec) [TypeFrom, KeyFrom]
 //	id_header      publisher-supplied id header for redelivery matching [IDHeader]
 //	max_body       largest body journaled whole, in bytes (default 16 MiB) [MaxBody]
-//	destination    the destination (ws and wss only; required there) [Destination]
+//	destination    the destination (ws and wss: required); repeated, or beside a
+//	               stomp:// path: further destinations on the same connection [Destination, Destinations]
 //	ca, cert, cert_key, server_name, insecure   TLS settings [TLS]
 //	header.NAME    an extra SUBSCRIBE header [Headers]
 //
@@ -79,6 +80,11 @@ const (
 //	client_id      the persistent session's client id (default: from the journal id and name) [ClientID]
 //	qos            subscription QoS, 0 or 1 (default 1) [QoS]
 //	path           WebSocket path (default /ws) [WSPath]
+//
+// A Waldur site (waldur+https://HOST/?offering=UUID&token_file=PATH)
+// takes offering, token_file, token_env, types, mode, broker, state_file
+// and key.TYPE besides the parameters above that apply to it [Waldur];
+// see waldur_config.go.
 type Config struct {
 	Name           string
 	Scheme         string // stomp, stomp+tls, ws, wss
@@ -90,7 +96,8 @@ type Config struct {
 	PasscodeEnv    string
 	VHost          string
 	Destination    string
-	AckMode        string // client (the default) or client-individual
+	Destinations   []string // further destinations on the same connection (repeated destination=)
+	AckMode        string   // client (the default) or client-individual
 	Prefetch       int
 	HeartBeat      time.Duration
 	Headers        map[string]string // extra SUBSCRIBE headers
@@ -102,6 +109,7 @@ type Config struct {
 	TypeFrom       Spec // default header:type
 	KeyFrom        Spec // default: none (no ordering)
 	TLS            TLSConfig
+	Waldur         *WaldurConfig // set for waldur+https:// and waldur+http:// sources
 
 	// AMQP 0-9-1 (amqp://, amqps://); see amqp_config.go.
 	Queue        string   // the queue to consume
@@ -145,10 +153,12 @@ func ParseURL(raw string) (Config, error) {
 	case "stomp", "stomp+tls", "ws", "wss":
 	case "amqp", "amqps":
 	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
+	case "waldur+https", "waldur+http":
+		return parseWaldurURL(u, raw)
 	case "":
-		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws:// or mqtt+wss://")
+		return Config{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws://, mqtt+wss:// or waldur+https://")
 	default:
-		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss, amqp, amqps, mqtt, mqtts, mqtt+ws or mqtt+wss", u.Scheme)
+		return Config{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss, amqp, amqps, mqtt, mqtts, mqtt+ws, mqtt+wss or waldur+https", u.Scheme)
 	}
 	if u.Host == "" {
 		return Config{}, errors.New("missing broker host")
@@ -179,9 +189,6 @@ func ParseURL(raw string) (Config, error) {
 	}
 	switch c.Scheme {
 	case "stomp", "stomp+tls":
-		if c.Destination != "" {
-			return Config{}, errors.New("destination=: for stomp:// URLs the destination is the URL path")
-		}
 		c.Destination = u.Path
 		if c.Destination == "" || c.Destination == "/" {
 			return Config{}, errors.New("missing destination: put it in the path, e.g. stomp://host:61613/queue/orders")
@@ -210,8 +217,10 @@ func ParseURL(raw string) (Config, error) {
 	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
 		return c, c.parseMQTT(u)
 	}
-	if !validDestination(c.Destination) {
-		return Config{}, fmt.Errorf("destination %q: want /queue/NAME, /amq/queue/NAME, /topic/NAME, /exchange/NAME[/KEY] or /temp-queue/NAME", c.Destination)
+	for _, d := range append([]string{c.Destination}, c.Destinations...) {
+		if !validDestination(d) {
+			return Config{}, fmt.Errorf("destination %q: want /queue/NAME, /amq/queue/NAME, /topic/NAME, /exchange/NAME[/KEY] or /temp-queue/NAME", d)
+		}
 	}
 	return c, nil
 }
@@ -224,6 +233,9 @@ func (c *Config) SetParam(name, value string) error {
 		if p.name == name {
 			return p.set(c, value)
 		}
+	}
+	if ok, err := c.setWaldurParam(name, value); ok {
+		return err
 	}
 	if h, ok := strings.CutPrefix(name, "header."); ok && h != "" {
 		if c.Headers == nil {
@@ -311,11 +323,12 @@ var params = []param{
 		c.MaxBody = n
 		return nil
 	}},
-	{"destination", "DEST", "the destination; ws:// and wss:// only (required there), for stomp:// it is the URL path", "/queue/orders", func(c *Config, v string) error {
-		if c.Scheme == "stomp" || c.Scheme == "stomp+tls" {
-			return errors.New("destination=: for stomp:// URLs the destination is the URL path")
+	{"destination", "DEST", "the destination (ws:// and wss://: required; stomp://: the URL path). Repeated, or beside a stomp:// path: further destinations subscribed on the same connection, each ACKed per message", "/queue/orders", func(c *Config, v string) error {
+		if c.Destination == "" && c.Scheme != "stomp" && c.Scheme != "stomp+tls" {
+			c.Destination = v
+		} else {
+			c.Destinations = append(c.Destinations, v)
 		}
-		c.Destination = v
 		return nil
 	}},
 	{"ca", "PATH", "CA certificates (PEM) to verify the broker with (stomp+tls, wss; default: the system's)", "/etc/ssl/ca.pem", stringParam(func(c *Config) *string { return &c.TLS.CAFile })},
@@ -380,6 +393,7 @@ PARAMS, NAME=VALUE joined by "&". A "+" is a literal plus, never a space; write
 		fmt.Fprintf(&b, "  %s=%s\n      %s\n", p.name, p.arg, p.help)
 	}
 	b.WriteString(mqttHelp)
+	writeWaldurHelp(&b)
 	b.WriteString(`
 SPEC (type=, key=):
 
@@ -439,6 +453,9 @@ func validDestination(d string) bool {
 // environment variable, and validates. Errors name the source and field,
 // never the passcode.
 func (c *Config) Resolve() error {
+	if c.Waldur != nil {
+		return c.resolveWaldur()
+	}
 	if err := c.resolveAMQP(); err != nil { // amqp_config.go
 		return err
 	}
@@ -480,6 +497,9 @@ func (c *Config) Resolve() error {
 	if c.DurableQueue != "" && !c.Durable {
 		return fmt.Errorf("source %q: durable_queue needs durable=true", c.Name)
 	}
+	if c.Durable && len(c.Destinations) > 0 {
+		return fmt.Errorf("source %q: durable takes one destination (give each durable subscription a source of its own)", c.Name)
+	}
 	if c.PasscodeFile != "" {
 		p, err := ReadSecretFile(c.PasscodeFile)
 		if err != nil {
@@ -505,6 +525,9 @@ func (c *Config) Resolve() error {
 
 // String returns the source as a URL with the passcode hidden, for logs.
 func (c Config) String() string {
+	if c.Waldur != nil {
+		return c.waldurString()
+	}
 	if c.isAMQP() {
 		return c.amqpString() // amqp_config.go
 	}
@@ -537,6 +560,9 @@ func (c Config) String() string {
 		q.Set("durable_queue", c.DurableQueue)
 	}
 	s := u.String()
+	for _, d := range c.Destinations {
+		q.Add("destination", d)
+	}
 	if len(q) > 0 {
 		keys := make([]string, 0, len(q))
 		for k := range q {
@@ -545,7 +571,9 @@ func (c Config) String() string {
 		sort.Strings(keys)
 		var parts []string
 		for _, k := range keys {
-			parts = append(parts, k+"="+q.Get(k))
+			for _, v := range q[k] {
+				parts = append(parts, k+"="+v)
+			}
 		}
 		s += "?" + strings.Join(parts, "&")
 	}
@@ -559,8 +587,10 @@ func (c Config) Warnings() []string {
 	if isMQTTScheme(c.Scheme) {
 		return c.mqttWarnings()
 	}
-	if !c.Durable && (strings.HasPrefix(c.Destination, "/topic/") || strings.HasPrefix(c.Destination, "/exchange/")) {
-		w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, c.Destination))
+	for _, d := range append([]string{c.Destination}, c.Destinations...) {
+		if !c.Durable && (strings.HasPrefix(d, "/topic/") || strings.HasPrefix(d, "/exchange/")) {
+			w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, d))
+		}
 	}
 	return w
 }

@@ -71,6 +71,37 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+// Ensure repeated destination= parameters (and one beside a stomp:// path)
+// are further destinations on the same connection, shown by String, and
+// refused with durable.
+func TestSeveralDestinations(t *testing.T) {
+	for _, raw := range []string{
+		"stomp://u:p@h/queue/a?destination=/queue/b&destination=/amq/queue/c",
+		"ws://u:p@h/ws?destination=/queue/a&destination=/queue/b&destination=/amq/queue/c",
+	} {
+		c, err := ParseURL(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Resolve(); err != nil {
+			t.Fatal(err)
+		}
+		if c.Destination != "/queue/a" || strings.Join(c.Destinations, " ") != "/queue/b /amq/queue/c" || c.Name != "queue/a" {
+			t.Fatalf("%s: destination %q, further %q", raw, c.Destination, c.Destinations)
+		}
+		if s := c.String(); !strings.Contains(s, "destination=/queue/b&destination=/amq/queue/c") {
+			t.Fatalf("String() = %q lacks the further destinations", s)
+		}
+	}
+	c, err := ParseURL("stomp://h/topic/a?destination=/topic/b&durable=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resolve(); err == nil || !strings.Contains(err.Error(), "one destination") {
+		t.Fatalf("durable with two destinations: %v", err)
+	}
+}
+
 // Ensure bad URLs are refused with an error that names the problem and
 // never the passcode.
 func TestParseURLErrors(t *testing.T) {
@@ -89,7 +120,7 @@ func TestParseURLErrors(t *testing.T) {
 		{"stomp://h/queue/x?durable=maybe", "durable"},
 		{"stomp://h/queue/x?colour=red", `unknown parameter "colour"`},
 		{"stomp://h/queue/x?type=xml:a", "type"},
-		{"stomp://h/queue/x?destination=/queue/y", "path"},
+		{"stomp://h/queue/x?destination=queue/y", `destination "queue/y"`},
 		{"stomp://u:s3cr3t-pw@h/queue/x?prefetch=-1", "prefetch"},
 	}
 	for _, tc := range tests {

@@ -7,7 +7,9 @@
 //
 // A source is described by a URL (ParseURL; URLHelp documents every form
 // and parameter), resolved into a Config, and run by a Source: one
-// subscription on one connection of its own.
+// connection of its own with one subscription (or several: repeated
+// destination= parameters, each then ACKed per message), or, for a Waldur
+// site, every queue Waldur gives (see Waldur sites below).
 //
 // # Adapters
 //
@@ -184,6 +186,43 @@
 // session and its subscriptions stay, and the broker keeps collecting
 // for it. Remove a session no longer wanted with a clean-session connect
 // under its client id (RabbitMQ: or delete its queue).
+//
+// # Waldur sites
+//
+// A waldur+https://HOST/?offering=UUID&token_file=PATH source (waldur.go,
+// waldur_config.go) is a whole Waldur site in one line. Before it
+// connects it registers with Waldur (waldur.Client.Register): at start,
+// when the token file's content changed, and when the broker refused the
+// login (AUTH_FAILED after a token rotation: registering is what sets
+// the broker password to the current token) or a SUBSCRIBE (a queue that
+// is gone). The token file is read again before every connect.
+//
+// One session holds one STOMP connection per broker login, with a
+// SUBSCRIBE per queue on it (/amq/queue/NAME: Waldur declares its queues
+// with arguments a /queue/ SUBSCRIBE would contradict): in unified mode
+// one connection and one queue; in legacy mode one connection per object
+// type, because each legacy subscription is its own broker login. The
+// source keeps one Status: connected means every connection is up, and a
+// failure of any one ends the session and reconnects them all. Frames of
+// several subscriptions are merged by one goroutine per subscription,
+// each in its own order; ACKs go to the connection a frame came on
+// (cumulative per connection in ack=client mode, which is safe because
+// RabbitMQ's cumulative ACK covers a connection's channel and each
+// connection has one subscription).
+//
+// The type is the payload's object_type (legacy: the queue's type) and
+// the ordering key is read per type by waldur.DefaultKeys, so each
+// order's, resource's and project's messages run in order. The session
+// reads both with one validation of the body and adds them as the headers
+// x-agentq-type and x-agentq-key, which the Config's TypeFrom and KeyFrom
+// read first, falling back to the body; they stay in the journal.
+//
+// Legacy registrations make new subscriptions each time and Waldur has no
+// call to list them, so with state_file the source records them and a
+// restart reuses them (nothing left in their queues is lost); without it
+// every start registers new ones, as waldur-site-agent does, and what an
+// earlier run left unread is not read. A new registration deletes the
+// legacy subscriptions it replaces.
 //
 // # Shutdown
 //

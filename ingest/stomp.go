@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,11 +25,82 @@ type stompAdapter struct {
 	// heartbeatOff is set when the broker granted no heartbeats: go-stomp
 	// would otherwise time the idle connection out on its own interval.
 	heartbeatOff atomic.Bool
+	// waldur is the registration of a Waldur source (waldur.go).
+	waldur waldurState
 }
 
 var _ adapter = (*stompAdapter)(nil)
 
 func (a *stompAdapter) connect(ctx context.Context, cfg Config) (session, error) {
+	if cfg.Waldur != nil {
+		return a.connectWaldur(ctx, cfg)
+	}
+	l := stompLogin{login: cfg.Login, vhost: cfg.VHost}
+	for _, d := range append([]string{cfg.Destination}, cfg.Destinations...) {
+		l.subs = append(l.subs, stompSub{dest: d})
+	}
+	return a.open(ctx, cfg, []stompLogin{l}, nil)
+}
+
+// stompLogin is one connection to open: a login and vhost, and the
+// subscriptions to make on it.
+type stompLogin struct {
+	login, vhost string
+	subs         []stompSub
+}
+
+// stompSub is one SUBSCRIBE.
+type stompSub struct {
+	dest       string
+	objectType string // Waldur legacy: the queue's object type
+}
+
+// open makes one connection per login, each with its subscriptions, as
+// one session. wrap, if set, turns each MESSAGE into the delivery handed
+// to the source. On any failure every connection made so far is closed.
+func (a *stompAdapter) open(ctx context.Context, cfg Config, logins []stompLogin, wrap func(m *stomp.Message, sub *stompSub) delivery) (session, error) {
+	s := &stompSession{cfg: cfg, wrap: wrap, gone: make(chan struct{}), shared: map[*stomp.Conn]bool{}}
+	for _, l := range logins {
+		lc := cfg
+		lc.Login, lc.VHost = l.login, l.vhost
+		c, err := a.dial(ctx, lc)
+		if err != nil {
+			s.abort()
+			return nil, err
+		}
+		s.conns = append(s.conns, c)
+		mode := AckMode(cfg)
+		if len(l.subs) > 1 {
+			// A cumulative ACK would cover the other subscriptions' frames.
+			mode = stomp.AckClientIndividual
+			s.shared[c.conn] = true
+		}
+		for i := range l.subs {
+			sub := &l.subs[i]
+			lc.Destination = sub.dest
+			ss, err := c.conn.Subscribe(sub.dest, mode, SubscribeOptions(lc)...)
+			if err != nil {
+				s.abort()
+				return nil, fmt.Errorf("cannot subscribe to %s: %w", sub.dest, brokerError(err, lc))
+			}
+			s.subs = append(s.subs, ss)
+			s.meta = append(s.meta, sub)
+		}
+	}
+	if len(s.subs) > 1 {
+		// Fan in: one goroutine per subscription forwards its frames in
+		// order; each keeps draining after the session ends, so go-stomp
+		// never blocks on it.
+		s.merged = make(chan fanItem)
+		for i, ss := range s.subs {
+			go s.forward(ss, s.meta[i])
+		}
+	}
+	return s, nil
+}
+
+// dial opens one logged-in connection.
+func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, error) {
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	nc, err := Dial(dialCtx, cfg)
@@ -47,102 +120,214 @@ func (a *stompAdapter) connect(ctx context.Context, cfg Config) (session, error)
 		nc.Close()
 		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), brokerError(err, cfg))
 	}
-	s := &stompSession{cfg: cfg, conn: conn, nc: nc}
+	c := &stompConn{conn: conn, nc: nc}
 	if grantedNone && cfg.HeartBeat > 0 && !a.heartbeatOff.Load() {
 		// The broker does not do heartbeats. go-stomp would still time the
 		// connection out after its own receive interval, dropping every
 		// idle connection: reconnect with heartbeats off.
 		a.heartbeatOff.Store(true)
 		a.log.Warn("broker granted no heartbeats; reconnecting with heartbeats off")
-		s.abort()
+		c.abort()
 		return nil, fmt.Errorf("broker granted no heartbeats: %w", errReconnectNow)
 	}
-	s.sub, err = conn.Subscribe(cfg.Destination, AckMode(cfg), SubscribeOptions(cfg)...)
-	if err != nil {
-		s.abort()
-		return nil, fmt.Errorf("cannot subscribe to %s: %w", cfg.Destination, brokerError(err, cfg))
-	}
-	return s, nil
+	return c, nil
 }
 
-// stompSession is one STOMP connection with one subscription.
-type stompSession struct {
-	cfg  Config
+// stompConn is one STOMP connection.
+type stompConn struct {
 	conn *stomp.Conn
 	nc   net.Conn
-	sub  *stomp.Subscription
-	err  error // the subscription's first error, reported when sub.C closes
+}
+
+// abort closes the socket and lets go-stomp wind down on its own:
+// MustDisconnect can block behind a send that holds go-stomp's lock.
+func (c *stompConn) abort() {
+	go func() { _ = c.conn.MustDisconnect() }()
+	go func() { _ = c.nc.Close() }()
+}
+
+// stompSession is one or more STOMP connections (one per login) with one
+// or more subscriptions each, handed to the source as one session: a
+// failure of any of them ends it.
+type stompSession struct {
+	cfg    Config
+	conns  []*stompConn
+	shared map[*stomp.Conn]bool // connections with several subscriptions
+	subs   []*stomp.Subscription
+	meta   []*stompSub // beside subs
+	wrap   func(m *stomp.Message, sub *stompSub) delivery
+	merged chan fanItem  // fan-in of several subscriptions; nil for one
+	gone   chan struct{} // closed when the session is over: forwarders drop frames
+	once   sync.Once
+	// ended, if set, learns the error of a session that delivered
+	// nothing (the source passes it to explain).
+	ended func(err error)
+	err   error // the first error of a subscription, reported when it ends
 }
 
 var _ session = (*stompSession)(nil)
 
-func (s *stompSession) receive(stop <-chan struct{}) (delivery, error) {
-	for {
+// fanItem is a frame from one of several subscriptions; m nil means the
+// subscription's channel closed.
+type fanItem struct {
+	m   *stomp.Message
+	sub *stompSub
+}
+
+func (s *stompSession) forward(ss *stomp.Subscription, sub *stompSub) {
+	for m := range ss.C {
 		select {
-		case m, ok := <-s.sub.C:
-			if !ok {
-				if s.err == nil {
-					s.err = errors.New("subscription closed")
-				}
-				return nil, brokerError(s.err, s.cfg)
-			}
-			if m.Err != nil {
-				if s.err == nil {
-					s.err = m.Err
-				}
-				continue // go-stomp closes sub.C next
-			}
-			return (*stompDelivery)(m), nil
-		case <-stop:
-			return nil, errSessionOver
+		case s.merged <- fanItem{m, sub}:
+		case <-s.gone: // not ACKed: the broker redelivers it
 		}
+	}
+	select {
+	case s.merged <- fanItem{nil, sub}:
+	case <-s.gone:
 	}
 }
 
-func (s *stompSession) ack(batch []delivery) error {
-	if s.cfg.AckMode != "client-individual" {
-		// One cumulative ACK: go-stomp flushes the socket per frame.
-		batch = batch[len(batch)-1:]
+func (s *stompSession) receive(stop <-chan struct{}) (delivery, error) {
+	for {
+		var m *stomp.Message
+		var sub *stompSub
+		ok := true
+		if s.merged == nil {
+			select {
+			case m, ok = <-s.subs[0].C:
+				sub = s.meta[0]
+			case <-stop:
+				return nil, errSessionOver
+			}
+		} else {
+			select {
+			case it := <-s.merged:
+				m, sub, ok = it.m, it.sub, it.m != nil
+			case <-stop:
+				return nil, errSessionOver
+			}
+		}
+		if !ok {
+			if s.err == nil {
+				s.err = errors.New("subscription closed")
+			}
+			return nil, brokerError(s.err, s.subConfig(sub))
+		}
+		if m.Err != nil {
+			if s.err == nil {
+				s.err = m.Err
+			}
+			continue // go-stomp closes the channel next
+		}
+		if s.wrap != nil {
+			return s.wrap(m, sub), nil
+		}
+		return (*stompDelivery)(m), nil
 	}
+}
+
+// subConfig is the session's Config with a subscription's destination,
+// for error hints.
+func (s *stompSession) subConfig(sub *stompSub) Config {
+	cfg := s.cfg
+	if sub != nil {
+		cfg.Destination = sub.dest
+	}
+	return cfg
+}
+
+// stompMessager is a delivery backed by a STOMP MESSAGE frame.
+type stompMessager interface {
+	stompMessage() *stomp.Message
+}
+
+func (s *stompSession) ack(batch []delivery) error {
+	// ack=client: one cumulative ACK of the last frame per connection,
+	// since go-stomp flushes the socket per frame. RabbitMQ applies it to
+	// the connection's channel, across subscriptions, so a connection
+	// with several subscriptions subscribed client-individual (open) and
+	// gets one ACK per frame.
+	var last []*stomp.Message
 	for _, d := range batch {
-		if err := s.conn.Ack((*stomp.Message)(d.(*stompDelivery))); err != nil {
+		m := d.(stompMessager).stompMessage()
+		if s.cfg.AckMode == "client-individual" || s.shared[m.Conn] {
+			if err := m.Conn.Ack(m); err != nil {
+				return fmt.Errorf("cannot ack: %w", err)
+			}
+			continue
+		}
+		if i := slices.IndexFunc(last, func(x *stomp.Message) bool { return x.Conn == m.Conn }); i >= 0 {
+			last[i] = m
+		} else {
+			last = append(last, m)
+		}
+	}
+	for _, m := range last {
+		if err := m.Conn.Ack(m); err != nil {
 			return fmt.Errorf("cannot ack: %w", err)
 		}
 	}
 	return nil
 }
 
-// barrier sends an empty transaction's BEGIN and an ABORT with a receipt:
-// a broker handles a connection's frames in order, so the receipt proves
-// every ACK sent before it arrived.
+// barrier sends, on every connection, an empty transaction's BEGIN and an
+// ABORT with a receipt: a broker handles a connection's frames in order,
+// so the receipt proves every ACK sent before it arrived.
 func (s *stompSession) barrier() error {
-	tx, err := s.conn.BeginWithError()
-	if err != nil {
-		return err
+	for _, c := range s.conns {
+		tx, err := c.conn.BeginWithError()
+		if err != nil {
+			return err
+		}
+		if err := tx.AbortWithReceipt(); err != nil {
+			return err
+		}
 	}
-	return tx.AbortWithReceipt()
+	return nil
 }
 
-// close sends UNSUBSCRIBE, so the broker stops sending, then a DISCONNECT
-// whose receipt confirms every ACK sent before it.
+// close sends UNSUBSCRIBE for every subscription, so the broker stops
+// sending, then on every connection a DISCONNECT whose receipt confirms
+// every ACK sent before it.
 func (s *stompSession) close() error {
-	_ = s.sub.Unsubscribe()
-	return s.conn.Disconnect()
+	defer s.over()
+	for _, ss := range s.subs {
+		_ = ss.Unsubscribe()
+	}
+	var err error
+	for _, c := range s.conns {
+		if e := c.conn.Disconnect(); e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
-// abort closes the socket and lets go-stomp wind down on its own:
-// MustDisconnect can block behind a send that holds go-stomp's lock.
 func (s *stompSession) abort() {
-	go func() { _ = s.conn.MustDisconnect() }()
-	go func() { _ = s.nc.Close() }()
+	s.over()
+	for _, c := range s.conns {
+		c.abort()
+	}
 }
+
+func (s *stompSession) over() { s.once.Do(func() { close(s.gone) }) }
 
 func (s *stompSession) explain(err error) error {
 	reason := ""
-	if wc, ok := s.nc.(*wsConn); ok {
-		reason = wc.closeReason()
+	if len(s.conns) > 0 {
+		if wc, ok := s.conns[0].nc.(*wsConn); ok {
+			reason = wc.closeReason()
+		}
 	}
-	return explainEarlyClose(err, s.cfg, reason)
+	cfg := s.cfg
+	if len(s.meta) == 1 {
+		cfg.Destination = s.meta[0].dest
+	}
+	err = explainEarlyClose(err, cfg, reason)
+	if s.ended != nil {
+		s.ended(err)
+	}
+	return err
 }
 
 // stompDelivery is a MESSAGE frame.
@@ -151,6 +336,8 @@ type stompDelivery stomp.Message
 func (d *stompDelivery) destination() string { return d.Destination }
 func (d *stompDelivery) body() []byte        { return d.Body }
 func (d *stompDelivery) redelivered() bool   { return d.Header.Get("redelivered") == "true" }
+
+func (d *stompDelivery) stompMessage() *stomp.Message { return (*stomp.Message)(d) }
 
 func (d *stompDelivery) appendHeaders(dst []queue.Header) []queue.Header {
 	for i, n := 0, d.Header.Len(); i < n; i++ {

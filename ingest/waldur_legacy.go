@@ -1,0 +1,162 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/agentq/agentq/waldur"
+)
+
+// Waldur's legacy API (mode=legacy) makes a new event subscription, broker
+// login and queue per object type at every registration, and has no call
+// to find the ones an agent made before. A restart that registered again
+// would read new queues while what was published for the last run waits
+// in the old ones, unread until its TTL. With state_file the source
+// records its subscriptions (names only, no secret) and a restart reuses
+// them: create_queue on each confirms Waldur still has it. It registers
+// anew when that fails, when the token changed (the old logins' broker
+// password is the old token) or when the broker refuses a login; the
+// subscriptions it replaces are then deleted, with whatever their queues
+// still held.
+
+// legacyState is the state file's content.
+type legacyState struct {
+	APIURL        string                `json:"api_url"`
+	Offering      string                `json:"offering"`
+	Subscriptions []waldur.Subscription `json:"subscriptions"`
+}
+
+func readLegacyState(w *WaldurConfig) (legacyState, error) {
+	var st legacyState
+	b, err := os.ReadFile(w.StateFile)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("cannot read %s: %w", w.StateFile, err)
+	}
+	if st.APIURL != w.APIURL || st.Offering != w.Offering {
+		return st, fmt.Errorf("%s is about %s offering %s, not this source", w.StateFile, st.APIURL, st.Offering)
+	}
+	return st, nil
+}
+
+// writeLegacyState replaces the state file: temp file, fsync, rename.
+func writeLegacyState(w *WaldurConfig, reg waldur.Registration) error {
+	b, err := json.MarshalIndent(legacyState{APIURL: w.APIURL, Offering: w.Offering, Subscriptions: reg.Subscriptions}, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(w.StateFile), ".waldur-state-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), w.StateFile)
+}
+
+// reuseLegacy returns the registration recorded in the state file if
+// Waldur still has every subscription of it and it covers the types the
+// source asks for.
+func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Registration, bool) {
+	w := cfg.Waldur
+	st, err := readLegacyState(w)
+	if err != nil {
+		if !os.IsNotExist(err) {
+			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+		}
+		return waldur.Registration{}, false
+	}
+	types := w.Types
+	if len(types) == 0 {
+		types = waldur.ObjectTypes
+	}
+	var have []string
+	for _, s := range st.Subscriptions {
+		have = append(have, s.ObjectType)
+	}
+	slices.Sort(have)
+	want := slices.Sorted(slices.Values(types))
+	if !slices.Equal(have, want) {
+		a.log.Warn("the recorded waldur subscriptions are for other types; registering new ones", "recorded", have, "types", want)
+		return waldur.Registration{}, false
+	}
+	c, err := a.client(cfg)
+	if err != nil {
+		return waldur.Registration{}, false
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	id, err := c.EnsureIdentity(rctx, w.Offering, agentqVersion())
+	if err != nil {
+		a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+		return waldur.Registration{}, false
+	}
+	reg := waldur.Registration{Mode: waldur.ModeLegacy, Identity: id, ObjectTypes: types}
+	for _, s := range st.Subscriptions {
+		q, err := c.CreateQueue(rctx, s.Login, w.Offering, s.ObjectType)
+		if err != nil {
+			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+			return waldur.Registration{}, false
+		}
+		reg.Subscriptions = append(reg.Subscriptions, waldur.Subscription{
+			Login: s.Login, VHost: q.VHost, Queue: q.QueueName, Destination: waldur.Destination(q.QueueName), ObjectType: s.ObjectType,
+		})
+	}
+	return reg, true
+}
+
+// previousLegacy returns the legacy subscriptions a new registration
+// replaces: the current ones, else those of the state file.
+func previousLegacy(cfg Config, cur *waldur.Registration) []waldur.Subscription {
+	if cfg.Waldur.Mode != waldur.ModeLegacy {
+		return nil
+	}
+	if cur != nil {
+		return cur.Subscriptions
+	}
+	if cfg.Waldur.StateFile == "" {
+		return nil
+	}
+	st, err := readLegacyState(cfg.Waldur)
+	if err != nil {
+		return nil
+	}
+	return st.Subscriptions
+}
+
+// forgetLegacy deletes the replaced legacy subscriptions, so their queues
+// do not keep filling with copies of every message.
+func (a *stompAdapter) forgetLegacy(ctx context.Context, cfg Config, prev []waldur.Subscription, reg waldur.Registration) {
+	if len(prev) == 0 {
+		return
+	}
+	c, err := a.client(cfg)
+	if err != nil {
+		return
+	}
+	for _, s := range prev {
+		if slices.ContainsFunc(reg.Subscriptions, func(n waldur.Subscription) bool { return n.Login == s.Login }) {
+			continue
+		}
+		if err := c.DeleteEventSubscription(ctx, s.Login); err != nil {
+			a.log.Warn("cannot delete a replaced waldur event subscription; its queue fills until Waldur drops it", "subscription", s.Login, "error", err)
+		}
+	}
+}
