@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benchtable.sh turns `go test -bench` output (bench.out) into the table
+# benchtable.sh turns `go test -bench` output (bench.out) into the tables
 # the README's performance section shows.
 set -euo pipefail
 in=${1:-bench.out}
@@ -7,25 +7,45 @@ metric() { # benchmark-name unit
   awk -v b="$1" -v u="$2" '$1 ~ "^"b"(-[0-9]+)?$" { for (i = 2; i < NF; i++) if ($(i+1) == u) { print $i; exit } }' "$in"
 }
 num() { awk -v n="${1:-0}" 'BEGIN { s = sprintf("%.0f", n); o = ""; while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) } print s o }'; }
+f1() { awk -v n="${1:-0}" 'BEGIN { printf "%.1f", n }'; }
+f2() { awk -v n="${1:-0}" 'BEGIN { printf "%.2f", n }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }'; }
 
 app=$(metric BenchmarkAppend256 entries/s)
 naive=$(metric BenchmarkAppendNaive entries/s)
+P=BenchmarkPipelineSTOMP A=BenchmarkPipelineAMQP M=BenchmarkPipelineMQTT
 cat <<TABLE
-Measured $(date -u +%Y-%m-%d) on $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(go version | awk '{print $3}'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'); fsync on, 512-byte bodies.
+Measured $(date -u +%Y-%m-%d) on $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(go version | awk '{print $3}'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'); fsync on, 512-byte bodies, persistent messages. Each consumer is a process of its own; CPU is its user+sys time per message.
+
+Whole pipeline, real binary with default settings, 100,000 messages, prefetch 1000, same run:
+
+| consumer | msg/s | CPU µs/msg | agentq vs it: msg/s, CPU |
+|---|---|---|---|
+| agentq over STOMP (journal, fsync, ACK, dispatch, settle) | $(num "$(metric $P agentq-msg/s)") | $(f1 "$(metric $P agentq-cpu-us/msg)") | |
+| bare go-stomp, client-individual, ACK each | $(num "$(metric $P individual-msg/s)") | $(f1 "$(metric $P individual-cpu-us/msg)") | **$(f2 "$(metric $P ratio-msg/s-vs-individual)")×**, $(f2 "$(metric $P ratio-cpu-vs-individual)")× |
+| bare go-stomp, auto-ack | $(num "$(metric $P auto-msg/s)") | $(f1 "$(metric $P auto-cpu-us/msg)") | **$(f2 "$(metric $P ratio-msg/s-vs-auto)")×**, $(f2 "$(metric $P ratio-cpu-vs-auto)")× |
+| agentq over AMQP 0-9-1 | $(num "$(metric $A agentq-msg/s)") | $(f1 "$(metric $A agentq-cpu-us/msg)") | $(ratio "$(metric $A agentq-msg/s)" "$(metric $P agentq-msg/s)")× agentq over STOMP |
+| bare amqp091-go, manual multiple-acks | $(num "$(metric $A manual-msg/s)") | $(f1 "$(metric $A manual-cpu-us/msg)") | **$(f2 "$(metric $A ratio-msg/s-vs-manual)")×**, $(f2 "$(metric $A ratio-cpu-vs-manual)")× |
+| bare amqp091-go, auto-ack | $(num "$(metric $A auto-msg/s)") | $(f1 "$(metric $A auto-cpu-us/msg)") | **$(f2 "$(metric $A ratio-msg/s-vs-auto)")×**, $(f2 "$(metric $A ratio-cpu-vs-auto)")× |
+| agentq over MQTT, QoS 1 | $(num "$(metric $M agentq-msg/s)") | $(f1 "$(metric $M agentq-cpu-us/msg)") | |
+| bare paho, QoS 1, auto-ack | $(num "$(metric $M auto-msg/s)") | $(f1 "$(metric $M auto-cpu-us/msg)") | **$(f2 "$(metric $M ratio-msg/s-vs-auto)")×**, $(f2 "$(metric $M ratio-cpu-vs-auto)")× |
+
+agentq over STOMP kept $(f1 "$(metric $P agentq-rssanon-MiB)") MiB of private memory (RssAnon) at most and wrote $(num "$(metric $P journal-bytes/msg)") journal bytes per message ($(f2 "$(metric $P journal-bytes-ratio)")× the 512-byte body; done entries included).
 
 | what | figure | target |
 |---|---|---|
+| tasks in, results out (HTTP backend, 20,000 each way) | $(num "$(metric BenchmarkPipelineResults results-msg/s)") msg/s, $(f1 "$(metric BenchmarkPipelineResults results-cpu-us/msg)") µs/msg; without results $(num "$(metric BenchmarkPipelineResults no-results-msg/s)") msg/s: **$(f2 "$(metric BenchmarkPipelineResults ratio-msg/s)")×** | ≥ 0.8× |
+| end to end through the binary at 1,000 msg/s (publish → journal → ACK → HTTP backend) | p50 $(metric BenchmarkEndToEndBinary p50-ms) ms, p99 $(metric BenchmarkEndToEndBinary p99-ms) ms | p50 ≤ 2, p99 ≤ 5 ms |
+| end to end in process (publish → backend start) | p50 $(metric BenchmarkEndToEndLatency p50-ms) ms, p99 $(metric BenchmarkEndToEndLatency p99-ms) ms | |
+| journal alone: append + claim + settle, 256 producers, 8 workers | $(num "$(metric BenchmarkJournalThroughput entries/s)") entries/s, $(num "$(metric BenchmarkJournalThroughput bytes/msg)") bytes/msg | ≥ 100,000/s |
 | journal Append, 256 concurrent appenders | $(num "$app") entries/s ($(metric BenchmarkAppend256 ops/commit) ops per commit) | ≥ 50,000/s |
 | naive baseline, one transaction per entry | $(num "$naive") entries/s; group commit is **$(ratio "$app" "$naive")×** | ≥ 30× |
-| pick next ready entry, 10k entries | $(num "$(metric BenchmarkClaim/10k ns/pick)") ns per claim+fsync, $(num "$(metric BenchmarkClaim/10k ns/lookup)") ns per lookup | flat |
-| pick next ready entry, 1M entries | $(num "$(metric BenchmarkClaim/1000k ns/pick)") ns per claim+fsync, $(num "$(metric BenchmarkClaim/1000k ns/lookup)") ns per lookup | flat |
-| Open of a 1M-entry journal (100k pending) | $(metric BenchmarkOpen1M ms/open) ms | ≤ 1 s |
-| ingest, bare go-stomp consumer (ACK only) | $(num "$(metric BenchmarkIngestVsBare bare-msg/s)") msg/s | |
-| ingest, agentq client-individual (journal, fsync, ACK) | $(num "$(metric BenchmarkIngestVsBare agentq-individual-msg/s)") msg/s = **$(metric BenchmarkIngestVsBare ratio-individual)×** bare | ≥ 0.9× |
-| ingest, agentq client mode | $(num "$(metric BenchmarkIngestVsBare agentq-client-msg/s)") msg/s = **$(metric BenchmarkIngestVsBare ratio-client)×** bare | ≥ 1.0× |
+| pick next ready entry, 10k / 1M entries | $(num "$(metric BenchmarkClaim/10k ns/pick)") / $(num "$(metric BenchmarkClaim/1000k ns/pick)") ns per claim+fsync | flat |
+| Open of a 1M-entry journal | $(metric BenchmarkOpen1M ms/open) ms | ≤ 1 s |
 | dispatch, log backend, 8 workers, 100k entries / 1,000 keys | $(num "$(metric BenchmarkDispatch entries/s)") entries/s | ≥ 20,000/s |
-| end-to-end publish → backend start at 1,000 msg/s | p50 $(metric BenchmarkEndToEndLatency p50-ms) ms, p99 $(metric BenchmarkEndToEndLatency p99-ms) ms | p99 ≤ 25 ms |
 | restart to first ACK, 1M-entry journal (real binary) | $(metric BenchmarkRestart1M ms-to-first-ack) ms | |
-| resident memory, 1M-entry backlog | $(metric BenchmarkRestart1M MiB-rss) MiB | |
+| resident memory, 1M-entry backlog | $(metric BenchmarkRestart1M MiB-rss) MiB | ≤ 50 MiB |
+| dashboard over 1M entries, median (worst of 20): overview | $(metric BenchmarkDashboard1M overview-ms) ms ($(metric BenchmarkDashboard1M overview-worst-ms)) | ≤ 200 ms |
+| first page: all / pending / type pattern / stuck | $(metric BenchmarkDashboard1M entries-ms) / $(metric BenchmarkDashboard1M pending-ms) / $(metric BenchmarkDashboard1M type-ms) / $(metric BenchmarkDashboard1M stuck-ms) ms | ≤ 200 ms |
+| first page filtered by one key (1 in 1,000 entries) | $(metric BenchmarkDashboard1M key-ms) ms | ≤ 200 ms |
 TABLE
