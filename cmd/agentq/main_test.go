@@ -54,6 +54,8 @@ func TestMain(m *testing.M) {
 	if runBenchChild() {
 		return
 	}
+	// Tests may change directory; the binary is built from here.
+	pkgDir, _ = os.Getwd()
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
@@ -62,6 +64,7 @@ func TestMain(m *testing.M) {
 }
 
 var (
+	pkgDir  string // this package's directory
 	binOnce sync.Once
 	binDir  string
 	binPath string
@@ -81,7 +84,9 @@ func agentBinary(tb testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
+		build := exec.Command("go", append(args, ".")...)
+		build.Dir = pkgDir
+		out, err := build.CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
