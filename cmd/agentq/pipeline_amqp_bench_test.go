@@ -60,7 +60,7 @@ func bareAMQP(q string, n int, autoAck bool) error {
 }
 
 // publishAMQPBench declares a durable queue and fills it with n
-// persistent messages of size bytes, published in confirm mode in
+// persistent messages of size bytes (each starting with its number), published in confirm mode in
 // batches of 1000, each batch confirmed before the next.
 func publishAMQPBench(b *testing.B, q string, n, size int) {
 	b.Helper()
@@ -91,12 +91,16 @@ func publishAMQPBench(b *testing.B, q string, n, size int) {
 	for i := range body {
 		body[i] = byte('a' + i%26)
 	}
-	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/octet-stream", Type: "order.created", Body: body}
+	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/octet-stream", Type: "order.created"}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	const batch = 1000
 	pending := make([]*amqp.DeferredConfirmation, 0, batch)
 	for i := 0; i < n; i++ {
+		// Distinct bodies: identical ones could be taken for one another's
+		// redeliveries if the shared broker restarts mid-run.
+		msg.Body = fmt.Appendf(make([]byte, 0, size), "%08d", i)
+		msg.Body = append(msg.Body, body[len(msg.Body):]...)
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, msg)
 		if err != nil {
 			b.Fatal(err)
