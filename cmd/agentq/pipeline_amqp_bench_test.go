@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"net"
 	"testing"
 	"time"
 
@@ -127,7 +128,11 @@ func amqpBenchQueue(kind string) string {
 // against a bare amqp091-go consumer that acks with multiple=true every
 // 500 messages and one with auto-ack, in the same run.
 func BenchmarkPipelineAMQP(b *testing.B) {
-	requireBroker(b)
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:5672", 2*time.Second); err != nil {
+		b.Fatalf("no RabbitMQ AMQP listener at 127.0.0.1:5672 (run `make broker`): %v", err)
+	} else {
+		c.Close()
+	}
 	n := pipelineN()
 	const size = 512
 	var manual, auto pipelineResult
