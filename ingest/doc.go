@@ -137,9 +137,10 @@
 // Legacy registrations make new subscriptions each time and Waldur has no
 // call to list them, so with state_file the source records them and a
 // restart reuses them (nothing left in their queues is lost); without it
-// every start registers new ones, as waldur-site-agent does, and what an
-// earlier run left unread is not read. A new registration deletes the
-// legacy subscriptions it replaces.
+// every start registers new ones and a graceful stop deletes them, as
+// waldur-site-agent does, so what arrives while the agent is down (or was
+// left unread by a killed one) is not read. A new registration deletes
+// the legacy subscriptions it replaces.
 //
 // # Shutdown
 //
