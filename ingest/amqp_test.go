@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math/rand"
 	"net"
@@ -463,4 +464,66 @@ func TestAMQPRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Ensure amqps:// dials TLS and verifies the broker: an unknown CA fails,
+// the right CA file works (the handshake is all this listener does).
+func TestAMQPSDialTLS(t *testing.T) {
+	cert, ca := selfSigned(t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	for _, tc := range []struct {
+		query string
+		ok    bool
+	}{{"", false}, {"&ca=" + ca, true}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := Dial(ctx, mustConfig(t, "amqps://u:p@"+ln.Addr().String()+"/?queue=q"+tc.query))
+		cancel()
+		if tc.ok != (err == nil) {
+			t.Errorf("Dial with %q: err = %v, want ok=%v", tc.query, err, tc.ok)
+		}
+		if c != nil {
+			if _, isTLS := c.(*tls.Conn); !isTLS {
+				t.Errorf("amqps:// dialed %T, want TLS", c)
+			}
+			c.Close()
+		}
+	}
+}
+
+// Ensure passcode_file is read again on every connect: a source started
+// with a wrong password connects once the file holds the right one.
+func TestAMQPPasscodeFileRotation(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	pf := filepath.Join(t.TempDir(), "passcode")
+	if err := os.WriteFile(pf, []byte("not-the-passcode\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "amqp://guest@"+amqpAddr+"/?queue="+q+"&passcode_file="+pf), j, Options{})
+	waitFor(t, "the login refused", 20*time.Second, func() bool { return src.Status().LastError != "" })
+	if st := src.Status(); st.State == StateConnected || !strings.Contains(st.LastError, "login") || strings.Contains(st.LastError, "not-the-passcode") {
+		t.Fatalf("status %+v: want refused, without the passcode in the error", st)
+	}
+	if err := os.WriteFile(pf, []byte("guest\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "connected with the rotated passcode", 30*time.Second, func() bool { return src.Status().State == StateConnected })
+	publishAMQP(t, "", q, plain(bodies(1, func(int) string { return "after rotation" })))
+	waitFor(t, "journaled", 20*time.Second, func() bool { return j.LastSeq() >= 1 })
+	stop()
 }

@@ -19,8 +19,8 @@ import (
 )
 
 // Dial opens the transport for cfg, bounded by ctx, ready for
-// stomp.Connect (or, for amqp and amqps, amqp091.Open). go-stomp's own dial context does not bound the TCP dial,
-// so agentq dials itself.
+// stomp.Connect (amqp091.Open for amqp and amqps). go-stomp's own dial
+// context does not bound the TCP dial, so agentq dials itself.
 func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
 	if isMQTTScheme(cfg.Scheme) { // the transport paho speaks over
 		return dialMQTT(ctx, cfg)

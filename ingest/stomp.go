@@ -162,7 +162,9 @@ type stompSession struct {
 	// ended, if set, learns the error of a session that delivered
 	// nothing (the source passes it to explain).
 	ended func(err error)
-	err   error // the first error of a subscription, reported when it ends
+	// closed, if set, runs after a graceful close (shutdown only).
+	closed func()
+	err    error // the first error of a subscription, reported when it ends
 }
 
 var _ session = (*stompSession)(nil)
@@ -299,6 +301,9 @@ func (s *stompSession) close() error {
 		if e := c.conn.Disconnect(); e != nil && err == nil {
 			err = e
 		}
+	}
+	if s.closed != nil {
+		s.closed()
 	}
 	return err
 }

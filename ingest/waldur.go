@@ -94,9 +94,21 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 	}
 	// A subscription refused after CONNECT (a queue Waldur deleted)
 	// ends the session before any message: register again then too.
-	sess.(*stompSession).ended = func(err error) {
+	ss := sess.(*stompSession)
+	ss.ended = func(err error) {
 		if refusedByBroker(err) {
 			w.stale = true
+		}
+	}
+	if cfg.Waldur.Mode == waldur.ModeLegacy && cfg.Waldur.StateFile == "" {
+		// Nothing will read these queues after this run: delete the
+		// subscriptions at shutdown, as waldur-site-agent does, rather
+		// than leave queues behind that fill with copies of every message.
+		subs := w.reg.Subscriptions
+		ss.closed = func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			a.forgetLegacy(ctx, cfg, subs, waldur.Registration{})
 		}
 	}
 	return sess, nil

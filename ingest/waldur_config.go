@@ -107,7 +107,7 @@ var waldurParams = []param{
 		c.Waldur.Broker = v
 		return nil
 	}},
-	{"state_file", "PATH", "mode=legacy: record the event subscriptions here (no secret in it) so that a restart reads the same queues and nothing left in them is lost; without it every start registers new subscriptions, as waldur-site-agent does", "/var/lib/agentq/waldur-legacy.json", stringParam(func(c *Config) *string { return &c.Waldur.StateFile })},
+	{"state_file", "PATH", "mode=legacy: record the event subscriptions here (no secret in it) so that a restart reads the same queues and nothing left in them is lost; without it every start registers new subscriptions and a stop deletes them, as waldur-site-agent does, so what is published while the agent is down is not read", "/var/lib/agentq/waldur-legacy.json", stringParam(func(c *Config) *string { return &c.Waldur.StateFile })},
 }
 
 // waldurKeyParam documents the key.TYPE family, which setWaldurParam
