@@ -50,7 +50,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config `FILE` (see testdata/agentq.example.yaml)", EnvVars: []string{"AGENTQ_CONFIG"}},
 			&cli.StringFlag{Name: "journal", Aliases: []string{"j"}, Usage: "journal `PATH` (default ./agentq.db)", EnvVars: []string{"AGENTQ_JOURNAL"}},
-			&cli.StringSliceFlag{Name: "source", Aliases: []string{"s"}, Usage: "subscribe to `URL` (repeatable): stomp://, stomp+tls://, ws://, wss:// (default " + DefaultSource + ")", EnvVars: []string{"AGENTQ_SOURCE"}},
+			&cli.StringSliceFlag{Name: "source", Aliases: []string{"s"}, Usage: "subscribe to `URL` (repeatable): stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws://, mqtt+wss://, waldur+https:// (default " + DefaultSource + ")", EnvVars: []string{"AGENTQ_SOURCE"}},
 			&cli.StringFlag{Name: "type-from", Usage: "where the message type comes from, as `SPEC` (default header:type)", EnvVars: []string{"AGENTQ_TYPE_FROM"}},
 			&cli.StringFlag{Name: "key-from", Usage: "where the ordering key comes from, as `SPEC` (default: no key, no order)", EnvVars: []string{"AGENTQ_KEY_FROM"}},
 			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},

@@ -60,6 +60,11 @@ func sendAction(c *cli.Context) error {
 	if err != nil {
 		return usagef("URL %q: %v", ingest.RedactURL(target), err)
 	}
+	switch cfg.Scheme {
+	case "stomp", "stomp+tls", "ws", "wss":
+	default:
+		return usagef("URL %q: send speaks STOMP only (stomp://, stomp+tls://, ws://, wss://); RabbitMQ's STOMP reaches the same queues and exchanges: /queue/NAME, /exchange/EX/KEY", ingest.RedactURL(target))
+	}
 	if err := cfg.Resolve(); err != nil {
 		return usagef("URL %q: %v", ingest.RedactURL(target), err)
 	}
