@@ -186,7 +186,11 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 	b.Helper()
 	journal := filepath.Join(b.TempDir(), "agentq.db")
 	args := append([]string{"run", "--journal", journal, "--source", source, "--admin", "127.0.0.1:0", "--log-level", "warn"}, extra...)
-	cmd := exec.Command(agentBinary(b), args...)
+	bin := agentBinary(b)
+	if other := os.Getenv("AGENTQ_BENCH_BINARY"); other != "" {
+		bin = other // another build, e.g. the previous release, for before/after figures
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
