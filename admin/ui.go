@@ -307,7 +307,7 @@ func (u *ui) overview(r *http.Request, p *uiPage) (string, error) {
 		return "", err
 	}
 	p.Title, p.Page = "Overview", "overview"
-	d := map[string]any{"LastSeq": sum.LastSeq, "StateNames": uiStates, "Retention": u.retention()}
+	d := map[string]any{"LastSeq": sum.LastSeq, "StateNames": uiStates, "Retention": u.retention(), "Outbox": sum.Outbox}
 	var cards []stateCard
 	for _, st := range uiStates {
 		cards = append(cards, stateCard{st, sum.States[st]})

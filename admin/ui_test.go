@@ -72,6 +72,9 @@ func TestDashboardPages(t *testing.T) {
 	if i12 < 0 || i1 < 0 || i12 > i1 {
 		t.Errorf("entries are not newest first")
 	}
+	if _, body, _ := get(t, c, base+"/ui/"); !strings.Contains(body, `id="outbox"`) {
+		t.Errorf("the overview does not show the outbox")
+	}
 	_, body, _ = get(t, c, base+"/ui/stuck")
 	if !strings.Contains(body, "exit status 65: no such account") {
 		t.Errorf("the stuck page does not show the error")
