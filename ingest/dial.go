@@ -22,18 +22,17 @@ import (
 // stomp.Connect (amqp091.Open for amqp and amqps). go-stomp's own dial
 // context does not bound the TCP dial, so agentq dials itself.
 func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
-	if isMQTTScheme(cfg.Scheme) { // the transport paho speaks over
-		return dialMQTT(ctx, cfg)
-	}
 	switch cfg.Scheme {
-	case "stomp", "amqp":
+	case "mqtt+ws", "mqtt+wss": // the transport paho speaks over
+		return dialMQTT(ctx, cfg)
+	case "stomp", "amqp", "mqtt":
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", cfg.Addr)
 		if err != nil {
 			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.Addr, err)
 		}
 		return c, nil
-	case "stomp+tls", "amqps":
+	case "stomp+tls", "amqps", "mqtts":
 		tc, err := tlsConfig(cfg)
 		if err != nil {
 			return nil, err

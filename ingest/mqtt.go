@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -163,27 +162,12 @@ func mqttConnectError(err error, cfg Config) error {
 	return err
 }
 
-// dialMQTT opens the transport of an MQTT source, bounded by ctx.
+// dialMQTT opens the transport of an MQTT source, bounded by ctx: TCP and
+// TLS as every source (Dial), WebSocket with MQTT's subprotocol.
 func dialMQTT(ctx context.Context, cfg Config) (net.Conn, error) {
 	switch cfg.Scheme {
-	case "mqtt":
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", cfg.Addr)
-		if err != nil {
-			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.Addr, err)
-		}
-		return c, nil
-	case "mqtts":
-		tc, err := tlsConfig(cfg)
-		if err != nil {
-			return nil, err
-		}
-		d := tls.Dialer{Config: tc}
-		c, err := d.DialContext(ctx, "tcp", cfg.Addr)
-		if err != nil {
-			return nil, fmt.Errorf("cannot reach broker at %s over TLS: %w", cfg.Addr, err)
-		}
-		return c, nil
+	case "mqtt", "mqtts":
+		return Dial(ctx, cfg)
 	case "mqtt+ws", "mqtt+wss":
 		hc := &http.Client{}
 		if cfg.Scheme == "mqtt+wss" {

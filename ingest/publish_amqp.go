@@ -116,9 +116,7 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 	for got := 0; got < len(msgs); {
 		select {
 		case r := <-p.returns:
-			if id, err := strconv.ParseUint(strings.TrimPrefix(r.MessageId, "agentq-out-"), 10, 64); err == nil {
-				failed[id] = fmt.Sprintf("unroutable: the broker returned it (%d %s): no queue is bound to exchange %q with routing key %q", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
-			}
+			returned(failed, r)
 		case c, open := <-p.confirm:
 			if !open {
 				return ok, failed, fmt.Errorf("channel closed while waiting for confirms: %v", <-p.closed)
@@ -140,9 +138,7 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 	for {
 		select {
 		case r := <-p.returns:
-			if id, err := strconv.ParseUint(strings.TrimPrefix(r.MessageId, "agentq-out-"), 10, 64); err == nil {
-				failed[id] = fmt.Sprintf("unroutable: the broker returned it (%d %s): no queue is bound to exchange %q with routing key %q", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
-			}
+			returned(failed, r)
 			continue
 		default:
 		}
@@ -154,6 +150,13 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 		}
 	}
 	return ok, failed, nil
+}
+
+// returned records a message the broker gave back as unroutable.
+func returned(failed map[uint64]string, r amqp.Return) {
+	if id, err := strconv.ParseUint(strings.TrimPrefix(r.MessageId, "agentq-out-"), 10, 64); err == nil {
+		failed[id] = fmt.Sprintf("unroutable: the broker returned it (%d %s): no queue is bound to exchange %q with routing key %q", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
+	}
 }
 
 func (p *amqpPublisher) close() {
