@@ -58,7 +58,12 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	}
 	c := cfg.Client
 	if c == nil {
-		c = &http.Client{}
+		// Keep a connection per concurrent call: with the default two idle
+		// connections per host, eight workers would dial (and leave in
+		// TIME_WAIT) a new connection for most calls.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256
+		c = &http.Client{Transport: t}
 	}
 	return &HTTP{cfg: cfg, client: c}, nil
 }
