@@ -51,6 +51,7 @@ func bench1M(b *testing.B) string {
 	in, _ := os.Open(cache)
 	out, _ := os.Create(dst)
 	io.Copy(out, in)
+	out.Sync() // on disk first: the agent's first fsync must not flush the copy
 	in.Close()
 	out.Close()
 	return dst
