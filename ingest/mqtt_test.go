@@ -173,6 +173,8 @@ func TestMQTTPublishConsume(t *testing.T) {
 		{"RabbitMQ", "127.0.0.1:1883", "mqtt://guest:guest@127.0.0.1:1883/?topic=%s&client_id=%s"},
 		{"Mosquitto", "127.0.0.1:1884", "mqtt://127.0.0.1:1884/?topic=%s&client_id=%s"},
 		{"MosquittoWebSocket", "127.0.0.1:1884", "mqtt+ws://127.0.0.1:9884/?path=/&topic=%s&client_id=%s"},
+		// TLS, verified against the throwaway CA scripts/mosquitto.sh makes.
+		{"MosquittoTLS", "127.0.0.1:1884", "mqtts://127.0.0.1:8884/?topic=%s&client_id=%s&ca=" + mosquittoDir() + "/tls/ca.pem"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -531,4 +533,13 @@ func TestMQTTBarrierConfirms(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mosquittoDir is where scripts/mosquitto.sh keeps the test broker's
+// files (its TLS CA among them).
+func mosquittoDir() string {
+	if d := os.Getenv("AGENTQ_MOSQUITTO_DIR"); d != "" {
+		return d
+	}
+	return "/var/tmp/agentq-mosquitto"
 }
