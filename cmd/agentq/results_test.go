@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -343,5 +344,39 @@ func TestResultsMQTT(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("no MQTT result within 60s")
+	}
+}
+
+// TestResultsSecretHidden: the passcode variable of a results URL is a
+// secret like a source's: handlers never see it.
+func TestResultsSecretHidden(t *testing.T) {
+	requireBroker(t)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	envOut := filepath.Join(dir, "env")
+	q := fmt.Sprintf("/queue/agentq-results-secret-%d", rand.Int63())
+	src := "stomp://guest:guest@127.0.0.1:61613" + q
+	handler := writeScript(t, "env.sh", "env > "+envOut+"\necho ok\n")
+	cmd := exec.Command(agentBinary(t), "run", "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
+		"--results", "amqp://guest@127.0.0.1:5672/?exchange=amq.topic&routing_key=agentq.secret.test&passcode_env=TEST_RESULTS_PASS")
+	cmd.Env = append(os.Environ(), "TEST_RESULTS_PASS=guest")
+	a := &agent{cmd: cmd, done: make(chan int, 1), logs: &syncBuffer{}, journal: journal}
+	cmd.Stdout, cmd.Stderr = a.logs, a.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); a.done <- cmd.ProcessState.ExitCode() }()
+	t.Cleanup(func() { a.stop(t) })
+	if code, _, errs := runMain(t, "x", "send", src, "-"); code != 0 {
+		t.Fatal(errs)
+	}
+	waitFor(t, "the handler ran", 30*time.Second, func() bool { _, err := os.Stat(envOut); return err == nil })
+	waitFor(t, "the handler's environment written", 10*time.Second, func() bool {
+		b, _ := os.ReadFile(envOut)
+		return strings.Contains(string(b), "AGENTQ_SEQ=")
+	})
+	b, _ := os.ReadFile(envOut)
+	if strings.Contains(string(b), "TEST_RESULTS_PASS") {
+		t.Errorf("the handler saw the results passcode variable:\n%s", b)
 	}
 }

@@ -300,20 +300,30 @@ func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logg
 		targets[t.Name] = t
 		return t.Name, nil
 	}
+	// Answers' destinations first: their passcode variables are secrets
+	// the handlers must not see either.
+	answers := make([]worker.Answer, len(routes))
 	for i, r := range routes {
-		where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
-		if r.line > 0 {
-			where = fmt.Sprintf("line %d: %s", r.line, where)
+		where := routeWhere(i, r)
+		answers[i] = worker.Answer{Empty: r.ResultsEmpty, CopyHeaders: r.CopyHeaders}
+		var err error
+		if answers[i].Results, err = target(where, "results", r.Results); err != nil {
+			return nil, nil, err
 		}
+		if answers[i].OnStuck, err = target(where, "on_stuck", r.OnStuck); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, t := range targets {
+		if t.Conn.PasscodeEnv != "" {
+			hide = append(hide, t.Conn.PasscodeEnv)
+		}
+	}
+	for i, r := range routes {
+		where := routeWhere(i, r)
 		var b worker.Backend
 		var err error
-		answer := worker.Answer{Empty: r.ResultsEmpty, CopyHeaders: r.CopyHeaders}
-		if answer.Results, err = target(where, "results", r.Results); err != nil {
-			return nil, nil, err
-		}
-		if answer.OnStuck, err = target(where, "on_stuck", r.OnStuck); err != nil {
-			return nil, nil, err
-		}
+		answer := answers[i]
 		maxOutput := -1 // output is kept only where it is published
 		if answer.Answers() {
 			maxOutput = 0
@@ -575,6 +585,16 @@ func correlationID(sources []ingest.Config) func(*queue.Entry) string {
 		}
 		return ""
 	}
+}
+
+// routeWhere names a route in errors: its line in the file, its number
+// and pattern.
+func routeWhere(i int, r RouteEntry) string {
+	where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
+	if r.line > 0 {
+		where = fmt.Sprintf("line %d: %s", r.line, where)
+	}
+	return where
 }
 
 // indent prefixes every line of s.
