@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -293,6 +295,10 @@ func nonNil(ss []string) []string {
 // the address file. token is the admin token the operator gave, if any; a
 // token the agent generated for itself is read from the address file.
 func Open(journal string, writable bool, token string) (Store, error) {
+	// A mistyped path must not become a new, empty journal.
+	if _, err := os.Stat(journal); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no journal at %s (give the agent's --journal or --config)", journal)
+	}
 	j, err := queue.Open(journal, queue.Options{ReadOnly: !writable, LockTimeout: 200 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	if err == nil {
 		return NewLocal(j, true), nil
