@@ -367,10 +367,17 @@ func testMQTTNothingLost(t *testing.T, b mqttBroker) {
 	}
 
 	// A broker restart while the agent runs, then more messages.
-	waitFor(t, "connected after the last cut", 30*time.Second, func() bool {
+	// Reconnects back off (1 s doubling, jitter) when attempts fail, so
+	// give them time, and say where the source is if they never succeed.
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		st := src.Status()
-		return st.Connects >= c0+10 && st.State == StateConnected
-	})
+		if st.Connects >= c0+10 && st.State == StateConnected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not connected 90s after the last cut: %+v", st)
+		}
+	}
 	b.restart(t, func() {
 		waitFor(t, "the source to notice", 30*time.Second, func() bool { return src.Status().State != StateConnected })
 	})
