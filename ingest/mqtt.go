@@ -115,25 +115,52 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 		s.abort()
 		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), mqttConnectError(err, cfg))
 	}
+	// SUBSCRIBE in the background: a resumed session's broker sends what it
+	// kept right after CONNACK, before the SUBACK, and those messages must
+	// be taken (by the source's reader, once connect returns) for paho to
+	// read on to the SUBACK. Waiting for it here would deadlock as soon as
+	// more messages are pending than the hand-over holds.
 	filters := make(map[string]byte, len(cfg.Topics))
 	for _, t := range cfg.Topics {
 		filters[t] = byte(cfg.QoS)
 	}
-	tok := s.client.SubscribeMultiple(filters, nil) // nil: the default handler, which also takes what the session held
-	if err := wait(ctx, tok); err != nil {
-		s.abort()
-		return nil, fmt.Errorf("cannot subscribe to %s: %w", cfg.Destination, err)
-	}
-	for t, granted := range tok.(*mqtt.SubscribeToken).Result() {
-		if granted == 0x80 {
-			s.abort()
-			return nil, fmt.Errorf("broker refused the subscription to %q (SUBACK 0x80: not authorised, or an invalid filter)", t)
+	s.subDone = make(chan struct{})
+	go func() {
+		defer close(s.subDone)
+		if err := s.subscribe(filters, a.log); err != nil {
+			s.failWith(err)
 		}
-		if int(granted) < cfg.QoS {
-			a.log.Warn("broker granted a lower QoS than asked for", "topic", t, "qos", granted, "asked", cfg.QoS)
-		}
-	}
+	}()
 	return s, nil
+}
+
+// subscribe sends the SUBSCRIBE and checks the SUBACK, bounded by 30 s
+// and by the session's end.
+func (s *mqttSession) subscribe(filters map[string]byte, log *slog.Logger) error {
+	tok := s.client.SubscribeMultiple(filters, nil) // nil: the default handler, which also takes what the session held
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+	case <-s.dead:
+		return errSessionOver
+	case <-s.lost:
+		return nil // the connection's end is reported already
+	case <-t.C:
+		return fmt.Errorf("cannot subscribe to %s: no SUBACK within 30s", s.cfg.Destination)
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("cannot subscribe to %s: %w", s.cfg.Destination, err)
+	}
+	for topic, granted := range tok.(*mqtt.SubscribeToken).Result() {
+		if granted == 0x80 {
+			return fmt.Errorf("broker refused the subscription to %q (SUBACK 0x80: not authorised, or an invalid filter)", topic)
+		}
+		if int(granted) < int(filters[topic]) {
+			log.Warn("broker granted a lower QoS than asked for", "topic", topic, "qos", granted, "asked", filters[topic])
+		}
+	}
+	return nil
 }
 
 // wait waits for a paho token, bounded by ctx.
@@ -391,6 +418,8 @@ type mqttSession struct {
 	lost chan struct{} // closed when the connection ended
 	dead chan struct{} // closed by close or abort: nobody takes messages any more
 	once sync.Once
+
+	subDone chan struct{} // closed when the SUBSCRIBE goroutine has returned
 }
 
 var _ session = (*mqttSession)(nil)
@@ -413,6 +442,20 @@ func (s *mqttSession) handle(_ mqtt.Client, m mqtt.Message) {
 	case s.msgs <- m:
 	case <-s.dead: // not acknowledged: the broker redelivers it
 	}
+}
+
+// failWith ends the session with err as it is (not a lost connection).
+func (s *mqttSession) failWith(err error) {
+	if errors.Is(err, errSessionOver) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	close(s.lost)
 }
 
 func (s *mqttSession) fail(err error) {
@@ -490,6 +533,9 @@ func (s *mqttSession) close() error {
 	err := s.barrier()
 	s.once.Do(func() { close(s.dead) })
 	s.client.Disconnect(250)
+	if s.subDone != nil {
+		<-s.subDone // returns at once: dead is closed
+	}
 	return err
 }
 
@@ -498,6 +544,9 @@ func (s *mqttSession) abort() {
 	s.once.Do(func() { close(s.dead) })
 	_ = s.nc.Close()
 	go s.client.Disconnect(0)
+	if s.subDone != nil {
+		<-s.subDone // returns at once: dead is closed
+	}
 }
 
 func (s *mqttSession) explain(err error) error { return err }

@@ -357,9 +357,14 @@ func testMQTTNothingLost(t *testing.T, b mqttBroker) {
 		before := j.LastSeq()
 		errc := make(chan error, 1)
 		go func() { errc <- mqttPublishErr(b.addr, b.login, 1, topic, m) }()
-		waitFor(t, "messages flowing on a new connection before a cut", 30*time.Second, func() bool {
-			return src.Status().Connects >= c0+uint64(i) && j.LastSeq() > before
-		})
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if src.Status().Connects >= c0+uint64(i) && j.LastSeq() > before {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cut %d: no messages on a new connection within 60s: %+v", i, src.Status())
+			}
+		}
 		proxy.Cut()
 		if err := <-errc; err != nil {
 			t.Fatal(err)
