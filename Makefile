@@ -32,6 +32,7 @@ screenshots: broker chromium
 # test: vet, then every test with the race detector against the local broker.
 # -p 1: one package at a time, because the ingest tests restart the broker.
 test: broker mosquitto chromium
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 -timeout $(TESTTIME) ./...
 
