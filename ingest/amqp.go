@@ -54,15 +54,16 @@ func (a *amqpAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	return s, nil
 }
 
-// setup logs in, opens a channel, sets the prefetch, declares and binds
-// the queue if asked to, and starts the consumer.
-func (a *amqpAdapter) setup(nc net.Conn, cfg Config) (*amqpSession, error) {
+// amqpLogin opens an AMQP connection over nc (dialed by Dial: TCP or TLS)
+// with cfg's login and vhost; name is the connection's name in the
+// broker's management UI.
+func amqpLogin(nc net.Conn, cfg Config, name string) (*amqp.Connection, error) {
 	login, pass := cfg.Login, cfg.Passcode
 	if login == "" {
 		login, pass = "guest", "guest" // the AMQP URI default
 	}
 	props := amqp.NewConnectionProperties()
-	props.SetClientConnectionName("agentq " + cfg.Name)
+	props.SetClientConnectionName(name)
 	conn, err := amqp.Open(nc, amqp.Config{
 		SASL:       []amqp.Authentication{&amqp.PlainAuth{Username: login, Password: pass}},
 		Vhost:      cfg.VHost,
@@ -72,6 +73,16 @@ func (a *amqpAdapter) setup(nc net.Conn, cfg Config) (*amqpSession, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), amqpError(err, cfg))
+	}
+	return conn, nil
+}
+
+// setup logs in, opens a channel, sets the prefetch, declares and binds
+// the queue if asked to, and starts the consumer.
+func (a *amqpAdapter) setup(nc net.Conn, cfg Config) (*amqpSession, error) {
+	conn, err := amqpLogin(nc, cfg, "agentq "+cfg.Name)
+	if err != nil {
+		return nil, err
 	}
 	s := &amqpSession{cfg: cfg, nc: nc, conn: conn, tag: "agentq-" + cfg.Name}
 	fail := func(what string, err error) (*amqpSession, error) {

@@ -170,20 +170,12 @@ func ParseURL(raw string) (Config, error) {
 		c.Login = u.User.Username()
 		c.Passcode, _ = u.User.Password()
 	}
-	for _, part := range strings.Split(u.RawQuery, "&") {
-		if part == "" {
-			continue
-		}
-		rawName, rawVal, _ := strings.Cut(part, "=")
-		name, err := url.PathUnescape(rawName)
-		if err != nil {
-			return Config{}, fmt.Errorf("parameter %q: bad %%-escape", rawName)
-		}
-		val, err := url.PathUnescape(rawVal)
-		if err != nil {
-			return Config{}, fmt.Errorf("parameter %s: bad %%-escape in its value", name)
-		}
-		if err := c.SetParam(name, val); err != nil {
+	params, err := rawQuery(u.RawQuery)
+	if err != nil {
+		return Config{}, err
+	}
+	for _, kv := range params {
+		if err := c.SetParam(kv[0], kv[1]); err != nil {
 			return Config{}, err
 		}
 	}
@@ -223,6 +215,29 @@ func ParseURL(raw string) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// rawQuery splits a query into name/value pairs in order. Every agentq
+// URL reads its parameters this way: a "+" is a literal plus (url.Query
+// would make it a space), and a repeated name stays repeated.
+func rawQuery(q string) ([][2]string, error) {
+	var out [][2]string
+	for _, part := range strings.Split(q, "&") {
+		if part == "" {
+			continue
+		}
+		rawName, rawVal, _ := strings.Cut(part, "=")
+		name, err := url.PathUnescape(rawName)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %q: bad %%-escape", rawName)
+		}
+		val, err := url.PathUnescape(rawVal)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %s: bad %%-escape in its value", name)
+		}
+		out = append(out, [2]string{name, val})
+	}
+	return out, nil
 }
 
 // SetParam sets one source parameter by its URL name (see URLHelp), as

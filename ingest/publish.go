@@ -127,27 +127,6 @@ func parseAMQPTarget(raw string) (Target, error) {
 	return t, nil
 }
 
-// rawQuery splits a query into name/value pairs in order, reading "+"
-// literally, as every agentq URL does.
-func rawQuery(q string) ([][2]string, error) {
-	var out [][2]string
-	for _, part := range strings.Split(q, "&") {
-		if part == "" {
-			continue
-		}
-		k, v, _ := strings.Cut(part, "=")
-		var err error
-		if k, err = url.PathUnescape(k); err != nil {
-			return nil, fmt.Errorf("parameter %q: %v", k, err)
-		}
-		if v, err = url.PathUnescape(v); err != nil {
-			return nil, fmt.Errorf("parameter %s: %v", k, err)
-		}
-		out = append(out, [2]string{k, v})
-	}
-	return out, nil
-}
-
 // perDelivery are headers that describe one delivery, not the message:
 // they never go out with a published message.
 var perDelivery = map[string]bool{

@@ -3,7 +3,6 @@ package ingest
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -26,37 +25,21 @@ type amqpPublisher struct {
 	tag     uint64 // delivery tag of the last publish
 }
 
-func amqpURI(c Config) string {
-	scheme := "amqp"
-	if c.Scheme == "amqps" {
-		scheme = "amqps"
-	}
-	u := url.URL{Scheme: scheme, Host: c.Addr, Path: "/"}
-	if c.Login != "" {
-		u.User = url.UserPassword(c.Login, c.Passcode)
-	}
-	return u.String()
-}
-
 func dialAMQPPublisher(ctx context.Context, t Target, c Config) (publisher, error) {
-	cfg := amqp.Config{Vhost: c.VHost, Heartbeat: c.HeartBeat, Locale: "en_US",
-		Properties: amqp.Table{"connection_name": "agentq results " + t.Name}}
-	if c.Scheme == "amqps" {
-		tc, err := tlsConfig(c)
-		if err != nil {
-			return nil, err
-		}
-		cfg.TLSClientConfig = tc
-	}
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(30 * time.Second)
-	}
-	cfg.Dial = amqp.DefaultDial(time.Until(deadline))
-	conn, err := amqp.DialConfig(amqpURI(c), cfg)
+	nc, err := Dial(ctx, c)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to %s: %s", c.String(), RedactURL(err.Error()))
+		return nil, err
 	}
+	// The login is bounded like the dial.
+	if d, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(d)
+	}
+	conn, err := amqpLogin(nc, c, "agentq results "+t.Name)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
 	ch, err := conn.Channel()
 	if err == nil {
 		err = ch.Confirm(false)

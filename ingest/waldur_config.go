@@ -174,20 +174,12 @@ func parseWaldurURL(u *url.URL, raw string) (Config, error) {
 	if u.Fragment != "" || strings.HasSuffix(raw, "#") {
 		return Config{}, errors.New(`a "#" starts a URL fragment, which a source URL has no use for: write a "#" in a parameter as %23`)
 	}
-	for _, part := range strings.Split(u.RawQuery, "&") {
-		if part == "" {
-			continue
-		}
-		rawName, rawVal, _ := strings.Cut(part, "=")
-		name, err := url.PathUnescape(rawName)
-		if err != nil {
-			return Config{}, fmt.Errorf("parameter %q: bad %%-escape", rawName)
-		}
-		val, err := url.PathUnescape(rawVal)
-		if err != nil {
-			return Config{}, fmt.Errorf("parameter %s: bad %%-escape in its value", name)
-		}
-		if err := c.SetParam(name, val); err != nil {
+	params, err := rawQuery(u.RawQuery)
+	if err != nil {
+		return Config{}, err
+	}
+	for _, kv := range params {
+		if err := c.SetParam(kv[0], kv[1]); err != nil {
 			return Config{}, err
 		}
 	}
