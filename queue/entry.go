@@ -14,8 +14,11 @@ const (
 	// StatePending entries wait for a worker. With NextAttemptAt in the
 	// future and Attempts > 0 an entry is shown as "retrying".
 	StatePending State = 1
-	// StateRunning entries have been claimed by a worker. A crash leaves them
-	// here; Open puts them back to pending.
+	// StateRunning entries have been claimed by a worker. The claim is
+	// kept in memory only: stored, a running entry is pending, and a crash
+	// leaves it pending (see running.go). Journals written before claims
+	// moved to memory may hold running entries; Open puts them back to
+	// pending.
 	StateRunning State = 2
 	// StateDone entries were handled by their backend. Retention deletes them.
 	StateDone State = 3
@@ -110,6 +113,9 @@ type Entry struct {
 	// override says which of Type, Key and Fault were changed after the
 	// message was written (Reextract) and live in the status record.
 	override uint8
+	// claimed says the entry is running: State shows StateRunning while
+	// the stored status says pending (see running.go).
+	claimed bool
 	// countedRetrying says the stored counters count this entry as
 	// retrying (pending with attempts behind it); set when it is loaded.
 	countedRetrying bool

@@ -184,8 +184,10 @@ type Journal struct {
 	once     sync.Once
 	cancel   context.CancelFunc
 
-	mu           sync.Mutex               // guards counts and typeCounts
-	counts       [5]int64                 // entries by State (index = State)
+	mu           sync.Mutex               // guards counts, typeCounts and run
+	run          runSet                   // claimed entries (see running.go)
+	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys; commit goroutine only
+	counts       [5]int64                 // entries by State (index = State), as stored
 	typeCounts   map[string]*[5]int64     // entries by type, then State
 	version      uint32                   // format of the file as opened
 	typesScanned bool                     // a format 1 file's type counts were made by Counts
@@ -260,6 +262,8 @@ func Open(path string, opts Options) (*Journal, error) {
 		closing:  make(chan struct{}),
 
 		typeCounts: map[string]*[5]int64{},
+		run:        runSet{},
+		toPark:     map[uint64][]byte{},
 	}
 	if err := j.init(fresh); err != nil {
 		_ = db.Close()
@@ -558,6 +562,7 @@ type op struct {
 	fn       func(t *txn) error
 	err      error
 	appended int
+	read     bool // reads only (a claim): runs before the batch's writes, answered at once
 	done     chan struct{}
 }
 
@@ -573,11 +578,23 @@ func (e opError) Unwrap() error { return e.err }
 // update runs fn inside the next group commit and returns once that commit
 // is durable (or failed). fn must not keep references to the txn.
 func (j *Journal) update(ctx context.Context, fn func(t *txn) error) error {
+	return j.run1(ctx, fn, false)
+}
+
+// view runs fn in the commit goroutine on the committed state, in a read
+// transaction before the next batch's writes, and returns at once: no
+// commit, no fsync. fn must not write; it may change the journal's
+// in-memory state (claims), which only the commit goroutine changes.
+func (j *Journal) view(ctx context.Context, fn func(t *txn) error) error {
+	return j.run1(ctx, fn, true)
+}
+
+func (j *Journal) run1(ctx context.Context, fn func(t *txn) error, read bool) error {
 	if j.opts.ReadOnly {
 		return ErrReadOnly
 	}
 	o := opPool.Get().(*op)
-	o.fn, o.err, o.appended = fn, nil, 0
+	o.fn, o.err, o.appended, o.read = fn, nil, 0, read
 	select {
 	case <-j.closing:
 		opPool.Put(o)
@@ -638,11 +655,46 @@ func (j *Journal) commitLoop() {
 	}
 }
 
-func (j *Journal) commit(batch []*op) {
+func (j *Journal) commit(all []*op) {
+	// Reads first, on the committed state, answered before the writes.
+	batch := all[:0]
+	var reads []*op
+	for _, o := range all {
+		if o.read {
+			reads = append(reads, o)
+		} else {
+			batch = append(batch, o)
+		}
+	}
+	if len(reads) > 0 {
+		err := j.db.View(func(tx *bolt.Tx) error {
+			t := j.newTxnArena(tx, &arena{})
+			for _, o := range reads {
+				o.err = o.fn(t)
+				var oe opError
+				if errors.As(o.err, &oe) {
+					o.err = oe.err
+				}
+			}
+			return nil
+		})
+		for _, o := range reads {
+			if err != nil {
+				o.err = err
+			}
+			o.done <- struct{}{}
+		}
+	}
+	if len(batch) == 0 && len(j.toPark) == 0 {
+		return
+	}
 	start := time.Now()
 	var done *txn
 	err := j.db.Update(func(tx *bolt.Tx) error {
 		t := j.newTxnArena(tx, &j.arena)
+		if err := t.parkFound(); err != nil {
+			return err
+		}
 		for _, o := range batch {
 			before := t.appended
 			err := o.fn(t)
@@ -681,6 +733,7 @@ func (j *Journal) commit(batch []*op) {
 		}
 	} else {
 		appended = done.appended
+		clear(j.toPark)
 		j.applyTxn(done)
 		j.logDamaged(done.newlyDamaged)
 		for _, f := range done.onCommit {
@@ -727,6 +780,9 @@ func (j *Journal) loadCounts(meta *bolt.Bucket) {
 func (j *Journal) applyTxn(t *txn) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	for seq := range t.ended {
+		delete(j.run, seq)
+	}
 	for i := range t.delta {
 		j.counts[i] += t.delta[i]
 	}
@@ -765,11 +821,13 @@ type Stats struct {
 // Stats returns the journal's counters.
 func (j *Journal) Stats() Stats {
 	j.mu.Lock()
+	counts := j.counts
+	j.overlayRunning(&counts, nil)
+	j.mu.Unlock()
 	by := map[State]int64{}
 	for s := StatePending; s <= StateStuck; s++ {
-		by[s] = j.counts[s]
+		by[s] = counts[s]
 	}
-	j.mu.Unlock()
 	return Stats{
 		ByState:       by,
 		ByType:        j.Counts().ByType,
@@ -828,13 +886,20 @@ func (j *Journal) Counts() Counts {
 		j.mu.Unlock()
 	}
 	j.mu.Lock()
-	defer j.mu.Unlock()
-	c := Counts{ByState: map[State]int64{}, ByType: make(map[string]map[State]int64, len(j.typeCounts)),
-		Retrying: j.counts[0], RetryingByType: map[string]int64{}}
-	for s := StatePending; s <= StateStuck; s++ {
-		c.ByState[s] = j.counts[s]
-	}
+	counts := j.counts
+	typeCounts := make(map[string]*[5]int64, len(j.typeCounts))
 	for typ, n := range j.typeCounts {
+		c := *n
+		typeCounts[typ] = &c
+	}
+	j.overlayRunning(&counts, typeCounts)
+	j.mu.Unlock()
+	c := Counts{ByState: map[State]int64{}, ByType: make(map[string]map[State]int64, len(typeCounts)),
+		Retrying: counts[0], RetryingByType: map[string]int64{}}
+	for s := StatePending; s <= StateStuck; s++ {
+		c.ByState[s] = counts[s]
+	}
+	for typ, n := range typeCounts {
 		if n[0] != 0 {
 			c.RetryingByType[typ] = n[0]
 		}

@@ -334,12 +334,114 @@ func TestReopenRecoversRunning(t *testing.T) {
 	if st.ByState[StatePending] != 3 || st.ByState[StateRunning] != 0 {
 		t.Fatalf("counts after reopen = %v", st.ByState)
 	}
+	// Claims are not stored: the interrupted attempt is not counted.
 	es := mustClaim(t, j, 10)
-	if fmt.Sprint(seqsOf(es)) != "[1 2]" || es[0].Attempts != 2 {
-		t.Fatalf("after reopen claimed %v (attempts %d), want [1 2] with attempts 2", seqsOf(es), es[0].Attempts)
+	if fmt.Sprint(seqsOf(es)) != "[1 2]" || es[0].Attempts != 1 {
+		t.Fatalf("after reopen claimed %v (attempts %d), want [1 2] with attempts 1", seqsOf(es), es[0].Attempts)
 	}
 	if s := mustAppend(t, j, msg("", "4"))[0]; s != 4 {
 		t.Fatalf("next seq = %d, want 4", s)
+	}
+	j.Close()
+
+	// A journal written before claims moved to memory stores running
+	// entries: Open makes them pending again and keeps their attempts.
+	j = mustOpenAt(t, path, Options{})
+	if err := j.update(context.Background(), func(tx *txn) error {
+		e, err := tx.getStatus(4)
+		if err != nil {
+			return err
+		}
+		if err := tx.delReady(e); err != nil {
+			return err
+		}
+		e.Attempts = 3
+		return tx.setState(e, StateRunning)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.Stats().ByState[StateRunning]; got != 1 {
+		t.Fatalf("stored running entries = %d, want 1", got)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{})
+	if st := j.Stats(); st.ByState[StateRunning] != 0 || st.ByState[StatePending] != 4 {
+		t.Fatalf("counts after recovering a stored running entry = %v", st.ByState)
+	}
+	if e, err := j.Get(4); err != nil || e.State != StatePending || e.Attempts != 3 {
+		t.Fatalf("entry 4 after recovery = %+v, %v; want pending with 3 attempts", e, err)
+	}
+}
+
+// A claimed entry reads as running through every reader of the journal,
+// though the claim is not stored, and goes back to pending on Release
+// without a commit.
+func TestClaimsInMemory(t *testing.T) {
+	j := mustOpen(t, Options{})
+	mustAppend(t, j, msg("a", "1"), msg("b", "2"), msg("", "3"))
+	commits := j.Stats().Commits
+	es := mustClaim(t, j, 2)
+	if got := j.Stats().Commits; got != commits {
+		t.Fatalf("claim committed: %d commits, want %d", got, commits)
+	}
+	if e, err := j.Get(es[0].Seq); err != nil || e.State != StateRunning || e.Attempts != 1 {
+		t.Fatalf("claimed entry reads as %+v, %v", e, err)
+	}
+	st := j.Stats().ByState
+	if st[StateRunning] != 2 || st[StatePending] != 1 {
+		t.Fatalf("counts = %v, want 2 running 1 pending", st)
+	}
+	if c := j.Counts().ByType["t"]; c[StateRunning] != 2 || c[StatePending] != 1 {
+		t.Fatalf("type counts = %v", c)
+	}
+	var running, pending []uint64
+	scan := func(s State, into *[]uint64, reverse bool) {
+		if err := j.Scan(Filter{States: []State{s}, Reverse: reverse}, func(e *Entry) bool { *into = append(*into, e.Seq); return true }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scan(StateRunning, &running, false)
+	scan(StatePending, &pending, false)
+	if fmt.Sprint(running, pending) != "[1 2] [3]" {
+		t.Fatalf("scan running, pending = %v %v", running, pending)
+	}
+	running = nil
+	scan(StateRunning, &running, true)
+	if fmt.Sprint(running) != "[2 1]" {
+		t.Fatalf("reverse scan running = %v", running)
+	}
+	// The next claim steps over the running entries.
+	if more := mustClaim(t, j, 10); fmt.Sprint(seqsOf(more)) != "[3]" {
+		t.Fatalf("second claim = %v, want [3]", seqsOf(more))
+	}
+	if err := j.Settle(context.Background(), Outcome{Seq: 1, Kind: Release}); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.Stats().Commits; got != commits {
+		t.Fatalf("release committed: %d commits, want %d", got, commits)
+	}
+	if err := j.Settle(context.Background(), Outcome{Seq: 1, Kind: Release}); !errors.Is(err, ErrBadState) {
+		t.Fatalf("second release = %v, want ErrBadState", err)
+	}
+	again := mustClaim(t, j, 10)
+	if fmt.Sprint(seqsOf(again)) != "[1]" || again[0].Attempts != 1 {
+		t.Fatalf("claim after release = %v (attempts %d), want [1] with attempts 1", seqsOf(again), again[0].Attempts)
+	}
+	// A retry stores the attempt; done ends the claim.
+	if err := j.Settle(context.Background(), Outcome{Seq: 1, Kind: Retry, Err: "boom"}, Outcome{Seq: 2, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Settle(context.Background(), Outcome{Seq: 2, Kind: Done}); !errors.Is(err, ErrBadState) {
+		t.Fatalf("settling a done entry = %v, want ErrBadState", err)
+	}
+	if e, _ := j.Get(1); e.State != StatePending || e.Attempts != 1 || e.LastError != "boom" {
+		t.Fatalf("retried entry = %+v", e)
+	}
+	if st := j.Stats().ByState; st[StateRunning] != 1 || st[StateDone] != 1 || st[StatePending] != 1 {
+		t.Fatalf("counts after settles = %v", st)
+	}
+	if err := j.Check(); err != nil {
+		t.Fatal(err)
 	}
 }
 

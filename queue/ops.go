@@ -1,10 +1,12 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -63,9 +65,11 @@ func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult
 	return res, nil
 }
 
-// Claim takes up to max entries that are ready now, marks them running and
-// counts the attempt, durably. It returns an empty slice when nothing is
-// ready. Its cost depends on max, not on the size of the journal.
+// Claim takes up to max entries that are ready now and marks them running,
+// counting the attempt. It returns an empty slice when nothing is ready.
+// A claim is kept in memory (see running.go): it waits for no commit, and
+// its cost depends on max and on how many entries are running, not on the
+// size of the journal.
 func (j *Journal) Claim(ctx context.Context, max int) ([]*Entry, error) {
 	return j.ClaimMatching(ctx, max, nil)
 }
@@ -80,50 +84,69 @@ const maxClaimSkip = 4096
 // in ready at all.
 func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ string) bool) ([]*Entry, error) {
 	var out []*Entry
-	err := j.update(ctx, func(t *txn) error {
+	err := j.view(ctx, func(t *txn) error {
 		out = out[:0]
 		now := uint64(unixNano(t.now))
-		var keys [][]byte
 		skipped := 0
 		c := t.ready.Cursor()
-		for k, _ := c.First(); k != nil && len(keys) < max && skipped < maxClaimSkip; k, _ = c.Next() {
+		for k, _ := c.First(); k != nil && len(out) < max && skipped < maxClaimSkip; k, _ = c.Next() {
 			if binary.BigEndian.Uint64(k[:8]) > now {
 				break
 			}
+			seq := binary.BigEndian.Uint64(k[8:])
+			if _, running := t.claimed(seq); running {
+				continue
+			}
+			if _, ok := j.toPark[seq]; ok {
+				continue
+			}
 			if want != nil {
-				e, err := t.load(binary.BigEndian.Uint64(k[8:]), false)
+				e, err := t.load(seq, false)
 				if err == nil && e.Damage == "" && !want(e.Type) {
 					skipped++
 					continue
 				}
-			}
-			keys = append(keys, k)
-		}
-		for _, k := range keys {
-			seq := binary.BigEndian.Uint64(k[8:])
-			if err := t.ready.Delete(k); err != nil {
-				return err
 			}
 			e, err := t.get(seq)
 			if err != nil {
 				return err
 			}
 			if e.Damage != "" {
-				// Step over it: parked as stuck, the rest of the claim goes on.
-				if err := t.markDamaged(e); err != nil {
-					return err
-				}
+				// Step over it: the next commit parks it as stuck.
+				j.toPark[seq] = bytes.Clone(k)
 				continue
 			}
 			e.Attempts++
-			if err := t.setState(e, StateRunning); err != nil {
-				return err
-			}
+			j.mu.Lock()
+			st := *e
+			st.Headers, st.Body, st.DedupID = nil, nil, nil
+			st.claimed = true
+			st.State = StateRunning
+			j.run[seq] = runInfo{typ: countedType(e.Type), attempts: e.Attempts, retrying: e.countedRetrying, status: &st}
+			j.mu.Unlock()
+			e.State = StateRunning
 			out = append(out, e)
 		}
 		return nil
 	})
 	return out, err
+}
+
+// parkFound parks the damaged entries claims stepped over as stuck.
+func (t *txn) parkFound() error {
+	for seq, k := range t.j.toPark {
+		e, err := t.getStatus(seq)
+		if err != nil || e.Damage == "" {
+			continue // gone, or repaired
+		}
+		if err := t.ready.Delete(k); err != nil {
+			return err
+		}
+		if err := t.markDamaged(e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // NextReadyAt returns when the next pending entry becomes ready, and false
@@ -132,9 +155,12 @@ func (j *Journal) NextReadyAt() (time.Time, bool) {
 	var at time.Time
 	var ok bool
 	_ = j.db.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bucketReady).Cursor().First()
-		if k != nil {
-			at, ok = fromUnixNano(int64(binary.BigEndian.Uint64(k[:8]))), true
+		c := tx.Bucket(bucketReady).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if _, running := j.claimed(binary.BigEndian.Uint64(k[8:])); !running {
+				at, ok = fromUnixNano(int64(binary.BigEndian.Uint64(k[:8]))), true
+				break
+			}
 		}
 		return nil
 	})
@@ -163,9 +189,10 @@ const (
 	// Stuck: parked until an operator replays it.
 	Stuck
 	// Release: pending again at once and the attempt is not counted: the
-	// call was cancelled by shutdown, or claimed and never started. (A
-	// crash, by contrast, keeps the attempt: Open cannot know how far the
-	// call got.)
+	// call was cancelled by shutdown, or claimed and never started. A
+	// release only ends the claim, which lives in memory: nothing stored
+	// changes and it waits for no commit. (A crash ends every claim the
+	// same way.)
 	Release
 )
 
@@ -173,6 +200,9 @@ const (
 // an entry that is not running fails with ErrBadState without affecting
 // the others; the first such error is returned.
 func (j *Journal) Settle(ctx context.Context, outs ...Outcome) error {
+	if !slices.ContainsFunc(outs, func(o Outcome) bool { return o.Kind != Release }) {
+		return j.releaseClaims(outs)
+	}
 	var first error
 	err := j.update(ctx, func(t *txn) error {
 		first = nil
@@ -195,19 +225,51 @@ func (j *Journal) Settle(ctx context.Context, outs ...Outcome) error {
 	return first
 }
 
-func (t *txn) settle(o Outcome) error {
-	e, err := t.getStatus(o.Seq)
-	if err != nil {
-		return opError{err}
+// releaseClaims ends claims without a commit: see Release.
+func (j *Journal) releaseClaims(outs []Outcome) error {
+	if j.opts.ReadOnly {
+		return ErrReadOnly
 	}
-	if e.State != StateRunning {
+	var first error
+	j.mu.Lock()
+	for _, o := range outs {
+		if _, ok := j.run[o.Seq]; !ok {
+			if first == nil {
+				first = fmt.Errorf("cannot release entry %d: it is not running: %w", o.Seq, ErrBadState)
+			}
+			continue
+		}
+		delete(j.run, o.Seq)
+	}
+	j.mu.Unlock()
+	j.signalReady()
+	return first
+}
+
+func (t *txn) settle(o Outcome) error {
+	if o.Kind < Done || o.Kind > Release {
+		return opError{fmt.Errorf("cannot settle entry %d: unknown outcome %d", o.Seq, o.Kind)}
+	}
+	info, ok := t.claimed(o.Seq)
+	if !ok {
+		e, err := t.getStatus(o.Seq)
+		if err != nil {
+			return opError{err}
+		}
 		return opError{fmt.Errorf("cannot settle entry %d: it is %s: %w", o.Seq, e.State, ErrBadState)}
 	}
-	if e.Damage != "" {
-		if err := t.markDamaged(e); err != nil {
-			return err
-		}
-		return opError{fmt.Errorf("cannot settle entry %d: %s: it is parked as stuck", o.Seq, e.LastError)}
+	t.endClaim(o.Seq)
+	e := new(Entry)
+	*e = *info.status
+	if o.Kind == Release {
+		// Nothing stored changes: the entry is pending, in ready (or held).
+		t.readyChanged = true
+		return nil
+	}
+	// The claimed entry's ready key (stored as pending) goes; its outcome
+	// decides what follows.
+	if err := t.delReady(e); err != nil {
+		return err
 	}
 	if o.Kind == Done || o.Kind == Stuck {
 		for _, m := range o.Out {
@@ -224,14 +286,9 @@ func (t *txn) settle(o Outcome) error {
 			return err
 		}
 		return t.release(e)
-	case Retry, Release:
-		e.NextAttemptAt = time.Time{}
-		if o.Kind == Retry {
-			e.LastError = clip(o.Err)
-			e.NextAttemptAt = o.At
-		} else {
-			e.Attempts = max(e.Attempts-1, 0)
-		}
+	case Retry:
+		e.LastError = clip(o.Err)
+		e.NextAttemptAt = o.At
 		if err := t.setState(e, StatePending); err != nil {
 			return err
 		}
@@ -405,7 +462,9 @@ func (j *Journal) Get(seq uint64) (*Entry, error) {
 	var e *Entry
 	err := j.db.View(func(tx *bolt.Tx) error {
 		var err error
-		e, err = readersOf(tx).load(seq, true)
+		r := readersOf(tx)
+		r.claims = j.claimed
+		e, err = r.load(seq, true)
 		return err
 	})
 	return e, err

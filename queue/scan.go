@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -61,6 +62,7 @@ func (f *Filter) match(e *Entry) bool {
 func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 	return j.db.View(func(tx *bolt.Tx) error {
 		r := readersOf(tx)
+		r.claims = j.claimed
 		n := 0
 		visit := func(seq uint64) (bool, error) {
 			// Match on the status and routing first; read the message
@@ -79,6 +81,22 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 			}
 			n++
 			return fn(e) && (f.Limit <= 0 || n < f.Limit), nil
+		}
+		if len(f.States) == 1 && f.States[0] == StateRunning {
+			// Claims live in memory (see running.go), not in the index.
+			seqs := j.runningSeqs()
+			if f.Reverse {
+				slices.Reverse(seqs)
+			}
+			for _, seq := range seqs {
+				if f.FromSeq > 0 && seq < f.FromSeq || f.ToSeq > 0 && seq > f.ToSeq {
+					continue
+				}
+				if more, err := visit(seq); err != nil || !more {
+					return err
+				}
+			}
+			return nil
 		}
 		if f.Reverse {
 			return scanReverse(tx, r, f, visit)

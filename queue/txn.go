@@ -17,6 +17,9 @@ import (
 // hold format 2. Any of them may be missing (nil) in a read-only file.
 type readers struct {
 	entries, msgs, status, state, damaged *bolt.Bucket
+	// claims, when set, says which entries are running (claimed in
+	// memory, pending on disk): load shows them as running.
+	claims func(seq uint64) (runInfo, bool)
 }
 
 func readersOf(tx *bolt.Tx) readers {
@@ -78,6 +81,13 @@ func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 		return r.damagedEntry(seq, e, merr), nil
 	}
 	e.countedRetrying = e.Retrying()
+	if r.claims != nil && e.State == StatePending {
+		if info, ok := r.claims(seq); ok {
+			e.claimed = true
+			e.State = StateRunning
+			e.Attempts = info.attempts
+		}
+	}
 	return e, nil
 }
 
@@ -170,6 +180,7 @@ type txn struct {
 	roomErr      error    // appendRoom's verdict, once measured
 	pauses       *pauseSet
 	outAdded     int      // outbox messages written
+	ended        map[uint64]struct{} // claims settled in this transaction
 	onCommit     []func() // run after the batch committed
 	buf          []byte
 	arena        *arena
@@ -194,6 +205,7 @@ func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 		arena:   a,
 		pauses:  j.pauses.Load(),
 	}
+	t.claims = t.claimed
 	// Sequence keys only grow: pack pages full.
 	if t.msgs != nil {
 		t.msgs.FillPercent = 0.95
@@ -201,6 +213,22 @@ func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 		t.state.FillPercent = 0.95
 	}
 	return t
+}
+
+// claimed is Journal.claimed less the claims this transaction settled.
+func (t *txn) claimed(seq uint64) (runInfo, bool) {
+	if _, ok := t.ended[seq]; ok {
+		return runInfo{}, false
+	}
+	return t.j.claimed(seq)
+}
+
+// endClaim ends seq's claim when the transaction commits (see applyTxn).
+func (t *txn) endClaim(seq uint64) {
+	if t.ended == nil {
+		t.ended = map[uint64]struct{}{}
+	}
+	t.ended[seq] = struct{}{}
 }
 
 // k64 is u64 in the arena: a key that must live until the commit.
@@ -377,13 +405,17 @@ func (t *txn) putMessage(e *Entry) error {
 // setState moves e to state s in the state index and the counters, and
 // writes its status. A zero e.State means e is new.
 func (t *txn) setState(e *Entry, s State) error {
-	if e.State != 0 {
-		if err := t.state.Delete(stateKey(e.State, e.Seq)); err != nil {
+	from := e.State
+	if e.claimed {
+		from, e.claimed = StatePending, false // stored as pending
+	}
+	if from != 0 {
+		if err := t.state.Delete(stateKey(from, e.Seq)); err != nil {
 			return err
 		}
-		t.delta[e.State]--
+		t.delta[from]--
 	}
-	t.countType(e.Type, e.State, s)
+	t.countType(e.Type, from, s)
 	e.State = s
 	t.delta[s]++
 	t.countRetrying(e)

@@ -1,17 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"math/rand"
 	"net"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,13 +169,13 @@ func runBareChild(b *testing.B, kind, dest string, n int) pipelineResult {
 	return pipelineResult{msgPerSec: float64(n) / wall.Seconds(), cpuPerMsg: cpu / time.Duration(n)}
 }
 
-var doneRe = regexp.MustCompile(`(?m)^agentq_processed_total\{backend="[^"]*",outcome="done"\} (\d+)`)
 
 // agentRun is the real binary working through a pre-filled queue.
 type agentRun struct {
 	pipelineResult
 	rssAnonMiB   float64
 	journalBytes int64
+	commits      float64 // journal group commits during the run
 }
 
 // runAgentPipeline starts the real binary on a pre-filled queue with the
@@ -197,7 +195,7 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 		b.Fatal(err)
 	}
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	var base string
+	var base, token string
 	var rss int64
 	deadline := time.Now().Add(10 * time.Minute)
 	for {
@@ -208,11 +206,18 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 		if base == "" {
 			if raw, err := os.ReadFile(journal + ".admin"); err == nil {
 				base = "http://" + between(string(raw), `"addr":"`, `"`)
+				token = between(string(raw), `"token":"`, `"`)
+				if out := os.Getenv("AGENTQ_BENCH_CPUPROFILE"); out != "" {
+					go saveProfile(base, string(raw), out)
+				}
 			}
-		} else if done := scrapeDone(base); done >= n && (!slices.Contains(extra, "--results") || metricValueB(base, "agentq_outbox_pending") == 0) {
+		} else if done, outbox := pollSummary(base, token); done >= n && outbox == 0 {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		// /v1/summary reads counters only: polling it costs the agent
+		// little, unlike a /metrics scrape (a Prometheus server scrapes
+		// every 15 s or so, not 20 times a second).
+		time.Sleep(50 * time.Millisecond)
 	}
 	wall := time.Since(t0)
 	cpu := procCPU(b, cmd.Process.Pid)
@@ -221,43 +226,44 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 		pipelineResult: pipelineResult{msgPerSec: float64(n) / wall.Seconds(), cpuPerMsg: cpu / time.Duration(n)},
 		rssAnonMiB:     float64(rss) / 1024,
 		journalBytes:   fi.Size(),
+		commits:        metricValue(b, base, "agentq_journal_commit_duration_seconds_count"),
 	}
 }
 
-// metricValueB reads one unlabelled metric; -1 if it cannot.
-func metricValueB(base, name string) float64 {
-	resp, err := http.Get(base + "/metrics")
+// saveProfile writes a 5-second CPU profile of the agent to out
+// (AGENTQ_BENCH_CPUPROFILE), to see where its time goes under load.
+func saveProfile(base, addrFile, out string) {
+	req, _ := http.NewRequest("GET", base+"/debug/pprof/profile?seconds=5", nil)
+	req.Header.Set("Authorization", "Bearer "+between(addrFile, `"token":"`, `"`))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return -1
+		return
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return -1
+	raw, _ := io.ReadAll(resp.Body)
+	os.WriteFile(out, raw, 0o644)
 }
 
-func scrapeDone(base string) int {
-	resp, err := http.Get(base + "/metrics")
+// pollSummary returns the done entries and the outbox messages waiting,
+// from the agent's /v1/summary; -1s when it cannot.
+func pollSummary(base, token string) (done, outbox int) {
+	req, _ := http.NewRequest("GET", base+"/v1/summary", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0
+		return -1, -1
 	}
 	defer resp.Body.Close()
-	total := 0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if m := doneRe.FindStringSubmatch(sc.Text()); m != nil {
-			v, _ := strconv.Atoi(m[1])
-			total += v
-		}
+	var sum struct {
+		States map[string]int `json:"states"`
+		Outbox struct {
+			Pending int `json:"pending"`
+		} `json:"outbox"`
 	}
-	return total
+	if json.NewDecoder(resp.Body).Decode(&sum) != nil {
+		return -1, -1
+	}
+	return sum.States["done"], sum.Outbox.Pending
 }
 
 func benchQueue(kind string) string {
@@ -296,6 +302,9 @@ func reportPipeline(b *testing.B, aq agentRun, bases map[string]pipelineResult, 
 	b.ReportMetric(aq.msgPerSec, "agentq-msg/s")
 	b.ReportMetric(float64(aq.cpuPerMsg.Nanoseconds())/1000, "agentq-cpu-us/msg")
 	b.ReportMetric(aq.rssAnonMiB, "agentq-rssanon-MiB")
+	if aq.commits > 0 {
+		b.ReportMetric(float64(n)/aq.commits, "msgs/commit")
+	}
 	b.ReportMetric(float64(aq.journalBytes)/float64(n), "journal-bytes/msg")
 	b.ReportMetric(float64(aq.journalBytes)/float64(n)/float64(size), "journal-bytes-ratio")
 	names := make([]string, 0, len(bases))

@@ -48,7 +48,7 @@ func (a *agent) kill() {
 }
 
 // metricValue reads one unlabelled metric of a running agent.
-func metricValue(t *testing.T, base, name string) float64 {
+func metricValue(t testing.TB, base, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
