@@ -179,9 +179,9 @@ type txn struct {
 	newlyDamaged []*Entry // marked damaged in this transaction, logged after commit
 	roomErr      error    // appendRoom's verdict, once measured
 	pauses       *pauseSet
-	outAdded     int      // outbox messages written
+	outAdded     int                 // outbox messages written
 	ended        map[uint64]struct{} // claims settled in this transaction
-	onCommit     []func() // run after the batch committed
+	onCommit     []func()            // run after the batch committed
 	buf          []byte
 	arena        *arena
 }

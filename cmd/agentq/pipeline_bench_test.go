@@ -3,9 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand"
 	"net"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -168,7 +168,6 @@ func runBareChild(b *testing.B, kind, dest string, n int) pipelineResult {
 	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	return pipelineResult{msgPerSec: float64(n) / wall.Seconds(), cpuPerMsg: cpu / time.Duration(n)}
 }
-
 
 // agentRun is the real binary working through a pre-filled queue.
 type agentRun struct {
