@@ -4,10 +4,12 @@
 //
 // # Durability
 //
-// Every write (Append, Claim, Settle, Replay, retention) goes through one
-// commit goroutine. It takes all operations queued at that moment, applies
-// them in one bbolt transaction and commits it: one fsync for the batch
-// (group commit). A caller returns only after its batch is on disk, and if
+// Every write (Append, Settle, Replay, retention) goes through one commit
+// goroutine. It takes all operations queued at that moment, applies them
+// in one bbolt transaction and commits it: one fsync for the batch (group
+// commit). Claims go through the same goroutine but only read: they run
+// first, on the committed state, and return at once. A writer returns
+// only after its batch is on disk, and if
 // the commit fails every caller in the batch gets the error and nothing of
 // the batch is stored. An operation that cannot apply (settling an entry
 // that is not running, an append refused for lack of room) fails alone and
@@ -45,7 +47,11 @@
 //	done, stuck --Replay--> pending (attempts reset, replays+1)
 //	pending, stuck --Reextract--> pending (new type/key/fault, attempts
 //	                   reset, replays+1; moved to its new key's queue)
-//	running --Open after a crash--> pending (attempts kept)
+//	running --a crash--> pending (the interrupted attempt is not counted)
+//
+// Running is the one state kept in memory: a claim writes nothing and
+// waits for no commit, and the entry stays pending on disk until its
+// outcome is settled (running.go says why and how readers see it).
 //
 // # Buckets
 //
@@ -66,9 +72,11 @@
 //	          of each key, in order
 //	keyhead   ordering key -> seq: the one entry of the key that is ready,
 //	          running, or stuck and blocking the key
-//	dedup     uvarint len + dedup id + seq -> connection id: deliveries a
-//	          redelivery may repeat, and the connection that last matched
-//	dedupseq  seq -> insert time + dedup key: prunes dedup by age
+//	dedupseq  seq -> insert time + dedup key (uvarint len + dedup id +
+//	          seq): deliveries a redelivery may repeat, until their ACK is
+//	          confirmed or DedupWindow passes. The index of them by id
+//	          lives in memory (dedup.go).
+//	dedup     empty; journals before the in-memory index kept it there
 //	damaged   seq -> "damaged entry: ..." for entries parked because their
 //	          records do not decode
 //

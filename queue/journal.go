@@ -186,6 +186,7 @@ type Journal struct {
 
 	mu           sync.Mutex               // guards counts, typeCounts and run
 	run          runSet                   // claimed entries (see running.go)
+	dedup        *dedupIndex              // unconfirmed deliveries (see dedup.go); commit goroutine only
 	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys; commit goroutine only
 	counts       [5]int64                 // entries by State (index = State), as stored
 	typeCounts   map[string]*[5]int64     // entries by type, then State
@@ -263,6 +264,7 @@ func Open(path string, opts Options) (*Journal, error) {
 
 		typeCounts: map[string]*[5]int64{},
 		run:        runSet{},
+		dedup:      newDedupIndex(),
 		toPark:     map[uint64][]byte{},
 	}
 	if err := j.init(fresh); err != nil {
@@ -361,7 +363,17 @@ func (j *Journal) init(fresh bool) error {
 	if err := j.migrate(); err != nil {
 		return fmt.Errorf("cannot migrate to format %d: %w", FormatVersion, err)
 	}
-	return j.db.Update(j.recover)
+	return j.db.Update(func(tx *bolt.Tx) error {
+		if err := j.recover(tx); err != nil {
+			return err
+		}
+		d, err := loadDedup(tx, true)
+		if err != nil {
+			return fmt.Errorf("cannot load dedup slots: %w", err)
+		}
+		j.dedup = d
+		return nil
+	})
 }
 
 // migrateBatch bounds the entries one migration transaction moves; a
@@ -783,6 +795,7 @@ func (j *Journal) applyTxn(t *txn) {
 	for seq := range t.ended {
 		delete(j.run, seq)
 	}
+	j.dedup.apply(&t.dd)
 	for i := range t.delta {
 		j.counts[i] += t.delta[i]
 	}

@@ -628,7 +628,8 @@ func TestFullJournalFailsBatch(t *testing.T) {
 // same id is kept, a redelivery after a further cut is still recognised,
 // and a first delivery is never checked.
 func TestRedeliveryDedup(t *testing.T) {
-	j := mustOpen(t, Options{})
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{})
 	id := []byte("hash-1")
 	mk := func(redelivered bool, conn uint64) *Entry {
 		e := msg("", "same body")
@@ -653,6 +654,27 @@ func TestRedeliveryDedup(t *testing.T) {
 	res = append3(mk(true, 2), mk(true, 2), mk(true, 2))
 	if !res[0].Duplicate || !res[1].Duplicate || res[2].Duplicate {
 		t.Fatalf("redeliveries on connection 2: %+v, want dup, dup, new", res)
+	}
+	// The agent restarts: the slots come back from the journal (the
+	// index of them lives in memory), and a journal written before that
+	// kept an index bucket, which Open empties.
+	j.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDedup).Put([]byte("stale"), u64(1)) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	j = mustOpenAt(t, path, Options{})
+	if err := j.db.View(func(tx *bolt.Tx) error {
+		if k, _ := tx.Bucket(bucketDedup).Cursor().First(); k != nil {
+			return fmt.Errorf("legacy dedup bucket still holds %q", k)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	// Connection 3: the ACKs of connection 2 were lost too; all three come
 	// again and are all recognised.

@@ -51,7 +51,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 				seqs = append(seqs, binary.BigEndian.Uint64(k))
 			}
 			for _, s := range seqs {
-				if err := t.forgetDedup(s); err != nil {
+				if err := t.dropDedup(s); err != nil {
 					return err
 				}
 			}

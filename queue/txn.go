@@ -170,7 +170,7 @@ type txn struct {
 	tx  *bolt.Tx
 	now time.Time
 
-	meta, ready, keyq, keyhead, dedup, dedupBy *bolt.Bucket
+	meta, ready, keyq, keyhead, dedupBy *bolt.Bucket
 
 	delta        [5]int64
 	typeDelta    map[string]*[5]int64
@@ -181,6 +181,7 @@ type txn struct {
 	pauses       *pauseSet
 	outAdded     int                 // outbox messages written
 	ended        map[uint64]struct{} // claims settled in this transaction
+	dd           dedupChanges        // to the dedup index, applied after commit
 	onCommit     []func()            // run after the batch committed
 	buf          []byte
 	arena        *arena
@@ -200,7 +201,6 @@ func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 		ready:   tx.Bucket(bucketReady),
 		keyq:    tx.Bucket(bucketKeyQ),
 		keyhead: tx.Bucket(bucketKeyHead),
-		dedup:   tx.Bucket(bucketDedup),
 		dedupBy: tx.Bucket(bucketDedupBy),
 		arena:   a,
 		pauses:  j.pauses.Load(),
@@ -527,12 +527,7 @@ func (t *txn) append(e *Entry) error {
 	}
 	t.appended++
 	if len(e.DedupID) > 0 {
-		dk := dedupKey(e.DedupID, seq)
-		if err := t.dedup.Put(dk, u64(e.Connection)); err != nil {
-			return err
-		}
-		v := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(dk)), uint64(unixNano(t.now)))
-		if err := t.dedupBy.Put(u64(seq), append(v, dk...)); err != nil {
+		if err := t.addDedup(e); err != nil {
 			return err
 		}
 	}
@@ -609,44 +604,4 @@ func (t *txn) fit(e *Entry) {
 		e.Source, e.Destination, e.Type, e.Key, e.DedupID = "", "", "", "", nil
 		t.buf = encodeMessage(t.buf[:0], e)
 	}
-}
-
-// matchRedelivery looks for an unconfirmed earlier delivery with the same
-// dedup id that has not been matched on this connection yet. A broker
-// delivers a message at most once per connection, so each slot matches at
-// most one frame per connection: of two distinct messages with the same id
-// both redelivered, the second finds no free slot and is appended. The
-// slot stays (marked with this connection) until the new ACK is confirmed,
-// so a redelivery after a further cut is still recognised.
-func (t *txn) matchRedelivery(id []byte, conn uint64) (uint64, bool, error) {
-	p := dedupPrefix(id)
-	c := t.dedup.Cursor()
-	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-		if len(k) != len(p)+8 {
-			continue
-		}
-		if len(v) == 8 && binary.BigEndian.Uint64(v) == conn {
-			continue // already matched on this connection
-		}
-		seq := binary.BigEndian.Uint64(k[len(p):])
-		if err := t.dedup.Put(bytes.Clone(k), u64(conn)); err != nil {
-			return 0, false, err
-		}
-		return seq, true, nil
-	}
-	return 0, false, nil
-}
-
-// forgetDedup removes seq's dedup slot, if it still has one.
-func (t *txn) forgetDedup(seq uint64) error {
-	v := t.dedupBy.Get(u64(seq))
-	if v == nil {
-		return nil
-	}
-	if len(v) > 8 {
-		if err := t.dedup.Delete(bytes.Clone(v[8:])); err != nil {
-			return err
-		}
-	}
-	return t.dedupBy.Delete(u64(seq))
 }
