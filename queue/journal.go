@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,7 +188,8 @@ type Journal struct {
 	mu           sync.Mutex               // guards counts, typeCounts and run
 	run          runSet                   // claimed entries (see running.go)
 	dedup        *dedupIndex              // unconfirmed deliveries (see dedup.go); commit goroutine only
-	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys; commit goroutine only
+	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys
+	claimMu      sync.RWMutex             // claims hold it shared; see ClaimMatching
 	counts       [5]int64                 // entries by State (index = State), as stored
 	typeCounts   map[string]*[5]int64     // entries by type, then State
 	version      uint32                   // format of the file as opened
@@ -574,8 +576,12 @@ type op struct {
 	fn       func(t *txn) error
 	err      error
 	appended int
-	read     bool // reads only (a claim): runs before the batch's writes, answered at once
-	done     chan struct{}
+	// shared ops (Append, Settle, ConfirmDelivered, retention, outbox
+	// bookkeeping) never change a pending entry that a concurrent claim
+	// could take; a batch with any other op holds claimMu for its whole
+	// transaction (see ClaimMatching).
+	shared bool
+	done   chan struct{}
 }
 
 var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
@@ -590,23 +596,21 @@ func (e opError) Unwrap() error { return e.err }
 // update runs fn inside the next group commit and returns once that commit
 // is durable (or failed). fn must not keep references to the txn.
 func (j *Journal) update(ctx context.Context, fn func(t *txn) error) error {
-	return j.run1(ctx, fn, false)
+	return j.update1(ctx, fn, false)
 }
 
-// view runs fn in the commit goroutine on the committed state, in a read
-// transaction before the next batch's writes, and returns at once: no
-// commit, no fsync. fn must not write; it may change the journal's
-// in-memory state (claims), which only the commit goroutine changes.
-func (j *Journal) view(ctx context.Context, fn func(t *txn) error) error {
-	return j.run1(ctx, fn, true)
+// updateShared is update for an op that never changes a pending entry a
+// concurrent claim could take (see op.shared).
+func (j *Journal) updateShared(ctx context.Context, fn func(t *txn) error) error {
+	return j.update1(ctx, fn, true)
 }
 
-func (j *Journal) run1(ctx context.Context, fn func(t *txn) error, read bool) error {
+func (j *Journal) update1(ctx context.Context, fn func(t *txn) error, shared bool) error {
 	if j.opts.ReadOnly {
 		return ErrReadOnly
 	}
 	o := opPool.Get().(*op)
-	o.fn, o.err, o.appended, o.read = fn, nil, 0, read
+	o.fn, o.err, o.appended, o.shared = fn, nil, 0, shared
 	select {
 	case <-j.closing:
 		opPool.Put(o)
@@ -667,38 +671,13 @@ func (j *Journal) commitLoop() {
 	}
 }
 
-func (j *Journal) commit(all []*op) {
-	// Reads first, on the committed state, answered before the writes.
-	batch := all[:0]
-	var reads []*op
-	for _, o := range all {
-		if o.read {
-			reads = append(reads, o)
-		} else {
-			batch = append(batch, o)
-		}
-	}
-	if len(reads) > 0 {
-		err := j.db.View(func(tx *bolt.Tx) error {
-			t := j.newTxnArena(tx, &arena{})
-			for _, o := range reads {
-				o.err = o.fn(t)
-				var oe opError
-				if errors.As(o.err, &oe) {
-					o.err = oe.err
-				}
-			}
-			return nil
-		})
-		for _, o := range reads {
-			if err != nil {
-				o.err = err
-			}
-			o.done <- struct{}{}
-		}
-	}
-	if len(batch) == 0 && len(j.toPark) == 0 {
-		return
+func (j *Journal) commit(batch []*op) {
+	// Claims run beside the commit goroutine, on the last committed state;
+	// claimMu keeps them consistent with it (see ClaimMatching).
+	exclusive := slices.ContainsFunc(batch, func(o *op) bool { return !o.shared })
+	if exclusive {
+		j.claimMu.Lock()
+		defer j.claimMu.Unlock()
 	}
 	start := time.Now()
 	var done *txn
@@ -745,8 +724,13 @@ func (j *Journal) commit(all []*op) {
 		}
 	} else {
 		appended = done.appended
-		clear(j.toPark)
+		if !exclusive {
+			j.claimMu.Lock()
+		}
 		j.applyTxn(done)
+		if !exclusive {
+			j.claimMu.Unlock()
+		}
 		j.logDamaged(done.newlyDamaged)
 		for _, f := range done.onCommit {
 			f()
@@ -794,6 +778,9 @@ func (j *Journal) applyTxn(t *txn) {
 	defer j.mu.Unlock()
 	for seq := range t.ended {
 		delete(j.run, seq)
+	}
+	for seq := range t.parked {
+		delete(j.toPark, seq)
 	}
 	j.dedup.apply(&t.dd)
 	for i := range t.delta {

@@ -851,3 +851,118 @@ func TestPerKeyOrderRandom(t *testing.T) {
 		}
 	}
 }
+
+// Ensure claims running beside commits never hand out an entry twice or
+// two entries of one key at once: appenders, claimers that settle at
+// random, and pauses (which hold claims off) all at the same time.
+func TestConcurrentClaims(t *testing.T) {
+	ctx := context.Background()
+	j := mustOpen(t, Options{})
+	const appenders, perAppender, claimers = 4, 300, 4
+	total := appenders * perAppender
+	var mu sync.Mutex
+	running := map[uint64]bool{}
+	runningKey := map[string]bool{}
+	done := 0
+	var wg sync.WaitGroup
+	for a := 0; a < appenders; a++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < perAppender; i++ {
+				e := msg(fmt.Sprint("k", i%7), fmt.Sprint(a, "-", i))
+				if i%3 == 0 {
+					e.Key = ""
+				}
+				if _, err := j.Append(ctx, e); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() { // pauses come and go: exclusive commits
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if err := j.SetPaused(ctx, "t", i%2 == 0); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(time.Minute)
+	var cw sync.WaitGroup
+	for c := 0; c < claimers; c++ {
+		cw.Add(1)
+		go func(c int) {
+			defer cw.Done()
+			rng := rand.New(rand.NewSource(int64(c)))
+			for time.Now().Before(deadline) {
+				mu.Lock()
+				finished := done == total
+				mu.Unlock()
+				if finished {
+					return
+				}
+				es, err := j.Claim(ctx, 1+rng.Intn(8))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				for _, e := range es {
+					if running[e.Seq] {
+						t.Errorf("entry %d claimed twice", e.Seq)
+					}
+					if e.Key != "" && runningKey[e.Key] {
+						t.Errorf("two entries of key %s running at once", e.Key)
+					}
+					running[e.Seq], runningKey[e.Key] = true, e.Key != ""
+				}
+				mu.Unlock()
+				for _, e := range es {
+					kind := Done
+					switch rng.Intn(5) {
+					case 0:
+						kind = Release
+					case 1:
+						kind = Retry
+					}
+					mu.Lock()
+					delete(running, e.Seq)
+					delete(runningKey, e.Key)
+					if kind == Done {
+						done++
+					}
+					mu.Unlock()
+					if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: kind}); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				if len(es) == 0 {
+					time.Sleep(100 * time.Microsecond)
+				}
+			}
+		}(c)
+	}
+	cw.Wait()
+	close(stop)
+	wg.Wait()
+	if done != total {
+		t.Fatalf("%d of %d entries done", done, total)
+	}
+	if st := j.Stats().ByState; st[StateDone] != int64(total) || st[StateRunning] != 0 || st[StatePending] != 0 {
+		t.Fatalf("counts = %v", st)
+	}
+	if err := j.Check(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -34,7 +35,7 @@ type AppendResult struct {
 func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult, error) {
 	res := make([]AppendResult, len(entries))
 	var dups uint64
-	err := j.update(ctx, func(t *txn) error {
+	err := j.updateShared(ctx, func(t *txn) error {
 		dups = 0
 		if err := t.appendRoom(); err != nil {
 			return opError{fmt.Errorf("cannot append to journal %s: %w", j.path, err)}
@@ -82,11 +83,34 @@ const maxClaimSkip = 4096
 // past at most a few thousand unwanted entries per call. A stored pause
 // (SetPaused) is the better tool for a lasting pause: held entries are not
 // in ready at all.
+//
+// Claims do not go through the commit goroutine: a claim reads the last
+// committed state in its own read transaction, beside whatever commit is
+// running, and records the claim in memory. claimMu keeps the two
+// consistent: a claim holds it shared; a commit holds it exclusively
+// while it ends claims (so no claim sees a settled entry's old state
+// without also seeing its claim), and for the whole transaction of a
+// batch that may change a pending entry in place (Reextract, Replay,
+// SetPaused). Appends and settles, the hot path, never wait for a claim.
 func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ string) bool) ([]*Entry, error) {
+	if j.opts.ReadOnly {
+		return nil, ErrReadOnly
+	}
+	select {
+	case <-j.closing:
+		return nil, ErrClosed
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	var out []*Entry
-	err := j.view(ctx, func(t *txn) error {
-		out = out[:0]
-		now := uint64(unixNano(t.now))
+	damaged := false
+	j.claimMu.RLock()
+	err := j.db.View(func(tx *bolt.Tx) error {
+		t := j.newTxnArena(tx, &arena{})
+		t.claims = nil // read entries as stored: this call is making the claims
+		now := uint64(unixNano(j.opts.Now()))
 		skipped := 0
 		c := t.ready.Cursor()
 		for k, _ := c.First(); k != nil && len(out) < max && skipped < maxClaimSkip; k, _ = c.Next() {
@@ -94,34 +118,49 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 				break
 			}
 			seq := binary.BigEndian.Uint64(k[8:])
-			if _, running := t.claimed(seq); running {
-				continue
-			}
-			if _, ok := j.toPark[seq]; ok {
-				continue
-			}
 			if want != nil {
+				if _, running := j.claimed(seq); running {
+					continue
+				}
 				e, err := t.load(seq, false)
 				if err == nil && e.Damage == "" && !want(e.Type) {
 					skipped++
 					continue
 				}
 			}
-			e, err := t.get(seq)
-			if err != nil {
-				return err
+			// Take the entry: another claim running beside this one
+			// steps over it from here on.
+			j.mu.Lock()
+			_, running := j.run[seq]
+			_, parking := j.toPark[seq]
+			if !running && !parking {
+				j.run[seq] = runInfo{}
 			}
-			if e.Damage != "" {
-				// Step over it: the next commit parks it as stuck.
-				j.toPark[seq] = bytes.Clone(k)
+			j.mu.Unlock()
+			if running || parking {
+				continue
+			}
+			e, err := t.get(seq)
+			if err != nil || e.Damage != "" {
+				j.mu.Lock()
+				delete(j.run, seq)
+				if err == nil {
+					// Step over it: a commit parks it as stuck.
+					j.toPark[seq] = bytes.Clone(k)
+					damaged = true
+				}
+				j.mu.Unlock()
+				if err != nil {
+					return err
+				}
 				continue
 			}
 			e.Attempts++
-			j.mu.Lock()
 			st := *e
 			st.Headers, st.Body, st.DedupID = nil, nil, nil
 			st.claimed = true
 			st.State = StateRunning
+			j.mu.Lock()
 			j.run[seq] = runInfo{typ: countedType(e.Type), attempts: e.Attempts, retrying: e.countedRetrying, status: &st}
 			j.mu.Unlock()
 			e.State = StateRunning
@@ -129,12 +168,38 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 		}
 		return nil
 	})
-	return out, err
+	j.claimMu.RUnlock()
+	if err != nil {
+		// Give back what this call took.
+		j.mu.Lock()
+		for _, e := range out {
+			delete(j.run, e.Seq)
+		}
+		j.mu.Unlock()
+		return nil, err
+	}
+	if damaged {
+		// Park what it stepped over now (parkFound runs in every commit).
+		if err := j.updateShared(ctx, func(*txn) error { return nil }); err != nil {
+			j.log.Warn("cannot park damaged entries yet", "error", err)
+		}
+	}
+	return out, nil
 }
 
 // parkFound parks the damaged entries claims stepped over as stuck.
 func (t *txn) parkFound() error {
-	for seq, k := range t.j.toPark {
+	t.j.mu.Lock()
+	var found map[uint64][]byte
+	if len(t.j.toPark) > 0 {
+		found = maps.Clone(t.j.toPark)
+	}
+	t.j.mu.Unlock()
+	for seq, k := range found {
+		if t.parked == nil {
+			t.parked = map[uint64]bool{}
+		}
+		t.parked[seq] = true
 		e, err := t.getStatus(seq)
 		if err != nil || e.Damage == "" {
 			continue // gone, or repaired
@@ -204,7 +269,7 @@ func (j *Journal) Settle(ctx context.Context, outs ...Outcome) error {
 		return j.releaseClaims(outs)
 	}
 	var first error
-	err := j.update(ctx, func(t *txn) error {
+	err := j.updateShared(ctx, func(t *txn) error {
 		first = nil
 		for _, o := range outs {
 			if err := t.settle(o); err != nil {
@@ -446,7 +511,7 @@ func (j *Journal) ConfirmDelivered(ctx context.Context, seqs []uint64) error {
 	if len(seqs) == 0 {
 		return nil
 	}
-	return j.update(ctx, func(t *txn) error {
+	return j.updateShared(ctx, func(t *txn) error {
 		for _, s := range seqs {
 			if err := t.forgetDedup(s); err != nil {
 				return err

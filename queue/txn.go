@@ -182,6 +182,7 @@ type txn struct {
 	outAdded     int                 // outbox messages written
 	ended        map[uint64]struct{} // claims settled in this transaction
 	dd           dedupChanges        // to the dedup index, applied after commit
+	parked       map[uint64]bool     // claims' damaged finds handled here
 	onCommit     []func()            // run after the batch committed
 	buf          []byte
 	arena        *arena

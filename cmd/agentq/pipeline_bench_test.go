@@ -280,15 +280,17 @@ func BenchmarkPipelineSTOMP(b *testing.B) {
 	var ind, auto pipelineResult
 	var aq agentRun
 	for it := 0; it < b.N; it++ {
-		q := benchQueue("ind")
-		publishSTOMP(b, q, n, size, nil)
-		ind = runBareChild(b, "stomp-client-individual", q, n)
+		if os.Getenv("AGENTQ_BENCH_AGENT_ONLY") == "" { // for A/B runs of two builds
+			q := benchQueue("ind")
+			publishSTOMP(b, q, n, size, nil)
+			ind = runBareChild(b, "stomp-client-individual", q, n)
 
-		q = benchQueue("auto")
-		publishSTOMP(b, q, n, size, nil)
-		auto = runBareChild(b, "stomp-auto", q, n)
+			q = benchQueue("auto")
+			publishSTOMP(b, q, n, size, nil)
+			auto = runBareChild(b, "stomp-auto", q, n)
+		}
 
-		q = benchQueue("agentq")
+		q := benchQueue("agentq")
 		publishSTOMP(b, q, n, size, nil)
 		aq = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n)
 	}
@@ -313,6 +315,9 @@ func reportPipeline(b *testing.B, aq agentRun, bases map[string]pipelineResult, 
 	sort.Strings(names)
 	for _, k := range names {
 		r := bases[k]
+		if r.msgPerSec == 0 {
+			continue // not run (AGENTQ_BENCH_AGENT_ONLY)
+		}
 		b.ReportMetric(r.msgPerSec, k+"-msg/s")
 		b.ReportMetric(float64(r.cpuPerMsg.Nanoseconds())/1000, k+"-cpu-us/msg")
 		b.ReportMetric(aq.msgPerSec/r.msgPerSec, "ratio-msg/s-vs-"+k)
@@ -347,6 +352,7 @@ func BenchmarkEndToEndBinary(b *testing.B) {
 	}
 	go srv.Serve(ln)
 	defer srv.Close()
+	var commitSum, commits float64
 	for it := 0; it < b.N; it++ {
 		q := benchQueue("e2e")
 		journal := filepath.Join(b.TempDir(), "agentq.db")
@@ -379,8 +385,16 @@ func BenchmarkEndToEndBinary(b *testing.B) {
 			defer mu.Unlock()
 			return len(lat) >= (it+1)*rate*seconds
 		})
+		if raw, err := os.ReadFile(journal + ".admin"); err == nil {
+			base := "http://" + between(string(raw), `"addr":"`, `"`)
+			commitSum += metricValue(b, base, "agentq_journal_commit_duration_seconds_sum")
+			commits += metricValue(b, base, "agentq_journal_commit_duration_seconds_count")
+		}
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
+	}
+	if commits > 0 {
+		b.ReportMetric(commitSum/commits*1000, "commit-ms")
 	}
 	mu.Lock()
 	defer mu.Unlock()
