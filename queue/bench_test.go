@@ -199,7 +199,7 @@ func BenchmarkClaim(b *testing.B) {
 					}
 				}
 			}
-			b.ReportMetric(float64(pick.Nanoseconds())/float64(perIter*b.N), "ns/pick")
+			b.ReportMetric(float64(pick.Nanoseconds())/float64(perIter*b.N), "ns/pick") // a claim is in memory: no commit
 			// The pick's own work, without the fsync: a read-only look at
 			// the ready index, which is what does not grow.
 			t0 := time.Now()
