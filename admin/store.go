@@ -129,16 +129,17 @@ type OutView struct {
 // outboxOf reads the outbox counts and up to limit failed messages.
 func outboxOf(j *queue.Journal, limit int) (OutboxView, error) {
 	v := OutboxView{Items: []OutView{}}
+	v.Pending, v.Failed = j.OutboxCounts()
+	if v.Failed == 0 || limit <= 0 {
+		return v, nil // counts only: no need to read a long outbox
+	}
+	want := min(limit, v.Failed)
 	err := j.ScanOutbox(func(m *queue.Out) bool {
-		v.Pending++
 		if m.Failed() {
-			v.Failed++
-			if len(v.Items) < limit {
-				v.Items = append(v.Items, OutView{ID: m.ID, Seq: m.Seq, Kind: m.Kind, Target: m.Target, Destination: m.Destination,
-					Attempts: m.Attempts, LastError: m.LastError, NextAt: m.NextAt, CreatedAt: m.CreatedAt, BodySize: len(m.Body)})
-			}
+			v.Items = append(v.Items, OutView{ID: m.ID, Seq: m.Seq, Kind: m.Kind, Target: m.Target, Destination: m.Destination,
+				Attempts: m.Attempts, LastError: m.LastError, NextAt: m.NextAt, CreatedAt: m.CreatedAt, BodySize: len(m.Body)})
 		}
-		return true
+		return len(v.Items) < want
 	})
 	return v, err
 }

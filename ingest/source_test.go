@@ -35,7 +35,9 @@ var (
 
 // testQueue returns a fresh queue name for one test.
 func testQueue(tb testing.TB) string {
-	return fmt.Sprintf("/queue/agentq-test-%s-%d", strings.ReplaceAll(tb.Name(), "/", "-"), rand.Int63())
+	q := fmt.Sprintf("/queue/agentq-test-%s-%d", strings.ReplaceAll(tb.Name(), "/", "-"), rand.Int63())
+	brokertest.DeleteAtEnd(tb, q)
+	return q
 }
 
 func testLogger(tb testing.TB) *slog.Logger {

@@ -191,6 +191,8 @@ type Journal struct {
 	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys
 	claimMu      sync.RWMutex             // claims hold it shared; see ClaimMatching
 	counts       [5]int64                 // entries by State (index = State), as stored
+	outPending   int64                    // outbox messages (see OutboxCounts)
+	outFailed    int64                    // of which failed at least once
 	typeCounts   map[string]*[5]int64     // entries by type, then State
 	version      uint32                   // format of the file as opened
 	typesScanned bool                     // a format 1 file's type counts were made by Counts
@@ -326,6 +328,7 @@ func (j *Journal) init(fresh bool) error {
 		}
 		j.loadCounts(meta)
 		j.loadPauses(tx)
+		j.countOutbox(tx)
 		if b := tx.Bucket(bucketDamaged); b != nil {
 			j.stats.damaged.Store(uint64(b.Stats().KeyN))
 		}
@@ -782,6 +785,8 @@ func (j *Journal) applyTxn(t *txn) {
 	for seq := range t.parked {
 		delete(j.toPark, seq)
 	}
+	j.outPending += t.outDelta[0]
+	j.outFailed += t.outDelta[1]
 	j.dedup.apply(&t.dd)
 	for i := range t.delta {
 		j.counts[i] += t.delta[i]

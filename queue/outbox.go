@@ -113,6 +113,7 @@ func (t *txn) putOut(m *Out) error {
 			m.CreatedAt = t.now
 		}
 		t.outAdded++
+		t.outDelta[0]++
 	}
 	t.buf = encodeOut(t.buf[:0], m)
 	return b.Put(t.k64(m.ID), t.arena.copy(t.buf))
@@ -172,16 +173,30 @@ func (j *Journal) ScanOutbox(fn func(*Out) bool) error {
 var errStopOutbox = errors.New("stop")
 
 // OutboxCounts returns how many messages wait in the outbox and how many
-// of them have failed at least once.
+// of them have failed at least once. The journal keeps both counts in
+// memory (counted once at Open, then changed by each commit), so metrics
+// and summaries cost nothing while a broker outage fills the outbox.
 func (j *Journal) OutboxCounts() (pending, failed int) {
-	_ = j.ScanOutbox(func(m *Out) bool {
-		pending++
-		if m.Failed() {
-			failed++
-		}
-		return true
-	})
-	return pending, failed
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return int(j.outPending), int(j.outFailed)
+}
+
+// countOutbox counts the outbox for OutboxCounts, at Open.
+func (j *Journal) countOutbox(tx *bolt.Tx) {
+	var pending, failed int64
+	if b := tx.Bucket(bucketOutbox); b != nil {
+		_ = b.ForEach(func(k, v []byte) error {
+			pending++
+			if m, err := decodeOut(binary.BigEndian.Uint64(k), v); err == nil && m.Failed() {
+				failed++
+			}
+			return nil
+		})
+	}
+	j.mu.Lock()
+	j.outPending, j.outFailed = pending, failed
+	j.mu.Unlock()
 }
 
 // OutboxDone removes published messages: the broker confirmed them.
@@ -195,7 +210,16 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 			return nil
 		}
 		for _, id := range ids {
-			if err := b.Delete(t.k64(id)); err != nil {
+			k := t.k64(id)
+			v := b.Get(k)
+			if v == nil {
+				continue
+			}
+			t.outDelta[0]--
+			if m, err := decodeOut(id, v); err == nil && m.Failed() {
+				t.outDelta[1]--
+			}
+			if err := b.Delete(k); err != nil {
 				return err
 			}
 		}
@@ -219,6 +243,9 @@ func (j *Journal) OutboxFailed(ctx context.Context, ids []uint64, reason string,
 			m, err := decodeOut(id, v)
 			if err != nil {
 				return err
+			}
+			if !m.Failed() {
+				t.outDelta[1]++
 			}
 			m.Attempts++
 			m.LastError = clip(reason)

@@ -62,8 +62,24 @@ func TestOutbox(t *testing.T) {
 	if len(due) != 1 || due[0].Attempts != 1 || due[0].LastError != "NO_ROUTE: unroutable" {
 		t.Fatalf("failed message after its retry time: %+v", due)
 	}
-	if p, _ := j.OutboxCounts(); p != 1 {
-		t.Errorf("pending %d after one was published, want 1", p)
+	if p, f := j.OutboxCounts(); p != 1 || f != 1 {
+		t.Errorf("counts %d pending %d failed after one was published, want 1 and 1", p, f)
+	}
+	// The counts are kept in memory: Open counts them again, and a failed
+	// message that is finally published leaves both.
+	if err := j.OutboxFailed(ctx, []uint64{due[0].ID}, "again", clk.Now()); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{Now: clk.Now})
+	if p, f := j.OutboxCounts(); p != 1 || f != 1 {
+		t.Errorf("counts after reopen %d pending %d failed, want 1 and 1", p, f)
+	}
+	if err := j.OutboxDone(ctx, []uint64{due[0].ID, due[0].ID, 999}); err != nil {
+		t.Fatal(err)
+	}
+	if p, f := j.OutboxCounts(); p != 0 || f != 0 {
+		t.Errorf("counts after the failed one was published %d pending %d failed, want 0 and 0", p, f)
 	}
 }
 

@@ -165,7 +165,9 @@ var (
 )
 
 func testQueueURL(t *testing.T) string {
-	return fmt.Sprintf("stomp://guest:guest@127.0.0.1:61613/queue/agentq-cmd-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Int63())
+	q := fmt.Sprintf("agentq-cmd-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Int63())
+	brokertest.DeleteAtEnd(t, q)
+	return "stomp://guest:guest@127.0.0.1:61613/queue/" + q
 }
 
 // inspectJSON returns `agentq inspect --json` entries for a journal.

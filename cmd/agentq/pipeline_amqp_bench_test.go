@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentq/agentq/internal/brokertest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -118,8 +119,10 @@ func publishAMQPBench(b *testing.B, q string, n, size int) {
 	}
 }
 
-func amqpBenchQueue(kind string) string {
-	return fmt.Sprintf("agentq-bench-amqp-%s-%d", kind, rand.Int63())
+func amqpBenchQueue(tb testing.TB, kind string) string {
+	q := fmt.Sprintf("agentq-bench-amqp-%s-%d", kind, rand.Int63())
+	brokertest.DeleteAtEnd(tb, q)
+	return q
 }
 
 // BenchmarkPipelineAMQP: the real binary with default settings (log
@@ -138,15 +141,15 @@ func BenchmarkPipelineAMQP(b *testing.B) {
 	var manual, auto pipelineResult
 	var aq agentRun
 	for it := 0; it < b.N; it++ {
-		q := amqpBenchQueue("manual")
+		q := amqpBenchQueue(b, "manual")
 		publishAMQPBench(b, q, n, size)
 		manual = runBareChild(b, "amqp-manual", q, n)
 
-		q = amqpBenchQueue("auto")
+		q = amqpBenchQueue(b, "auto")
 		publishAMQPBench(b, q, n, size)
 		auto = runBareChild(b, "amqp-auto", q, n)
 
-		q = amqpBenchQueue("agentq")
+		q = amqpBenchQueue(b, "agentq")
 		publishAMQPBench(b, q, n, size)
 		aq = runAgentPipeline(b, fmt.Sprintf("%s?queue=%s&prefetch=%d", amqpBenchURL, q, amqpBenchPrefetch), n)
 	}

@@ -265,8 +265,10 @@ func pollSummary(base, token string) (done, outbox int) {
 	return sum.States["done"], sum.Outbox.Pending
 }
 
-func benchQueue(kind string) string {
-	return fmt.Sprintf("/queue/agentq-bench-%s-%d", kind, rand.Int63())
+func benchQueue(tb testing.TB, kind string) string {
+	q := fmt.Sprintf("/queue/agentq-bench-%s-%d", kind, rand.Int63())
+	brokertest.DeleteAtEnd(tb, q)
+	return q
 }
 
 // BenchmarkPipelineSTOMP: the real binary with default settings (log
@@ -281,16 +283,16 @@ func BenchmarkPipelineSTOMP(b *testing.B) {
 	var aq agentRun
 	for it := 0; it < b.N; it++ {
 		if os.Getenv("AGENTQ_BENCH_AGENT_ONLY") == "" { // for A/B runs of two builds
-			q := benchQueue("ind")
+			q := benchQueue(b, "ind")
 			publishSTOMP(b, q, n, size, nil)
 			ind = runBareChild(b, "stomp-client-individual", q, n)
 
-			q = benchQueue("auto")
+			q = benchQueue(b, "auto")
 			publishSTOMP(b, q, n, size, nil)
 			auto = runBareChild(b, "stomp-auto", q, n)
 		}
 
-		q := benchQueue("agentq")
+		q := benchQueue(b, "agentq")
 		publishSTOMP(b, q, n, size, nil)
 		aq = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n)
 	}
@@ -354,7 +356,7 @@ func BenchmarkEndToEndBinary(b *testing.B) {
 	defer srv.Close()
 	var commitSum, commits float64
 	for it := 0; it < b.N; it++ {
-		q := benchQueue("e2e")
+		q := benchQueue(b, "e2e")
 		journal := filepath.Join(b.TempDir(), "agentq.db")
 		cmd := exec.Command(agentBinary(b), "run", "--journal", journal, "--source", "stomp://guest:guest@"+stompAddr+q,
 			"--admin", "127.0.0.1:0", "--log-level", "warn", "--http", "http://"+ln.Addr().String()+"/")
@@ -426,13 +428,13 @@ func BenchmarkPipelineResults(b *testing.B) {
 	backend := "http://" + ln.Addr().String() + "/"
 	var with, without agentRun
 	for it := 0; it < b.N; it++ {
-		q := benchQueue("tasks")
+		q := benchQueue(b, "tasks")
 		publishSTOMP(b, q, n, 512, nil)
 		without = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend)
 
-		q = benchQueue("tasks-results")
+		q = benchQueue(b, "tasks-results")
 		publishSTOMP(b, q, n, 512, nil)
-		results := benchQueue("results")
+		results := benchQueue(b, "results")
 		with = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend,
 			"--results", "stomp://guest:guest@"+stompAddr+results)
 	}
