@@ -15,7 +15,9 @@ import (
 // they must keep opening. journal-v1.db holds 50 entries over three keys
 // and no key, in every state (pending, retrying, running, done, stuck), one
 // with a fault and some with dedup ids; journal-v1.json is what Scan
-// returned for it when it was written.
+// returned for it when it was written. journal-v2.db is journal-v1.db
+// opened for writing by the format 2 code of commit 15e7e31, which
+// migrated it and made its running entries pending.
 
 // copyTestdata copies a testdata file into a temp dir, so tests never
 // modify the original.
@@ -101,9 +103,29 @@ func TestJournalV1Inspect(t *testing.T) {
 
 // Ensure a version 1 journal opens for writing, keeps its messages, and
 // drains: every unfinished entry can be claimed and settled, in key order.
-func TestJournalV1Drain(t *testing.T) {
+func TestJournalV1Drain(t *testing.T) { testDrainGolden(t, "journal-v1.db") }
+
+// Ensure a format 2 journal written by the code before claims and the
+// dedup index moved to memory (journal-v2.db: journal-v1.db migrated by
+// commit 15e7e31, which also made its running entries pending and kept a
+// dedup index bucket) opens, read-only and for writing, keeps its entries
+// and drains like the format 1 one.
+func TestJournalV2Drain(t *testing.T) {
+	path := copyTestdata(t, "journal-v2.db")
+	ro := mustOpenAt(t, path, Options{ReadOnly: true})
+	if ro.version != 2 {
+		t.Fatalf("read-only open: version %d, want 2", ro.version)
+	}
+	if n := len(scanAll(t, ro)); n != 50 {
+		t.Fatalf("read-only Scan gave %d entries, want 50", n)
+	}
+	ro.Close()
+	testDrainGolden(t, "journal-v2.db")
+}
+
+func testDrainGolden(t *testing.T, file string) {
 	want := loadV1Golden(t)
-	path := copyTestdata(t, "journal-v1.db")
+	path := copyTestdata(t, file)
 	clk := &clock{t: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)} // after every retry time
 	j := mustOpenAt(t, path, Options{Now: clk.Now})
 	got := scanAll(t, j)
