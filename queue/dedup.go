@@ -78,9 +78,6 @@ func (d *dedupIndex) remove(seq uint64) {
 	}
 }
 
-// Len returns the number of slots.
-func (d *dedupIndex) Len() int { return len(d.bySeq) }
-
 // loadDedup builds the in-memory index from dedupseq, and empties the
 // "dedup" bucket that journals written before the index moved to memory
 // kept (see above).

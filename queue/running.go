@@ -58,13 +58,6 @@ func (j *Journal) runningSeqs() []uint64 {
 	return seqs
 }
 
-// Running returns how many entries workers have claimed and not settled.
-func (j *Journal) Running() int {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return len(j.run)
-}
-
 // overlayRunning moves the claimed entries from pending (where the stored
 // counters keep them) to running in a copy of the counters: index 0 of
 // each array counts retrying entries, indexes 1-4 are States. Called with
