@@ -173,14 +173,25 @@ type arena struct {
 	cur []byte
 }
 
-const arenaChunk = 256 << 10
+// arenaChunk is the first chunk's size; a chunk that filled up is replaced
+// by one twice its size, up to arenaMaxChunk, so that after a few large
+// commits (a backlog arriving in batches of a thousand) one chunk holds a
+// whole commit and reset makes it reusable: no allocation per commit.
+const (
+	arenaChunk    = 256 << 10
+	arenaMaxChunk = 4 << 20
+)
 
 func (a *arena) alloc(n int) []byte {
 	if cap(a.cur)-len(a.cur) < n {
 		if n > arenaChunk/4 {
 			return make([]byte, n)
 		}
-		a.cur = make([]byte, 0, arenaChunk)
+		size := arenaChunk
+		if c := cap(a.cur); c > 0 {
+			size = min(2*c, arenaMaxChunk)
+		}
+		a.cur = make([]byte, 0, size)
 	}
 	l := len(a.cur)
 	a.cur = a.cur[:l+n]

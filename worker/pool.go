@@ -381,10 +381,14 @@ func (p *Pool) handle(ctx context.Context, e *queue.Entry) queue.Outcome {
 }
 
 func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Outcome {
-	log := p.log.With("seq", e.Seq, "type", e.Type, "key", e.Key, "attempt", e.Attempts)
+	// Built only when something is logged: With allocates, and most
+	// calls succeed without a word.
+	log := func() *slog.Logger {
+		return p.log.With("seq", e.Seq, "type", e.Type, "key", e.Key, "attempt", e.Attempts)
+	}
 	stuck := func(msg string) queue.Outcome {
 		res.Outcome = "stuck"
-		log.Warn("entry parked as stuck", "error", msg)
+		log().Warn("entry parked as stuck", "error", msg)
 		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg}
 	}
 	if e.Fault != "" {
@@ -399,7 +403,7 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	answer := p.router.routes[route].answer
 	stuck = func(msg string) queue.Outcome {
 		res.Outcome = "stuck"
-		log.Warn("entry parked as stuck", "error", msg)
+		log().Warn("entry parked as stuck", "error", msg)
 		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
 	}
 	b := p.router.routes[route].backend
@@ -421,7 +425,7 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 		return queue.Outcome{Seq: e.Seq, Kind: queue.Done, Out: p.result(answer, e, res.Output)}
 	case ctx.Err() != nil:
 		res.Outcome = "cancelled"
-		log.Info("backend call cancelled by shutdown; entry pending again")
+		log().Info("backend call cancelled by shutdown; entry pending again")
 		return queue.Outcome{Seq: e.Seq, Kind: queue.Release}
 	case IsPermanent(err):
 		return stuck(err.Error())
@@ -433,6 +437,6 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 		return stuck(fmt.Sprintf("gave up after %d attempts: %v", e.Attempts, err))
 	}
 	res.Outcome = "retry"
-	log.Info("backend call failed; will retry", "error", err, "next_attempt", at.Sub(now).Round(time.Millisecond))
+	log().Info("backend call failed; will retry", "error", err, "next_attempt", at.Sub(now).Round(time.Millisecond))
 	return queue.Outcome{Seq: e.Seq, Kind: queue.Retry, At: at, Err: err.Error()}
 }

@@ -230,7 +230,8 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 }
 
 // saveProfile writes a 5-second CPU profile of the agent to out
-// (AGENTQ_BENCH_CPUPROFILE), to see where its time goes under load.
+// (AGENTQ_BENCH_CPUPROFILE), to see where its time goes under load, and
+// its allocation profile to out.allocs.
 func saveProfile(base, addrFile, out string) {
 	req, _ := http.NewRequest("GET", base+"/debug/pprof/profile?seconds=5", nil)
 	req.Header.Set("Authorization", "Bearer "+between(addrFile, `"token":"`, `"`))
@@ -241,6 +242,14 @@ func saveProfile(base, addrFile, out string) {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	os.WriteFile(out, raw, 0o644)
+	// And what was allocated so far (go tool pprof -sample_index=alloc_space).
+	req, _ = http.NewRequest("GET", base+"/debug/pprof/allocs", nil)
+	req.Header.Set("Authorization", "Bearer "+between(addrFile, `"token":"`, `"`))
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		os.WriteFile(out+".allocs", raw, 0o644)
+	}
 }
 
 // pollSummary returns the done entries and the outbox messages waiting,
