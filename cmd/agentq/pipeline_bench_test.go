@@ -120,6 +120,21 @@ func publishSTOMP(tb testing.TB, dest string, n, size int, hdr func(i int) []fun
 	}
 }
 
+// brokerPID is the local RabbitMQ's Erlang VM, to count the broker's CPU
+// beside the agent's (both share the machine's cores); 0 if not found.
+func brokerPID() int {
+	out, err := exec.Command("pgrep", "-u", "rabbitmq", "-f", "beam.smp.*rabbit").Output()
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(f[0])
+	return pid
+}
+
 // procCPU is a process's user+sys time so far.
 func procCPU(tb testing.TB, pid int) time.Duration {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -174,7 +189,8 @@ type agentRun struct {
 	pipelineResult
 	rssAnonMiB   float64
 	journalBytes int64
-	commits      float64 // journal group commits during the run
+	commits      float64       // journal group commits during the run
+	brokerCPU    time.Duration // RabbitMQ's CPU during the run; 0 if unknown
 }
 
 // runAgentPipeline starts the real binary on a pre-filled queue with the
@@ -189,6 +205,11 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
+	broker := brokerPID()
+	var broker0 time.Duration
+	if broker > 0 {
+		broker0 = procCPU(b, broker)
+	}
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -220,8 +241,13 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 	}
 	wall := time.Since(t0)
 	cpu := procCPU(b, cmd.Process.Pid)
+	var brokerCPU time.Duration
+	if broker > 0 {
+		brokerCPU = procCPU(b, broker) - broker0
+	}
 	fi, _ := os.Stat(journal)
 	return agentRun{
+		brokerCPU:      brokerCPU,
 		pipelineResult: pipelineResult{msgPerSec: float64(n) / wall.Seconds(), cpuPerMsg: cpu / time.Duration(n)},
 		rssAnonMiB:     float64(rss) / 1024,
 		journalBytes:   fi.Size(),
@@ -452,4 +478,8 @@ func BenchmarkPipelineResults(b *testing.B) {
 	b.ReportMetric(with.msgPerSec, "results-msg/s")
 	b.ReportMetric(float64(with.cpuPerMsg.Nanoseconds())/1000, "results-cpu-us/msg")
 	b.ReportMetric(with.msgPerSec/without.msgPerSec, "ratio-msg/s")
+	if with.brokerCPU > 0 && without.brokerCPU > 0 {
+		b.ReportMetric(float64(without.brokerCPU.Nanoseconds())/1000/float64(n), "no-results-broker-cpu-us/msg")
+		b.ReportMetric(float64(with.brokerCPU.Nanoseconds())/1000/float64(n), "results-broker-cpu-us/msg")
+	}
 }
