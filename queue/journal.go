@@ -189,6 +189,7 @@ type Journal struct {
 	run          runSet                   // claimed entries (see running.go)
 	dedup        *dedupIndex              // unconfirmed deliveries (see dedup.go); commit goroutine only
 	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys
+	confirmed    []uint64                 // ConfirmDelivered's seqs, for the next commit
 	claimMu      sync.RWMutex             // claims hold it shared; see ClaimMatching
 	counts       [5]int64                 // entries by State (index = State), as stored
 	outPending   int64                    // outbox messages (see OutboxCounts)
@@ -653,10 +654,17 @@ func (j *Journal) commitLoop() {
 		select {
 		case first = <-j.ops:
 		case <-j.closing:
-			// Drain what was queued before Close.
+			// Drain what was queued before Close, and commit confirmations
+			// no write has carried yet.
 			select {
 			case first = <-j.ops:
 			default:
+				j.mu.Lock()
+				pending := len(j.confirmed) > 0
+				j.mu.Unlock()
+				if pending {
+					j.commit(nil)
+				}
 				return
 			}
 		}
@@ -683,10 +691,14 @@ func (j *Journal) commit(batch []*op) {
 		defer j.claimMu.Unlock()
 	}
 	start := time.Now()
-	var done *txn
+	var done, cur *txn
 	err := j.db.Update(func(tx *bolt.Tx) error {
 		t := j.newTxnArena(tx, &j.arena)
+		cur = t
 		if err := t.parkFound(); err != nil {
+			return err
+		}
+		if err := t.forgetConfirmed(); err != nil {
 			return err
 		}
 		for _, o := range batch {
@@ -721,6 +733,12 @@ func (j *Journal) commit(batch []*op) {
 	j.stats.commitNanos.Add(uint64(d))
 	if err != nil {
 		j.stats.failed.Add(1)
+		if cur != nil && len(cur.confirmed) > 0 {
+			// Not dropped: the next commit tries again.
+			j.mu.Lock()
+			j.confirmed = append(cur.confirmed, j.confirmed...)
+			j.mu.Unlock()
+		}
 		err = fmt.Errorf("cannot commit journal %s: %w", j.path, err)
 		for _, o := range batch {
 			o.err = err

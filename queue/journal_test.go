@@ -685,12 +685,28 @@ func TestRedeliveryDedup(t *testing.T) {
 	if n := j.LastSeq(); n != 3 {
 		t.Fatalf("journal holds %d entries, want 3", n)
 	}
-	// Confirmed deliveries are no longer matched.
+	// Confirmed deliveries are no longer matched. A confirmation commits
+	// nothing by itself: the next commit drops the slots before its
+	// appends look for them.
+	commits := j.Stats().Commits
 	if err := j.ConfirmDelivered(context.Background(), []uint64{1, 2, 3}); err != nil {
 		t.Fatal(err)
 	}
+	if got := j.Stats().Commits; got != commits {
+		t.Fatalf("ConfirmDelivered committed: %d commits, want %d", got, commits)
+	}
 	if res = append3(mk(true, 4)); res[0].Duplicate {
 		t.Fatal("a confirmed delivery was matched")
+	}
+	// Close commits confirmations no write has carried: after a restart
+	// the confirmed slot is gone.
+	if err := j.ConfirmDelivered(context.Background(), []uint64{res[0].Seq}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{})
+	if res = append3(mk(true, 5)); res[0].Duplicate {
+		t.Fatal("a delivery confirmed before Close was matched after reopening")
 	}
 }
 

@@ -507,18 +507,36 @@ func (t *txn) replay(seq uint64) (bool, error) {
 // ConfirmDelivered drops the dedup slots of entries whose broker ACK is
 // known to have been processed (a graceful DISCONNECT's receipt), so they
 // can no longer be matched by a later redelivery.
+//
+// It commits nothing itself and returns at once: the slots are dropped at
+// the start of the next commit, before any append in it can match them,
+// and Close commits what is left. A crash before that leaves the slots,
+// as a crash before the confirmation would have.
 func (j *Journal) ConfirmDelivered(ctx context.Context, seqs []uint64) error {
 	if len(seqs) == 0 {
 		return nil
 	}
-	return j.updateShared(ctx, func(t *txn) error {
-		for _, s := range seqs {
-			if err := t.forgetDedup(s); err != nil {
-				return err
-			}
+	if j.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	j.mu.Lock()
+	j.confirmed = append(j.confirmed, seqs...)
+	j.mu.Unlock()
+	return nil
+}
+
+// forgetConfirmed drops the dedup slots ConfirmDelivered was given, first
+// thing in a commit.
+func (t *txn) forgetConfirmed() error {
+	t.j.mu.Lock()
+	t.confirmed, t.j.confirmed = t.j.confirmed, nil
+	t.j.mu.Unlock()
+	for _, s := range t.confirmed {
+		if err := t.forgetDedup(s); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Get returns one entry. An entry whose stored records do not decode is

@@ -184,6 +184,7 @@ type txn struct {
 	ended        map[uint64]struct{} // claims settled in this transaction
 	dd           dedupChanges        // to the dedup index, applied after commit
 	parked       map[uint64]bool     // claims' damaged finds handled here
+	confirmed    []uint64            // ConfirmDelivered's seqs taken into this transaction
 	onCommit     []func()            // run after the batch committed
 	buf          []byte
 	arena        *arena

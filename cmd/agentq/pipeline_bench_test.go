@@ -432,6 +432,7 @@ func BenchmarkEndToEndBinary(b *testing.B) {
 	}
 	if commits > 0 {
 		b.ReportMetric(commitSum/commits*1000, "commit-ms")
+		b.ReportMetric(commits/float64(rate*seconds*b.N), "commits/msg")
 	}
 	mu.Lock()
 	defer mu.Unlock()
