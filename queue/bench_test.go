@@ -106,7 +106,7 @@ func BenchmarkAppendNaive(b *testing.B) {
 // temp directory.
 func benchJournal(b *testing.B, n, done int) string {
 	b.Helper()
-	cache := filepath.Join(os.TempDir(), fmt.Sprintf("agentq-bench-%d-%d-v%d.db", n, done, FormatVersion))
+	cache := filepath.Join(os.TempDir(), fmt.Sprintf("agentq-bench-%d-%d-v%d-p%d.db", n, done, FormatVersion, DefaultPageSize))
 	if _, err := os.Stat(cache); err != nil {
 		tmp := cache + ".building"
 		os.Remove(tmp)

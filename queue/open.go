@@ -97,6 +97,8 @@ func openBoltOnce(path string, opts Options, timeout time.Duration) (db *bolt.DB
 		ReadOnly:       opts.ReadOnly,
 		FreelistType:   bolt.FreelistMapType,
 		NoFreelistSync: false,
+		// A new file gets PageSize; bbolt keeps an existing file's own.
+		PageSize: opts.PageSize,
 		// Check the size before bbolt maps the file, on the very file it
 		// is about to lock.
 		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {

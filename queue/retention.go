@@ -144,7 +144,7 @@ func Compact(src string) (before, after int64, err error) {
 	}
 	tmp := src + ".compact"
 	_ = os.Remove(tmp)
-	dst, err := bolt.Open(tmp, fi.Mode().Perm(), &bolt.Options{Timeout: time.Second})
+	dst, err := bolt.Open(tmp, fi.Mode().Perm(), &bolt.Options{Timeout: time.Second, PageSize: DefaultPageSize})
 	if err != nil {
 		j.Close()
 		return 0, 0, fmt.Errorf("cannot create %s: %w", tmp, err)

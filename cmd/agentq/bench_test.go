@@ -24,7 +24,7 @@ import (
 // keys, built once and cached in the system temp directory.
 func bench1M(b *testing.B) string {
 	b.Helper()
-	cache := filepath.Join(os.TempDir(), fmt.Sprintf("agentq-bench-cmd-1M-v%d.db", queue.FormatVersion))
+	cache := filepath.Join(os.TempDir(), fmt.Sprintf("agentq-bench-cmd-1M-v%d-p%d.db", queue.FormatVersion, queue.DefaultPageSize))
 	if _, err := os.Stat(cache); err != nil {
 		tmp := cache + ".building"
 		os.Remove(tmp)
