@@ -169,6 +169,9 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 		return nil
 	})
 	j.claimMu.RUnlock()
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		err = ErrClosed // Close won the race with the check above
+	}
 	if err != nil {
 		// Give back what this call took.
 		j.mu.Lock()
