@@ -50,8 +50,9 @@
 // The journal itself can fail to write (a full disk). Claims are then
 // retried with backoff (50 ms doubling to 5 s) until they work or Run's
 // context ends; outcomes are retried the same way, and after Run's context
-// has ended a few more times before the pool gives up and leaves their
-// entries running, which the next Open turns back into pending.
+// has ended a few more times before the pool gives up; their entries are
+// still pending on disk (a claim is kept in memory only), so the next
+// start runs them again.
 //
 // # Shutdown
 //

@@ -323,8 +323,9 @@ const settleAttemptsAfterStop = 5
 // settle records outcomes, retrying while the journal cannot write: a lost
 // outcome would leave its entry running until the next start. Once Run's
 // context has ended it makes settleAttemptsAfterStop attempts and then
-// leaves the entries running, which the next Open puts back to pending
-// (the call repeats: at-least-once).
+// gives up: the entries were never stored as anything but pending (claims
+// live in the journal's memory), so the next start runs them again (the
+// call repeats: at-least-once).
 func (p *Pool) settle(ctx context.Context, batch []queue.Outcome) error {
 	attempts := 0
 	op := func() error {
