@@ -220,8 +220,10 @@ type Journal struct {
 }
 
 // Open opens or creates the journal at path. A writer holds an exclusive
-// lock on the file for as long as it is open. Entries a crash left running
-// go back to pending (a crash means a retry, never a loss).
+// lock on the file for as long as it is open. Entries that were running
+// when a process crashed are pending (claims are kept in memory; a journal
+// written by older code may store running entries, and Open makes them
+// pending): a crash means a retry, never a loss.
 func Open(path string, opts Options) (*Journal, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
@@ -305,8 +307,8 @@ func Open(path string, opts Options) (*Journal, error) {
 }
 
 // init checks the file is a journal of a version we read, creates the
-// buckets on a fresh file, migrates a format 1 file, loads the counters,
-// and resets running entries.
+// buckets on a fresh file, migrates a format 1 file, loads the counters
+// and the dedup slots, and resets stored running entries.
 func (j *Journal) init(fresh bool) error {
 	check := func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
