@@ -205,6 +205,9 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
+	if env := os.Getenv("AGENTQ_BENCH_AGENT_ENV"); env != "" {
+		cmd.Env = append(os.Environ(), strings.Fields(env)...) // e.g. GOGC=200, for A/B runs
+	}
 	broker := brokerPID()
 	var broker0 time.Duration
 	if broker > 0 {
