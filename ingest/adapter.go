@@ -60,6 +60,15 @@ type session interface {
 	explain(err error) error
 }
 
+// subscribeWaiter is a session whose subscription is still being answered
+// when connect returns (MQTT subscribes in the background; see
+// mqttAdapter.connect). subscribed is closed once it has been answered;
+// subscribeOK then says whether the broker granted it.
+type subscribeWaiter interface {
+	subscribed() <-chan struct{}
+	subscribeOK() bool
+}
+
 // errNoBarrier is returned by session.barrier when the protocol has no
 // way to confirm acks.
 var errNoBarrier = errors.New("no ack confirmation in this protocol")

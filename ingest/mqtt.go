@@ -129,10 +129,19 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 		defer close(s.subDone)
 		if err := s.subscribe(filters, a.log); err != nil {
 			s.failWith(err)
+			return
+		}
+		select {
+		case <-s.lost: // the connection ended first: nothing to announce
+		default:
+			s.subOK.Store(true)
 		}
 	}()
 	return s, nil
 }
+
+func (s *mqttSession) subscribed() <-chan struct{} { return s.subDone }
+func (s *mqttSession) subscribeOK() bool           { return s.subOK.Load() }
 
 // subscribe sends the SUBSCRIBE and checks the SUBACK, bounded by 30 s
 // and by the session's end.
@@ -420,6 +429,7 @@ type mqttSession struct {
 	once sync.Once
 
 	subDone chan struct{} // closed when the SUBSCRIBE goroutine has returned
+	subOK   atomic.Bool   // the broker granted the subscription
 }
 
 var _ session = (*mqttSession)(nil)

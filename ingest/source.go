@@ -277,8 +277,34 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	}
 	subscribed := time.Now()
 	s.connects.Add(1)
-	s.setState(StateConnected, nil)
-	s.log.Info("subscribed", "dest", cfg.Destination, "url", s.cfg.String(), "ack", cfg.AckMode, "prefetch", cfg.Prefetch)
+	announce := func() {
+		s.setState(StateConnected, nil)
+		s.log.Info("subscribed", "dest", cfg.Destination, "url", s.cfg.String(), "ack", cfg.AckMode, "prefetch", cfg.Prefetch)
+	}
+	// A session that subscribes in the background (MQTT) is announced
+	// once the broker has answered the subscription: until then a message
+	// published to the topic may find no subscriber, and /readyz and the
+	// status must not say otherwise. The announcer ends before this
+	// session does, so it never overwrites the state the session's end
+	// sets.
+	announced := make(chan struct{})
+	stopAnnounce := make(chan struct{})
+	if w, ok := sess.(subscribeWaiter); ok {
+		go func() {
+			defer close(announced)
+			select {
+			case <-w.subscribed():
+				if w.subscribeOK() {
+					announce()
+				}
+			case <-stopAnnounce:
+			}
+		}()
+	} else {
+		close(announced)
+		announce()
+	}
+	defer func() { close(stopAnnounce); <-announced }()
 
 	// The reader hands deliveries to the committer until told to discard;
 	// from then on it keeps draining the session, without ACKs (those
