@@ -485,18 +485,7 @@ func (c *Config) Resolve() error {
 	if c.VHost == "" {
 		c.VHost = DefaultVHost
 	}
-	if c.AckMode == "" {
-		c.AckMode = DefaultAckMode
-	}
-	if c.Prefetch <= 0 {
-		c.Prefetch = DefaultPrefetch
-	}
-	if !c.heartbeatSet && c.HeartBeat == 0 {
-		c.HeartBeat = DefaultHeartBeat
-	}
-	if c.MaxBody <= 0 {
-		c.MaxBody = DefaultMaxBody
-	}
+	c.setSessionDefaults()
 	if c.TypeFrom.IsZero() {
 		c.TypeFrom = Spec{Kind: "header", Arg: "type"}
 	}
@@ -626,4 +615,21 @@ func redactErr(msg, raw string) string {
 		}
 	}
 	return msg
+}
+
+// setSessionDefaults fills the session settings a source URL and a Waldur
+// site share: ack mode, prefetch, heart-beat and max_body.
+func (c *Config) setSessionDefaults() {
+	if c.AckMode == "" {
+		c.AckMode = DefaultAckMode
+	}
+	if c.Prefetch <= 0 {
+		c.Prefetch = DefaultPrefetch
+	}
+	if !c.heartbeatSet && c.HeartBeat == 0 {
+		c.HeartBeat = DefaultHeartBeat
+	}
+	if c.MaxBody <= 0 {
+		c.MaxBody = DefaultMaxBody
+	}
 }

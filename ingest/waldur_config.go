@@ -66,7 +66,7 @@ type WaldurConfig struct {
 // and URLHelp read this table as they read params.
 var waldurParams = []param{
 	{"offering", "UUID", "the offering's UUID (required)", "0f0e0d0c-0b0a-4908-8706-050403020100", func(c *Config, v string) error {
-		if !isUUID(v) {
+		if !waldur.ValidUUID(v) {
 			return fmt.Errorf("offering=%q: want a UUID", v)
 		}
 		c.Waldur.Offering = waldur.Hex(v)
@@ -145,19 +145,6 @@ func (c *Config) setWaldurParam(name, value string) (ok bool, err error) {
 	}
 	c.Waldur.Keys[t] = sp
 	return true, nil
-}
-
-func isUUID(s string) bool {
-	h := waldur.Hex(s)
-	if len(h) != 32 {
-		return false
-	}
-	for i := 0; i < len(h); i++ {
-		if !(h[i] >= '0' && h[i] <= '9' || h[i] >= 'a' && h[i] <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // parseWaldurURL parses waldur+https:// and waldur+http:// URLs. The
@@ -269,18 +256,7 @@ func (c *Config) resolveWaldur() error {
 		}
 		c.Passcode = v
 	}
-	if c.AckMode == "" {
-		c.AckMode = DefaultAckMode
-	}
-	if c.Prefetch <= 0 {
-		c.Prefetch = DefaultPrefetch
-	}
-	if !c.heartbeatSet && c.HeartBeat == 0 {
-		c.HeartBeat = DefaultHeartBeat
-	}
-	if c.MaxBody <= 0 {
-		c.MaxBody = DefaultMaxBody
-	}
+	c.setSessionDefaults()
 	tlsUsed := strings.HasPrefix(w.APIURL, "https:") || c.Scheme == "stomp+tls" || c.Scheme == "wss"
 	if !tlsUsed && (c.TLS != TLSConfig{}) {
 		return fail("TLS settings need waldur+https:// or a TLS broker")

@@ -134,7 +134,7 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 			_, running := j.run[seq]
 			_, parking := j.toPark[seq]
 			if !running && !parking {
-				j.run[seq] = runInfo{}
+				j.run[seq] = nil
 			}
 			j.mu.Unlock()
 			if running || parking {
@@ -161,7 +161,7 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 			st.claimed = true
 			st.State = StateRunning
 			j.mu.Lock()
-			j.run[seq] = runInfo{typ: countedType(e.Type), attempts: e.Attempts, retrying: e.countedRetrying, status: &st}
+			j.run[seq] = &st
 			j.mu.Unlock()
 			e.State = StateRunning
 			out = append(out, e)
@@ -318,8 +318,8 @@ func (t *txn) settle(o Outcome) error {
 	if o.Kind < Done || o.Kind > Release {
 		return opError{fmt.Errorf("cannot settle entry %d: unknown outcome %d", o.Seq, o.Kind)}
 	}
-	info, ok := t.claimed(o.Seq)
-	if !ok {
+	st, ok := t.claimed(o.Seq)
+	if !ok || st == nil {
 		e, err := t.getStatus(o.Seq)
 		if err != nil {
 			return opError{err}
@@ -328,7 +328,7 @@ func (t *txn) settle(o Outcome) error {
 	}
 	t.endClaim(o.Seq)
 	e := new(Entry)
-	*e = *info.status
+	*e = *st
 	if o.Kind == Release {
 		// Nothing stored changes: the entry is pending, in ready (or held).
 		t.readyChanged = true

@@ -19,27 +19,21 @@ import (
 // Everything that reads an entry's state through the journal sees it as
 // running: load overlays the claim on the stored status (see readers.load),
 // Counts and Stats move claimed entries from pending to running, and Scan
-// finds them under StateRunning. Only the commit goroutine adds claims
-// (ClaimMatching runs in it, in a read transaction between commits), and a
+// finds them under StateRunning. Claims are made beside the commit
+// goroutine (ClaimMatching, kept consistent with commits by claimMu); a
 // claim ends when its outcome commits (applyTxn, under Journal.mu) or is
 // released.
 
-// runInfo is what the journal keeps of one claimed entry.
-type runInfo struct {
-	typ      string // its counted type
-	attempts int    // calls started, including the running one
-	retrying bool   // the stored counters count it as retrying
-	// status is the entry as claimed, without headers and body: nothing
-	// changes a running entry's stored records (Replay and Reextract
-	// leave running entries alone), so Settle needs no read.
-	status *Entry
-}
+// runSet maps each claimed entry to its status as claimed: State running,
+// Attempts counting the running call, countedRetrying as the stored
+// counters count it, without headers and body. Nothing changes a running
+// entry's stored records (Replay and Reextract leave running entries
+// alone), so Settle needs no read. The value is nil while ClaimMatching is
+// still loading the entry. Guarded by Journal.mu.
+type runSet map[uint64]*Entry
 
-// runSet is the set of claimed entries, guarded by Journal.mu.
-type runSet map[uint64]runInfo
-
-// claimed reports whether seq is running, and how.
-func (j *Journal) claimed(seq uint64) (runInfo, bool) {
+// claimed reports whether seq is running, and its status as claimed.
+func (j *Journal) claimed(seq uint64) (*Entry, bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	info, ok := j.run[seq]
@@ -63,17 +57,20 @@ func (j *Journal) runningSeqs() []uint64 {
 // each array counts retrying entries, indexes 1-4 are States. Called with
 // j.mu held.
 func (j *Journal) overlayRunning(all *[5]int64, byType map[string]*[5]int64) {
-	for _, info := range j.run {
+	for _, st := range j.run {
+		if st == nil {
+			continue // being claimed: counted once it is
+		}
 		move := func(c *[5]int64) {
 			c[StatePending]--
 			c[StateRunning]++
-			if info.retrying {
+			if st.countedRetrying {
 				c[0]--
 			}
 		}
 		move(all)
 		if byType != nil {
-			if c := byType[info.typ]; c != nil {
+			if c := byType[countedType(st.Type)]; c != nil {
 				move(c)
 			}
 		}

@@ -19,7 +19,7 @@ type readers struct {
 	entries, msgs, status, state, damaged *bolt.Bucket
 	// claims, when set, says which entries are running (claimed in
 	// memory, pending on disk): load shows them as running.
-	claims func(seq uint64) (runInfo, bool)
+	claims func(seq uint64) (*Entry, bool)
 }
 
 func readersOf(tx *bolt.Tx) readers {
@@ -82,10 +82,12 @@ func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 	}
 	e.countedRetrying = e.Retrying()
 	if r.claims != nil && e.State == StatePending {
-		if info, ok := r.claims(seq); ok {
+		if st, ok := r.claims(seq); ok {
 			e.claimed = true
 			e.State = StateRunning
-			e.Attempts = info.attempts
+			if st != nil {
+				e.Attempts = st.Attempts
+			}
 		}
 	}
 	return e, nil
@@ -219,9 +221,9 @@ func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 }
 
 // claimed is Journal.claimed less the claims this transaction settled.
-func (t *txn) claimed(seq uint64) (runInfo, bool) {
+func (t *txn) claimed(seq uint64) (*Entry, bool) {
 	if _, ok := t.ended[seq]; ok {
-		return runInfo{}, false
+		return nil, false
 	}
 	return t.j.claimed(seq)
 }

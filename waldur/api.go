@@ -58,7 +58,7 @@ type identityRequest struct {
 // (version, last_restarted), or creates it. Looking it up first keeps the
 // identity, and with it the unified queue, the same across restarts.
 func (c *Client) EnsureIdentity(ctx context.Context, offeringUUID, version string) (Identity, error) {
-	if !validUUID(offeringUUID) {
+	if !ValidUUID(offeringUUID) {
 		return Identity{}, fmt.Errorf("cannot ensure agent identity: offering %q is not a UUID", offeringUUID)
 	}
 	name := IdentityName(offeringUUID)
@@ -80,7 +80,7 @@ func (c *Client) EnsureIdentity(ctx context.Context, offeringUUID, version strin
 		if f.Name != name {
 			continue
 		}
-		if !validUUID(f.UUID) {
+		if !ValidUUID(f.UUID) {
 			return Identity{}, fmt.Errorf("cannot update agent identity %s: waldur returned uuid %q", name, f.UUID)
 		}
 		if _, err := c.do(ctx, "update agent identity", http.MethodPut, identitiesPath+Hex(f.UUID)+"/", nil, body, &id); err != nil {
@@ -91,7 +91,7 @@ func (c *Client) EnsureIdentity(ctx context.Context, offeringUUID, version strin
 	if _, err := c.do(ctx, "create agent identity", http.MethodPost, identitiesPath, nil, body, &id); err != nil {
 		return Identity{}, err
 	}
-	if !validUUID(id.UUID) {
+	if !ValidUUID(id.UUID) {
 		return Identity{}, fmt.Errorf("cannot create agent identity %s: waldur returned uuid %q", name, id.UUID)
 	}
 	return id.normalize(), nil
@@ -123,7 +123,7 @@ type Queue struct {
 // recovers from AUTH_FAILED. A 409 (the identity belongs to another Waldur
 // user) unwraps to ErrForeignIdentity.
 func (c *Client) RegisterQueue(ctx context.Context, identityUUID string, objectTypes []string) (Queue, error) {
-	if !validUUID(identityUUID) {
+	if !ValidUUID(identityUUID) {
 		return Queue{}, fmt.Errorf("cannot register queue: identity %q is not a UUID", identityUUID)
 	}
 	var body any = struct{}{}
@@ -172,7 +172,7 @@ type EventSubscription struct {
 // object type under the identity. Waldur also creates the user's vhost and
 // a broker user named after the subscription whose password is the token.
 func (c *Client) RegisterEventSubscription(ctx context.Context, identityUUID, objectType string) (EventSubscription, error) {
-	if !validUUID(identityUUID) {
+	if !ValidUUID(identityUUID) {
 		return EventSubscription{}, fmt.Errorf("cannot register event subscription: identity %q is not a UUID", identityUUID)
 	}
 	body := map[string]string{
@@ -183,7 +183,7 @@ func (c *Client) RegisterEventSubscription(ctx context.Context, identityUUID, ob
 	if _, err := c.do(ctx, "register event subscription", http.MethodPost, identitiesPath+Hex(identityUUID)+"/register_event_subscription/", nil, body, &s); err != nil {
 		return EventSubscription{}, err
 	}
-	if !validUUID(s.UUID) || !validUUID(s.UserUUID) {
+	if !ValidUUID(s.UUID) || !ValidUUID(s.UserUUID) {
 		return EventSubscription{}, fmt.Errorf("cannot register event subscription: waldur returned uuid %q, user_uuid %q", s.UUID, s.UserUUID)
 	}
 	s.UUID, s.UserUUID = Hex(s.UUID), Hex(s.UserUUID)
@@ -205,7 +205,7 @@ type LegacyQueue struct {
 // for one offering and object type. The queue must exist before the agent
 // subscribes, because /amq/queue/ does not declare it.
 func (c *Client) CreateQueue(ctx context.Context, subscriptionUUID, offeringUUID, objectType string) (LegacyQueue, error) {
-	if !validUUID(subscriptionUUID) || !validUUID(offeringUUID) {
+	if !ValidUUID(subscriptionUUID) || !ValidUUID(offeringUUID) {
 		return LegacyQueue{}, fmt.Errorf("cannot create queue: subscription %q or offering %q is not a UUID", subscriptionUUID, offeringUUID)
 	}
 	body := map[string]string{"offering_uuid": Hex(offeringUUID), "object_type": objectType}
@@ -225,7 +225,7 @@ func (c *Client) CreateQueue(ctx context.Context, subscriptionUUID, offeringUUID
 // leaves a subscription behind whose queue keeps filling (up to its
 // x-max-length, for an hour per message).
 func (c *Client) DeleteEventSubscription(ctx context.Context, subscriptionUUID string) error {
-	if !validUUID(subscriptionUUID) {
+	if !ValidUUID(subscriptionUUID) {
 		return fmt.Errorf("cannot delete event subscription: %q is not a UUID", subscriptionUUID)
 	}
 	_, err := c.do(ctx, "delete event subscription", http.MethodDelete, subscriptionsPath+Hex(subscriptionUUID)+"/", nil, nil, nil)

@@ -239,8 +239,8 @@ func Hex(uuid string) string {
 	return strings.ToLower(strings.ReplaceAll(strings.TrimSpace(uuid), "-", ""))
 }
 
-// validUUID reports whether s is a UUID, with or without dashes.
-func validUUID(s string) bool {
+// ValidUUID reports whether s is a UUID, with or without dashes.
+func ValidUUID(s string) bool {
 	h := Hex(s)
 	if len(h) != 32 {
 		return false

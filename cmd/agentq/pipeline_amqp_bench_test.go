@@ -17,7 +17,7 @@ import (
 // amqp091-go consumers, each a process of its own (see
 // pipeline_bench_test.go).
 
-const amqpBenchURL = "amqp://guest:guest@127.0.0.1:5672/"
+const amqpBenchURL = brokertest.AMQPURL
 
 // amqpBenchPrefetch is the prefetch of every consumer in the benchmark.
 const amqpBenchPrefetch = 1000

@@ -28,7 +28,7 @@ import (
 // amqpTest opens an AMQP channel to the local broker for test set-up.
 func amqpTest(t *testing.T) *amqp.Channel {
 	t.Helper()
-	conn, err := amqp.Dial("amqp://guest:guest@127.0.0.1:5672/")
+	conn, err := amqp.Dial(brokertest.AMQPURL)
 	if err != nil {
 		t.Fatalf("AMQP to the local broker: %v (make broker)", err)
 	}
