@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -313,4 +314,145 @@ func BenchmarkJournalThroughput(b *testing.B) {
 	b.ReportMetric(float64(st.CommitTime.Microseconds())/float64(st.Commits), "µs/commit")
 	ts := j.db.Stats().TxStats
 	b.ReportMetric(float64(ts.GetWrite())/float64(st.Commits), "pages/commit")
+}
+
+// BenchmarkLatency1000: one message a millisecond through append, then a
+// worker's claim and settle, as an agent at a moderate rate: the append's
+// latency (what the broker waits for before its ACK) is the time of the
+// commit it waits behind and of its own. Reports append and
+// append-to-claim percentiles, µs and bbolt pages per commit, commits per
+// message, by page size.
+func BenchmarkLatency1000(b *testing.B) {
+	for _, ps := range []int{4096, DefaultPageSize} {
+		b.Run(fmt.Sprintf("page%dk", ps>>10), func(b *testing.B) {
+			j := mustOpenAt(b, filepath.Join(b.TempDir(), "agentq.db"), Options{PageSize: ps})
+			ctx := context.Background()
+			for i := 0; i < 20; i++ { // a history of done entries, as a running agent has
+				es := make([]*Entry, 0, 1000)
+				for k := 0; k < 1000; k++ {
+					es = append(es, benchEntry(k))
+				}
+				if _, err := j.Append(ctx, es...); err != nil {
+					b.Fatal(err)
+				}
+				drain(b, j)
+			}
+			const per = 2000
+			var mu sync.Mutex
+			appended := map[uint64]time.Time{}
+			var appendLat, claimLat []time.Duration
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			outs := make(chan []Outcome, 100)
+			wg.Add(2)
+			go func() { // the settler: as worker.Pool, apart from claims
+				defer wg.Done()
+				for o := range outs {
+					if err := j.Settle(ctx, o...); err != nil {
+						b.Error(err)
+					}
+				}
+			}()
+			go func() { // the dispatcher
+				defer wg.Done()
+				defer close(outs)
+				for {
+					es, err := j.Claim(ctx, 100)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					now := time.Now()
+					o := make([]Outcome, len(es))
+					mu.Lock()
+					for i, e := range es {
+						claimLat = append(claimLat, now.Sub(appended[e.Seq]))
+						o[i] = Outcome{Seq: e.Seq, Kind: Done}
+					}
+					mu.Unlock()
+					if len(es) > 0 {
+						outs <- o
+						continue
+					}
+					select {
+					case <-j.Ready():
+					case <-stop:
+						return
+					}
+				}
+			}()
+			st0, ts0 := j.Stats(), j.db.Stats().TxStats
+			b.ResetTimer()
+			for n := 0; n < b.N; n++ {
+				tick := time.NewTicker(time.Millisecond)
+				for i := 0; i < per; i++ {
+					<-tick.C
+					e := benchEntry(i)
+					e.Key = ""
+					e.DedupID = []byte(fmt.Sprint("id-", n, "-", i))
+					t0 := time.Now()
+					mu.Lock() // the worker may see the entry before Append returns
+					res, err := j.Append(ctx, e)
+					if err == nil {
+						appended[res[0].Seq] = t0
+					}
+					mu.Unlock()
+					if err != nil {
+						b.Fatal(err)
+					}
+					appendLat = append(appendLat, time.Since(t0))
+					if err := j.ConfirmDelivered(ctx, []uint64{res[0].Seq}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				tick.Stop()
+			}
+			b.StopTimer()
+			close(stop)
+			wg.Wait()
+			st, ts := j.Stats(), j.db.Stats().TxStats
+			commits := float64(st.Commits - st0.Commits)
+			b.ReportMetric(float64((st.CommitTime-st0.CommitTime).Microseconds())/commits, "µs/commit")
+			b.ReportMetric(float64(ts.GetWrite()-ts0.GetWrite())/commits, "pages/commit")
+			b.ReportMetric(commits/float64(per*b.N), "commits/msg")
+			b.ReportMetric(float64((ts.GetSpillTime()-ts0.GetSpillTime()).Microseconds())/commits, "spill-µs/commit")
+			b.ReportMetric(float64((ts.GetWriteTime()-ts0.GetWriteTime()).Microseconds())/commits, "write-µs/commit")
+			reportPercentiles(b, "append", appendLat)
+			mu.Lock()
+			reportPercentiles(b, "to-claim", claimLat)
+			mu.Unlock()
+		})
+	}
+}
+
+// reportPercentiles reports the median and 99th percentile of lat in ms.
+func reportPercentiles(b *testing.B, name string, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, name+"-p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, name+"-p99-ms")
+}
+
+// drain claims and settles as done everything ready.
+func drain(tb testing.TB, j *Journal) {
+	tb.Helper()
+	ctx := context.Background()
+	for {
+		es, err := j.Claim(ctx, 1000)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if len(es) == 0 {
+			return
+		}
+		outs := make([]Outcome, len(es))
+		for i, e := range es {
+			outs[i] = Outcome{Seq: e.Seq, Kind: Done}
+		}
+		if err := j.Settle(ctx, outs...); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }

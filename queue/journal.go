@@ -91,6 +91,7 @@ var (
 const (
 	DefaultLockTimeout = time.Second
 	DefaultMaxBatch    = 4096
+	DefaultSettleDelay = 2 * time.Millisecond
 	// DefaultPageSize is 16 KiB rather than the OS page (4 KiB): a commit
 	// writes a quarter of the pages, with one pwrite each, the trees are
 	// shallower, and a message's record shares a page with more of its
@@ -117,6 +118,14 @@ type Options struct {
 	// MaxBatch bounds the operations coalesced into one transaction.
 	// Default 4096.
 	MaxBatch int
+
+	// SettleDelay is how long a commit of only settles (and retention
+	// and outbox bookkeeping) waits for an Append to share it: see
+	// linger. Settle returns once its outcome is on disk, so a worker's
+	// settle takes up to this much longer at a low message rate, and so
+	// does the next entry of the same key. Default DefaultSettleDelay;
+	// negative: no wait.
+	SettleDelay time.Duration
 
 	// SkipStuck lets later entries of a key run while an earlier one is
 	// stuck. By default (false) a stuck entry blocks its key until it is
@@ -230,6 +239,9 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.SettleDelay == 0 {
+		opts.SettleDelay = DefaultSettleDelay
 	}
 	if opts.PageSize <= 0 {
 		opts.PageSize = DefaultPageSize
@@ -601,7 +613,12 @@ type op struct {
 	// could take; a batch with any other op holds claimMu for its whole
 	// transaction (see ClaimMatching).
 	shared bool
-	done   chan struct{}
+	// lazy ops (Settle, retention, outbox bookkeeping) have nobody
+	// waiting on the broker for them: a batch of only lazy ops waits up
+	// to Options.SettleDelay for an op that is not (an Append) to share
+	// its commit. See commitLoop.
+	lazy bool
+	done chan struct{}
 }
 
 var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
@@ -616,21 +633,35 @@ func (e opError) Unwrap() error { return e.err }
 // update runs fn inside the next group commit and returns once that commit
 // is durable (or failed). fn must not keep references to the txn.
 func (j *Journal) update(ctx context.Context, fn func(t *txn) error) error {
-	return j.update1(ctx, fn, false)
+	return j.update1(ctx, fn, opExclusive)
 }
 
 // updateShared is update for an op that never changes a pending entry a
 // concurrent claim could take (see op.shared).
 func (j *Journal) updateShared(ctx context.Context, fn func(t *txn) error) error {
-	return j.update1(ctx, fn, true)
+	return j.update1(ctx, fn, opShared)
 }
 
-func (j *Journal) update1(ctx context.Context, fn func(t *txn) error, shared bool) error {
+// updateLazy is updateShared for an op that may wait for company (see
+// op.lazy).
+func (j *Journal) updateLazy(ctx context.Context, fn func(t *txn) error) error {
+	return j.update1(ctx, fn, opShared|opLazy)
+}
+
+// Op flags: see op.shared and op.lazy.
+const (
+	opExclusive = 0
+	opShared    = 1 << iota
+	opLazy
+)
+
+func (j *Journal) update1(ctx context.Context, fn func(t *txn) error, flags int) error {
 	if j.opts.ReadOnly {
 		return ErrReadOnly
 	}
 	o := opPool.Get().(*op)
-	o.fn, o.err, o.appended, o.shared = fn, nil, 0, shared
+	o.fn, o.err, o.appended = fn, nil, 0
+	o.shared, o.lazy = flags&opShared != 0, flags&opLazy != 0
 	select {
 	case <-j.closing:
 		opPool.Put(o)
@@ -694,8 +725,47 @@ func (j *Journal) commitLoop() {
 				break fill
 			}
 		}
+		if j.opts.SettleDelay > 0 && !slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy }) {
+			batch = j.linger(batch)
+		}
 		j.commit(batch)
 	}
+}
+
+// linger holds a batch of lazy ops (settles, retention, outbox
+// bookkeeping) for up to SettleDelay, until an op that someone is waiting
+// on arrives (an Append: the broker waits for its ACK) or the batch is
+// full, and returns the batch with what came meanwhile. Each commit costs
+// two fsyncs whatever it holds: at a moderate rate a worker's settle would
+// otherwise take a commit of its own, and the next message's append would
+// wait behind it. With this, settles ride on appends' commits, an append
+// waits for no settle, and a settle waits at most SettleDelay more.
+func (j *Journal) linger(batch []*op) []*op {
+	timer := time.NewTimer(j.opts.SettleDelay)
+	defer timer.Stop()
+	for len(batch) < j.opts.MaxBatch {
+		select {
+		case o := <-j.ops:
+			batch = append(batch, o)
+			if !o.lazy {
+				// Take what else is queued, and go.
+				for len(batch) < j.opts.MaxBatch {
+					select {
+					case o := <-j.ops:
+						batch = append(batch, o)
+					default:
+						return batch
+					}
+				}
+				return batch
+			}
+		case <-timer.C:
+			return batch
+		case <-j.closing:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (j *Journal) commit(batch []*op) {

@@ -982,3 +982,56 @@ func TestConcurrentClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSettleRidesOnAppend: a settle waits (SettleDelay) for an append and
+// shares its commit; an append never waits for that delay; Close ends the
+// wait.
+func TestSettleRidesOnAppend(t *testing.T) {
+	ctx := context.Background()
+	j := mustOpen(t, Options{SettleDelay: time.Hour})
+	if _, err := j.Append(ctx, &Entry{Type: "t", Body: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := j.Claim(ctx, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("Claim: %v, %d entries", err, len(es))
+	}
+	settled := make(chan error, 1)
+	go func() { settled <- j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done}) }()
+	// The settle lingers until an append takes it along.
+	deadline := time.After(10 * time.Second)
+	for waiting := true; waiting; {
+		if _, err := j.Append(ctx, &Entry{Type: "t", Body: []byte("2")}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-settled:
+			if err != nil {
+				t.Fatalf("Settle: %v", err)
+			}
+			waiting = false
+		case <-deadline:
+			t.Fatal("the settle did not ride on an append's commit")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if got := j.Counts().ByState[StateDone]; got != 1 {
+		t.Fatalf("done entries after the settle returned: %d, want 1", got)
+	}
+
+	// A settle alone, then Close: Close does not wait an hour.
+	es, err = j.Claim(ctx, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("Claim: %v, %d entries", err, len(es))
+	}
+	go func() { settled <- j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done}) }()
+	for len(j.ops) > 0 {
+		time.Sleep(time.Millisecond) // until the commit loop holds it
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-settled; err != nil && !errors.Is(err, ErrClosed) {
+		t.Fatalf("Settle during Close: %v", err)
+	}
+}

@@ -272,7 +272,7 @@ func (j *Journal) Settle(ctx context.Context, outs ...Outcome) error {
 		return j.releaseClaims(outs)
 	}
 	var first error
-	err := j.updateShared(ctx, func(t *txn) error {
+	err := j.updateLazy(ctx, func(t *txn) error {
 		first = nil
 		for _, o := range outs {
 			if err := t.settle(o); err != nil {

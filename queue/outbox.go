@@ -204,7 +204,7 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	return j.updateShared(ctx, func(t *txn) error {
+	return j.updateLazy(ctx, func(t *txn) error {
 		b := t.tx.Bucket(bucketOutbox)
 		if b == nil {
 			return nil
@@ -230,7 +230,7 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 // OutboxFailed records a failed publication of message id: the error, one
 // more attempt, and when to try again.
 func (j *Journal) OutboxFailed(ctx context.Context, ids []uint64, reason string, next time.Time) error {
-	return j.updateShared(ctx, func(t *txn) error {
+	return j.updateLazy(ctx, func(t *txn) error {
 		b := t.tx.Bucket(bucketOutbox)
 		if b == nil {
 			return nil

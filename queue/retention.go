@@ -39,7 +39,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 	// Dedup slots, oldest first.
 	for {
 		n := 0
-		err := j.updateShared(ctx, func(t *txn) error {
+		err := j.updateLazy(ctx, func(t *txn) error {
 			n = 0
 			cut := unixNano(t.now.Add(-j.opts.DedupWindow))
 			c := t.dedupBy.Cursor()
@@ -74,7 +74,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 	var from uint64
 	for {
 		n, next, more := 0, uint64(0), false
-		err := j.updateShared(ctx, func(t *txn) error {
+		err := j.updateLazy(ctx, func(t *txn) error {
 			n, more = 0, false
 			cut := t.now.Add(-j.opts.Retention)
 			c := t.state.Cursor()

@@ -148,6 +148,16 @@ func procCPU(tb testing.TB, pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
+// benchBinary is the agent binary a benchmark runs: this build, or
+// AGENTQ_BENCH_BINARY (another build, e.g. the previous release, for
+// before/after figures from the same run).
+func benchBinary(b *testing.B) string {
+	if other := os.Getenv("AGENTQ_BENCH_BINARY"); other != "" {
+		return other
+	}
+	return agentBinary(b)
+}
+
 // procStatusKB reads one kB field of /proc/PID/status (RssAnon, VmRSS).
 func procStatusKB(pid int, field string) int64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -199,11 +209,7 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 	b.Helper()
 	journal := filepath.Join(b.TempDir(), "agentq.db")
 	args := append([]string{"run", "--journal", journal, "--source", source, "--admin", "127.0.0.1:0", "--log-level", "warn"}, extra...)
-	bin := agentBinary(b)
-	if other := os.Getenv("AGENTQ_BENCH_BINARY"); other != "" {
-		bin = other // another build, e.g. the previous release, for before/after figures
-	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(benchBinary(b), args...)
 	cmd.Stderr = os.Stderr
 	if env := os.Getenv("AGENTQ_BENCH_AGENT_ENV"); env != "" {
 		cmd.Env = append(os.Environ(), strings.Fields(env)...) // e.g. GOGC=200, for A/B runs
@@ -370,7 +376,21 @@ func reportPipeline(b *testing.B, aq agentRun, bases map[string]pipelineResult, 
 // BenchmarkEndToEndBinary: publish → journal → fsync → ACK → dispatch → an
 // HTTP backend on loopback, through the real binary at 1,000 msg/s for 5 s.
 // Latency is from the publisher's send to the backend's request.
+//
+// persistent: the publisher marks its messages persistent, so RabbitMQ
+// writes and fsyncs them on the same disk as the journal, and each side's
+// fsyncs wait for the other's (ext4 flushes the whole journal
+// transaction). transient: the broker keeps them in memory, as if it ran
+// on another machine, which is where a control plane's broker runs: the
+// journal has the disk to itself.
 func BenchmarkEndToEndBinary(b *testing.B) {
+	for _, persistent := range []bool{true, false} {
+		name := map[bool]string{true: "persistent", false: "transient"}[persistent]
+		b.Run(name, func(b *testing.B) { benchEndToEnd(b, persistent) })
+	}
+}
+
+func benchEndToEnd(b *testing.B, persistent bool) {
 	requireBroker(b)
 	const rate, seconds = 1000, 5
 	var mu sync.Mutex
@@ -396,7 +416,7 @@ func BenchmarkEndToEndBinary(b *testing.B) {
 	for it := 0; it < b.N; it++ {
 		q := benchQueue(b, "e2e")
 		journal := filepath.Join(b.TempDir(), "agentq.db")
-		cmd := exec.Command(agentBinary(b), "run", "--journal", journal, "--source", "stomp://guest:guest@"+stompAddr+q,
+		cmd := exec.Command(benchBinary(b), "run", "--journal", journal, "--source", "stomp://guest:guest@"+stompAddr+q,
 			"--admin", "127.0.0.1:0", "--log-level", "warn", "--http", "http://"+ln.Addr().String()+"/")
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
@@ -414,7 +434,11 @@ func BenchmarkEndToEndBinary(b *testing.B) {
 		for i := 0; i < rate*seconds; i++ {
 			<-tick.C
 			body := fmt.Sprintf(`{"sent":%d,"pad":"%s"}`, time.Now().UnixNano(), pad)
-			if err := conn.Send(q, "application/json", []byte(body), stomp.SendOpt.Header("persistent", "true")); err != nil {
+			opts := []func(*frame.Frame) error(nil)
+			if persistent { // RabbitMQ's STOMP: messages are transient unless this header says
+				opts = append(opts, stomp.SendOpt.Header("persistent", "true"))
+			}
+			if err := conn.Send(q, "application/json", []byte(body), opts...); err != nil {
 				b.Fatal(err)
 			}
 		}
