@@ -696,6 +696,7 @@ func (j *Journal) update1(ctx context.Context, fn func(t *txn) error, flags int)
 func (j *Journal) commitLoop() {
 	defer close(j.loopDone)
 	batch := make([]*op, 0, j.opts.MaxBatch)
+	flowing := false // the last commit held an op someone waits on (an append)
 	for {
 		var first *op
 		select {
@@ -725,9 +726,14 @@ func (j *Journal) commitLoop() {
 				break fill
 			}
 		}
-		if j.opts.SettleDelay > 0 && !slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy }) {
+		urgent := slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy })
+		if !urgent && flowing && j.opts.SettleDelay > 0 {
 			batch = j.linger(batch)
+			urgent = slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy })
 		}
+		// Settles wait for appends only while appends flow: workers
+		// draining a backlog with nothing arriving must not wait.
+		flowing = urgent
 		j.commit(batch)
 	}
 }
@@ -735,7 +741,8 @@ func (j *Journal) commitLoop() {
 // linger holds a batch of lazy ops (settles, retention, outbox
 // bookkeeping) for up to SettleDelay, until an op that someone is waiting
 // on arrives (an Append: the broker waits for its ACK) or the batch is
-// full, and returns the batch with what came meanwhile. Each commit costs
+// full, and returns the batch with what came meanwhile. commitLoop calls
+// it only while appends flow (the last commit held one). Each commit costs
 // two fsyncs whatever it holds: at a moderate rate a worker's settle would
 // otherwise take a commit of its own, and the next message's append would
 // wait behind it. With this, settles ride on appends' commits, an append

@@ -983,20 +983,45 @@ func TestConcurrentClaims(t *testing.T) {
 	}
 }
 
-// TestSettleRidesOnAppend: a settle waits (SettleDelay) for an append and
-// shares its commit; an append never waits for that delay; Close ends the
-// wait.
+// TestSettleRidesOnAppend: while appends flow, a settle waits
+// (SettleDelay) for an append and shares its commit; an append never
+// waits for that delay; Close ends the wait. Draining a backlog with
+// nothing arriving, settles do not wait.
 func TestSettleRidesOnAppend(t *testing.T) {
 	ctx := context.Background()
-	j := mustOpen(t, Options{SettleDelay: time.Hour})
-	if _, err := j.Append(ctx, &Entry{Type: "t", Body: []byte("1")}); err != nil {
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{})
+	if _, err := j.Append(ctx, &Entry{Type: "t", Body: []byte("0")}, &Entry{Type: "t", Body: []byte("1")}); err != nil {
 		t.Fatal(err)
 	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A restart with a backlog: nothing arrives, the settle commits at once.
+	j = mustOpenAt(t, path, Options{SettleDelay: time.Hour})
 	es, err := j.Claim(ctx, 1)
 	if err != nil || len(es) != 1 {
 		t.Fatalf("Claim: %v, %d entries", err, len(es))
 	}
 	settled := make(chan error, 1)
+	go func() { settled <- j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done}) }()
+	select {
+	case err := <-settled:
+		if err != nil {
+			t.Fatalf("Settle: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a settle with no appends flowing waited for one")
+	}
+
+	// Appends flow from here on.
+	if _, err := j.Append(ctx, &Entry{Type: "t", Body: []byte("2")}); err != nil {
+		t.Fatal(err)
+	}
+	es, err = j.Claim(ctx, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("Claim: %v, %d entries", err, len(es))
+	}
 	go func() { settled <- j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done}) }()
 	// The settle lingers until an append takes it along.
 	deadline := time.After(10 * time.Second)
@@ -1015,8 +1040,8 @@ func TestSettleRidesOnAppend(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	if got := j.Counts().ByState[StateDone]; got != 1 {
-		t.Fatalf("done entries after the settle returned: %d, want 1", got)
+	if got := j.Counts().ByState[StateDone]; got != 2 {
+		t.Fatalf("done entries after the settle returned: %d, want 2", got)
 	}
 
 	// A settle alone, then Close: Close does not wait an hour.
