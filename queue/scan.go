@@ -109,6 +109,14 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 				if f.ToSeq > 0 && seq > f.ToSeq {
 					break
 				}
+				if s == StatePending && r.claims != nil {
+					if _, ok := r.claims(seq); ok {
+						// Claimed: running, not pending. Skip it without
+						// decoding it; the oldest pending entry (the
+						// summary's question) lies behind all in flight.
+						continue
+					}
+				}
 				more, err := visit(seq)
 				if err != nil || !more {
 					return err
