@@ -716,16 +716,7 @@ func (j *Journal) commitLoop() {
 				return
 			}
 		}
-		batch = append(batch[:0], first)
-	fill:
-		for len(batch) < j.opts.MaxBatch {
-			select {
-			case o := <-j.ops:
-				batch = append(batch, o)
-			default:
-				break fill
-			}
-		}
+		batch = j.takeQueued(append(batch[:0], first))
 		urgent := slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy })
 		if !urgent && flowing && j.opts.SettleDelay > 0 {
 			batch = j.linger(batch)
@@ -736,6 +727,19 @@ func (j *Journal) commitLoop() {
 		flowing = urgent
 		j.commit(batch)
 	}
+}
+
+// takeQueued adds to batch the ops queued now, up to MaxBatch.
+func (j *Journal) takeQueued(batch []*op) []*op {
+	for len(batch) < j.opts.MaxBatch {
+		select {
+		case o := <-j.ops:
+			batch = append(batch, o)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 // linger holds a batch of lazy ops (settles, retention, outbox
@@ -755,16 +759,7 @@ func (j *Journal) linger(batch []*op) []*op {
 		case o := <-j.ops:
 			batch = append(batch, o)
 			if !o.lazy {
-				// Take what else is queued, and go.
-				for len(batch) < j.opts.MaxBatch {
-					select {
-					case o := <-j.ops:
-						batch = append(batch, o)
-					default:
-						return batch
-					}
-				}
-				return batch
+				return j.takeQueued(batch) // and go
 			}
 		case <-timer.C:
 			return batch
