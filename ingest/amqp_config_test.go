@@ -51,7 +51,7 @@ func TestParseAMQPURL(t *testing.T) {
 // Ensure AMQP URLs that cannot work are refused with an error that says
 // why, and AMQP-only parameters are refused on STOMP URLs.
 func TestParseAMQPURLErrors(t *testing.T) {
-	tests := []struct{ raw, want string }{
+	tests := []urlError{
 		{"amqp://h/", "missing queue"},
 		{"amqp://h/?exchange=pulp&bind=k", "lose what is published while the agent is down"},
 		{"amqp://h/?queue=q&exchange=pulp", "bind=KEY"},
@@ -69,17 +69,7 @@ func TestParseAMQPURLErrors(t *testing.T) {
 		{"ws://h/ws?destination=/queue/x&exclusive=true&bind=k", "exclusive="},
 		{"nats://h/x", "amqp"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.raw, func(t *testing.T) {
-			c, err := ParseURL(tc.raw)
-			if err == nil {
-				err = c.Resolve()
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
-			}
-		})
-	}
+	wantURLErrors(t, tests, "")
 }
 
 // Ensure String shows an AMQP source with its vhost, queue and bindings,

@@ -56,7 +56,7 @@ func TestMQTTDefaultType(t *testing.T) {
 
 // Ensure bad MQTT URLs are refused with an error naming the problem.
 func TestParseMQTTURLErrors(t *testing.T) {
-	tests := []struct{ raw, want string }{
+	tests := []urlError{
 		{"mqtt://h/", "missing topic"},
 		{"mqtt://h/orders?topic=x", "no path"},
 		{"mqtt://h/?topic=a/b%23", `"#" must be the whole last level`},
@@ -76,17 +76,7 @@ func TestParseMQTTURLErrors(t *testing.T) {
 		{"ws://h/ws?destination=/queue/x&client_id=a", "mqtt"},
 		{"mqtt://h/?topic=x&client_id=", "client_id"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.raw, func(t *testing.T) {
-			c, err := ParseURL(tc.raw)
-			if err == nil {
-				err = c.Resolve()
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
-			}
-		})
-	}
+	wantURLErrors(t, tests, "")
 }
 
 // Ensure String shows an MQTT source without its passcode and parses

@@ -60,6 +60,30 @@ func mustOpenJournal(tb testing.TB, path string) *queue.Journal {
 	return j
 }
 
+// urlError is a source URL that ParseURL or Resolve must refuse, and what
+// the error must mention.
+type urlError struct{ raw, want string }
+
+// wantURLErrors checks each URL is refused with an error that mentions
+// what it should, and never shows secret.
+func wantURLErrors(t *testing.T, tests []urlError, secret string) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.raw, func(t *testing.T) {
+			c, err := ParseURL(tc.raw)
+			if err == nil {
+				err = c.Resolve()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+			if secret != "" && strings.Contains(err.Error(), secret) {
+				t.Fatalf("error leaks a secret: %v", err)
+			}
+		})
+	}
+}
+
 func mustConfig(tb testing.TB, raw string) Config {
 	tb.Helper()
 	c, err := ParseURL(raw)
