@@ -8,11 +8,9 @@ import (
 	"math/rand"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -154,22 +152,6 @@ func TestAMQPPublishConsume(t *testing.T) {
 	}
 }
 
-// TestAMQPCrashChild is the child of TestAMQPKillBetweenCommitAndAck: it
-// kills its own process with SIGKILL right after its first journal
-// commit, before any ACK.
-func TestAMQPCrashChild(t *testing.T) {
-	path, raw := os.Getenv("AGENTQ_TEST_AMQP_CHILD_JOURNAL"), os.Getenv("AGENTQ_TEST_AMQP_CHILD_URL")
-	if path == "" {
-		return
-	}
-	j := mustOpenJournal(t, path)
-	src := NewSource(mustConfig(t, raw), j, Options{Logger: testLogger(t), AfterCommit: func(int) {
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
-	}})
-	_ = src.Run(context.Background())
-}
-
 // Ensure a real process killed with SIGKILL between the journal commit
 // and the ACK loses nothing: the broker redelivers, every redelivery of a
 // committed message is recognised (by message_id, or by content for
@@ -193,19 +175,7 @@ func TestAMQPKillBetweenCommitAndAck(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agentq.db")
 	raw := amqpURL(amqpAddr, "queue="+q+"&prefetch=100")
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestAMQPCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "AGENTQ_TEST_AMQP_CHILD_JOURNAL="+path, "AGENTQ_TEST_AMQP_CHILD_URL="+raw)
-	out, err := cmd.CombinedOutput()
-	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if err == nil || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("child did not die by SIGKILL: %v\n%s", err, out)
-	}
-	j := mustOpenJournal(t, path)
-	committed := j.LastSeq()
-	if committed == 0 {
-		t.Fatal("child committed nothing before it died")
-	}
-	t.Logf("child committed %d entries and died before acking them", committed)
+	j, committed := crashAfterFirstCommit(t, raw, path)
 	if d := queueDepth(t, "/queue/"+q); d != n {
 		t.Fatalf("queue holds %d messages after the crash, want all %d (nothing was acked)", d, n)
 	}

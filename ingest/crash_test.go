@@ -17,11 +17,12 @@ import (
 	"github.com/go-stomp/stomp/v3/frame"
 
 	"github.com/agentq/agentq/internal/brokertest"
+	"github.com/agentq/agentq/queue"
 )
 
-// TestIngestCrashChild is the child of TestIngestKillBetweenCommitAndAck:
-// it runs a source that kills its own process with SIGKILL right after
-// its first journal commit, before any ACK.
+// TestIngestCrashChild is the child of crashAfterFirstCommit: it runs a
+// source (of any protocol) that kills its own process with SIGKILL right
+// after its first journal commit, before any acknowledgement.
 func TestIngestCrashChild(t *testing.T) {
 	path, raw := os.Getenv("AGENTQ_TEST_CHILD_JOURNAL"), os.Getenv("AGENTQ_TEST_CHILD_URL")
 	if path == "" {
@@ -34,6 +35,30 @@ func TestIngestCrashChild(t *testing.T) {
 		select {}
 	}})
 	_ = src.Run(context.Background())
+}
+
+// crashAfterFirstCommit runs TestIngestCrashChild over the source URL raw
+// and the journal at path, checks that it died by its own SIGKILL, and
+// returns the journal, reopened, and how many entries the child had
+// committed (at least one).
+func crashAfterFirstCommit(t *testing.T, raw, path string) (*queue.Journal, uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestIngestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "AGENTQ_TEST_CHILD_JOURNAL="+path, "AGENTQ_TEST_CHILD_URL="+raw)
+	out, err := cmd.CombinedOutput()
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if err == nil || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL || ctx.Err() != nil {
+		t.Fatalf("child did not die by its own SIGKILL: %v\n%s", err, out)
+	}
+	j := mustOpenJournal(t, path)
+	committed := j.LastSeq()
+	if committed == 0 {
+		t.Fatal("child committed nothing before it died")
+	}
+	t.Logf("child committed %d entries and died before acknowledging them", committed)
+	return j, committed
 }
 
 // Ensure a real process killed with SIGKILL between the journal commit and
@@ -55,20 +80,7 @@ func testKillBetweenCommitAndAck(t *testing.T, mode string) {
 	path := filepath.Join(t.TempDir(), "agentq.db")
 	raw := "stomp://guest:guest@" + brokerAddr + dest + "?prefetch=100&ack=" + mode
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIngestCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "AGENTQ_TEST_CHILD_JOURNAL="+path, "AGENTQ_TEST_CHILD_URL="+raw)
-	out, err := cmd.CombinedOutput()
-	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if err == nil || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("child did not die by SIGKILL: %v\n%s", err, out)
-	}
-
-	j := mustOpenJournal(t, path)
-	committed := j.LastSeq()
-	if committed == 0 {
-		t.Fatal("child committed nothing before it died")
-	}
-	t.Logf("child committed %d entries and died before acking them", committed)
+	j, committed := crashAfterFirstCommit(t, raw, path)
 	if d := queueDepth(t, dest); d != n {
 		t.Fatalf("queue holds %d messages after the crash, want all %d (nothing was acked)", d, n)
 	}

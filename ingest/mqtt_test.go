@@ -275,22 +275,6 @@ func mqttUp(addr string) bool {
 	return err == nil
 }
 
-// TestMQTTCrashChild is the child of TestMQTTNothingLost: it runs an MQTT
-// source that kills its own process with SIGKILL right after its first
-// journal commit, before any PUBACK.
-func TestMQTTCrashChild(t *testing.T) {
-	path, raw := os.Getenv("AGENTQ_TEST_MQTT_CHILD_JOURNAL"), os.Getenv("AGENTQ_TEST_MQTT_CHILD_URL")
-	if path == "" {
-		return
-	}
-	j := mustOpenJournal(t, path)
-	src := NewSource(mustConfig(t, raw), j, Options{Logger: testLogger(t), AfterCommit: func(int) {
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
-	}})
-	_ = src.Run(context.Background())
-}
-
 // Ensure, on both brokers, that QoS 1 messages survive everything at once
 // with nothing lost, nothing journaled twice and the order per key kept:
 // messages published while no agent runs (the persistent session keeps
@@ -328,21 +312,7 @@ func testMQTTNothingLost(t *testing.T, b mqttBroker) {
 
 	// A child takes them and dies after its first commit, before any PUBACK.
 	path := filepath.Join(t.TempDir(), "agentq.db")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMQTTCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "AGENTQ_TEST_MQTT_CHILD_JOURNAL="+path, "AGENTQ_TEST_MQTT_CHILD_URL="+raw)
-	out, err := cmd.CombinedOutput()
-	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if err == nil || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL || ctx.Err() != nil {
-		t.Fatalf("child did not die by its own SIGKILL: %v\n%s", err, out)
-	}
-	j := mustOpenJournal(t, path)
-	committed := j.LastSeq()
-	if committed == 0 {
-		t.Fatal("child committed nothing before it died")
-	}
-	t.Logf("child committed %d entries and died before acknowledging them", committed)
+	j, committed := crashAfterFirstCommit(t, raw, path)
 
 	// The agent resumes the session: the broker redelivers (DUP) what the
 	// child committed, and it is recognised.
