@@ -39,6 +39,7 @@ type HTTPConfig struct {
 type HTTP struct {
 	cfg    HTTPConfig
 	client *http.Client
+	name   string // Name, worked out once: it is asked for every call
 }
 
 // NewHTTP validates the URL and returns the backend.
@@ -65,18 +66,13 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256
 		c = &http.Client{Transport: t}
 	}
-	return &HTTP{cfg: cfg, client: c}, nil
+	shown := *u
+	shown.User, shown.RawQuery = nil, ""
+	return &HTTP{cfg: cfg, client: c, name: "http:" + shown.String()}, nil
 }
 
-// Name returns "http:" and the URL without credentials.
-func (h *HTTP) Name() string {
-	if u, err := url.Parse(h.cfg.URL); err == nil {
-		u.User = nil
-		u.RawQuery = ""
-		return "http:" + u.String()
-	}
-	return "http"
-}
+// Name returns "http:" and the URL without credentials or query.
+func (h *HTTP) Name() string { return h.name }
 
 // maxErrorBody bounds the response body quoted in an error.
 const maxErrorBody = 512

@@ -172,3 +172,15 @@ func TestHTTPOutput(t *testing.T) {
 		})
 	}
 }
+
+// Ensure the backend's name, which logs and the dashboard show, carries
+// neither the URL's credentials nor its query (tokens live there).
+func TestHTTPName(t *testing.T) {
+	h, err := NewHTTP(HTTPConfig{URL: "https://user:s3cret@backend.example:8443/hook?token=t0ken"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := h.Name(), "http:https://backend.example:8443/hook"; got != want {
+		t.Fatalf("Name() = %q, want %q", got, want)
+	}
+}
