@@ -193,6 +193,16 @@ func (d *decoder) headers() []Header {
 	return hs
 }
 
+// skip steps over a length-prefixed field without copying it.
+func (d *decoder) skip() {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail()
+		return
+	}
+	d.b = d.b[n:]
+}
+
 func (d *decoder) string() string {
 	n := d.uvarint()
 	if d.err != nil || n > uint64(len(d.b)) {

@@ -67,6 +67,31 @@ func encodeOut(buf []byte, m *Out) []byte {
 	return binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf, castagnoli))
 }
 
+// outFailed is decodeOut(...).Failed() of a stored outbox message, read
+// without copying its headers and body (OutboxDone needs only this).
+func outFailed(data []byte) bool {
+	if len(data) < 5 || data[0] != outFormat {
+		return false
+	}
+	body := data[:len(data)-4]
+	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(data[len(data)-4:]) {
+		return false // damaged: decodeOut fails, nothing was counted failed
+	}
+	d := decoder{b: body[1:]}
+	d.uvarint() // seq
+	d.skip()    // kind
+	d.skip()    // target
+	d.skip()    // destination
+	n := d.uvarint()
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		d.skip()
+		d.skip()
+	}
+	d.skip()   // body
+	d.varint() // created
+	return d.err == nil && d.int() > 0
+}
+
 func decodeOut(id uint64, data []byte) (*Out, error) {
 	if len(data) < 5 || data[0] != outFormat {
 		return nil, fmt.Errorf("%w: outbox message %d: unknown format", errCorrupt, id)
@@ -216,7 +241,7 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 				continue
 			}
 			t.outDelta[0]--
-			if m, err := decodeOut(id, v); err == nil && m.Failed() {
+			if outFailed(v) {
 				t.outDelta[1]--
 			}
 			if err := b.Delete(k); err != nil {

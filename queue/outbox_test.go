@@ -115,3 +115,21 @@ func TestWriteAfterCloseReturns(t *testing.T) {
 		}
 	}
 }
+
+// Ensure outFailed reads what decodeOut would say, without decoding.
+func TestOutFailed(t *testing.T) {
+	for _, m := range []*Out{
+		{Seq: 1, Kind: "result", Target: "stomp://h/queue/r", Body: []byte("x")},
+		{Seq: 2, Kind: "result", Headers: []Header{{"a", "b"}, {"c", ""}}, Attempts: 1, LastError: "no route"},
+		{Seq: 3, Kind: "dead-letter", Destination: "/queue/dl", Body: make([]byte, 300), Attempts: 7},
+		{Seq: 4},
+	} {
+		v := encodeOut(nil, m)
+		if got := outFailed(v); got != m.Failed() {
+			t.Errorf("outFailed(%d) = %v, want %v", m.Seq, got, m.Failed())
+		}
+		if outFailed(v[:len(v)/2]) && !m.Failed() {
+			t.Errorf("outFailed of a truncated record %d says failed", m.Seq)
+		}
+	}
+}
