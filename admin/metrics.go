@@ -23,6 +23,7 @@ type Metrics struct {
 	processed   *prometheus.CounterVec   // outcome, backend
 	retries     prometheus.Counter       //
 	callSeconds *prometheus.HistogramVec // backend
+	waitSeconds prometheus.Histogram
 	commitSecs  prometheus.Histogram
 	batchSize   prometheus.Histogram
 
@@ -55,6 +56,11 @@ func NewMetrics(j *queue.Journal, sources func() []ingest.Status) *Metrics {
 		Name: "agentq_backend_call_duration_seconds", Help: "Duration of backend calls.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	}, []string{"backend"})
+	m.waitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "agentq_dispatch_wait_seconds",
+		Help:    "From a message's receipt to the start of its first backend call: journal commit, queueing behind its key and the workers.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
+	})
 	m.commitSecs = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "agentq_journal_commit_duration_seconds", Help: "Duration of journal group commits, fsync included.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
@@ -63,7 +69,7 @@ func NewMetrics(j *queue.Journal, sources func() []ingest.Status) *Metrics {
 		Name: "agentq_journal_commit_batch_size", Help: "Operations coalesced into one journal commit.",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 14),
 	})
-	m.reg.MustRegister(m.processed, m.retries, m.callSeconds, m.commitSecs, m.batchSize,
+	m.reg.MustRegister(m.processed, m.retries, m.callSeconds, m.waitSeconds, m.commitSecs, m.batchSize,
 		&stateCollector{m: m, j: j, sources: sources},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -95,6 +101,9 @@ func (m *Metrics) ObserveResult(r worker.Result) {
 	}
 	if r.Backend != "" {
 		m.callSeconds.WithLabelValues(backend).Observe(r.Duration.Seconds())
+	}
+	if r.Wait > 0 {
+		m.waitSeconds.Observe(r.Wait.Seconds())
 	}
 }
 

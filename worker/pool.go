@@ -34,7 +34,12 @@ type Result struct {
 	Backend  string // "" when no backend was called (no route, bad input)
 	Outcome  string // "done", "retry", "stuck", "cancelled"
 	Duration time.Duration
-	Err      error
+	// Wait is how long the message waited before its handler started:
+	// from its receipt (Entry.ReceivedAt) to the start of this call, on
+	// its first attempt only (0 for retries and replays, whose wait is
+	// their schedule's). The delay a latency objective is about.
+	Wait time.Duration
+	Err  error
 	// Output is what a Producer backend returned on success (exec's
 	// stdout, an HTTP 2xx body); nil otherwise. Not stored in the journal.
 	Output []byte
@@ -412,6 +417,9 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	p.running[route].Add(1)
 	defer p.running[route].Add(-1)
 	start := time.Now()
+	if e.Attempts == 1 && e.Replays == 0 && start.After(e.ReceivedAt) {
+		res.Wait = start.Sub(e.ReceivedAt)
+	}
 	var err error
 	if pr, ok := b.(Producer); ok {
 		res.Output, err = pr.CallOutput(ctx, e)

@@ -398,7 +398,42 @@ func TestPoolResultOutput(t *testing.T) {
 	if r := got["ok"]; r.Outcome != "done" || string(r.Output) != "seq=1" {
 		t.Errorf("ok: outcome %s output %q, want done seq=1", r.Outcome, r.Output)
 	}
+	// A first attempt reports how long the message waited since receipt.
+	for typ, r := range got {
+		if w := r.Wait; w <= 0 || w > time.Since(r.Entry.ReceivedAt) {
+			t.Errorf("%s: Wait %v, want more than 0 and at most the time since receipt", typ, w)
+		}
+	}
 	if r := got["fail"]; r.Outcome != "retry" || r.Output != nil {
 		t.Errorf("fail: outcome %s output %q, want retry and no output", r.Outcome, r.Output)
+	}
+}
+
+// Ensure Result.Wait is reported for a message's first attempt only: a
+// retry waited for its schedule, not in a queue.
+func TestPoolResultWait(t *testing.T) {
+	x := mustExec(t, ExecConfig{Argv: []string{"/bin/sh", "-c", `[ "$AGENTQ_ATTEMPT" -ge 2 ]`}})
+	j := mustOpenJournal(t, "", queue.Options{})
+	received := time.Now().Add(-time.Minute)
+	if _, err := j.Append(context.Background(), &queue.Entry{Type: "t", ReceivedAt: received}); err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan Result, 4)
+	stop := startPool(t, j, mustRouter(t, x), Options{Workers: 1, Policy: Policy{InitialInterval: 10 * time.Millisecond, Multiplier: 1, MaxInterval: 10 * time.Millisecond}, Observe: func(r Result) { results <- r }})
+	defer stop()
+	for attempt := 1; attempt <= 2; attempt++ {
+		select {
+		case r := <-results:
+			switch {
+			case r.Entry.Attempts != attempt:
+				t.Fatalf("result of attempt %d, want %d", r.Entry.Attempts, attempt)
+			case attempt == 1 && (r.Outcome != "retry" || r.Wait < time.Minute):
+				t.Fatalf("first attempt: outcome %s, Wait %v; want retry and at least the minute since receipt", r.Outcome, r.Wait)
+			case attempt == 2 && (r.Outcome != "done" || r.Wait != 0):
+				t.Fatalf("second attempt: outcome %s, Wait %v; want done and 0", r.Outcome, r.Wait)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no result for attempt %d", attempt)
+		}
 	}
 }

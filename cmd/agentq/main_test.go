@@ -410,7 +410,7 @@ func TestReplayLiveAndOffline(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`agentq_entries{state="stuck"} 3`, `agentq_processed_total{backend="exec:` + handler + `",outcome="stuck"} 3`, "agentq_journal_commit_duration_seconds_count"} {
+	for _, want := range []string{`agentq_entries{state="stuck"} 3`, `agentq_processed_total{backend="exec:` + handler + `",outcome="stuck"} 3`, "agentq_journal_commit_duration_seconds_count", "agentq_dispatch_wait_seconds_count 3"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("metrics lack %q", want)
 		}

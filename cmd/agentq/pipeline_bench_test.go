@@ -412,7 +412,7 @@ func benchEndToEnd(b *testing.B, persistent bool) {
 	}
 	go srv.Serve(ln)
 	defer srv.Close()
-	var commitSum, commits float64
+	var commitSum, commits, waitSum, waits float64
 	for it := 0; it < b.N; it++ {
 		q := benchQueue(b, "e2e")
 		journal := filepath.Join(b.TempDir(), "agentq.db")
@@ -453,6 +453,8 @@ func benchEndToEnd(b *testing.B, persistent bool) {
 			base := "http://" + between(string(raw), `"addr":"`, `"`)
 			commitSum += metricValue(b, base, "agentq_journal_commit_duration_seconds_sum")
 			commits += metricValue(b, base, "agentq_journal_commit_duration_seconds_count")
+			waitSum += metricValue(b, base, "agentq_dispatch_wait_seconds_sum")
+			waits += metricValue(b, base, "agentq_dispatch_wait_seconds_count")
 		}
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
@@ -460,6 +462,9 @@ func benchEndToEnd(b *testing.B, persistent bool) {
 	if commits > 0 {
 		b.ReportMetric(commitSum/commits*1000, "commit-ms")
 		b.ReportMetric(commits/float64(rate*seconds*b.N), "commits/msg")
+	}
+	if waits > 0 { // the agent's own view: receipt to the backend call's start
+		b.ReportMetric(waitSum/waits*1000, "agent-wait-mean-ms")
 	}
 	mu.Lock()
 	defer mu.Unlock()
