@@ -719,8 +719,7 @@ func (j *Journal) commitLoop() {
 		batch = j.takeQueued(append(batch[:0], first))
 		urgent := slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy })
 		if !urgent && flowing && j.opts.SettleDelay > 0 {
-			batch = j.linger(batch)
-			urgent = slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy })
+			batch, urgent = j.linger(batch)
 		}
 		// Settles wait for appends only while appends flow: workers
 		// draining a backlog with nothing arriving must not wait.
@@ -745,13 +744,14 @@ func (j *Journal) takeQueued(batch []*op) []*op {
 // linger holds a batch of lazy ops (settles, retention, outbox
 // bookkeeping) for up to SettleDelay, until an op that someone is waiting
 // on arrives (an Append: the broker waits for its ACK) or the batch is
-// full, and returns the batch with what came meanwhile. commitLoop calls
+// full, and returns the batch with what came meanwhile, and whether such an
+// op came. commitLoop calls
 // it only while appends flow (the last commit held one). Each commit costs
 // two fsyncs whatever it holds: at a moderate rate a worker's settle would
 // otherwise take a commit of its own, and the next message's append would
 // wait behind it. With this, settles ride on appends' commits, an append
 // waits for no settle, and a settle waits at most SettleDelay more.
-func (j *Journal) linger(batch []*op) []*op {
+func (j *Journal) linger(batch []*op) (_ []*op, urgent bool) {
 	timer := time.NewTimer(j.opts.SettleDelay)
 	defer timer.Stop()
 	for len(batch) < j.opts.MaxBatch {
@@ -759,15 +759,15 @@ func (j *Journal) linger(batch []*op) []*op {
 		case o := <-j.ops:
 			batch = append(batch, o)
 			if !o.lazy {
-				return j.takeQueued(batch) // and go
+				return j.takeQueued(batch), true // and go
 			}
 		case <-timer.C:
-			return batch
+			return batch, false
 		case <-j.closing:
-			return batch
+			return batch, false
 		}
 	}
-	return batch
+	return batch, false
 }
 
 func (j *Journal) commit(batch []*op) {

@@ -70,14 +70,11 @@ func encodeOut(buf []byte, m *Out) []byte {
 // outFailed is decodeOut(...).Failed() of a stored outbox message, read
 // without copying its headers and body (OutboxDone needs only this).
 func outFailed(data []byte) bool {
-	if len(data) < 5 || data[0] != outFormat {
-		return false
-	}
-	body := data[:len(data)-4]
-	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(data[len(data)-4:]) {
+	fields, err := checkRecord("outbox message", 0, data, outFormat)
+	if err != nil {
 		return false // damaged: decodeOut fails, nothing was counted failed
 	}
-	d := decoder{b: body[1:]}
+	d := decoder{b: fields}
 	d.uvarint() // seq
 	d.skip()    // kind
 	d.skip()    // target
