@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -455,4 +456,52 @@ func drain(tb testing.TB, j *Journal) {
 			tb.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkCycleCPU is the journal's CPU per entry with nothing running
+// beside it: one goroutine appends 256 entries in one call, claims them
+// and settles them done, over and over. With no concurrency its figure
+// (process user+sys time per entry, GC included) moves only with the
+// journal's own work, so A/B runs of two builds can see a few per cent
+// that the concurrent throughput benchmark's spread hides.
+func BenchmarkCycleCPU(b *testing.B) {
+	const batch, rounds = 256, 40
+	j := mustOpenAt(b, filepath.Join(b.TempDir(), "agentq.db"), Options{})
+	ctx := context.Background()
+	es := make([]*Entry, batch)
+	outs := make([]Outcome, 0, batch)
+	cpu0 := processCPU()
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		for r := 0; r < rounds; r++ {
+			for i := range es {
+				es[i] = benchEntry(r*batch + i)
+			}
+			if _, err := j.Append(ctx, es...); err != nil {
+				b.Fatal(err)
+			}
+			got, err := j.Claim(ctx, batch)
+			if err != nil {
+				b.Fatal(err)
+			}
+			outs = outs[:0]
+			for _, e := range got {
+				outs = append(outs, Outcome{Seq: e.Seq, Kind: Done})
+			}
+			if err := j.Settle(ctx, outs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N*batch*rounds), "cpu-µs/entry")
+}
+
+// processCPU is the user+system time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

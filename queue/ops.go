@@ -381,7 +381,7 @@ func (t *txn) release(e *Entry) error {
 	if e.Key == "" {
 		return nil
 	}
-	if err := t.keyq.Delete(keyqKey(e.Key, e.Seq)); err != nil {
+	if err := t.keyqS.del(keyqKey(e.Key, e.Seq)); err != nil {
 		return err
 	}
 	if h, ok := t.head(e.Key); ok && h != e.Seq {

@@ -95,13 +95,13 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 				}
 			}
 			for _, e := range victims {
-				if err := t.state.Delete(stateKey(StateDone, e.Seq)); err != nil {
+				if err := t.stateS.del(stateKey(StateDone, e.Seq)); err != nil {
 					return err
 				}
-				if err := t.msgs.Delete(u64(e.Seq)); err != nil {
+				if err := t.msgsS.del(u64(e.Seq)); err != nil {
 					return err
 				}
-				if err := t.status.Delete(u64(e.Seq)); err != nil {
+				if err := t.statusS.del(u64(e.Seq)); err != nil {
 					return err
 				}
 				if err := t.forgetDedup(e.Seq); err != nil {

@@ -17,19 +17,22 @@ import (
 // hold format 2. Any of them may be missing (nil) in a read-only file.
 type readers struct {
 	entries, msgs, status, state, damaged *bolt.Bucket
+	msgsS, statusS                        seeker
 	// claims, when set, says which entries are running (claimed in
 	// memory, pending on disk): load shows them as running.
 	claims func(seq uint64) (*Entry, bool)
 }
 
 func readersOf(tx *bolt.Tx) readers {
-	return readers{
+	r := readers{
 		entries: tx.Bucket(bucketEntries),
 		msgs:    tx.Bucket(bucketMsgs),
 		status:  tx.Bucket(bucketStatus),
 		state:   tx.Bucket(bucketState),
 		damaged: tx.Bucket(bucketDamaged),
 	}
+	r.msgsS, r.statusS = seekerOf(r.msgs), seekerOf(r.status)
+	return r
 }
 
 // load returns entry seq, with its whole message when full is set, or only
@@ -50,7 +53,7 @@ func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 	k := binary.BigEndian.AppendUint64(kb[:0], seq)
 	var sv []byte
 	if r.status != nil {
-		sv = r.status.Get(k)
+		sv = r.statusS.get(k)
 	}
 	if sv == nil {
 		if r.entries != nil {
@@ -70,7 +73,7 @@ func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 	if withMessage {
 		var mv []byte
 		if r.msgs != nil {
-			mv = r.msgs.Get(k)
+			mv = r.msgsS.get(k)
 		}
 		merr = decodeMessage(seq, mv, e, full)
 	}
@@ -173,6 +176,7 @@ type txn struct {
 	now time.Time
 
 	meta, ready, keyq, keyhead, dedupBy *bolt.Bucket
+	stateS, readyS, keyqS, keyheadS     seeker
 
 	delta        [5]int64
 	typeDelta    map[string]*[5]int64
@@ -211,6 +215,7 @@ func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 		pauses:  j.pauses.Load(),
 	}
 	t.claims = t.claimed
+	t.stateS, t.readyS, t.keyqS, t.keyheadS = seekerOf(t.state), seekerOf(t.ready), seekerOf(t.keyq), seekerOf(t.keyhead)
 	// Sequence keys only grow: pack pages full.
 	if t.msgs != nil {
 		t.msgs.FillPercent = 0.95
@@ -415,7 +420,7 @@ func (t *txn) setState(e *Entry, s State) error {
 		from, e.claimed = StatePending, false // stored as pending
 	}
 	if from != 0 {
-		if err := t.state.Delete(stateKey(from, e.Seq)); err != nil {
+		if err := t.stateS.del(stateKey(from, e.Seq)); err != nil {
 			return err
 		}
 		t.delta[from]--
@@ -459,13 +464,13 @@ func (t *txn) delReady(e *Entry) error {
 			return err
 		}
 	}
-	return t.ready.Delete(k)
+	return t.readyS.del(k)
 }
 
 // head returns the active entry of key: the one that is ready, running, or
 // blocking the key as stuck.
 func (t *txn) head(key string) (uint64, bool) {
-	v := t.keyhead.Get(headKey(key))
+	v := t.keyheadS.get(headKey(key))
 	if len(v) != 8 {
 		return 0, false
 	}
@@ -487,7 +492,7 @@ func (t *txn) firstOfKey(key string) (uint64, bool) {
 func (t *txn) advance(key string) error {
 	seq, ok := t.firstOfKey(key)
 	if !ok {
-		return t.keyhead.Delete(headKey(key))
+		return t.keyheadS.del(headKey(key))
 	}
 	if err := t.keyhead.Put(headKey(key), u64(seq)); err != nil {
 		return err

@@ -155,3 +155,27 @@ func BenchmarkPipelineAMQP(b *testing.B) {
 	}
 	reportPipeline(b, aq, map[string]pipelineResult{"manual": manual, "auto": auto}, size, n)
 }
+
+// bindResultsQueue declares the durable topic exchange ex and binds queue
+// q (declared durable) to it with key, as a results consumer would.
+func bindResultsQueue(b *testing.B, ex, q, key string) {
+	b.Helper()
+	conn, err := amqp.Dial(amqpBenchURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(ex, "topic", true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.QueueBind(q, key, ex, false, nil); err != nil {
+		b.Fatal(err)
+	}
+}

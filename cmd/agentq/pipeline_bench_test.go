@@ -476,9 +476,14 @@ func benchEndToEnd(b *testing.B, persistent bool) {
 
 // BenchmarkPipelineResults: tasks in, results out, through the real
 // binary: 20,000 persistent 512-byte tasks to an HTTP backend on loopback
-// that answers 512 bytes, with --results to a queue (every answer in the
-// outbox, published with a receipt per batch) and, in the same run,
-// without it. Reports both and their ratio.
+// that answers 512 bytes, with results (every answer in the outbox,
+// published with broker confirmation per batch) and, in the same run,
+// without them. Reports both and their ratio, for two set-ups:
+//   - stomp: tasks from a STOMP queue, results to a STOMP queue, a
+//     receipt per batch;
+//   - amqp: Globus-shaped, tasks from an AMQP queue, results to a topic
+//     exchange "results" with routing key EP.results and a queue bound to
+//     *.results, publisher confirms and mandatory.
 func BenchmarkPipelineResults(b *testing.B) {
 	requireBroker(b)
 	n := pipelineN() / 5
@@ -494,25 +499,48 @@ func BenchmarkPipelineResults(b *testing.B) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	backend := "http://" + ln.Addr().String() + "/"
-	var with, without agentRun
-	for it := 0; it < b.N; it++ {
-		q := benchQueue(b, "tasks")
-		publishSTOMP(b, q, n, 512, nil)
-		without = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend)
+	report := func(b *testing.B, with, without agentRun) {
+		b.ReportMetric(without.msgPerSec, "no-results-msg/s")
+		b.ReportMetric(float64(without.cpuPerMsg.Nanoseconds())/1000, "no-results-cpu-us/msg")
+		b.ReportMetric(with.msgPerSec, "results-msg/s")
+		b.ReportMetric(float64(with.cpuPerMsg.Nanoseconds())/1000, "results-cpu-us/msg")
+		b.ReportMetric(with.msgPerSec/without.msgPerSec, "ratio-msg/s")
+		if with.brokerCPU > 0 && without.brokerCPU > 0 {
+			b.ReportMetric(float64(without.brokerCPU.Nanoseconds())/1000/float64(n), "no-results-broker-cpu-us/msg")
+			b.ReportMetric(float64(with.brokerCPU.Nanoseconds())/1000/float64(n), "results-broker-cpu-us/msg")
+		}
+	}
+	b.Run("stomp", func(b *testing.B) {
+		var with, without agentRun
+		for it := 0; it < b.N; it++ {
+			q := benchQueue(b, "tasks")
+			publishSTOMP(b, q, n, 512, nil)
+			without = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend)
 
-		q = benchQueue(b, "tasks-results")
-		publishSTOMP(b, q, n, 512, nil)
-		results := benchQueue(b, "results")
-		with = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend,
-			"--results", "stomp://guest:guest@"+stompAddr+results)
-	}
-	b.ReportMetric(without.msgPerSec, "no-results-msg/s")
-	b.ReportMetric(float64(without.cpuPerMsg.Nanoseconds())/1000, "no-results-cpu-us/msg")
-	b.ReportMetric(with.msgPerSec, "results-msg/s")
-	b.ReportMetric(float64(with.cpuPerMsg.Nanoseconds())/1000, "results-cpu-us/msg")
-	b.ReportMetric(with.msgPerSec/without.msgPerSec, "ratio-msg/s")
-	if with.brokerCPU > 0 && without.brokerCPU > 0 {
-		b.ReportMetric(float64(without.brokerCPU.Nanoseconds())/1000/float64(n), "no-results-broker-cpu-us/msg")
-		b.ReportMetric(float64(with.brokerCPU.Nanoseconds())/1000/float64(n), "results-broker-cpu-us/msg")
-	}
+			q = benchQueue(b, "tasks-results")
+			publishSTOMP(b, q, n, 512, nil)
+			results := benchQueue(b, "results")
+			with = runAgentPipeline(b, "stomp://guest:guest@"+stompAddr+q+"?prefetch=1000", n, "--http", backend,
+				"--results", "stomp://guest:guest@"+stompAddr+results)
+		}
+		report(b, with, without)
+	})
+	b.Run("amqp", func(b *testing.B) {
+		var with, without agentRun
+		for it := 0; it < b.N; it++ {
+			q := amqpBenchQueue(b, "tasks")
+			publishAMQPBench(b, q, n, 512)
+			without = runAgentPipeline(b, amqpBenchURL+"?queue="+q+"&prefetch=1000", n, "--http", backend)
+
+			ep := fmt.Sprintf("ep%d", rand.Int63())
+			q = ep + ".tasks"
+			brokertest.DeleteAtEnd(b, q)
+			publishAMQPBench(b, q, n, 512)
+			results := amqpBenchQueue(b, "results")
+			bindResultsQueue(b, "results", results, "*.results")
+			with = runAgentPipeline(b, amqpBenchURL+"?queue="+q+"&prefetch=1000", n, "--http", backend,
+				"--results", amqpBenchURL+"?exchange=results&routing_key="+ep+".results")
+		}
+		report(b, with, without)
+	})
 }
