@@ -13,20 +13,20 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else
 
 app=$(metric BenchmarkAppend256 entries/s)
 naive=$(metric BenchmarkAppendNaive entries/s)
-P=BenchmarkPipelineSTOMP A=BenchmarkPipelineAMQP M=BenchmarkPipelineMQTT
+P=BenchmarkPipelineSTOMP A=BenchmarkPipelineAMQP M=BenchmarkPipelineMQTT R=BenchmarkPipelineResults
 cat <<TABLE
 Measured $(date -u +%Y-%m-%d) on $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(go version | awk '{print $3}'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'); fsync on, 512-byte bodies, persistent messages. Each consumer is a process of its own; CPU is its user+sys time per message.
 
-Whole pipeline, real binary with default settings, 100,000 messages, prefetch 1000, same run:
+Whole pipeline, real binary with default settings, 100,000 messages, prefetch 1000, same run; STOMP and AMQP: the median of $(metric $P rounds) rounds of agentq and each bare consumer, ratios taken within a round, their range in brackets:
 
 | consumer | msg/s | CPU µs/msg | agentq vs it: msg/s, CPU |
 |---|---|---|---|
 | agentq over STOMP (journal, fsync, ACK, dispatch, settle) | $(num "$(metric $P agentq-msg/s)") | $(f1 "$(metric $P agentq-cpu-us/msg)") | |
-| bare go-stomp, client-individual, ACK each | $(num "$(metric $P individual-msg/s)") | $(f1 "$(metric $P individual-cpu-us/msg)") | **$(f2 "$(metric $P ratio-msg/s-vs-individual)")×**, $(f2 "$(metric $P ratio-cpu-vs-individual)")× |
-| bare go-stomp, auto-ack | $(num "$(metric $P auto-msg/s)") | $(f1 "$(metric $P auto-cpu-us/msg)") | **$(f2 "$(metric $P ratio-msg/s-vs-auto)")×**, $(f2 "$(metric $P ratio-cpu-vs-auto)")× |
+| bare go-stomp, client-individual, ACK each | $(num "$(metric $P individual-msg/s)") | $(f1 "$(metric $P individual-cpu-us/msg)") | **$(f2 "$(metric $P ratio-msg/s-vs-individual)")×** ($(f2 "$(metric $P ratio-msg/s-vs-individual-min)")–$(f2 "$(metric $P ratio-msg/s-vs-individual-max)")), $(f2 "$(metric $P ratio-cpu-vs-individual)")× ($(f2 "$(metric $P ratio-cpu-vs-individual-min)")–$(f2 "$(metric $P ratio-cpu-vs-individual-max)")) |
+| bare go-stomp, auto-ack | $(num "$(metric $P auto-msg/s)") | $(f1 "$(metric $P auto-cpu-us/msg)") | **$(f2 "$(metric $P ratio-msg/s-vs-auto)")×** ($(f2 "$(metric $P ratio-msg/s-vs-auto-min)")–$(f2 "$(metric $P ratio-msg/s-vs-auto-max)")), $(f2 "$(metric $P ratio-cpu-vs-auto)")× ($(f2 "$(metric $P ratio-cpu-vs-auto-min)")–$(f2 "$(metric $P ratio-cpu-vs-auto-max)")) |
 | agentq over AMQP 0-9-1 | $(num "$(metric $A agentq-msg/s)") | $(f1 "$(metric $A agentq-cpu-us/msg)") | $(ratio "$(metric $A agentq-msg/s)" "$(metric $P agentq-msg/s)")× agentq over STOMP |
-| bare amqp091-go, manual multiple-acks | $(num "$(metric $A manual-msg/s)") | $(f1 "$(metric $A manual-cpu-us/msg)") | **$(f2 "$(metric $A ratio-msg/s-vs-manual)")×**, $(f2 "$(metric $A ratio-cpu-vs-manual)")× |
-| bare amqp091-go, auto-ack | $(num "$(metric $A auto-msg/s)") | $(f1 "$(metric $A auto-cpu-us/msg)") | **$(f2 "$(metric $A ratio-msg/s-vs-auto)")×**, $(f2 "$(metric $A ratio-cpu-vs-auto)")× |
+| bare amqp091-go, manual multiple-acks | $(num "$(metric $A manual-msg/s)") | $(f1 "$(metric $A manual-cpu-us/msg)") | **$(f2 "$(metric $A ratio-msg/s-vs-manual)")×** ($(f2 "$(metric $A ratio-msg/s-vs-manual-min)")–$(f2 "$(metric $A ratio-msg/s-vs-manual-max)")), $(f2 "$(metric $A ratio-cpu-vs-manual)")× ($(f2 "$(metric $A ratio-cpu-vs-manual-min)")–$(f2 "$(metric $A ratio-cpu-vs-manual-max)")) |
+| bare amqp091-go, auto-ack | $(num "$(metric $A auto-msg/s)") | $(f1 "$(metric $A auto-cpu-us/msg)") | **$(f2 "$(metric $A ratio-msg/s-vs-auto)")×** ($(f2 "$(metric $A ratio-msg/s-vs-auto-min)")–$(f2 "$(metric $A ratio-msg/s-vs-auto-max)")), $(f2 "$(metric $A ratio-cpu-vs-auto)")× ($(f2 "$(metric $A ratio-cpu-vs-auto-min)")–$(f2 "$(metric $A ratio-cpu-vs-auto-max)")) |
 | agentq over MQTT, QoS 1 | $(num "$(metric $M agentq-msg/s)") | $(f1 "$(metric $M agentq-cpu-us/msg)") | |
 | bare paho, QoS 1, auto-ack | $(num "$(metric $M auto-msg/s)") | $(f1 "$(metric $M auto-cpu-us/msg)") | **$(f2 "$(metric $M ratio-msg/s-vs-auto)")×**, $(f2 "$(metric $M ratio-cpu-vs-auto)")× |
 
@@ -34,12 +34,14 @@ agentq over STOMP kept $(f1 "$(metric $P agentq-rssanon-MiB)") MiB of private me
 
 | what | figure | target |
 |---|---|---|
-| tasks in, results out (HTTP backend, 20,000 each way) | $(num "$(metric BenchmarkPipelineResults results-msg/s)") msg/s, $(f1 "$(metric BenchmarkPipelineResults results-cpu-us/msg)") µs/msg; without results $(num "$(metric BenchmarkPipelineResults no-results-msg/s)") msg/s: **$(f2 "$(metric BenchmarkPipelineResults ratio-msg/s)")×** | ≥ 0.8× |
+| tasks in, results out over STOMP (HTTP backend, 20,000 each way, a receipt per batch) | $(num "$(metric $R/stomp results-msg/s)") msg/s, $(f1 "$(metric $R/stomp results-cpu-us/msg)") µs/msg; without results $(num "$(metric $R/stomp no-results-msg/s)") msg/s: **$(f2 "$(metric $R/stomp ratio-msg/s)")×**. The agent's CPU ratio $(f2 "$(metric $R/stomp agent-cpu-ratio)")×; the broker's CPU per task $(f1 "$(metric $R/stomp no-results-broker-cpu-us/msg)") → $(f1 "$(metric $R/stomp results-broker-cpu-us/msg)") µs; the ratio agent and broker CPU allow on shared cores: $(f2 "$(metric $R/stomp shared-cpu-ratio)")× | ≥ 0.8× |
+| the same, Globus-shaped over AMQP (tasks queue in; results to a topic exchange, publisher confirms, mandatory) | $(num "$(metric $R/amqp results-msg/s)") msg/s, $(f1 "$(metric $R/amqp results-cpu-us/msg)") µs/msg; without results $(num "$(metric $R/amqp no-results-msg/s)") msg/s: **$(f2 "$(metric $R/amqp ratio-msg/s)")×**. The agent's CPU ratio $(f2 "$(metric $R/amqp agent-cpu-ratio)")×; the broker's CPU per task $(f1 "$(metric $R/amqp no-results-broker-cpu-us/msg)") → $(f1 "$(metric $R/amqp results-broker-cpu-us/msg)") µs, and $(f1 "$(metric $R/amqp bare-publish-broker-cpu-us/msg)") µs per message for a bare publisher; shared cores allow $(f2 "$(metric $R/amqp shared-cpu-ratio)")× | ≥ 0.8× |
 | end to end through the binary at 1,000 msg/s (publish → journal → ACK → HTTP backend), persistent messages (the broker fsyncs on the same disk) | p50 $(metric BenchmarkEndToEndBinary/persistent p50-ms) ms, p99 $(metric BenchmarkEndToEndBinary/persistent p99-ms) ms (a group commit took $(metric BenchmarkEndToEndBinary/persistent commit-ms) ms on average, $(metric BenchmarkEndToEndBinary/persistent commits/msg) per message; receipt to the backend call's start, from agentq_dispatch_wait_seconds: $(metric BenchmarkEndToEndBinary/persistent agent-wait-mean-ms) ms mean) | p50 ≤ 2, p99 ≤ 5 ms |
 | the same, transient messages (the journal has the disk to itself, as with a broker on another machine) | p50 $(metric BenchmarkEndToEndBinary/transient p50-ms) ms, p99 $(metric BenchmarkEndToEndBinary/transient p99-ms) ms (commit $(metric BenchmarkEndToEndBinary/transient commit-ms) ms) | p50 ≤ 2, p99 ≤ 5 ms |
 | journal alone at 1,000 msg/s: append, then claim (16 KiB pages; 4 KiB) | append p50 $(metric BenchmarkLatency1000/page16k append-p50-ms) ms, p99 $(metric BenchmarkLatency1000/page16k append-p99-ms) ms; to claim p50 $(metric BenchmarkLatency1000/page16k to-claim-p50-ms) ms (4 KiB pages: append p50 $(metric BenchmarkLatency1000/page4k append-p50-ms) ms); a commit $(metric BenchmarkLatency1000/page16k µs/commit) µs | |
 | end to end in process (publish → backend start) | p50 $(metric BenchmarkEndToEndLatency p50-ms) ms, p99 $(metric BenchmarkEndToEndLatency p99-ms) ms | |
 | journal alone: append + claim + settle, 256 producers, 8 workers | $(num "$(metric BenchmarkJournalThroughput entries/s)") entries/s, $(num "$(metric BenchmarkJournalThroughput bytes/msg)") bytes/msg | ≥ 100,000/s |
+| journal CPU per entry: append, claim, settle in batches of 256, one goroutine | $(metric BenchmarkCycleCPU cpu-µs/entry) µs | |
 | journal Append, 256 concurrent appenders | $(num "$app") entries/s ($(metric BenchmarkAppend256 ops/commit) ops per commit) | ≥ 50,000/s |
 | naive baseline, one transaction per entry | $(num "$naive") entries/s; group commit is **$(ratio "$app" "$naive")×** | ≥ 30× |
 | pick next ready entry, 10k / 1M entries | $(num "$(metric BenchmarkClaim/10k ns/pick)") / $(num "$(metric BenchmarkClaim/1000k ns/pick)") ns per claim (in memory: no commit) | flat |

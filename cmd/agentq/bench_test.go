@@ -65,7 +65,7 @@ var ackedRe = regexp.MustCompile(`(?m)^agentq_acked_total\{[^}]*\} (\d+)`)
 // that backlog while it works on it.
 func BenchmarkRestart1M(b *testing.B) {
 	journal := bench1M(b)
-	bin := agentBinary(b)
+	bin := benchBinary(b)
 	dest := fmt.Sprintf("/queue/agentq-bench-restart-%d", rand.Int63())
 	var firstAck time.Duration
 	var rssKB int64

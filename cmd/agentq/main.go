@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -21,20 +20,8 @@ import (
 var Version = "dev"
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		// The agent's live heap is small (a few MiB) and it allocates per
-		// message (frames, entries, bbolt's cursors), so at Go's default
-		// it collects a dozen times a second under load. Twice the
-		// headroom halves that: in A/B runs of the STOMP pipeline 14 % less
-		// CPU per message and 14 % more msg/s, for about 10 MiB more
-		// private memory (19 -> 28 MiB). GOGC in the environment wins.
-		debug.SetGCPercent(defaultGCPercent)
-	}
 	os.Exit(Main(context.Background(), os.Args, os.Stdin, os.Stdout, os.Stderr))
 }
-
-// defaultGCPercent is the agent's GOGC unless the environment sets one.
-const defaultGCPercent = 200
 
 // Exit codes.
 const (

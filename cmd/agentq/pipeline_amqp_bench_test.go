@@ -138,22 +138,24 @@ func BenchmarkPipelineAMQP(b *testing.B) {
 	}
 	n := pipelineN()
 	const size = 512
-	var manual, auto pipelineResult
-	var aq agentRun
+	var rounds []pipelineRound
 	for it := 0; it < b.N; it++ {
-		q := amqpBenchQueue(b, "manual")
-		publishAMQPBench(b, q, n, size)
-		manual = runBareChild(b, "amqp-manual", q, n)
+		for r := 0; r < pipelineRounds(); r++ {
+			q := amqpBenchQueue(b, "manual")
+			publishAMQPBench(b, q, n, size)
+			manual := runBareChild(b, "amqp-manual", q, n)
 
-		q = amqpBenchQueue(b, "auto")
-		publishAMQPBench(b, q, n, size)
-		auto = runBareChild(b, "amqp-auto", q, n)
+			q = amqpBenchQueue(b, "auto")
+			publishAMQPBench(b, q, n, size)
+			auto := runBareChild(b, "amqp-auto", q, n)
 
-		q = amqpBenchQueue(b, "agentq")
-		publishAMQPBench(b, q, n, size)
-		aq = runAgentPipeline(b, fmt.Sprintf("%s?queue=%s&prefetch=%d", amqpBenchURL, q, amqpBenchPrefetch), n)
+			q = amqpBenchQueue(b, "agentq")
+			publishAMQPBench(b, q, n, size)
+			aq := runAgentPipeline(b, fmt.Sprintf("%s?queue=%s&prefetch=%d", amqpBenchURL, q, amqpBenchPrefetch), n)
+			rounds = append(rounds, pipelineRound{aq, map[string]pipelineResult{"manual": manual, "auto": auto}})
+		}
 	}
-	reportPipeline(b, aq, map[string]pipelineResult{"manual": manual, "auto": auto}, size, n)
+	reportPipeline(b, rounds, size, n)
 }
 
 // bindResultsQueue declares the durable topic exchange ex and binds queue

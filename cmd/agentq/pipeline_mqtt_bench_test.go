@@ -123,19 +123,19 @@ func BenchmarkPipelineMQTT(b *testing.B) {
 	c.Close()
 	n := pipelineN()
 	const size = 512
-	var auto pipelineResult
-	var aq agentRun
+	var rounds []pipelineRound
 	for it := 0; it < b.N; it++ {
 		id := fmt.Sprintf("%d", rand.Int63())
 		topic, clientID := "agentq/bench/bare/"+id, "agentqbare"+id
 		mqttBenchSession(b, clientID, topic)
 		publishMQTT(b, topic, n, size)
-		auto = runBareChild(b, "mqtt-auto", clientID+" "+topic, n)
+		auto := runBareChild(b, "mqtt-auto", clientID+" "+topic, n)
 
 		topic, clientID = "agentq/bench/agentq/"+id, "agentqbench"+id
 		mqttBenchSession(b, clientID, topic)
 		publishMQTT(b, topic, n, size)
-		aq = runAgentPipeline(b, fmt.Sprintf("mqtt://guest:guest@%s/?topic=%s&client_id=%s", mqttAddr, topic, clientID), n)
+		aq := runAgentPipeline(b, fmt.Sprintf("mqtt://guest:guest@%s/?topic=%s&client_id=%s", mqttAddr, topic, clientID), n)
+		rounds = append(rounds, pipelineRound{aq, map[string]pipelineResult{"auto": auto}})
 	}
-	reportPipeline(b, aq, map[string]pipelineResult{"auto": auto}, size, n)
+	reportPipeline(b, rounds, size, n)
 }

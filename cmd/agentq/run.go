@@ -376,6 +376,7 @@ func runAction(c *cli.Context) error {
 func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	ctx, stop := context.WithCancel(parent)
 	defer stop()
+	defer startGCTuner(gcFloor)()
 
 	var m *admin.Metrics
 	j, err := queue.Open(s.journal, queue.Options{
