@@ -66,15 +66,8 @@ func bareAMQP(q string, n int, autoAck bool) error {
 // batches of 1000, each batch confirmed before the next.
 func publishAMQPBench(b *testing.B, q string, n, size int) {
 	b.Helper()
-	conn, err := amqp.Dial(amqpBenchURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
+	ch, done := amqpBenchChannel(b)
+	defer done()
 	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
 		b.Fatal(err)
 	}
@@ -158,19 +151,28 @@ func BenchmarkPipelineAMQP(b *testing.B) {
 	reportPipeline(b, rounds, size, n)
 }
 
-// bindResultsQueue declares the durable topic exchange ex and binds queue
-// q (declared durable) to it with key, as a results consumer would.
-func bindResultsQueue(b *testing.B, ex, q, key string) {
+// amqpBenchChannel opens a connection and a channel on it; done closes
+// them.
+func amqpBenchChannel(b *testing.B) (ch *amqp.Channel, done func()) {
 	b.Helper()
 	conn, err := amqp.Dial(amqpBenchURL)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer conn.Close()
-	ch, err := conn.Channel()
+	ch, err = conn.Channel()
 	if err != nil {
+		conn.Close()
 		b.Fatal(err)
 	}
+	return ch, func() { conn.Close() }
+}
+
+// bindResultsQueue declares the durable topic exchange ex and binds queue
+// q (declared durable) to it with key, as a results consumer would.
+func bindResultsQueue(b *testing.B, ex, q, key string) {
+	b.Helper()
+	ch, done := amqpBenchChannel(b)
+	defer done()
 	if err := ch.ExchangeDeclare(ex, "topic", true, false, false, false, nil); err != nil {
 		b.Fatal(err)
 	}
