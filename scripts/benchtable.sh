@@ -17,7 +17,7 @@ P=BenchmarkPipelineSTOMP A=BenchmarkPipelineAMQP M=BenchmarkPipelineMQTT R=Bench
 cat <<TABLE
 Measured $(date -u +%Y-%m-%d) on $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(go version | awk '{print $3}'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'); fsync on, 512-byte bodies, persistent messages. Each consumer is a process of its own; CPU is its user+sys time per message.
 
-Whole pipeline, real binary with default settings, 100,000 messages, prefetch 1000, same run; STOMP and AMQP: the median of $(metric $P rounds) rounds of agentq and each bare consumer, ratios taken within a round, their range in brackets:
+Whole pipeline, real binary with default settings, 100,000 messages, prefetch 1000, same run; STOMP and AMQP: the median of $(num "$(metric $P rounds)") rounds of agentq and each bare consumer, ratios taken within a round, their range in brackets:
 
 | consumer | msg/s | CPU µs/msg | agentq vs it: msg/s, CPU |
 |---|---|---|---|
