@@ -29,7 +29,7 @@ func (j *Journal) Check() error {
 	}
 	err := j.db.View(func(tx *bolt.Tx) error {
 		t := &txn{keyq: tx.Bucket(bucketKeyQ), keyhead: tx.Bucket(bucketKeyHead)}
-		r := readersOf(tx)
+		r := readersOf(tx, j.layout)
 		var counts [5]int64
 		types := map[string]*[5]int64{}
 		damaged := 0
@@ -68,7 +68,7 @@ func (j *Journal) Check() error {
 				active[e.Key]++
 			}
 			states[seq] = &Entry{Seq: seq, State: e.State, Key: e.Key, Type: e.Type, NextAttemptAt: e.NextAttemptAt}
-			if tx.Bucket(bucketState).Get(stateKey(e.State, seq)) == nil {
+			if tx.Bucket(bucketState).Get(j.layout.key(e.State, seq)) == nil {
 				fail("entry %d: missing from the state index as %s", seq, e.State)
 			}
 			return true, nil

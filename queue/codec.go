@@ -246,10 +246,40 @@ func readyKey(at time.Time, seq uint64) []byte {
 	return k
 }
 
-// stateKey is the state index key: state byte, then sequence.
-func stateKey(s State, seq uint64) []byte {
+// stateLayout says which byte leads each state's keys in the state index
+// (state byte, then sequence). Formats 1 and 2 use the state's number, so
+// pending keys (1) come first, on the leaf that also holds the oldest done
+// keys (3): each new pending key is inserted into that leaf, and each
+// settle deletes the oldest pending key at its front, and bbolt shifts the
+// leaf's whole slice of keys both times. Format 3 indexes pending entries
+// under 0xF0, after done and stuck: a new pending key goes at the index's
+// end, and what a settle shifts is only the pending keys behind it.
+// BenchmarkCycleCPU: 31.3 → 28.3 µs per entry (seven A/B pairs).
+type stateLayout struct{ pending byte }
+
+// pendingKeyV3 leads pending entries' keys in format 3.
+const pendingKeyV3 = 0xF0
+
+// layoutFor is the state index layout of a journal of format version.
+func layoutFor(version uint32) stateLayout {
+	if version >= 3 {
+		return stateLayout{pending: pendingKeyV3}
+	}
+	return stateLayout{pending: byte(StatePending)}
+}
+
+// byteOf is the byte that leads state s's keys.
+func (l stateLayout) byteOf(s State) byte {
+	if s == StatePending {
+		return l.pending
+	}
+	return byte(s)
+}
+
+// key is s's state index key for seq.
+func (l stateLayout) key(s State, seq uint64) []byte {
 	k := make([]byte, 9)
-	k[0] = byte(s)
+	k[0] = l.byteOf(s)
 	binary.BigEndian.PutUint64(k[1:], seq)
 	return k
 }

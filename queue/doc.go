@@ -65,7 +65,9 @@
 //	status    seq -> status record (encodeStatus): state, attempts,
 //	          replays, times, last error, and type/key/fault when
 //	          Reextract changed them. The only record state changes write.
-//	state     state byte + seq -> nil: scans by state, crash recovery
+//	state     state byte + seq -> nil: scans by state, crash recovery.
+//	          Pending is byte 0xF0 in format 3 (new journals), 1 before:
+//	          see stateLayout
 //	ready     next-attempt time (uint64 ns) + seq -> nil: entries a worker
 //	          may take; the first key is the next one to run
 //	keyq      uvarint len + ordering key + seq -> nil: unfinished entries

@@ -128,6 +128,15 @@ func testDrainGolden(t *testing.T, file string) {
 	path := copyTestdata(t, file)
 	clk := &clock{t: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)} // after every retry time
 	j := mustOpenAt(t, path, Options{Now: clk.Now})
+	// Format 1 migrates to format 2 and, like format 2, keeps its state
+	// index layout: pending entries under byte 1 (see stateLayout).
+	if j.version != 2 || metaVersionOf(t, j) != 2 {
+		t.Fatalf("opened for writing: version %d (file says %d), want 2", j.version, metaVersionOf(t, j))
+	}
+	if leads := stateIndexLeads(t, j); leads[pendingKeyV3] != 0 || leads[byte(StatePending)] == 0 {
+		t.Fatalf("state index leads %v, want pending entries under byte 1", leads)
+	}
+	checkStateScans(t, j)
 	got := scanAll(t, j)
 	if len(got) != len(want) {
 		t.Fatalf("Scan gave %d entries, want %d", len(got), len(want))
@@ -173,6 +182,7 @@ func testDrainGolden(t *testing.T, file string) {
 	if settled != unfinished {
 		t.Fatalf("settled %d entries, want %d", settled, unfinished)
 	}
+	checkStateScans(t, j)
 	if n := j.Stats().ByState[StateDone]; n != 50 {
 		t.Fatalf("%d entries done, want 50", n)
 	}

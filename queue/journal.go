@@ -24,7 +24,17 @@ import (
 // message once and keeps a small status record beside it. Open migrates
 // a format 1 file when it opens it for writing, and reads it as it is
 // when read-only.
-const FormatVersion = 2
+//
+// Format 3 is format 2 with pending entries indexed under another byte
+// (see stateLayout). A format 2 file keeps its layout and its version: a
+// new layout would mean rewriting the index key of every pending entry of
+// a possibly large backlog at Open, for a few per cent of CPU. Only new
+// journals are format 3.
+const FormatVersion = 3
+
+// migratedVersion is what a format 1 file becomes: its state index, which
+// the migration keeps, has the format 2 layout.
+const migratedVersion = 2
 
 // magic marks a bbolt file as an agentq journal.
 const magic = "agentq-journal"
@@ -216,6 +226,7 @@ type Journal struct {
 	outFailed    int64                    // of which failed at least once
 	typeCounts   map[string]*[5]int64     // entries by type, then State
 	version      uint32                   // format of the file as opened
+	layout       stateLayout              // its state index's keys (layoutFor(version))
 	typesScanned bool                     // a format 1 file's type counts were made by Counts
 	arena        arena                    // the commit goroutine's key and value memory
 	pauses       atomic.Pointer[pauseSet] // paused type patterns (see pause.go)
@@ -340,6 +351,7 @@ func (j *Journal) init(fresh bool) error {
 			return fmt.Errorf("%w: bad version record", ErrNotJournal)
 		}
 		j.version = binary.BigEndian.Uint32(v)
+		j.layout = layoutFor(j.version)
 		if j.version > FormatVersion {
 			return fmt.Errorf("%w: file has format %d, this agentq reads up to %d", ErrNewerFormat, j.version, FormatVersion)
 		}
@@ -382,7 +394,7 @@ func (j *Journal) init(fresh bool) error {
 		id := make([]byte, 8)
 		_, _ = rand.Read(id)
 		j.id = hex.EncodeToString(id)
-		j.version = FormatVersion
+		j.version, j.layout = FormatVersion, layoutFor(FormatVersion)
 		if err := meta.Put(metaMagic, []byte(magic)); err != nil {
 			return err
 		}
@@ -395,7 +407,7 @@ func (j *Journal) init(fresh bool) error {
 		return err
 	}
 	if err := j.migrate(); err != nil {
-		return fmt.Errorf("cannot migrate to format %d: %w", FormatVersion, err)
+		return fmt.Errorf("cannot migrate to format %d: %w", migratedVersion, err)
 	}
 	return j.db.Update(func(tx *bolt.Tx) error {
 		if err := j.recover(tx); err != nil {
@@ -441,7 +453,7 @@ func (j *Journal) migrate() error {
 					return fmt.Errorf("cannot create bucket %s: %w", name, err)
 				}
 			}
-			if err := tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, FormatVersion)); err != nil {
+			if err := tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, migratedVersion)); err != nil {
 				return err
 			}
 			t := j.newTxn(tx)
@@ -504,10 +516,10 @@ func (j *Journal) migrate() error {
 		}
 	}
 	if ran {
-		j.version = FormatVersion
+		j.version = migratedVersion // the layout stays layoutFor(1): the index is untouched
 	}
 	if total > 0 {
-		j.log.Info("journal migrated", "format", FormatVersion, "entries", total)
+		j.log.Info("journal migrated", "format", migratedVersion, "entries", total)
 	}
 	return nil
 }
@@ -521,8 +533,8 @@ func (j *Journal) recover(tx *bolt.Tx) error {
 	}
 	var seqs []uint64
 	c := t.state.Cursor()
-	prefix := []byte{byte(StateRunning)}
-	for k, _ := c.Seek(prefix); k != nil && k[0] == byte(StateRunning); k, _ = c.Next() {
+	prefix := []byte{t.layout.byteOf(StateRunning)}
+	for k, _ := c.Seek(prefix); k != nil && k[0] == prefix[0]; k, _ = c.Next() {
 		seqs = append(seqs, binary.BigEndian.Uint64(k[1:]))
 	}
 	for _, seq := range seqs {

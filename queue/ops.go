@@ -548,7 +548,7 @@ func (j *Journal) Get(seq uint64) (*Entry, error) {
 	var e *Entry
 	err := j.db.View(func(tx *bolt.Tx) error {
 		var err error
-		r := readersOf(tx)
+		r := readersOf(tx, j.layout)
 		r.claims = j.claimed
 		e, err = r.load(seq, true)
 		return err
@@ -562,7 +562,7 @@ func (j *Journal) BlockedBy(seq uint64) (uint64, bool, error) {
 	var by uint64
 	var blocked bool
 	err := j.db.View(func(tx *bolt.Tx) error {
-		e, err := readersOf(tx).load(seq, false)
+		e, err := readersOf(tx, j.layout).load(seq, false)
 		if err != nil {
 			return err
 		}

@@ -80,7 +80,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 			c := t.state.Cursor()
 			var victims []*Entry
 			scanned := 0
-			for k, _ := c.Seek(stateKey(StateDone, from)); k != nil && k[0] == byte(StateDone); k, _ = c.Next() {
+			for k, _ := c.Seek(t.layout.key(StateDone, from)); k != nil && k[0] == t.layout.byteOf(StateDone); k, _ = c.Next() {
 				seq := binary.BigEndian.Uint64(k[1:])
 				if scanned++; scanned > 8*batch || len(victims) >= batch {
 					more, next = true, seq
@@ -95,7 +95,7 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 				}
 			}
 			for _, e := range victims {
-				if err := t.stateS.del(stateKey(StateDone, e.Seq)); err != nil {
+				if err := t.stateS.del(t.layout.key(StateDone, e.Seq)); err != nil {
 					return err
 				}
 				if err := t.msgsS.del(u64(e.Seq)); err != nil {

@@ -61,7 +61,7 @@ func (f *Filter) match(e *Entry) bool {
 // otherwise it walks the entries from FromSeq (or back from ToSeq).
 func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 	return j.db.View(func(tx *bolt.Tx) error {
-		r := readersOf(tx)
+		r := readersOf(tx, j.layout)
 		r.claims = j.claimed
 		n := 0
 		visit := func(seq uint64) (bool, error) {
@@ -104,7 +104,7 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 		if len(f.States) == 1 {
 			s := f.States[0]
 			c := tx.Bucket(bucketState).Cursor()
-			for k, _ := c.Seek(stateKey(s, f.FromSeq)); k != nil && k[0] == byte(s); k, _ = c.Next() {
+			for k, _ := c.Seek(r.layout.key(s, f.FromSeq)); k != nil && k[0] == r.layout.byteOf(s); k, _ = c.Next() {
 				seq := binary.BigEndian.Uint64(k[1:])
 				if f.ToSeq > 0 && seq > f.ToSeq {
 					break
@@ -137,7 +137,7 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 func (j *Journal) LastSeq() uint64 {
 	var s uint64
 	_ = j.db.View(func(tx *bolt.Tx) error {
-		s = readersOf(tx).lastSeq()
+		s = readersOf(tx, j.layout).lastSeq()
 		return nil
 	})
 	return s
@@ -151,9 +151,9 @@ func scanReverse(tx *bolt.Tx, r readers, f Filter, visit func(uint64) (bool, err
 		hi = r.lastSeq()
 	}
 	if len(f.States) == 1 {
-		s := byte(f.States[0])
+		s := r.layout.byteOf(f.States[0])
 		c := tx.Bucket(bucketState).Cursor()
-		k, _ := c.Seek(stateKey(f.States[0], hi+1))
+		k, _ := c.Seek(r.layout.key(f.States[0], hi+1))
 		if k == nil {
 			k, _ = c.Last()
 		} else {

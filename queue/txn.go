@@ -16,6 +16,7 @@ import (
 // values (a file not yet migrated, or opened read-only); msgs and status
 // hold format 2. Any of them may be missing (nil) in a read-only file.
 type readers struct {
+	layout                                stateLayout
 	entries, msgs, status, state, damaged *bolt.Bucket
 	msgsS, statusS                        seeker
 	// claims, when set, says which entries are running (claimed in
@@ -23,8 +24,9 @@ type readers struct {
 	claims func(seq uint64) (*Entry, bool)
 }
 
-func readersOf(tx *bolt.Tx) readers {
+func readersOf(tx *bolt.Tx, layout stateLayout) readers {
 	r := readers{
+		layout:  layout,
 		entries: tx.Bucket(bucketEntries),
 		msgs:    tx.Bucket(bucketMsgs),
 		status:  tx.Bucket(bucketStatus),
@@ -107,7 +109,7 @@ func (r readers) damagedEntry(seq uint64, status *Entry, err error) *Entry {
 	}
 	e.Damage = err.Error()
 	if r.state != nil {
-		e.State = indexState(r.state, seq)
+		e.State = r.indexState(seq)
 	}
 	e.countedRetrying = e.Retrying()
 	e.LastError = clip("damaged entry: " + e.Damage)
@@ -202,7 +204,7 @@ func (j *Journal) newTxn(tx *bolt.Tx) *txn {
 
 func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 	t := &txn{
-		readers: readersOf(tx),
+		readers: readersOf(tx, j.layout),
 		j:       j,
 		tx:      tx,
 		now:     j.opts.Now(),
@@ -359,9 +361,9 @@ func (t *txn) getStatus(seq uint64) (*Entry, error) { return t.load(seq, false) 
 func (t *txn) getSchedule(seq uint64) (*Entry, error) { return t.loadAs(seq, false, false) }
 
 // indexState returns the state the state index records for seq, or 0.
-func indexState(state *bolt.Bucket, seq uint64) State {
+func (r readers) indexState(seq uint64) State {
 	for s := StatePending; s <= StateStuck; s++ {
-		if state.Get(stateKey(s, seq)) != nil {
+		if r.state.Get(r.layout.key(s, seq)) != nil {
 			return s
 		}
 	}
@@ -379,12 +381,12 @@ func (t *txn) markDamaged(e *Entry) error {
 	}
 	if e.State != StateStuck {
 		if e.State != 0 {
-			if err := t.state.Delete(stateKey(e.State, e.Seq)); err != nil {
+			if err := t.state.Delete(t.layout.key(e.State, e.Seq)); err != nil {
 				return err
 			}
 			t.delta[e.State]--
 		}
-		if err := t.state.Put(stateKey(StateStuck, e.Seq), nil); err != nil {
+		if err := t.state.Put(t.layout.key(StateStuck, e.Seq), nil); err != nil {
 			return err
 		}
 		t.delta[StateStuck]++
@@ -420,7 +422,7 @@ func (t *txn) setState(e *Entry, s State) error {
 		from, e.claimed = StatePending, false // stored as pending
 	}
 	if from != 0 {
-		if err := t.stateS.del(stateKey(from, e.Seq)); err != nil {
+		if err := t.stateS.del(t.layout.key(from, e.Seq)); err != nil {
 			return err
 		}
 		t.delta[from]--
@@ -430,7 +432,7 @@ func (t *txn) setState(e *Entry, s State) error {
 	t.delta[s]++
 	t.countRetrying(e)
 	k := t.arena.alloc(9)
-	k[0] = byte(s)
+	k[0] = t.layout.byteOf(s)
 	binary.BigEndian.PutUint64(k[1:], e.Seq)
 	if err := t.state.Put(k, nil); err != nil {
 		return err
