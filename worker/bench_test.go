@@ -58,6 +58,7 @@ func BenchmarkEndToEndLatency(b *testing.B) {
 	var p50, p99 time.Duration
 	for it := 0; it < b.N; it++ {
 		dest := fmt.Sprintf("/queue/agentq-bench-latency-%d", rand.Int63())
+		brokertest.DeleteAtEnd(b, dest)
 		j := mustOpenJournal(b, "", queue.Options{})
 		var mu sync.Mutex
 		lat := make([]time.Duration, 0, n)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/agentq/agentq/internal/brokertest"
 )
 
 // Ensure a running agent, fed bad input over the real broker, journals
@@ -25,6 +27,7 @@ func TestBadInputToRunningAgent(t *testing.T) {
 	cfg := filepath.Join(dir, "agentq.yaml")
 	os.WriteFile(cfg, []byte("routes:\n  - match: \"order.*\"\n    log: true\n"), 0o600)
 	dest := fmt.Sprintf("/queue/agentq bad input %d", rand.Int63()) // a destination with spaces
+	brokertest.DeleteAtEnd(t, dest)
 	src := "stomp://guest:guest@127.0.0.1:61613" + strings.ReplaceAll(dest, " ", "%20") + "?type=json:type&key=json:key"
 	a := startAgent(t, journal, "--config", cfg, "--journal", journal, "--source", src, "--admin", "127.0.0.1:0")
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agentq/agentq/admin"
+	"github.com/agentq/agentq/internal/brokertest"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -67,6 +68,7 @@ func BenchmarkRestart1M(b *testing.B) {
 	journal := bench1M(b)
 	bin := benchBinary(b)
 	dest := fmt.Sprintf("/queue/agentq-bench-restart-%d", rand.Int63())
+	brokertest.DeleteAtEnd(b, dest)
 	var firstAck time.Duration
 	var rssKB int64
 	for it := 0; it < b.N; it++ {

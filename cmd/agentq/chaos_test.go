@@ -152,6 +152,7 @@ func TestChaos(t *testing.T) {
 	proxy := brokertest.StartProxy(t, "127.0.0.1:0", brokertest.Addr)
 	proxyAddr := proxy.Addr()
 	dest := fmt.Sprintf("/queue/agentq-chaos-%d", rand.Int63())
+	brokertest.DeleteAtEnd(t, dest)
 	logs, _ := os.Create(filepath.Join(dir, "agent.log"))
 	defer logs.Close()
 	a := &chaosAgent{t: t, bin: bin, dir: dir, journal: filepath.Join(dir, "agentq.db"), logs: logs, args: []string{

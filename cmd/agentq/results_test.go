@@ -95,6 +95,7 @@ func TestResultsGlobusShaped(t *testing.T) {
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "agentq.db")
 	tasks := fmt.Sprintf("/queue/agentq-tasks-%d", id)
+	brokertest.DeleteAtEnd(t, tasks)
 	src := "stomp://guest:guest@127.0.0.1:61613" + tasks
 	// A task takes a little while, so a backlog is journaled but not yet
 	// handled when the broker goes away.
@@ -191,6 +192,7 @@ func TestReplyToTempQueue(t *testing.T) {
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "agentq.db")
 	rpc := fmt.Sprintf("/queue/agentq-rpc-%d", rand.Int63())
+	brokertest.DeleteAtEnd(t, rpc)
 	handler := writeScript(t, "answer.sh", `read body; echo "answer to $body"`)
 	startAgent(t, journal, "--journal", journal, "--source", "stomp://guest:guest@127.0.0.1:61613"+rpc, "--admin", "127.0.0.1:0",
 		"--exec", handler, "--results", "reply")
@@ -245,6 +247,7 @@ func TestResultsUnroutable(t *testing.T) {
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "agentq.db")
 	q := fmt.Sprintf("/queue/agentq-unroutable-%d", rand.Int63())
+	brokertest.DeleteAtEnd(t, q)
 	src := "stomp://guest:guest@127.0.0.1:61613" + q
 	handler := writeScript(t, "r.sh", `echo out`)
 	a := startAgent(t, journal, "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
@@ -281,6 +284,7 @@ func TestDeadLetters(t *testing.T) {
 	id := rand.Int63()
 	q := fmt.Sprintf("/queue/agentq-dl-in-%d", id)
 	dlq := fmt.Sprintf("/queue/agentq-dl-out-%d", id)
+	brokertest.DeleteAtEnd(t, q, dlq)
 	src := "stomp://guest:guest@127.0.0.1:61613" + q
 	handler := writeScript(t, "bad.sh", `echo "no such account" >&2; exit 65`)
 	conn, err := stomp.Dial("tcp", "127.0.0.1:61613", stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
@@ -355,6 +359,7 @@ func TestResultsSecretHidden(t *testing.T) {
 	journal := filepath.Join(dir, "agentq.db")
 	envOut := filepath.Join(dir, "env")
 	q := fmt.Sprintf("/queue/agentq-results-secret-%d", rand.Int63())
+	brokertest.DeleteAtEnd(t, q)
 	src := "stomp://guest:guest@127.0.0.1:61613" + q
 	handler := writeScript(t, "env.sh", "env > "+envOut+"\necho ok\n")
 	cmd := exec.Command(agentBinary(t), "run", "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
