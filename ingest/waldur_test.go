@@ -547,6 +547,7 @@ func TestWaldurLegacyStateAndRotation(t *testing.T) {
 func TestSTOMPSeveralSubscriptionsOneConnection(t *testing.T) {
 	requireBroker(t)
 	destA, destB := testQueue(t)+"-a", testQueue(t)+"-b"
+	brokertest.DeleteAtEnd(t, destA, destB)
 	wantA := bodies(300, func(i int) string { return fmt.Sprintf(`{"q":"a","n":%d}`, i) })
 	wantB := bodies(300, func(i int) string { return fmt.Sprintf(`{"q":"b","n":%d}`, i) })
 	publish(t, destA, wantA)

@@ -335,6 +335,7 @@ func TestResultsMQTT(t *testing.T) {
 		t.Fatalf("MQTT subscribe: %v", tok.Error())
 	}
 	src := fmt.Sprintf("stomp://guest:guest@127.0.0.1:61613/queue/agentq-mqtt-results-%d", id)
+	brokertest.DeleteAtEnd(t, fmt.Sprintf("agentq-mqtt-results-%d", id))
 	handler := writeScript(t, "r.sh", `read body; echo "done $body"`)
 	startAgent(t, journal, "--journal", journal, "--source", src, "--admin", "127.0.0.1:0", "--exec", handler,
 		"--results", "mqtt://guest:guest@127.0.0.1:1883/?topic="+topic)
