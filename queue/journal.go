@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -870,6 +871,13 @@ func (j *Journal) commit(batch []*op) {
 	for _, o := range batch {
 		o.done <- struct{}{}
 	}
+	// Let the goroutines this commit woke run now, on this P: appenders
+	// (their ACKs go out), the dispatcher (Ready) and settlers. When the
+	// next batch is already queued, this goroutine would otherwise go
+	// straight into its next transaction, and they would wait for another
+	// P to wake up and take them: 0.3 ms and more here.
+	// BenchmarkLatency1000, append to claim: p50 1.7–2.3 → 1.1 ms.
+	runtime.Gosched()
 }
 
 // loadCounts reads the state and type counters from the meta bucket.
