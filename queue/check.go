@@ -28,8 +28,8 @@ func (j *Journal) Check() error {
 		}
 	}
 	err := j.db.View(func(tx *bolt.Tx) error {
-		t := &txn{keyq: tx.Bucket(bucketKeyQ), keyhead: tx.Bucket(bucketKeyHead)}
-		r := readersOf(tx, j.layout)
+		t := j.newTxn(tx)            // for firstOfKey
+		r := readersOf(tx, j.layout) // entries as stored: claimed ones are pending
 		var counts [5]int64
 		types := map[string]*[5]int64{}
 		damaged := 0

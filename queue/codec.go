@@ -278,10 +278,12 @@ func (l stateLayout) byteOf(s State) byte {
 
 // key is s's state index key for seq.
 func (l stateLayout) key(s State, seq uint64) []byte {
-	k := make([]byte, 9)
-	k[0] = l.byteOf(s)
-	binary.BigEndian.PutUint64(k[1:], seq)
-	return k
+	return l.appendKey(make([]byte, 0, 9), s, seq)
+}
+
+// appendKey appends s's state index key for seq to dst.
+func (l stateLayout) appendKey(dst []byte, s State, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, l.byteOf(s)), seq)
 }
 
 // maxLiteralID is the longest ordering key or dedup id the indexes hold

@@ -562,14 +562,14 @@ func (j *Journal) BlockedBy(seq uint64) (uint64, bool, error) {
 	var by uint64
 	var blocked bool
 	err := j.db.View(func(tx *bolt.Tx) error {
-		e, err := readersOf(tx, j.layout).load(seq, false)
+		t := j.newTxn(tx)
+		e, err := t.load(seq, false)
 		if err != nil {
 			return err
 		}
 		if e.Key == "" || e.State == StateDone {
 			return nil
 		}
-		t := &txn{keyq: tx.Bucket(bucketKeyQ)}
 		if first, ok := t.firstOfKey(e.Key); ok && first < seq {
 			by, blocked = first, true
 		}

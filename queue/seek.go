@@ -22,6 +22,14 @@ func seekerOf(b *bolt.Bucket) seeker {
 	return seeker{b.Cursor()}
 }
 
+// seek is Cursor.Seek: the first key at or after key.
+func (s seeker) seek(key []byte) (k, v []byte) {
+	if s.c == nil {
+		return nil, nil
+	}
+	return s.c.Seek(key)
+}
+
 // get is Bucket.Get: the value of key, nil if absent or a nested bucket.
 func (s seeker) get(key []byte) []byte {
 	if s.c == nil {

@@ -431,9 +431,7 @@ func (t *txn) setState(e *Entry, s State) error {
 	e.State = s
 	t.delta[s]++
 	t.countRetrying(e)
-	k := t.arena.alloc(9)
-	k[0] = t.layout.byteOf(s)
-	binary.BigEndian.PutUint64(k[1:], e.Seq)
+	k := t.layout.appendKey(t.arena.alloc(9)[:0], s, e.Seq)
 	if err := t.state.Put(k, nil); err != nil {
 		return err
 	}
@@ -482,7 +480,7 @@ func (t *txn) head(key string) (uint64, bool) {
 // firstOfKey returns the lowest sequence of key's unfinished entries.
 func (t *txn) firstOfKey(key string) (uint64, bool) {
 	p := keyPrefix(key)
-	k, _ := t.keyq.Cursor().Seek(p)
+	k, _ := t.keyqS.seek(p)
 	if k == nil || !bytes.HasPrefix(k, p) || len(k) != len(p)+8 {
 		return 0, false
 	}
