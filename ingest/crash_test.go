@@ -170,6 +170,7 @@ func TestIngestDurableTopic(t *testing.T) {
 	n := time.Now().UnixNano()
 	topic := fmt.Sprintf("/topic/agentq-test-durable-%d", n)
 	raw := fmt.Sprintf("stomp://guest:guest@%s%s?durable=true&id=agentq-test-durable-%d", brokerAddr, topic, n)
+	brokertest.DeleteBoundAtEnd(t, "amq.topic", strings.TrimPrefix(topic, "/topic/"))
 	j := mustOpenJournal(t, "")
 	src, stop := runSource(t, mustConfig(t, raw), j, Options{})
 	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
