@@ -118,6 +118,8 @@ var (
 	descTooLong    = prometheus.NewDesc("agentq_body_too_long_total", "Messages over max_body, journaled truncated and parked.", []string{"source"}, nil)
 	descConnected  = prometheus.NewDesc("agentq_source_connected", "1 when the source is connected and subscribed.", []string{"source"}, nil)
 	descConnects   = prometheus.NewDesc("agentq_source_connects_total", "Successful connections (reconnects show as increments).", []string{"source"}, nil)
+	descJSize      = prometheus.NewDesc("agentq_journal_size_bytes", "Bytes of the journal's pages: its file, less what bbolt preallocated.", nil, nil)
+	descJFree      = prometheus.NewDesc("agentq_journal_free_bytes", "Bytes of free pages inside the journal, reused before the file grows; size less free is what the config's max_size limits.", nil, nil)
 	descDamaged    = prometheus.NewDesc("agentq_journal_damaged_entries", "Entries whose stored value does not decode, parked as stuck.", nil, nil)
 	descOutbox     = prometheus.NewDesc("agentq_outbox_pending", "Answers (results, replies, dead letters) waiting in the outbox to be published.", nil, nil)
 	descOutboxFail = prometheus.NewDesc("agentq_outbox_failed", "Outbox messages whose publication failed at least once (unroutable, refused, broker away).", nil, nil)
@@ -136,7 +138,7 @@ type stateCollector struct {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEntries, descAppends, descCommitFail, descReceived, descJournaled, descAcked, descRedeliv, descTooLong, descConnected, descConnects, descPaused, descDamaged, descOutbox, descOutboxFail, descPublished, descPubFailed, descRoutePause} {
+	for _, d := range []*prometheus.Desc{descEntries, descAppends, descCommitFail, descReceived, descJournaled, descAcked, descRedeliv, descTooLong, descConnected, descConnects, descPaused, descDamaged, descJSize, descJFree, descOutbox, descOutboxFail, descPublished, descPubFailed, descRoutePause} {
 		ch <- d
 	}
 }
@@ -149,6 +151,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAppends, prometheus.CounterValue, float64(st.Appends))
 	ch <- prometheus.MustNewConstMetric(descCommitFail, prometheus.CounterValue, float64(st.FailedCommits))
 	ch <- prometheus.MustNewConstMetric(descDamaged, prometheus.GaugeValue, float64(st.Damaged))
+	ch <- prometheus.MustNewConstMetric(descJSize, prometheus.GaugeValue, float64(st.Size))
+	ch <- prometheus.MustNewConstMetric(descJFree, prometheus.GaugeValue, float64(st.Free))
 	pending, failed := c.j.OutboxCounts()
 	ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(pending))
 	ch <- prometheus.MustNewConstMetric(descOutboxFail, prometheus.GaugeValue, float64(failed))

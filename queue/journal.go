@@ -947,6 +947,11 @@ type Stats struct {
 	// Damaged counts entries whose stored value does not decode and that
 	// were parked as stuck because of it (kept across restarts).
 	Damaged uint64
+	// Size is the bytes of the journal's pages (the file, less what bbolt
+	// preallocated beyond them), and Free the bytes of those pages that
+	// hold nothing and that new data reuses before the file grows.
+	// Size-Free is the data the journal holds: what Options.MaxSize limits.
+	Size, Free int64
 }
 
 // Stats returns the journal's counters.
@@ -955,6 +960,8 @@ func (j *Journal) Stats() Stats {
 	counts := j.counts
 	j.overlayRunning(&counts, nil)
 	j.mu.Unlock()
+	var size int64
+	_ = j.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }) // fails only once closed
 	by := map[State]int64{}
 	for s := StatePending; s <= StateStuck; s++ {
 		by[s] = counts[s]
@@ -969,6 +976,8 @@ func (j *Journal) Stats() Stats {
 		FailedCommits: j.stats.failed.Load(),
 		CommitTime:    time.Duration(j.stats.commitNanos.Load()),
 		Damaged:       j.stats.damaged.Load(),
+		Size:          size,
+		Free:          int64(j.db.Stats().FreeAlloc),
 	}
 }
 

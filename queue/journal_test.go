@@ -742,6 +742,57 @@ func TestRetention(t *testing.T) {
 	}
 }
 
+// Ensure Stats reports the journal's size and its free space: data in
+// the pages, space that retention freed, and that appends reuse it before
+// the file grows.
+func TestStatsSize(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now, Retention: time.Hour, RetentionBatch: 1000})
+	const n, body = 500, 4096
+	fill := func() {
+		for i := 0; i < n; i += 50 {
+			es := make([]*Entry, 50)
+			for k := range es {
+				es[k] = msg("", strings.Repeat("x", body))
+			}
+			mustAppend(t, j, es...)
+		}
+	}
+	fill()
+	st := j.Stats()
+	if st.Size < n*body || st.Free < 0 || st.Free >= st.Size {
+		t.Fatalf("after %d entries of %d bytes: size %d, free %d", n, body, st.Size, st.Free)
+	}
+	if used := st.Size - st.Free; used > 2*n*body {
+		t.Fatalf("%d bytes in use for %d bytes of bodies", used, n*body)
+	}
+	for {
+		es := mustClaim(t, j, 100)
+		if len(es) == 0 {
+			break
+		}
+		for _, e := range es {
+			if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	clk.Add(2 * time.Hour)
+	if got, err := j.Expire(ctx); err != nil || got != n {
+		t.Fatalf("Expire = %d, %v; want %d", got, err, n)
+	}
+	mustAppend(t, j, msg("", "x")) // bbolt frees pages a commit later
+	freed := j.Stats()
+	if freed.Free < n*body/2 || freed.Size < st.Size {
+		t.Fatalf("after retention deleted %d entries: size %d, free %d (before: size %d, free %d)", n, freed.Size, freed.Free, st.Size, st.Free)
+	}
+	fill()
+	if again := j.Stats(); again.Size > freed.Size+freed.Size/4 || again.Free >= freed.Free {
+		t.Fatalf("refilling: size %d, free %d; after retention: size %d, free %d: free pages not reused", again.Size, again.Free, freed.Size, freed.Free)
+	}
+}
+
 // Ensure Scan filters and limits.
 func TestScan(t *testing.T) {
 	clk := newClock()

@@ -30,7 +30,7 @@ Whole pipeline, real binary with default settings, 100,000 messages, prefetch 10
 | agentq over MQTT, QoS 1 | $(num "$(metric $M agentq-msg/s)") | $(f1 "$(metric $M agentq-cpu-us/msg)") | |
 | bare paho, QoS 1, auto-ack | $(num "$(metric $M auto-msg/s)") | $(f1 "$(metric $M auto-cpu-us/msg)") | **$(f2 "$(metric $M ratio-msg/s-vs-auto)")×**, $(f2 "$(metric $M ratio-cpu-vs-auto)")× |
 
-agentq over STOMP kept $(f1 "$(metric $P agentq-rssanon-MiB)") MiB of private memory (RssAnon) at most and wrote $(num "$(metric $P journal-bytes/msg)") journal bytes per message ($(f2 "$(metric $P journal-bytes-ratio)")× the 512-byte body; done entries included); a group commit carried $(f1 "$(metric $P msgs/commit)") messages on average.
+agentq over STOMP kept $(f1 "$(metric $P agentq-rssanon-MiB)") MiB of private memory (RssAnon) at most and its journal file took $(num "$(metric $P journal-bytes/msg)") bytes per message, done entries included. Of that, $(num "$(metric $P journal-live-bytes/msg)") bytes per message are data (its pages less the free ones; the rest is bbolt growing the file in steps of up to 16 MiB, and pages that churn freed): **$(f2 "$(metric $P journal-live-vs-own)")×** a message's own $(num "$(metric $P msg-own-bytes)") bytes (the 512-byte body and the headers as delivered; target ≤ 1.5×). A group commit carried $(f1 "$(metric $P msgs/commit)") messages on average.
 
 | what | figure | target |
 |---|---|---|

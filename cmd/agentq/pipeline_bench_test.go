@@ -199,7 +199,9 @@ func runBareChild(b *testing.B, kind, dest string, n int) pipelineResult {
 type agentRun struct {
 	pipelineResult
 	rssAnonMiB   float64
-	journalBytes int64
+	journalBytes int64         // the journal file's size
+	liveBytes    float64       // its pages less its free pages: the data it holds
+	ownBytes     float64       // one message as delivered: body, header names and values
 	commits      float64       // journal group commits during the run
 	brokerCPU    time.Duration // RabbitMQ's CPU during the run; 0 if unknown
 }
@@ -261,6 +263,8 @@ func runAgentPipeline(b *testing.B, source string, n int, extra ...string) agent
 		pipelineResult: pipelineResult{msgPerSec: float64(n) / wall.Seconds(), cpuPerMsg: cpu / time.Duration(n)},
 		rssAnonMiB:     float64(rss) / 1024,
 		journalBytes:   fi.Size(),
+		liveBytes:      metricValue(b, base, "agentq_journal_size_bytes") - metricValue(b, base, "agentq_journal_free_bytes"),
+		ownBytes:       entryOwnBytes(base, token, 1),
 		commits:        metricValue(b, base, "agentq_journal_commit_duration_seconds_count"),
 	}
 }
@@ -308,6 +312,34 @@ func pollSummary(base, token string) (done, outbox int) {
 		return -1, -1
 	}
 	return sum.States["done"], sum.Outbox.Pending
+}
+
+// entryOwnBytes is the size of entry seq as it was delivered: its body
+// and its header names and values, what a journal's bytes per message are
+// compared with. 0 if the agent does not answer.
+func entryOwnBytes(base, token string, seq uint64) float64 {
+	req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/entries/%d", base, seq), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var e struct {
+		BodySize int `json:"body_size"`
+		Headers  []struct {
+			Name  string `json:"name"`
+			Value string `json:"value"`
+		} `json:"headers"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&e) != nil {
+		return 0
+	}
+	n := e.BodySize
+	for _, h := range e.Headers {
+		n += len(h.Name) + len(h.Value)
+	}
+	return float64(n)
 }
 
 func benchQueue(tb testing.TB, kind string) string {
@@ -386,6 +418,13 @@ func reportPipeline(b *testing.B, rounds []pipelineRound, size, n int) {
 		}
 		add("journal-bytes/msg", float64(aq.journalBytes)/float64(n))
 		add("journal-bytes-ratio", float64(aq.journalBytes)/float64(n)/float64(size))
+		if aq.liveBytes > 0 && aq.ownBytes > 0 {
+			// The file grows in steps of up to bbolt's 16 MiB and keeps
+			// the pages churn freed: what it holds is pages less free ones.
+			add("journal-live-bytes/msg", aq.liveBytes/float64(n))
+			add("msg-own-bytes", aq.ownBytes)
+			add("journal-live-vs-own", aq.liveBytes/float64(n)/aq.ownBytes)
+		}
 		names := make([]string, 0, len(r.bases))
 		for k := range r.bases {
 			names = append(names, k)
