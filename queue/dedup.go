@@ -10,13 +10,23 @@ import (
 // Dedup slots: deliveries a broker redelivery may repeat.
 //
 // An entry with a dedup id keeps a slot from its append until ingest
-// confirms its ACK (ConfirmDelivered) or DedupWindow passes. The journal
-// stores a slot as one record in dedupseq (sequence -> insert time, dedup
-// key): written by the append, deleted by the confirmation, both at the
-// end of a sequence-ordered bucket. Matching a redelivery needs the slots
-// by id; that index is kept in memory (dedupIndex), built from dedupseq at
-// Open and changed only after a commit, so a message costs two sequential
-// index writes instead of five, two of them at random places.
+// confirms its ACK (ConfirmDelivered) or DedupWindow passes. Matching a
+// redelivery needs the slots by id; that index is kept in memory
+// (dedupIndex), built from the stored slots at Open and changed only after
+// a commit.
+//
+// A format 4 journal stores the slots a transaction appends as one record
+// in dedupbatch: the sequence of its first slot -> insert time, then for
+// each slot still unconfirmed its distance from that sequence and its
+// dedup prefix. Ingest confirms a commit's deliveries together, so the
+// next commit deletes the record: a batch of messages costs one write and
+// one delete, not one of each per message. A confirmation of only some of
+// a record's slots rewrites it without them.
+//
+// Formats 2 and 3 stored a slot as one record in dedupseq (sequence ->
+// insert time, dedup key). Open reads those too, and confirmations and
+// DedupWindow drain them; a format 2 file, which keeps its version (see
+// FormatVersion), goes on writing them.
 //
 // Each slot also records the connection that last matched it: a broker
 // delivers a message at most once per connection, so a slot matches at
@@ -24,8 +34,9 @@ import (
 // connection and die with the process, so the marks need not be stored.
 //
 // Journals written before the index moved to memory keep a "dedup" bucket;
-// Open empties it. An older agentq opening a newer journal then finds no
-// slot to match and journals redeliveries again: duplicates, never a loss.
+// Open empties it. An agentq that reads only format 3 refuses a format 4
+// file, so no older agentq confirms deliveries without deleting their
+// records, which would leave slots that match new messages.
 
 // dedupSlot is one unconfirmed delivery of an id.
 type dedupSlot struct {
@@ -33,38 +44,45 @@ type dedupSlot struct {
 	conn uint64 // connection that last matched it; 0 = none
 }
 
+// slotRef is where a slot is indexed and stored.
+type slotRef struct {
+	prefix string // its dedup prefix (dedupPrefix)
+	batch  uint64 // key of its dedupbatch record; 0: a dedupseq record of its own
+}
+
 // dedupIndex is the in-memory index of dedup slots. Only the commit
 // goroutine (and Open, before it starts) uses it.
 type dedupIndex struct {
 	byID  map[string][]dedupSlot // dedup prefix -> slots, oldest first
-	bySeq map[uint64]string      // slot -> its dedup prefix
+	bySeq map[uint64]slotRef
 }
 
 func newDedupIndex() *dedupIndex {
-	return &dedupIndex{byID: map[string][]dedupSlot{}, bySeq: map[uint64]string{}}
+	return &dedupIndex{byID: map[string][]dedupSlot{}, bySeq: map[uint64]slotRef{}}
 }
 
-func (d *dedupIndex) add(prefix string, seq uint64) {
+func (d *dedupIndex) add(prefix string, seq, batch uint64) {
 	d.byID[prefix] = append(d.byID[prefix], dedupSlot{seq: seq})
-	d.bySeq[seq] = prefix
+	d.bySeq[seq] = slotRef{prefix: prefix, batch: batch}
 }
 
 func (d *dedupIndex) mark(seq, conn uint64) {
-	p, ok := d.bySeq[seq]
+	r, ok := d.bySeq[seq]
 	if !ok {
 		return
 	}
-	slots := d.byID[p]
+	slots := d.byID[r.prefix]
 	if i := slices.IndexFunc(slots, func(s dedupSlot) bool { return s.seq == seq }); i >= 0 {
 		slots[i].conn = conn
 	}
 }
 
 func (d *dedupIndex) remove(seq uint64) {
-	p, ok := d.bySeq[seq]
+	r, ok := d.bySeq[seq]
 	if !ok {
 		return
 	}
+	p := r.prefix
 	delete(d.bySeq, seq)
 	slots := d.byID[p]
 	// Confirmations come oldest first: the slot is usually at the front.
@@ -78,9 +96,9 @@ func (d *dedupIndex) remove(seq uint64) {
 	}
 }
 
-// loadDedup builds the in-memory index from dedupseq, and empties the
-// "dedup" bucket that journals written before the index moved to memory
-// kept (see above).
+// loadDedup builds the in-memory index from dedupbatch and dedupseq, and
+// empties the "dedup" bucket that journals written before the index moved
+// to memory kept (see above).
 func loadDedup(tx *bolt.Tx, writable bool) (*dedupIndex, error) {
 	d := newDedupIndex()
 	if b := tx.Bucket(bucketDedupBy); b != nil {
@@ -89,8 +107,20 @@ func loadDedup(tx *bolt.Tx, writable bool) (*dedupIndex, error) {
 				return nil // not a slot; retention prunes it by age
 			}
 			dk := v[8:]
-			d.add(string(dk[:len(dk)-8]), binary.BigEndian.Uint64(k))
+			d.add(string(dk[:len(dk)-8]), binary.BigEndian.Uint64(k), 0)
 			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if b := tx.Bucket(bucketDedupBatch); b != nil {
+		err := b.ForEach(func(k, v []byte) error {
+			if len(k) == 8 {
+				first := binary.BigEndian.Uint64(k)
+				batchSlots(first, v, func(seq uint64, prefix []byte) { d.add(string(prefix), seq, first) })
+			}
+			return nil // a malformed record: the slots before the damage count, retention prunes it by age
 		})
 		if err != nil {
 			return nil, err
@@ -111,27 +141,117 @@ func loadDedup(tx *bolt.Tx, writable bool) (*dedupIndex, error) {
 	return d, nil
 }
 
+// batchSlots calls fn with each slot of dedupbatch record v, whose key is
+// first, and returns the record's insert time (Unix nanoseconds). It stops
+// at the first malformed slot and then reports ok false.
+func batchSlots(first uint64, v []byte, fn func(seq uint64, prefix []byte)) (inserted int64, ok bool) {
+	if len(v) < 8 {
+		return 0, false
+	}
+	inserted, v = int64(binary.BigEndian.Uint64(v)), v[8:]
+	for len(v) > 0 {
+		delta, n := binary.Uvarint(v)
+		if n <= 0 {
+			return inserted, false
+		}
+		v = v[n:]
+		l, m := binary.Uvarint(v)
+		if m <= 0 || l > uint64(len(v)-m) {
+			return inserted, false
+		}
+		fn(first+delta, v[:m+int(l)])
+		v = v[m+int(l):]
+	}
+	return inserted, true
+}
+
 // dedupChanges are a transaction's changes to the dedup index, applied
-// after it commits.
+// after it commits, and to the stored slots, written by flushDedup.
 type dedupChanges struct {
 	added  []dedupAdd
 	marks  map[uint64]uint64 // slot -> connection
 	forgot map[uint64]bool
+	batch  uint64          // key of the dedupbatch record of added; 0: none
+	dirty  map[uint64]bool // dedupbatch records that lost slots
 }
 
 type dedupAdd struct {
 	prefix string
 	seq    uint64
+	batch  uint64
 }
 
 // addDedup gives the new entry e a slot.
 func (t *txn) addDedup(e *Entry) error {
-	dk := dedupKey(e.DedupID, e.Seq)
-	v := binary.BigEndian.AppendUint64(t.arena.alloc(8 + len(dk))[:0], uint64(unixNano(t.now)))
-	if err := t.dedupBy.Put(t.k64(e.Seq), append(v, dk...)); err != nil {
-		return err
+	if t.dedupBatch == nil { // format 2: a record per slot
+		dk := dedupKey(e.DedupID, e.Seq)
+		v := binary.BigEndian.AppendUint64(t.arena.alloc(8 + len(dk))[:0], uint64(unixNano(t.now)))
+		if err := t.dedupBy.Put(t.k64(e.Seq), append(v, dk...)); err != nil {
+			return err
+		}
+		t.dd.added = append(t.dd.added, dedupAdd{prefix: string(dk[:len(dk)-8]), seq: e.Seq})
+		return nil
 	}
-	t.dd.added = append(t.dd.added, dedupAdd{prefix: string(dk[:len(dk)-8]), seq: e.Seq})
+	p := dedupPrefix(e.DedupID)
+	buf := &t.j.dedupBuf // commit goroutine only
+	if t.dd.batch == 0 {
+		t.dd.batch = e.Seq
+		*buf = binary.BigEndian.AppendUint64((*buf)[:0], uint64(unixNano(t.now)))
+	}
+	*buf = binary.AppendUvarint(*buf, e.Seq-t.dd.batch)
+	*buf = append(*buf, p...)
+	t.dd.added = append(t.dd.added, dedupAdd{prefix: string(p), seq: e.Seq, batch: t.dd.batch})
+	return nil
+}
+
+// batchOf returns the key of the dedupbatch record that holds seq's slot,
+// 0 for a dedupseq record or none.
+func (t *txn) batchOf(seq uint64) uint64 {
+	if r, ok := t.j.dedup.bySeq[seq]; ok {
+		return r.batch
+	}
+	for _, a := range t.dd.added {
+		if a.seq == seq {
+			return a.batch
+		}
+	}
+	return 0
+}
+
+// flushDedup writes the transaction's dedupbatch record, and rewrites the
+// records that lost slots without them. finish calls it.
+func (t *txn) flushDedup() error {
+	if t.dd.batch != 0 {
+		if err := t.dedupBatch.Put(t.k64(t.dd.batch), t.arena.copy(t.j.dedupBuf)); err != nil {
+			return err
+		}
+	}
+	for batch := range t.dd.dirty {
+		k := t.k64(batch)
+		v := t.dedupBatch.Get(k)
+		if v == nil {
+			continue // pruned whole
+		}
+		out := append(t.j.dedupBuf[:0], v[:min(8, len(v))]...)
+		kept := 0
+		batchSlots(batch, v, func(seq uint64, prefix []byte) {
+			if !t.dd.forgot[seq] {
+				out = binary.AppendUvarint(out, seq-batch)
+				out = append(out, prefix...)
+				kept++
+			}
+		})
+		t.j.dedupBuf = out
+		var err error
+		if kept == 0 {
+			err = t.dedupBatch.Delete(k)
+		} else {
+			err = t.dedupBatch.Put(k, t.arena.copy(out))
+		}
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -190,10 +310,15 @@ func (t *txn) forgetDedup(seq uint64) error {
 	return t.dropDedup(seq)
 }
 
-// dropDedup deletes seq's dedup record, whether the index knows it or not
-// (retention prunes by the stored records).
+// dropDedup deletes seq's slot. A slot the index does not know is taken
+// to have a dedupseq record (retention prunes those by the stored records).
 func (t *txn) dropDedup(seq uint64) error {
-	if err := t.dedupBy.Delete(t.k64(seq)); err != nil {
+	if batch := t.batchOf(seq); batch != 0 {
+		if t.dd.dirty == nil {
+			t.dd.dirty = map[uint64]bool{}
+		}
+		t.dd.dirty[batch] = true
+	} else if err := t.dedupBy.Delete(t.k64(seq)); err != nil {
 		return err
 	}
 	if t.dd.forgot == nil {
@@ -206,7 +331,7 @@ func (t *txn) dropDedup(seq uint64) error {
 // apply makes a committed transaction's changes to the index.
 func (d *dedupIndex) apply(c *dedupChanges) {
 	for _, a := range c.added {
-		d.add(a.prefix, a.seq)
+		d.add(a.prefix, a.seq, a.batch)
 	}
 	for seq, conn := range c.marks {
 		d.mark(seq, conn)

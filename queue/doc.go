@@ -76,8 +76,12 @@
 //	          running, or stuck and blocking the key
 //	dedupseq  seq -> insert time + dedup key (uvarint len + dedup id +
 //	          seq): deliveries a redelivery may repeat, until their ACK is
-//	          confirmed or DedupWindow passes. The index of them by id
-//	          lives in memory (dedup.go).
+//	          confirmed or DedupWindow passes, one record each (formats 2
+//	          and 3). The index of them by id lives in memory (dedup.go).
+//	dedupbatch  seq of a transaction's first slot -> insert time, then per
+//	          slot its distance from that seq and its dedup prefix: the
+//	          unconfirmed slots the transaction appended (format 4; see
+//	          dedup.go)
 //	dedup     empty; journals before the in-memory index kept it there
 //	damaged   seq -> "damaged entry: ..." for entries parked because their
 //	          records do not decode

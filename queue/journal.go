@@ -31,7 +31,12 @@ import (
 // new layout would mean rewriting the index key of every pending entry of
 // a possibly large backlog at Open, for a few per cent of CPU. Only new
 // journals are format 3.
-const FormatVersion = 3
+//
+// Format 4 is format 3 with the dedup slots a transaction appends stored
+// as one record (dedupbatch; see dedup.go). Open for writing makes a
+// format 3 file format 4, rewriting nothing: its per-entry slots drain as
+// before. A format 2 file keeps its version and per-entry slots.
+const FormatVersion = 4
 
 // migratedVersion is what a format 1 file becomes: its state index, which
 // the migration keeps, has the format 2 layout.
@@ -42,17 +47,18 @@ const magic = "agentq-journal"
 
 // Bucket names. See doc.go for what each holds.
 var (
-	bucketMeta    = []byte("meta")
-	bucketEntries = []byte("entries") // format 1 only
-	bucketMsgs    = []byte("msgs")
-	bucketStatus  = []byte("status")
-	bucketReady   = []byte("ready")
-	bucketState   = []byte("state")
-	bucketKeyQ    = []byte("keyq")
-	bucketKeyHead = []byte("keyhead")
-	bucketDedup   = []byte("dedup")
-	bucketDedupBy = []byte("dedupseq")
-	bucketDamaged = []byte("damaged")
+	bucketMeta       = []byte("meta")
+	bucketEntries    = []byte("entries") // format 1 only
+	bucketMsgs       = []byte("msgs")
+	bucketStatus     = []byte("status")
+	bucketReady      = []byte("ready")
+	bucketState      = []byte("state")
+	bucketKeyQ       = []byte("keyq")
+	bucketKeyHead    = []byte("keyhead")
+	bucketDedup      = []byte("dedup")
+	bucketDedupBy    = []byte("dedupseq")
+	bucketDedupBatch = []byte("dedupbatch") // format 4
+	bucketDamaged    = []byte("damaged")
 
 	metaMagic   = []byte("magic")
 	metaVersion = []byte("version")
@@ -71,7 +77,7 @@ const metaTypePrefix = "type:"
 var indexBuckets = [][]byte{bucketMeta, bucketReady, bucketState, bucketKeyQ, bucketKeyHead, bucketDedup, bucketDedupBy}
 
 // newBuckets are what a new journal is created with.
-var newBuckets = append(append([][]byte(nil), indexBuckets...), bucketMsgs, bucketStatus, bucketDamaged)
+var newBuckets = append(append([][]byte(nil), indexBuckets...), bucketMsgs, bucketStatus, bucketDamaged, bucketDedupBatch)
 
 // Sentinel errors.
 var (
@@ -219,6 +225,7 @@ type Journal struct {
 	mu           sync.Mutex               // guards counts, typeCounts and run
 	run          runSet                   // claimed entries (see running.go)
 	dedup        *dedupIndex              // unconfirmed deliveries (see dedup.go); commit goroutine only
+	dedupBuf     []byte                   // a dedupbatch record being built; commit goroutine only
 	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys
 	confirmed    []uint64                 // ConfirmDelivered's seqs, for the next commit
 	claimMu      sync.RWMutex             // claims hold it shared; see ClaimMatching
@@ -411,6 +418,15 @@ func (j *Journal) init(fresh bool) error {
 		return fmt.Errorf("cannot migrate to format %d: %w", migratedVersion, err)
 	}
 	return j.db.Update(func(tx *bolt.Tx) error {
+		if j.version == 3 {
+			if _, err := tx.CreateBucketIfNotExists(bucketDedupBatch); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, 4)); err != nil {
+				return err
+			}
+			j.version = 4 // the layout stays: layoutFor(3) is layoutFor(4)
+		}
 		if err := j.recover(tx); err != nil {
 			return err
 		}

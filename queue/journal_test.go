@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -627,9 +628,26 @@ func TestFullJournalFailsBatch(t *testing.T) {
 // connection: the duplicate is dropped, a second distinct message with the
 // same id is kept, a redelivery after a further cut is still recognised,
 // and a first delivery is never checked.
+//
+// It runs with each way a journal stores its slots: a record per
+// transaction (format 4), and a record per slot (a format 2 file).
 func TestRedeliveryDedup(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "agentq.db")
+	for _, version := range []uint32{FormatVersion, 2} {
+		t.Run(fmt.Sprint("format", version), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "agentq.db")
+			if version != FormatVersion {
+				emptyJournalOfVersion(t, path, version)
+			}
+			testRedeliveryDedup(t, path, version)
+		})
+	}
+}
+
+func testRedeliveryDedup(t *testing.T, path string, version uint32) {
 	j := mustOpenAt(t, path, Options{})
+	if j.version != version || (j.version >= 4) != (dedupRecords(t, j, bucketDedupBatch) >= 0) {
+		t.Fatalf("opened format %d, want %d", j.version, version)
+	}
 	id := []byte("hash-1")
 	mk := func(redelivered bool, conn uint64) *Entry {
 		e := msg("", "same body")
@@ -685,6 +703,14 @@ func TestRedeliveryDedup(t *testing.T) {
 	if n := j.LastSeq(); n != 3 {
 		t.Fatalf("journal holds %d entries, want 3", n)
 	}
+	// Where the three slots are stored.
+	if version >= 4 {
+		if n := dedupRecords(t, j, bucketDedupBatch); n != 2 {
+			t.Fatalf("dedupbatch holds %d records for two appending transactions, want 2", n)
+		}
+	} else if n := dedupRecords(t, j, bucketDedupBy); n != 3 {
+		t.Fatalf("dedupseq holds %d records for three slots, want 3", n)
+	}
 	// Confirmed deliveries are no longer matched. A confirmation commits
 	// nothing by itself: the next commit drops the slots before its
 	// appends look for them.
@@ -707,6 +733,58 @@ func TestRedeliveryDedup(t *testing.T) {
 	j = mustOpenAt(t, path, Options{})
 	if res = append3(mk(true, 5)); res[0].Duplicate {
 		t.Fatal("a delivery confirmed before Close was matched after reopening")
+	}
+	// Every slot confirmed: nothing stays stored.
+	if err := j.ConfirmDelivered(context.Background(), []uint64{res[0].Seq}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{})
+	if n, m := dedupRecords(t, j, bucketDedupBy), dedupRecords(t, j, bucketDedupBatch); n > 0 || m > 0 {
+		t.Fatalf("all slots confirmed, yet dedupseq holds %d records and dedupbatch %d", n, m)
+	}
+}
+
+// dedupRecords counts the records of a dedup bucket; -1 if it does not
+// exist.
+func dedupRecords(tb testing.TB, j *Journal, bucket []byte) int {
+	tb.Helper()
+	n := -1
+	if err := j.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucket); b != nil {
+			n = b.Stats().KeyN
+		}
+		return nil
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// emptyJournalOfVersion creates an empty journal at path as an older
+// agentq would have: the given format version, without the buckets later
+// formats added. Empty, it has no index keys whose layout could differ.
+func emptyJournalOfVersion(tb testing.TB, path string, version uint32) {
+	tb.Helper()
+	j, err := Open(path, Options{Logger: quietLogger()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	j.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if version < 4 {
+			if err := tx.DeleteBucket(bucketDedupBatch); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, version))
+	}); err != nil {
+		tb.Fatal(err)
 	}
 }
 

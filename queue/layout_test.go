@@ -66,14 +66,14 @@ func metaVersionOf(tb testing.TB, j *Journal) uint32 {
 	return v
 }
 
-// Ensure a new journal is format 3 and indexes pending entries after done
+// Ensure a new journal has format 3's layout and indexes pending entries after done
 // and stuck ones (under pendingKeyV3), and that every state scan agrees
 // with the entries through appends, claims, settles of each kind, replay
 // and retention.
 func TestStateLayoutV3(t *testing.T) {
 	j := mustOpen(t, Options{})
-	if j.version != 3 || metaVersionOf(t, j) != 3 {
-		t.Fatalf("new journal: version %d (file says %d), want 3", j.version, metaVersionOf(t, j))
+	if j.version != FormatVersion || metaVersionOf(t, j) != FormatVersion || j.layout != layoutFor(3) {
+		t.Fatalf("new journal: version %d (file says %d), layout %+v; want %d with format 3's layout", j.version, metaVersionOf(t, j), j.layout, FormatVersion)
 	}
 	ctx := context.Background()
 	var es []*Entry

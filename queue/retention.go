@@ -65,6 +65,47 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 			break
 		}
 	}
+	// dedupbatch records, oldest first: each goes whole, with its slots.
+	for {
+		n := 0
+		err := j.updateLazy(ctx, func(t *txn) error {
+			n = 0
+			if t.dedupBatch == nil {
+				return nil
+			}
+			cut := unixNano(t.now.Add(-j.opts.DedupWindow))
+			c := t.dedupBatch.Cursor()
+			var keys [][]byte
+			for k, v := c.First(); k != nil && len(keys) < batch; k, v = c.Next() {
+				inserted, _ := batchSlots(0, v, func(uint64, []byte) {})
+				if len(v) >= 8 && inserted > cut {
+					break
+				}
+				keys = append(keys, t.arena.copy(k))
+				if len(k) == 8 {
+					batchSlots(binary.BigEndian.Uint64(k), v, func(seq uint64, _ []byte) {
+						if t.dd.forgot == nil {
+							t.dd.forgot = map[uint64]bool{}
+						}
+						t.dd.forgot[seq] = true
+					})
+				}
+			}
+			for _, k := range keys {
+				if err := t.dedupBatch.Delete(k); err != nil {
+					return err
+				}
+			}
+			n = len(keys)
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		if n < batch {
+			break
+		}
+	}
 	if j.opts.Retention <= 0 {
 		return 0, nil
 	}

@@ -178,6 +178,7 @@ type txn struct {
 	now time.Time
 
 	meta, ready, keyq, keyhead, dedupBy *bolt.Bucket
+	dedupBatch                          *bolt.Bucket // nil in a format 2 file: see dedup.go
 	stateS, readyS, keyqS, keyheadS     seeker
 
 	delta        [5]int64
@@ -204,17 +205,18 @@ func (j *Journal) newTxn(tx *bolt.Tx) *txn {
 
 func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 	t := &txn{
-		readers: readersOf(tx, j.layout),
-		j:       j,
-		tx:      tx,
-		now:     j.opts.Now(),
-		meta:    tx.Bucket(bucketMeta),
-		ready:   tx.Bucket(bucketReady),
-		keyq:    tx.Bucket(bucketKeyQ),
-		keyhead: tx.Bucket(bucketKeyHead),
-		dedupBy: tx.Bucket(bucketDedupBy),
-		arena:   a,
-		pauses:  j.pauses.Load(),
+		readers:    readersOf(tx, j.layout),
+		j:          j,
+		tx:         tx,
+		now:        j.opts.Now(),
+		meta:       tx.Bucket(bucketMeta),
+		ready:      tx.Bucket(bucketReady),
+		keyq:       tx.Bucket(bucketKeyQ),
+		keyhead:    tx.Bucket(bucketKeyHead),
+		dedupBy:    tx.Bucket(bucketDedupBy),
+		dedupBatch: tx.Bucket(bucketDedupBatch),
+		arena:      a,
+		pauses:     j.pauses.Load(),
 	}
 	t.claims = t.claimed
 	t.stateS, t.readyS, t.keyqS, t.keyheadS = seekerOf(t.state), seekerOf(t.ready), seekerOf(t.keyq), seekerOf(t.keyhead)
@@ -252,8 +254,12 @@ func (t *txn) k64(v uint64) []byte {
 	return binary.BigEndian.AppendUint64(t.arena.alloc(8)[:0], v)
 }
 
-// finish persists the state and type counters with the batch.
+// finish persists the dedup slots and the state and type counters with
+// the batch.
 func (t *txn) finish() error {
+	if err := t.flushDedup(); err != nil {
+		return err
+	}
 	var zero [5]int64
 	if t.delta != zero {
 		t.j.mu.Lock()

@@ -1,0 +1,136 @@
+package queue
+
+import (
+	"context"
+	"encoding/binary"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// batchRecordSeqs returns the slots each dedupbatch record holds, by key.
+func batchRecordSeqs(tb testing.TB, j *Journal) map[uint64][]uint64 {
+	tb.Helper()
+	out := map[uint64][]uint64{}
+	if err := j.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDedupBatch).ForEach(func(k, v []byte) error {
+			first := binary.BigEndian.Uint64(k)
+			if _, ok := batchSlots(first, v, func(seq uint64, _ []byte) { out[first] = append(out[first], seq) }); !ok {
+				tb.Errorf("dedupbatch record %d is malformed: %x", first, v)
+			}
+			return nil
+		})
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// Ensure a transaction's slots are one dedupbatch record, that a
+// confirmation of some of them rewrites it without those, that the rest
+// are still matched after a restart, and that DedupWindow prunes whole
+// records and their slots.
+func TestDedupBatchRecords(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	opts := Options{Now: clk.Now, DedupWindow: time.Hour}
+	j := mustOpenAt(t, path, opts)
+	withID := func(id string, redelivered bool) *Entry {
+		e := msg("", "body "+id)
+		e.DedupID, e.Redelivered, e.Connection = []byte(id), redelivered, 7
+		return e
+	}
+	seqs := mustAppend(t, j, withID("a", false), msg("", "no id"), withID("b", false), withID("c", false))
+	a, b, c := seqs[0], seqs[2], seqs[3]
+	if got := batchRecordSeqs(t, j); len(got) != 1 || !slices.Equal(got[a], []uint64{a, b, c}) {
+		t.Fatalf("after one append of three ids: records %v, want {%d: [%d %d %d]}", got, a, a, b, c)
+	}
+	if n := dedupRecords(t, j, bucketDedupBy); n != 0 {
+		t.Fatalf("dedupseq holds %d records in a format %d journal", n, FormatVersion)
+	}
+	if err := j.ConfirmDelivered(ctx, []uint64{a}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, j, msg("", "carries the confirmation"))
+	if got := batchRecordSeqs(t, j); len(got) != 1 || !slices.Equal(got[a], []uint64{b, c}) {
+		t.Fatalf("after confirming %d: records %v, want {%d: [%d %d]}", a, got, a, b, c)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, opts)
+	res, err := j.Append(ctx, withID("a", true), withID("b", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Duplicate || !res[1].Duplicate || res[1].Seq != b {
+		t.Fatalf("redeliveries of a (confirmed) and b after a restart: %+v, want new, then a duplicate of %d", res, b)
+	}
+	clk.Add(2 * time.Hour)
+	if _, err := j.Expire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := batchRecordSeqs(t, j); len(got) != 0 {
+		t.Fatalf("after DedupWindow: records %v, want none", got)
+	}
+	if res, err = j.Append(ctx, withID("c", true)); err != nil || res[0].Duplicate {
+		t.Fatalf("redelivery of c after DedupWindow: %+v, %v; want it appended", res, err)
+	}
+}
+
+// Ensure Open makes a format 3 journal format 4 without rewriting it: the
+// per-slot records it holds are still matched and drained, and new slots
+// go to dedupbatch.
+func TestDedupFormat3Upgrade(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	emptyJournalOfVersion(t, path, 3)
+	j := mustOpenAt(t, path, Options{})
+	if j.version != 4 || metaVersionOf(t, j) != 4 || dedupRecords(t, j, bucketDedupBatch) != 0 || j.layout != layoutFor(3) {
+		t.Fatalf("format 3 opened for writing: version %d (file says %d), layout %+v", j.version, metaVersionOf(t, j), j.layout)
+	}
+	mustAppend(t, j, msg("", "one"), msg("", "two"))
+	j.Close()
+	// Slots as format 3 stored them, for both entries, with one id.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, seq := range []uint64{1, 2} {
+			v := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
+			if err := tx.Bucket(bucketDedupBy).Put(u64(seq), append(v, dedupKey([]byte("old"), seq)...)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	j = mustOpenAt(t, path, Options{})
+	redelivery := func() *Entry {
+		e := msg("", "x")
+		e.DedupID, e.Redelivered, e.Connection = []byte("old"), true, 5
+		return e
+	}
+	res, err := j.Append(ctx, redelivery(), redelivery(), redelivery())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].Duplicate || res[0].Seq != 1 || !res[1].Duplicate || res[1].Seq != 2 || res[2].Duplicate {
+		t.Fatalf("redeliveries matched against format 3 slots: %+v, want duplicates of 1 and 2, then a new entry", res)
+	}
+	if err := j.ConfirmDelivered(ctx, []uint64{1, res[2].Seq}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, j, msg("", "carries the confirmations"))
+	if n := dedupRecords(t, j, bucketDedupBy); n != 1 {
+		t.Fatalf("dedupseq holds %d records after confirming one of two, want 1", n)
+	}
+	if got := batchRecordSeqs(t, j); len(got) != 0 {
+		t.Fatalf("dedupbatch holds %v after its only slot was confirmed, want nothing", got)
+	}
+}
