@@ -506,25 +506,7 @@ func benchEndToEnd(b *testing.B, persistent bool) {
 		brokertest.WaitFor(b, "the agent's subscription", 30*time.Second, func() bool {
 			return strings.Contains(brokertest.Ctl(b, "list_consumers", "-q", "queue_name"), strings.TrimPrefix(q, "/queue/"))
 		})
-		conn, err := stomp.Dial("tcp", stompAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		pad := strings.Repeat("x", 470)
-		tick := time.NewTicker(time.Second / rate)
-		for i := 0; i < rate*seconds; i++ {
-			<-tick.C
-			body := fmt.Sprintf(`{"sent":%d,"pad":"%s"}`, time.Now().UnixNano(), pad)
-			opts := []func(*frame.Frame) error(nil)
-			if persistent { // RabbitMQ's STOMP: messages are transient unless this header says
-				opts = append(opts, stomp.SendOpt.Header("persistent", "true"))
-			}
-			if err := conn.Send(q, "application/json", []byte(body), opts...); err != nil {
-				b.Fatal(err)
-			}
-		}
-		tick.Stop()
-		conn.Disconnect()
+		publishAtRate(b, q, rate, rate*seconds, persistent)
 		brokertest.WaitFor(b, "every message at the backend", time.Minute, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
@@ -547,12 +529,105 @@ func benchEndToEnd(b *testing.B, persistent bool) {
 	if waits > 0 { // the agent's own view: receipt to the backend call's start
 		b.ReportMetric(waitSum/waits*1000, "agent-wait-mean-ms")
 	}
+	// The broker's share, in the same run: the same publisher and rate,
+	// to a bare consumer that ACKs each message on receipt.
+	bare := bareLatency(b, rate, rate*seconds, persistent)
+	b.ReportMetric(percentileMS(bare, 0.50), "bare-p50-ms")
+	b.ReportMetric(percentileMS(bare, 0.99), "bare-p99-ms")
 	mu.Lock()
 	defer mu.Unlock()
-	sort.Slice(lat, func(i, k int) bool { return lat[i] < lat[k] })
-	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(percentileMS(lat, 0.50), "p50-ms")
+	b.ReportMetric(percentileMS(lat, 0.99), "p99-ms")
+}
+
+// percentileMS sorts lat and returns its p-quantile in milliseconds.
+func percentileMS(lat []time.Duration, p float64) float64 {
+	if len(lat) == 0 {
+		return 0
+	}
+	slices.Sort(lat)
+	return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
+}
+
+// publishAtRate sends n JSON bodies of about 512 bytes to dest, rate a
+// second, each carrying its send time ("sent", Unix nanoseconds).
+func publishAtRate(tb testing.TB, dest string, rate, n int, persistent bool) {
+	tb.Helper()
+	conn, err := stomp.Dial("tcp", stompAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Disconnect()
+	pad := strings.Repeat("x", 470)
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for i := 0; i < n; i++ {
+		<-tick.C
+		body := fmt.Sprintf(`{"sent":%d,"pad":"%s"}`, time.Now().UnixNano(), pad)
+		opts := []func(*frame.Frame) error(nil)
+		if persistent { // RabbitMQ's STOMP: messages are transient unless this header says
+			opts = append(opts, stomp.SendOpt.Header("persistent", "true"))
+		}
+		if err := conn.Send(dest, "application/json", []byte(body), opts...); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// bareLatency publishes n messages at rate to a bare go-stomp consumer
+// (client-individual, an ACK on receipt, nothing durable) and returns
+// each message's time from publish to receipt: what the broker and the
+// loopback take before any consumer can act.
+func bareLatency(b *testing.B, rate, n int, persistent bool) []time.Duration {
+	q := benchQueue(b, "e2e-bare")
+	conn, err := stomp.Dial("tcp", stompAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host("/"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Disconnect()
+	sub, err := conn.Subscribe(q, stomp.AckClientIndividual, stomp.SubscribeOpt.Header("prefetch-count", "1000"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	lat := make([]time.Duration, 0, n)
+	got := make(chan error, 1)
+	go func() {
+		for len(lat) < n {
+			m, ok := <-sub.C
+			if !ok {
+				got <- fmt.Errorf("subscription closed after %d messages", len(lat))
+				return
+			}
+			now := time.Now()
+			if m.Err != nil {
+				got <- m.Err
+				return
+			}
+			var body struct {
+				Sent int64 `json:"sent"`
+			}
+			if err := json.Unmarshal(m.Body, &body); err != nil {
+				got <- err
+				return
+			}
+			lat = append(lat, now.Sub(time.Unix(0, body.Sent)))
+			if err := conn.Ack(m); err != nil {
+				got <- err
+				return
+			}
+		}
+		got <- nil
+	}()
+	publishAtRate(b, q, rate, n, persistent)
+	select {
+	case err := <-got:
+		if err != nil {
+			b.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		b.Fatalf("the bare consumer did not receive %d messages in a minute", n)
+	}
+	return lat
 }
 
 // BenchmarkPipelineResults: tasks in, results out, through the real
