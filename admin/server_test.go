@@ -91,6 +91,9 @@ func TestLiveAndOfflineViewsAgree(t *testing.T) {
 	if ls.States["stuck"] != 1 || ls.States["done"] != 1 || ls.States["retrying"] != 1 {
 		t.Errorf("summary states = %v", ls.States)
 	}
+	if ls.SizeBytes <= 0 || ls.FreeBytes == nil || *ls.FreeBytes < 0 || *ls.FreeBytes >= ls.SizeBytes {
+		t.Errorf("summary: journal of %d bytes, free %v", ls.SizeBytes, ls.FreeBytes)
+	}
 	filters := []queue.Filter{
 		{},
 		{States: []queue.State{queue.StateStuck}},

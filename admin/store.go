@@ -92,8 +92,14 @@ func ViewOf(e *queue.Entry, detail bool) EntryView {
 
 // Summary is inspect's overview.
 type Summary struct {
-	Journal          string                      `json:"journal"`
-	LastSeq          uint64                      `json:"last_seq"`
+	Journal string `json:"journal"`
+	LastSeq uint64 `json:"last_seq"`
+	// SizeBytes is what the journal's pages take, FreeBytes the part of
+	// it that holds nothing and is reused before the file grows (absent
+	// when the journal is read offline: bbolt then does not read its
+	// free list).
+	SizeBytes        int64                       `json:"size_bytes"`
+	FreeBytes        *int64                      `json:"free_bytes,omitempty"`
 	States           map[string]int64            `json:"states"`
 	Types            map[string]map[string]int64 `json:"types"` // type -> state -> count
 	OldestPendingAge *float64                    `json:"oldest_pending_age_seconds"`
@@ -181,6 +187,10 @@ func (s *Local) Summary() (*Summary, error) {
 		Types:   map[string]map[string]int64{},
 		Stuck:   []EntryView{},
 		Paused:  nonNil(s.j.Paused()),
+	}
+	var free int64
+	if sum.SizeBytes, free = s.j.Size(); free >= 0 {
+		sum.FreeBytes = &free
 	}
 	var err error
 	if sum.Outbox, err = outboxOf(s.j, SummaryStuckLimit); err != nil {

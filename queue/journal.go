@@ -967,6 +967,7 @@ type Stats struct {
 	// preallocated beyond them), and Free the bytes of those pages that
 	// hold nothing and that new data reuses before the file grows.
 	// Size-Free is the data the journal holds: what Options.MaxSize limits.
+	// Free is -1 in a read-only journal (see Size).
 	Size, Free int64
 }
 
@@ -976,8 +977,7 @@ func (j *Journal) Stats() Stats {
 	counts := j.counts
 	j.overlayRunning(&counts, nil)
 	j.mu.Unlock()
-	var size int64
-	_ = j.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }) // fails only once closed
+	size, free := j.Size()
 	by := map[State]int64{}
 	for s := StatePending; s <= StateStuck; s++ {
 		by[s] = counts[s]
@@ -993,8 +993,19 @@ func (j *Journal) Stats() Stats {
 		CommitTime:    time.Duration(j.stats.commitNanos.Load()),
 		Damaged:       j.stats.damaged.Load(),
 		Size:          size,
-		Free:          int64(j.db.Stats().FreeAlloc),
+		Free:          free,
 	}
+}
+
+// Size returns the bytes of the journal's pages and of the free ones
+// among them (see Stats.Size). Free is -1 when the journal is open
+// read-only: bbolt then does not read its free list.
+func (j *Journal) Size() (size, free int64) {
+	_ = j.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }) // fails only once closed
+	if j.opts.ReadOnly {
+		return size, -1
+	}
+	return size, int64(j.db.Stats().FreeAlloc)
 }
 
 // Counts is the number of entries by state, and by type and state. Types

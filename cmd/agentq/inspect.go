@@ -165,8 +165,17 @@ func readToken(file string) (string, error) {
 	return t, nil
 }
 
+// mib formats a byte count for people: "12.3 MiB".
+func mib(n int64) string {
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
+
 func printSummary(w io.Writer, s *admin.Summary) {
-	fmt.Fprintf(w, "journal %s: %d entries received in all\n\n", s.Journal, s.LastSeq)
+	free := ""
+	if s.FreeBytes != nil {
+		free = fmt.Sprintf(", %s of it free", mib(*s.FreeBytes))
+	}
+	fmt.Fprintf(w, "journal %s: %d entries received in all; %s%s\n\n", s.Journal, s.LastSeq, mib(s.SizeBytes), free)
 	states := []string{"pending", "retrying", "running", "done", "stuck"}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "TYPE\t%s\n", strings.ToUpper(strings.Join(states, "\t")))
