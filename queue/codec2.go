@@ -10,9 +10,13 @@ import (
 // message, written once by Append and never again, and a small status
 // record that every state change rewrites. Each ends with a CRC-32C of
 // everything before it.
+//
+// Message records of format 3 (journal format 4) name their source and
+// destination by route id (see routes.go) instead of carrying them.
 const (
-	messageFormat = 2
-	statusFormat  = 2
+	messageFormat       = 2
+	messageFormatRouted = 3
+	statusFormat        = 2
 )
 
 // Bits of Entry.override: which routing fields the status record holds
@@ -25,21 +29,33 @@ const (
 
 // encodeMessage appends the message record of e to buf:
 //
-//	format byte (2)
+//	format byte (2, or 3 with a route)
 //	varint  received (Unix nanoseconds, 0 = zero time)
-//	bytes   type, key, fault, source, destination, dedup id
+//	bytes   type, key, fault
+//	bytes   source, destination (format 2), or uvarint route (format 3)
+//	bytes   dedup id
 //	uvarint header count, then name and value bytes for each
 //	bytes   body
 //	uint32  CRC-32C of everything before it, big-endian
 //
 // Type, key and fault come first so that a state change can read them
-// without parsing the rest.
-func encodeMessage(buf []byte, e *Entry) []byte {
+// without parsing the rest. A zero route writes format 2.
+func encodeMessage(buf []byte, e *Entry, route uint64) []byte {
 	start := len(buf)
-	buf = append(buf, messageFormat)
+	if route == 0 {
+		buf = append(buf, messageFormat)
+	} else {
+		buf = append(buf, messageFormatRouted)
+	}
 	buf = binary.AppendVarint(buf, unixNano(e.ReceivedAt))
-	for _, s := range [...]string{e.Type, e.Key, e.Fault, e.Source, e.Destination} {
+	for _, s := range [...]string{e.Type, e.Key, e.Fault} {
 		buf = appendString(buf, s)
+	}
+	if route == 0 {
+		buf = appendString(buf, e.Source)
+		buf = appendString(buf, e.Destination)
+	} else {
+		buf = binary.AppendUvarint(buf, route)
 	}
 	buf = appendBytes(buf, e.DedupID)
 	buf = binary.AppendUvarint(buf, uint64(len(e.Headers)))
@@ -67,11 +83,16 @@ func checkRecord(what string, seq uint64, data []byte, format byte) ([]byte, err
 	return body[1:], nil
 }
 
-// decodeMessage fills e's message fields from a message record. Without
-// full it reads only what state changes need (received, type, key,
-// fault); the checksum is always verified. It copies out of data.
-func decodeMessage(seq uint64, data []byte, e *Entry, full bool) error {
-	b, err := checkRecord("message", seq, data, messageFormat)
+// decodeMessage fills e's message fields from a message record, of either
+// format; routes names what format 3 records name by number. Without full
+// it reads only what state changes need (received, type, key, fault); the
+// checksum is always verified. It copies out of data.
+func decodeMessage(seq uint64, data []byte, e *Entry, full bool, routes *routeTable) error {
+	format := byte(messageFormat)
+	if len(data) > 0 && data[0] == messageFormatRouted {
+		format = messageFormatRouted
+	}
+	b, err := checkRecord("message", seq, data, format)
 	if err != nil {
 		return err
 	}
@@ -81,8 +102,16 @@ func decodeMessage(seq uint64, data []byte, e *Entry, full bool) error {
 	e.Key = d.string()
 	e.Fault = d.string()
 	if full {
-		e.Source = d.string()
-		e.Destination = d.string()
+		if format == messageFormat {
+			e.Source = d.string()
+			e.Destination = d.string()
+		} else if id := d.uvarint(); d.err == nil {
+			r, ok := routes.lookup(id)
+			if !ok {
+				return fmt.Errorf("%w %d: message record names route %d, which the journal does not hold", errCorrupt, seq, id)
+			}
+			e.Source, e.Destination = r.source, r.destination
+		}
 		e.DedupID = d.bytes()
 		e.Headers = d.headers()
 		e.Body = d.bytes()

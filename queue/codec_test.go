@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -99,10 +100,24 @@ func FuzzEntryRoundTrip(f *testing.F) {
 	})
 }
 
-// decodeRecords rebuilds an entry from its format 2 records.
+// testRoutes is a route table holding the pairs of sampleEntries.
+func testRoutes() *routeTable {
+	rt := &routeTable{ids: map[route]uint64{}}
+	for _, e := range sampleEntries() {
+		r := route{e.Source, e.Destination}
+		if _, ok := rt.ids[r]; !ok {
+			rt.byID = append(rt.byID, r)
+			rt.ids[r] = uint64(len(rt.byID))
+		}
+	}
+	return rt
+}
+
+// decodeRecords rebuilds an entry from its records, message records
+// naming testRoutes.
 func decodeRecords(seq uint64, msg, status []byte) (*Entry, error) {
 	e := &Entry{Seq: seq}
-	if err := decodeMessage(seq, msg, e, true); err != nil {
+	if err := decodeMessage(seq, msg, e, true, testRoutes()); err != nil {
 		return nil, err
 	}
 	if err := decodeStatus(seq, status, e); err != nil {
@@ -111,25 +126,39 @@ func decodeRecords(seq uint64, msg, status []byte) (*Entry, error) {
 	return e, nil
 }
 
-// Ensure entries round-trip through the format 2 records unchanged,
-// including routing fields overridden in the status record.
+// Ensure entries round-trip through their records unchanged, with the
+// source and destination inline (format 2 message records) or named by a
+// route (format 3), including routing fields overridden in the status
+// record.
 func TestRecordsRoundTrip(t *testing.T) {
+	rt := testRoutes()
 	for _, e := range sampleEntries() {
 		for _, ovr := range []uint8{0, overrideType | overrideKey | overrideFault} {
-			in := *e
-			in.override = ovr
-			got, err := decodeRecords(in.Seq, encodeMessage(nil, &in), encodeStatus(nil, &in))
-			if err != nil {
-				t.Fatalf("entry %d: %v", in.Seq, err)
-			}
-			if !reflect.DeepEqual(normalise(got), normalise(&in)) {
-				t.Fatalf("entry %d round trip:\n got %+v\nwant %+v", in.Seq, got, &in)
+			for _, id := range []uint64{0, rt.ids[route{e.Source, e.Destination}]} {
+				in := *e
+				in.override = ovr
+				m := encodeMessage(nil, &in, id)
+				if want := map[bool]byte{true: messageFormat, false: messageFormatRouted}[id == 0]; m[0] != want {
+					t.Fatalf("entry %d with route %d: message record of format %d, want %d", in.Seq, id, m[0], want)
+				}
+				got, err := decodeRecords(in.Seq, m, encodeStatus(nil, &in))
+				if err != nil {
+					t.Fatalf("entry %d: %v", in.Seq, err)
+				}
+				if !reflect.DeepEqual(normalise(got), normalise(&in)) {
+					t.Fatalf("entry %d round trip (route %d):\n got %+v\nwant %+v", in.Seq, id, got, &in)
+				}
 			}
 		}
 	}
+	// A route the table does not hold is damage, not a wrong entry.
+	e := sampleEntries()[0]
+	if err := decodeMessage(1, encodeMessage(nil, e, 99), &Entry{}, true, rt); !errors.Is(err, errCorrupt) {
+		t.Fatalf("unknown route: %v, want errCorrupt", err)
+	}
 	// Overrides win over the message's values.
-	e := &Entry{Seq: 1, State: StatePending, Type: "old", Key: "k-old", Fault: "bad spec"}
-	m := encodeMessage(nil, e)
+	e = &Entry{Seq: 1, State: StatePending, Type: "old", Key: "k-old", Fault: "bad spec"}
+	m := encodeMessage(nil, e, 0)
 	e.Type, e.Key, e.Fault, e.override = "new", "k-new", "", overrideType|overrideKey|overrideFault
 	got, err := decodeRecords(1, m, encodeStatus(nil, e))
 	if err != nil || got.Type != "new" || got.Key != "k-new" || got.Fault != "" {
@@ -147,7 +176,10 @@ func TestRecordsDamage(t *testing.T) {
 		record []byte
 		decode func([]byte) error
 	}{
-		{"Message", encodeMessage(nil, e), func(b []byte) error { return decodeMessage(3, b, &Entry{}, true) }},
+		{"Message", encodeMessage(nil, e, 0), func(b []byte) error { return decodeMessage(3, b, &Entry{}, true, testRoutes()) }},
+		{"MessageRouted", encodeMessage(nil, e, testRoutes().ids[route{e.Source, e.Destination}]), func(b []byte) error {
+			return decodeMessage(3, b, &Entry{}, true, testRoutes())
+		}},
 		{"Status", encodeStatus(nil, e), func(b []byte) error { return decodeStatus(3, b, &Entry{}) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -172,12 +204,13 @@ func TestRecordsDamage(t *testing.T) {
 // panics.
 func FuzzDecodeRecords(f *testing.F) {
 	for _, e := range sampleEntries()[:3] {
-		f.Add(encodeMessage(nil, e), encodeStatus(nil, e))
+		f.Add(encodeMessage(nil, e, 0), encodeStatus(nil, e))
+		f.Add(encodeMessage(nil, e, 1), encodeStatus(nil, e))
 	}
 	f.Add([]byte{}, []byte{2})
 	f.Fuzz(func(t *testing.T, msg, status []byte) {
 		_, _ = decodeRecords(7, msg, status)
-		_ = decodeMessage(7, msg, &Entry{}, false)
+		_ = decodeMessage(7, msg, &Entry{}, false, nil)
 	})
 }
 
@@ -195,11 +228,12 @@ func BenchmarkDecodeMessage(b *testing.B) {
 		},
 		Body: make([]byte, 512),
 	}
-	rec := encodeMessage(nil, in)
+	rt := &routeTable{ids: map[route]uint64{{in.Source, in.Destination}: 1}, byID: []route{{in.Source, in.Destination}}}
+	rec := encodeMessage(nil, in, 1)
 	b.ReportAllocs()
 	for b.Loop() {
 		var e Entry
-		if err := decodeMessage(1, rec, &e, true); err != nil {
+		if err := decodeMessage(1, rec, &e, true, rt); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -88,7 +88,7 @@ func TestDedupFormat3Upgrade(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agentq.db")
 	emptyJournalOfVersion(t, path, 3)
 	j := mustOpenAt(t, path, Options{})
-	if j.version != 4 || metaVersionOf(t, j) != 4 || dedupRecords(t, j, bucketDedupBatch) != 0 || j.layout != layoutFor(3) {
+	if j.version != 4 || metaVersionOf(t, j) != 4 || dedupRecords(t, j, bucketDedupBatch) != 0 || dedupRecords(t, j, bucketRoutes) != 0 || j.layout != layoutFor(3) {
 		t.Fatalf("format 3 opened for writing: version %d (file says %d), layout %+v", j.version, metaVersionOf(t, j), j.layout)
 	}
 	mustAppend(t, j, msg("", "one"), msg("", "two"))

@@ -60,8 +60,11 @@
 //	          type per state. Both change in the transaction that changes
 //	          the entries, so a summary never reads the journal.
 //	msgs      seq (uint64 big-endian) -> message record (encodeMessage):
-//	          received time, type, key, fault, source, destination, dedup
-//	          id, headers, body. Written once, by Append.
+//	          received time, type, key, fault, source and destination (or,
+//	          in format 4, their route id), dedup id, headers, body.
+//	          Written once, by Append.
+//	routes    route id -> source, destination: each pair once (format 4;
+//	          see routes.go)
 //	status    seq -> status record (encodeStatus): state, attempts,
 //	          replays, times, last error, and type/key/fault when
 //	          Reextract changed them. The only record state changes write.

@@ -33,7 +33,8 @@ import (
 // journals are format 3.
 //
 // Format 4 is format 3 with the dedup slots a transaction appends stored
-// as one record (dedupbatch; see dedup.go). Open for writing makes a
+// as one record (dedupbatch; see dedup.go), and message records that name
+// their source and destination by number (routes; see routes.go). Open for writing makes a
 // format 3 file format 4, rewriting nothing: its per-entry slots drain as
 // before. A format 2 file keeps its version and per-entry slots.
 const FormatVersion = 4
@@ -58,6 +59,7 @@ var (
 	bucketDedup      = []byte("dedup")
 	bucketDedupBy    = []byte("dedupseq")
 	bucketDedupBatch = []byte("dedupbatch") // format 4
+	bucketRoutes     = []byte("routes")     // format 4
 	bucketDamaged    = []byte("damaged")
 
 	metaMagic   = []byte("magic")
@@ -77,7 +79,7 @@ const metaTypePrefix = "type:"
 var indexBuckets = [][]byte{bucketMeta, bucketReady, bucketState, bucketKeyQ, bucketKeyHead, bucketDedup, bucketDedupBy}
 
 // newBuckets are what a new journal is created with.
-var newBuckets = append(append([][]byte(nil), indexBuckets...), bucketMsgs, bucketStatus, bucketDamaged, bucketDedupBatch)
+var newBuckets = append(append([][]byte(nil), indexBuckets...), bucketMsgs, bucketStatus, bucketDamaged, bucketDedupBatch, bucketRoutes)
 
 // Sentinel errors.
 var (
@@ -226,6 +228,8 @@ type Journal struct {
 	run          runSet                   // claimed entries (see running.go)
 	dedup        *dedupIndex              // unconfirmed deliveries (see dedup.go); commit goroutine only
 	dedupBuf     []byte                   // a dedupbatch record being built; commit goroutine only
+	routes       atomic.Pointer[routeTable] // sources and destinations by number (see routes.go)
+	routesStored int                        // routes the file holds; commit goroutine only
 	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys
 	confirmed    []uint64                 // ConfirmDelivered's seqs, for the next commit
 	claimMu      sync.RWMutex             // claims hold it shared; see ClaimMatching
@@ -384,7 +388,12 @@ func (j *Journal) init(fresh bool) error {
 		return nil
 	}
 	if j.opts.ReadOnly {
-		return j.db.View(check)
+		return j.db.View(func(tx *bolt.Tx) error {
+			if err := check(tx); err != nil {
+				return err
+			}
+			return j.loadRoutes(tx)
+		})
 	}
 	err := j.db.Update(func(tx *bolt.Tx) error {
 		if err := check(tx); err != nil {
@@ -419,8 +428,10 @@ func (j *Journal) init(fresh bool) error {
 	}
 	return j.db.Update(func(tx *bolt.Tx) error {
 		if j.version == 3 {
-			if _, err := tx.CreateBucketIfNotExists(bucketDedupBatch); err != nil {
-				return err
+			for _, name := range [][]byte{bucketDedupBatch, bucketRoutes} {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return err
+				}
 			}
 			if err := tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, 4)); err != nil {
 				return err
@@ -435,8 +446,21 @@ func (j *Journal) init(fresh bool) error {
 			return fmt.Errorf("cannot load dedup slots: %w", err)
 		}
 		j.dedup = d
-		return nil
+		return j.loadRoutes(tx)
 	})
+}
+
+// loadRoutes reads the routes table (see routes.go).
+func (j *Journal) loadRoutes(tx *bolt.Tx) error {
+	rt, err := loadRoutes(tx)
+	if err != nil {
+		return fmt.Errorf("cannot load the journal's routes: %w", err)
+	}
+	j.routes.Store(rt)
+	if rt != nil {
+		j.routesStored = len(rt.byID)
+	}
+	return nil
 }
 
 // migrateBatch bounds the entries one migration transaction moves; a
@@ -862,6 +886,7 @@ func (j *Journal) commit(batch []*op) {
 		}
 	} else {
 		appended = done.appended
+		j.routesStored = max(j.routesStored, done.routesStored)
 		if !exclusive {
 			j.claimMu.Lock()
 		}

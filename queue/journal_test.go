@@ -778,8 +778,10 @@ func emptyJournalOfVersion(tb testing.TB, path string, version uint32) {
 	defer db.Close()
 	if err := db.Update(func(tx *bolt.Tx) error {
 		if version < 4 {
-			if err := tx.DeleteBucket(bucketDedupBatch); err != nil {
-				return err
+			for _, name := range [][]byte{bucketDedupBatch, bucketRoutes} {
+				if err := tx.DeleteBucket(name); err != nil {
+					return err
+				}
 			}
 		}
 		return tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, version))

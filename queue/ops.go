@@ -548,7 +548,7 @@ func (j *Journal) Get(seq uint64) (*Entry, error) {
 	var e *Entry
 	err := j.db.View(func(tx *bolt.Tx) error {
 		var err error
-		r := readersOf(tx, j.layout)
+		r := readersOf(tx, j.layout, &j.routes)
 		r.claims = j.claimed
 		e, err = r.load(seq, true)
 		return err

@@ -61,7 +61,7 @@ func (f *Filter) match(e *Entry) bool {
 // otherwise it walks the entries from FromSeq (or back from ToSeq).
 func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 	return j.db.View(func(tx *bolt.Tx) error {
-		r := readersOf(tx, j.layout)
+		r := readersOf(tx, j.layout, &j.routes)
 		r.claims = j.claimed
 		n := 0
 		visit := func(seq uint64) (bool, error) {
@@ -137,7 +137,7 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 func (j *Journal) LastSeq() uint64 {
 	var s uint64
 	_ = j.db.View(func(tx *bolt.Tx) error {
-		s = readersOf(tx, j.layout).lastSeq()
+		s = readersOf(tx, j.layout, &j.routes).lastSeq()
 		return nil
 	})
 	return s

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,14 +20,16 @@ type readers struct {
 	layout                                stateLayout
 	entries, msgs, status, state, damaged *bolt.Bucket
 	msgsS, statusS                        seeker
+	routes                                *atomic.Pointer[routeTable] // what format 3 message records name by number
 	// claims, when set, says which entries are running (claimed in
 	// memory, pending on disk): load shows them as running.
 	claims func(seq uint64) (*Entry, bool)
 }
 
-func readersOf(tx *bolt.Tx, layout stateLayout) readers {
+func readersOf(tx *bolt.Tx, layout stateLayout, routes *atomic.Pointer[routeTable]) readers {
 	r := readers{
 		layout:  layout,
+		routes:  routes,
 		entries: tx.Bucket(bucketEntries),
 		msgs:    tx.Bucket(bucketMsgs),
 		status:  tx.Bucket(bucketStatus),
@@ -77,7 +80,11 @@ func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 		if r.msgs != nil {
 			mv = r.msgsS.get(k)
 		}
-		merr = decodeMessage(seq, mv, e, full)
+		var rt *routeTable
+		if r.routes != nil {
+			rt = r.routes.Load()
+		}
+		merr = decodeMessage(seq, mv, e, full, rt)
 	}
 	if err := decodeStatus(seq, sv, e); err != nil {
 		return r.damagedEntry(seq, nil, err), nil
@@ -179,6 +186,8 @@ type txn struct {
 
 	meta, ready, keyq, keyhead, dedupBy *bolt.Bucket
 	dedupBatch                          *bolt.Bucket // nil in a format 2 file: see dedup.go
+	routes                              *bolt.Bucket // nil before format 4: see routes.go
+	routesStored                        int          // routes the file holds once this commits
 	stateS, readyS, keyqS, keyheadS     seeker
 
 	delta        [5]int64
@@ -205,7 +214,7 @@ func (j *Journal) newTxn(tx *bolt.Tx) *txn {
 
 func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 	t := &txn{
-		readers:    readersOf(tx, j.layout),
+		readers:    readersOf(tx, j.layout, &j.routes),
 		j:          j,
 		tx:         tx,
 		now:        j.opts.Now(),
@@ -215,6 +224,7 @@ func (j *Journal) newTxnArena(tx *bolt.Tx, a *arena) *txn {
 		keyhead:    tx.Bucket(bucketKeyHead),
 		dedupBy:    tx.Bucket(bucketDedupBy),
 		dedupBatch: tx.Bucket(bucketDedupBatch),
+		routes:     tx.Bucket(bucketRoutes),
 		arena:      a,
 		pauses:     j.pauses.Load(),
 	}
@@ -258,6 +268,9 @@ func (t *txn) k64(v uint64) []byte {
 // the batch.
 func (t *txn) finish() error {
 	if err := t.flushDedup(); err != nil {
+		return err
+	}
+	if err := t.flushRoutes(); err != nil {
 		return err
 	}
 	var zero [5]int64
@@ -420,7 +433,7 @@ func (t *txn) putStatus(e *Entry) error {
 
 // putMessage writes e's message record, once, at append (or migration).
 func (t *txn) putMessage(e *Entry) error {
-	t.buf = encodeMessage(t.buf[:0], e)
+	t.buf = encodeMessage(t.buf[:0], e, t.routeOf(e))
 	return t.msgs.Put(t.k64(e.Seq), t.arena.copy(t.buf))
 }
 
@@ -613,15 +626,15 @@ var maxValueSize = bolt.MaxValueSize
 // rest of its batch commits. (Keys and dedup ids of any length are indexed
 // by hash; see indexID.)
 func (t *txn) fit(e *Entry) {
-	t.buf = encodeMessage(t.buf[:0], e)
+	t.buf = encodeMessage(t.buf[:0], e, t.routeOf(e))
 	if len(t.buf) <= maxValueSize {
 		return
 	}
 	n := len(t.buf)
 	e.Headers, e.Body = nil, nil
 	e.Fault = clip(fmt.Sprintf("message of %d bytes is too large for the journal (limit %d): headers and body dropped", n, maxValueSize))
-	if t.buf = encodeMessage(t.buf[:0], e); len(t.buf) > maxValueSize {
+	if t.buf = encodeMessage(t.buf[:0], e, 0); len(t.buf) > maxValueSize {
 		e.Source, e.Destination, e.Type, e.Key, e.DedupID = "", "", "", "", nil
-		t.buf = encodeMessage(t.buf[:0], e)
+		t.buf = encodeMessage(t.buf[:0], e, 0)
 	}
 }

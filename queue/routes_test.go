@@ -1,0 +1,100 @@
+package queue
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// messageFormats counts the journal's message records by format byte, and
+// returns its routes bucket's size (-1 without one).
+func messageFormats(tb testing.TB, j *Journal) (map[byte]int, int) {
+	tb.Helper()
+	formats, routes := map[byte]int{}, -1
+	if err := j.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketRoutes); b != nil {
+			routes = b.Stats().KeyN
+		}
+		return tx.Bucket(bucketMsgs).ForEach(func(_, v []byte) error {
+			formats[v[0]]++
+			return nil
+		})
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return formats, routes
+}
+
+// Ensure message records name their source and destination by route:
+// each pair is stored once, past maxRoutes pairs records carry theirs
+// inline, a pair added by a commit that failed reaches the file with the
+// next one, and every entry reads back whole before and after a reopen,
+// for writing and read-only. A format 2 file goes on writing its records
+// inline.
+func TestRoutes(t *testing.T) {
+	defer func(n int) { maxRoutes = n }(maxRoutes)
+	maxRoutes = 3
+	for _, version := range []uint32{FormatVersion, 2} {
+		t.Run(fmt.Sprint("format", version), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "agentq.db")
+			if version != FormatVersion {
+				emptyJournalOfVersion(t, path, version)
+			}
+			j := mustOpenAt(t, path, Options{})
+			var want []*Entry
+			for i := 0; i < 10; i++ {
+				e := msg("", fmt.Sprint("body ", i))
+				e.Source, e.Destination = fmt.Sprint("src", i%2), fmt.Sprint("/queue/d", i%5)
+				want = append(want, e)
+			}
+			mustAppend(t, j, want[:6]...)
+			// A commit that fails leaves its new pair in the table: as
+			// if one had added ("src9", "/queue/lost") and rolled back.
+			if version == FormatVersion {
+				rt := j.routes.Load()
+				phantom := route{"src9", "/queue/lost"}
+				j.routes.Store(&routeTable{
+					ids:  map[route]uint64{phantom: uint64(len(rt.byID)) + 1},
+					byID: append(append([]route(nil), rt.byID...), phantom),
+				})
+				for r, id := range rt.ids {
+					j.routes.Load().ids[r] = id
+				}
+				e := msg("", "after a failed commit")
+				e.Source, e.Destination = phantom.source, phantom.destination
+				want = append(want, e)
+			}
+			mustAppend(t, j, want[6:]...)
+			formats, routes := messageFormats(t, j)
+			if version == FormatVersion {
+				// Pairs: src0 d0, src1 d1, src0 d2 by route (maxRoutes 3),
+				// then the phantom, kept as the 4th; the rest inline.
+				if routes != 4 || formats[messageFormatRouted] == 0 || formats[messageFormat] == 0 {
+					t.Fatalf("routes %d, records by format %v; want 4 routes and records of both formats", routes, formats)
+				}
+			} else if routes != -1 || formats[messageFormatRouted] != 0 {
+				t.Fatalf("format 2 file: routes %d, records by format %v; want no routes, every record inline", routes, formats)
+			}
+			check := func(j *Journal, when string) {
+				t.Helper()
+				for i, w := range want {
+					e, err := j.Get(uint64(i + 1))
+					if err != nil || e.Damage != "" || e.Source != w.Source || e.Destination != w.Destination || string(e.Body) != string(w.Body) {
+						t.Fatalf("%s: entry %d = %+v, %v; want source %q destination %q body %q", when, i+1, e, err, w.Source, w.Destination, w.Body)
+					}
+				}
+			}
+			check(j, "written")
+			j.Close()
+			ro, err := Open(path, Options{ReadOnly: true, Logger: quietLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(ro, "read-only")
+			ro.Close()
+			check(mustOpenAt(t, path, Options{}), "reopened")
+		})
+	}
+}
