@@ -28,7 +28,7 @@ func (j *Journal) Check() error {
 		}
 	}
 	err := j.db.View(func(tx *bolt.Tx) error {
-		t := j.newTxn(tx)            // for firstOfKey
+		t := j.newTxn(tx)                       // for firstOfKey
 		r := readersOf(tx, j.layout, &j.routes) // entries as stored: claimed ones are pending
 		var counts [5]int64
 		types := map[string]*[5]int64{}

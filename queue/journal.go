@@ -224,24 +224,24 @@ type Journal struct {
 	once     sync.Once
 	cancel   context.CancelFunc
 
-	mu           sync.Mutex               // guards counts, typeCounts and run
-	run          runSet                   // claimed entries (see running.go)
-	dedup        *dedupIndex              // unconfirmed deliveries (see dedup.go); commit goroutine only
-	dedupBuf     []byte                   // a dedupbatch record being built; commit goroutine only
+	mu           sync.Mutex                 // guards counts, typeCounts and run
+	run          runSet                     // claimed entries (see running.go)
+	dedup        *dedupIndex                // unconfirmed deliveries (see dedup.go); commit goroutine only
+	dedupBuf     []byte                     // a dedupbatch record being built; commit goroutine only
 	routes       atomic.Pointer[routeTable] // sources and destinations by number (see routes.go)
 	routesStored int                        // routes the file holds; commit goroutine only
-	toPark       map[uint64][]byte        // damaged entries a claim found, with their ready keys
-	confirmed    []uint64                 // ConfirmDelivered's seqs, for the next commit
-	claimMu      sync.RWMutex             // claims hold it shared; see ClaimMatching
-	counts       [5]int64                 // entries by State (index = State), as stored
-	outPending   int64                    // outbox messages (see OutboxCounts)
-	outFailed    int64                    // of which failed at least once
-	typeCounts   map[string]*[5]int64     // entries by type, then State
-	version      uint32                   // format of the file as opened
-	layout       stateLayout              // its state index's keys (layoutFor(version))
-	typesScanned bool                     // a format 1 file's type counts were made by Counts
-	arena        arena                    // the commit goroutine's key and value memory
-	pauses       atomic.Pointer[pauseSet] // paused type patterns (see pause.go)
+	toPark       map[uint64][]byte          // damaged entries a claim found, with their ready keys
+	confirmed    []uint64                   // ConfirmDelivered's seqs, for the next commit
+	claimMu      sync.RWMutex               // claims hold it shared; see ClaimMatching
+	counts       [5]int64                   // entries by State (index = State), as stored
+	outPending   int64                      // outbox messages (see OutboxCounts)
+	outFailed    int64                      // of which failed at least once
+	typeCounts   map[string]*[5]int64       // entries by type, then State
+	version      uint32                     // format of the file as opened
+	layout       stateLayout                // its state index's keys (layoutFor(version))
+	typesScanned bool                       // a format 1 file's type counts were made by Counts
+	arena        arena                      // the commit goroutine's key and value memory
+	pauses       atomic.Pointer[pauseSet]   // paused type patterns (see pause.go)
 
 	stats struct {
 		appends, duplicates, commits, ops atomic.Uint64
