@@ -36,74 +36,22 @@ func (j *Journal) retentionLoop(ctx context.Context) {
 func (j *Journal) Expire(ctx context.Context) (int, error) {
 	total := 0
 	batch := j.opts.RetentionBatch
-	// Dedup slots, oldest first.
-	for {
-		n := 0
-		err := j.updateLazy(ctx, func(t *txn) error {
-			n = 0
-			cut := unixNano(t.now.Add(-j.opts.DedupWindow))
-			c := t.dedupBy.Cursor()
-			var seqs []uint64
-			for k, v := c.First(); k != nil && len(seqs) < batch; k, v = c.Next() {
-				if len(v) < 8 || int64(binary.BigEndian.Uint64(v)) > cut {
-					break
-				}
-				seqs = append(seqs, binary.BigEndian.Uint64(k))
+	// Dedup slots, oldest first: format 3's record per slot, then format
+	// 4's record per transaction.
+	for _, prune := range []func(t *txn, cut int64) (int, error){(*txn).pruneDedupSeq, (*txn).pruneDedupBatch} {
+		for {
+			n := 0
+			err := j.updateLazy(ctx, func(t *txn) error {
+				var err error
+				n, err = prune(t, unixNano(t.now.Add(-j.opts.DedupWindow)))
+				return err
+			})
+			if err != nil {
+				return total, err
 			}
-			for _, s := range seqs {
-				if err := t.dropDedup(s); err != nil {
-					return err
-				}
+			if n < batch {
+				break
 			}
-			n = len(seqs)
-			return nil
-		})
-		if err != nil {
-			return total, err
-		}
-		if n < batch {
-			break
-		}
-	}
-	// dedupbatch records, oldest first: each goes whole, with its slots.
-	for {
-		n := 0
-		err := j.updateLazy(ctx, func(t *txn) error {
-			n = 0
-			if t.dedupBatch == nil {
-				return nil
-			}
-			cut := unixNano(t.now.Add(-j.opts.DedupWindow))
-			c := t.dedupBatch.Cursor()
-			var keys [][]byte
-			for k, v := c.First(); k != nil && len(keys) < batch; k, v = c.Next() {
-				inserted, _ := batchSlots(0, v, func(uint64, []byte) {})
-				if len(v) >= 8 && inserted > cut {
-					break
-				}
-				keys = append(keys, t.arena.copy(k))
-				if len(k) == 8 {
-					batchSlots(binary.BigEndian.Uint64(k), v, func(seq uint64, _ []byte) {
-						if t.dd.forgot == nil {
-							t.dd.forgot = map[uint64]bool{}
-						}
-						t.dd.forgot[seq] = true
-					})
-				}
-			}
-			for _, k := range keys {
-				if err := t.dedupBatch.Delete(k); err != nil {
-					return err
-				}
-			}
-			n = len(keys)
-			return nil
-		})
-		if err != nil {
-			return total, err
-		}
-		if n < batch {
-			break
 		}
 	}
 	if j.opts.Retention <= 0 {
@@ -223,4 +171,54 @@ func Compact(src string) (before, after int64, err error) {
 		after = fi.Size()
 	}
 	return before, after, nil
+}
+
+// pruneDedupSeq deletes up to RetentionBatch dedupseq records inserted
+// before cut (Unix nanoseconds), oldest first, and returns how many.
+func (t *txn) pruneDedupSeq(cut int64) (int, error) {
+	c := t.dedupBy.Cursor()
+	var seqs []uint64
+	for k, v := c.First(); k != nil && len(seqs) < t.j.opts.RetentionBatch; k, v = c.Next() {
+		if len(v) < 8 || int64(binary.BigEndian.Uint64(v)) > cut {
+			break
+		}
+		seqs = append(seqs, binary.BigEndian.Uint64(k))
+	}
+	for _, s := range seqs {
+		if err := t.dropDedup(s); err != nil {
+			return 0, err
+		}
+	}
+	return len(seqs), nil
+}
+
+// pruneDedupBatch deletes up to RetentionBatch dedupbatch records
+// inserted before cut, oldest first, each whole with its slots, and
+// returns how many. A record too short for its time goes too.
+func (t *txn) pruneDedupBatch(cut int64) (int, error) {
+	if t.dedupBatch == nil {
+		return 0, nil
+	}
+	c := t.dedupBatch.Cursor()
+	var keys [][]byte
+	for k, v := c.First(); k != nil && len(keys) < t.j.opts.RetentionBatch; k, v = c.Next() {
+		if len(v) >= 8 && int64(binary.BigEndian.Uint64(v)) > cut {
+			break
+		}
+		keys = append(keys, t.arena.copy(k))
+		if len(k) == 8 {
+			batchSlots(binary.BigEndian.Uint64(k), v, func(seq uint64, _ []byte) {
+				if t.dd.forgot == nil {
+					t.dd.forgot = map[uint64]bool{}
+				}
+				t.dd.forgot[seq] = true
+			})
+		}
+	}
+	for _, k := range keys {
+		if err := t.dedupBatch.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
 }
