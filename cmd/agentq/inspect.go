@@ -171,11 +171,10 @@ func mib(n int64) string {
 }
 
 func printSummary(w io.Writer, s *admin.Summary) {
-	free := ""
-	if s.FreeBytes != nil {
-		free = fmt.Sprintf(", %s of it free", mib(*s.FreeBytes))
-	}
-	fmt.Fprintf(w, "journal %s: %d entries received in all; %s%s\n\n", s.Journal, s.LastSeq, mib(s.SizeBytes), free)
+	// The size, not the free space in it: offline, bbolt does not read its
+	// free list, and the summary reads the same whether the agent runs or
+	// not (/v1/summary's free_bytes and /metrics have it).
+	fmt.Fprintf(w, "journal %s: %d entries received in all; %s\n\n", s.Journal, s.LastSeq, mib(s.SizeBytes))
 	states := []string{"pending", "retrying", "running", "done", "stuck"}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "TYPE\t%s\n", strings.ToUpper(strings.Join(states, "\t")))
