@@ -101,16 +101,21 @@ func decodeMessage(seq uint64, data []byte, e *Entry, full bool, routes *routeTa
 	e.Type = d.string()
 	e.Key = d.string()
 	e.Fault = d.string()
+	if format == messageFormatRouted && d.err == nil {
+		// Checked even when only the routing fields are wanted: a
+		// record whose route is lost must read as damaged to every
+		// reader, so that it is parked rather than run.
+		id := d.uvarint()
+		r, ok := routes.lookup(id)
+		if d.err == nil && !ok {
+			return fmt.Errorf("%w %d: message record names route %d, which the journal does not hold", errCorrupt, seq, id)
+		}
+		e.Source, e.Destination = r.source, r.destination
+	}
 	if full {
 		if format == messageFormat {
 			e.Source = d.string()
 			e.Destination = d.string()
-		} else if id := d.uvarint(); d.err == nil {
-			r, ok := routes.lookup(id)
-			if !ok {
-				return fmt.Errorf("%w %d: message record names route %d, which the journal does not hold", errCorrupt, seq, id)
-			}
-			e.Source, e.Destination = r.source, r.destination
 		}
 		e.DedupID = d.bytes()
 		e.Headers = d.headers()

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"encoding/binary"
+	"hash/crc32"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,7 +19,9 @@ import (
 // A format 4 journal stores the slots a transaction appends as one record
 // in dedupbatch: the sequence of its first slot -> insert time, then for
 // each slot still unconfirmed its distance from that sequence and its
-// dedup prefix. Ingest confirms a commit's deliveries together, so the
+// dedup prefix, then a CRC-32C of all that. A record that fails its
+// checksum gives no slots (a redelivery of its messages is journaled
+// again: a duplicate, never a loss) and retention deletes it. Ingest confirms a commit's deliveries together, so the
 // next commit deletes the record: a batch of messages costs one write and
 // one delete, not one of each per message. A confirmation of only some of
 // a record's slots rewrites it without them.
@@ -142,13 +145,26 @@ func loadDedup(tx *bolt.Tx, writable bool) (*dedupIndex, error) {
 }
 
 // batchSlots calls fn with each slot of dedupbatch record v, whose key is
-// first, and returns the record's insert time (Unix nanoseconds). It stops
-// at the first malformed slot and then reports ok false.
+// first, and returns the record's insert time (Unix nanoseconds). A record
+// that fails its checksum, or has a malformed slot, reports ok false and
+// gives no slots.
 func batchSlots(first uint64, v []byte, fn func(seq uint64, prefix []byte)) (inserted int64, ok bool) {
-	if len(v) < 8 {
+	if len(v) < 8+4 || crc32.Checksum(v[:len(v)-4], castagnoli) != binary.BigEndian.Uint32(v[len(v)-4:]) {
 		return 0, false
 	}
-	inserted, v = int64(binary.BigEndian.Uint64(v)), v[8:]
+	inserted, v = int64(binary.BigEndian.Uint64(v)), v[8:len(v)-4]
+	for rest := v; len(rest) > 0; { // check every slot before giving any
+		_, n := binary.Uvarint(rest)
+		if n <= 0 {
+			return inserted, false
+		}
+		rest = rest[n:]
+		l, m := binary.Uvarint(rest)
+		if m <= 0 || l > uint64(len(rest)-m) {
+			return inserted, false
+		}
+		rest = rest[m+int(l):]
+	}
 	for len(v) > 0 {
 		delta, n := binary.Uvarint(v)
 		if n <= 0 {
@@ -222,7 +238,8 @@ func (t *txn) batchOf(seq uint64) uint64 {
 // records that lost slots without them. finish calls it.
 func (t *txn) flushDedup() error {
 	if t.dd.batch != 0 {
-		if err := t.dedupBatch.Put(t.k64(t.dd.batch), t.arena.copy(t.j.dedupBuf)); err != nil {
+		rec := binary.BigEndian.AppendUint32(t.j.dedupBuf, crc32.Checksum(t.j.dedupBuf, castagnoli))
+		if err := t.dedupBatch.Put(t.k64(t.dd.batch), t.arena.copy(rec)); err != nil {
 			return err
 		}
 	}
@@ -241,6 +258,7 @@ func (t *txn) flushDedup() error {
 				kept++
 			}
 		})
+		out = binary.BigEndian.AppendUint32(out, crc32.Checksum(out, castagnoli))
 		t.j.dedupBuf = out
 		var err error
 		if kept == 0 {

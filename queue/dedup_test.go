@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -132,5 +133,56 @@ func TestDedupFormat3Upgrade(t *testing.T) {
 	}
 	if got := batchRecordSeqs(t, j); len(got) != 0 {
 		t.Fatalf("dedupbatch holds %v after its only slot was confirmed, want nothing", got)
+	}
+}
+
+// Ensure a dedupbatch record that fails its checksum gives no slots: a
+// flipped bit that turns a slot's id into another message's id must not
+// make that message look like a redelivery (it would be dropped: a loss).
+// A redelivery of the damaged slot's own message is journaled again (a
+// duplicate, never a loss), and retention deletes the record whatever its
+// time says.
+func TestDedupBatchRecordDamaged(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{DedupWindow: time.Hour})
+	e := msg("", "x")
+	e.DedupID = []byte("id-1")
+	first := mustAppend(t, j, e)[0]
+	j.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDedupBatch)
+		v := append([]byte(nil), b.Get(u64(first))...)
+		i := len(v) - 4 - 1 // the last byte of the slot's id, before the CRC
+		if v[i] != '1' {
+			return fmt.Errorf("record %x: want the id's last byte at %d", v, i)
+		}
+		v[i] = '3' // "id-1" becomes "id-3"
+		return b.Put(u64(first), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	j = mustOpenAt(t, path, Options{DedupWindow: time.Hour})
+	other := msg("", "another message")
+	other.DedupID, other.Redelivered, other.Connection = []byte("id-3"), true, 2
+	if res, err := j.Append(ctx, other); err != nil || res[0].Duplicate {
+		t.Fatalf("a redelivered message whose id the damaged slot now spells: %+v, %v; want it journaled", res, err)
+	}
+	again := msg("", "x")
+	again.DedupID, again.Redelivered, again.Connection = []byte("id-1"), true, 2
+	res, err := j.Append(ctx, again)
+	if err != nil || res[0].Duplicate {
+		t.Fatalf("redelivery after its slot's record was damaged: %+v, %v; want it journaled again", res, err)
+	}
+	if _, err := j.Expire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := batchRecordSeqs(t, j); len(got) != 2 || got[res[0].Seq] == nil {
+		t.Fatalf("after retention: records %v, want only the two new appends'", got)
 	}
 }

@@ -63,8 +63,8 @@
 //	          received time, type, key, fault, source and destination (or,
 //	          in format 4, their route id), dedup id, headers, body.
 //	          Written once, by Append.
-//	routes    route id -> source, destination: each pair once (format 4;
-//	          see routes.go)
+//	routes    route id -> source, destination, CRC-32C: each pair once
+//	          (format 4; see routes.go)
 //	status    seq -> status record (encodeStatus): state, attempts,
 //	          replays, times, last error, and type/key/fault when
 //	          Reextract changed them. The only record state changes write.
@@ -82,14 +82,14 @@
 //	          confirmed or DedupWindow passes, one record each (formats 2
 //	          and 3). The index of them by id lives in memory (dedup.go).
 //	dedupbatch  seq of a transaction's first slot -> insert time, then per
-//	          slot its distance from that seq and its dedup prefix: the
-//	          unconfirmed slots the transaction appended (format 4; see
-//	          dedup.go)
+//	          slot its distance from that seq and its dedup prefix, then a
+//	          CRC-32C: the unconfirmed slots the transaction appended
+//	          (format 4; see dedup.go)
 //	dedup     empty; journals before the in-memory index kept it there
 //	damaged   seq -> "damaged entry: ..." for entries parked because their
 //	          records do not decode
 //
-// Both records end in a CRC-32C. Format 1 (agentq before the split) kept
+// Both records end in a CRC-32C, as do dedupbatch and routes records. Format 1 (agentq before the split) kept
 // one value per entry in a bucket "entries", rewritten on every state
 // change. Open for writing migrates such a file in transactions of 4096
 // entries, marking it format 2 in the first; a crash in between leaves

@@ -438,6 +438,9 @@ func (j *Journal) init(fresh bool) error {
 			}
 			j.version = 4 // the layout stays: layoutFor(3) is layoutFor(4)
 		}
+		if err := j.loadRoutes(tx); err != nil { // before recover: it reads message records
+			return err
+		}
 		if err := j.recover(tx); err != nil {
 			return err
 		}
@@ -446,7 +449,7 @@ func (j *Journal) init(fresh bool) error {
 			return fmt.Errorf("cannot load dedup slots: %w", err)
 		}
 		j.dedup = d
-		return j.loadRoutes(tx)
+		return nil
 	})
 }
 
@@ -454,7 +457,9 @@ func (j *Journal) init(fresh bool) error {
 func (j *Journal) loadRoutes(tx *bolt.Tx) error {
 	rt, err := loadRoutes(tx)
 	if err != nil {
-		return fmt.Errorf("cannot load the journal's routes: %w", err)
+		// Not fatal: what names a lost route is parked as damaged.
+		j.log.Error("journal routes damaged: entries that name the damaged route or a later one are parked as stuck; new entries carry their source and destination in full",
+			"journal", j.path, "routes_read", len(rt.byID), "error", err)
 	}
 	j.routes.Store(rt)
 	if rt != nil {

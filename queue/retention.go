@@ -194,7 +194,8 @@ func (t *txn) pruneDedupSeq(cut int64) (int, error) {
 
 // pruneDedupBatch deletes up to RetentionBatch dedupbatch records
 // inserted before cut, oldest first, each whole with its slots, and
-// returns how many. A record too short for its time goes too.
+// returns how many. A record that does not decode goes too: it gave no
+// slots.
 func (t *txn) pruneDedupBatch(cut int64) (int, error) {
 	if t.dedupBatch == nil {
 		return 0, nil
@@ -202,17 +203,21 @@ func (t *txn) pruneDedupBatch(cut int64) (int, error) {
 	c := t.dedupBatch.Cursor()
 	var keys [][]byte
 	for k, v := c.First(); k != nil && len(keys) < t.j.opts.RetentionBatch; k, v = c.Next() {
-		if len(v) >= 8 && int64(binary.BigEndian.Uint64(v)) > cut {
+		first := uint64(0)
+		if len(k) == 8 {
+			first = binary.BigEndian.Uint64(k)
+		}
+		var seqs []uint64
+		inserted, ok := batchSlots(first, v, func(seq uint64, _ []byte) { seqs = append(seqs, seq) })
+		if ok && len(k) == 8 && inserted > cut {
 			break
 		}
 		keys = append(keys, t.arena.copy(k))
-		if len(k) == 8 {
-			batchSlots(binary.BigEndian.Uint64(k), v, func(seq uint64, _ []byte) {
-				if t.dd.forgot == nil {
-					t.dd.forgot = map[uint64]bool{}
-				}
-				t.dd.forgot[seq] = true
-			})
+		for _, seq := range seqs {
+			if t.dd.forgot == nil {
+				t.dd.forgot = map[uint64]bool{}
+			}
+			t.dd.forgot[seq] = true
 		}
 	}
 	for _, k := range keys {

@@ -3,6 +3,7 @@ package queue
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -12,7 +13,8 @@ import (
 // Every message of a source repeats its source's name and the destination
 // it came from; a Waldur site's destinations are queue names of about 100
 // bytes. A format 4 journal keeps each pair once, in the routes bucket
-// (id, uint64 big-endian -> uvarint length + source, then destination),
+// (id, uint64 big-endian -> uvarint length + source, then destination,
+// then a CRC-32C of both),
 // and its message records (format 3) name the pair by id. Ids are dense
 // from 1 and never reused or deleted, so a record stays readable for as
 // long as it exists.
@@ -28,12 +30,18 @@ import (
 // commit: a reader that sees the commit's records then also sees their
 // pairs. Each transaction stores every pair the file may lack, so a failed
 // commit's pairs, still in the table, reach the file with the next one.
+//
+// A route record that does not decode (or breaks the sequence) ends the
+// table where it stands, and freezes it: the records that name it or a
+// later id are damaged entries, parked as stuck like any other, and new
+// records carry their pair inline, so no id is ever given a second pair.
 type route struct{ source, destination string }
 
 // routeTable is an immutable snapshot of the routes bucket.
 type routeTable struct {
-	ids  map[route]uint64
-	byID []route // id i at index i-1
+	ids    map[route]uint64
+	byID   []route // id i at index i-1
+	frozen bool    // a stored route did not decode: add none (see above)
 }
 
 // maxRoutes bounds the pairs a journal names by number.
@@ -47,42 +55,55 @@ func (rt *routeTable) lookup(id uint64) (route, bool) {
 }
 
 // loadRoutes reads the routes bucket; nil when there is none (formats 1
-// to 3).
+// to 3). With damage it returns the routes before it, frozen, and an
+// error that says what it found.
 func loadRoutes(tx *bolt.Tx) (*routeTable, error) {
 	b := tx.Bucket(bucketRoutes)
 	if b == nil {
 		return nil, nil
 	}
 	rt := &routeTable{ids: map[route]uint64{}}
-	err := b.ForEach(func(k, v []byte) error {
-		id := uint64(0)
-		if len(k) == 8 {
-			id = binary.BigEndian.Uint64(k)
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		id := uint64(len(rt.byID)) + 1
+		if len(k) != 8 || binary.BigEndian.Uint64(k) != id {
+			rt.frozen = true
+			return rt, fmt.Errorf("%w: route key %x where route %d belongs", errCorrupt, k, id)
 		}
-		if id != uint64(len(rt.byID))+1 {
-			return fmt.Errorf("%w: route %x out of sequence after %d routes", errCorrupt, k, len(rt.byID))
-		}
-		d := decoder{b: v}
-		r := route{source: d.string()}
-		r.destination = string(d.b)
-		if d.err != nil {
-			return fmt.Errorf("%w: route %d: %v", errCorrupt, id, d.err)
+		r, ok := decodeRoute(v)
+		if !ok {
+			rt.frozen = true
+			return rt, fmt.Errorf("%w: route %d does not decode", errCorrupt, id)
 		}
 		rt.byID = append(rt.byID, r)
 		rt.ids[r] = id
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	return rt, nil
+}
+
+// encodeRoute is a route record: uvarint length + source, destination,
+// CRC-32C of both.
+func encodeRoute(r route) []byte {
+	v := appendString(nil, r.source)
+	v = append(v, r.destination...)
+	return binary.BigEndian.AppendUint32(v, crc32.Checksum(v, castagnoli))
+}
+
+func decodeRoute(v []byte) (route, bool) {
+	if len(v) < 5 || crc32.Checksum(v[:len(v)-4], castagnoli) != binary.BigEndian.Uint32(v[len(v)-4:]) {
+		return route{}, false
+	}
+	d := decoder{b: v[:len(v)-4]}
+	r := route{source: d.string()}
+	r.destination = string(d.b)
+	return r, d.err == nil
 }
 
 // routeOf returns the id of e's pair, adding it to the table when it is
 // new and there is room; 0 when e's record must carry its pair inline.
 func (t *txn) routeOf(e *Entry) uint64 {
 	rt := t.j.routes.Load()
-	if t.routes == nil || rt == nil {
+	if t.routes == nil || rt == nil || rt.frozen {
 		return 0
 	}
 	r := route{e.Source, e.Destination}
@@ -112,9 +133,7 @@ func (t *txn) flushRoutes() error {
 	}
 	// j.routesStored moves on only once the commit has succeeded.
 	for id := t.j.routesStored + 1; id <= len(rt.byID); id++ {
-		r := rt.byID[id-1]
-		v := appendString(nil, r.source)
-		if err := t.routes.Put(u64(uint64(id)), append(v, r.destination...)); err != nil {
+		if err := t.routes.Put(u64(uint64(id)), encodeRoute(rt.byID[id-1])); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -96,5 +97,70 @@ func TestRoutes(t *testing.T) {
 			ro.Close()
 			check(mustOpenAt(t, path, Options{}), "reopened")
 		})
+	}
+}
+
+// Ensure a damaged route record costs only the entries that name it or a
+// later route: they read as damaged and are parked as stuck; the journal
+// opens, earlier routes still read, and new entries carry their pair
+// inline, so no id is given a second pair.
+func TestRoutesDamaged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{})
+	var es []*Entry
+	for i, dest := range []string{"/queue/a", "/queue/b", "/queue/c", "/queue/a"} {
+		e := msg("", fmt.Sprint("body ", i))
+		e.Source, e.Destination = "src", dest
+		es = append(es, e)
+	}
+	mustAppend(t, j, es...)
+	j.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRoutes)
+		v := append([]byte(nil), b.Get(u64(2))...)
+		v[2] ^= 0x40 // route 2: /queue/b
+		return b.Put(u64(2), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	j = mustOpenAt(t, path, Options{})
+	for seq, wantDamaged := range map[uint64]bool{1: false, 2: true, 3: true, 4: false} {
+		e, err := j.Get(seq)
+		if err != nil || (e.Damage != "") != wantDamaged {
+			t.Fatalf("entry %d after route 2 was damaged: %+v, %v; want damaged %v", seq, e, err, wantDamaged)
+		}
+	}
+	// New entries, with a pair old or new, carry it inline.
+	fresh := msg("", "after")
+	fresh.Source, fresh.Destination = "src", "/queue/d"
+	mustAppend(t, j, fresh)
+	if formats, routes := messageFormats(t, j); routes != 3 || formats[messageFormat] != 1 {
+		t.Fatalf("after damage: %d routes stored, records by format %v; want the 3 stored and the new record inline", routes, formats)
+	}
+	// Claims park the damaged entries as stuck, and the rest run.
+	for {
+		got := mustClaim(t, j, 10)
+		if len(got) == 0 {
+			break
+		}
+		for _, e := range got {
+			if err := j.Settle(context.Background(), Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{})
+	st := j.Stats()
+	if st.ByState[StateStuck] != 2 || st.ByState[StateDone] != 3 || st.Damaged != 2 {
+		t.Fatalf("after draining: %v, %d damaged; want 2 stuck (damaged), 3 done", st.ByState, st.Damaged)
+	}
+	if e, err := j.Get(5); err != nil || e.Destination != "/queue/d" {
+		t.Fatalf("the entry written inline after the damage: %+v, %v", e, err)
 	}
 }
