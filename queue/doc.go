@@ -89,9 +89,9 @@
 //	damaged   seq -> "damaged entry: ..." for entries parked because their
 //	          records do not decode
 //
-// Both records end in a CRC-32C, as do dedupbatch and routes records. Format 1 (agentq before the split) kept
-// one value per entry in a bucket "entries", rewritten on every state
-// change. Open for writing migrates such a file in transactions of 4096
+// Both records end in a CRC-32C, as do dedupbatch and routes records.
+// Format 1 (agentq before the split) kept one value per entry in a bucket
+// "entries", rewritten on every state change. Open for writing migrates such a file in transactions of 4096
 // entries, marking it format 2 in the first; a crash in between leaves
 // entries in both buckets, which every read understands, and the next
 // Open goes on. A read-only Open (inspect) reads format 1 as it is.
