@@ -154,31 +154,32 @@ func batchSlots(first uint64, v []byte, fn func(seq uint64, prefix []byte)) (ins
 	}
 	inserted, v = int64(binary.BigEndian.Uint64(v)), v[8:len(v)-4]
 	for rest := v; len(rest) > 0; { // check every slot before giving any
-		_, n := binary.Uvarint(rest)
-		if n <= 0 {
+		var ok bool
+		if _, _, rest, ok = nextSlot(rest); !ok {
 			return inserted, false
 		}
-		rest = rest[n:]
-		l, m := binary.Uvarint(rest)
-		if m <= 0 || l > uint64(len(rest)-m) {
-			return inserted, false
-		}
-		rest = rest[m+int(l):]
 	}
 	for len(v) > 0 {
-		delta, n := binary.Uvarint(v)
-		if n <= 0 {
-			return inserted, false
-		}
-		v = v[n:]
-		l, m := binary.Uvarint(v)
-		if m <= 0 || l > uint64(len(v)-m) {
-			return inserted, false
-		}
-		fn(first+delta, v[:m+int(l)])
-		v = v[m+int(l):]
+		delta, prefix, rest, _ := nextSlot(v)
+		fn(first+delta, prefix)
+		v = rest
 	}
 	return inserted, true
+}
+
+// nextSlot reads one slot of a dedupbatch record: its distance from the
+// record's key and its dedup prefix.
+func nextSlot(v []byte) (delta uint64, prefix, rest []byte, ok bool) {
+	delta, n := binary.Uvarint(v)
+	if n <= 0 {
+		return 0, nil, nil, false
+	}
+	v = v[n:]
+	l, m := binary.Uvarint(v)
+	if m <= 0 || l > uint64(len(v)-m) {
+		return 0, nil, nil, false
+	}
+	return delta, v[:m+int(l)], v[m+int(l):], true
 }
 
 // dedupChanges are a transaction's changes to the dedup index, applied

@@ -95,11 +95,7 @@ func TestDedupFormat3Upgrade(t *testing.T) {
 	mustAppend(t, j, msg("", "one"), msg("", "two"))
 	j.Close()
 	// Slots as format 3 stored them, for both entries, with one id.
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
+	updateFile(t, path, func(tx *bolt.Tx) error {
 		for _, seq := range []uint64{1, 2} {
 			v := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
 			if err := tx.Bucket(bucketDedupBy).Put(u64(seq), append(v, dedupKey([]byte("old"), seq)...)); err != nil {
@@ -107,10 +103,7 @@ func TestDedupFormat3Upgrade(t *testing.T) {
 			}
 		}
 		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	})
 	j = mustOpenAt(t, path, Options{})
 	redelivery := func() *Entry {
 		e := msg("", "x")
@@ -150,11 +143,7 @@ func TestDedupBatchRecordDamaged(t *testing.T) {
 	e.DedupID = []byte("id-1")
 	first := mustAppend(t, j, e)[0]
 	j.Close()
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
+	updateFile(t, path, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDedupBatch)
 		v := append([]byte(nil), b.Get(u64(first))...)
 		i := len(v) - 4 - 1 // the last byte of the slot's id, before the CRC
@@ -163,10 +152,7 @@ func TestDedupBatchRecordDamaged(t *testing.T) {
 		}
 		v[i] = '3' // "id-1" becomes "id-3"
 		return b.Put(u64(first), v)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	})
 	j = mustOpenAt(t, path, Options{DedupWindow: time.Hour})
 	other := msg("", "another message")
 	other.DedupID, other.Redelivered, other.Connection = []byte("id-3"), true, 2

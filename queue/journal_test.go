@@ -677,14 +677,7 @@ func testRedeliveryDedup(t *testing.T, path string, version uint32) {
 	// index of them lives in memory), and a journal written before that
 	// kept an index bucket, which Open empties.
 	j.Close()
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDedup).Put([]byte("stale"), u64(1)) }); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	updateFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bucketDedup).Put([]byte("stale"), u64(1)) })
 	j = mustOpenAt(t, path, Options{})
 	if err := j.db.View(func(tx *bolt.Tx) error {
 		if k, _ := tx.Bucket(bucketDedup).Cursor().First(); k != nil {
@@ -771,12 +764,7 @@ func emptyJournalOfVersion(tb testing.TB, path string, version uint32) {
 		tb.Fatal(err)
 	}
 	j.Close()
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Update(func(tx *bolt.Tx) error {
+	updateFile(tb, path, func(tx *bolt.Tx) error {
 		if version < 4 {
 			for _, name := range [][]byte{bucketDedupBatch, bucketRoutes} {
 				if err := tx.DeleteBucket(name); err != nil {
@@ -785,7 +773,19 @@ func emptyJournalOfVersion(tb testing.TB, path string, version uint32) {
 			}
 		}
 		return tx.Bucket(bucketMeta).Put(metaVersion, binary.BigEndian.AppendUint32(nil, version))
-	}); err != nil {
+	})
+}
+
+// updateFile changes a closed journal's file through bbolt itself, as
+// another agentq, or an older one, would have written it.
+func updateFile(tb testing.TB, path string, fn func(tx *bolt.Tx) error) {
+	tb.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(fn); err != nil {
 		tb.Fatal(err)
 	}
 }

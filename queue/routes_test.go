@@ -115,19 +115,7 @@ func TestRoutesDamaged(t *testing.T) {
 	}
 	mustAppend(t, j, es...)
 	j.Close()
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRoutes)
-		v := append([]byte(nil), b.Get(u64(2))...)
-		v[2] ^= 0x40 // route 2: /queue/b
-		return b.Put(u64(2), v)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	corruptValue(t, path, bucketRoutes, u64(2)) // route 2: /queue/b
 	j = mustOpenAt(t, path, Options{})
 	for seq, wantDamaged := range map[uint64]bool{1: false, 2: true, 3: true, 4: false} {
 		e, err := j.Get(seq)
