@@ -221,18 +221,27 @@ func (t *txn) addDedup(e *Entry) error {
 	return nil
 }
 
-// batchOf returns the key of the dedupbatch record that holds seq's slot,
-// 0 for a dedupseq record or none.
-func (t *txn) batchOf(seq uint64) uint64 {
+// slotOf reports whether seq has a slot, in the index or added by this
+// transaction, and the key of the dedupbatch record that holds it (0: a
+// dedupseq record of its own).
+func (t *txn) slotOf(seq uint64) (batch uint64, ok bool) {
 	if r, ok := t.j.dedup.bySeq[seq]; ok {
-		return r.batch
+		return r.batch, true
 	}
 	for _, a := range t.dd.added {
 		if a.seq == seq {
-			return a.batch
+			return a.batch, true
 		}
 	}
-	return 0
+	return 0, false
+}
+
+// forget marks seq's slot as gone once this transaction commits.
+func (c *dedupChanges) forget(seq uint64) {
+	if c.forgot == nil {
+		c.forgot = map[uint64]bool{}
+	}
+	c.forgot[seq] = true
 }
 
 // flushDedup writes the transaction's dedupbatch record, and rewrites the
@@ -323,16 +332,24 @@ func (t *txn) forgetDedup(seq uint64) error {
 	if t.dd.forgot[seq] {
 		return nil
 	}
-	if _, ok := t.j.dedup.bySeq[seq]; !ok && !slices.ContainsFunc(t.dd.added, func(a dedupAdd) bool { return a.seq == seq }) {
+	batch, ok := t.slotOf(seq)
+	if !ok {
 		return nil
 	}
-	return t.dropDedup(seq)
+	return t.dropSlot(seq, batch)
 }
 
 // dropDedup deletes seq's slot. A slot the index does not know is taken
 // to have a dedupseq record (retention prunes those by the stored records).
 func (t *txn) dropDedup(seq uint64) error {
-	if batch := t.batchOf(seq); batch != 0 {
+	batch, _ := t.slotOf(seq)
+	return t.dropSlot(seq, batch)
+}
+
+// dropSlot deletes seq's slot from the dedupbatch record keyed batch (by
+// flushDedup), or with batch 0 its dedupseq record.
+func (t *txn) dropSlot(seq, batch uint64) error {
+	if batch != 0 {
 		if t.dd.dirty == nil {
 			t.dd.dirty = map[uint64]bool{}
 		}
@@ -340,10 +357,7 @@ func (t *txn) dropDedup(seq uint64) error {
 	} else if err := t.dedupBy.Delete(t.k64(seq)); err != nil {
 		return err
 	}
-	if t.dd.forgot == nil {
-		t.dd.forgot = map[uint64]bool{}
-	}
-	t.dd.forgot[seq] = true
+	t.dd.forget(seq)
 	return nil
 }
 

@@ -392,7 +392,8 @@ func (j *Journal) init(fresh bool) error {
 			if err := check(tx); err != nil {
 				return err
 			}
-			return j.loadRoutes(tx)
+			j.loadRoutes(tx)
+			return nil
 		})
 	}
 	err := j.db.Update(func(tx *bolt.Tx) error {
@@ -438,9 +439,7 @@ func (j *Journal) init(fresh bool) error {
 			}
 			j.version = 4 // the layout stays: layoutFor(3) is layoutFor(4)
 		}
-		if err := j.loadRoutes(tx); err != nil { // before recover: it reads message records
-			return err
-		}
+		j.loadRoutes(tx) // before recover: it reads message records
 		if err := j.recover(tx); err != nil {
 			return err
 		}
@@ -454,7 +453,7 @@ func (j *Journal) init(fresh bool) error {
 }
 
 // loadRoutes reads the routes table (see routes.go).
-func (j *Journal) loadRoutes(tx *bolt.Tx) error {
+func (j *Journal) loadRoutes(tx *bolt.Tx) {
 	rt, err := loadRoutes(tx)
 	if err != nil {
 		// Not fatal: what names a lost route is parked as damaged.
@@ -465,7 +464,6 @@ func (j *Journal) loadRoutes(tx *bolt.Tx) error {
 	if rt != nil {
 		j.routesStored = len(rt.byID)
 	}
-	return nil
 }
 
 // migrateBatch bounds the entries one migration transaction moves; a

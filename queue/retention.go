@@ -214,10 +214,7 @@ func (t *txn) pruneDedupBatch(cut int64) (int, error) {
 		}
 		keys = append(keys, t.arena.copy(k))
 		for _, seq := range seqs {
-			if t.dd.forgot == nil {
-				t.dd.forgot = map[uint64]bool{}
-			}
-			t.dd.forgot[seq] = true
+			t.dd.forget(seq)
 		}
 	}
 	for _, k := range keys {

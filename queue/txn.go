@@ -20,21 +20,21 @@ type readers struct {
 	layout                                stateLayout
 	entries, msgs, status, state, damaged *bolt.Bucket
 	msgsS, statusS                        seeker
-	routes                                *atomic.Pointer[routeTable] // what format 3 message records name by number
+	routeIDs                              *atomic.Pointer[routeTable] // what format 3 message records name by number
 	// claims, when set, says which entries are running (claimed in
 	// memory, pending on disk): load shows them as running.
 	claims func(seq uint64) (*Entry, bool)
 }
 
-func readersOf(tx *bolt.Tx, layout stateLayout, routes *atomic.Pointer[routeTable]) readers {
+func readersOf(tx *bolt.Tx, layout stateLayout, routeIDs *atomic.Pointer[routeTable]) readers {
 	r := readers{
-		layout:  layout,
-		routes:  routes,
-		entries: tx.Bucket(bucketEntries),
-		msgs:    tx.Bucket(bucketMsgs),
-		status:  tx.Bucket(bucketStatus),
-		state:   tx.Bucket(bucketState),
-		damaged: tx.Bucket(bucketDamaged),
+		layout:   layout,
+		routeIDs: routeIDs,
+		entries:  tx.Bucket(bucketEntries),
+		msgs:     tx.Bucket(bucketMsgs),
+		status:   tx.Bucket(bucketStatus),
+		state:    tx.Bucket(bucketState),
+		damaged:  tx.Bucket(bucketDamaged),
 	}
 	r.msgsS, r.statusS = seekerOf(r.msgs), seekerOf(r.status)
 	return r
@@ -81,8 +81,8 @@ func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 			mv = r.msgsS.get(k)
 		}
 		var rt *routeTable
-		if r.routes != nil {
-			rt = r.routes.Load()
+		if r.routeIDs != nil {
+			rt = r.routeIDs.Load()
 		}
 		merr = decodeMessage(seq, mv, e, full, rt)
 	}

@@ -165,16 +165,11 @@ func readToken(file string) (string, error) {
 	return t, nil
 }
 
-// mib formats a byte count for people: "12.3 MiB".
-func mib(n int64) string {
-	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-}
-
 func printSummary(w io.Writer, s *admin.Summary) {
 	// The size, not the free space in it: offline, bbolt does not read its
 	// free list, and the summary reads the same whether the agent runs or
 	// not (/v1/summary's free_bytes and /metrics have it).
-	fmt.Fprintf(w, "journal %s: %d entries received in all; %s\n\n", s.Journal, s.LastSeq, mib(s.SizeBytes))
+	fmt.Fprintf(w, "journal %s: %d entries received in all; %s\n\n", s.Journal, s.LastSeq, admin.FormatBytes(s.SizeBytes))
 	states := []string{"pending", "retrying", "running", "done", "stuck"}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "TYPE\t%s\n", strings.ToUpper(strings.Join(states, "\t")))
