@@ -277,8 +277,11 @@ func TestPoolShutdown(t *testing.T) {
 			j := mustOpenJournal(t, "", queue.Options{})
 			started := make(chan struct{})
 			release := make(chan struct{})
+			var calls atomic.Int32
 			b := &funcBackend{name: "b", fn: func(ctx context.Context, e *queue.Entry) error {
-				close(started)
+				if calls.Add(1) == 1 {
+					close(started)
+				}
 				select {
 				case <-release:
 					return nil
@@ -286,8 +289,13 @@ func TestPoolShutdown(t *testing.T) {
 					return ctx.Err()
 				}
 			}}
-			if _, err := j.Append(context.Background(), &queue.Entry{Body: []byte("x")}); err != nil {
-				t.Fatal(err)
+			// Three entries for one worker: the first runs, the other two
+			// are claimed and handed over but must not start once the
+			// shutdown has begun.
+			for range 3 {
+				if _, err := j.Append(context.Background(), &queue.Entry{Body: []byte("x")}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			p, err := NewPool(j, mustRouter(t, b), Options{Workers: 1, DrainTimeout: tc.drain, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
@@ -310,6 +318,14 @@ func TestPoolShutdown(t *testing.T) {
 			e, _ := j.Get(1)
 			if e.State != tc.wantState {
 				t.Fatalf("state after shutdown = %s, want %s", e.State, tc.wantState)
+			}
+			if n := calls.Load(); n != 1 {
+				t.Fatalf("%d backend calls, want 1: a call started after the shutdown began", n)
+			}
+			for _, seq := range []uint64{2, 3} {
+				if e, _ := j.Get(seq); e.State != queue.StatePending || e.Attempts != 0 {
+					t.Fatalf("entry %d after shutdown: %s with %d attempts, want pending with 0", seq, e.State, e.Attempts)
+				}
 			}
 		})
 	}
