@@ -115,6 +115,44 @@ func TestDisciplineAckAfterCommit(t *testing.T) {
 	}
 }
 
+// Ensure an entry's ReceivedAt is when the reader took its delivery from
+// the session, not when the committer got to it. A delivery that arrives
+// while the batch before it is being journaled and ACKed waits for that
+// in the reader's buffer; its receipt time must count that wait, as the
+// dispatch-wait metric and the retry budget (max_elapsed since arrival)
+// read it.
+func TestDisciplineReceivedAtIsReceipt(t *testing.T) {
+	j := mustOpenJournal(t, "")
+	var clock atomic.Int64 // Unix seconds, moved only by the test
+	clock.Store(1000)
+	graceful := make(chan error)
+	close(graceful)
+	a := &fakeAdapter{in: make(chan *fakeDelivery, 10), closeErr: graceful}
+	inAck, resume := make(chan struct{}), make(chan struct{})
+	var first sync.Once
+	a.onAck = func([]delivery) {
+		first.Do(func() { close(inAck); <-resume }) // hold the committer in the first ACK
+	}
+	src, _, _ := runFake(t, a, j, Options{Now: func() time.Time { return time.Unix(clock.Load(), 0) }})
+	a.in <- &fakeDelivery{b: []byte("first")}
+	<-inAck
+	clock.Store(2000)
+	a.in <- &fakeDelivery{b: []byte("second")}
+	waitFor(t, "the second delivery read", 10*time.Second, func() bool { return src.Status().Received >= 2 })
+	clock.Store(3000) // the committer takes the second only now
+	close(resume)
+	waitFor(t, "both acked", 10*time.Second, func() bool { return src.Status().Acked >= 2 })
+	for seq, want := range map[uint64]int64{1: 1000, 2: 2000} {
+		e, err := j.Get(seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := e.ReceivedAt.Unix(); got != want {
+			t.Errorf("entry %d (%s): received at %d, want %d", seq, e.Body, got, want)
+		}
+	}
+}
+
 // Ensure Run returns within its bound when a session's graceful close
 // never returns, and that it drops the connection.
 func TestDisciplineShutdownBound(t *testing.T) {

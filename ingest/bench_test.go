@@ -112,6 +112,7 @@ func BenchmarkFillEntries(b *testing.B) {
 		h := frame.NewHeader("destination", "/queue/x", "message-id", fmt.Sprint("T_", i), "subscription", "1", "ack", fmt.Sprint(i), "type", "order.created", "content-type", "application/json")
 		msgs[i] = (*stompDelivery)(&stomp.Message{Destination: "/queue/x", Header: h, Body: []byte(fmt.Sprintf(`{"type":"order.created","resource_uuid":"r-%d","n":%d}`, i, i))})
 	}
+	now := time.Now()
 	b.Run("Reused", func(b *testing.B) {
 		b.ReportAllocs()
 		bt := &batch{}
@@ -120,7 +121,7 @@ func BenchmarkFillEntries(b *testing.B) {
 			bt.store = slices.Grow(bt.store[:0], n)[:n]
 			bt.headers = bt.headers[:0]
 			for k, d := range msgs {
-				bt.headers = src.fill(&bt.store[k], d, 1, &bt.b, bt.headers)
+				bt.headers = src.fill(&bt.store[k], d, now, 1, &bt.b, bt.headers)
 			}
 		}
 	})

@@ -311,7 +311,7 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	// messages are redelivered), so the protocol library never blocks on
 	// it while the session closes.
 	rd := &reader{
-		frames:  make(chan delivery, cfg.Prefetch+1),
+		frames:  make(chan received, cfg.Prefetch+1),
 		errc:    make(chan error, 1),
 		discard: make(chan struct{}),
 		dead:    make(chan struct{}),
@@ -387,7 +387,7 @@ func waitBounded(ch <-chan struct{}, d time.Duration) bool {
 
 // reader is the hand-over between readLoop and commitLoop.
 type reader struct {
-	frames    chan delivery
+	frames    chan received
 	errc      chan error    // the error that ended the session
 	discard   chan struct{} // closed: drop deliveries from now on
 	dead      chan struct{} // closed: the session is over, stop reading
@@ -408,6 +408,7 @@ func (s *Source) readLoop(sess session, rd *reader) {
 			}
 			return
 		}
+		at := s.opts.Now()
 		select {
 		case <-rd.discard:
 			continue // not ACKed: the broker redelivers it
@@ -416,10 +417,20 @@ func (s *Source) readLoop(sess session, rd *reader) {
 		s.received.Add(1)
 		rd.delivered.Add(1)
 		select {
-		case rd.frames <- d:
+		case rd.frames <- received{d, at}:
 		case <-rd.discard:
 		}
 	}
+}
+
+// received is a delivery and when the reader took it from the session:
+// the entry's ReceivedAt. The committer takes it later, after the batch
+// before has been journaled and ACKed (up to a commit later at a steady
+// rate, longer while the journal cannot write), and that wait is part of
+// what a message waits for.
+type received struct {
+	d  delivery
+	at time.Time
 }
 
 // barrierLoop confirms ACKs while the connection lives. Confirmed entries
@@ -448,6 +459,7 @@ func (s *Source) barrierLoop(ctx context.Context, sess session, ledger *ack.Ledg
 // batch holds the committer's buffers, reused from one batch to the next.
 type batch struct {
 	msgs    []delivery
+	at      []time.Time // when each of msgs was received
 	entries []*queue.Entry
 	store   []queue.Entry
 	headers []queue.Header
@@ -460,20 +472,20 @@ type batch struct {
 func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
 	bt := &batch{}
 	for {
-		bt.msgs = bt.msgs[:0]
+		bt.msgs, bt.at = bt.msgs[:0], bt.at[:0]
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-rd.errc:
 			return err
-		case d := <-rd.frames:
-			bt.msgs = append(bt.msgs, d)
+		case r := <-rd.frames:
+			bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
 		}
 	fill:
 		for len(bt.msgs) < s.opts.MaxBatch {
 			select {
-			case d := <-rd.frames:
-				bt.msgs = append(bt.msgs, d)
+			case r := <-rd.frames:
+				bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
 			default:
 				break fill
 			}
@@ -515,7 +527,7 @@ func (s *Source) commit(ctx context.Context, bt *batch, connID uint64) ([]queue.
 	bt.headers = bt.headers[:0]
 	for i, d := range bt.msgs {
 		e := &bt.store[i]
-		bt.headers = s.fill(e, d, connID, &bt.b, bt.headers)
+		bt.headers = s.fill(e, d, bt.at[i], connID, &bt.b, bt.headers)
 		bt.entries = append(bt.entries, e)
 	}
 	return s.appendAll(ctx, bt.entries)
@@ -644,11 +656,11 @@ type entryBuilder struct {
 	buf []byte
 }
 
-// fill turns a MESSAGE frame into a journal entry, taking the headers
+// fill turns a MESSAGE frame received at at into a journal entry, taking the headers
 // from the end of arena (which it returns grown). Bad input is never
 // dropped: what cannot be read is journaled with a Fault, which workers
 // park as stuck.
-func (s *Source) fill(e *queue.Entry, d delivery, connID uint64, b *entryBuilder, arena []queue.Header) []queue.Header {
+func (s *Source) fill(e *queue.Entry, d delivery, at time.Time, connID uint64, b *entryBuilder, arena []queue.Header) []queue.Header {
 	start := len(arena)
 	arena = d.appendHeaders(arena)
 	hdrs := arena[start:len(arena):len(arena)]
@@ -657,7 +669,7 @@ func (s *Source) fill(e *queue.Entry, d delivery, connID uint64, b *entryBuilder
 		dest = s.cfg.Destination
 	}
 	*e = queue.Entry{
-		ReceivedAt:  s.opts.Now(),
+		ReceivedAt:  at,
 		Source:      s.cfg.Name,
 		Destination: dest,
 		Headers:     hdrs,

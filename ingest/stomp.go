@@ -355,7 +355,7 @@ func (d *stompDelivery) appendHeaders(dst []queue.Header) []queue.Header {
 // entry turns a MESSAGE frame into a new journal entry.
 func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
 	e := &queue.Entry{}
-	s.fill(e, (*stompDelivery)(m), connID, &entryBuilder{}, nil)
+	s.fill(e, (*stompDelivery)(m), s.opts.Now(), connID, &entryBuilder{}, nil)
 	return e
 }
 

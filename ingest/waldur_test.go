@@ -190,7 +190,7 @@ func TestWaldurTypeAndKey(t *testing.T) {
 	}
 	entry := func(s *Source, d delivery) *queue.Entry {
 		e := &queue.Entry{}
-		s.fill(e, d, 1, &entryBuilder{}, nil)
+		s.fill(e, d, time.Now(), 1, &entryBuilder{}, nil)
 		return e
 	}
 	unifiedDest := "/amq/queue/consumer_" + testOffering
