@@ -294,6 +294,9 @@ func Open(path string, opts Options) (*Journal, error) {
 	fresh := false
 	if fi, err := os.Stat(path); errors.Is(err, os.ErrNotExist) || (err == nil && fi.Size() == 0) {
 		if opts.ReadOnly {
+			if err == nil { // an empty file, as touch leaves: the agent makes it a journal
+				return nil, fmt.Errorf("cannot open journal %s: the file is empty, no journal there yet (agentq run starts one in it)", path)
+			}
 			return nil, fmt.Errorf("cannot open journal %s: no journal there", path)
 		}
 		fresh = true

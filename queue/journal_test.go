@@ -458,6 +458,7 @@ func TestOpenErrors(t *testing.T) {
 		return p
 	}
 	garbage := write("garbage.db", bytes.Repeat([]byte("not a journal "), 1000))
+	empty := write("empty.db", nil) // as touch leaves it
 
 	// A valid journal, truncated in the middle.
 	good := filepath.Join(dir, "good.db")
@@ -502,6 +503,7 @@ func TestOpenErrors(t *testing.T) {
 		{"OtherBolt", other, Options{}, ErrNotJournal, "other.db"},
 		{"NewerFormat", newer, Options{}, ErrNewerFormat, "format 9"},
 		{"ReadOnlyMissing", filepath.Join(dir, "none.db"), Options{ReadOnly: true}, nil, "no journal there"},
+		{"ReadOnlyEmpty", empty, Options{ReadOnly: true}, nil, "empty.db: the file is empty"},
 		{"Directory", dir, Options{}, nil, "is a directory"},
 	}
 	for _, tc := range tests {
