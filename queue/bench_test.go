@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -554,4 +555,70 @@ func BenchmarkDiskSync(b *testing.B) {
 	ms := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
 	b.ReportMetric(ms(0.5), "two-syncs-p50-ms")
 	b.ReportMetric(ms(0.99), "two-syncs-p99-ms")
+}
+
+// BenchmarkCommitAfterDrain: what a backlog that drained and expired
+// leaves behind. 1,000,000 entries (AGENTQ_BENCH_BACKLOG overrides) are
+// appended, drained and expired; then one-append commits are timed on
+// that file, and again after CompactIfSparse (what `agentq run` does at
+// start). bbolt writes the list of free pages with every commit, so until
+// the pages are reused or the file compacted every commit pays for the
+// whole list: 41,862 pages, 335 KB, here.
+func BenchmarkCommitAfterDrain(b *testing.B) {
+	const probes = 1000
+	backlog := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("AGENTQ_BENCH_BACKLOG")); err == nil && v > 0 {
+		backlog = v
+	}
+	for n := 0; n < b.N; n++ {
+		path := filepath.Join(b.TempDir(), "agentq.db")
+		now := time.Now()
+		clock := func() time.Time { return now }
+		j := mustOpenAt(b, path, Options{Retention: time.Hour, Now: clock})
+		ctx := context.Background()
+		for i := 0; i < backlog; i += 1000 {
+			es := make([]*Entry, 0, 1000)
+			for k := 0; k < 1000; k++ {
+				e := benchEntry(k)
+				e.Key = ""
+				es = append(es, e)
+			}
+			if _, err := j.Append(ctx, es...); err != nil {
+				b.Fatal(err)
+			}
+			drain(b, j)
+		}
+		now = now.Add(2 * time.Hour)
+		if _, err := j.Expire(ctx); err != nil {
+			b.Fatal(err)
+		}
+		commitTime := func(j *Journal) float64 {
+			st0 := j.Stats()
+			for i := 0; i < probes; i++ {
+				e := benchEntry(i)
+				e.Key = ""
+				if _, err := j.Append(ctx, e); err != nil {
+					b.Fatal(err)
+				}
+			}
+			st := j.Stats()
+			return float64((st.CommitTime - st0.CommitTime).Microseconds()) / float64(st.Commits-st0.Commits)
+		}
+		j.Close()
+		syscall.Sync() // what the backlog wrote is on disk before either is timed
+		j = mustOpenAt(b, path, Options{})
+		b.ReportMetric(float64(j.db.Stats().FreePageN), "free-pages")
+		b.ReportMetric(commitTime(j), "sparse-µs/commit")
+		j.Close()
+		before, after, ok, err := CompactIfSparse(path, SparseMinFree, SparseMaxLive, quietLogger())
+		if err != nil || !ok {
+			b.Fatalf("CompactIfSparse = %v, %v", ok, err)
+		}
+		b.ReportMetric(float64(before)/(1<<20), "MiB-before")
+		b.ReportMetric(float64(after)/(1<<20), "MiB-after")
+		syscall.Sync()
+		j = mustOpenAt(b, path, Options{})
+		b.ReportMetric(commitTime(j), "compacted-µs/commit")
+		j.Close()
+	}
 }

@@ -950,6 +950,176 @@ func TestCompact(t *testing.T) {
 	}
 }
 
+// sparseJournal leaves a closed journal at path as a drained backlog does:
+// the pages of n done entries that expired are free, and its data is one
+// pending entry (seq n+1) and one stuck entry (seq n+2).
+func sparseJournal(t *testing.T, path string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	clk := newClock()
+	j, err := Open(path, Options{Logger: quietLogger(), Now: clk.Now, Retention: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i += 500 {
+		es := make([]*Entry, 0, 500)
+		for k := i; k < min(i+500, n); k++ {
+			es = append(es, msg("", strings.Repeat("x", 1000)))
+		}
+		mustAppend(t, j, es...)
+	}
+	drain(t, j)
+	clk.Add(2 * time.Hour)
+	if got, err := j.Expire(ctx); err != nil || got != n {
+		t.Fatalf("Expire = %d, %v; want %d", got, err, n)
+	}
+	mustAppend(t, j, msg("", "stuck"))
+	es, err := j.Claim(ctx, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("Claim = %d entries, %v", len(es), err)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Stuck, Err: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, j, msg("", "pending"))
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensure a journal that a drained, expired backlog left mostly free pages
+// is compacted when it is worth it, keeps every entry and its sequence,
+// and that a journal that is not worth it, or cannot be opened, is left
+// exactly as it is.
+func TestCompactIfSparse(t *testing.T) {
+	const n = 2000
+	for _, tc := range []struct {
+		name             string
+		minFree, maxLive int64
+		held, missing    bool
+		want             bool
+	}{
+		{"Sparse", 1 << 20, 1 << 30, false, false, true},
+		{"TooLittleFree", 1 << 40, 1 << 30, false, false, false},
+		{"TooMuchData", 1 << 20, 1, false, false, false},
+		{"HeldByAnAgent", 1 << 20, 1 << 30, true, false, false},
+		{"Missing", 1 << 20, 1 << 30, false, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "agentq.db")
+			if !tc.missing {
+				sparseJournal(t, path, n)
+			}
+			if tc.held {
+				mustOpenAt(t, path, Options{})
+			}
+			old, _ := os.Stat(path)
+			before, after, ok, err := CompactIfSparse(path, tc.minFree, tc.maxLive, quietLogger())
+			if err != nil || ok != tc.want {
+				t.Fatalf("CompactIfSparse = %v, %v; want %v", ok, err, tc.want)
+			}
+			now, statErr := os.Stat(path)
+			switch {
+			case tc.missing:
+				if !errors.Is(statErr, os.ErrNotExist) {
+					t.Fatalf("a missing journal was created: %v", statErr)
+				}
+				return
+			case !tc.want:
+				// Opened (as the agent's start would), not replaced.
+				if !os.SameFile(old, now) || old.Size() != now.Size() {
+					t.Fatalf("the journal was replaced or resized (%d -> %d bytes) though not compacted", old.Size(), now.Size())
+				}
+				return
+			}
+			if os.SameFile(old, now) {
+				t.Fatal("compacted, yet the file is the same")
+			}
+			if after*4 > before {
+				t.Fatalf("compacted %d -> %d bytes, want at most a quarter", before, after)
+			}
+			j := mustOpenAt(t, path, Options{})
+			for seq, want := range map[uint64]struct {
+				state State
+				body  string
+			}{n + 1: {StateStuck, "stuck"}, n + 2: {StatePending, "pending"}} {
+				e, err := j.Get(seq)
+				if err != nil || e.State != want.state || string(e.Body) != want.body {
+					t.Fatalf("entry %d after compaction: %v, %v; want %s %q", seq, e, err, want.state, want.body)
+				}
+			}
+			if seqs := mustAppend(t, j, msg("", "next")); seqs[0] != n+3 {
+				t.Fatalf("next sequence after compaction %d, want %d", seqs[0], n+3)
+			}
+		})
+	}
+}
+
+// Ensure a running journal that becomes sparse says so once, with its
+// path and sizes, so that an operator knows to compact it.
+func TestSparseWarning(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	sparseJournal(t, path, 2000)
+	defer func(v int64) { warnSparseMinFree = v }(warnSparseMinFree)
+	warnSparseMinFree = 1 << 20
+	var mu sync.Mutex
+	var warnings []string
+	h := recordHandler(func(r slog.Record) {
+		if r.Level == slog.LevelWarn {
+			mu.Lock()
+			defer mu.Unlock()
+			var attrs []string
+			r.Attrs(func(a slog.Attr) bool { attrs = append(attrs, a.Key); return true })
+			warnings = append(warnings, r.Message+" "+strings.Join(attrs, ","))
+		}
+	})
+	j := mustOpenAt(t, path, Options{Logger: slog.New(h), RetentionInterval: time.Millisecond})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(warnings)
+		mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // fifty more rounds of the loop
+	j.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "agentq compact") || !strings.Contains(warnings[0], "path,size_bytes,free_bytes") {
+		t.Fatalf("warnings: %q; want one naming agentq compact, with path and sizes", warnings)
+	}
+}
+
+// recordHandler is a slog.Handler that hands each record to a function.
+type recordHandler func(slog.Record)
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool      { return true }
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error { h(r); return nil }
+func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler            { return h }
+func (h recordHandler) WithGroup(string) slog.Handler                 { return h }
+
+// Ensure the thresholds: free pages worth compacting are at least the
+// minimum and at least the data.
+func TestSparse(t *testing.T) {
+	for _, tc := range []struct {
+		size, free, minFree int64
+		want                bool
+	}{
+		{100 << 20, 80 << 20, 64 << 20, true},
+		{200 << 20, 100 << 20, 64 << 20, true},
+		{200 << 20, 99 << 20, 64 << 20, false}, // less free than data
+		{100 << 20, 60 << 20, 64 << 20, false}, // too little to matter
+		{0, 0, 0, true},
+	} {
+		if got := Sparse(tc.size, tc.free, tc.minFree); got != tc.want {
+			t.Errorf("Sparse(%d, %d, %d) = %v, want %v", tc.size, tc.free, tc.minFree, got, tc.want)
+		}
+	}
+}
+
 // Ensure per-key order holds under random failures and interleaved keys:
 // a randomized model check of the state machine.
 func TestPerKeyOrderRandom(t *testing.T) {

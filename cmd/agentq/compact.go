@@ -17,6 +17,12 @@ func compactCommand() *cli.Command {
 entries into a new file and atomically replaces the old one. It refuses while an
 agent runs on the journal: stop it first.
 
+agentq run does this by itself at start when the journal is mostly free pages
+(at least 64 MiB free and at least as much free as data, with at most 1 GiB of
+data), as a large backlog leaves it once drained and expired: bbolt rewrites
+the list of free pages with every commit, so such a journal makes every commit
+slower until it is compacted.
+
 Example:
    systemctl stop agentq && agentq compact --journal /var/lib/agentq/agentq.db && systemctl start agentq`,
 		Flags: journalFlags()[:2],

@@ -372,12 +372,34 @@ func runAction(c *cli.Context) error {
 	return runAgent(c.Context, s, logger)
 }
 
+// startCompaction holds compactAtStart's thresholds (tests lower them).
+var startCompaction = struct{ minFree, maxLive int64 }{queue.SparseMinFree, queue.SparseMaxLive}
+
+// compactAtStart compacts the journal when a backlog that drained and
+// expired left it mostly free pages (queue.Sparse): bbolt rewrites the
+// list of free pages with every commit, and only now, before the agent
+// holds the file, can it be compacted. Compaction is only a saving: when
+// it cannot be done, the agent starts on the file as it is (and Open
+// reports a journal that cannot be opened).
+func compactAtStart(path string, logger *slog.Logger) {
+	start := time.Now()
+	before, after, ok, err := queue.CompactIfSparse(path, startCompaction.minFree, startCompaction.maxLive, logger)
+	switch {
+	case err != nil:
+		logger.Warn("could not compact the journal at start; going on with it as it is", "path", path, "error", err)
+	case ok:
+		logger.Info("journal compacted at start: it was mostly free pages", "path", path,
+			"before_bytes", before, "after_bytes", after, "took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
 // runAgent runs the agent until ctx ends or a signal arrives.
 func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	ctx, stop := context.WithCancel(parent)
 	defer stop()
 	defer startGCTuner(gcFloor)()
 
+	compactAtStart(s.journal, logger)
 	var m *admin.Metrics
 	j, err := queue.Open(s.journal, queue.Options{
 		SkipStuck: s.cfg.SkipStuck,
