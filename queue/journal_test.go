@@ -950,6 +950,33 @@ func TestCompact(t *testing.T) {
 	}
 }
 
+// Ensure a journal reached through a symbolic link is compacted where it
+// lives, and the link stays a link to it.
+func TestCompactThroughSymlink(t *testing.T) {
+	data, link := t.TempDir(), filepath.Join(t.TempDir(), "agentq.db")
+	real := filepath.Join(data, "agentq.db")
+	j := mustOpenAt(t, real, Options{})
+	for i := 0; i < 50; i++ {
+		mustAppend(t, j, msg("", strings.Repeat("x", 1000)))
+	}
+	j.Close()
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Compact(link); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("after compaction the link is %v (%v), want a symbolic link", fi.Mode(), err)
+	}
+	if target, _ := os.Readlink(link); target != real {
+		t.Fatalf("the link points to %s, want %s", target, real)
+	}
+	if j := mustOpenAt(t, link, Options{}); j.LastSeq() != 50 {
+		t.Fatalf("LastSeq through the link after compaction = %d, want 50", j.LastSeq())
+	}
+}
+
 // sparseJournal leaves a closed journal at path as a drained backlog does:
 // the pages of n done entries that expired are free, and its data is one
 // pending entry (seq n+1) and one stuck entry (seq n+2).

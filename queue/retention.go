@@ -136,6 +136,12 @@ func (j *Journal) Expire(ctx context.Context) (int, error) {
 // atomically replaces src with it. It refuses while another process (a
 // running agent) holds src.
 func Compact(src string) (before, after int64, err error) {
+	// A journal reached through a symbolic link (a data disk linked into
+	// /var/lib) is compacted where it lives: renaming over the link would
+	// put the new file beside the link, on the link's file system.
+	if real, err := filepath.EvalSymlinks(src); err == nil {
+		src = real
+	}
 	fi, err := os.Stat(src)
 	if err != nil {
 		return 0, 0, fmt.Errorf("cannot compact journal %s: %w", src, err)
