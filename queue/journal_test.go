@@ -1021,16 +1021,17 @@ func sparseJournal(t *testing.T, path string, n int) {
 func TestCompactIfSparse(t *testing.T) {
 	const n = 2000
 	for _, tc := range []struct {
-		name             string
-		minFree, maxLive int64
-		held, missing    bool
-		want             bool
+		name                    string
+		minFree, maxLive        int64
+		held, missing, fullDisk bool
+		want                    bool
 	}{
-		{"Sparse", 1 << 20, 1 << 30, false, false, true},
-		{"TooLittleFree", 1 << 40, 1 << 30, false, false, false},
-		{"TooMuchData", 1 << 20, 1, false, false, false},
-		{"HeldByAnAgent", 1 << 20, 1 << 30, true, false, false},
-		{"Missing", 1 << 20, 1 << 30, false, true, false},
+		{"Sparse", 1 << 20, 1 << 30, false, false, false, true},
+		{"TooLittleFree", 1 << 40, 1 << 30, false, false, false, false},
+		{"TooMuchData", 1 << 20, 1, false, false, false, false},
+		{"HeldByAnAgent", 1 << 20, 1 << 30, true, false, false, false},
+		{"DiskTooFull", 1 << 20, 1 << 30, false, false, true, false},
+		{"Missing", 1 << 20, 1 << 30, false, true, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "agentq.db")
@@ -1040,10 +1041,17 @@ func TestCompactIfSparse(t *testing.T) {
 			if tc.held {
 				mustOpenAt(t, path, Options{})
 			}
+			if tc.fullDisk {
+				defer func(v int64) { compactMinDiskFree = v }(compactMinDiskFree)
+				compactMinDiskFree = 1 << 62
+			}
 			old, _ := os.Stat(path)
 			before, after, ok, err := CompactIfSparse(path, tc.minFree, tc.maxLive, quietLogger())
-			if err != nil || ok != tc.want {
-				t.Fatalf("CompactIfSparse = %v, %v; want %v", ok, err, tc.want)
+			if (err != nil) != tc.fullDisk || ok != tc.want {
+				t.Fatalf("CompactIfSparse = %v, %v; want %v (an error: %v)", ok, err, tc.want, tc.fullDisk)
+			}
+			if err != nil && !strings.Contains(err.Error(), "bytes free") {
+				t.Fatalf("error %q does not say how much room there is", err)
 			}
 			now, statErr := os.Stat(path)
 			switch {

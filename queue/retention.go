@@ -203,6 +203,10 @@ const (
 	SparseMaxLive = 1 << 30
 )
 
+// compactMinDiskFree is what CompactIfSparse leaves free on the disk
+// (tests raise it).
+var compactMinDiskFree int64 = DefaultMinFree
+
 // warnSparseMinFree is the retention loop's SparseMinFree (tests lower it).
 var warnSparseMinFree int64 = SparseMinFree
 
@@ -239,6 +243,15 @@ func CompactIfSparse(path string, minFree, maxLive int64, log *slog.Logger) (bef
 	}
 	if !Sparse(size, free, minFree) || size-free > maxLive {
 		return size, size, false, nil
+	}
+	// The copy needs room for the data beside the old file; leave the disk
+	// the margin appends keep (DefaultMinFree) rather than fill it.
+	dir := filepath.Dir(path)
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		dir = filepath.Dir(real)
+	}
+	if avail, ok := diskFree(dir); ok && avail < size-free+compactMinDiskFree {
+		return size, size, false, fmt.Errorf("journal %s not compacted: the disk has %d bytes free, the copy needs %d and leaves %d", path, avail, size-free, compactMinDiskFree)
 	}
 	before, after, err = Compact(path)
 	return before, after, err == nil, err
