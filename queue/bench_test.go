@@ -572,26 +572,12 @@ func BenchmarkCommitAfterDrain(b *testing.B) {
 	}
 	for n := 0; n < b.N; n++ {
 		path := filepath.Join(b.TempDir(), "agentq.db")
-		now := time.Now()
-		clock := func() time.Time { return now }
-		j := mustOpenAt(b, path, Options{Retention: time.Hour, Now: clock})
+		sparseJournal(b, path, backlog, func(i int) *Entry {
+			e := benchEntry(i % 1000)
+			e.Key = ""
+			return e
+		})
 		ctx := context.Background()
-		for i := 0; i < backlog; i += 1000 {
-			es := make([]*Entry, 0, 1000)
-			for k := 0; k < 1000; k++ {
-				e := benchEntry(k)
-				e.Key = ""
-				es = append(es, e)
-			}
-			if _, err := j.Append(ctx, es...); err != nil {
-				b.Fatal(err)
-			}
-			drain(b, j)
-		}
-		now = now.Add(2 * time.Hour)
-		if _, err := j.Expire(ctx); err != nil {
-			b.Fatal(err)
-		}
 		commitTime := func(j *Journal) float64 {
 			st0 := j.Stats()
 			for i := 0; i < probes; i++ {
@@ -604,9 +590,8 @@ func BenchmarkCommitAfterDrain(b *testing.B) {
 			st := j.Stats()
 			return float64((st.CommitTime - st0.CommitTime).Microseconds()) / float64(st.Commits-st0.Commits)
 		}
-		j.Close()
 		syscall.Sync() // what the backlog wrote is on disk before either is timed
-		j = mustOpenAt(b, path, Options{})
+		j := mustOpenAt(b, path, Options{})
 		b.ReportMetric(float64(j.db.Stats().FreePageN), "free-pages")
 		b.ReportMetric(commitTime(j), "sparse-µs/commit")
 		j.Close()

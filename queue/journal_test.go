@@ -978,41 +978,45 @@ func TestCompactThroughSymlink(t *testing.T) {
 }
 
 // sparseJournal leaves a closed journal at path as a drained backlog does:
-// the pages of n done entries that expired are free, and its data is one
-// pending entry (seq n+1) and one stuck entry (seq n+2).
-func sparseJournal(t *testing.T, path string, n int) {
-	t.Helper()
+// n entries made by mk are appended, drained and expired in batches of
+// 1,000, so their pages are free, and its data is one stuck entry (seq
+// n+1) and one pending entry (seq n+2).
+func sparseJournal(tb testing.TB, path string, n int, mk func(i int) *Entry) {
+	tb.Helper()
 	ctx := context.Background()
 	clk := newClock()
 	j, err := Open(path, Options{Logger: quietLogger(), Now: clk.Now, Retention: time.Hour})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	for i := 0; i < n; i += 500 {
-		es := make([]*Entry, 0, 500)
-		for k := i; k < min(i+500, n); k++ {
-			es = append(es, msg("", strings.Repeat("x", 1000)))
+	for i := 0; i < n; i += 1000 {
+		es := make([]*Entry, 0, 1000)
+		for k := i; k < min(i+1000, n); k++ {
+			es = append(es, mk(k))
 		}
-		mustAppend(t, j, es...)
+		mustAppend(tb, j, es...)
+		drain(tb, j)
 	}
-	drain(t, j)
 	clk.Add(2 * time.Hour)
 	if got, err := j.Expire(ctx); err != nil || got != n {
-		t.Fatalf("Expire = %d, %v; want %d", got, err, n)
+		tb.Fatalf("Expire = %d, %v; want %d", got, err, n)
 	}
-	mustAppend(t, j, msg("", "stuck"))
+	mustAppend(tb, j, msg("", "stuck"))
 	es, err := j.Claim(ctx, 1)
 	if err != nil || len(es) != 1 {
-		t.Fatalf("Claim = %d entries, %v", len(es), err)
+		tb.Fatalf("Claim = %d entries, %v", len(es), err)
 	}
 	if err := j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Stuck, Err: "x"}); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	mustAppend(t, j, msg("", "pending"))
+	mustAppend(tb, j, msg("", "pending"))
 	if err := j.Close(); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 }
+
+// kilobyteEntry is an unkeyed entry with a 1,000-byte body.
+func kilobyteEntry(int) *Entry { return msg("", strings.Repeat("x", 1000)) }
 
 // Ensure a journal that a drained, expired backlog left mostly free pages
 // is compacted when it is worth it, keeps every entry and its sequence,
@@ -1036,7 +1040,7 @@ func TestCompactIfSparse(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "agentq.db")
 			if !tc.missing {
-				sparseJournal(t, path, n)
+				sparseJournal(t, path, n, kilobyteEntry)
 			}
 			if tc.held {
 				mustOpenAt(t, path, Options{})
@@ -1094,7 +1098,7 @@ func TestCompactIfSparse(t *testing.T) {
 // path and sizes, so that an operator knows to compact it.
 func TestSparseWarning(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agentq.db")
-	sparseJournal(t, path, 2000)
+	sparseJournal(t, path, 2000, kilobyteEntry)
 	defer func(v int64) { warnSparseMinFree = v }(warnSparseMinFree)
 	warnSparseMinFree = 1 << 20
 	var mu sync.Mutex
