@@ -607,3 +607,76 @@ func BenchmarkCommitAfterDrain(b *testing.B) {
 		j.Close()
 	}
 }
+
+// BenchmarkBboltFloor bounds any journal that keeps a bbolt record per
+// message, as this one does: one goroutine, nothing concurrent, commits
+// that each append a batch of message and status records (encoded as the
+// journal encodes them) and rewrite the status records of the batch
+// before (its settles), fsync on, same page size and fill. No index, no
+// claim, no counters: what is left is bbolt's own work per record and
+// commit, at BenchmarkJournalThroughput's entries per commit (74) and at
+// 256.
+func BenchmarkBboltFloor(b *testing.B) {
+	for _, batch := range []int{74, 256} {
+		b.Run(fmt.Sprintf("batch%d", batch), func(b *testing.B) { benchBboltFloor(b, batch) })
+	}
+}
+
+func benchBboltFloor(b *testing.B, batch int) {
+	const perIter = 50_000
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "floor.db"), 0o600, &bolt.Options{PageSize: DefaultPageSize, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMsgs, bucketStatus} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	e := benchEntry(0)
+	e.ReceivedAt, e.BudgetStart = time.Now(), time.Now()
+	msg := encodeMessage(nil, e, 0)
+	e.State = StatePending
+	pending := encodeStatus(nil, e)
+	e.State, e.Attempts = StateDone, 1
+	done := encodeStatus(nil, e)
+	var seq uint64
+	cpu0 := processCPU()
+	start := time.Now()
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		for i := 0; i < perIter; i += batch {
+			if err := db.Update(func(tx *bolt.Tx) error {
+				msgs, status := tx.Bucket(bucketMsgs), tx.Bucket(bucketStatus)
+				msgs.FillPercent, status.FillPercent = 1.0, 1.0
+				for k := 0; k < batch; k++ {
+					if seq > uint64(batch) { // the batch before, settled
+						if err := status.Put(u64(seq-uint64(batch)), done); err != nil {
+							return err
+						}
+					}
+					seq++
+					if err := msgs.Put(u64(seq), msg); err != nil {
+						return err
+					}
+					if err := status.Put(u64(seq), pending); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	el := time.Since(start)
+	b.ReportMetric(float64(seq)/el.Seconds(), "entries/s")
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(seq), "cpu-µs/entry")
+}
