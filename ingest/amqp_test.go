@@ -236,6 +236,50 @@ func TestAMQPConnectionCuts(t *testing.T) {
 	}
 }
 
+// Ensure a quorum queue's redeliveries are recognised by content: RabbitMQ
+// adds x-delivery-count (1, 2, ...) to a message a quorum queue delivers
+// again, over AMQP and STOMP alike, and that header must not be part of
+// the message's identity. The connection is cut right after the first
+// commit, before its ACK; messages carry no message_id.
+func TestQuorumRedeliveryRecognised(t *testing.T) {
+	requireAMQP(t)
+	for _, tc := range []struct {
+		name     string
+		upstream string
+		url      func(addr, q string) string
+	}{
+		{"amqp", amqpAddr, func(addr, q string) string { return amqpURL(addr, "queue="+q+"&prefetch=50") }},
+		{"stomp", brokerAddr, func(addr, q string) string {
+			return "stomp://guest:guest@" + addr + "/amq/queue/" + q + "?prefetch=50"
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := amqpTestQueueNamed(t, fmt.Sprintf("agentq-test-quorum-%s-%d", tc.name, rand.Int63()))
+			declareQueue(t, q, amqp.Table{"x-queue-type": "quorum"})
+			p := brokertest.StartProxy(t, "127.0.0.1:0", tc.upstream)
+			var cut atomic.Bool
+			opts := Options{Logger: testLogger(t), ReconnectInitial: 50 * time.Millisecond, AfterCommit: func(int) {
+				if cut.CompareAndSwap(false, true) {
+					p.Cut() // before this commit's ACK
+				}
+			}}
+			const n = 20
+			want := bodies(n, func(i int) string { return fmt.Sprintf(`{"n":%d}`, i) })
+			publishAMQP(t, "", q, plain(want))
+			j := mustOpenJournal(t, "")
+			src, stop := runSource(t, mustConfig(t, tc.url(p.Addr(), q)), j, opts)
+			waitFor(t, "queue drained", 30*time.Second, func() bool {
+				return src.Status().Acked >= n && queueDepth(t, "/queue/"+q) == 0
+			})
+			stop()
+			assertSameMultiset(t, journalBodies(t, j), want)
+			if st := src.Status(); st.Duplicates == 0 || st.Connects < 2 {
+				t.Fatalf("duplicates %d, connects %d: the cut did not force a redelivery", st.Duplicates, st.Connects)
+			}
+		})
+	}
+}
+
 // Ensure the source rides out a broker restart (stop_app/start_app) with
 // a durable queue and persistent messages, reconnecting by itself. This
 // is the one AMQP test that restarts the shared broker.

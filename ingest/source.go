@@ -643,10 +643,11 @@ func retryable(err error) bool {
 }
 
 // volatileHeaders change between deliveries of one message and must not
-// be part of its identity.
+// be part of its identity. x-delivery-count is what RabbitMQ adds when a
+// quorum queue delivers a message again (1, 2, ...), over AMQP and STOMP.
 var volatileHeaders = map[string]bool{
 	"message-id": true, "ack": true, "subscription": true, "redelivered": true,
-	"content-length": true, "destination": true,
+	"content-length": true, "destination": true, "x-delivery-count": true,
 }
 
 // entryBuilder holds scratch space for building entries.
