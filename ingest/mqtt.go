@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -39,6 +40,13 @@ import (
 type mqttAdapter struct {
 	log      *slog.Logger
 	clientID string
+	// subscribed: a session of this process had its SUBSCRIBE granted.
+	// The broker keeps the subscriptions with the persistent session, so
+	// a connection that resumes it (CONNACK's session present) subscribes
+	// no more: a new SUBSCRIBE makes the broker send every retained
+	// message of the topics again (MQTT 3.1.1, 3.8.4), as new messages,
+	// which would journal them again on every reconnect.
+	subscribed atomic.Bool
 }
 
 var _ adapter = (*mqttAdapter)(nil)
@@ -83,11 +91,12 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 		return nil, err
 	}
 	s := &mqttSession{
-		cfg:  cfg,
-		nc:   newMQTTConn(nc),
-		msgs: make(chan mqtt.Message, cfg.Prefetch),
-		lost: make(chan struct{}),
-		dead: make(chan struct{}),
+		cfg:      cfg,
+		nc:       newMQTTConn(nc),
+		msgs:     make(chan mqtt.Message, cfg.Prefetch),
+		lost:     make(chan struct{}),
+		dead:     make(chan struct{}),
+		clientID: a.clientID,
 	}
 	opts := mqtt.NewClientOptions()
 	opts.AddBroker("tcp://" + cfg.Addr) // informational: the connection is nc
@@ -111,9 +120,16 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { s.fail(err) })
 	s.client = mqtt.NewClient(opts)
 
-	if err := wait(ctx, s.client.Connect()); err != nil {
+	tok := s.client.Connect()
+	if err := wait(ctx, tok); err != nil {
 		s.abort()
 		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), mqttConnectError(err, cfg))
+	}
+	s.subDone = make(chan struct{})
+	if ct, ok := tok.(*mqtt.ConnectToken); ok && ct.SessionPresent() && a.subscribed.Load() {
+		s.subOK.Store(true)
+		close(s.subDone)
+		return s, nil
 	}
 	// SUBSCRIBE in the background: a resumed session's broker sends what it
 	// kept right after CONNACK, before the SUBACK, and those messages must
@@ -124,13 +140,13 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	for _, t := range cfg.Topics {
 		filters[t] = byte(cfg.QoS)
 	}
-	s.subDone = make(chan struct{})
 	go func() {
 		defer close(s.subDone)
 		if err := s.subscribe(filters, a.log); err != nil {
 			s.failWith(err)
 			return
 		}
+		a.subscribed.Store(true)
 		select {
 		case <-s.lost: // the connection ended first: nothing to announce
 		default:
@@ -428,8 +444,9 @@ type mqttSession struct {
 	dead chan struct{} // closed by close or abort: nobody takes messages any more
 	once sync.Once
 
-	subDone chan struct{} // closed when the SUBSCRIBE goroutine has returned
-	subOK   atomic.Bool   // the broker granted the subscription
+	subDone  chan struct{} // closed when the SUBSCRIBE goroutine has returned (or at once, see connect)
+	subOK    atomic.Bool   // the broker granted the subscription
+	clientID string        // for the hint when the broker closes the connection
 }
 
 var _ session = (*mqttSession)(nil)
@@ -478,6 +495,10 @@ func (s *mqttSession) fail(err error) {
 		err = errors.New("connection lost")
 	}
 	s.err = fmt.Errorf("connection to %s lost: %w", s.cfg.Addr, err)
+	if errors.Is(err, io.EOF) {
+		// MQTT 3.1.1 gives no reason; these are the two usual ones.
+		s.err = fmt.Errorf("%w (the broker closed it: a broker does when it stops, and when another client connects with the same client id, %q, which takes the session over)", s.err, s.clientID)
+	}
 	close(s.lost)
 }
 

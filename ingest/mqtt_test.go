@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -524,4 +525,85 @@ func mosquittoDir() string {
 		return d
 	}
 	return "/var/tmp/agentq-mosquitto"
+}
+
+// Ensure a retained message is journaled once, not once per connection:
+// a connection that resumes the persistent session does not SUBSCRIBE
+// again, which would make the broker send the retained message again as
+// a new one. After each reconnect a marker is published and awaited:
+// the broker sends a retained message right after its SUBACK, so once the
+// marker is journaled any retained copy would be too. (The filter names
+// the topic exactly: RabbitMQ 3.10 sends retained messages only then.)
+func TestMQTTRetainedOncePerSession(t *testing.T) {
+	for _, b := range mqttBrokers {
+		t.Run(b.name, func(t *testing.T) {
+			requireMQTT(t, b.addr)
+			id := mqttTestID()
+			topic, clientID := "agentq/test/"+id+"/config", "agentqt"+id
+			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
+			pub := mqttClient(t, b.addr, b.login, "")
+			retained := []byte(`{"retained":true}`)
+			if err := waitToken(pub.Publish(topic, 1, true, retained)); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = waitToken(pub.Publish(topic, 1, true, []byte{})) }) // clears it
+			proxy := brokertest.StartProxy(t, "127.0.0.1:0", b.addr)
+			userinfo := ""
+			if b.login != "" {
+				userinfo = b.login + "@"
+			}
+			j := mustOpenJournal(t, "")
+			src, stop := runSource(t, mustConfig(t, fmt.Sprintf("mqtt://%s%s/?topic=%s&client_id=%s", userinfo, proxy.Addr(), topic, clientID)),
+				j, Options{Logger: testLogger(t), ReconnectInitial: 50 * time.Millisecond})
+			want := [][]byte{retained}
+			const connections = 4
+			for k := 1; k <= connections; k++ {
+				waitFor(t, "subscribed", 20*time.Second, func() bool {
+					st := src.Status()
+					return st.State == StateConnected && st.Connects == uint64(k)
+				})
+				marker := []byte(fmt.Sprint("marker-", k))
+				if err := waitToken(pub.Publish(topic, 1, false, marker)); err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, marker)
+				waitFor(t, "marker journaled", 20*time.Second, func() bool { return slices.Contains(journalBodies(t, j), string(marker)) })
+				if k < connections {
+					proxy.Cut()
+				}
+			}
+			stop()
+			assertSameMultiset(t, journalBodies(t, j), want)
+		})
+	}
+}
+
+// Ensure an agent whose session another client takes over (two agents
+// given one client id) says so: MQTT 3.1.1 gives no reason, the broker
+// only closes the connection, and the agent's error names the client id
+// and the takeover as a likely cause.
+func TestMQTTTakeoverExplained(t *testing.T) {
+	for _, b := range mqttBrokers {
+		t.Run(b.name, func(t *testing.T) {
+			requireMQTT(t, b.addr)
+			id := mqttTestID()
+			clientID := "agentqt" + id
+			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
+			userinfo := ""
+			if b.login != "" {
+				userinfo = b.login + "@"
+			}
+			cfg := mustConfig(t, fmt.Sprintf("mqtt://%s%s/?topic=agentq/test/%s&client_id=%s", userinfo, b.addr, id, clientID))
+			first, stop := runSource(t, cfg, mustOpenJournal(t, ""), Options{Logger: testLogger(t), ReconnectInitial: time.Minute})
+			defer stop()
+			waitFor(t, "first subscribed", 20*time.Second, func() bool { return first.Status().State == StateConnected })
+			second, stop2 := runSource(t, cfg, mustOpenJournal(t, ""), Options{Logger: testLogger(t)})
+			defer stop2()
+			waitFor(t, "the first session taken over", 20*time.Second, func() bool { return first.Status().State != StateConnected })
+			if msg := first.Status().LastError; !strings.Contains(msg, "another client connects with the same client id") || !strings.Contains(msg, clientID) {
+				t.Fatalf("error of the session taken over: %q", msg)
+			}
+			waitFor(t, "second subscribed", 20*time.Second, func() bool { return second.Status().State == StateConnected })
+		})
+	}
 }
