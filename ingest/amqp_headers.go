@@ -60,14 +60,16 @@ func stompEscape(s string) string {
 // message_id, timestamp, type, user_id, app_id), then the application
 // headers under their own names, sorted. When names collide the first
 // wins (header: SPECs, exec's AGENTQ_HEADER_*). Values: see amqpFieldString.
+// exchange and routing_key are there even when empty (the default
+// exchange, a fanout's key), so that no application header can stand in
+// for where the broker says the message came from.
 func appendAMQPHeaders(dst []queue.Header, d *amqp.Delivery) []queue.Header {
 	add := func(name, v string) {
 		if v != "" {
 			dst = append(dst, queue.Header{Name: name, Value: v})
 		}
 	}
-	add("exchange", d.Exchange)
-	add("routing_key", d.RoutingKey)
+	dst = append(dst, queue.Header{Name: "exchange", Value: d.Exchange}, queue.Header{Name: "routing_key", Value: d.RoutingKey})
 	add("content_type", d.ContentType)
 	add("content_encoding", d.ContentEncoding)
 	if d.DeliveryMode != 0 {

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -90,10 +91,16 @@ func TestAMQPHeaders(t *testing.T) {
 			t.Errorf("header %d = %s=%q, want %s=%q", i, got[i].Name, got[i].Value, want[i].Name, want[i].Value)
 		}
 	}
-	// A bare message: only what it carried.
-	got = appendAMQPHeaders(nil, &amqp.Delivery{RoutingKey: "q"})
-	if len(got) != 1 || got[0] != (queue.Header{Name: "routing_key", Value: "q"}) {
-		t.Fatalf("bare delivery headers = %v", got)
+	// A bare message from the default exchange: the exchange (empty) and
+	// the key come first, so application headers named like them cannot
+	// stand in for them (the first of a name wins).
+	got = appendAMQPHeaders(nil, &amqp.Delivery{RoutingKey: "q", Headers: amqp.Table{"exchange": "forged", "routing_key": "forged"}})
+	want = []queue.Header{{Name: "exchange"}, {Name: "routing_key", Value: "q"}, {Name: "exchange", Value: "forged"}, {Name: "routing_key", Value: "forged"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("bare delivery headers = %v, want %v", got, want)
+	}
+	if v, _ := (&queue.Entry{Headers: got}).Header("exchange"); v != "" {
+		t.Fatalf("exchange reads %q, want the default exchange's empty name", v)
 	}
 }
 
