@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/agentq/agentq/ingest"
+	"github.com/agentq/agentq/queue"
 	"github.com/agentq/agentq/worker"
 )
 
@@ -48,11 +51,12 @@ type Config struct {
 // RetryConfig is the retry policy; zero fields take worker's defaults.
 type RetryConfig struct {
 	InitialInterval Duration  `yaml:"initial_interval"`
-	Multiplier      float64   `yaml:"multiplier"`
+	Multiplier      *float64  `yaml:"multiplier"`
 	MaxInterval     Duration  `yaml:"max_interval"`
 	Jitter          *float64  `yaml:"jitter"`
 	MaxAttempts     int       `yaml:"max_attempts"`
 	MaxElapsed      *Duration `yaml:"max_elapsed"` // 0 = no time limit
+	line            int
 }
 
 // AdminConfig is the admin endpoint.
@@ -116,7 +120,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// ByteSize is a size written as bytes or with a KiB/MiB/GiB suffix.
+// ByteSize is a size written as bytes or with a unit (see parseSize).
 type ByteSize int64
 
 // UnmarshalYAML parses a size and reports the line of a bad one.
@@ -129,21 +133,29 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
+// parseSize reads bytes, or a number with a unit: KiB, MiB, GiB, TiB (and
+// K, M, G, T for the same, as systemd writes them) or KB, MB, GB, TB
+// (powers of 1000). Anything else after the number is an error: "2G" must
+// not read as 2 bytes.
+func parseSize(in string) (int64, error) {
+	s := strings.TrimSpace(in)
 	mult := int64(1)
 	for _, u := range []struct {
 		suffix string
 		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}} {
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
+	} {
 		if strings.HasSuffix(s, u.suffix) {
 			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
 			break
 		}
 	}
-	var v int64
-	if _, err := fmt.Sscan(s, &v); err != nil || v < 0 {
-		return 0, fmt.Errorf("%q is not a size (use bytes, or e.g. 512MiB, 2GiB)", s)
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a size (use bytes, or a whole number with KiB, MiB, GiB, TiB or KB, MB, GB, TB: 512MiB, 2GiB)", strings.TrimSpace(in))
 	}
 	return v * mult, nil
 }
@@ -191,6 +203,8 @@ func parseConfig(r io.Reader, path string) (*Config, error) {
 						c.Routes[k].line = items[k].Line
 					}
 				}
+			case "retry":
+				c.Retry.line = m.Content[i].Line
 			}
 		}
 	}
@@ -241,6 +255,9 @@ func (c *Config) validate() error {
 		if r.Match == "" {
 			return fmt.Errorf("line %d: routes[%d] has no match pattern (use \"#\" for everything)", r.line, i)
 		}
+		if err := queue.ValidatePattern(r.Match); err != nil {
+			return fmt.Errorf("line %d: routes[%d] match %q: %w", r.line, i, r.Match, err)
+		}
 		n := 0
 		for _, set := range []bool{len(r.Exec) > 0, r.Shell != "", r.HTTP != "", r.Log} {
 			if set {
@@ -250,6 +267,9 @@ func (c *Config) validate() error {
 		if n != 1 {
 			return fmt.Errorf("line %d: routes[%d] (match %q) must have exactly one of exec, shell, http or log", r.line, i, r.Match)
 		}
+	}
+	if err := c.Retry.policy().Validate(); err != nil {
+		return fmt.Errorf("line %d: %w", c.Retry.line, err)
 	}
 	if c.Admin.TokenFile != "" {
 		tok, err := ingest.ReadSecretFile(c.Admin.TokenFile)
@@ -267,8 +287,8 @@ func (r RetryConfig) policy() worker.Policy {
 	if r.InitialInterval > 0 {
 		p.InitialInterval = time.Duration(r.InitialInterval)
 	}
-	if r.Multiplier > 0 {
-		p.Multiplier = r.Multiplier
+	if r.Multiplier != nil {
+		p.Multiplier = *r.Multiplier
 	}
 	if r.MaxInterval > 0 {
 		p.MaxInterval = time.Duration(r.MaxInterval)

@@ -201,6 +201,30 @@ func countState(list []admin.EntryView, state string) int {
 	return n
 }
 
+// Ensure sizes read whole: a number with a known unit or none, and
+// nothing else after it ("2G" once read as 2 bytes and stopped intake).
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64 // -1: an error
+	}{
+		{"4096", 4096}, {"512MiB", 512 << 20}, {"2GiB", 2 << 30}, {"2G", 2 << 30}, {"1 TiB", 1 << 40},
+		{"10MB", 10e6}, {"3KB", 3000}, {"64K", 64 << 10}, {"100B", 100}, {" 7 ", 7},
+		{"2X", -1}, {"1.5GiB", -1}, {"10XB", -1}, {"-1", -1}, {"", -1}, {"GiB", -1}, {"99999999999TiB", -1},
+	} {
+		got, err := parseSize(tc.in)
+		if tc.want < 0 {
+			if err == nil {
+				t.Errorf("parseSize(%q) = %d, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+}
+
 // Ensure the config loader accepts the shipped example and rejects bad
 // files with the key, field and line at fault.
 func TestLoadConfig(t *testing.T) {
@@ -216,6 +240,10 @@ func TestLoadConfig(t *testing.T) {
 		{"NestedUnknownKey", "sources:\n  - url: stomp://h/queue/x\n    prefetch: 5\n", []string{"line 3", "prefetch"}},
 		{"BadDuration", "retry:\n  max_interval: 5 minutes\n", []string{"line 2", "not a duration"}},
 		{"BadSize", "max_size: lots\n", []string{"line 1", "not a size"}},
+		{"SizeWithUnknownUnit", "max_size: 2X\n", []string{"line 1", `"2X" is not a size`}},
+		{"NegativeMultiplier", "journal: x.db\nretry:\n  multiplier: -1\n", []string{"line 2", "multiplier must be >= 1"}},
+		{"BadJitter", "retry:\n  jitter: 5\n", []string{"line 1", "jitter must be between 0 and 1"}},
+		{"BadRoutePattern", "routes:\n  - match: \"a..b\"\n    log: true\n", []string{"line 2", `"a..b"`}},
 		{"RouteWithoutBackend", "routes:\n  - match: \"#\"\n", []string{"line 2", "exactly one of exec, shell, http or log"}},
 		{"SourceWithoutURL", "sources:\n  - name: a\n", []string{"line 2", "has no url"}},
 		{"BadLogFormat", "log_format: xml\n", []string{"log_format"}},
