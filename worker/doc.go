@@ -94,9 +94,11 @@
 //	AGENTQ_HEADERS_DROPPED    headers left out (below)
 //
 // Hidden from the agent's environment: the names in ExecConfig.HideEnv
-// (the passcode_env variables of the sources belong there),
-// AGENTQ_ADMIN_TOKEN, every AGENTQ_* variable whose name contains PASS,
-// TOKEN or SECRET, and inherited AGENTQ_HEADER(S)_* variables.
+// (the passcode_env variables of the sources belong there) and every
+// AGENTQ_* variable the agent inherited: they are its own configuration
+// (AGENTQ_SOURCE, AGENTQ_RESULTS, AGENTQ_HTTP, ... can carry a password in
+// their URL; AGENTQ_ADMIN_TOKEN is the admin token). The AGENTQ_* a
+// handler sees are the message's, above.
 //
 // Header values keep newlines. A value with a NUL byte cannot be passed in
 // the environment, so that header is left out and named in

@@ -23,28 +23,15 @@ const (
 // maxEnvNote bounds AGENTQ_HEADERS_TRUNCATED and AGENTQ_HEADERS_DROPPED.
 const maxEnvNote = 4 << 10
 
-// alwaysHidden are inherited variables never passed to a handler.
-var alwaysHidden = []string{"AGENTQ_ADMIN_TOKEN"}
-
 // hiddenEnv reports whether an inherited variable is kept from handlers:
-// one named in hide, AGENTQ_ADMIN_TOKEN, any AGENTQ_* variable whose name
-// contains PASS, TOKEN or SECRET, and stale AGENTQ_HEADER(S)_* variables
-// (from an agent that is itself a handler), which the message's own replace.
+// one named in hide, and every AGENTQ_* variable. Those are the agent's own
+// configuration (AGENTQ_SOURCE, AGENTQ_RESULTS, AGENTQ_ON_STUCK,
+// AGENTQ_HTTP, ... may hold a broker's or a service's password in their
+// URL; AGENTQ_ADMIN_TOKEN is the admin token), or stale context from an
+// agent that is itself a handler; the message's own AGENTQ_* context is
+// added after (entryEnv).
 func hiddenEnv(name string, hide map[string]bool) bool {
-	if hide[name] {
-		return true
-	}
-	up := strings.ToUpper(name)
-	if !strings.HasPrefix(up, "AGENTQ_") {
-		return false
-	}
-	for _, h := range alwaysHidden {
-		if up == h {
-			return true
-		}
-	}
-	return strings.Contains(up, "PASS") || strings.Contains(up, "TOKEN") || strings.Contains(up, "SECRET") ||
-		strings.HasPrefix(up, "AGENTQ_HEADER_") || strings.HasPrefix(up, "AGENTQ_HEADERS_")
+	return hide[name] || strings.HasPrefix(strings.ToUpper(name), "AGENTQ_")
 }
 
 // handlerEnv is the environment of a handler: the agent's own without the

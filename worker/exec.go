@@ -42,8 +42,8 @@ type ExecConfig struct {
 	StderrTail int           // bytes of stderr kept for the error; default 2048
 	// HideEnv names variables of the agent's environment never passed to
 	// the command, such as the one a source's passcode_env names. Besides
-	// these, AGENTQ_ADMIN_TOKEN and every AGENTQ_* variable whose name
-	// contains PASS, TOKEN or SECRET are always hidden. Env is not filtered.
+	// these, every inherited AGENTQ_* variable (the agent's own
+	// configuration) is always hidden. Env is not filtered.
 	HideEnv []string
 	// MaxOutput bounds the stdout kept as the call's output (see Producer).
 	// 0 means DefaultMaxOutput; < 0 sends stdout to /dev/null and returns

@@ -225,7 +225,8 @@ func TestExecMissingCommand(t *testing.T) {
 	}
 }
 
-// Ensure the agent's secrets stay out of a handler's environment while the
+// Ensure the agent's secrets and its own AGENTQ_* configuration (whose
+// URLs can carry passwords) stay out of a handler's environment while the
 // rest of it, the extra variables and the message's context get through.
 func TestExecHidesSecrets(t *testing.T) {
 	for k, v := range map[string]string{
@@ -234,9 +235,11 @@ func TestExecHidesSecrets(t *testing.T) {
 		"AGENTQ_HMAC_SECRET":      "s3",
 		"RABBIT_PASS":             "s4",
 		"AGENTQ_HEADER_STALE":     "s5",
-		"AGENTQ_JOURNAL":          "keep",
-		"AGENTQ_TEST_UNRELATED":   "keep",
+		"AGENTQ_JOURNAL":          "s7",
+		"AGENTQ_RESULTS":          "stomp://guest:s8@127.0.0.1:61613/queue/results",
+		"AGENTQ_ON_STUCK":         "amqp://guest:s9@127.0.0.1:5672/?queue=dead",
 		"HANDLER_API_TOKEN":       "keep",
+		"PATH_LIKE_UNRELATED":     "keep",
 		"AGENTQ_ADMIN_TOKEN_FILE": "s6",
 	} {
 		t.Setenv(k, v)
@@ -256,8 +259,10 @@ func TestExecHidesSecrets(t *testing.T) {
 		{"AGENTQ_ADMIN_TOKEN_FILE", ""},
 		{"RABBIT_PASS", ""},
 		{"AGENTQ_HEADER_STALE", ""},
-		{"AGENTQ_JOURNAL", "keep"},
-		{"AGENTQ_TEST_UNRELATED", "keep"},
+		{"AGENTQ_JOURNAL", ""},
+		{"AGENTQ_RESULTS", ""},
+		{"AGENTQ_ON_STUCK", ""},
+		{"PATH_LIKE_UNRELATED", "keep"},
 		{"HANDLER_API_TOKEN", "keep"},
 		{"EXTRA_TOKEN", "keep"},
 		{"AGENTQ_SEQ", "42"},
