@@ -44,9 +44,18 @@ type HTTP struct {
 
 // NewHTTP validates the URL and returns the backend.
 func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
+	// Errors show the URL without its userinfo and query, which may hold
+	// credentials (user:password@, ?api_token=), as Name does.
 	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("http backend URL %q: want http:// or https:// with a host", cfg.URL)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error quotes the whole URL
+		}
+		return nil, fmt.Errorf("http backend URL does not parse: %v (want http:// or https:// with a host)", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("http backend URL %q: want http:// or https:// with a host", shownURL(u))
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultHTTPTimeout
@@ -66,9 +75,14 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256
 		c = &http.Client{Transport: t}
 	}
+	return &HTTP{cfg: cfg, client: c, name: "http:" + shownURL(u)}, nil
+}
+
+// shownURL is u without userinfo, query and fragment.
+func shownURL(u *url.URL) string {
 	shown := *u
-	shown.User, shown.RawQuery = nil, ""
-	return &HTTP{cfg: cfg, client: c, name: "http:" + shown.String()}, nil
+	shown.User, shown.RawQuery, shown.ForceQuery, shown.Fragment, shown.RawFragment = nil, "", false, "", ""
+	return shown.String()
 }
 
 // Name returns "http:" and the URL without credentials or query.
@@ -111,6 +125,10 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("POST %s: timed out after %s", h.Name(), h.cfg.Timeout)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error quotes the whole URL, query and all
 		}
 		return nil, fmt.Errorf("POST %s: %w", h.Name(), err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -102,12 +103,41 @@ func TestHTTPOutcomes(t *testing.T) {
 	}
 }
 
-// Ensure bad URLs are refused with the URL named.
+// Ensure bad URLs are refused, and the refusal shows neither the
+// password nor the query of the URL.
 func TestHTTPBadURL(t *testing.T) {
-	for _, u := range []string{"", "ftp://x/y", "http://", "not a url"} {
-		if _, err := NewHTTP(HTTPConfig{URL: u}); err == nil {
+	for _, u := range []string{"", "ftp://x/y", "http://", "not a url",
+		"https://hookuser:s3cret@/hook?api_token=t0ken", "http://user:s3cret@host:port/?api_token=t0ken", "ftp://u:s3cret@h/?api_token=t0ken"} {
+		_, err := NewHTTP(HTTPConfig{URL: u})
+		if err == nil {
 			t.Errorf("NewHTTP(%q) succeeded", u)
+			continue
 		}
+		if msg := err.Error(); strings.Contains(msg, "s3cret") || strings.Contains(msg, "t0ken") {
+			t.Errorf("NewHTTP(%q) = %q: shows a secret", u, msg)
+		}
+	}
+}
+
+// Ensure a call that cannot connect says why without the URL's password
+// or query (Go's url.Error quotes the whole URL).
+func TestHTTPErrorHidesSecrets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	h, err := NewHTTP(HTTPConfig{URL: "http://user:s3cret@" + addr + "/hook?api_token=t0ken"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.Call(context.Background(), testEntry([]byte("{}")))
+	if err == nil {
+		t.Fatal("call to a closed port succeeded")
+	}
+	if msg := err.Error(); strings.Contains(msg, "s3cret") || strings.Contains(msg, "t0ken") || !strings.Contains(msg, "refused") {
+		t.Fatalf("error %q: want the cause without the URL's secrets", msg)
 	}
 }
 
