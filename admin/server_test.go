@@ -234,6 +234,31 @@ func TestRequestGuards(t *testing.T) {
 	}
 }
 
+// Ensure /debug/pprof/cmdline shows the command line without the
+// passwords its URLs carry: reads need no token on a loopback endpoint
+// without one, and a login node has other users.
+func TestPprofCmdlineRedacted(t *testing.T) {
+	saved := os.Args
+	t.Cleanup(func() { os.Args = saved })
+	os.Args = []string{"agentq", "run", "--source", "stomp://guest:s3cret@127.0.0.1:61613/queue/x", "--results=amqp://u:p4ss@127.0.0.1/?passcode=c0de"}
+	_, base := serve(t, testJournal(t), "")
+	resp, err := http.Get(base + "/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	got := string(body)
+	if resp.StatusCode != 200 || !strings.Contains(got, "run\x00--source\x00stomp://guest:") {
+		t.Fatalf("cmdline = %d %q", resp.StatusCode, got)
+	}
+	for _, secret := range []string{"s3cret", "p4ss", "c0de"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("cmdline %q shows %s", got, secret)
+		}
+	}
+}
+
 func TestCheckAddr(t *testing.T) {
 	for _, c := range []struct {
 		addr, token string
