@@ -94,6 +94,9 @@ Quick start (a local RabbitMQ from 'make broker'):
 			compactCommand(),
 			versionCommand(),
 		},
+		// A URL can hold a comma (types=order,resource; a {1,5} in a
+		// regexp), and so can a header: repeat a flag to give several.
+		DisableSliceFlagSeparator: true,
 		// Errors are printed once, by Main, with the right exit code.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {

@@ -313,6 +313,11 @@ func TestExitCodes(t *testing.T) {
 		{"TruncatedJournalRun", []string{"run", "--journal", truncated, "--admin", ""}, 1, "truncated"},
 		{"NoJournal", []string{"inspect", "--journal", filepath.Join(dir, "none.db")}, 1, "none.db"},
 		{"SendBadHeader", []string{"send", "--header", "novalue"}, 2, "K=V"},
+		// A comma inside a flag's value is part of it (urfave/cli splits
+		// slice flags on commas unless told not to): these get past the
+		// source and header to the next check.
+		{"SourceWithComma", []string{"run", "--source", "stomp://127.0.0.1:1/queue/x?type=dest:^/queue/(?P<type>x{1,5})$", "--journal", "/nonexistent/d/j.db", "--admin", ""}, 1, "cannot open journal /nonexistent/d/j.db"},
+		{"HeaderWithComma", []string{"send", "--header", "x-list=a,b", "stomp://127.0.0.1:1/queue/x"}, 1, "cannot reach broker"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
