@@ -37,7 +37,7 @@ type Config struct {
 	LogLevel     string        `yaml:"log_level"`     // debug, info (default), warn, error
 	DrainTimeout Duration      `yaml:"drain_timeout"` // default 30s
 	Timeout      Duration      `yaml:"timeout"`       // per-call timeout of routes without their own; default 5m
-	Retention    Duration      `yaml:"retention"`     // keep done entries this long; default 168h; 0 keeps forever
+	Retention    *Duration     `yaml:"retention"`     // keep done entries this long; default 168h; 0 keeps forever
 	SkipStuck    bool          `yaml:"skip_stuck"`    // let a key continue past a stuck entry
 	MaxSize      ByteSize      `yaml:"max_size"`      // journal size limit; 0 = none
 	Retry        RetryConfig   `yaml:"retry"`

@@ -134,14 +134,18 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		s.drain = worker.DefaultDrainTimeout
 	}
 	if c.IsSet("drain-timeout") {
-		s.drain = c.Duration("drain-timeout")
+		if s.drain = c.Duration("drain-timeout"); s.drain <= 0 {
+			return nil, usagef("--drain-timeout %s: want a positive duration (calls still running then are cancelled, and run again at the next start)", s.drain)
+		}
 	}
 	s.retain = DefaultRetention
-	if cfg.Retention > 0 {
-		s.retain = time.Duration(cfg.Retention)
+	if cfg.Retention != nil {
+		s.retain = time.Duration(*cfg.Retention)
 	}
 	if c.IsSet("retention") {
-		s.retain = c.Duration("retention")
+		if s.retain = c.Duration("retention"); s.retain < 0 {
+			return nil, usagef("--retention %s: want 0 (keep done entries forever) or a positive duration", s.retain)
+		}
 	}
 	if c.IsSet("log-format") {
 		cfg.LogFormat = c.String("log-format")

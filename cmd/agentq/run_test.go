@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/queue"
@@ -189,5 +192,64 @@ func TestSeveralSources(t *testing.T) {
 	}
 	if !got["first"] || !got["second"] {
 		t.Fatalf("sources journaled: %v, want first and second", got)
+	}
+}
+
+// resolve runs resolveSettings over `agentq run ARGS` without running the
+// agent.
+func resolve(t *testing.T, args ...string) (*settings, error) {
+	t.Helper()
+	cmd := runCommand()
+	var s *settings
+	var err error
+	cmd.Action = func(c *cli.Context) error { s, err = resolveSettings(c); return nil }
+	app := &cli.App{Commands: []*cli.Command{cmd}, DisableSliceFlagSeparator: true, Writer: io.Discard, ErrWriter: io.Discard}
+	if runErr := app.Run(append([]string{"agentq", "run"}, args...)); runErr != nil {
+		t.Fatalf("run %v: %v", args, runErr)
+	}
+	return s, err
+}
+
+// Ensure durations resolve as documented: retention 0 in the config keeps
+// done entries forever (it once meant the default), and a drain timeout
+// or retention that cannot mean anything is refused, not replaced.
+func TestResolveDurations(t *testing.T) {
+	dir := t.TempDir()
+	config := func(body string) string {
+		p := filepath.Join(dir, strings.NewReplacer(" ", "", ":", "", "\n", "").Replace(body)+".yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name          string
+		args          []string
+		retain, drain time.Duration
+		err           string
+	}{
+		{"defaults", nil, DefaultRetention, 30 * time.Second, ""},
+		{"config retention 0 keeps forever", []string{"--config", config("retention: 0\n")}, 0, 30 * time.Second, ""},
+		{"config values", []string{"--config", config("retention: 1h\ndrain_timeout: 5s\n")}, time.Hour, 5 * time.Second, ""},
+		{"flag over config", []string{"--config", config("retention: 2h\n"), "--retention", "0s"}, 0, 30 * time.Second, ""},
+		{"negative retention", []string{"--retention", "-1h"}, 0, 0, "--retention -1h0m0s"},
+		{"zero drain timeout", []string{"--drain-timeout", "0s"}, 0, 0, "--drain-timeout 0s"},
+		{"negative drain timeout", []string{"--drain-timeout", "-5s"}, 0, 0, "--drain-timeout -5s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := resolve(t, tc.args...)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one naming %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.retain != tc.retain || s.drain != tc.drain {
+				t.Fatalf("retention %s, drain timeout %s; want %s, %s", s.retain, s.drain, tc.retain, tc.drain)
+			}
+		})
 	}
 }
