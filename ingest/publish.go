@@ -1,16 +1,17 @@
 package ingest
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 
 	"github.com/agentq/agentq/queue"
@@ -19,10 +20,10 @@ import (
 // Publishing: agentq answers (results, replies, dead letters) through the
 // journal's outbox. A Target is where a route's answers go; a publisher is
 // one connection to a target's broker that publishes a batch and reports
-// which messages the broker confirmed: STOMP by a receipt after the batch
-// (a connection's frames are processed in order), AMQP by publisher
+// which messages the broker confirmed: STOMP by a receipt for each SEND
+// (RabbitMQ sends it once the message is confirmed), AMQP by publisher
 // confirms, with mandatory set so an unroutable message comes back instead
-// of vanishing.
+// of vanishing, MQTT by the PUBACK of each message.
 
 // Target is a destination agentq publishes to.
 type Target struct {
@@ -149,8 +150,9 @@ type publisher interface {
 	close()
 }
 
-// dialPublisher connects to a target.
-func dialPublisher(ctx context.Context, t Target, passcode string) (publisher, error) {
+// dialPublisher connects to a target; journalID keeps the MQTT client id
+// of one agent's connection apart from another's.
+func dialPublisher(ctx context.Context, t Target, passcode, journalID string) (publisher, error) {
 	c := t.Conn
 	if passcode != "" {
 		c.Passcode = passcode
@@ -159,73 +161,217 @@ func dialPublisher(ctx context.Context, t Target, passcode string) (publisher, e
 	case "amqp", "amqps":
 		return dialAMQPPublisher(ctx, t, c)
 	case "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
-		return dialMQTTPublisher(ctx, t, c)
+		return dialMQTTPublisher(ctx, t, c, journalID)
 	}
+	return dialSTOMPPublisher(ctx, t, c)
+}
+
+// publishTimeout bounds how long a publisher waits for the broker's answer
+// (a receipt, a confirm, a PUBACK) with nothing arriving, and a login.
+const publishTimeout = 30 * time.Second
+
+// stompPublisher publishes over one STOMP connection of its own, speaking
+// frames directly rather than through go-stomp's Conn: every SEND asks for
+// a receipt, and RabbitMQ sends a SEND's receipt only once the message is
+// confirmed (for persistent messages, stored), so a receipt is the proof
+// that lets the outbox forget a message. A receipt after the batch (an
+// empty transaction's) proves nothing there: RabbitMQ answers it once it
+// has read the frames, and a SEND it then refuses (no such exchange)
+// comes back later as an ERROR. go-stomp's Send waits for each receipt in
+// turn, holding the connection; here the batch goes out in one write and
+// the receipts are matched as they come. The receipt id is the outbox
+// message's, so a message published again carries the same value
+// (RabbitMQ passes the receipt header on to consumers).
+type stompPublisher struct {
+	t      Target
+	nc     net.Conn
+	bw     *bufio.Writer
+	w      *frame.Writer
+	frames chan *frame.Frame // from the reader; closed when it ends
+	rerr   error             // why the reader ended, once frames is closed
+	done   chan struct{}     // closed by close: the reader stops handing over
+}
+
+func dialSTOMPPublisher(ctx context.Context, t Target, c Config) (publisher, error) {
 	nc, err := Dial(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := stomp.ConnectWithContext(ctx, nc, ConnOptions(c, nil)...)
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
+	defer stop()
+	_ = nc.SetDeadline(time.Now().Add(publishTimeout))
+	bw := bufio.NewWriterSize(nc, ioBufferSize)
+	p := &stompPublisher{t: t, nc: nc, bw: bw, w: frame.NewWriter(bw), frames: make(chan *frame.Frame, relayBatch), done: make(chan struct{})}
+	// No heart-beats: a publisher is idle between batches, and while it
+	// waits for receipts publishTimeout bounds the silence.
+	hdr := []string{frame.AcceptVersion, "1.0,1.1,1.2", frame.HeartBeat, "0,0"}
+	if c.VHost != "" {
+		hdr = append(hdr, frame.Host, c.VHost)
+	}
+	if c.Login != "" || c.Passcode != "" {
+		hdr = append(hdr, frame.Login, c.Login, frame.Passcode, c.Passcode)
+	}
+	r := frame.NewReaderSize(nc, ioBufferSize)
+	err = p.w.Write(frame.New(frame.CONNECT, hdr...))
+	if err == nil {
+		err = bw.Flush()
+	}
+	var f *frame.Frame
+	for err == nil && f == nil { // nil: a heart-beat
+		f, err = r.Read()
+	}
+	if err == nil && f.Command != frame.CONNECTED {
+		err = fmt.Errorf("broker says %s", stompErrorText(f, c))
+	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("cannot connect to %s: %w", c.String(), brokerError(err, c))
+		return nil, fmt.Errorf("cannot connect to %s: %w", c.String(), err)
 	}
-	return &stompPublisher{t: t, conn: conn}, nil
+	_ = nc.SetDeadline(time.Time{})
+	go p.read(r)
+	return p, nil
 }
 
-// stompPublisher publishes over one STOMP connection.
-type stompPublisher struct {
-	t    Target
-	conn *stomp.Conn
+// read hands the broker's frames to publish until the connection ends.
+func (p *stompPublisher) read(r *frame.Reader) {
+	defer close(p.frames)
+	for {
+		f, err := r.Read()
+		if err != nil {
+			p.rerr = err
+			return
+		}
+		if f == nil {
+			continue
+		}
+		select {
+		case p.frames <- f:
+		case <-p.done:
+			return
+		}
+	}
 }
 
-// publish sends the batch, then a barrier (BEGIN, ABORT with a receipt):
-// the broker processes a connection's frames in order, so the receipt
-// confirms them all. A receipt header on a SEND would be passed on to the
-// consumer, so no message carries one. An ERROR frame (no such exchange, access refused)
-// fails the whole batch: STOMP does not say which frame it was about.
+// stompErrorText is an ERROR frame's message and body, with a hint.
+func stompErrorText(f *frame.Frame, cfg Config) string {
+	msg := f.Header.Get(frame.Message)
+	detail := strings.TrimSpace(string(f.Body))
+	text := strconv.Quote(msg)
+	if detail != "" && !strings.Contains(msg, detail) {
+		text += ": " + detail
+	}
+	if h := hint(msg+" "+detail, cfg); h != "" {
+		text += " (" + h + ")"
+	}
+	return text
+}
+
+// receiptID names the receipt of outbox message id.
+func receiptID(id uint64) string { return "agentq-out-" + strconv.FormatUint(id, 10) }
+
+// publish sends the batch, every SEND with a receipt, in one write, and
+// collects the receipts. An ERROR frame ends the connection (RabbitMQ
+// closes it): the message its receipt-id names, if any, failed with the
+// broker's words; the others without a receipt are not known to be
+// stored, and the error says so.
 func (p *stompPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
+	stop := context.AfterFunc(ctx, func() { _ = p.nc.Close() })
+	defer stop()
+	pending := make(map[string]uint64, len(msgs))
+	_ = p.nc.SetWriteDeadline(time.Now().Add(publishTimeout))
 	for _, m := range msgs {
-		dest := m.Destination
-		if dest == "" {
-			dest = p.t.Conn.Destination
+		rid := receiptID(m.ID)
+		pending[rid] = m.ID
+		if err := p.w.Write(stompSendFrame(p.t, m, rid)); err != nil {
+			return nil, nil, p.connErr("cannot send", ctx, err)
 		}
-		ct := "application/octet-stream"
-		opts := []func(*frame.Frame) error{stomp.SendOpt.Header("persistent", "true")}
-		for _, h := range m.Headers {
-			if strings.EqualFold(h.Name, "content-type") {
-				ct = h.Value
-				continue
+	}
+	if err := p.bw.Flush(); err != nil {
+		return nil, nil, p.connErr("cannot send", ctx, err)
+	}
+	_ = p.nc.SetWriteDeadline(time.Time{})
+	ok := make([]uint64, 0, len(msgs))
+	timer := time.NewTimer(publishTimeout)
+	defer timer.Stop()
+	for len(pending) > 0 {
+		select {
+		case f, open := <-p.frames:
+			if !open {
+				return ok, nil, p.connErr("connection lost", ctx, p.rerr)
 			}
-			if PerDeliveryHeader(h.Name) {
-				continue
+			switch f.Command {
+			case frame.RECEIPT:
+				if id, mine := pending[f.Header.Get(frame.ReceiptId)]; mine {
+					delete(pending, f.Header.Get(frame.ReceiptId))
+					ok = append(ok, id)
+				}
+				timer.Reset(publishTimeout)
+			case frame.ERROR:
+				text := stompErrorText(f, p.t.Conn)
+				var failed map[uint64]string
+				if id, mine := pending[f.Header.Get(frame.ReceiptId)]; mine {
+					failed = map[uint64]string{id: "the broker refused it: " + text}
+				}
+				err := fmt.Errorf("publish to %s: broker says %s; %d message(s) not confirmed", p.t.Conn.String(), text, len(pending))
+				if failed == nil {
+					return ok, nil, &refusedError{err}
+				}
+				return ok, failed, err
 			}
-			opts = append(opts, stomp.SendOpt.Header(h.Name, h.Value))
+		case <-timer.C:
+			return ok, nil, fmt.Errorf("publish to %s: no receipt within %s for %d message(s)", p.t.Conn.String(), publishTimeout, len(pending))
+		case <-ctx.Done():
+			return ok, nil, ctx.Err()
 		}
-		if err := p.conn.Send(dest, ct, m.Body, opts...); err != nil {
-			return nil, nil, fmt.Errorf("publish to %s: %w", dest, brokerError(err, p.t.Conn))
-		}
 	}
-	tx, err := p.conn.BeginWithError()
-	if err == nil {
-		err = tx.AbortWithReceipt()
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("publish to %s: no receipt: %w", p.t.Conn.String(), brokerError(err, p.t.Conn))
-	}
-	ids := make([]uint64, len(msgs))
-	for i, m := range msgs {
-		ids[i] = m.ID
-	}
-	return ids, nil, nil
+	return ok, nil, nil
 }
 
+// connErr is the error of a connection that failed while publishing: the
+// context's, when it ended first (its end closed the connection).
+func (p *stompPublisher) connErr(what string, ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err == nil {
+		err = errors.New("closed")
+	}
+	return fmt.Errorf("publish to %s: %s: %w", p.t.Conn.String(), what, err)
+}
+
+// stompSendFrame is the SEND of outbox message m: persistent, with its
+// headers less the per-delivery ones, and a receipt.
+func stompSendFrame(t Target, m *queue.Out, rid string) *frame.Frame {
+	dest := m.Destination
+	if dest == "" {
+		dest = t.Conn.Destination
+	}
+	ct := "application/octet-stream"
+	f := frame.New(frame.SEND, frame.Destination, dest, "persistent", "true", frame.Receipt, rid)
+	for _, h := range m.Headers {
+		if strings.EqualFold(h.Name, "content-type") {
+			ct = h.Value
+			continue
+		}
+		if PerDeliveryHeader(h.Name) {
+			continue
+		}
+		f.Header.Add(h.Name, h.Value)
+	}
+	f.Header.Set(frame.ContentType, ct)
+	f.Header.Set(frame.ContentLength, strconv.Itoa(len(m.Body)))
+	f.Body = m.Body
+	return f
+}
+
+// close ends the connection at once: every message either has its
+// receipt or is still in the outbox, so there is nothing to wait for.
 func (p *stompPublisher) close() {
-	done := make(chan struct{})
-	go func() { _ = p.conn.Disconnect(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		_ = p.conn.MustDisconnect()
+	close(p.done)
+	_ = p.nc.Close()
+	for range p.frames { // the reader ends with the connection
 	}
 }

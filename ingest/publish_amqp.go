@@ -30,11 +30,17 @@ func dialAMQPPublisher(ctx context.Context, t Target, c Config) (publisher, erro
 	if err != nil {
 		return nil, err
 	}
-	// The login is bounded like the dial.
+	// The login is bounded like the dial, and ends with its context.
 	if d, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(d)
 	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
 	conn, err := amqpLogin(nc, c, "agentq results "+t.Name)
+	stop()
+	if err == nil && ctx.Err() != nil {
+		conn.Close()
+		err = ctx.Err()
+	}
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -81,28 +87,38 @@ func amqpPublishing(m *queue.Out) amqp.Publishing {
 
 func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
 	first := p.tag + 1
+	failed := map[uint64]string{}
+	var sent []*queue.Out // by delivery tag, from first
 	for _, m := range msgs {
 		ex, key := p.t.Exchange, p.t.RoutingKey
 		if m.Destination != "" { // a reply-to: the default exchange routes by queue name
 			ex, key = "", strings.TrimPrefix(m.Destination, "/queue/")
 		}
-		if err := p.ch.PublishWithContext(ctx, ex, key, p.t.Mandatory, false, amqpPublishing(m)); err != nil {
+		pub := amqpPublishing(m)
+		// What AMQP cannot carry fails alone, before it is sent: the
+		// client library would find out halfway through the frame and
+		// break the connection, and with it the whole batch.
+		if why := amqpUnsendable(ex, key, pub); why != "" {
+			failed[m.ID] = "cannot be published over AMQP: " + why
+			continue
+		}
+		if err := p.ch.PublishWithContext(ctx, ex, key, p.t.Mandatory, false, pub); err != nil {
 			return nil, nil, fmt.Errorf("publish to exchange %q: %w", ex, err)
 		}
 		p.tag++
+		sent = append(sent, m)
 	}
-	failed := map[uint64]string{}
 	var ok []uint64
-	byTag := func(tag uint64) *queue.Out { return msgs[tag-first] }
+	byTag := func(tag uint64) *queue.Out { return sent[tag-first] }
 	timeout := time.NewTimer(30 * time.Second)
 	defer timeout.Stop()
-	for got := 0; got < len(msgs); {
+	for got := 0; got < len(sent); {
 		select {
 		case r := <-p.returns:
 			returned(failed, r)
 		case c, open := <-p.confirm:
 			if !open {
-				return ok, failed, fmt.Errorf("channel closed while waiting for confirms: %v", <-p.closed)
+				return ok, failed, channelClosed("channel closed while waiting for confirms", <-p.closed)
 			}
 			got++
 			m := byTag(c.DeliveryTag)
@@ -110,7 +126,7 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 				failed[m.ID] = "the broker refused it (basic.nack)"
 			}
 		case e := <-p.closed:
-			return ok, failed, fmt.Errorf("channel closed: %v", e)
+			return ok, failed, channelClosed("channel closed", e)
 		case <-timeout.C:
 			return ok, failed, fmt.Errorf("no publisher confirms within 30s")
 		case <-ctx.Done():
@@ -127,12 +143,48 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 		}
 		break
 	}
-	for _, m := range msgs {
+	for _, m := range sent {
 		if _, bad := failed[m.ID]; !bad {
 			ok = append(ok, m.ID)
 		}
 	}
 	return ok, failed, nil
+}
+
+// channelClosed is the error of a channel the broker closed while a batch
+// waited for confirms. A channel error (403 access refused, 404 no such
+// exchange, 405, 406) is the broker refusing a message of the batch
+// without saying which: a refusedError.
+func channelClosed(what string, e *amqp.Error) error {
+	err := fmt.Errorf("%s: %v", what, e)
+	if e != nil && e.Code >= amqp.AccessRefused && e.Code <= amqp.PreconditionFailed {
+		return &refusedError{err}
+	}
+	return err
+}
+
+// amqpUnsendable says why pub cannot go out over AMQP 0-9-1, or "": the
+// exchange, routing key and the properties are short strings (at most
+// 255 bytes), and so is every header name.
+func amqpUnsendable(ex, key string, pub amqp.Publishing) string {
+	for _, f := range []struct{ name, v string }{
+		{"exchange", ex}, {"routing key", key}, {"content-type", pub.ContentType}, {"content-encoding", pub.ContentEncoding},
+		{"correlation-id", pub.CorrelationId}, {"reply-to", pub.ReplyTo}, {"expiration", pub.Expiration},
+		{"message-id", pub.MessageId}, {"type", pub.Type}, {"user-id", pub.UserId}, {"app-id", pub.AppId},
+	} {
+		if len(f.v) > 255 {
+			return fmt.Sprintf("its %s is %d bytes, AMQP allows 255", f.name, len(f.v))
+		}
+	}
+	for name := range pub.Headers {
+		if len(name) > 255 {
+			return fmt.Sprintf("a header name is %d bytes (%.40q...), AMQP allows 255", len(name), name)
+		}
+	}
+	if err := pub.Headers.Validate(); err != nil {
+		return err.Error()
+	}
+	return ""
 }
 
 // returned records a message the broker gave back as unroutable.
@@ -142,7 +194,8 @@ func returned(failed map[uint64]string, r amqp.Return) {
 	}
 }
 
+// close ends the connection without waiting long for the broker: a
+// silent one would hold the shutdown for its heartbeat timeout.
 func (p *amqpPublisher) close() {
-	_ = p.ch.Close()
-	_ = p.conn.Close()
+	_ = p.conn.CloseDeadline(time.Now().Add(time.Second))
 }

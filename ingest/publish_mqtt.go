@@ -23,19 +23,24 @@ type mqttPublisher struct {
 	client mqtt.Client
 }
 
-func dialMQTTPublisher(ctx context.Context, t Target, c Config) (publisher, error) {
+func dialMQTTPublisher(ctx context.Context, t Target, c Config, journalID string) (publisher, error) {
 	if len(c.Topics) != 1 || strings.ContainsAny(c.Topics[0], "+#") {
 		return nil, fmt.Errorf("an MQTT results URL needs exactly one topic= without wildcards")
 	}
 	opts := mqtt.NewClientOptions()
 	opts.AddBroker("tcp://" + c.Addr) // informational: the connection is our own
 	opts.SetCustomOpenConnectionFn(func(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
-		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return dialMQTT(dctx, c)
+		return dialMQTT(ctx, c) // called once, within Connect below
 	})
-	sum := sha256.Sum256([]byte(t.Name))
-	opts.SetClientID("agentq-results-" + hex.EncodeToString(sum[:6]))
+	// The client id is the results URL's client_id, else one of this
+	// journal and target: two agents with the same configuration must not
+	// take each other's connection over.
+	id := c.ClientID
+	if id == "" {
+		sum := sha256.Sum256([]byte(journalID + "\x00" + t.Name))
+		id = "agentq-results-" + hex.EncodeToString(sum[:6])
+	}
+	opts.SetClientID(id)
 	opts.SetUsername(c.Login)
 	opts.SetPassword(c.Passcode)
 	opts.SetProtocolVersion(4)

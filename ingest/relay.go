@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -105,18 +106,77 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 // publishGroup publishes one target's messages and records the outcome.
+// When the broker refused the batch without saying which message it
+// refused (a STOMP ERROR frame, an AMQP channel error: the connection or
+// channel is gone), the messages it did not confirm are published again
+// one at a time, so that the refused one fails alone and the others go
+// out now rather than wait with it for ever.
 func (r *Relay) publishGroup(ctx context.Context, pubs map[string]publisher, name string, msgs []*queue.Out) {
-	fail := func(ms []*queue.Out, reason string) {
-		byReason := map[string][]uint64{}
-		for _, m := range ms {
-			byReason[reason] = append(byReason[reason], m.ID)
-		}
-		r.recordFailure(ctx, name, ms, byReason)
+	okIDs, failed, err := r.publishBatch(ctx, pubs, name, msgs)
+	rest := unconfirmed(msgs, okIDs)
+	var refused *refusedError
+	if errors.As(err, &refused) && len(rest) > 1 && len(failed) == 0 && ctx.Err() == nil {
+		r.publishEach(ctx, pubs, name, rest, err.Error())
+		return
 	}
+	r.settleGroup(ctx, name, rest, failed, err)
+}
+
+// publishEach publishes msgs one at a time after a refused batch. Three
+// refusals in a row (a target that refuses everything: a missing exchange)
+// end it: the rest wait for the next round with the last refusal.
+func (r *Relay) publishEach(ctx context.Context, pubs map[string]publisher, name string, msgs []*queue.Out, reason string) {
+	const maxRefusals = 3
+	refusals := 0
+	for i, m := range msgs {
+		if ctx.Err() != nil || refusals == maxRefusals {
+			r.settleGroup(ctx, name, msgs[i:], nil, errors.New(reason))
+			return
+		}
+		okIDs, failed, err := r.publishBatch(ctx, pubs, name, msgs[i:i+1])
+		var refused *refusedError
+		switch {
+		case len(okIDs) == 1:
+			refusals = 0
+		case errors.As(err, &refused) || failed[m.ID] != "":
+			refusals++
+			reason = err.Error()
+			if failed[m.ID] != "" {
+				reason = failed[m.ID]
+			}
+			r.settleGroup(ctx, name, msgs[i:i+1], map[uint64]string{m.ID: reason}, err)
+		default: // the broker is away: the rest wait with this one
+			r.settleGroup(ctx, name, msgs[i:], failed, err)
+			return
+		}
+	}
+	r.mu.Lock()
+	delete(r.lastErr, name)
+	r.mu.Unlock()
+}
+
+// unconfirmed is msgs less those in ok.
+func unconfirmed(msgs []*queue.Out, ok []uint64) []*queue.Out {
+	done := make(map[uint64]bool, len(ok))
+	for _, id := range ok {
+		done[id] = true
+	}
+	var rest []*queue.Out
+	for _, m := range msgs {
+		if !done[m.ID] {
+			rest = append(rest, m)
+		}
+	}
+	return rest
+}
+
+// publishBatch publishes msgs on the target's connection, dialing it when
+// there is none, removes what the broker confirmed from the outbox, and
+// drops the connection when it failed.
+func (r *Relay) publishBatch(ctx context.Context, pubs map[string]publisher, name string, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
 	t, ok := r.Targets[name]
 	if !ok {
-		fail(msgs, fmt.Sprintf("no results destination %q in the configuration (was it removed?)", name))
-		return
+		return nil, nil, fmt.Errorf("no results destination %q in the configuration (was it removed?)", name)
 	}
 	p := pubs[name]
 	if p == nil {
@@ -125,18 +185,16 @@ func (r *Relay) publishGroup(ctx context.Context, pubs map[string]publisher, nam
 		if cfg.PasscodeFile != "" {
 			s, err := ReadSecretFile(cfg.PasscodeFile)
 			if err != nil {
-				fail(msgs, err.Error())
-				return
+				return nil, nil, err
 			}
 			passcode = s
 		}
-		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		dctx, cancel := context.WithTimeout(ctx, publishTimeout)
 		var err error
-		p, err = dialPublisher(dctx, t, passcode)
+		p, err = dialPublisher(dctx, t, passcode, r.Journal.ID())
 		cancel()
 		if err != nil {
-			fail(msgs, err.Error())
-			return
+			return nil, nil, err
 		}
 		pubs[name] = p
 	}
@@ -152,16 +210,16 @@ func (r *Relay) publishGroup(ctx context.Context, pubs map[string]publisher, nam
 		p.close()
 		delete(pubs, name)
 	}
-	done := map[uint64]bool{}
-	for _, id := range okIDs {
-		done[id] = true
-	}
+	return okIDs, failed, err
+}
+
+// settleGroup records the outcome of msgs, the messages of a batch the
+// broker did not confirm: those in failed with their own reason, the
+// others with err's (none failed when err is nil).
+func (r *Relay) settleGroup(ctx context.Context, name string, msgs []*queue.Out, failed map[uint64]string, err error) {
 	byReason := map[string][]uint64{}
 	var rest []*queue.Out
 	for _, m := range msgs {
-		if done[m.ID] {
-			continue
-		}
 		reason, isFailed := failed[m.ID]
 		if !isFailed {
 			if err == nil {
@@ -189,15 +247,22 @@ func (r *Relay) recordFailure(ctx context.Context, name string, ms []*queue.Out,
 		attempts[m.ID] = m.Attempts
 	}
 	for reason, ids := range byReason {
-		next := r.Now().Add(retryDelay(attempts[ids[0]]))
-		if err := r.Journal.OutboxFailed(ctx, ids, reason, next); err != nil {
-			r.Log.Error("cannot record a failed publication", "error", err)
+		// Messages with as many failed attempts share a retry time.
+		byAttempts := map[int][]uint64{}
+		for _, id := range ids {
+			byAttempts[attempts[id]] = append(byAttempts[attempts[id]], id)
+		}
+		for n, same := range byAttempts {
+			next := r.Now().Add(retryDelay(n))
+			if err := r.Journal.OutboxFailed(ctx, same, reason, next); err != nil {
+				r.Log.Error("cannot record a failed publication", "error", err)
+			}
+			r.Log.Warn("cannot publish answers; they stay in the outbox and are tried again", "target", name, "messages", len(same), "error", reason, "retry_in", time.Until(next).Round(time.Millisecond))
 		}
 		r.failed.Add(uint64(len(ids)))
 		r.mu.Lock()
 		r.lastErr[name] = reason
 		r.mu.Unlock()
-		r.Log.Warn("cannot publish answers; they stay in the outbox and are tried again", "target", name, "messages", len(ids), "error", reason, "retry_in", time.Until(next).Round(time.Millisecond))
 	}
 }
 
@@ -227,3 +292,11 @@ func ReplyTargets(sources []Config) map[string]Target {
 	}
 	return out
 }
+
+// refusedError is a publish the broker refused without saying which
+// message it was about: the connection or channel is gone, and the
+// messages it did not confirm may be refused again or may be fine.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }

@@ -6,7 +6,6 @@ package brokertest
 
 import (
 	"context"
-	"io"
 	"net"
 	"os/exec"
 	"strconv"
@@ -75,11 +74,13 @@ func QueueDepth(tb testing.TB, dest string) int {
 // Proxy is a TCP proxy on 127.0.0.1 whose connections a test can cut, to
 // play a network failure between an agent and the broker.
 type Proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	cuts   atomic.Int32
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	conns   []net.Conn
+	cuts    atomic.Int32
+	silent  atomic.Bool
+	dropped atomic.Int64
 }
 
 // StartProxy listens on addr ("127.0.0.1:0" for any port) and forwards to
@@ -110,10 +111,37 @@ func (p *Proxy) accept() {
 		p.mu.Lock()
 		p.conns = append(p.conns, c, b)
 		p.mu.Unlock()
-		go func() { io.Copy(b, c); b.Close() }()
-		go func() { io.Copy(c, b); c.Close() }()
+		go func() { p.pipe(b, c); b.Close() }()
+		go func() { p.pipe(c, b); c.Close() }()
 	}
 }
+
+// pipe copies src to dst, dropping what arrives while the proxy is silent.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && p.silent.Load() {
+			p.dropped.Add(int64(n))
+		} else if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Silence stops (or, with false, resumes) forwarding in both directions
+// while keeping every connection open: a broker, or the path to it, gone
+// silent without a word, which only timeouts can notice.
+func (p *Proxy) Silence(on bool) { p.silent.Store(on) }
+
+// Dropped is how many bytes the proxy dropped while silent: more than 0
+// once a client has sent something the broker will never see.
+func (p *Proxy) Dropped() int64 { return p.dropped.Load() }
 
 // Addr is the proxy's listening address.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }

@@ -1,0 +1,247 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/agentq/agentq/internal/brokertest"
+	"github.com/agentq/agentq/queue"
+)
+
+// addResults puts outs in j's outbox, each as the answer of an entry
+// settled done, as a worker does.
+func addResults(t *testing.T, j *queue.Journal, outs ...*queue.Out) {
+	t.Helper()
+	ctx := context.Background()
+	for _, o := range outs {
+		if _, err := j.Append(ctx, &queue.Entry{Source: "src", Destination: "/queue/in", Type: "t", Body: []byte("in")}); err != nil {
+			t.Fatal(err)
+		}
+		es, err := j.Claim(ctx, 1)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("claim: %v, %d entries", err, len(es))
+		}
+		if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Done, Out: []*queue.Out{o}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// runRelay runs a relay over j until the test ends or stop is called;
+// stop fails the test if Run does not return (a shutdown that hangs).
+func runRelay(t *testing.T, j *queue.Journal, targets map[string]Target) (*Relay, func()) {
+	t.Helper()
+	r := &Relay{Journal: j, Targets: targets, Log: testLogger(t)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the relay did not return after its context ended")
+		}
+	}
+	t.Cleanup(stop)
+	return r, stop
+}
+
+// outboxLeft is what the outbox still holds, by body.
+func outboxLeft(t *testing.T, j *queue.Journal) []string {
+	t.Helper()
+	var left []string
+	if err := j.ScanOutbox(func(m *queue.Out) bool { left = append(left, string(m.Body)); return true }); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(left)
+	return left
+}
+
+// takeBodies takes every message queue q holds (AMQP basic.get) and
+// returns their bodies.
+func takeBodies(t *testing.T, q string) []string {
+	t.Helper()
+	conn, err := amqp.Dial(brokertest.AMQPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for {
+		d, ok, err := ch.Get(q, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			return out
+		}
+		out = append(out, string(d.Body))
+	}
+}
+
+// Ensure answers a broker refuses stay in the outbox, failed with the
+// broker's words, and are not counted as published: a results URL naming
+// an exchange that does not exist. Over STOMP a batch's receipt once
+// "confirmed" them while RabbitMQ refused them after it.
+func TestRelayKeepsRefused(t *testing.T) {
+	requireAMQP(t)
+	missing := fmt.Sprintf("agentq-test-missing-%d", rand.Int63())
+	for _, tc := range []struct{ name, url string }{
+		{"stomp", "stomp://guest:guest@" + brokerAddr + "/exchange/" + missing + "/k"},
+		{"amqp", "amqp://guest:guest@" + amqpAddr + "/?exchange=" + missing + "&routing_key=k"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target, err := ParseTarget(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := mustOpenJournal(t, "")
+			const n = 4
+			for i := 0; i < n; i++ {
+				addResults(t, j, &queue.Out{Kind: "result", Target: "res", Body: []byte(fmt.Sprint("r", i))})
+			}
+			r, stop := runRelay(t, j, map[string]Target{"res": target})
+			waitFor(t, "every result tried", 30*time.Second, func() bool { return r.Stats().Failed >= n })
+			stop()
+			if st := r.Stats(); st.Published != 0 || !strings.Contains(st.LastError["res"], "NOT_FOUND") {
+				t.Fatalf("published %d of %d refused answers; last error %q", st.Published, n, st.LastError["res"])
+			}
+			if left := outboxLeft(t, j); len(left) != n {
+				t.Fatalf("outbox holds %q, want all %d refused answers", left, n)
+			}
+		})
+	}
+}
+
+// Ensure one answer the broker refuses fails alone: the answers beside it
+// in its batch are published (STOMP: RabbitMQ refuses a reply-to naming
+// a missing exchange with an ERROR that does not say which SEND it is
+// about; AMQP: a correlation-id too long for AMQP, caught before sending).
+func TestRelayRefusedAnswerFailsAlone(t *testing.T) {
+	requireAMQP(t)
+	good := fmt.Sprintf("agentq-test-good-%d", rand.Int63())
+	declareQueue(t, amqpTestQueueNamed(t, good), nil)
+	long := strings.Repeat("c", 300)
+	for _, tc := range []struct {
+		name   string
+		url    string
+		poison *queue.Out
+	}{
+		{"stomp", "stomp://guest:guest@" + brokerAddr + "/queue/" + good,
+			&queue.Out{Kind: "result", Target: "reply", Destination: fmt.Sprintf("/exchange/agentq-test-missing-%d/k", rand.Int63()), Body: []byte("poison")}},
+		{"amqp", "amqp://guest:guest@" + amqpAddr + "/?routing_key=" + good,
+			&queue.Out{Kind: "result", Target: "reply", Headers: []queue.Header{{Name: "correlation-id", Value: long}}, Body: []byte("poison")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target, err := ParseTarget(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := mustOpenJournal(t, "")
+			addResults(t, j,
+				&queue.Out{Kind: "result", Target: "reply", Body: []byte("before")},
+				tc.poison,
+				&queue.Out{Kind: "result", Target: "reply", Body: []byte("after")})
+			_, stop := runRelay(t, j, map[string]Target{"reply": target})
+			waitFor(t, "all but the refused answer published", 30*time.Second, func() bool {
+				return slices.Equal(outboxLeft(t, j), []string{"poison"})
+			})
+			stop()
+			got := takeBodies(t, good)
+			// "before" may arrive twice: the broker stored it, but its
+			// confirmation was lost with the connection the refusal closed.
+			if !slices.Contains(got, "before") || !slices.Contains(got, "after") || slices.Contains(got, "poison") {
+				t.Fatalf("queue holds %q, want before and after", got)
+			}
+		})
+	}
+}
+
+// Ensure the relay stops at once when its context ends while a broker
+// that went silent holds a batch's confirmation: the agent's shutdown
+// waits for the relay, and with heartbeats off (STOMP heartbeat=0) it
+// once waited for ever.
+func TestRelayStopsWithSilentBroker(t *testing.T) {
+	requireAMQP(t)
+	q := fmt.Sprintf("agentq-test-silent-%d", rand.Int63())
+	declareQueue(t, amqpTestQueueNamed(t, q), nil)
+	for _, tc := range []struct{ name, url, upstream string }{
+		{"stomp", "stomp://guest:guest@PROXY/queue/" + q + "?heartbeat=0", brokerAddr},
+		{"amqp", "amqp://guest:guest@PROXY/?routing_key=" + q + "&heartbeat=0", amqpAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := brokertest.StartProxy(t, "127.0.0.1:0", tc.upstream)
+			target, err := ParseTarget(strings.Replace(tc.url, "PROXY", p.Addr(), 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := mustOpenJournal(t, "")
+			addResults(t, j, &queue.Out{Kind: "result", Target: "res", Body: []byte("first")})
+			r, stop := runRelay(t, j, map[string]Target{"res": target})
+			waitFor(t, "the first answer published", 30*time.Second, func() bool { return r.Stats().Published == 1 })
+			p.Silence(true)
+			addResults(t, j, &queue.Out{Kind: "result", Target: "res", Body: []byte("second")})
+			waitFor(t, "the second answer sent into the silence", 30*time.Second, func() bool { return p.Dropped() > 0 })
+			stop()
+			if left := outboxLeft(t, j); !slices.Equal(left, []string{"second"}) {
+				t.Fatalf("outbox holds %q, want the unconfirmed answer", left)
+			}
+		})
+	}
+}
+
+// Ensure two agents publishing answers to one MQTT broker with the same
+// configuration use client ids of their own (the journal's id is part of
+// it), so neither takes the other's connection over, and that a results
+// URL's client_id is used as given.
+func TestMQTTResultsClientID(t *testing.T) {
+	requireMQTT(t, "127.0.0.1:1884")
+	topic := "agentq/test/results/" + mqttTestID()
+	target, err := ParseTarget("mqtt://127.0.0.1:1884/?topic=" + topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target.Name = "res"
+	ctx := context.Background()
+	dial := func(jid string, tg Target) *mqttPublisher {
+		p, err := dialPublisher(ctx, tg, "", jid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.close)
+		return p.(*mqttPublisher)
+	}
+	a, b := dial("journal-a", target), dial("journal-b", target)
+	clientID := func(p *mqttPublisher) string { o := p.client.OptionsReader(); return o.ClientID() }
+	idA := clientID(a)
+	if idB := clientID(b); idA == idB {
+		t.Fatalf("two journals share the client id %q", idA)
+	}
+	if ok, _, err := a.publish(ctx, []*queue.Out{{ID: 1, Body: []byte("x")}}); err != nil || len(ok) != 1 {
+		t.Fatalf("the first agent's publisher after the second connected: %v, %v", ok, err)
+	}
+	named, err := ParseTarget("mqtt://127.0.0.1:1884/?topic=" + topic + "&client_id=agentq-results-site1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := clientID(dial("journal-a", named)); id != "agentq-results-site1" {
+		t.Fatalf("client id %q, want the URL's client_id", id)
+	}
+}
