@@ -633,10 +633,10 @@ func bareLatency(b *testing.B, rate, n int, persistent bool) []time.Duration {
 // BenchmarkPipelineResults: tasks in, results out, through the real
 // binary: 20,000 persistent 512-byte tasks to an HTTP backend on loopback
 // that answers 512 bytes, with results (every answer in the outbox,
-// published with broker confirmation per batch) and, in the same run,
+// published in batches, each message confirmed by the broker) and, in the same run,
 // without them. Reports both and their ratio, for two set-ups:
 //   - stomp: tasks from a STOMP queue, results to a STOMP queue, a
-//     receipt per batch;
+//     receipt per SEND;
 //   - amqp: Globus-shaped, tasks from an AMQP queue, results to a topic
 //     exchange "results" with routing key EP.results and a queue bound to
 //     *.results, publisher confirms and mandatory. Also reports the
