@@ -57,7 +57,13 @@ func (r *Relay) Stats() RelayStats {
 // relayBatch bounds one publish batch.
 const relayBatch = 512
 
-// Run publishes until ctx ends.
+// Run publishes until ctx ends. Each target has a goroutine of its own
+// that publishes one batch at a time on its own connection, so a target
+// whose broker does not answer (a dial that runs into its timeout, a
+// batch waiting for its confirmation) holds up only its own answers. Run
+// reads what is due, leaving out targets that are busy, and hands each
+// idle target its share; a target is idle again only once the outcome of
+// its batch is in the journal, so no batch is ever handed out twice.
 func (r *Relay) Run(ctx context.Context) error {
 	if r.Now == nil {
 		r.Now = time.Now
@@ -65,28 +71,29 @@ func (r *Relay) Run(ctx context.Context) error {
 	if r.Log == nil {
 		r.Log = slog.New(slog.DiscardHandler)
 	}
+	r.mu.Lock()
 	r.lastErr = map[string]string{}
-	pubs := map[string]publisher{}
+	r.mu.Unlock()
+	type worker struct {
+		batches chan []*queue.Out
+		busy    bool
+	}
+	workers := map[string]*worker{}
+	idle := make(chan string)
+	var wg sync.WaitGroup
 	defer func() {
-		for _, p := range pubs {
-			p.close()
+		for _, w := range workers {
+			close(w.batches)
 		}
+		wg.Wait()
 	}()
+	busy := func(target string) bool { w := workers[target]; return w != nil && w.busy }
 	poll := time.NewTicker(time.Second) // failed messages come due
 	defer poll.Stop()
 	for {
-		msgs, err := r.Journal.Outbox(relayBatch, r.Now())
+		msgs, err := r.Journal.OutboxExcept(relayBatch, r.Now(), busy)
 		if err != nil {
 			r.Log.Error("cannot read the outbox", "error", err)
-		}
-		if len(msgs) == 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-r.Journal.OutboxReady():
-			case <-poll.C:
-			}
-			continue
 		}
 		var order []string
 		groups := map[string][]*queue.Out{}
@@ -97,10 +104,47 @@ func (r *Relay) Run(ctx context.Context) error {
 			groups[m.Target] = append(groups[m.Target], m)
 		}
 		for _, name := range order {
-			if ctx.Err() != nil {
-				return nil
+			w := workers[name]
+			if w == nil {
+				w = &worker{batches: make(chan []*queue.Out, 1)}
+				workers[name] = w
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r.publishTarget(ctx, name, w.batches, idle)
+				}()
 			}
-			r.publishGroup(ctx, pubs, name, groups[name])
+			w.busy = true
+			w.batches <- groups[name]
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case name := <-idle:
+			workers[name].busy = false
+		case <-r.Journal.OutboxReady():
+		case <-poll.C:
+		}
+	}
+}
+
+// publishTarget publishes the batches Run hands it for one target, on a
+// connection it keeps, and says when each is done. It ends when batches
+// is closed, closing its connection.
+func (r *Relay) publishTarget(ctx context.Context, name string, batches <-chan []*queue.Out, idle chan<- string) {
+	pubs := map[string]publisher{}
+	defer func() {
+		for _, p := range pubs {
+			p.close()
+		}
+	}()
+	for msgs := range batches {
+		if ctx.Err() == nil {
+			r.publishGroup(ctx, pubs, name, msgs)
+		}
+		select {
+		case idle <- name:
+		case <-ctx.Done():
 		}
 	}
 }

@@ -245,3 +245,36 @@ func TestMQTTResultsClientID(t *testing.T) {
 		t.Fatalf("client id %q, want the URL's client_id", id)
 	}
 }
+
+// Ensure a target whose broker does not answer holds up only its own
+// answers: another target's are published while the first one's dial is
+// still waiting (its answer not yet even tried and failed).
+func TestRelayDeadTargetHoldsUpOnlyItself(t *testing.T) {
+	requireAMQP(t)
+	q := fmt.Sprintf("agentq-test-alive-%d", rand.Int63())
+	declareQueue(t, amqpTestQueueNamed(t, q), nil)
+	dead := brokertest.StartProxy(t, "127.0.0.1:0", brokerAddr)
+	dead.Silence(true) // accepts, never answers: the CONNECT goes nowhere
+	targets := map[string]Target{}
+	for name, url := range map[string]string{
+		"dead":  "stomp://guest:guest@" + dead.Addr() + "/queue/" + q,
+		"alive": "stomp://guest:guest@" + brokerAddr + "/queue/" + q,
+	} {
+		tg, err := ParseTarget(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets[name] = tg
+	}
+	j := mustOpenJournal(t, "")
+	addResults(t, j, &queue.Out{Kind: "result", Target: "dead", Body: []byte("to the dead one")})
+	r, _ := runRelay(t, j, targets)
+	waitFor(t, "the dead target's dial under way", 30*time.Second, func() bool { return dead.Dropped() > 0 })
+	addResults(t, j, &queue.Out{Kind: "result", Target: "alive", Body: []byte("to the live one")})
+	waitFor(t, "the live target's answer published", 60*time.Second, func() bool { return r.Stats().Published == 1 })
+	var deadTried bool
+	_ = j.ScanOutbox(func(m *queue.Out) bool { deadTried = m.Attempts > 0 || m.LastError != ""; return true })
+	if deadTried || !slices.Equal(outboxLeft(t, j), []string{"to the dead one"}) {
+		t.Fatalf("outbox %q (dead target tried: %v): the live answer waited for the dead target's dial", outboxLeft(t, j), deadTried)
+	}
+}

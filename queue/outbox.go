@@ -144,6 +144,13 @@ func (t *txn) putOut(m *Out) error {
 // Outbox returns up to max outbox messages due at now (new ones, and
 // failed ones whose retry time has come), oldest first.
 func (j *Journal) Outbox(max int, now time.Time) ([]*Out, error) {
+	return j.OutboxExcept(max, now, nil)
+}
+
+// OutboxExcept is Outbox without the messages whose target skip names
+// (nil skips none): the relay leaves out targets it is busy with, so
+// their messages do not fill the batch ahead of other targets'.
+func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) bool) ([]*Out, error) {
 	var out []*Out
 	err := j.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketOutbox)
@@ -157,7 +164,7 @@ func (j *Journal) Outbox(max int, now time.Time) ([]*Out, error) {
 				j.log.Error("outbox message does not decode; left in place", "error", err)
 				continue
 			}
-			if m.NextAt.After(now) {
+			if m.NextAt.After(now) || skip != nil && skip(m.Target) {
 				continue
 			}
 			out = append(out, m)

@@ -54,6 +54,9 @@ func TestOutbox(t *testing.T) {
 	if len(due) != 1 || due[0].ID != got[0].ID {
 		t.Fatalf("due %+v, want only the first", due)
 	}
+	if busy, _ := j.OutboxExcept(10, clk.Now(), func(target string) bool { return target == "results" }); len(busy) != 0 {
+		t.Fatalf("due except target results: %+v, want none", busy)
+	}
 	if err := j.OutboxDone(ctx, []uint64{got[0].ID}); err != nil {
 		t.Fatal(err)
 	}
