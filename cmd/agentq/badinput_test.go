@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand"
 	"os"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/agentq/agentq/queue"
 
 	"github.com/agentq/agentq/internal/brokertest"
 )
@@ -104,4 +107,41 @@ func readyz(t *testing.T, a *agent) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// Ensure inspect prints what publishers chose (type, key, source, header
+// names, errors) with its control characters escaped: an ESC sequence in
+// a type once set the terminal's title and cleared its screen.
+func TestInspectEscapesControls(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := "evil\x1b]0;pwned\a\x1b[2J\u009b31m\tx"
+	ctx := context.Background()
+	if _, err := j.Append(ctx, &queue.Entry{Source: "src" + evil, Destination: "/queue/x", Type: evil, Key: evil,
+		Headers: []queue.Header{{Name: "h" + evil, Value: evil}}, Body: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := j.Claim(ctx, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("claim: %v", err)
+	}
+	if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Stuck, Err: evil}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	for _, args := range [][]string{{}, {"--state", "all"}, {"1"}} {
+		code, out, errs := runMain(t, "", append([]string{"inspect", "--journal", journal}, args...)...)
+		if code != 0 {
+			t.Fatalf("inspect %v: exit %d: %s", args, code, errs)
+		}
+		if strings.ContainsAny(out, "\x1b\a\u009b") {
+			t.Fatalf("inspect %v prints control characters:\n%q", args, out)
+		}
+		if !strings.Contains(out, `evil\x1b]0;pwned\x07`) {
+			t.Fatalf("inspect %v does not show the escaped type:\n%s", args, out)
+		}
+	}
 }

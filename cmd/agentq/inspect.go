@@ -174,7 +174,7 @@ func printSummary(w io.Writer, s *admin.Summary) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "TYPE\t%s\n", strings.ToUpper(strings.Join(states, "\t")))
 	for _, typ := range sortedKeys(s.Types) {
-		name := typ
+		name := safeField(typ)
 		if name == "" {
 			name = "(none)"
 		}
@@ -199,11 +199,11 @@ func printSummary(w io.Writer, s *admin.Summary) {
 	if s.Outbox.Pending > 0 {
 		fmt.Fprintf(w, "outbox: %d answers waiting to be published, %d failed\n", s.Outbox.Pending, s.Outbox.Failed)
 		for _, o := range s.Outbox.Items {
-			fmt.Fprintf(w, "  %s of entry %d to %s: %d attempts: %s\n", o.Kind, o.Seq, o.Target, o.Attempts, oneLine(o.LastError, 160))
+			fmt.Fprintf(w, "  %s of entry %d to %s: %d attempts: %s\n", o.Kind, o.Seq, safeField(o.Target), o.Attempts, oneLine(o.LastError, 160))
 		}
 	}
 	if len(s.Paused) > 0 {
-		fmt.Fprintf(w, "paused: %s (held, not dispatched: agentq resume PATTERN)\n", strings.Join(s.Paused, " "))
+		fmt.Fprintf(w, "paused: %s (held, not dispatched: agentq resume PATTERN)\n", safeField(strings.Join(s.Paused, " ")))
 	}
 	fmt.Fprintf(w, "stuck: %d\n", s.States["stuck"])
 	if len(s.Stuck) > 0 {
@@ -250,7 +250,9 @@ func printList(w io.Writer, list []admin.EntryView) {
 
 func printEntry(w io.Writer, v *admin.EntryView) {
 	fmt.Fprintf(w, "entry %d\n", v.Seq)
-	kv := func(k, val string) { fmt.Fprintf(w, "  %-14s %s\n", k+":", val) }
+	// Type, key, source, errors: a publisher chose them, and a terminal
+	// must not take them for control sequences.
+	kv := func(k, val string) { fmt.Fprintf(w, "  %-14s %s\n", k+":", safeField(val)) }
 	kv("state", v.State)
 	kv("type", dash(v.Type))
 	kv("key", dash(v.Key))
@@ -282,7 +284,7 @@ func printEntry(w io.Writer, v *admin.EntryView) {
 	}
 	fmt.Fprintln(w, "  headers:")
 	for _, h := range v.Headers {
-		fmt.Fprintf(w, "    %s: %s\n", h.Name, strconv.Quote(h.Value)[1:len(strconv.Quote(h.Value))-1])
+		fmt.Fprintf(w, "    %s: %s\n", safeField(h.Name), strconv.Quote(h.Value)[1:len(strconv.Quote(h.Value))-1])
 	}
 	size := 0
 	if v.BodySize != nil {
@@ -328,10 +330,27 @@ func hexDump(b []byte, max int) string {
 }
 
 // safeLine escapes control characters so a body cannot drive the terminal.
-func safeLine(s string) string {
+// safeLine escapes the control characters of s (tabs kept): what a
+// publisher sent must not reach a terminal as an escape sequence.
+func safeLine(s string) string { return escapeControls(s, true) }
+
+// safeField is safeLine for a column or a field: tabs are escaped too.
+func safeField(s string) string { return escapeControls(s, false) }
+
+func escapeControls(s string, keepTab bool) string {
+	clean := true
+	for _, r := range s {
+		if isControl(r) && !(keepTab && r == '\t') {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
 	var sb strings.Builder
 	for _, r := range s {
-		if r < 0x20 && r != '\t' || r == 0x7f {
+		if isControl(r) && !(keepTab && r == '\t') {
 			fmt.Fprintf(&sb, "\\x%02x", r)
 			continue
 		}
@@ -339,6 +358,9 @@ func safeLine(s string) string {
 	}
 	return sb.String()
 }
+
+// isControl: C0, DEL and C1 (0x9b is a CSI on terminals that take 8 bits).
+func isControl(r rune) bool { return r < 0x20 || r >= 0x7f && r <= 0x9f }
 
 func oneLine(s string, n int) string {
 	s = safeLine(strings.ReplaceAll(s, "\n", " "))
@@ -352,5 +374,5 @@ func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return safeField(s)
 }
