@@ -21,8 +21,8 @@ import (
 func journalFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "journal", Aliases: []string{"j"}, Usage: "journal `PATH` (default ./agentq.db)", EnvVars: []string{"AGENTQ_JOURNAL"}},
-		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "take the journal path from this config `FILE`", EnvVars: []string{"AGENTQ_CONFIG"}},
-		&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with the running agent's admin token, if it has one", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "take the journal path, and the admin token when --admin-token-file is not given, from this config `FILE`", EnvVars: []string{"AGENTQ_CONFIG"}},
+		&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with the running agent's admin token, if it has one (default: the config's admin token or token_file)", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
 	}
 }
 
@@ -58,16 +58,12 @@ Examples:
 }
 
 func inspectAction(c *cli.Context) error {
-	path, err := journalPath(c.String("journal"), c.String("config"))
+	path, token, err := journalAndToken(c)
 	if err != nil {
 		return err
 	}
 	if c.NArg() > 1 {
 		return usagef("inspect takes at most one SEQ, got %d arguments", c.NArg())
-	}
-	token, err := readToken(c.String("admin-token-file"))
-	if err != nil {
-		return err
 	}
 	var seq uint64
 	if c.NArg() == 1 {

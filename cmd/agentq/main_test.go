@@ -570,6 +570,17 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 		t.Fatalf("inspect without token: %d %s", code, errs)
 	}
 	_, inspectOut, _ := runMain(t, "", "inspect", "--journal", journal, "--admin-token-file", tokenFile, "1")
+	// A config that names the journal and the token file is enough, as
+	// for the agent it configures.
+	cfgFile := filepath.Join(t.TempDir(), "agentq.yaml")
+	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf("journal: %s\nadmin:\n  token_file: %s\n", journal, tokenFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"inspect", "1"}, {"pause", "no.such.type"}, {"resume", "no.such.type"}} {
+		if code, out, errs := runMain(t, "", append([]string{args[0], "--config", cfgFile}, args[1:]...)...); code != 0 || strings.Contains(errs, "token") {
+			t.Fatalf("%v with the config's token: exit %d: %s %s", args, code, out, errs)
+		}
+	}
 	// A wrong passcode's error must not echo it either.
 	code, _, badErr := runMain(t, "", "send", "stomp://"+user+":wrong-"+secret+"@127.0.0.1:61613"+q)
 	if code == 0 {

@@ -53,11 +53,7 @@ func pauseResume(name string, pause bool, desc string) *cli.Command {
 					return usagef("PATTERN %q: %v", pattern, err)
 				}
 			}
-			path, err := journalPath(c.String("journal"), c.String("config"))
-			if err != nil {
-				return err
-			}
-			token, err := readToken(c.String("admin-token-file"))
+			path, token, err := journalAndToken(c)
 			if err != nil {
 				return err
 			}

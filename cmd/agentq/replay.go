@@ -53,11 +53,7 @@ func replayAction(c *cli.Context) error {
 	if c.String("from") == "" {
 		return usagef("--from is required: the first sequence number or time to replay (e.g. --from 1, --from 2h)")
 	}
-	path, err := journalPath(c.String("journal"), c.String("config"))
-	if err != nil {
-		return err
-	}
-	token, err := readToken(c.String("admin-token-file"))
+	path, token, err := journalAndToken(c)
 	if err != nil {
 		return err
 	}

@@ -1,13 +1,15 @@
 package main
 
 import (
-	"github.com/agentq/agentq/admin"
-
 	"bytes"
 	"encoding/json"
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/agentq/agentq/admin"
 )
 
 // parseWhen reads a --from/--to/--since value (see admin.ParseWhen).
@@ -39,6 +41,33 @@ func prettyJSON(b []byte) []byte {
 		return nil
 	}
 	return out.Bytes()
+}
+
+// journalAndToken resolves what inspect, replay, pause and resume need to
+// reach a journal or the agent running on it: the journal (--journal, else
+// the config's), and the admin token (--admin-token-file, else the
+// config's token or token_file).
+func journalAndToken(c *cli.Context) (path, token string, err error) {
+	var cfg *Config
+	if p := c.String("config"); p != "" {
+		if cfg, err = LoadConfig(p); err != nil {
+			return "", "", usageError{err.Error()}
+		}
+	}
+	path = c.String("journal")
+	if path == "" {
+		path = DefaultJournal
+		if cfg != nil && cfg.Journal != "" {
+			path = cfg.Journal
+		}
+	}
+	if token, err = readToken(c.String("admin-token-file")); err != nil {
+		return "", "", err
+	}
+	if token == "" && cfg != nil {
+		token = cfg.Admin.Token
+	}
+	return path, token, nil
 }
 
 // journalPath resolves the journal from --journal or the config file.
