@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -66,7 +67,7 @@ func pauseResume(name string, pause bool, desc string) *cli.Command {
 				if pause {
 					err = st.Pause(pattern)
 				} else {
-					err = st.Resume(pattern)
+					err = resumePaused(st, pattern)
 				}
 				if err != nil {
 					return err
@@ -87,4 +88,22 @@ func pauseResume(name string, pause bool, desc string) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// resumePaused lifts the pause of pattern, which must be one of the
+// stored pauses, written as it was paused: a resume that matches nothing
+// (a typo, order.# for order.*) must not look like success to a script
+// while the real pause stays.
+func resumePaused(st admin.Store, pattern string) error {
+	ps, err := st.Paused()
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(ps, pattern) {
+		if len(ps) == 0 {
+			return fmt.Errorf("%s is not paused: nothing is", pattern)
+		}
+		return fmt.Errorf("%s is not paused; paused: %s (resume takes a pattern as it was paused)", pattern, strings.Join(ps, " "))
+	}
+	return st.Resume(pattern)
 }

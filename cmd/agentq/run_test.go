@@ -253,3 +253,33 @@ func TestResolveDurations(t *testing.T) {
 		})
 	}
 }
+
+// Ensure pause and resume on a stopped agent's journal: a pause is stored
+// and listed, a resume must name a stored pause as it was written (a typo
+// or another pattern fails with exit 1 and the list, the pause stays),
+// and the right one lifts it.
+func TestPauseResumeOffline(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	steps := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"pause", "order.*"}, 0, "paused: order.*"},
+		{[]string{"resume", "order.#"}, 1, "order.# is not paused; paused: order.*"},
+		{[]string{"pause"}, 0, "paused: order.*"},
+		{[]string{"resume", "order.*"}, 0, "nothing is paused"},
+		{[]string{"resume", "order.*"}, 1, "order.* is not paused: nothing is"},
+	}
+	for _, st := range steps {
+		code, out, errs := runMain(t, "", append([]string{st.args[0], "--journal", journal}, st.args[1:]...)...)
+		if code != st.code || !strings.Contains(out+errs, st.want) {
+			t.Fatalf("%v: exit %d (want %d)\nstdout: %s\nstderr: %s\nwant %q", st.args, code, st.code, out, errs, st.want)
+		}
+	}
+}
