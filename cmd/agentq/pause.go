@@ -28,7 +28,8 @@ Examples:
 
 func resumeCommand() *cli.Command {
 	return pauseResume("resume", false, `Resumes dispatch of the message types PATTERN paused; held messages run in
-order. PATTERN must be written as it was paused ('agentq pause' lists them).
+order. PATTERN must be written as it was paused ('agentq pause' lists them);
+one that is not paused fails with exit status 1 and the list.
 
 Examples:
    agentq resume 'order.*'`)
