@@ -111,8 +111,22 @@ Quick start (a local RabbitMQ from 'make broker'):
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError
+		c.Before = flagsFirst
 	}
 	return app
+}
+
+// flagsFirst refuses a flag after a command's arguments: the parser stops
+// at the first argument and would take the flag for one more argument
+// ("send ./order.json --header type=x" sent nothing and said "got 3
+// arguments").
+func flagsFirst(c *cli.Context) error {
+	for _, a := range c.Args().Slice() {
+		if len(a) > 1 && a[0] == '-' {
+			return usagef("%s comes after the arguments: give flags first (%s)", a, c.Command.UsageText)
+		}
+	}
+	return nil
 }
 
 // newLogger returns the agent's logger: text (default) or JSON on stderr.

@@ -317,6 +317,7 @@ func TestExitCodes(t *testing.T) {
 		// slice flags on commas unless told not to): these get past the
 		// source and header to the next check.
 		{"SourceWithComma", []string{"run", "--source", "stomp://127.0.0.1:1/queue/x?type=dest:^/queue/(?P<type>x{1,5})$", "--journal", "/nonexistent/d/j.db", "--admin", ""}, 1, "cannot open journal /nonexistent/d/j.db"},
+		{"FlagAfterArgument", []string{"send", "./order.json", "--header", "type=x"}, 2, "--header comes after the arguments: give flags first"},
 		{"HeaderWithComma", []string{"send", "--header", "x-list=a,b", "stomp://127.0.0.1:1/queue/x"}, 1, "cannot reach broker"},
 	}
 	for _, tc := range tests {

@@ -29,7 +29,7 @@ when send returns, every message has reached the broker.
 
 Examples:
    agentq send                                        # one demo message to /queue/agentq
-   agentq send ./order.json --header type=order.created
+   agentq send --header type=order.created ./order.json
    echo '{"uuid":"42"}' | agentq send stomp://guest:guest@127.0.0.1:61613/queue/orders -
    agentq send --count 1000 ws://guest:guest@127.0.0.1:15674/ws?destination=/queue/agentq`,
 		Flags: []cli.Flag{
