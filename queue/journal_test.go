@@ -948,6 +948,18 @@ func TestCompact(t *testing.T) {
 	if j.LastSeq() != 300 {
 		t.Fatalf("LastSeq after compact = %d", j.LastSeq())
 	}
+	// An empty file (as touch leaves it) is not a journal to compact, and
+	// stays empty rather than becoming one.
+	empty := filepath.Join(t.TempDir(), "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Compact(empty); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("Compact of an empty file: err = %v", err)
+	}
+	if fi, err := os.Stat(empty); err != nil || fi.Size() != 0 {
+		t.Fatalf("the empty file after Compact: %v, %v", fi, err)
+	}
 }
 
 // Ensure a journal reached through a symbolic link is compacted where it

@@ -147,6 +147,9 @@ func Compact(src string) (before, after int64, err error) {
 		return 0, 0, fmt.Errorf("cannot compact journal %s: %w", src, err)
 	}
 	before = fi.Size()
+	if before == 0 {
+		return 0, 0, fmt.Errorf("cannot compact %s: the file is empty, no journal there yet", src)
+	}
 	// Validate it is a journal and take the exclusive lock while copying.
 	j, err := Open(src, Options{})
 	if err != nil {

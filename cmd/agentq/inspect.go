@@ -33,6 +33,8 @@ func inspectCommand() *cli.Command {
 		UsageText: "agentq inspect [--journal PATH | --config FILE] [--state S] [--key K] [--type T] [--since TIME] [--limit N] [--json] [SEQ]",
 		Description: `With no filter, prints a summary (counts per state and type, age of the oldest
 pending message) and the stuck entries. With a filter, lists matching entries.
+--json prints entries, one JSON object per line: with no filter, all of them
+(the summary as JSON is the admin API's /v1/summary).
 With SEQ, prints one entry in full: headers, body, attempts, last error, and the
 earlier entry of the same key that blocks it, if any.
 

@@ -403,6 +403,11 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	defer stop()
 	defer startGCTuner(gcFloor)()
 
+	// The routes are checked before the journal is opened: a handler that
+	// is not there must not leave a new, empty journal behind.
+	if _, _, err := buildRouter(s.routes, s.timeout, secretEnvNames(s.sources), logger, ""); err != nil {
+		return err
+	}
 	compactAtStart(s.journal, logger)
 	var m *admin.Metrics
 	j, err := queue.Open(s.journal, queue.Options{

@@ -283,3 +283,16 @@ func TestPauseResumeOffline(t *testing.T) {
 		}
 	}
 }
+
+// Ensure a route whose handler is missing fails before the journal is
+// created: no new, empty journal is left where the operator pointed.
+func TestMissingHandlerLeavesNoJournal(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "fresh.db")
+	code, _, errs := runMain(t, "", "run", "--journal", journal, "--admin", "", "--exec", "/nonexistent/handler.sh")
+	if code != 2 || !strings.Contains(errs, "/nonexistent/handler.sh") {
+		t.Fatalf("exit %d, stderr %q: want a usage error naming the handler", code, errs)
+	}
+	if _, err := os.Stat(journal); !os.IsNotExist(err) {
+		t.Fatalf("a journal was created at %s (%v)", journal, err)
+	}
+}
