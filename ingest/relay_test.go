@@ -278,3 +278,45 @@ func TestRelayDeadTargetHoldsUpOnlyItself(t *testing.T) {
 		t.Fatalf("outbox %q (dead target tried: %v): the live answer waited for the dead target's dial", outboxLeft(t, j), deadTried)
 	}
 }
+
+// Ensure answers go out over each transport a results URL can name, a
+// batch at a time, and leave the outbox only once delivered: STOMP over
+// TCP and over WebSocket (a batch's frames in one WebSocket message), and
+// AMQP.
+func TestRelayPublishesEachTransport(t *testing.T) {
+	requireAMQP(t)
+	for _, tc := range []struct{ name, url string }{
+		{"stomp", "stomp://guest:guest@" + brokerAddr + "/queue/QUEUE"},
+		{"websocket", "ws://guest:guest@127.0.0.1:15674/ws?destination=/queue/QUEUE"},
+		{"amqp", "amqp://guest:guest@" + amqpAddr + "/?routing_key=QUEUE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := fmt.Sprintf("agentq-test-answers-%s-%d", tc.name, rand.Int63())
+			declareQueue(t, amqpTestQueueNamed(t, q), nil)
+			target, err := ParseTarget(strings.Replace(tc.url, "QUEUE", q, 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := mustOpenJournal(t, "")
+			const n = 50
+			var want []string
+			for i := 0; i < n; i++ {
+				body := fmt.Sprintf("answer %d", i)
+				want = append(want, body)
+				addResults(t, j, &queue.Out{Kind: "result", Target: "res", Headers: []queue.Header{{Name: "correlation-id", Value: fmt.Sprint("c", i)}}, Body: []byte(body)})
+			}
+			r, stop := runRelay(t, j, map[string]Target{"res": target})
+			waitFor(t, "every answer published", 30*time.Second, func() bool { return r.Stats().Published == n })
+			stop()
+			if left := outboxLeft(t, j); len(left) != 0 {
+				t.Fatalf("outbox still holds %q", left)
+			}
+			got := takeBodies(t, q)
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Fatalf("queue holds %d answers %q, want each of %d once", len(got), got, n)
+			}
+		})
+	}
+}
