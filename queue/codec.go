@@ -215,11 +215,19 @@ func (d *decoder) string() string {
 }
 
 func unixNano(t time.Time) int64 {
-	if t.IsZero() {
+	switch {
+	case t.IsZero():
 		return 0
+	case t.After(maxNanoTime): // UnixNano would wrap around to the past
+		return math.MaxInt64
+	case t.Before(minNanoTime):
+		return math.MinInt64
 	}
 	return t.UnixNano()
 }
+
+// The times int64 nanoseconds since 1970 can hold (1677 to 2262).
+var maxNanoTime, minNanoTime = time.Unix(0, math.MaxInt64), time.Unix(0, math.MinInt64)
 
 func fromUnixNano(n int64) time.Time {
 	if n == 0 {

@@ -1414,3 +1414,24 @@ func TestSettleRidesOnAppend(t *testing.T) {
 		t.Fatalf("Settle during Close: %v", err)
 	}
 }
+
+// Ensure a retry time past what int64 nanoseconds hold (after 2262) keeps
+// the entry waiting: it once wrapped around to the past, and the entry was
+// claimed again at once.
+func TestRetryFarFutureWaits(t *testing.T) {
+	ctx := context.Background()
+	j := mustOpen(t, Options{})
+	mustAppend(t, j, msg("k", "1"))
+	mustClaim(t, j, 1)
+	far := time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+	if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Retry, At: far, Err: "429"}); err != nil {
+		t.Fatal(err)
+	}
+	if es := mustClaim(t, j, 1); len(es) != 0 {
+		t.Fatalf("an entry due in %d was claimed now", far.Year())
+	}
+	e, err := j.Get(1)
+	if err != nil || e.NextAttemptAt.Year() < 2262 {
+		t.Fatalf("next attempt %v, %v: want the latest time the journal holds", e.NextAttemptAt, err)
+	}
+}

@@ -146,6 +146,7 @@ func TestParseRetryAfter(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for v, want := range map[string]time.Duration{
 		"120": 2 * time.Minute, "0": 0, now.Add(90 * time.Second).Format(http.TimeFormat): 90 * time.Second,
+		"99999999999999": MaxRetryAfter, // seconds that would overflow a Duration
 	} {
 		if d, ok := parseRetryAfter(v, now); !ok || d != want {
 			t.Errorf("parseRetryAfter(%q) = %s %v, want %s", v, d, ok, want)

@@ -89,13 +89,20 @@ func (p Policy) Delay(attempt int) time.Duration {
 	return d
 }
 
+// MaxRetryAfter bounds how long a backend's Retry-After can put a retry
+// off. A date centuries away (Retry-After: Fri, 31 Dec 9999) once wrapped
+// the stored time around to the past, and the entry was retried at once,
+// over and over.
+const MaxRetryAfter = 24 * time.Hour
+
 // Next decides what follows a failed attempt: the time of the next one,
-// or false when the budget is spent.
+// or false when the budget is spent. A Retry-After beyond MaxRetryAfter
+// (or the policy's MaxInterval, if longer) counts as that.
 func (p Policy) Next(attempt int, budgetStart, now time.Time, retryAfter time.Duration) (time.Time, bool) {
 	if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
 		return time.Time{}, false
 	}
-	d := max(p.Delay(attempt), retryAfter)
+	d := max(p.Delay(attempt), min(retryAfter, max(MaxRetryAfter, p.MaxInterval)))
 	at := now.Add(d)
 	if p.MaxElapsed > 0 && !budgetStart.IsZero() && at.Sub(budgetStart) > p.MaxElapsed {
 		return time.Time{}, false

@@ -52,6 +52,8 @@ func TestPolicyBudget(t *testing.T) {
 		{"ElapsedSpent", Policy{InitialInterval: time.Second, Multiplier: 2, MaxInterval: time.Minute, MaxElapsed: time.Hour}, 5, start.Add(time.Hour), 0, false, time.Time{}},
 		{"Forever", Policy{InitialInterval: time.Second, Multiplier: 2, MaxInterval: time.Minute}, 1000, start.Add(1000 * time.Hour), 0, true, start.Add(1000*time.Hour + time.Minute)},
 		{"RetryAfterWins", Policy{InitialInterval: time.Second, Multiplier: 2, MaxInterval: time.Minute}, 1, start, 7 * time.Second, true, start.Add(7 * time.Second)},
+		{"RetryAfterBounded", Policy{InitialInterval: time.Second, Multiplier: 2, MaxInterval: time.Minute}, 1, start, 200 * 365 * 24 * time.Hour, true, start.Add(MaxRetryAfter)},
+		{"RetryAfterUpToMaxInterval", Policy{InitialInterval: time.Second, Multiplier: 2, MaxInterval: 48 * time.Hour}, 1, start, 1000 * time.Hour, true, start.Add(48 * time.Hour)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
