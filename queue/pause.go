@@ -37,6 +37,9 @@ func newPauseSet(ps []string) *pauseSet {
 	return s
 }
 
+// active reports whether any pattern is paused.
+func (s *pauseSet) active() bool { return s != nil && len(s.words) > 0 }
+
 // holds reports whether typ matches a paused pattern.
 func (s *pauseSet) holds(typ string) bool {
 	if s == nil || len(s.words) == 0 {

@@ -104,3 +104,34 @@ func TestMatchPattern(t *testing.T) {
 		}
 	}
 }
+
+// TestPauseHoldsKeysNextEntry: when a key moves on (its head done) to an
+// entry of a paused type, that entry goes to held, not to ready. The
+// type was read from the status record alone, which has it only after a
+// reextract, so it once went to ready: a plain Claim handed it out, Held
+// under-counted, and Check failed.
+func TestPauseHoldsKeysNextEntry(t *testing.T) {
+	j := mustOpen(t, Options{})
+	ctx := context.Background()
+	first, next := msg("k", "1"), msg("k", "2")
+	first.Type, next.Type = "b.y", "a.x"
+	mustAppend(t, j, first, next)
+	if err := j.SetPaused(ctx, "a.#", true); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqsOf(mustClaim(t, j, 10)); len(got) != 1 || got[0] != 1 {
+		t.Fatalf("claimed %v, want [1]", got)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustClaim(t, j, 10); len(got) != 0 {
+		t.Fatalf("claimed %v of a paused type", seqsOf(got))
+	}
+	if j.Held() != 1 {
+		t.Errorf("held %d, want 1", j.Held())
+	}
+	if err := j.Check(); err != nil {
+		t.Error(err)
+	}
+}

@@ -524,6 +524,13 @@ func (t *txn) advance(key string) error {
 	if err != nil {
 		return err
 	}
+	if e.Damage == "" && e.State == StatePending && t.pauses.active() {
+		// Whether a pause holds it depends on its type, which the
+		// status record has only when Reextract changed it.
+		if e, err = t.getStatus(seq); err != nil {
+			return err
+		}
+	}
 	if e.Damage != "" {
 		return t.markDamaged(e)
 	}
