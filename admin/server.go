@@ -419,14 +419,20 @@ func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Fi
 		return
 	}
 	seqs, err := fn(f, r.URL.Query().Get("dry_run") == "true")
-	if err != nil {
+	if err != nil && len(seqs) == 0 {
 		writeError(w, err)
 		return
 	}
 	if seqs == nil {
 		seqs = []uint64{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"seqs": seqs})
+	out := map[string]any{"seqs": seqs}
+	if err != nil {
+		// Done in part: what was done, and why the rest was not (a
+		// later entry of their key running, damaged entries).
+		out["error"] = err.Error()
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) reextract(w http.ResponseWriter, r *http.Request) {
@@ -478,8 +484,11 @@ func (s *Server) paused(w http.ResponseWriter, _ *http.Request) {
 
 func writeError(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
-	if errors.Is(err, queue.ErrNotFound) {
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
 		code = http.StatusNotFound
+	case errors.Is(err, queue.ErrKeyBusy):
+		code = http.StatusConflict
 	}
 	writeJSON(w, code, map[string]string{"error": err.Error()})
 }

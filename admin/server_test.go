@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -256,6 +257,47 @@ func TestPprofCmdlineRedacted(t *testing.T) {
 		if strings.Contains(got, secret) {
 			t.Errorf("cmdline %q shows %s", got, secret)
 		}
+	}
+}
+
+// Ensure a replay done in part says both what it replayed and why the
+// rest was not, through the API as well as locally: an entry whose key
+// has a later entry running is left alone (409 when that is all).
+func TestReplayInPart(t *testing.T) {
+	j, err := queue.Open(filepath.Join(t.TempDir(), "agentq.db"), queue.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	ctx := context.Background()
+	settleDone := func(e *queue.Entry) {
+		if _, err := j.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		es, err := j.Claim(ctx, 1)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("claim: %v", err)
+		}
+		if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Done}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settleDone(&queue.Entry{Type: "t", Key: "k", Body: []byte("1")})     // 1, done
+	settleDone(&queue.Entry{Type: "t", Key: "other", Body: []byte("2")}) // 2, done
+	if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "k", Body: []byte("3")}); err != nil {
+		t.Fatal(err)
+	}
+	if es, err := j.Claim(ctx, 1); err != nil || len(es) != 1 || es[0].Seq != 3 {
+		t.Fatalf("claim of 3: %v", err)
+	}
+	srv, base := serve(t, j, "")
+	remote := NewRemote(base, srv.StateToken())
+	if got, err := remote.Replay(queue.Filter{FromSeq: 1, ToSeq: 1, States: []queue.State{queue.StateDone}}, false); len(got) != 0 || err == nil || !strings.Contains(err.Error(), "running") {
+		t.Fatalf("replay of entry 1 alone = %v, %v: want it refused with the reason", got, err)
+	}
+	got, err := remote.Replay(queue.Filter{States: []queue.State{queue.StateDone}}, false)
+	if len(got) != 1 || got[0] != 2 || err == nil || !strings.Contains(err.Error(), "[1] not replayed") {
+		t.Fatalf("replay of all done = %v, %v: want [2] and entry 1 named", got, err)
 	}
 }
 

@@ -400,10 +400,7 @@ func (r *Remote) Replay(f queue.Filter, dryRun bool) ([]uint64, error) {
 	if dryRun {
 		q.Set("dry_run", "true")
 	}
-	var out struct {
-		Seqs []uint64 `json:"seqs"`
-	}
-	return out.Seqs, r.do("POST", "/v1/replay", q, &out)
+	return r.seqsOf("/v1/replay", q)
 }
 
 // Reextract asks the agent to replay the unfinished entries matching f
@@ -413,10 +410,7 @@ func (r *Remote) Reextract(f queue.Filter, dryRun bool) ([]uint64, error) {
 	if dryRun {
 		q.Set("dry_run", "true")
 	}
-	var out struct {
-		Seqs []uint64 `json:"seqs"`
-	}
-	return out.Seqs, r.do("POST", "/v1/reextract", q, &out)
+	return r.seqsOf("/v1/reextract", q)
 }
 
 // Pause asks the agent to pause pattern.
@@ -532,4 +526,20 @@ func ParseWhen(v string, now time.Time) (seq uint64, t time.Time, err error) {
 		return 0, now.Add(-d), nil
 	}
 	return 0, time.Time{}, fmt.Errorf("%q: want a sequence number, an RFC 3339 time (2026-11-24T10:00:00Z), a date (2026-11-24) or a duration ago (90m)", v)
+}
+
+// seqsOf posts a filter action and returns the sequences it touched and,
+// when it was done in part, why the rest was not.
+func (r *Remote) seqsOf(path string, q url.Values) ([]uint64, error) {
+	var out struct {
+		Seqs  []uint64 `json:"seqs"`
+		Error string   `json:"error"`
+	}
+	if err := r.do("POST", path, q, &out); err != nil {
+		return out.Seqs, err
+	}
+	if out.Error != "" {
+		return out.Seqs, errors.New(out.Error)
+	}
+	return out.Seqs, nil
 }

@@ -650,6 +650,9 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 			return "", errors.New("replay with re-extraction needs the running agent's source settings")
 		}
 		done, err := u.s.Reextract(f, false)
+		if err != nil && len(done) > 0 {
+			return withFlash(next, "error", fmt.Sprintf("replayed %d entries with type and key read again; %v", len(done), err)), nil
+		}
 		if err != nil {
 			return "", err
 		}
@@ -659,6 +662,9 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		f.States = []queue.State{queue.StateStuck}
 	}
 	done, err := u.s.Store.Replay(f, false)
+	if err != nil && len(done) > 0 {
+		return withFlash(next, "error", fmt.Sprintf("replayed %d entries; %v", len(done), err)), nil
+	}
 	if err != nil {
 		return "", err
 	}

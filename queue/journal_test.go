@@ -1435,3 +1435,85 @@ func TestRetryFarFutureWaits(t *testing.T) {
 		t.Fatalf("next attempt %v, %v: want the latest time the journal holds", e.NextAttemptAt, err)
 	}
 }
+
+// TestReplayBeforeRunningHead: an earlier entry of a key cannot be
+// replayed, or moved by reextract, before the key's head while that head
+// (a later entry) runs; it is left alone and named, and can be replayed
+// once the head has finished. Replay once let it in: only a Done of the
+// head handed the key back, and after a retry, a stuck outcome, a release
+// or a crash the later entry ran again first, and Check failed.
+func TestReplayBeforeRunningHead(t *testing.T) {
+	for _, kind := range []OutcomeKind{Retry, Stuck, Release, Done} {
+		t.Run(fmt.Sprint(kind), func(t *testing.T) {
+			ctx := context.Background()
+			clk := newClock()
+			j := mustOpen(t, Options{Now: clk.Now})
+			mustAppend(t, j, msg("k", "1"))
+			mustClaim(t, j, 1)
+			if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+			mustAppend(t, j, msg("k", "2"))
+			if got := seqsOf(mustClaim(t, j, 1)); len(got) != 1 || got[0] != 2 {
+				t.Fatalf("claimed %v, want [2]", got)
+			}
+			got, err := j.Replay(ctx, Filter{FromSeq: 1, ToSeq: 1, States: []State{StateDone}}, false)
+			if len(got) != 0 || !errors.Is(err, ErrKeyBusy) || !strings.Contains(err.Error(), "[1]") {
+				t.Fatalf("Replay while 2 runs = %v, %v: want entry 1 left alone and named", got, err)
+			}
+			if err := j.Settle(ctx, Outcome{Seq: 2, Kind: kind, At: clk.Now(), Err: "x"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.Check(); err != nil {
+				t.Fatalf("after %v of the head: %v", kind, err)
+			}
+			if kind == Stuck {
+				return // the key waits for the operator; entry 1 stays done
+			}
+			clk.Add(time.Minute)
+			if kind != Done {
+				if got := seqsOf(mustClaim(t, j, 1)); len(got) != 1 || got[0] != 2 {
+					t.Fatalf("claimed %v, want [2] again", got)
+				}
+				if err := j.Settle(ctx, Outcome{Seq: 2, Kind: Done}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, err := j.Replay(ctx, Filter{FromSeq: 1, ToSeq: 1, States: []State{StateDone}}, false); len(got) != 1 || err != nil {
+				t.Fatalf("Replay once the head finished = %v, %v", got, err)
+			}
+			if got := seqsOf(mustClaim(t, j, 1)); len(got) != 1 || got[0] != 1 {
+				t.Fatalf("claimed %v, want the replayed [1]", got)
+			}
+		})
+	}
+}
+
+// TestReextractOntoRunningHead: reextract does not move an entry onto a
+// key whose head, a later entry, is running; it names it instead.
+func TestReextractOntoRunningHead(t *testing.T) {
+	ctx := context.Background()
+	j := mustOpen(t, Options{})
+	mustAppend(t, j, msg("a", "1"), msg("x", "2"), msg("b", "3"))
+	claimed := mustClaim(t, j, 3)
+	var outs []Outcome
+	for _, e := range claimed {
+		if e.Seq != 3 {
+			outs = append(outs, Outcome{Seq: e.Seq, Kind: Stuck, Err: "bad key"})
+		}
+	}
+	if err := j.Settle(ctx, outs...); err != nil {
+		t.Fatal(err)
+	}
+	// 3 (key b) runs; 2 would move onto key b, before it.
+	moved, err := j.Reextract(ctx, Filter{FromSeq: 2, ToSeq: 2}, func(e *Entry) (string, string, string) { return e.Type, "b", "" }, false)
+	if len(moved) != 0 || !errors.Is(err, ErrKeyBusy) {
+		t.Fatalf("Reextract onto b while 3 runs = %v, %v", moved, err)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: 3, Kind: Retry, At: time.Now(), Err: "503"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Check(); err != nil {
+		t.Fatal(err)
+	}
+}

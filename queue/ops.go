@@ -393,7 +393,10 @@ func (t *txn) release(e *Entry) error {
 // Replay puts the done or stuck entries that match f back to pending with
 // a fresh retry budget, counting the replay. Entries in other states are
 // left alone. It works in small transactions and returns the sequences it
-// replayed. With dryRun it only returns what it would replay.
+// replayed. With dryRun it only returns what it would replay. An entry
+// whose key has a later entry running now is left as it is, and named in
+// the error returned beside what was replayed (as are damaged entries,
+// which cannot run).
 func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, error) {
 	if len(f.States) == 0 {
 		f.States = []State{StateStuck}
@@ -410,22 +413,25 @@ func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, 
 	if dryRun {
 		return seqs, nil
 	}
-	var done, damaged []uint64
+	var done, damaged, busy []uint64
 	const chunk = 512
 	for len(seqs) > 0 {
 		n := min(chunk, len(seqs))
 		part := seqs[:n]
 		seqs = seqs[n:]
-		var got, bad []uint64
+		var got, bad, later []uint64
 		err := j.update(ctx, func(t *txn) error {
-			got, bad = got[:0], bad[:0]
+			got, bad, later = got[:0], bad[:0], later[:0]
 			for _, seq := range part {
 				ok, err := t.replay(seq)
-				if errors.Is(err, errCorrupt) {
+				switch {
+				case errors.Is(err, errCorrupt):
 					bad = append(bad, seq)
 					continue
-				}
-				if err != nil {
+				case errors.Is(err, ErrKeyBusy):
+					later = append(later, seq)
+					continue
+				case err != nil:
 					return err
 				}
 				if ok {
@@ -439,11 +445,42 @@ func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, 
 		}
 		done = append(done, got...)
 		damaged = append(damaged, bad...)
+		busy = append(busy, later...)
 	}
+	var errs []error
 	if len(damaged) > 0 {
-		return done, fmt.Errorf("cannot replay damaged entries %v: their stored message does not decode, so they cannot run and stay stuck: %w", damaged, errCorrupt)
+		errs = append(errs, fmt.Errorf("cannot replay damaged entries %v: their stored message does not decode, so they cannot run and stay stuck: %w", damaged, errCorrupt))
 	}
-	return done, nil
+	if len(busy) > 0 {
+		errs = append(errs, busyError("replayed", busy))
+	}
+	return done, errors.Join(errs...)
+}
+
+// ErrKeyBusy (wrapped, beside what Replay and Reextract did): an entry
+// cannot go back before its key's head now, because
+// that head, a later entry, is running. Only a Done would hand the key
+// back to it: a retry, a stuck outcome, a release at shutdown or a crash
+// would leave the later entry first, and it would run again before the
+// earlier one (found by trying to break it; TestReplayBeforeRunningHead).
+var ErrKeyBusy = errors.New("a later entry of its key is running")
+
+func busyError(verb string, seqs []uint64) error {
+	return fmt.Errorf("entries %v not %s: %w, and an earlier entry cannot go before a running one; replay them once it has finished", seqs, verb, ErrKeyBusy)
+}
+
+// laterHeadRunning reports whether key's head is an entry after seq that
+// is running.
+func (t *txn) laterHeadRunning(key string, seq uint64) (bool, error) {
+	h, ok := t.head(key)
+	if !ok || h <= seq {
+		return false, nil
+	}
+	he, err := t.getSchedule(h)
+	if err != nil {
+		return false, err
+	}
+	return he.State == StateRunning, nil
 }
 
 func (t *txn) replay(seq uint64) (bool, error) {
@@ -459,6 +496,14 @@ func (t *txn) replay(seq uint64) (bool, error) {
 			return false, err
 		}
 		return false, fmt.Errorf("entry %d: %s: %w", seq, e.Damage, errCorrupt)
+	}
+	if e.Key != "" {
+		if busy, err := t.laterHeadRunning(e.Key, seq); err != nil || busy {
+			if err == nil {
+				err = ErrKeyBusy
+			}
+			return false, err
+		}
 	}
 	wasStuck := e.State == StateStuck
 	e.Attempts = 0
@@ -487,13 +532,13 @@ func (t *txn) replay(seq uint64) (bool, error) {
 	case seq > h:
 		return true, nil // waits behind the current head
 	}
-	// An earlier entry than the current head: it takes the key over unless
-	// the head is running (then it runs when the head settles).
+	// An earlier entry than the current head (which is not running: see
+	// above) takes the key over.
 	he, err := t.getSchedule(h)
 	if err != nil {
 		return false, err
 	}
-	if he.State == StateRunning || he.Damage != "" {
+	if he.Damage != "" {
 		return true, nil
 	}
 	if he.State == StatePending {

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -49,17 +50,21 @@ func (j *Journal) Reextract(ctx context.Context, f Filter, fn func(e *Entry) (ty
 	if err != nil || dryRun {
 		return seqs, err
 	}
-	var done []uint64
+	var done, busy []uint64
 	const chunk = 512
 	for len(seqs) > 0 {
 		n := min(chunk, len(seqs))
 		part := seqs[:n]
 		seqs = seqs[n:]
-		var got []uint64
+		var got, later []uint64
 		err := j.update(ctx, func(t *txn) error {
-			got = got[:0]
+			got, later = got[:0], later[:0]
 			for _, seq := range part {
 				ok, err := t.reextract(seq, fn)
+				if errors.Is(err, ErrKeyBusy) {
+					later = append(later, seq)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -73,6 +78,10 @@ func (j *Journal) Reextract(ctx context.Context, f Filter, fn func(e *Entry) (ty
 			return done, err
 		}
 		done = append(done, got...)
+		busy = append(busy, later...)
+	}
+	if len(busy) > 0 {
+		return done, busyError("reextracted", busy)
 	}
 	return done, nil
 }
@@ -90,6 +99,14 @@ func (t *txn) reextract(seq uint64, fn func(e *Entry) (typ, key, fault string)) 
 	fault = clip(fault)
 	if typ == e.Type && key == e.Key && fault == e.Fault {
 		return false, nil
+	}
+	if key != "" {
+		if busy, err := t.laterHeadRunning(key, seq); err != nil || busy {
+			if err == nil {
+				err = ErrKeyBusy
+			}
+			return false, err
+		}
 	}
 	// Take it out of its current key and of ready.
 	if e.State == StatePending {
@@ -138,8 +155,8 @@ func (t *txn) reextract(seq uint64, fn func(e *Entry) (typ, key, fault string)) 
 
 // schedule puts a pending entry that is in no key queue yet into its key's
 // queue, and makes it ready if it is now the key's first: before a
-// waiting (pending or stuck) head it takes the key over; behind the head,
-// or before a running one, it waits.
+// waiting (pending or stuck) head it takes the key over; behind the head
+// it waits. (Reextract never moves an entry before a running head.)
 func (t *txn) schedule(e *Entry) error {
 	if e.Key == "" {
 		return t.addReady(e)
@@ -158,8 +175,8 @@ func (t *txn) schedule(e *Entry) error {
 	if err != nil {
 		return err
 	}
-	if he.State == StateRunning || he.Damage != "" {
-		return nil // runs when the head settles
+	if he.Damage != "" {
+		return nil // waits behind the damaged head, as behind a stuck one
 	}
 	if he.State == StatePending {
 		if err := t.delReady(he); err != nil {

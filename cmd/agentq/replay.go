@@ -90,7 +90,7 @@ func replayAction(c *cli.Context) error {
 	}
 	defer st.Close()
 	seqs, err := st.Replay(f, c.Bool("dry-run"))
-	if err != nil {
+	if err != nil && len(seqs) == 0 {
 		return err
 	}
 	verb := "replayed"
@@ -98,7 +98,7 @@ func replayAction(c *cli.Context) error {
 		verb = "would replay"
 	}
 	fmt.Fprintf(c.App.Writer, "%s %d entries%s\n", verb, len(seqs), listSeqs(seqs))
-	return nil
+	return err // the rest, and why (exit status 1)
 }
 
 // listSeqs prints sequence numbers compactly: ": 3 4 5 9".
