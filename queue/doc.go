@@ -82,7 +82,9 @@
 //	          Pending is byte 0xF0 in format 3 (new journals), 1 before:
 //	          see stateLayout
 //	ready     next-attempt time (uint64 ns) + seq -> nil: entries a worker
-//	          may take; the first key is the next one to run
+//	          may take. Time 0 is "ready since written" (new entries, a
+//	          key's next, replays); Claim takes from those and from the
+//	          retries whose time has come in turn, so neither starves
 //	keyq      uvarint len + ordering key + seq -> nil: unfinished entries
 //	          of each key, in order
 //	keyhead   ordering key -> seq: the one entry of the key that is ready,

@@ -1517,3 +1517,39 @@ func TestReextractOntoRunningHead(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRetryNotStarvedByBacklog: a retry whose time has come is claimed
+// while new entries keep the backlog at least a claim deep. Every new
+// entry's ready key sorts before every retry's, and the retry once waited
+// for the backlog to clear, its retry budget running meanwhile.
+func TestRetryNotStarvedByBacklog(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	mustAppend(t, j, msg("slow", "retry me"))
+	mustClaim(t, j, 1)
+	if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Retry, At: clk.Now().Add(time.Minute), Err: "503"}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Hour) // the retry is an hour overdue
+	const perRound = 5
+	for round := 0; round < 3; round++ {
+		var es []*Entry
+		for i := 0; i < perRound; i++ {
+			es = append(es, msg(fmt.Sprintf("k%d-%d", round, i), "new"))
+		}
+		mustAppend(t, j, es...)
+		got := mustClaim(t, j, perRound)
+		var outs []Outcome
+		for _, e := range got {
+			if e.Seq == 1 {
+				return
+			}
+			outs = append(outs, Outcome{Seq: e.Seq, Kind: Done})
+		}
+		if err := j.Settle(ctx, outs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Fatal("the overdue retry was not claimed in 3 rounds while new entries arrived")
+}

@@ -110,13 +110,9 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 	err := j.db.View(func(tx *bolt.Tx) error {
 		t := j.newTxnArena(tx, &arena{})
 		t.claims = nil // read entries as stored: this call is making the claims
-		now := uint64(unixNano(j.opts.Now()))
+		next := readyInTurn(t.ready, uint64(unixNano(j.opts.Now())))
 		skipped := 0
-		c := t.ready.Cursor()
-		for k, _ := c.First(); k != nil && len(out) < max && skipped < maxClaimSkip; k, _ = c.Next() {
-			if binary.BigEndian.Uint64(k[:8]) > now {
-				break
-			}
+		for k := next(); k != nil && len(out) < max && skipped < maxClaimSkip; k = next() {
 			seq := binary.BigEndian.Uint64(k[8:])
 			if want != nil {
 				if _, running := j.claimed(seq); running {
@@ -188,6 +184,46 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 		}
 	}
 	return out, nil
+}
+
+// readyInTurn returns the ready keys due at now, taking in turn from the
+// two parts of the index: keys at time 0 (new entries, a key's next
+// entry, replays: ready since they were written) and keys at a retry's
+// time that has come. Taken in index order alone, every time-0 key would
+// come first, and while a backlog lasted a retry hours overdue waited
+// behind messages that arrived after it was due, its retry budget running
+// (found by trying to break it; TestRetryNotStarvedByBacklog).
+func readyInTurn(ready *bolt.Bucket, now uint64) func() []byte {
+	at := func(k []byte) uint64 { return binary.BigEndian.Uint64(k[:8]) }
+	fresh, due := ready.Cursor(), ready.Cursor()
+	kf, _ := fresh.First()
+	if kf != nil && at(kf) != 0 {
+		kf = nil
+	}
+	var firstDue [16]byte
+	firstDue[7] = 1
+	kd, _ := due.Seek(firstDue[:])
+	if kd != nil && at(kd) > now {
+		kd = nil
+	}
+	takeDue := false
+	return func() []byte {
+		var k []byte
+		switch {
+		case kd != nil && (takeDue || kf == nil):
+			k = kd
+			if kd, _ = due.Next(); kd != nil && at(kd) > now {
+				kd = nil
+			}
+		case kf != nil:
+			k = kf
+			if kf, _ = fresh.Next(); kf != nil && at(kf) != 0 {
+				kf = nil
+			}
+		}
+		takeDue = !takeDue
+		return k
+	}
 }
 
 // parkFound parks the damaged entries claims stepped over as stuck.
