@@ -641,16 +641,24 @@ func indent(s, prefix string) string {
 }
 
 // routeViews describes the routes for the dashboard: pattern and backend,
-// without secrets (an HTTP route's URL loses its credentials).
+// without secrets (a URL loses its password, in an HTTP route and in any
+// word of a command: curl https://user:password@host/hook).
 func routeViews(routes []RouteEntry) []admin.RouteView {
+	redactWords := func(words []string) string {
+		out := make([]string, len(words))
+		for i, w := range words {
+			out[i] = ingest.RedactURL(w)
+		}
+		return strings.Join(out, " ")
+	}
 	out := make([]admin.RouteView, len(routes))
 	for i, r := range routes {
 		b := "log"
 		switch {
 		case len(r.Exec) > 0:
-			b = "exec: " + strings.Join(r.Exec, " ")
+			b = "exec: " + redactWords(r.Exec)
 		case r.Shell != "":
-			b = "shell: " + r.Shell
+			b = "shell: " + redactWords(strings.Fields(r.Shell))
 		case r.HTTP != "":
 			b = "http: " + ingest.RedactURL(r.HTTP)
 		}

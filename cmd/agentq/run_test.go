@@ -296,3 +296,18 @@ func TestMissingHandlerLeavesNoJournal(t *testing.T) {
 		t.Fatalf("a journal was created at %s (%v)", journal, err)
 	}
 }
+
+// Ensure the routes the dashboard and /v1/routes show carry no password:
+// not an HTTP backend's, and not one in a word of a command.
+func TestRouteViewsHideSecrets(t *testing.T) {
+	views := routeViews([]RouteEntry{
+		{Match: "a.#", Exec: []string{"curl", "-d", "@-", "https://deploy:S3cret1@hooks.example/x"}},
+		{Match: "b.#", Shell: "curl -s https://deploy:S3cret2@hooks.example/y | logger"},
+		{Match: "c.#", HTTP: "https://u:S3cret3@svc.example/hook?token=S3cret4"},
+	})
+	for _, v := range views {
+		if strings.Contains(v.Backend, "S3cret") || !strings.Contains(v.Backend, "example") {
+			t.Errorf("route %s shows %q", v.Pattern, v.Backend)
+		}
+	}
+}
