@@ -19,6 +19,9 @@ type AddrInfo struct {
 	// only the agent's own user (who may stop it anyway) can replay through
 	// the API; other users of a shared login node cannot.
 	Token string `json:"token,omitempty"`
+	// JournalID is the identity of the journal the agent holds; a CLI
+	// checks the agent at Addr serves it before acting (a stale file).
+	JournalID string `json:"journal_id,omitempty"`
 }
 
 // WriteAddrFile writes the address file atomically: temp, fsync, rename,

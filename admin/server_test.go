@@ -353,7 +353,7 @@ func TestAddrFile(t *testing.T) {
 func TestOpenFindsRunningAgent(t *testing.T) {
 	j := testJournal(t)
 	srv, base := serve(t, j, "")
-	if err := WriteAddrFile(j.Path(), AddrInfo{Addr: strings.TrimPrefix(base, "http://"), Token: srv.StateToken()}); err != nil {
+	if err := WriteAddrFile(j.Path(), AddrInfo{Addr: strings.TrimPrefix(base, "http://"), Token: srv.StateToken(), JournalID: j.ID()}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := Open(j.Path(), true, "")
@@ -366,5 +366,25 @@ func TestOpenFindsRunningAgent(t *testing.T) {
 	}
 	if seqs, err := st.Replay(queue.Filter{States: []queue.State{queue.StateDone}, FromSeq: 1}, false); err != nil || len(seqs) != 1 {
 		t.Errorf("replay through the generated token: %v %v", seqs, err)
+	}
+}
+
+// TestOpenRefusesStaleAddrFile: an address file left by an agent that was
+// killed names an address where another agent, of another journal, may
+// listen now; Open must not act on that one.
+func TestOpenRefusesStaleAddrFile(t *testing.T) {
+	held := testJournal(t)  // held by "its agent", whose admin endpoint is off
+	other := testJournal(t) // another agent's journal, served where the file points
+	srv, base := serve(t, other, "")
+	if err := WriteAddrFile(held.Path(), AddrInfo{Addr: strings.TrimPrefix(base, "http://"), Token: srv.StateToken(), JournalID: held.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(held.Path(), true, "")
+	if err == nil {
+		st.Close()
+		t.Fatal("Open acted through an address file naming another journal's agent")
+	}
+	if !strings.Contains(err.Error(), "stale") || !strings.Contains(err.Error(), AddrFile(held.Path())) {
+		t.Fatalf("error %q: want it to name the stale file", err)
 	}
 }

@@ -93,7 +93,11 @@ func ViewOf(e *queue.Entry, detail bool) EntryView {
 // Summary is inspect's overview.
 type Summary struct {
 	Journal string `json:"journal"`
-	LastSeq uint64 `json:"last_seq"`
+	// JournalID is the journal's identity (fixed at creation): how a CLI
+	// that found an agent through the address file knows it is the agent
+	// of the journal it was given.
+	JournalID string `json:"journal_id,omitempty"`
+	LastSeq   uint64 `json:"last_seq"`
 	// SizeBytes is what the journal's pages take, FreeBytes the part of
 	// it that holds nothing and is reused before the file grows (absent
 	// when the journal is read offline: bbolt then does not read its
@@ -181,12 +185,13 @@ func (s *Local) Close() error {
 // indexes, so it costs the same at a million entries as at ten.
 func (s *Local) Summary() (*Summary, error) {
 	sum := &Summary{
-		Journal: s.j.Path(),
-		LastSeq: s.j.LastSeq(),
-		States:  map[string]int64{"pending": 0, "retrying": 0, "running": 0, "done": 0, "stuck": 0},
-		Types:   map[string]map[string]int64{},
-		Stuck:   []EntryView{},
-		Paused:  nonNil(s.j.Paused()),
+		Journal:   s.j.Path(),
+		JournalID: s.j.ID(),
+		LastSeq:   s.j.LastSeq(),
+		States:    map[string]int64{"pending": 0, "retrying": 0, "running": 0, "done": 0, "stuck": 0},
+		Types:     map[string]map[string]int64{},
+		Stuck:     []EntryView{},
+		Paused:    nonNil(s.j.Paused()),
 	}
 	var free int64
 	if sum.SizeBytes, free = s.j.Size(); free >= 0 {
@@ -324,7 +329,19 @@ func Open(journal string, writable bool, token string) (Store, error) {
 	if token == "" {
 		token = info.Token
 	}
-	return &Remote{base: "http://" + info.Addr, token: token, client: &http.Client{Timeout: 30 * time.Second}}, nil
+	r := &Remote{base: "http://" + info.Addr, token: token, client: &http.Client{Timeout: 30 * time.Second}}
+	// The file may be stale (its agent killed, another agent on its port
+	// since): act only on the agent of this journal.
+	if info.JournalID != "" {
+		sum, err := r.Summary()
+		if err != nil {
+			return nil, fmt.Errorf("journal %s is in use by a running agent, and %w", journal, err)
+		}
+		if sum.JournalID != info.JournalID {
+			return nil, fmt.Errorf("journal %s is in use by a running agent, but its admin address file %s names %s, which serves another journal (%s): the file is stale; the agent holding the journal has no admin endpoint, or another address", journal, AddrFile(journal), info.Addr, sum.Journal)
+		}
+	}
+	return r, nil
 }
 
 // Remote is a running agent's JSON API under /v1/.

@@ -475,6 +475,11 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		logger.Info("source", "name", sc.Name, "url", sc.String(), "type_from", sc.TypeFrom.String(), "key_from", sc.KeyFrom.String())
 	}
 
+	if s.admin == "" {
+		// A file left by an agent killed before it could remove it would
+		// send inspect and replay to whatever listens at its address now.
+		_ = os.Remove(admin.AddrFile(s.journal))
+	}
 	if s.admin != "" {
 		ln, err := admin.Listen(s.admin, s.token)
 		if err != nil {
@@ -491,7 +496,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		srv.Start(ln)
 		defer srv.Shutdown()
 		addr := ln.Addr().String()
-		info := admin.AddrInfo{Addr: addr, PID: os.Getpid()}
+		info := admin.AddrInfo{Addr: addr, PID: os.Getpid(), JournalID: j.ID()}
 		if s.token == "" {
 			info.Token = srv.StateToken()
 		}
