@@ -545,11 +545,10 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	groupsTo := uint64(0)
 	for _, e := range list {
-		msg := e.LastError
-		if msg == "" {
-			msg = e.Fault
-		}
+		msg := stuckError(e.LastError, e.Fault)
+		groupsTo = max(groupsTo, e.Seq)
 		k := [2]string{e.Type, msg}
 		g := groups[k]
 		if g == nil {
@@ -570,7 +569,8 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	})
 	count := f
 	count.Limit = 0
-	if err := u.countMatching(count, &matching); err != nil {
+	matchingTo, err := u.countMatching(count, &matching)
+	if err != nil {
 		return "", err
 	}
 	f.Reverse, f.Limit = true, uiPageSize
@@ -579,17 +579,34 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 		return "", err
 	}
 	p.Title, p.Page = "Stuck", "stuck"
-	p.Data = map[string]any{"Q": q, "Groups": gs, "Entries": entries, "Matching": matching, "Retention": u.retention()}
+	p.Data = map[string]any{"Q": q, "Groups": gs, "Entries": entries, "Matching": matching, "Retention": u.retention(),
+		"GroupsTo": groupsTo, "GroupsCapped": len(list) >= maxGroupScan, "MatchingTo": matchingTo}
 	return "stuck", nil
 }
 
-func (u *ui) countMatching(f queue.Filter, n *int) error {
+// stuckError is what groups a stuck entry: its last error, or the fault
+// of its input when it never ran.
+func stuckError(lastError, fault string) string {
+	if lastError == "" {
+		return fault
+	}
+	return lastError
+}
+
+// countMatching counts the entries f matches and returns the highest
+// sequence among them: a bulk replay of what was counted stops there.
+func (u *ui) countMatching(f queue.Filter, n *int) (uint64, error) {
+	var top uint64
 	if l, ok := u.s.Store.(*Local); ok {
-		return l.j.Scan(f, func(*queue.Entry) bool { *n++; return true })
+		err := l.j.Scan(f, func(e *queue.Entry) bool { *n++; top = max(top, e.Seq); return true })
+		return top, err
 	}
 	list, err := u.s.Store.List(f)
 	*n = len(list)
-	return err
+	for _, e := range list {
+		top = max(top, e.Seq)
+	}
+	return top, err
 }
 
 // --- routes ---
@@ -623,8 +640,20 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		seqs = append(seqs, n)
 	}
 	reextract := form.Get("reextract") != "" || form.Get("all") == "reextract"
+	// What a bulk replay replays is what its page counted: entries up to
+	// the last one counted (to), not those that became stuck since.
+	to, _ := strconv.ParseUint(form.Get("to"), 10, 64)
+	if form.Get("to") == "0" {
+		return withFlash(next, "error", "nothing to replay"), nil // the page counted none
+	}
 	var f queue.Filter
 	switch {
+	case form.Get("group") != "":
+		// One group of the stuck page: exactly its type and error.
+		typ, msg := form.Get("group_type"), form.Get("group_error")
+		f = queue.Filter{States: []queue.State{queue.StateStuck}, ToSeq: to, Match: func(e *queue.Entry) bool {
+			return e.Type == typ && stuckError(e.LastError, e.Fault) == msg
+		}}
 	case form.Get("all") != "":
 		q := formQueryOf(form)
 		if q.State == "" {
@@ -634,13 +663,25 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		if f, err = q.filter(time.Now()); err != nil {
 			return "", err
 		}
+		f.ToSeq = to
 	case len(seqs) > 0:
 		sel := map[uint64]bool{}
 		for _, s := range seqs {
 			sel[s] = true
 		}
 		slices.Sort(seqs)
-		f = queue.Filter{States: []queue.State{queue.StateStuck, queue.StateDone}, FromSeq: seqs[0], ToSeq: seqs[len(seqs)-1],
+		// The stuck page's selection replays stuck entries only (one
+		// replayed and done meanwhile must not run again); an entry's own
+		// page replays it stuck or done.
+		states := []queue.State{queue.StateStuck, queue.StateDone}
+		if st := form.Get("state"); st != "" {
+			s, _, err := queue.ParseState(st)
+			if err != nil {
+				return "", fmt.Errorf("%w: state: %v", errBadRequest, err)
+			}
+			states = []queue.State{s}
+		}
+		f = queue.Filter{States: states, FromSeq: seqs[0], ToSeq: seqs[len(seqs)-1],
 			Match: func(e *queue.Entry) bool { return sel[e.Seq] }}
 	default:
 		return withFlash(next, "error", "nothing selected"), nil

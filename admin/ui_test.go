@@ -1,10 +1,14 @@
 package admin
 
 import (
+	"context"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -212,4 +216,92 @@ func TestDashboardTokenAndReadOnly(t *testing.T) {
 		t.Errorf("read-only server changed the journal")
 	}
 	_ = queue.StateStuck
+}
+
+// TestDashboardBulkReplayMatchesPage: a bulk replay replays what its page
+// counted and named, nothing else. A group is exactly its type and error
+// (its error once matched as a substring, an empty type as any type, a
+// type with * as a pattern); "Replay all matching" stops at the last
+// entry it counted; the stuck page's selection replays stuck entries
+// only (one replayed and done since must not run again).
+func TestDashboardBulkReplayMatchesPage(t *testing.T) {
+	j, err := queue.Open(filepath.Join(t.TempDir(), "agentq.db"), queue.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	ctx := context.Background()
+	stuck := func(typ, why string) uint64 {
+		t.Helper()
+		if _, err := j.Append(ctx, &queue.Entry{Type: typ, Body: []byte("{}")}); err != nil {
+			t.Fatal(err)
+		}
+		es, err := j.Claim(ctx, 1)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("claim: %v", err)
+		}
+		if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Stuck, Err: why}); err != nil {
+			t.Fatal(err)
+		}
+		return es[0].Seq
+	}
+	stuck("grp", "boom")
+	stuck("grp", "boom")
+	stuck("grp", "boom and more")
+	stuck("", "boom")
+	stuck("job.*", "x")
+	stuck("job.x", "x")
+	srv, base := serve(t, j, "")
+	c := uiClient(t)
+	postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+	_, page, _ := get(t, c, base+"/ui/stuck")
+	csrf := csrfRe.FindStringSubmatch(page)
+	to := regexp.MustCompile(`name="group" value="1"><input type="hidden" name="group_type" value="[^"]*"><input type="hidden" name="group_error" value="[^"]*"><input type="hidden" name="to" value="(\d+)"`).FindStringSubmatch(page)
+	if csrf == nil || to == nil {
+		t.Fatalf("stuck page without a form token or a group form:\n%s", page)
+	}
+	stuckNow := func() int64 { return mustSummary(t, NewLocal(j, false)).States["stuck"] }
+	replay := func(form url.Values, want string) {
+		t.Helper()
+		form.Set("csrf", csrf[1])
+		form.Set("next", "/ui/stuck")
+		before := stuckNow()
+		code, _, h := postForm(t, c, base+"/ui/replay", form, nil)
+		if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), want) {
+			t.Fatalf("replay %v = %d → %s, want %q (stuck before: %d, after: %d)", form, code, h.Get("Location"), want, before, stuckNow())
+		}
+	}
+	replay(url.Values{"group": {"1"}, "group_type": {"grp"}, "group_error": {"boom"}, "to": {to[1]}}, "replayed+2+entries")
+	replay(url.Values{"group": {"1"}, "group_type": {""}, "group_error": {"boom"}, "to": {to[1]}}, "replayed+1+entries")
+	replay(url.Values{"group": {"1"}, "group_type": {"job.*"}, "group_error": {"x"}, "to": {to[1]}}, "replayed+1+entries")
+	if n := stuckNow(); n != 2 {
+		t.Fatalf("%d stuck after the group replays, want 2 (grp \"boom and more\", job.x)", n)
+	}
+	// The replayed ones run and are done.
+	replayed, err := j.Claim(ctx, 10)
+	if err != nil || len(replayed) != 4 {
+		t.Fatalf("claim of the replayed: %d, %v", len(replayed), err)
+	}
+	for _, e := range replayed {
+		if err := j.Settle(ctx, queue.Outcome{Seq: e.Seq, Kind: queue.Done}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A stuck entry that arrives after the page was drawn is not replayed
+	// by that page's "Replay all matching".
+	_, page, _ = get(t, c, base+"/ui/stuck")
+	matchingTo := regexp.MustCompile(`name="to" value="(\d+)">\s*<input type="hidden" name="next"`).FindStringSubmatch(page)
+	if matchingTo == nil {
+		t.Fatalf("no upper bound in the entries form:\n%s", page)
+	}
+	late := stuck("grp", "late")
+	replay(url.Values{"state": {"stuck"}, "all": {"1"}, "to": {matchingTo[1]}}, "replayed+2+entries")
+	if e, err := j.Get(late); err != nil || e.State != queue.StateStuck {
+		t.Fatalf("the late entry: %v, %v: want it still stuck", e, err)
+	}
+	// Selected on the stuck page, but done since: not replayed again.
+	code, _, h := postForm(t, c, base+"/ui/replay", url.Values{"csrf": {csrf[1]}, "state": {"stuck"}, "seq": {fmt.Sprint(replayed[0].Seq)}, "next": {"/ui/stuck"}}, nil)
+	if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "replayed+0+entries") {
+		t.Fatalf("replay of a selected entry done since = %d → %s", code, h.Get("Location"))
+	}
 }

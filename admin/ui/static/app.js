@@ -13,4 +13,9 @@ document.addEventListener("DOMContentLoaded", function () {
       if (!window.confirm(f.getAttribute("data-confirm"))) ev.preventDefault();
     });
   });
+  document.querySelectorAll("button[data-confirm]").forEach(function (b) {
+    b.addEventListener("click", function (ev) {
+      if (!window.confirm(b.getAttribute("data-confirm"))) ev.preventDefault();
+    });
+  });
 });
