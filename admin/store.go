@@ -227,7 +227,7 @@ func (s *Local) Summary() (*Summary, error) {
 			sum.Types[typ] = m
 		}
 	}
-	err = s.j.Scan(queue.Filter{States: []queue.State{queue.StateStuck}, Limit: SummaryStuckLimit}, func(e *queue.Entry) bool {
+	err = s.j.Scan(queue.Filter{States: []queue.State{queue.StateStuck}, Limit: SummaryStuckLimit, Brief: true}, func(e *queue.Entry) bool {
 		sum.Stuck = append(sum.Stuck, ViewOf(e, false))
 		return true
 	})
@@ -237,7 +237,7 @@ func (s *Local) Summary() (*Summary, error) {
 	// The state index is in sequence order: the first pending entry is
 	// the one received first.
 	var oldest time.Time
-	err = s.j.Scan(queue.Filter{States: []queue.State{queue.StatePending}, Limit: 1}, func(e *queue.Entry) bool {
+	err = s.j.Scan(queue.Filter{States: []queue.State{queue.StatePending}, Limit: 1, Brief: true}, func(e *queue.Entry) bool {
 		oldest = e.ReceivedAt
 		return false
 	})
@@ -251,9 +251,10 @@ func (s *Local) Summary() (*Summary, error) {
 	return sum, nil
 }
 
-// List returns the entries matching f.
+// List returns the entries matching f, without headers and bodies.
 func (s *Local) List(f queue.Filter) ([]EntryView, error) {
 	out := []EntryView{}
+	f.Brief = true
 	err := s.j.Scan(f, func(e *queue.Entry) bool {
 		out = append(out, ViewOf(e, false))
 		return true

@@ -598,6 +598,7 @@ func stuckError(lastError, fault string) string {
 func (u *ui) countMatching(f queue.Filter, n *int) (uint64, error) {
 	var top uint64
 	if l, ok := u.s.Store.(*Local); ok {
+		f.Brief = true
 		err := l.j.Scan(f, func(e *queue.Entry) bool { *n++; top = max(top, e.Seq); return true })
 		return top, err
 	}

@@ -1553,3 +1553,24 @@ func TestRetryNotStarvedByBacklog(t *testing.T) {
 	}
 	t.Fatal("the overdue retry was not claimed in 3 rounds while new entries arrived")
 }
+
+// TestScanBrief: a brief scan (lists, counts) gives every field but the
+// headers and body, which it does not read.
+func TestScanBrief(t *testing.T) {
+	j := mustOpen(t, Options{})
+	e := msg("k", strings.Repeat("b", 1<<20))
+	e.Type, e.Headers = "order.created", []Header{{Name: "h", Value: "v"}}
+	mustAppend(t, j, e)
+	for _, brief := range []bool{true, false} {
+		var got *Entry
+		if err := j.Scan(Filter{Brief: brief}, func(e *Entry) bool { got = e; return false }); err != nil {
+			t.Fatal(err)
+		}
+		if got == nil || got.Type != "order.created" || got.Key != "k" || got.State != StatePending {
+			t.Fatalf("brief=%v: %+v", brief, got)
+		}
+		if read := got.Body != nil || got.Headers != nil; read == brief {
+			t.Fatalf("brief=%v: body %d bytes, %d headers", brief, len(got.Body), len(got.Headers))
+		}
+	}
+}
