@@ -384,13 +384,32 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
+	// One answer holds at most maxListPage entries, whatever the limit
+	// asked (0 asked for all of a 1M journal: 12 s, 260 MB, 1.4 GB held by
+	// the agent). X-Agentq-Next-From says where the next page starts;
+	// Remote.List follows it.
+	wanted := f.Limit
+	if f.Limit <= 0 || f.Limit > maxListPage {
+		f.Limit = maxListPage
+	}
 	out, err := s.Store.List(f)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	if len(out) == maxListPage && (wanted <= 0 || wanted > maxListPage) {
+		w.Header().Set(nextFromHeader, strconv.FormatUint(out[len(out)-1].Seq+1, 10))
+	}
 	writeJSON(w, http.StatusOK, out)
 }
+
+// maxListPage bounds the entries one /v1/entries answer holds (a
+// variable for tests).
+var maxListPage = 10_000
+
+// nextFromHeader names the sequence a truncated /v1/entries answer
+// continues from.
+const nextFromHeader = "X-Agentq-Next-From"
 
 func (s *Server) entry(w http.ResponseWriter, r *http.Request) {
 	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)

@@ -388,3 +388,36 @@ func TestOpenRefusesStaleAddrFile(t *testing.T) {
 		t.Fatalf("error %q: want it to name the stale file", err)
 	}
 }
+
+// TestListPages: /v1/entries answers at most maxListPage entries, says
+// where the rest starts, and Remote.List follows it to the end or to
+// the limit asked.
+func TestListPages(t *testing.T) {
+	saved := maxListPage
+	maxListPage = 5
+	t.Cleanup(func() { maxListPage = saved })
+	j := testJournal(t) // 12 entries
+	srv, base := serve(t, j, "")
+	resp, err := http.Get(base + "/v1/entries")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var page []EntryView
+	_ = json.NewDecoder(resp.Body).Decode(&page)
+	resp.Body.Close()
+	if len(page) != 5 || resp.Header.Get(nextFromHeader) != "6" {
+		t.Fatalf("first page: %d entries, next from %q", len(page), resp.Header.Get(nextFromHeader))
+	}
+	remote := NewRemote(base, srv.StateToken())
+	for _, tc := range []struct{ limit, want int }{{0, 12}, {7, 7}, {5, 5}, {3, 3}} {
+		got, err := remote.List(queue.Filter{Limit: tc.limit})
+		if err != nil || len(got) != tc.want {
+			t.Fatalf("List(limit %d) = %d entries, %v; want %d", tc.limit, len(got), err, tc.want)
+		}
+		for i, v := range got {
+			if v.Seq != uint64(i+1) {
+				t.Fatalf("List(limit %d): entry %d has seq %d", tc.limit, i, v.Seq)
+			}
+		}
+	}
+}

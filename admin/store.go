@@ -362,20 +362,26 @@ func NewRemote(base, token string) *Remote {
 func (r *Remote) Close() error { return nil }
 
 func (r *Remote) do(method, path string, q url.Values, out any) error {
+	_, err := r.doHeader(method, path, q, out)
+	return err
+}
+
+// doHeader is do, returning the answer's headers too.
+func (r *Remote) doHeader(method, path string, q url.Values, out any) (http.Header, error) {
 	u := r.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
 	req, err := http.NewRequest(method, u, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if r.token != "" {
 		req.Header.Set("Authorization", "Bearer "+r.token)
 	}
 	resp, err := r.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the running agent at %s: %w", r.base, err)
+		return nil, fmt.Errorf("cannot reach the running agent at %s: %w", r.base, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
@@ -385,13 +391,13 @@ func (r *Remote) do(method, path string, q url.Values, out any) error {
 		}
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
 			if resp.StatusCode == http.StatusNotFound {
-				return fmt.Errorf("%s: %w", e.Error, queue.ErrNotFound)
+				return nil, fmt.Errorf("%s: %w", e.Error, queue.ErrNotFound)
 			}
-			return fmt.Errorf("running agent at %s: %s", r.base, e.Error)
+			return nil, fmt.Errorf("running agent at %s: %s", r.base, e.Error)
 		}
-		return fmt.Errorf("running agent at %s: %s", r.base, resp.Status)
+		return nil, fmt.Errorf("running agent at %s: %s", r.base, resp.Status)
 	}
-	return json.Unmarshal(body, out)
+	return resp.Header, json.Unmarshal(body, out)
 }
 
 // Summary asks the agent for its summary.
@@ -400,10 +406,31 @@ func (r *Remote) Summary() (*Summary, error) {
 	return &s, r.do("GET", "/v1/summary", nil, &s)
 }
 
-// List asks the agent for the entries matching f.
+// List asks the agent for the entries matching f, page by page (an answer
+// holds at most maxListPage).
 func (r *Remote) List(f queue.Filter) ([]EntryView, error) {
-	var out []EntryView
-	return out, r.do("GET", "/v1/entries", FilterQuery(f), &out)
+	want := f.Limit
+	var all []EntryView
+	for {
+		var page []EntryView
+		h, err := r.doHeader("GET", "/v1/entries", FilterQuery(f), &page)
+		all = append(all, page...)
+		if err != nil {
+			return all, err
+		}
+		next, perr := strconv.ParseUint(h.Get(nextFromHeader), 10, 64)
+		if perr != nil || next == 0 || want > 0 && len(all) >= want {
+			break
+		}
+		f.FromSeq = next
+		if want > 0 {
+			f.Limit = want - len(all)
+		}
+	}
+	if all == nil {
+		all = []EntryView{}
+	}
+	return all, nil
 }
 
 // Entry asks the agent for one entry.
