@@ -305,3 +305,36 @@ func TestDashboardBulkReplayMatchesPage(t *testing.T) {
 		t.Fatalf("replay of a selected entry done since = %d → %s", code, h.Get("Location"))
 	}
 }
+
+// TestDashboardSearchWindow: a filtered list reads a bounded window of
+// entries per page, says how far back it searched, and following its
+// "search older" links finds every match once.
+func TestDashboardSearchWindow(t *testing.T) {
+	saved := searchWindow
+	searchWindow = 5
+	t.Cleanup(func() { searchWindow = saved })
+	j := testJournal(t) // 12 entries; key a: 1, 4, 7, 10
+	_, base := serve(t, j, "")
+	c := uiClient(t)
+	seqRe := regexp.MustCompile(`href="/ui/entries/(\d+)"`)
+	olderRe := regexp.MustCompile(`href="([^"]+)" id="older"`)
+	var found []string
+	next, pages := "/ui/entries?key=a", 0
+	for next != "" && pages < 10 {
+		pages++
+		_, body, _ := get(t, c, base+strings.ReplaceAll(next, "&amp;", "&"))
+		for _, m := range seqRe.FindAllStringSubmatch(body, -1) {
+			found = append(found, m[1])
+		}
+		next = ""
+		if m := olderRe.FindStringSubmatch(body); m != nil {
+			next = m[1]
+		}
+		if pages == 1 && !strings.Contains(body, `searched back to entry 8`) {
+			t.Errorf("the first page does not say how far it searched:\n%s", body)
+		}
+	}
+	if strings.Join(found, " ") != "10 7 4 1" {
+		t.Fatalf("key a over %d pages: %v, want 10 7 4 1", pages, found)
+	}
+}
