@@ -151,6 +151,9 @@ func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registr
 			}
 			return reg, fmt.Errorf("cannot register with waldur (is the token in %s current?): %w", what, err)
 		}
+		if errors.Is(err, waldur.ErrForbidden) {
+			return reg, fmt.Errorf("cannot register with waldur (the token's user must own offering %s or manage it as a service manager): %w", w.Offering, err)
+		}
 		return reg, fmt.Errorf("cannot register with waldur: %w", err)
 	}
 	if len(reg.Subscriptions) == 0 {

@@ -18,9 +18,13 @@ import (
 // Sentinels that callers branch on; an *Error unwraps to one of them when
 // the status says so.
 var (
-	// ErrUnauthorized is returned when Waldur rejects the token (401 or
-	// 403): the token file holds an old or revoked token.
+	// ErrUnauthorized is returned when Waldur rejects the token (401):
+	// the token file holds an old or revoked token.
 	ErrUnauthorized = errors.New("waldur rejected the token")
+
+	// ErrForbidden is returned for a 403: the token is valid, but its user
+	// may not do this (an offering it neither owns nor manages).
+	ErrForbidden = errors.New("the token's user may not do this")
 
 	// ErrForeignIdentity is returned by RegisterQueue when Waldur answers
 	// 409: the agent identity was created by another Waldur user, whose
@@ -181,12 +185,16 @@ func (c *Client) do(ctx context.Context, op, method, path string, query url.Valu
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		var sentinel error
 		switch resp.StatusCode {
-		case http.StatusUnauthorized, http.StatusForbidden:
+		case http.StatusUnauthorized:
 			sentinel = ErrUnauthorized
+		case http.StatusForbidden:
+			sentinel = ErrForbidden
 		case http.StatusNotFound:
 			sentinel = ErrNotFound
 		}
-		return fail(resp.StatusCode, detail(raw), sentinel)
+		// Scrubbed before it is cut: a page echoing the Authorization
+		// header across the cut would otherwise leave part of the token.
+		return fail(resp.StatusCode, detail([]byte(c.scrub(string(raw)))), sentinel)
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {

@@ -293,3 +293,43 @@ func TestKeyForPayload(t *testing.T) {
 		t.Errorf("DefaultKeys has %d types, want %d", got, want)
 	}
 }
+
+// Ensure a refusal the token is not to blame for (403: valid token, no
+// permission) says so instead of calling the token rejected, and a token
+// that an error page echoes is hidden whole, even where the detail is cut
+// (it was cut first and scrubbed after, which left the token's start).
+func TestErrorsFromAProxy(t *testing.T) {
+	const token = "f3c1a9b8e7d6c5b4a3928170fedcba9876543210"
+	for _, tc := range []struct {
+		name   string
+		status int
+		body   func(r *http.Request) string
+		is     error
+	}{
+		{"Forbidden", http.StatusForbidden, func(*http.Request) string {
+			return `{"detail":"You do not have permission to perform this action."}`
+		}, waldur.ErrForbidden},
+		{"TokenAcrossTheCut", http.StatusBadGateway, func(r *http.Request) string {
+			return "<html><body>" + strings.Repeat("x", 466) + " Authorization: " + r.Header.Get("Authorization") + "</body></html>"
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body(r)))
+			}))
+			defer srv.Close()
+			c := &waldur.Client{BaseURL: srv.URL, Token: token}
+			_, err := c.EnsureIdentity(testContext(t), "0f0e0d0c0b0a49088706050403020100", "test")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) || errors.Is(err, waldur.ErrUnauthorized) {
+				t.Errorf("error %v: want %v, not the token rejected", err, tc.is)
+			}
+			if strings.Contains(err.Error(), token[:8]) {
+				t.Errorf("error %q shows the start of the token", err)
+			}
+		})
+	}
+}
