@@ -96,6 +96,7 @@ func (a *stompAdapter) open(ctx context.Context, cfg Config, logins []stompLogin
 			go s.forward(ss, s.meta[i])
 		}
 	}
+	s.subscribed = time.Now()
 	return s, nil
 }
 
@@ -165,7 +166,14 @@ type stompSession struct {
 	// closed, if set, runs after a graceful close (shutdown only).
 	closed func()
 	err    error // the first error of a subscription, reported when it ends
+	// subscribed is when the last SUBSCRIBE went out: a WebSocket the
+	// broker closes soon after is a refusal, one closed later a drop.
+	subscribed time.Time
 }
+
+// earlyClose is how soon after SUBSCRIBE a closed WebSocket counts as the
+// broker refusing the subscription.
+var earlyClose = 2 * time.Second // a variable for tests
 
 var _ session = (*stompSession)(nil)
 
@@ -328,7 +336,12 @@ func (s *stompSession) explain(err error) error {
 	if len(s.meta) == 1 {
 		cfg.Destination = s.meta[0].dest
 	}
-	err = explainEarlyClose(err, cfg, reason)
+	// Only a close right after SUBSCRIBE is a refusal: an idle session's
+	// dropped connection must not read as one (it made a Waldur source
+	// register again, and fail while Waldur's API was down).
+	if time.Since(s.subscribed) < earlyClose {
+		err = explainEarlyClose(err, cfg, reason)
+	}
 	if s.ended != nil {
 		s.ended(err)
 	}

@@ -596,3 +596,42 @@ func TestWaldurLegacyDeletesAtShutdown(t *testing.T) {
 		t.Fatalf("queues left after shutdown: %+v", qs)
 	}
 }
+
+// Ensure a Waldur source whose idle connection drops (a network blip, a
+// proxy restart) reconnects with the credentials it has, without asking
+// Waldur's API, which may be down meanwhile: over WebSocket, a close long
+// after SUBSCRIBE once read as the broker refusing the queue, and the
+// source registered again first (and failed while the API did).
+func TestWaldurIdleDropNeedsNoAPI(t *testing.T) {
+	saved := earlyClose
+	earlyClose = 200 * time.Millisecond
+	t.Cleanup(func() { earlyClose = saved })
+	for _, scheme := range []string{"ws", "stomp"} {
+		t.Run(scheme, func(t *testing.T) {
+			waldurtest.RequireBroker(t)
+			srv := waldurtest.New(t, waldurtest.Options{})
+			tok := writeToken(t, t.TempDir(), srv.Token())
+			target, suffix := "127.0.0.1:15674", "/ws"
+			if scheme == "stomp" {
+				target, suffix = brokerAddr, ""
+			}
+			proxy := brokertest.StartProxy(t, "127.0.0.1:0", target)
+			src, stop := runSource(t, mustConfig(t, waldurSourceURL(srv, tok, "&types=order&broker="+scheme+"://"+proxy.Addr()+suffix)),
+				mustOpenJournal(t, ""), Options{Logger: testLogger(t), ReconnectInitial: 50 * time.Millisecond})
+			defer stop()
+			waitFor(t, "subscribed", 60*time.Second, func() bool { return src.Status().State == StateConnected })
+			for i := 0; i < 50; i++ {
+				srv.Fail("/api/", 503) // Waldur's API is down from here on
+			}
+			time.Sleep(2 * earlyClose) // idle past the window in which a close is a refusal
+			proxy.Cut()
+			waitFor(t, "reconnected", 30*time.Second, func() bool {
+				st := src.Status()
+				return st.Connects >= 2 && st.State == StateConnected
+			})
+			if n := registerCalls(srv); n != 1 {
+				t.Fatalf("%d registrations: the dropped connection sent the source to the API", n)
+			}
+		})
+	}
+}
