@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -633,5 +637,50 @@ func TestWaldurIdleDropNeedsNoAPI(t *testing.T) {
 				t.Fatalf("%d registrations: the dropped connection sent the source to the API", n)
 			}
 		})
+	}
+}
+
+// Ensure a source stopped while a legacy registration waits on a Waldur
+// that hangs returns within about its shutdown timeout: the cleanup of the
+// half-made registration had 30 s of its own, whatever the agent's stop.
+func TestWaldurLegacyStopOnHangingAPI(t *testing.T) {
+	subUUID := waldurtest.NewUUID()
+	secondSub := make(chan struct{}, 1)
+	var subs atomic.Int32
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		p := r.URL.Path
+		switch {
+		case r.Method == http.MethodGet:
+			_, _ = w.Write([]byte("[]"))
+		case strings.HasSuffix(p, "/register_event_subscription/"):
+			if subs.Add(1) == 1 {
+				fmt.Fprintf(w, `{"uuid":%q,"user_uuid":%q}`, subUUID, waldurtest.NewUUID())
+				return
+			}
+			select {
+			case secondSub <- struct{}{}:
+			default:
+			}
+			<-r.Context().Done() // Waldur hangs
+		case strings.HasSuffix(p, "/create_queue/"):
+			fmt.Fprintf(w, `{"queue_name":"agentq-test-q","vhost":"agentq-test-v"}`)
+		case r.Method == http.MethodDelete:
+			<-r.Context().Done() // and hangs on the cleanup too
+		case r.Method == http.MethodPost:
+			fmt.Fprintf(w, `{"uuid":%q,"name":"x"}`, waldurtest.NewUUID())
+		}
+	}))
+	defer api.Close()
+	tok := writeToken(t, t.TempDir(), "tok")
+	cfg := mustConfig(t, "waldur+"+api.URL+"/?offering="+testOffering+"&token_file="+tok+"&mode=legacy&types=order,resource&broker=stomp://127.0.0.1:1")
+	_, stop := runSource(t, cfg, mustOpenJournal(t, ""), Options{Logger: testLogger(t), ShutdownTimeout: time.Second})
+	<-secondSub
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(15 * time.Second): // the cleanup alone once took 30 s
+		t.Fatal("the source did not stop while Waldur hung")
 	}
 }

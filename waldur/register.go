@@ -116,11 +116,11 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 	for _, t := range types {
 		sub, err := c.RegisterEventSubscription(ctx, id.UUID, t)
 		if err != nil {
-			return Registration{}, c.undoLegacy(reg.Subscriptions, err)
+			return Registration{}, c.undoLegacy(ctx, reg.Subscriptions, err)
 		}
 		q, err := c.CreateQueue(ctx, sub.UUID, opts.Offering, t)
 		if err != nil {
-			return Registration{}, c.undoLegacy(append(reg.Subscriptions, Subscription{Login: sub.UUID}), err)
+			return Registration{}, c.undoLegacy(ctx, append(reg.Subscriptions, Subscription{Login: sub.UUID}), err)
 		}
 		reg.Subscriptions = append(reg.Subscriptions, Subscription{
 			Login:       sub.UUID,
@@ -142,10 +142,17 @@ func Destination(queue string) string { return "/amq/queue/" + queue }
 
 // undoLegacy deletes the subscriptions a failed legacy registration made,
 // so that retries do not pile up subscriptions whose queues keep filling.
-// It uses its own short context: the caller's may be what failed. A
-// failed delete is added to err.
-func (c *Client) undoLegacy(made []Subscription, err error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// It uses a context of its own, since the caller's may be what failed:
+// 30 s, or 3 s when the caller's has ended (the agent is stopping, and
+// must stop within its shutdown timeout; what is left is deleted by the
+// next start's registration, or by Waldur). A failed delete is added to
+// err.
+func (c *Client) undoLegacy(caller context.Context, made []Subscription, err error) error {
+	budget := 30 * time.Second
+	if caller.Err() != nil {
+		budget = 3 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	for _, s := range made {
 		if derr := c.DeleteEventSubscription(ctx, s.Login); derr != nil {
