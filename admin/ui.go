@@ -594,7 +594,7 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 		return gs[i].First < gs[k].First
 	})
 	count := f
-	count.Limit = 0
+	count.Limit = maxGroupScan // bounded like the groups; the replay stops where the count did
 	matchingTo, err := u.countMatching(count, &matching)
 	if err != nil {
 		return "", err
@@ -606,7 +606,7 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	}
 	p.Title, p.Page = "Stuck", "stuck"
 	p.Data = map[string]any{"Q": q, "Groups": gs, "Entries": entries, "Matching": matching, "Retention": u.retention(),
-		"GroupsTo": groupsTo, "GroupsCapped": len(list) >= maxGroupScan, "MatchingTo": matchingTo}
+		"GroupsTo": groupsTo, "GroupsCapped": len(list) >= maxGroupScan, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan}
 	return "stuck", nil
 }
 
