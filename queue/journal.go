@@ -163,16 +163,17 @@ type Options struct {
 	// broker redelivery of it. Default 24h.
 	DedupWindow time.Duration
 
-	// MaxSize, when > 0, makes a batch of appends fail with ErrFull once
-	// the file would grow past this many bytes, as a full disk would.
-	// Tests and operators with a quota use it.
+	// MaxSize, when > 0, bounds the journal's live data (file size less
+	// free pages): appends fail with ErrFull, each alone, once it passes
+	// MaxSize less Reserve, as on a full disk. Tests and operators with a
+	// quota use it.
 	MaxSize int64
 
 	// Reserve is the part of MaxSize kept for draining: Append fails with
-	// ErrFull once the journal's live data (file size less free pages)
-	// passes MaxSize-Reserve, while Claim, Settle, Replay and retention go
-	// on up to MaxSize. Without it, ingest would take every page retention
-	// frees and workers could never claim or settle again. 0 means
+	// ErrFull once the journal's live data passes MaxSize-Reserve, while
+	// Claim, Settle (with its answers), Replay and retention go on, never
+	// refused. Without it, ingest would take every page retention frees
+	// and workers could never claim or settle again. 0 means
 	// DefaultReserve: MaxSize/16, at most 64 MiB; < 0 means none.
 	Reserve int64
 
@@ -864,11 +865,13 @@ func (j *Journal) commit(batch []*op) {
 		if err := t.finish(); err != nil {
 			return err
 		}
-		// bbolt allocates pages at commit, so the check sees the size the
-		// previous batches left: the file overshoots by at most one batch.
-		if j.opts.MaxSize > 0 && t.appended > 0 && tx.Size() > j.opts.MaxSize {
-			return fmt.Errorf("%w: file would grow to %d bytes, limit %d", ErrFull, tx.Size(), j.opts.MaxSize)
-		}
+		// No check of the file's size here: appendRoom refuses appends, one
+		// by one, once the live data passes MaxSize less the reserve. A
+		// check of the whole file failed the whole batch, settles with the
+		// appends, and once settles and answers had grown the file past
+		// MaxSize (bbolt never shrinks it) it failed every batch with an
+		// append for good, on an empty journal (found by trying to break
+		// it; TestFullJournalGrownBySettles).
 		done = t
 		return nil
 	})

@@ -2,9 +2,11 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Ensure ordering keys and dedup ids longer than bbolt's key limit are
@@ -93,5 +95,84 @@ func TestTooLargeEntryKeepsBatch(t *testing.T) {
 	// Its key still runs in order.
 	if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != fmt.Sprint([]uint64{seqs[0], seqs[3]}) {
 		t.Fatalf("claimed %v", got)
+	}
+}
+
+// TestFullJournalGrownBySettles: a full journal (MaxSize) whose workers
+// settle with answers (outbox results) while the results broker is away,
+// then drain and expire everything. Settles grow the file past MaxSize
+// (the reserve is theirs), and bbolt never shrinks it; a check of the
+// file's size at commit then failed every batch holding an append,
+// settles in it too, and stopped ingest for good on an empty journal.
+// Appends are limited by the live data alone, one by one.
+func TestFullJournalGrownBySettles(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now, MaxSize: 512 << 10, Reserve: 128 << 10, Retention: time.Hour, MinFree: -1})
+	var err error
+	appended := 0
+	for i := 0; i < 1000 && err == nil; i++ {
+		_, err = j.Append(ctx, msg([]string{"", "a", "b"}[i%3], strings.Repeat("x", 1024)))
+		if err == nil {
+			appended++
+		}
+	}
+	if !errors.Is(err, ErrFull) {
+		t.Fatalf("want ErrFull, got %v", err)
+	}
+	settled := 0
+	for round := 0; round < 2*appended && settled < appended-20; round++ {
+		es, err := j.Claim(ctx, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			// a worker's answer, published through the outbox
+			if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done, Out: []*Out{{Kind: "result", Target: "r", Body: []byte(strings.Repeat("a", 3000))}}}); err != nil {
+				t.Fatalf("Settle: %v", err)
+			}
+			settled++
+		}
+	}
+	// the results broker is back: the relay publishes and removes the answers
+	for {
+		ms, _ := j.Outbox(100, clk.Now())
+		if len(ms) == 0 {
+			break
+		}
+		var ids []uint64
+		for _, m := range ms {
+			ids = append(ids, m.ID)
+		}
+		if err := j.OutboxDone(ctx, ids); err != nil {
+			t.Fatalf("OutboxDone: %v", err)
+		}
+	}
+	clk.Add(2 * time.Hour)
+	if n, err := j.Expire(ctx); err != nil || n != settled {
+		t.Fatalf("Expire = %d, %v; want %d", n, err, appended)
+	}
+	// A settle that shares its commit with an append fails with it.
+	failedSettles := 0
+	for i := 0; i < 10; i++ {
+		es, _ := j.Claim(ctx, 1)
+		if len(es) == 0 {
+			break
+		}
+		done := make(chan struct{})
+		go func() { j.Append(ctx, msg("", "x")); close(done) }()
+		if err := j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done}); err != nil {
+			failedSettles++
+			if failedSettles == 1 {
+				t.Errorf("Settle of a running entry failed: %v", err)
+			}
+			j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Release})
+		}
+		<-done
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := j.Append(ctx, msg("", "after retention")); err != nil {
+			t.Errorf("Append %d after everything drained and expired: %v", i, err)
+		}
 	}
 }
