@@ -212,6 +212,7 @@ type CommitInfo struct {
 type Journal struct {
 	path string
 	db   *bolt.DB
+	file *os.File // bbolt's, to check that path still names it (appendRoom)
 	opts Options
 	log  *slog.Logger
 	id   string
@@ -307,13 +308,14 @@ func Open(path string, opts Options) (*Journal, error) {
 		return nil, fmt.Errorf("cannot open journal %s: is a directory", path)
 	}
 
-	db, err := openBolt(path, opts)
+	db, file, err := openBolt(path, opts)
 	if err != nil {
 		return nil, err
 	}
 	j := &Journal{
 		path:     path,
 		db:       db,
+		file:     file,
 		opts:     opts,
 		log:      opts.Logger.With("component", "journal"),
 		ops:      make(chan *op, opts.MaxBatch),

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -174,5 +176,47 @@ func TestFullJournalGrownBySettles(t *testing.T) {
 		if _, err := j.Append(ctx, msg("", "after retention")); err != nil {
 			t.Errorf("Append %d after everything drained and expired: %v", i, err)
 		}
+	}
+}
+
+// TestJournalRemovedWhileRunning: when the journal's file is removed (an
+// rm -rf of its directory) or replaced while it is open, appends stop with
+// ErrFull (the broker keeps the messages) instead of succeeding into a
+// file no restart will find; settles still work on the open file.
+func TestJournalRemovedWhileRunning(t *testing.T) {
+	for _, how := range []string{"directory removed", "file replaced"} {
+		t.Run(how, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "agentq.db")
+			j, err := Open(path, Options{Logger: quietLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j.Close()
+			ctx := context.Background()
+			mustAppend(t, j, msg("", "before"))
+			switch how {
+			case "directory removed":
+				err = os.RemoveAll(dir)
+			case "file replaced":
+				err = os.Rename(path, path+".old")
+				if err == nil {
+					err = os.WriteFile(path, nil, 0o600)
+				}
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := j.Append(ctx, msg("", "after")); !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "no longer names") {
+				t.Fatalf("Append after the journal's file went away = %v, want ErrFull saying why", err)
+			}
+			es := mustClaim(t, j, 1)
+			if err := j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done}); err != nil {
+				t.Fatalf("Settle: %v", err)
+			}
+		})
 	}
 }

@@ -49,23 +49,23 @@ func (e *TruncatedError) Is(target error) bool { return target == ErrTruncated }
 // lock on the old one, and an Open that waited for that lock would
 // otherwise journal into a file that no longer has a name (and ACK what it
 // wrote). It then retries on the new file, within LockTimeout.
-func openBolt(path string, opts Options) (*bolt.DB, error) {
+func openBolt(path string, opts Options) (*bolt.DB, *os.File, error) {
 	deadline := time.Now().Add(opts.LockTimeout)
 	for attempt := 1; ; attempt++ {
 		db, f, err := openBoltOnce(path, opts, max(time.Until(deadline), time.Millisecond))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		same, err := stillNamed(path, f)
 		if same {
-			return db, nil
+			return db, f, nil
 		}
 		_ = db.Close()
 		if err != nil {
-			return nil, fmt.Errorf("cannot open journal %s: it was moved while waiting for the lock: %w", path, err)
+			return nil, nil, fmt.Errorf("cannot open journal %s: it was moved while waiting for the lock: %w", path, err)
 		}
 		if attempt >= maxOpenAttempts || time.Now().After(deadline) {
-			return nil, fmt.Errorf("cannot open journal %s: the file kept being replaced while waiting for the lock: %w", path, ErrInUse)
+			return nil, nil, fmt.Errorf("cannot open journal %s: the file kept being replaced while waiting for the lock: %w", path, ErrInUse)
 		}
 	}
 }

@@ -600,8 +600,20 @@ func (t *txn) appendRoom() error {
 					ErrFull, used, limit, o.MaxSize, o.MaxSize-limit)
 			}
 		}
+		// A journal whose file was removed or replaced under the agent
+		// (rm -rf of its directory) takes writes that no restart will
+		// find: appends stop, and the broker keeps the messages.
+		if t.roomErr == errNoRoomErr && t.j.file != nil {
+			if named, _ := stillNamed(t.j.path, t.j.file); !named {
+				t.roomErr = fmt.Errorf("%w: %s no longer names the journal this agent has open (removed or replaced while it runs): appends stop; restart the agent", ErrFull, t.j.path)
+			}
+		}
 		if t.roomErr == errNoRoomErr && o.MinFree > 0 {
-			if free, ok := diskFree(filepath.Dir(t.j.path)); ok && free < o.MinFree {
+			free, ok := diskFree(filepath.Dir(t.j.path))
+			switch {
+			case !ok:
+				t.roomErr = fmt.Errorf("%w: cannot tell how much room the disk holding %s has, appends stop", ErrFull, t.j.path)
+			case free < o.MinFree:
 				t.roomErr = fmt.Errorf("%w: the disk has %d bytes free, appends stop below %d", ErrFull, free, o.MinFree)
 			}
 		}
