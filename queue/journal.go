@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -335,6 +336,14 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.ReadOnly {
 		return j, nil
+	}
+	// A compaction killed before its rename leaves its copy behind, which
+	// takes disk room from the journal and from the next compaction. Only
+	// a holder of the journal's lock makes one, and this Open holds it.
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		if err := os.Remove(real + compactSuffix); err == nil {
+			j.log.Warn("removed the copy an interrupted compaction left", "file", real+compactSuffix)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	j.cancel = cancel

@@ -155,7 +155,7 @@ func Compact(src string) (before, after int64, err error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("cannot compact: %w", err)
 	}
-	tmp := src + ".compact"
+	tmp := src + compactSuffix
 	_ = os.Remove(tmp)
 	dst, err := bolt.Open(tmp, fi.Mode().Perm(), &bolt.Options{Timeout: time.Second, PageSize: DefaultPageSize})
 	if err != nil {
@@ -196,6 +196,10 @@ func Compact(src string) (before, after int64, err error) {
 	}
 	return before, after, nil
 }
+
+// compactSuffix names Compact's copy beside the journal until it is
+// renamed over it.
+const compactSuffix = ".compact"
 
 // Sparse thresholds: a journal is worth compacting at start when its free
 // pages are at least SparseMinFree bytes and at least the data it holds,
