@@ -115,6 +115,7 @@
 // HTTP POSTs the body with the message's context in X-Agentq-* headers.
 // 2xx is done, and the response body (up to HTTPConfig.MaxOutput) is the
 // output; 408, 425, 429, 5xx, connection errors and timeouts are retried,
-// honouring Retry-After; any other status (another 4xx, a 3xx the client
-// did not follow) is permanent.
+// honouring Retry-After; any other status (another 4xx, a 3xx: redirects
+// are not followed) is permanent. A type or key a header cannot carry is
+// sent percent-encoded and named in X-Agentq-Encoded.
 package worker

@@ -73,7 +73,11 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		// TIME_WAIT) a new connection for most calls.
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256
-		c = &http.Client{Transport: t}
+		// Redirects are not followed: a 301/302/303 would turn the POST
+		// into a GET without the body and count as done, and a redirect
+		// to another host would take the configured headers there. A
+		// 3xx is a permanent failure, with its Location in the error.
+		c = &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	return &HTTP{cfg: cfg, client: c, name: "http:" + shownURL(u)}, nil
 }
@@ -109,7 +113,7 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		return nil, Permanent(fmt.Errorf("cannot build request: %w", err))
 	}
 	ct, ok := e.Header("content-type")
-	if !ok || ct == "" {
+	if !ok || ct == "" || !validHeaderValue(ct) {
 		ct = "application/octet-stream"
 	}
 	req.Header.Set("Content-Type", ct)
@@ -118,8 +122,21 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	}
 	req.Header.Set("Idempotency-Key", h.cfg.IdempotencyPrefix+"-"+strconv.FormatUint(e.Seq, 10))
 	req.Header.Set("X-Agentq-Seq", strconv.FormatUint(e.Seq, 10))
-	req.Header.Set("X-Agentq-Type", e.Type)
-	req.Header.Set("X-Agentq-Key", e.Key)
+	// A type or key a header cannot carry (a newline, a NUL: JSON can
+	// hold them) goes percent-encoded, named in X-Agentq-Encoded; sent
+	// raw, Go refused every request and the message retried for a day.
+	var encoded []string
+	for _, f := range []struct{ name, v string }{{"X-Agentq-Type", e.Type}, {"X-Agentq-Key", e.Key}} {
+		v := f.v
+		if !validHeaderValue(v) {
+			v = url.PathEscape(v)
+			encoded = append(encoded, f.name)
+		}
+		req.Header.Set(f.name, v)
+	}
+	if len(encoded) > 0 {
+		req.Header.Set("X-Agentq-Encoded", strings.Join(encoded, ", "))
+	}
 	req.Header.Set("X-Agentq-Attempt", strconv.Itoa(e.Attempts))
 	resp, err := h.client.Do(req)
 	if err != nil {
@@ -133,8 +150,14 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		return nil, fmt.Errorf("POST %s: %w", h.Name(), err)
 	}
 	defer resp.Body.Close()
-	// Drain what is left, within reason, so the connection can be reused.
-	defer func() { _, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) }()
+	// Drain what is left, within reason, so the connection can be reused;
+	// for a second at most: a body that stalls after the status decided
+	// the call must not hold the worker (and its key) to the timeout.
+	defer func() {
+		t := time.AfterFunc(time.Second, cancel)
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		t.Stop()
+	}()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		if h.cfg.MaxOutput < 0 {
 			return nil, nil
@@ -150,6 +173,9 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	}
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	err = fmt.Errorf("POST %s: %s%s", h.Name(), resp.Status, quoteBody(snippet))
+	if loc, lerr := resp.Location(); lerr == nil && resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		err = fmt.Errorf("%w (a redirect to %s, not followed: point the route at the URL that answers)", err, shownURL(loc))
+	}
 	switch code := resp.StatusCode; {
 	case code == 408 || code == 425 || code == 429 || code >= 500:
 		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
@@ -186,4 +212,15 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		return max(t.Sub(now), 0), true
 	}
 	return 0, false
+}
+
+// validHeaderValue reports whether v can be an HTTP header value as Go's
+// client sends one: no control characters but tab.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }

@@ -10,8 +10,11 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/agentq/agentq/queue"
 )
 
 // Ensure HTTP statuses map to outcomes, Retry-After is honoured, and the
@@ -213,5 +216,61 @@ func TestHTTPName(t *testing.T) {
 	}
 	if got, want := h.Name(), "http:https://backend.example:8443/hook"; got != want {
 		t.Fatalf("Name() = %q, want %q", got, want)
+	}
+}
+
+// Ensure a redirect is not followed: it fails permanently, naming where
+// it points, and the target it points to sees nothing (a 302 once became
+// a GET without the body, answered 200 and counted as done; the
+// configured headers went to the other host).
+func TestHTTPRedirectNotFollowed(t *testing.T) {
+	var reached atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { reached.Add(1) }))
+	defer target.Close()
+	for _, code := range []int{301, 302, 303, 307, 308} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, target.URL+"/elsewhere", code)
+			}))
+			defer src.Close()
+			h, err := NewHTTP(HTTPConfig{URL: src.URL + "/hook", Headers: map[string]string{"X-Api-Key": "k"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = h.Call(context.Background(), testEntry([]byte(`{"order":1}`)))
+			if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), "/elsewhere") {
+				t.Fatalf("Call = %v (permanent %v): want a permanent failure naming the redirect", err, IsPermanent(err))
+			}
+		})
+	}
+	if n := reached.Load(); n != 0 {
+		t.Fatalf("the redirect target was called %d times", n)
+	}
+}
+
+// Ensure a key or type a header cannot carry (a newline or a NUL, which
+// JSON can hold) is sent percent-encoded and named in X-Agentq-Encoded,
+// and a content type with a line break falls back to octet-stream: Go's
+// client refused such requests, and the message retried for a day.
+func TestHTTPHeaderValuesEncoded(t *testing.T) {
+	got := make(chan http.Header, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Clone() }))
+	defer srv.Close()
+	h, err := NewHTTP(HTTPConfig{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := testEntry(nil)
+	e.Key, e.Type = "a\nb\x00c", "order.created"
+	e.Headers = []queue.Header{{Name: "content-type", Value: "text/plain\r\nX-Evil: 1"}}
+	if err := h.Call(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	hdr := <-got
+	if hdr.Get("X-Agentq-Key") != "a%0Ab%00c" || hdr.Get("X-Agentq-Type") != "order.created" || hdr.Get("X-Agentq-Encoded") != "X-Agentq-Key" {
+		t.Fatalf("key %q type %q encoded %q", hdr.Get("X-Agentq-Key"), hdr.Get("X-Agentq-Type"), hdr.Get("X-Agentq-Encoded"))
+	}
+	if hdr.Get("Content-Type") != "application/octet-stream" || hdr.Get("X-Evil") != "" {
+		t.Fatalf("content type %q, X-Evil %q", hdr.Get("Content-Type"), hdr.Get("X-Evil"))
 	}
 }
