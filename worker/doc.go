@@ -91,7 +91,9 @@
 //	                          but digits turned into '_'; the first of
 //	                          repeated or colliding names wins
 //	AGENTQ_HEADERS_TRUNCATED  variables whose value was cut (below)
-//	AGENTQ_HEADERS_DROPPED    headers left out (below)
+//	AGENTQ_HEADERS_DROPPED    variables left out (below): a value with a
+//	                          NUL, a header name over 1 KiB; the type, key,
+//	                          source and destination follow the same rules
 //
 // Hidden from the agent's environment: the names in ExecConfig.HideEnv
 // (the passcode_env variables of the sources belong there) and every

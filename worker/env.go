@@ -23,6 +23,9 @@ const (
 // maxEnvNote bounds AGENTQ_HEADERS_TRUNCATED and AGENTQ_HEADERS_DROPPED.
 const maxEnvNote = 4 << 10
 
+// maxEnvName bounds a header's variable name; a longer one is dropped.
+const maxEnvName = 1 << 10
+
 // hiddenEnv reports whether an inherited variable is kept from handlers:
 // one named in hide, and every AGENTQ_* variable. Those are the agent's own
 // configuration (AGENTQ_SOURCE, AGENTQ_RESULTS, AGENTQ_ON_STUCK,
@@ -59,13 +62,27 @@ func handlerEnv(hide map[string]bool, extra []string, e *queue.Entry) []string {
 func entryEnv(e *queue.Entry) []string {
 	env := []string{
 		"AGENTQ_SEQ=" + strconv.FormatUint(e.Seq, 10),
-		"AGENTQ_TYPE=" + e.Type,
-		"AGENTQ_KEY=" + e.Key,
 		"AGENTQ_ATTEMPT=" + strconv.Itoa(e.Attempts),
-		"AGENTQ_SOURCE=" + e.Source,
-		"AGENTQ_DESTINATION=" + e.Destination,
 	}
 	var truncated, dropped []string
+	// The type, key, source and destination follow the rules of header
+	// values: a publisher chose them too (json:k can yield a NUL or 200
+	// KiB), and one that cannot be passed kept the command from ever
+	// starting.
+	for _, f := range []struct{ name, v string }{
+		{"AGENTQ_TYPE", e.Type}, {"AGENTQ_KEY", e.Key}, {"AGENTQ_SOURCE", e.Source}, {"AGENTQ_DESTINATION", e.Destination},
+	} {
+		v := f.v
+		if strings.IndexByte(v, 0) >= 0 {
+			dropped = append(dropped, f.name)
+			continue
+		}
+		if len(v) > MaxHeaderEnvValue {
+			v = cutUTF8(v, MaxHeaderEnvValue)
+			truncated = append(truncated, f.name)
+		}
+		env = append(env, f.name+"="+v)
+	}
 	budget := MaxHeaderEnvTotal
 	seen := map[string]bool{}
 	for _, h := range e.Headers {
@@ -73,6 +90,11 @@ func entryEnv(e *queue.Entry) []string {
 			continue
 		}
 		name := "AGENTQ_HEADER_" + envName(h.Name)
+		if len(name) > maxEnvName {
+			// Linux caps one environment string at 128 KiB, name included.
+			dropped = append(dropped, cutUTF8(name, 64)+"...")
+			continue
+		}
 		if seen[name] {
 			continue // first value wins
 		}

@@ -166,7 +166,13 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		return nil, fmt.Errorf("%s", with(fmt.Sprintf("exit status %d", ee.ExitCode())))
 	}
 	if cmd.Process == nil {
-		return nil, fmt.Errorf("cannot start %s: %w", x.argv[0], err)
+		err = fmt.Errorf("cannot start %s: %w", x.argv[0], err)
+		if errors.Is(err, syscall.E2BIG) {
+			// Arguments and environment over the kernel's caps: every
+			// attempt would fail the same way.
+			return nil, Permanent(err)
+		}
+		return nil, err
 	}
 	return nil, fmt.Errorf("cannot run %s: %w", x.argv[0], err)
 }

@@ -373,3 +373,25 @@ func TestExecOutput(t *testing.T) {
 		})
 	}
 }
+
+// Ensure a message whose key or type cannot be passed in the environment
+// (a NUL, which json:k can yield; 200 KiB) and a header whose name is too
+// long still start the command: what cannot go is left out and named, what
+// is too long is cut and named. The command once never started, and the
+// message retried for a day.
+func TestExecEnvFromUnruly(t *testing.T) {
+	x := printenvExec(t, ExecConfig{})
+	e := testEntry(nil)
+	e.Key, e.Type = "a\x00b", strings.Repeat("t", 200<<10)
+	e.Headers = append(e.Headers, queue.Header{Name: strings.Repeat("n", 140<<10), Value: "v"})
+	env := callEnv(t, x, e)
+	if _, ok := env["AGENTQ_KEY"]; ok || !strings.Contains(env["AGENTQ_HEADERS_DROPPED"], "AGENTQ_KEY") {
+		t.Errorf("key with a NUL: AGENTQ_KEY present %v, dropped %q", ok, env["AGENTQ_HEADERS_DROPPED"])
+	}
+	if len(env["AGENTQ_TYPE"]) != MaxHeaderEnvValue || !strings.Contains(env["AGENTQ_HEADERS_TRUNCATED"], "AGENTQ_TYPE") {
+		t.Errorf("200 KiB type: %d bytes passed, truncated %q", len(env["AGENTQ_TYPE"]), env["AGENTQ_HEADERS_TRUNCATED"])
+	}
+	if !strings.Contains(env["AGENTQ_HEADERS_DROPPED"], "AGENTQ_HEADER_NNNN") {
+		t.Errorf("a 140 KiB header name: dropped %q", env["AGENTQ_HEADERS_DROPPED"])
+	}
+}
