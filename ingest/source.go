@@ -310,8 +310,17 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	// from then on it keeps draining the session, without ACKs (those
 	// messages are redelivered), so the protocol library never blocks on
 	// it while the session closes.
+	// It holds what the broker can have outstanding, so it never blocks
+	// the protocol library: prefetch per subscription (a STOMP connection
+	// with several destinations, a Waldur site with a queue per type).
+	// Sized for one, it filled with several, blocked go-stomp's reader and
+	// with it every ACK: a stall and a reconnect every 10 s under a backlog.
+	outstanding := cfg.Prefetch
+	if o, ok := sess.(interface{ outstanding() int }); ok {
+		outstanding = max(outstanding, o.outstanding())
+	}
 	rd := &reader{
-		frames:  make(chan received, cfg.Prefetch+1),
+		frames:  make(chan received, outstanding+1),
 		errc:    make(chan error, 1),
 		discard: make(chan struct{}),
 		dead:    make(chan struct{}),

@@ -525,3 +525,34 @@ func TestIngestJournalRefusesEntry(t *testing.T) {
 		t.Fatalf("%d Append calls for 300 messages: the bad entry was not isolated by halving", c)
 	}
 }
+
+// Ensure a STOMP source with several destinations drains their backlogs
+// on one connection: the broker may have prefetch frames out per
+// subscription, and a hand-over sized for one subscription filled, blocked
+// go-stomp's reader and every ACK behind it, and the session stalled and
+// reconnected every 10 s.
+func TestSeveralDestinationsBacklog(t *testing.T) {
+	requireBroker(t)
+	const queues, per = 4, 500
+	var dests []string
+	var want [][]byte
+	for i := 0; i < queues; i++ {
+		q := testQueue(t)
+		bs := bodies(per, func(k int) string { return fmt.Sprintf("%d-%d", i, k) })
+		publish(t, q, bs)
+		dests, want = append(dests, q), append(want, bs...)
+	}
+	raw := "stomp://guest:guest@" + brokerAddr + dests[0] + "?prefetch=100"
+	for _, q := range dests[1:] {
+		raw += "&destination=" + q
+	}
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, raw), j, Options{Logger: testLogger(t)})
+	waitFor(t, "every backlog journaled", 60*time.Second, func() bool { return j.LastSeq() >= queues*per })
+	waitFor(t, "every message acked", 30*time.Second, func() bool { return src.Status().Acked >= queues*per })
+	stop()
+	if st := src.Status(); st.Connects != 1 {
+		t.Fatalf("%d connections (last error %q): the session stalled", st.Connects, st.LastError)
+	}
+	assertSameMultiset(t, journalBodies(t, j), want)
+}

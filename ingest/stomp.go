@@ -325,6 +325,10 @@ func (s *stompSession) abort() {
 
 func (s *stompSession) over() { s.once.Do(func() { close(s.gone) }) }
 
+// outstanding is how many frames the broker may have sent and not had
+// acknowledged: prefetch for each subscription.
+func (s *stompSession) outstanding() int { return s.cfg.Prefetch * max(1, len(s.subs)) }
+
 func (s *stompSession) explain(err error) error {
 	reason := ""
 	if len(s.conns) > 0 {
