@@ -282,15 +282,20 @@ func (p *stompPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint
 	defer stop()
 	pending := make(map[string]uint64, len(msgs))
 	_ = p.nc.SetWriteDeadline(time.Now().Add(publishTimeout))
+	// A write that fails is not the end: a broker refusing a SEND sends
+	// an ERROR and closes the connection while a large batch is still
+	// going out. The frames it sent before are read all the same, so its
+	// receipts count and its ERROR says that it refused something.
+	var writeErr error
 	for _, m := range msgs {
 		rid := receiptID(m.ID)
 		pending[rid] = m.ID
-		if err := p.w.Write(stompSendFrame(p.t, m, rid)); err != nil {
-			return nil, nil, p.connErr("cannot send", ctx, err)
+		if writeErr = p.w.Write(stompSendFrame(p.t, m, rid)); writeErr != nil {
+			break
 		}
 	}
-	if err := p.bw.Flush(); err != nil {
-		return nil, nil, p.connErr("cannot send", ctx, err)
+	if writeErr == nil {
+		writeErr = p.bw.Flush()
 	}
 	_ = p.nc.SetWriteDeadline(time.Time{})
 	ok := make([]uint64, 0, len(msgs))
@@ -300,6 +305,9 @@ func (p *stompPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint
 		select {
 		case f, open := <-p.frames:
 			if !open {
+				if writeErr != nil {
+					return ok, nil, p.connErr("cannot send", ctx, writeErr)
+				}
 				return ok, nil, p.connErr("connection lost", ctx, p.rerr)
 			}
 			switch f.Command {

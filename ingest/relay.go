@@ -172,6 +172,7 @@ func (r *Relay) publishGroup(ctx context.Context, pubs map[string]publisher, nam
 func (r *Relay) publishEach(ctx context.Context, pubs map[string]publisher, name string, msgs []*queue.Out, reason string) {
 	const maxRefusals = 3
 	refusals := 0
+	lastOK := false
 	for i, m := range msgs {
 		if ctx.Err() != nil || refusals == maxRefusals {
 			r.settleGroup(ctx, name, msgs[i:], nil, errors.New(reason))
@@ -179,8 +180,9 @@ func (r *Relay) publishEach(ctx context.Context, pubs map[string]publisher, name
 		}
 		okIDs, failed, err := r.publishBatch(ctx, pubs, name, msgs[i:i+1])
 		var refused *refusedError
+		lastOK = len(okIDs) == 1
 		switch {
-		case len(okIDs) == 1:
+		case lastOK:
 			refusals = 0
 		case errors.As(err, &refused) || failed[m.ID] != "":
 			refusals++
@@ -194,9 +196,11 @@ func (r *Relay) publishEach(ctx context.Context, pubs map[string]publisher, name
 			return
 		}
 	}
-	r.mu.Lock()
-	delete(r.lastErr, name)
-	r.mu.Unlock()
+	if lastOK { // else the last refusal stays the target's error
+		r.mu.Lock()
+		delete(r.lastErr, name)
+		r.mu.Unlock()
+	}
 }
 
 // unconfirmed is msgs less those in ok.

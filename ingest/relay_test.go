@@ -320,3 +320,52 @@ func TestRelayPublishesEachTransport(t *testing.T) {
 		})
 	}
 }
+
+// Ensure a refused answer at the head of a batch larger than the socket's
+// buffers still fails alone: RabbitMQ sends its ERROR and closes the
+// connection while the batch is being written, and the failed write once
+// hid the ERROR, so the batch was never split and the good answers behind
+// it never went out.
+func TestRelayRefusedHeadOfLargeBatch(t *testing.T) {
+	requireAMQP(t)
+	good := fmt.Sprintf("agentq-test-good-%d", rand.Int63())
+	declareQueue(t, amqpTestQueueNamed(t, good), nil)
+	target, err := ParseTarget("stomp://guest:guest@" + brokerAddr + "/queue/" + good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	addResults(t, j, &queue.Out{Kind: "result", Target: "reply", Destination: fmt.Sprintf("/exchange/agentq-test-missing-%d/k", rand.Int63()), Body: []byte("poison")})
+	big := strings.Repeat("x", 512<<10)
+	const n = 40 // 20 MiB: more than a loopback socket buffers
+	for i := 0; i < n; i++ {
+		addResults(t, j, &queue.Out{Kind: "result", Target: "reply", Body: []byte(fmt.Sprintf("good%02d%s", i, big))})
+	}
+	_, stop := runRelay(t, j, map[string]Target{"reply": target})
+	waitFor(t, "all but the refused answer published", 60*time.Second, func() bool {
+		return slices.Equal(outboxLeft(t, j), []string{"poison"})
+	})
+	stop()
+}
+
+// Ensure a target whose answers were all refused shows the refusal as its
+// last error (it was cleared once the one-by-one pass ended).
+func TestRelayAllRefusedKeepsLastError(t *testing.T) {
+	requireAMQP(t)
+	target, err := ParseTarget(fmt.Sprintf("stomp://guest:guest@%s/exchange/agentq-test-missing-%d/k", brokerAddr, rand.Int63()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	for i := 0; i < 3; i++ {
+		addResults(t, j, &queue.Out{Kind: "result", Target: "res", Body: []byte(fmt.Sprint("r", i))})
+	}
+	r, stop := runRelay(t, j, map[string]Target{"res": target})
+	waitFor(t, "every answer tried", 30*time.Second, func() bool { return r.Stats().Failed >= 3 })
+	time.Sleep(300 * time.Millisecond) // past the end of the pass; the next round is a second away
+	st := r.Stats()
+	stop()
+	if !strings.Contains(st.LastError["res"], "NOT_FOUND") {
+		t.Fatalf("every answer refused, and the target's last error is %q", st.LastError["res"])
+	}
+}
