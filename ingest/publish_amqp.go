@@ -34,25 +34,35 @@ func dialAMQPPublisher(ctx context.Context, t Target, c Config) (publisher, erro
 	if d, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(d)
 	}
+	// The context and the deadline hold until the channel is confirming:
+	// a broker that answers the login and then nothing once held
+	// Channel() (and the agent's shutdown) for ever.
 	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
+	defer stop()
 	conn, err := amqpLogin(nc, c, "agentq results "+t.Name)
-	stop()
-	if err == nil && ctx.Err() != nil {
-		conn.Close()
-		err = ctx.Err()
-	}
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	_ = nc.SetDeadline(time.Time{})
 	ch, err := conn.Channel()
 	if err == nil {
 		err = ch.Confirm(false)
 	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
 	if err != nil {
-		conn.Close()
+		_ = conn.CloseDeadline(time.Now().Add(time.Second))
+		nc.Close()
 		return nil, fmt.Errorf("cannot open a confirming channel on %s: %w", c.String(), err)
+	}
+	// Clear the dial's deadline, but leave a read deadline the heartbeat
+	// moves on with every frame (amqp091 sets it per frame read).
+	_ = nc.SetWriteDeadline(time.Time{})
+	if c.HeartBeat > 0 {
+		_ = nc.SetReadDeadline(time.Now().Add(3 * c.HeartBeat))
+	} else {
+		_ = nc.SetReadDeadline(time.Time{})
 	}
 	p := &amqpPublisher{t: t, conn: conn, ch: ch,
 		confirm: ch.NotifyPublish(make(chan amqp.Confirmation, 1024)),

@@ -71,7 +71,14 @@ func (p *mqttPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 	var ok []uint64
 	for i, tok := range toks {
 		if err := wait(wctx, tok); err != nil {
-			return ok, nil, fmt.Errorf("publish to %s: %w", p.t.Conn.String(), err)
+			err = fmt.Errorf("publish to %s: %w", p.t.Conn.String(), err)
+			if ctx.Err() == nil && wctx.Err() == nil {
+				// The broker closed the connection on a message (an
+				// oversized packet); MQTT 3.1.1 cannot say which, so the
+				// relay publishes the rest one at a time.
+				err = &refusedError{err}
+			}
+			return ok, nil, err
 		}
 		ok = append(ok, msgs[i].ID)
 	}

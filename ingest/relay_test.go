@@ -1,14 +1,23 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/agentq/agentq/internal/brokertest"
@@ -368,4 +377,159 @@ func TestRelayAllRefusedKeepsLastError(t *testing.T) {
 	if !strings.Contains(st.LastError["res"], "NOT_FOUND") {
 		t.Fatalf("every answer refused, and the target's last error is %q", st.LastError["res"])
 	}
+}
+
+// muteAfterLogin is a proxy to an AMQP broker that forwards the login and,
+// from connection.open-ok on, nothing in either direction: a broker that
+// answers the login and then goes silent. muted counts the connections it
+// muted.
+func muteAfterLogin(t *testing.T, upstream string) (addr string, muted *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	muted = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); u.Close() })
+			var mute atomic.Bool
+			go func() { // to the broker
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if !mute.Load() {
+						_, _ = u.Write(buf[:n])
+					}
+				}
+			}()
+			go func() { // to the client, frame by frame: type, channel, size, payload, end
+				for {
+					hdr := make([]byte, 7)
+					if _, err := io.ReadFull(u, hdr); err != nil {
+						return
+					}
+					size := binary.BigEndian.Uint32(hdr[3:])
+					rest := make([]byte, size+1)
+					if _, err := io.ReadFull(u, rest); err != nil {
+						return
+					}
+					if mute.Load() {
+						continue
+					}
+					_, _ = c.Write(append(hdr, rest...))
+					// A method frame of class 10 (connection), method 41 (open-ok).
+					if hdr[0] == 1 && size >= 4 && binary.BigEndian.Uint16(rest) == 10 && binary.BigEndian.Uint16(rest[2:]) == 41 {
+						mute.Store(true)
+						muted.Add(1)
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), muted
+}
+
+// Ensure the relay stops at once when an AMQP results broker answered the
+// login and then went silent while the publisher opened its channel: the
+// dial's deadline and context were dropped after the login, and Channel()
+// then held the relay, and the agent's shutdown, for ever.
+func TestRelayStopsWithBrokerSilentAfterLogin(t *testing.T) {
+	requireAMQP(t)
+	addr, muted := muteAfterLogin(t, amqpAddr)
+	target, err := ParseTarget("amqp://guest:guest@" + addr + "/?routing_key=agentq-test-silent&heartbeat=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	addResults(t, j, &queue.Out{Kind: "result", Target: "res", Body: []byte("x")})
+	_, stop := runRelay(t, j, map[string]Target{"res": target})
+	waitFor(t, "the login passed, then silence", 30*time.Second, func() bool { return muted.Load() > 0 })
+	stop() // fails the test if the relay does not return
+	if left := outboxLeft(t, j); len(left) != 1 {
+		t.Fatalf("outbox holds %q, want the unpublished answer", left)
+	}
+}
+
+// privateMosquitto runs a Mosquitto of the test's own, with extra
+// configuration lines, on a free port of 127.0.0.1, and returns its address.
+func privateMosquitto(t *testing.T, extra string) string {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		bin = "/usr/sbin/mosquitto"
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n%s\n", port, extra)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot start mosquitto (%s): %v", bin, err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	waitFor(t, "the private mosquitto", 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return addr
+}
+
+// Ensure an MQTT answer the broker closes the connection on (over its
+// max_packet_size) fails alone: MQTT 3.1.1 cannot say which message it
+// was, and the batch failed whole, the answers beside it with it, at
+// every retry.
+func TestRelayMQTTOversizeFailsAlone(t *testing.T) {
+	addr := privateMosquitto(t, "max_packet_size 2000")
+	topic := "agentq/test/answers/" + mqttTestID()
+	got := make(chan string, 10)
+	sub := mqttClient(t, addr, "", "")
+	if err := waitToken(sub.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })); err != nil {
+		t.Fatal(err)
+	}
+	target, err := ParseTarget("mqtt://" + addr + "/?topic=" + topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	addResults(t, j,
+		&queue.Out{Kind: "result", Target: "res", Body: []byte("small-1")},
+		&queue.Out{Kind: "result", Target: "res", Body: bytes.Repeat([]byte("x"), 5000)},
+		&queue.Out{Kind: "result", Target: "res", Body: []byte("small-2")})
+	_, stop := runRelay(t, j, map[string]Target{"res": target})
+	waitFor(t, "all but the oversized answer published", 30*time.Second, func() bool {
+		left := outboxLeft(t, j)
+		return len(left) == 1 && len(left[0]) == 5000
+	})
+	stop()
+	seen := map[string]bool{}
+	waitFor(t, "both small answers delivered", 10*time.Second, func() bool {
+		for len(got) > 0 {
+			seen[<-got] = true
+		}
+		return seen["small-1"] && seen["small-2"]
+	})
 }
