@@ -88,12 +88,28 @@ func (r *Relay) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	busy := func(target string) bool { w := workers[target]; return w != nil && w.busy }
+	allBusy := func() bool {
+		for _, w := range workers {
+			if !w.busy {
+				return false
+			}
+		}
+		return len(workers) > 0
+	}
 	poll := time.NewTicker(time.Second) // failed messages come due
 	defer poll.Stop()
+	read := true
 	for {
-		msgs, err := r.Journal.OutboxExcept(relayBatch, r.Now(), busy)
-		if err != nil {
-			r.Log.Error("cannot read the outbox", "error", err)
+		// While every target is busy a read finds nothing to hand out:
+		// it waits for one to be idle again, or for the poll (a target
+		// seen for the first time). Reading on every new answer while
+		// the one target published once cost more than publishing.
+		var msgs []*queue.Out
+		if read {
+			var err error
+			if msgs, err = r.Journal.OutboxExcept(relayBatch, r.Now(), busy); err != nil {
+				r.Log.Error("cannot read the outbox", "error", err)
+			}
 		}
 		var order []string
 		groups := map[string][]*queue.Out{}
@@ -122,8 +138,11 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		case name := <-idle:
 			workers[name].busy = false
+			read = true
 		case <-r.Journal.OutboxReady():
+			read = !allBusy()
 		case <-poll.C:
+			read = true
 		}
 	}
 }
