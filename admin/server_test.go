@@ -53,6 +53,37 @@ func testJournal(t *testing.T) *queue.Journal {
 	return j
 }
 
+// emptyJournal opens a new journal, closed when the test ends.
+func emptyJournal(t *testing.T) *queue.Journal {
+	t.Helper()
+	j, err := queue.Open(filepath.Join(t.TempDir(), "agentq.db"), queue.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	return j
+}
+
+// runOne appends e, claims it and settles it with out (its Seq filled
+// in), as a worker would, and returns its sequence. Nothing else may be
+// ready in j.
+func runOne(t *testing.T, j *queue.Journal, e *queue.Entry, out queue.Outcome) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := j.Append(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	es, err := j.Claim(ctx, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("claim: %v", err)
+	}
+	out.Seq = es[0].Seq
+	if err := j.Settle(ctx, out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Seq
+}
+
 // serve starts a Server over j on a real loopback listener.
 func serve(t *testing.T, j *queue.Journal, token string) (*Server, string) {
 	t.Helper()
@@ -264,26 +295,10 @@ func TestPprofCmdlineRedacted(t *testing.T) {
 // rest was not, through the API as well as locally: an entry whose key
 // has a later entry running is left alone (409 when that is all).
 func TestReplayInPart(t *testing.T) {
-	j, err := queue.Open(filepath.Join(t.TempDir(), "agentq.db"), queue.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { j.Close() })
+	j := emptyJournal(t)
 	ctx := context.Background()
-	settleDone := func(e *queue.Entry) {
-		if _, err := j.Append(ctx, e); err != nil {
-			t.Fatal(err)
-		}
-		es, err := j.Claim(ctx, 1)
-		if err != nil || len(es) != 1 {
-			t.Fatalf("claim: %v", err)
-		}
-		if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Done}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	settleDone(&queue.Entry{Type: "t", Key: "k", Body: []byte("1")})     // 1, done
-	settleDone(&queue.Entry{Type: "t", Key: "other", Body: []byte("2")}) // 2, done
+	runOne(t, j, &queue.Entry{Type: "t", Key: "k", Body: []byte("1")}, queue.Outcome{Kind: queue.Done})     // 1, done
+	runOne(t, j, &queue.Entry{Type: "t", Key: "other", Body: []byte("2")}, queue.Outcome{Kind: queue.Done}) // 2, done
 	if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "k", Body: []byte("3")}); err != nil {
 		t.Fatal(err)
 	}

@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -225,25 +223,11 @@ func TestDashboardTokenAndReadOnly(t *testing.T) {
 // entry it counted; the stuck page's selection replays stuck entries
 // only (one replayed and done since must not run again).
 func TestDashboardBulkReplayMatchesPage(t *testing.T) {
-	j, err := queue.Open(filepath.Join(t.TempDir(), "agentq.db"), queue.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { j.Close() })
+	j := emptyJournal(t)
 	ctx := context.Background()
 	stuck := func(typ, why string) uint64 {
 		t.Helper()
-		if _, err := j.Append(ctx, &queue.Entry{Type: typ, Body: []byte("{}")}); err != nil {
-			t.Fatal(err)
-		}
-		es, err := j.Claim(ctx, 1)
-		if err != nil || len(es) != 1 {
-			t.Fatalf("claim: %v", err)
-		}
-		if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Stuck, Err: why}); err != nil {
-			t.Fatal(err)
-		}
-		return es[0].Seq
+		return runOne(t, j, &queue.Entry{Type: typ, Body: []byte("{}")}, queue.Outcome{Kind: queue.Stuck, Err: why})
 	}
 	stuck("grp", "boom")
 	stuck("grp", "boom")

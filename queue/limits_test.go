@@ -111,14 +111,7 @@ func TestFullJournalGrownBySettles(t *testing.T) {
 	ctx := context.Background()
 	clk := newClock()
 	j := mustOpen(t, Options{Now: clk.Now, MaxSize: 512 << 10, Reserve: 128 << 10, Retention: time.Hour, MinFree: -1})
-	var err error
-	appended := 0
-	for i := 0; i < 1000 && err == nil; i++ {
-		_, err = j.Append(ctx, msg([]string{"", "a", "b"}[i%3], strings.Repeat("x", 1024)))
-		if err == nil {
-			appended++
-		}
-	}
+	appended, err := fillUntilFull(t, j)
 	if !errors.Is(err, ErrFull) {
 		t.Fatalf("want ErrFull, got %v", err)
 	}

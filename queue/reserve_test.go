@@ -15,14 +15,7 @@ func TestReserveKeepsWorkersGoing(t *testing.T) {
 	ctx := context.Background()
 	clk := newClock()
 	j := mustOpen(t, Options{Now: clk.Now, MaxSize: 512 << 10, Reserve: 128 << 10, Retention: time.Hour})
-	var err error
-	appended := 0
-	for i := 0; i < 1000 && err == nil; i++ {
-		_, err = j.Append(ctx, msg([]string{"", "a", "b"}[i%3], strings.Repeat("x", 1024)))
-		if err == nil {
-			appended++
-		}
-	}
+	appended, err := fillUntilFull(t, j)
 	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "reserve") {
 		t.Fatalf("after %d appends err = %v, want ErrFull naming the reserve", appended, err)
 	}
@@ -71,4 +64,19 @@ func TestMinFreeStopsAppends(t *testing.T) {
 	if _, err := j.Claim(ctx, 1); err != nil {
 		t.Fatalf("Claim: %v", err)
 	}
+}
+
+// fillUntilFull appends 1 KiB messages over three keys (and none) until
+// an append fails, at most 1000, and returns how many fit and the error.
+func fillUntilFull(t *testing.T, j *Journal) (int, error) {
+	t.Helper()
+	var err error
+	appended := 0
+	for i := 0; i < 1000 && err == nil; i++ {
+		_, err = j.Append(context.Background(), msg([]string{"", "a", "b"}[i%3], strings.Repeat("x", 1024)))
+		if err == nil {
+			appended++
+		}
+	}
+	return appended, err
 }
