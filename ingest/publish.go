@@ -255,20 +255,6 @@ func (p *stompPublisher) read(r *frame.Reader) {
 	}
 }
 
-// stompErrorText is an ERROR frame's message and body, with a hint.
-func stompErrorText(f *frame.Frame, cfg Config) string {
-	msg := f.Header.Get(frame.Message)
-	detail := strings.TrimSpace(string(f.Body))
-	text := strconv.Quote(msg)
-	if detail != "" && !strings.Contains(msg, detail) {
-		text += ": " + detail
-	}
-	if h := hint(msg+" "+detail, cfg); h != "" {
-		text += " (" + h + ")"
-	}
-	return text
-}
-
 // receiptID names the receipt of outbox message id.
 func receiptID(id uint64) string { return "agentq-out-" + strconv.FormatUint(id, 10) }
 
@@ -306,9 +292,9 @@ func (p *stompPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint
 		case f, open := <-p.frames:
 			if !open {
 				if writeErr != nil {
-					return ok, nil, p.connErr("cannot send", ctx, writeErr)
+					return ok, nil, p.connErr(ctx, "cannot send", writeErr)
 				}
-				return ok, nil, p.connErr("connection lost", ctx, p.rerr)
+				return ok, nil, p.connErr(ctx, "connection lost", p.rerr)
 			}
 			switch f.Command {
 			case frame.RECEIPT:
@@ -340,7 +326,7 @@ func (p *stompPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint
 
 // connErr is the error of a connection that failed while publishing: the
 // context's, when it ended first (its end closed the connection).
-func (p *stompPublisher) connErr(what string, ctx context.Context, err error) error {
+func (p *stompPublisher) connErr(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -151,15 +151,15 @@ func (r *Relay) Run(ctx context.Context) error {
 // connection it keeps, and says when each is done. It ends when batches
 // is closed, closing its connection.
 func (r *Relay) publishTarget(ctx context.Context, name string, batches <-chan []*queue.Out, idle chan<- string) {
-	pubs := map[string]publisher{}
+	var pub publisher // the target's connection, dialed when needed
 	defer func() {
-		for _, p := range pubs {
-			p.close()
+		if pub != nil {
+			pub.close()
 		}
 	}()
 	for msgs := range batches {
 		if ctx.Err() == nil {
-			r.publishGroup(ctx, pubs, name, msgs)
+			r.publishGroup(ctx, &pub, name, msgs)
 		}
 		select {
 		case idle <- name:
@@ -174,12 +174,12 @@ func (r *Relay) publishTarget(ctx context.Context, name string, batches <-chan [
 // channel is gone), the messages it did not confirm are published again
 // one at a time, so that the refused one fails alone and the others go
 // out now rather than wait with it for ever.
-func (r *Relay) publishGroup(ctx context.Context, pubs map[string]publisher, name string, msgs []*queue.Out) {
-	okIDs, failed, err := r.publishBatch(ctx, pubs, name, msgs)
+func (r *Relay) publishGroup(ctx context.Context, pub *publisher, name string, msgs []*queue.Out) {
+	okIDs, failed, err := r.publishBatch(ctx, pub, name, msgs)
 	rest := unconfirmed(msgs, okIDs)
 	var refused *refusedError
 	if errors.As(err, &refused) && len(rest) > 1 && len(failed) == 0 && ctx.Err() == nil {
-		r.publishEach(ctx, pubs, name, rest, err.Error())
+		r.publishEach(ctx, pub, name, rest, err.Error())
 		return
 	}
 	r.settleGroup(ctx, name, rest, failed, err)
@@ -188,7 +188,7 @@ func (r *Relay) publishGroup(ctx context.Context, pubs map[string]publisher, nam
 // publishEach publishes msgs one at a time after a refused batch. Three
 // refusals in a row (a target that refuses everything: a missing exchange)
 // end it: the rest wait for the next round with the last refusal.
-func (r *Relay) publishEach(ctx context.Context, pubs map[string]publisher, name string, msgs []*queue.Out, reason string) {
+func (r *Relay) publishEach(ctx context.Context, pub *publisher, name string, msgs []*queue.Out, reason string) {
 	const maxRefusals = 3
 	refusals := 0
 	lastOK := false
@@ -197,7 +197,7 @@ func (r *Relay) publishEach(ctx context.Context, pubs map[string]publisher, name
 			r.settleGroup(ctx, name, msgs[i:], nil, errors.New(reason))
 			return
 		}
-		okIDs, failed, err := r.publishBatch(ctx, pubs, name, msgs[i:i+1])
+		okIDs, failed, err := r.publishBatch(ctx, pub, name, msgs[i:i+1])
 		var refused *refusedError
 		lastOK = len(okIDs) == 1
 		switch {
@@ -237,15 +237,15 @@ func unconfirmed(msgs []*queue.Out, ok []uint64) []*queue.Out {
 	return rest
 }
 
-// publishBatch publishes msgs on the target's connection, dialing it when
-// there is none, removes what the broker confirmed from the outbox, and
-// drops the connection when it failed.
-func (r *Relay) publishBatch(ctx context.Context, pubs map[string]publisher, name string, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
+// publishBatch publishes msgs on the target's connection (*pub), dialing
+// it when there is none, removes what the broker confirmed from the
+// outbox, and drops the connection when it failed.
+func (r *Relay) publishBatch(ctx context.Context, pub *publisher, name string, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
 	t, ok := r.Targets[name]
 	if !ok {
 		return nil, nil, fmt.Errorf("no results destination %q in the configuration (was it removed?)", name)
 	}
-	p := pubs[name]
+	p := *pub
 	if p == nil {
 		cfg := t.Conn
 		passcode := ""
@@ -263,7 +263,7 @@ func (r *Relay) publishBatch(ctx context.Context, pubs map[string]publisher, nam
 		if err != nil {
 			return nil, nil, err
 		}
-		pubs[name] = p
+		*pub = p
 	}
 	okIDs, failed, err := p.publish(ctx, msgs)
 	if len(okIDs) > 0 {
@@ -275,7 +275,7 @@ func (r *Relay) publishBatch(ctx context.Context, pubs map[string]publisher, nam
 	}
 	if err != nil {
 		p.close()
-		delete(pubs, name)
+		*pub = nil
 	}
 	return okIDs, failed, err
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -388,15 +389,21 @@ func brokerError(err error, cfg Config) error {
 	if se.Frame == nil || se.Frame.Command != frame.ERROR {
 		return err
 	}
-	detail := strings.TrimSpace(string(se.Frame.Body))
-	msg := fmt.Sprintf("broker says %q", se.Message)
-	if detail != "" && !strings.Contains(se.Message, detail) {
-		msg += ": " + detail
+	return errors.New("broker says " + stompErrorText(se.Frame, cfg))
+}
+
+// stompErrorText is an ERROR frame's message and body, with a hint.
+func stompErrorText(f *frame.Frame, cfg Config) string {
+	msg := f.Header.Get(frame.Message)
+	detail := strings.TrimSpace(string(f.Body))
+	text := strconv.Quote(msg)
+	if detail != "" && !strings.Contains(msg, detail) {
+		text += ": " + detail
 	}
-	if h := hint(se.Message+" "+detail, cfg); h != "" {
-		msg += " (" + h + ")"
+	if h := hint(msg+" "+detail, cfg); h != "" {
+		text += " (" + h + ")"
 	}
-	return errors.New(msg)
+	return text
 }
 
 // queueHint explains the difference between /queue/ and /amq/queue/.

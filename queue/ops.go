@@ -505,18 +505,25 @@ func busyError(verb string, seqs []uint64) error {
 	return fmt.Errorf("entries %v not %s: %w, and an earlier entry cannot go before a running one; replay them once it has finished", seqs, verb, ErrKeyBusy)
 }
 
-// laterHeadRunning reports whether key's head is an entry after seq that
-// is running.
-func (t *txn) laterHeadRunning(key string, seq uint64) (bool, error) {
+// keyFreeFor returns ErrKeyBusy when key's head is an entry after seq
+// that is running: seq cannot go before it now. A key with no entries
+// ("") is always free.
+func (t *txn) keyFreeFor(key string, seq uint64) error {
+	if key == "" {
+		return nil
+	}
 	h, ok := t.head(key)
 	if !ok || h <= seq {
-		return false, nil
+		return nil
 	}
 	he, err := t.getSchedule(h)
 	if err != nil {
-		return false, err
+		return err
 	}
-	return he.State == StateRunning, nil
+	if he.State == StateRunning {
+		return ErrKeyBusy
+	}
+	return nil
 }
 
 func (t *txn) replay(seq uint64) (bool, error) {
@@ -533,13 +540,8 @@ func (t *txn) replay(seq uint64) (bool, error) {
 		}
 		return false, fmt.Errorf("entry %d: %s: %w", seq, e.Damage, errCorrupt)
 	}
-	if e.Key != "" {
-		if busy, err := t.laterHeadRunning(e.Key, seq); err != nil || busy {
-			if err == nil {
-				err = ErrKeyBusy
-			}
-			return false, err
-		}
+	if err := t.keyFreeFor(e.Key, seq); err != nil {
+		return false, err
 	}
 	wasStuck := e.State == StateStuck
 	e.Attempts = 0

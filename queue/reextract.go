@@ -100,13 +100,8 @@ func (t *txn) reextract(seq uint64, fn func(e *Entry) (typ, key, fault string)) 
 	if typ == e.Type && key == e.Key && fault == e.Fault {
 		return false, nil
 	}
-	if key != "" {
-		if busy, err := t.laterHeadRunning(key, seq); err != nil || busy {
-			if err == nil {
-				err = ErrKeyBusy
-			}
-			return false, err
-		}
+	if err := t.keyFreeFor(key, seq); err != nil {
+		return false, err
 	}
 	// Take it out of its current key and of ready.
 	if e.State == StatePending {

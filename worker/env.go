@@ -65,6 +65,20 @@ func entryEnv(e *queue.Entry) []string {
 		"AGENTQ_ATTEMPT=" + strconv.Itoa(e.Attempts),
 	}
 	var truncated, dropped []string
+	// put adds name=v, cut to room bytes, or notes that it cannot go (a
+	// NUL, no room); it returns the bytes it used.
+	put := func(name, v string, room int) int {
+		if strings.IndexByte(v, 0) >= 0 || room < 0 {
+			dropped = append(dropped, name)
+			return 0
+		}
+		if len(v) > room {
+			v = cutUTF8(v, room)
+			truncated = append(truncated, name)
+		}
+		env = append(env, name+"="+v)
+		return len(name) + 1 + len(v)
+	}
 	// The type, key, source and destination follow the rules of header
 	// values: a publisher chose them too (json:k can yield a NUL or 200
 	// KiB), and one that cannot be passed kept the command from ever
@@ -72,16 +86,7 @@ func entryEnv(e *queue.Entry) []string {
 	for _, f := range []struct{ name, v string }{
 		{"AGENTQ_TYPE", e.Type}, {"AGENTQ_KEY", e.Key}, {"AGENTQ_SOURCE", e.Source}, {"AGENTQ_DESTINATION", e.Destination},
 	} {
-		v := f.v
-		if strings.IndexByte(v, 0) >= 0 {
-			dropped = append(dropped, f.name)
-			continue
-		}
-		if len(v) > MaxHeaderEnvValue {
-			v = cutUTF8(v, MaxHeaderEnvValue)
-			truncated = append(truncated, f.name)
-		}
-		env = append(env, f.name+"="+v)
+		put(f.name, f.v, MaxHeaderEnvValue)
 	}
 	budget := MaxHeaderEnvTotal
 	seen := map[string]bool{}
@@ -99,22 +104,7 @@ func entryEnv(e *queue.Entry) []string {
 			continue // first value wins
 		}
 		seen[name] = true
-		v := h.Value
-		if strings.IndexByte(v, 0) >= 0 {
-			dropped = append(dropped, name)
-			continue
-		}
-		room := min(MaxHeaderEnvValue, budget-len(name)-1)
-		if room < 0 {
-			dropped = append(dropped, name)
-			continue
-		}
-		if len(v) > room {
-			v = cutUTF8(v, room)
-			truncated = append(truncated, name)
-		}
-		budget -= len(name) + 1 + len(v)
-		env = append(env, name+"="+v)
+		budget -= put(name, h.Value, min(MaxHeaderEnvValue, budget-len(name)-1))
 	}
 	if len(truncated) > 0 {
 		env = append(env, "AGENTQ_HEADERS_TRUNCATED="+joinNote(truncated))
