@@ -65,7 +65,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.BoolFlag{Name: "admin-read-only", Usage: "the admin API and dashboard show everything but change nothing (no replay, pause or resume)", EnvVars: []string{"AGENTQ_ADMIN_READ_ONLY"}},
 			&cli.StringFlag{Name: "log-format", Usage: "log `FORMAT`: text (default) or json", EnvVars: []string{"AGENTQ_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Usage: "log `LEVEL`: debug, info (default), warn or error", EnvVars: []string{"AGENTQ_LOG_LEVEL"}},
-			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long running calls may finish after SIGTERM, as a `DURATION`", Value: worker.DefaultDrainTimeout, EnvVars: []string{"AGENTQ_DRAIN_TIMEOUT"}},
+			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long running calls may finish after SIGTERM, as a positive `DURATION`; what is still running then is cancelled and runs again at the next start", Value: worker.DefaultDrainTimeout, EnvVars: []string{"AGENTQ_DRAIN_TIMEOUT"}},
 			&cli.DurationFlag{Name: "retention", Usage: "keep done entries this `DURATION` (0 keeps them forever; stuck entries are never dropped)", Value: DefaultRetention, EnvVars: []string{"AGENTQ_RETENTION"}},
 			&cli.BoolFlag{Name: "skip-stuck", Usage: "let later messages of a key run while an earlier one is stuck", EnvVars: []string{"AGENTQ_SKIP_STUCK"}},
 		},
