@@ -113,6 +113,16 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 			continue
 		}
 		if err := p.ch.PublishWithContext(ctx, ex, key, p.t.Mandatory, false, pub); err != nil {
+			// A channel the broker closed (a publish before this one went
+			// to a missing exchange) is marked closed before its reason is
+			// handed to NotifyClose: wait a moment for the reason, which
+			// says what the broker refused.
+			select {
+			case e := <-p.closed:
+				return nil, nil, channelClosed(fmt.Sprintf("publish to exchange %q: channel closed", ex), e)
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
 			return nil, nil, fmt.Errorf("publish to exchange %q: %w", ex, err)
 		}
 		p.tag++
