@@ -142,6 +142,14 @@ func (p *Pool) Run(ctx context.Context) error {
 		go func() {
 			defer workers.Done()
 			for e := range work {
+				if ctx.Err() != nil {
+					// Handed over as the shutdown began (the dispatcher's
+					// select chose the hand-over over ctx.Done): it must
+					// not start. It goes back to pending, its claim
+					// undone, with the outcomes.
+					outs <- queue.Outcome{Seq: e.Seq, Kind: queue.Release}
+					continue
+				}
 				outs <- p.handle(callCtx, e)
 			}
 		}()
@@ -259,6 +267,10 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 				}
 			}
 			timer.Reset(d)
+		}
+		if ctx.Err() != nil { // before a hand-over that select might pick
+			unclaim()
+			return nil
 		}
 		select {
 		case <-ctx.Done():
