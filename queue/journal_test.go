@@ -10,6 +10,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -1572,5 +1573,61 @@ func TestScanBrief(t *testing.T) {
 		if read := got.Body != nil || got.Headers != nil; read == brief {
 			t.Fatalf("brief=%v: body %d bytes, %d headers", brief, len(got.Body), len(got.Headers))
 		}
+	}
+}
+
+// TestReplayRechecksFilter: Replay replays what matches its filter when
+// it changes the entry, not only when it scanned. Two replays of the same
+// stuck entries (a dashboard form sent twice, two operators) once ran an
+// entry a third time: the second request scanned it stuck, the first
+// replayed it, it ran and was done, and the second replayed the done
+// entry although it asked for stuck ones only (found by trying to break
+// it). Likewise a group's replay took an entry stuck since with another
+// error.
+func TestReplayRechecksFilter(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		f    Filter
+		// meanwhile is what happens to the stuck entry 1 between the
+		// scan and the replay.
+		meanwhile OutcomeKind
+		want      []uint64
+	}{
+		{"stuck entry done meanwhile", Filter{States: []State{StateStuck}}, Done, nil},
+		{"stuck entry stuck again with another error", Filter{States: []State{StateStuck},
+			Match: func(e *Entry) bool { return e.LastError == "first" }}, Stuck, nil},
+		{"done or stuck: replayed as it is now", Filter{States: []State{StateStuck, StateDone}}, Done, []uint64{1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			j := mustOpen(t, Options{})
+			mustAppend(t, j, msg("k", "1"))
+			mustClaim(t, j, 1)
+			if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Stuck, Err: "first"}); err != nil {
+				t.Fatal(err)
+			}
+			testHookReplayScanned = func() {
+				testHookReplayScanned = nil
+				if got, err := j.Replay(ctx, Filter{States: []State{StateStuck}}, false); len(got) != 1 || err != nil {
+					t.Errorf("the other replay = %v, %v", got, err)
+				}
+				mustClaim(t, j, 1)
+				if err := j.Settle(ctx, Outcome{Seq: 1, Kind: tc.meanwhile, Err: "second"}); err != nil {
+					t.Error(err)
+				}
+			}
+			t.Cleanup(func() { testHookReplayScanned = nil })
+			got, err := j.Replay(ctx, tc.f, false)
+			if err != nil || !slices.Equal(got, tc.want) {
+				t.Fatalf("Replay = %v, %v; want %v", got, err, tc.want)
+			}
+			e, err := j.Get(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := len(tc.want) + 1; e.Replays != want {
+				t.Fatalf("entry 1 replayed %d times, want %d", e.Replays, want)
+			}
+		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 var (
 	testHookOpenedFile    func(path string) // Open has the file, not yet the lock
 	testHookCompactRename func(src string)  // Compact is about to rename over src
+	testHookReplayScanned func()            // Replay has its list, not yet changed anything
 )
 
 // maxOpenAttempts bounds how often Open retries when the path was replaced

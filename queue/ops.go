@@ -449,6 +449,9 @@ func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, 
 	if dryRun {
 		return seqs, nil
 	}
+	if testHookReplayScanned != nil {
+		testHookReplayScanned()
+	}
 	var done, damaged, busy []uint64
 	const chunk = 512
 	for len(seqs) > 0 {
@@ -459,7 +462,7 @@ func (j *Journal) Replay(ctx context.Context, f Filter, dryRun bool) ([]uint64, 
 		err := j.update(ctx, func(t *txn) error {
 			got, bad, later = got[:0], bad[:0], later[:0]
 			for _, seq := range part {
-				ok, err := t.replay(seq)
+				ok, err := t.replay(seq, &f)
 				switch {
 				case errors.Is(err, errCorrupt):
 					bad = append(bad, seq)
@@ -526,7 +529,7 @@ func (t *txn) keyFreeFor(key string, seq uint64) error {
 	return nil
 }
 
-func (t *txn) replay(seq uint64) (bool, error) {
+func (t *txn) replay(seq uint64, f *Filter) (bool, error) {
 	e, err := t.getStatus(seq)
 	if err != nil {
 		return false, nil // deleted by retention since the scan
@@ -539,6 +542,12 @@ func (t *txn) replay(seq uint64) (bool, error) {
 			return false, err
 		}
 		return false, fmt.Errorf("entry %d: %s: %w", seq, e.Damage, errCorrupt)
+	}
+	if !f.match(e) {
+		// It changed since the scan: replayed by another request and
+		// done (or stuck with another error) since. It was not asked
+		// for as it is now.
+		return false, nil
 	}
 	if err := t.keyFreeFor(e.Key, seq); err != nil {
 		return false, err
