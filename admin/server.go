@@ -437,6 +437,12 @@ func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Fi
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
+	if r.URL.Query().Get("to") == "0" {
+		// to=0 names no entry (sequences start at 1); the filter's
+		// ToSeq 0 would mean no upper bound, and run everything again.
+		writeJSON(w, http.StatusOK, map[string]any{"seqs": []uint64{}})
+		return
+	}
 	seqs, err := fn(f, r.URL.Query().Get("dry_run") == "true")
 	if err != nil && len(seqs) == 0 {
 		writeError(w, err)

@@ -316,6 +316,30 @@ func TestReplayInPart(t *testing.T) {
 	}
 }
 
+// TestReplayToZero: to=0 in a replay or re-extraction through the API
+// names no entry and changes nothing; it once meant "no upper bound".
+func TestReplayToZero(t *testing.T) {
+	j := emptyJournal(t)
+	runOne(t, j, &queue.Entry{Type: "t", Key: "k", Body: []byte("1")}, queue.Outcome{Kind: queue.Done})
+	srv, base := serve(t, j, "")
+	for _, path := range []string{"/v1/replay?state=done&from=1&to=0", "/v1/replay?state=done&to=0"} {
+		req, _ := http.NewRequest("POST", base+path, nil)
+		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != `{"seqs":[]}` {
+			t.Errorf("POST %s: %d %s; want 200 and no entries", path, resp.StatusCode, body)
+		}
+	}
+	if e, err := j.Get(1); err != nil || e.State != queue.StateDone || e.Replays != 0 {
+		t.Fatalf("entry 1: %+v, %v; want done, never replayed", e, err)
+	}
+}
+
 func TestCheckAddr(t *testing.T) {
 	for _, c := range []struct {
 		addr, token string

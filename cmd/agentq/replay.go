@@ -64,15 +64,21 @@ func replayAction(c *cli.Context) error {
 		return err
 	}
 	f.FromSeq, f.Since = seq, t
+	// --to 0 names no entry (sequences start at 1), but the filter's
+	// ToSeq 0 means no upper bound: a mistyped --to 0 replayed every
+	// entry from --from on, done ones too with --state all (found by
+	// trying to break it).
+	none := false
 	if v := c.String("to"); v != "" {
 		seq, t, err := parseWhen("to", v, now)
 		if err != nil {
 			return err
 		}
 		f.ToSeq, f.Until = seq, t
+		none = seq == 0 && t.IsZero()
 	}
 	if c.Bool("reextract") {
-		return reextractAction(c, path, token, f)
+		return reextractAction(c, path, token, f, none)
 	}
 	switch c.String("state") {
 	case "stuck":
@@ -89,7 +95,10 @@ func replayAction(c *cli.Context) error {
 		return err
 	}
 	defer st.Close()
-	seqs, err := st.Replay(f, c.Bool("dry-run"))
+	var seqs []uint64
+	if !none {
+		seqs, err = st.Replay(f, c.Bool("dry-run"))
+	}
 	if err != nil && len(seqs) == 0 {
 		return err
 	}
@@ -121,7 +130,7 @@ func listSeqs(seqs []uint64) string {
 
 // reextractAction is replay --reextract: the entries keep their message
 // and get a type, key and fault read again with the current settings.
-func reextractAction(c *cli.Context, path, token string, f queue.Filter) error {
+func reextractAction(c *cli.Context, path, token string, f queue.Filter, none bool) error {
 	if c.IsSet("state") {
 		switch c.String("state") {
 		case "stuck":
@@ -144,10 +153,12 @@ func reextractAction(c *cli.Context, path, token string, f queue.Filter) error {
 		if c.IsSet("type-from") || c.IsSet("key-from") {
 			return usagef("the agent is running: it re-extracts with its own settings; change its configuration and restart it, or stop it to use --type-from/--key-from")
 		}
-		seqs, err = st.Reextract(f, c.Bool("dry-run"))
+		if !none {
+			seqs, err = st.Reextract(f, c.Bool("dry-run"))
+		}
 	case *admin.Local:
 		var sources []ingest.Config
-		if sources, err = reextractSettings(c); err == nil {
+		if sources, err = reextractSettings(c); err == nil && !none {
 			seqs, err = reextract(st.Journal(), sources, f, c.Bool("dry-run"))
 		}
 	}

@@ -311,3 +311,58 @@ func TestRouteViewsHideSecrets(t *testing.T) {
 		}
 	}
 }
+
+// Ensure replay's range on a stopped agent's journal: --to 0 names no
+// entry and replays nothing (it once meant "no upper bound" and replayed
+// every done entry with --state all); sequences before the first, past
+// the end replay nothing and say so with
+// exit 0; a range ending past the end takes what exists.
+func TestReplayRangeEdges(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	ctx := context.Background()
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "k", Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		es, err := j.Claim(ctx, 1)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("claim: %v %v", es, err)
+		}
+		if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Done}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--from", "1", "--to", "0", "--state", "all", "--dry-run"}, "would replay 0 entries\n"},
+		{[]string{"--from", "0", "--to", "0", "--state", "all"}, "replayed 0 entries\n"},
+		{[]string{"--from", "1", "--to", "0", "--reextract", "--type-from", "const:u", "--dry-run"}, "would re-extract and replay 0 entries\n"},
+		{[]string{"--from", "4", "--state", "all", "--dry-run"}, "would replay 0 entries\n"},
+		{[]string{"--from", "18446744073709551615", "--state", "all", "--dry-run"}, "would replay 0 entries\n"},
+		{[]string{"--from", "3", "--to", "2", "--state", "all", "--dry-run"}, "would replay 0 entries\n"},
+		{[]string{"--from", "0", "--to", "1", "--state", "all", "--dry-run"}, "would replay 1 entries: 1\n"},
+		{[]string{"--from", "2", "--to", "99", "--state", "done", "--dry-run"}, "would replay 2 entries: 2 3\n"},
+	} {
+		code, out, errs := runMain(t, "", append([]string{"replay", "--journal", journal}, tc.args...)...)
+		if code != 0 || out != tc.want {
+			t.Errorf("replay %v: exit %d, %q (stderr %q); want 0, %q", tc.args, code, out, errs, tc.want)
+		}
+	}
+	j, err = queue.Open(journal, queue.Options{ReadOnly: true, Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	for seq := uint64(1); seq <= 3; seq++ {
+		if e, err := j.Get(seq); err != nil || e.State != queue.StateDone || e.Replays != 0 {
+			t.Errorf("entry %d after the replays: %+v, %v; want done, never replayed", seq, e, err)
+		}
+	}
+}
