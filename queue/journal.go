@@ -245,6 +245,7 @@ type Journal struct {
 	typesScanned bool                       // a format 1 file's type counts were made by Counts
 	arena        arena                      // the commit goroutine's key and value memory
 	pauses       atomic.Pointer[pauseSet]   // paused type patterns (see pause.go)
+	clockSeen    atomic.Int64               // the latest time (Unix ns) commits and claims used (see clock.go)
 
 	stats struct {
 		appends, duplicates, commits, ops atomic.Uint64
@@ -458,6 +459,13 @@ func (j *Journal) init(fresh bool) error {
 		if err := j.recover(tx); err != nil {
 			return err
 		}
+		t := j.newTxn(tx)
+		n, err := t.reanchor()
+		if err != nil {
+			return fmt.Errorf("cannot reschedule retries scheduled under a later clock: %w", err)
+		}
+		j.logReanchored(n, time.Time{}, t.now)
+		j.seenClock(unixNano(t.now))
 		d, err := loadDedup(tx, true)
 		if err != nil {
 			return fmt.Errorf("cannot load dedup slots: %w", err)
@@ -906,6 +914,7 @@ func (j *Journal) commit(batch []*op) {
 		}
 	} else {
 		appended = done.appended
+		j.seenClock(unixNano(done.now))
 		j.routesStored = max(j.routesStored, done.routesStored)
 		if !exclusive {
 			j.claimMu.Lock()

@@ -1631,3 +1631,78 @@ func TestReplayRechecksFilter(t *testing.T) {
 		})
 	}
 }
+
+// TestClockTurnedBack: retries scheduled before the clock was turned back
+// keep the delay they were given, counted from the new time, whether the
+// agent runs through the step or starts after it; held (paused) entries
+// too, and an entry running at the step settles as usual. They once
+// waited the step on top of their delay: a clock a day ahead, corrected,
+// put every retrying key off by a day.
+func TestClockTurnedBack(t *testing.T) {
+	for _, reopen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reopen=%v", reopen), func(t *testing.T) {
+			ctx := context.Background()
+			clk := newClock()
+			path := filepath.Join(t.TempDir(), "agentq.db")
+			j, err := Open(path, Options{Now: clk.Now, Logger: quietLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { j.Close() }()
+			p := msg("p", "paused")
+			p.Type = "p"
+			mustAppend(t, j, msg("k", "1"), p, msg("r", "runs through the step"))
+			if got := seqsOf(mustClaim(t, j, 3)); len(got) != 3 {
+				t.Fatalf("claimed %v", got)
+			}
+			if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Retry, At: clk.Now().Add(5 * time.Minute), Err: "503"},
+				Outcome{Seq: 2, Kind: Retry, At: clk.Now().Add(10 * time.Minute), Err: "503"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.SetPaused(ctx, "p", true); err != nil {
+				t.Fatal(err)
+			}
+			clk.Add(-24 * time.Hour)
+			if reopen {
+				if err := j.Settle(ctx, Outcome{Seq: 3, Kind: Release}); err != nil {
+					t.Fatal(err)
+				}
+				j.Close()
+				if j, err = Open(path, Options{Now: clk.Now, Logger: quietLogger()}); err != nil {
+					t.Fatal(err)
+				}
+				if got := seqsOf(mustClaim(t, j, 3)); len(got) != 1 || got[0] != 3 {
+					t.Fatalf("claimed %v after the restart, want the released [3]", got)
+				}
+			} else if got := mustClaim(t, j, 3); len(got) != 0 {
+				t.Fatalf("claimed %v at once", seqsOf(got))
+			}
+			if err := j.Settle(ctx, Outcome{Seq: 3, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.Check(); err != nil {
+				t.Fatal(err)
+			}
+			clk.Add(5*time.Minute + time.Second)
+			if got := seqsOf(mustClaim(t, j, 3)); len(got) != 1 || got[0] != 1 {
+				t.Fatalf("5 minutes after the step claimed %v, want [1]", got)
+			}
+			if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.SetPaused(ctx, "p", false); err != nil {
+				t.Fatal(err)
+			}
+			clk.Add(5 * time.Minute)
+			if got := seqsOf(mustClaim(t, j, 3)); len(got) != 1 || got[0] != 2 {
+				t.Fatalf("10 minutes after the step claimed %v, want the held [2]", got)
+			}
+			if err := j.Settle(ctx, Outcome{Seq: 2, Kind: Done}); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.Check(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

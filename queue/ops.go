@@ -104,13 +104,18 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	now := j.opts.Now()
+	if err := j.checkClock(ctx, now); err != nil {
+		j.log.Warn("the clock went back; retries scheduled before keep waiting the difference until this works", "error", err)
+	}
+	j.seenClock(unixNano(now))
 	var out []*Entry
 	damaged := false
 	j.claimMu.RLock()
 	err := j.db.View(func(tx *bolt.Tx) error {
 		t := j.newTxnArena(tx, &arena{})
 		t.claims = nil // read entries as stored: this call is making the claims
-		next := readyInTurn(t.ready, uint64(unixNano(j.opts.Now())))
+		next := readyInTurn(t.ready, uint64(unixNano(now)))
 		skipped := 0
 		for k := next(); k != nil && len(out) < max && skipped < maxClaimSkip; k = next() {
 			seq := binary.BigEndian.Uint64(k[8:])

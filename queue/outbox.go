@@ -184,7 +184,7 @@ func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) 
 				j.log.Error("outbox message does not decode; left in place", "error", err)
 				continue
 			}
-			if m.NextAt.After(now) || skip != nil && skip(m.Target) {
+			if !outDue(m, now) || skip != nil && skip(m.Target) {
 				continue
 			}
 			out = append(out, m)
@@ -276,8 +276,21 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 	})
 }
 
+// OutboxMaxDelay bounds how far ahead a failed outbox message's retry
+// time may be. One further ahead was set under a clock that has since
+// been turned back (the relay's schedule stops at 5 minutes, ±20 %), and
+// is due now: a clock a day ahead, corrected, held every failed answer
+// for a day (found by trying to break it; TestOutboxClockTurnedBack).
+const OutboxMaxDelay = 15 * time.Minute
+
+// outDue reports whether m may be published at now.
+func outDue(m *Out, now time.Time) bool {
+	return !m.NextAt.After(now) || m.NextAt.Sub(now) > OutboxMaxDelay
+}
+
 // OutboxFailed records a failed publication of message id: the error, one
-// more attempt, and when to try again.
+// more attempt, and when to try again (at most OutboxMaxDelay ahead: a
+// time further ahead counts as due).
 func (j *Journal) OutboxFailed(ctx context.Context, ids []uint64, reason string, next time.Time) error {
 	return j.updateLazy(ctx, func(t *txn) error {
 		b := t.tx.Bucket(bucketOutbox)

@@ -136,3 +136,39 @@ func TestOutFailed(t *testing.T) {
 		}
 	}
 }
+
+// TestOutboxClockTurnedBack: a failed answer whose retry time is further
+// ahead than OutboxMaxDelay was scheduled under a clock since turned
+// back, and is due; one within it waits for its time.
+func TestOutboxClockTurnedBack(t *testing.T) {
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now})
+	ctx := context.Background()
+	mustAppend(t, j, msg("a", "1"))
+	es := mustClaim(t, j, 1)
+	if err := j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done, Out: []*Out{{Kind: "result", Target: "results", Body: []byte("answer")}}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := j.Outbox(10, clk.Now())
+	if err != nil || len(got) != 1 {
+		t.Fatalf("outbox: %v, %v", got, err)
+	}
+	if err := j.OutboxFailed(ctx, []uint64{got[0].ID}, "refused", clk.Now().Add(5*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		step time.Duration
+		due  bool
+	}{
+		{0, false},
+		{4 * time.Minute, false},
+		{-5 * time.Minute, false}, // 10 minutes ahead now: may be the relay's own
+		{-24 * time.Hour, true},
+	} {
+		clk.Add(tc.step)
+		due, err := j.Outbox(10, clk.Now())
+		if err != nil || (len(due) == 1) != tc.due {
+			t.Fatalf("after a step of %v: due %v, %v; want due=%v", tc.step, due, err, tc.due)
+		}
+	}
+}
