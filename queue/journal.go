@@ -150,7 +150,8 @@ type Options struct {
 	// SkipStuck lets later entries of a key run while an earlier one is
 	// stuck. By default (false) a stuck entry blocks its key until it is
 	// replayed: order matters more than progress. Applies to entries that
-	// become stuck while it is set.
+	// become stuck while it is set, and at Open to keys that entries
+	// stuck before still block.
 	SkipStuck bool
 
 	// Retention is how long done entries are kept. 0 keeps them forever.
@@ -464,7 +465,21 @@ func (j *Journal) init(fresh bool) error {
 		if err != nil {
 			return fmt.Errorf("cannot reschedule retries scheduled under a later clock: %w", err)
 		}
+		released := 0
+		if j.opts.SkipStuck {
+			if released, err = t.releaseStuckHeads(); err != nil {
+				return fmt.Errorf("cannot let keys go past their stuck entries: %w", err)
+			}
+		}
+		if err := t.finish(); err != nil {
+			return err
+		}
+		j.applyTxn(t)
+		j.logDamaged(t.newlyDamaged)
 		j.logReanchored(n, time.Time{}, t.now)
+		if released > 0 {
+			j.log.Info("skip_stuck: keys blocked by a stuck entry go on past it", "keys", released)
+		}
 		j.seenClock(unixNano(t.now))
 		d, err := loadDedup(tx, true)
 		if err != nil {

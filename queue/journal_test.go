@@ -288,6 +288,38 @@ func TestSkipStuck(t *testing.T) {
 	}
 }
 
+// Ensure a journal opened with SkipStuck lets keys go past entries that
+// became stuck while it was off (an agent restarted with skip_stuck
+// turned on to unblock its keys once left them blocked: the option only
+// applied to entries that became stuck afterwards), and that the stuck
+// entry can still be replayed before the key's later entries.
+func TestSkipStuckTurnedOn(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{})
+	mustAppend(t, j, msg("k", "1"), msg("k", "2"), msg("k", "3"), msg("other", "4"))
+	if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != "[1 4]" {
+		t.Fatalf("claim = %v, want [1 4]", got)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Stuck, Err: "x"}, Outcome{Seq: 4, Kind: Stuck, Err: "y"}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{SkipStuck: true})
+	if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != "[2]" {
+		t.Fatalf("claim after reopening with SkipStuck = %v, want [2]", got)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: 2, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := j.Replay(ctx, Filter{States: []State{StateStuck}}, false); fmt.Sprint(got) != "[1 4]" || err != nil {
+		t.Fatalf("replay = %v, %v", got, err)
+	}
+	if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != "[1 4]" {
+		t.Fatalf("claim after the replay = %v, want [1 4]: the replayed entry before 3", got)
+	}
+}
+
 // Ensure replaying an earlier done entry puts it before later pending ones
 // of the same key.
 func TestReplayEarlierTakesKey(t *testing.T) {

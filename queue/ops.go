@@ -416,6 +416,41 @@ func (t *txn) settle(o Outcome) error {
 	return opError{fmt.Errorf("cannot settle entry %d: unknown outcome %d", o.Seq, o.Kind)}
 }
 
+// releaseStuckHeads lets each key whose head is stuck go on past it, as
+// a settle does with SkipStuck, and returns how many keys it released.
+// Open runs it with SkipStuck: an operator restarting an agent with
+// skip_stuck turned on to unblock its keys once found them still blocked,
+// since the option applied only to entries that became stuck afterwards
+// (found by trying to break it; TestSkipStuckTurnedOn). Damaged entries
+// keep their keys, as they do when they are parked.
+func (t *txn) releaseStuckHeads() (int, error) {
+	b := t.layout.byteOf(StateStuck)
+	var es []*Entry
+	c := t.state.Cursor()
+	for k, _ := c.Seek([]byte{b}); k != nil && k[0] == b; k, _ = c.Next() {
+		if len(k) != 9 {
+			continue
+		}
+		seq := binary.BigEndian.Uint64(k[1:])
+		e, err := t.getStatus(seq)
+		if err != nil {
+			return 0, err
+		}
+		if e.Damage != "" || e.Key == "" {
+			continue
+		}
+		if h, ok := t.head(e.Key); ok && h == seq {
+			es = append(es, e)
+		}
+	}
+	for _, e := range es {
+		if err := t.release(e); err != nil {
+			return 0, err
+		}
+	}
+	return len(es), nil
+}
+
 // release takes a finished entry out of its key's queue and lets the next
 // entry of the key run.
 func (t *txn) release(e *Entry) error {
