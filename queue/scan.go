@@ -26,7 +26,8 @@ type Filter struct {
 	// Match, when set, is a further condition (a type pattern, text in the
 	// last error) the caller checks on each otherwise matching entry. It
 	// sees the entry without its headers and body, and runs inside a read
-	// transaction: it must not call the journal.
+	// transaction (and, for Replay, again inside the commit that replays
+	// the entry): it must not call the journal.
 	Match func(*Entry) bool
 	// Brief leaves headers and bodies unread: for lists and counts,
 	// which show neither (a page of 50 entries with 8 MiB bodies once
