@@ -418,6 +418,44 @@ func TestRedactURL(t *testing.T) {
 	}
 }
 
+// Ensure an error about a URL that does not parse shows no part of its
+// password, whatever the password holds. url.Parse quotes what it trips
+// over: with a raw "/", "?" or "#" in the password the user:password
+// before it reads as host:port ("invalid port \":s3cr3t\" after host"),
+// and a bad escape is quoted with the two characters after the "%"
+// (found by trying to break it with the binary).
+func TestParseErrorsHidePassword(t *testing.T) {
+	forms := []string{
+		"stomp://u:PW@h:61613/queue/x",
+		"ws://u:PW@h:15674/ws?destination=/queue/x",
+		"amqp://u:PW@h:5672/?queue=x",
+		"mqtt://u:PW@h:1883/?topic=x",
+		"mqtt+ws://u:PW@h:15675/?topic=x",
+	}
+	passwords := []string{"s3cr3t/Hidden", "s3cr3t?Hidden", "s3cr3t#Hidden", "s3cr3t%zzHidden", "Hidden%zz", "s3cr3t Hidden@x", "s3cr3t:Hidden/x"}
+	for _, form := range forms {
+		for _, pw := range passwords {
+			raw := strings.Replace(form, "PW", pw, 1)
+			parse := map[string]func() error{
+				"ParseURL":    func() error { _, err := ParseURL(raw); return err },
+				"ParseTarget": func() error { _, err := ParseTarget(raw); return err },
+			}
+			for name, fn := range parse {
+				err := fn()
+				if err == nil {
+					t.Errorf("%s(%q) succeeded", name, raw)
+					continue
+				}
+				for _, part := range []string{"s3cr3t", "Hidden", "%zz"} {
+					if strings.Contains(err.Error(), part) {
+						t.Errorf("%s(%q) = %q: shows %q of the password", name, raw, err, part)
+					}
+				}
+			}
+		}
+	}
+}
+
 // Ensure ReadSecretFile trims exactly one trailing newline and names the
 // file in its errors.
 func TestReadSecretFile(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -52,7 +53,8 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error quotes the whole URL
 		}
-		return nil, fmt.Errorf("http backend URL does not parse: %v (want http:// or https:// with a host)", err)
+		// What url.Parse quotes can be part of the password.
+		return nil, fmt.Errorf("http backend URL does not parse: %s (want http:// or https:// with a host)", redact.ParseError(err.Error(), cfg.URL))
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("http backend URL %q: want http:// or https:// with a host", shownURL(u))

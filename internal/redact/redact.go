@@ -1,0 +1,198 @@
+// Package redact hides secrets in text meant for people: logs, error
+// messages, the admin API and the dashboard. It is the one place that
+// knows where a URL keeps its secrets (the password of its user info, and
+// query parameters named like passcode, token or sig), so that ingest
+// (source and results URLs), worker (HTTP backends) and the command all
+// hide the same things the same way.
+package redact
+
+import (
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Placeholder replaces a hidden secret.
+const Placeholder = "xxxxx"
+
+// URL returns s with its password and any passcode-like query parameter
+// hidden. The userinfo ends at the last "@" before the host, so a password
+// that itself holds "@" (as in guest:S3cr@tPW@host) is hidden whole. Text
+// that is not a URL is returned unchanged.
+func URL(s string) string {
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return s
+	}
+	head, rest := s[:i+3], s[i+3:]
+	if at := userinfoEnd(rest); at >= 0 {
+		user := rest[:at]
+		if c := strings.Index(user, ":"); c >= 0 {
+			user = user[:c] + ":" + Placeholder
+		}
+		rest = user + rest[at:]
+	}
+	q := strings.Index(rest, "?")
+	if q < 0 {
+		return head + rest
+	}
+	query, frag, hasFrag := strings.Cut(rest[q+1:], "#")
+	parts := strings.Split(query, "&")
+	for k, part := range parts {
+		name, _, ok := strings.Cut(part, "=")
+		if ok && secretParam(name) {
+			parts[k] = name + "=" + Placeholder
+		}
+	}
+	out := head + rest[:q+1] + strings.Join(parts, "&")
+	if hasFrag {
+		out += "#" + frag
+	}
+	return out
+}
+
+// userinfoEnd returns the index in rest (a URL after its "://") of the "@"
+// that ends the user info, or -1 when there is none. The authority ends at
+// the first "/", "?" or "#" after its last "@"; a password with a raw "/",
+// "?" or "#" is hidden up to the next "@".
+func userinfoEnd(rest string) int {
+	auth := rest
+	if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+		auth = rest[:j]
+	}
+	at := strings.LastIndex(auth, "@")
+	if at < 0 {
+		if c := strings.Index(auth, ":"); c >= 0 && !allDigits(auth[c+1:]) {
+			// user:pa/ss@host: the password runs past the first "/".
+			at = strings.Index(rest, "@")
+		}
+	}
+	return at
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// secretParam reports whether a query parameter looks like it carries a
+// secret: passcode, password, secret, token and the like, but not the name of a file or variable holding one (passcode_file,
+// passcode_env).
+func secretParam(name string) bool {
+	n, err := url.PathUnescape(name)
+	if err != nil {
+		n = name
+	}
+	n = strings.ToLower(n)
+	if strings.HasSuffix(n, "_file") || strings.HasSuffix(n, "_env") {
+		return false
+	}
+	for _, w := range []string{"pass", "secret", "token", "credential", "apikey", "api_key", "auth"} {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseError returns msg, the text of an error about the URL raw (from
+// url.Parse or a check of its parts), with nothing of raw's password left
+// in it. Besides the whole URL and the password, url.Parse quotes what it
+// trips over, which can be any part of the password: with a raw "/", "?"
+// or "#" in it, user:password before that reads as host:port ("invalid
+// port \":s3cr3t\" after host", and a "#" cuts the URL it quotes to
+// "stomp://user:s3cr3t"); a bad escape is quoted with the two characters
+// after its "%". So every quoted piece of msg that overlaps the password
+// is hidden.
+func ParseError(msg, raw string) string {
+	start, end := passwordSpan(raw)
+	if end > start {
+		msg = hideQuoted(msg, raw, start, end)
+	}
+	msg = strings.ReplaceAll(msg, raw, URL(raw))
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			msg = strings.ReplaceAll(msg, p, Placeholder)
+		}
+	}
+	if end > start {
+		msg = strings.ReplaceAll(msg, raw[start:end], Placeholder)
+	}
+	return msg
+}
+
+// passwordSpan returns where the password of raw's user info starts and
+// ends; start == end when there is none.
+func passwordSpan(raw string) (start, end int) {
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return 0, 0
+	}
+	rest := raw[i+3:]
+	at := strings.LastIndex(rest, "@")
+	if e := userinfoEnd(rest); e > at {
+		at = e
+	}
+	if at < 0 {
+		return 0, 0
+	}
+	c := strings.Index(rest[:at], ":")
+	if c < 0 {
+		return 0, 0
+	}
+	return i + 3 + c + 1, i + 3 + at
+}
+
+// hideQuoted replaces each double-quoted piece of msg that occurs in raw
+// overlapping raw[start:end]: a piece that starts like the URL becomes
+// the URL with its secrets hidden, any other piece the placeholder.
+func hideQuoted(msg, raw string, start, end int) string {
+	var b strings.Builder
+	for {
+		q := strings.IndexByte(msg, '"')
+		if q < 0 {
+			break
+		}
+		lit, err := strconv.QuotedPrefix(msg[q:])
+		if err != nil {
+			b.WriteString(msg[:q+1])
+			msg = msg[q+1:]
+			continue
+		}
+		b.WriteString(msg[:q])
+		msg = msg[q+len(lit):]
+		piece, _ := strconv.Unquote(lit)
+		switch {
+		case !overlaps(raw, piece, start, end):
+			b.WriteString(lit)
+		case strings.HasPrefix(raw, piece) && strings.Contains(piece, "://"):
+			b.WriteString(strconv.Quote(URL(raw)))
+		default:
+			b.WriteString(strconv.Quote(Placeholder))
+		}
+	}
+	b.WriteString(msg)
+	return b.String()
+}
+
+// overlaps reports whether piece occurs in raw anywhere that overlaps
+// raw[start:end].
+func overlaps(raw, piece string, start, end int) bool {
+	if piece == "" {
+		return false
+	}
+	for off := 0; ; {
+		j := strings.Index(raw[off:], piece)
+		if j < 0 {
+			return false
+		}
+		if p := off + j; p < end && p+len(piece) > start {
+			return true
+		}
+		off += j + 1
+	}
+}
