@@ -403,6 +403,12 @@ func TestRedactURL(t *testing.T) {
 		{"stomp://host:61613/queue/x?passcode=hunter22&prefetch=5", "stomp://host:61613/queue/x?passcode=xxxxx&prefetch=5"},
 		{"stomp://h/queue/x?password=a&token=b&passcode_file=/etc/p&passcode_env=P&key=json:k", "stomp://h/queue/x?password=xxxxx&token=xxxxx&passcode_file=/etc/p&passcode_env=P&key=json:k"},
 		{"not a url", "not a url"},
+		// A URL in a parameter (a Waldur source's broker=) is hidden too.
+		{"waldur+https://w/?offering=o&broker=stomp://u:hunter22@b:61613&token_file=/t", "waldur+https://w/?offering=o&broker=stomp://u:xxxxx@b:61613&token_file=/t"},
+		{"waldur+https://w/?broker=stomp%3A%2F%2Fu%3Ahunter22%40b", "waldur+https://w/?broker=stomp://u:xxxxx@b"},
+		// Signed URLs (S3, Azure SAS) carry their secret in sig= or
+		// signature=; an API key may be named api-key.
+		{"https://h/hook?sv=1&sig=hunter22&X-Amz-Signature=hunter22&x-api-key=hunter22", "https://h/hook?sv=1&sig=xxxxx&X-Amz-Signature=xxxxx&x-api-key=xxxxx"},
 	}
 	for _, tc := range tests {
 		if got := RedactURL(tc.in); got != tc.want {

@@ -17,8 +17,10 @@ const Placeholder = "xxxxx"
 
 // URL returns s with its password and any passcode-like query parameter
 // hidden. The userinfo ends at the last "@" before the host, so a password
-// that itself holds "@" (as in guest:S3cr@tPW@host) is hidden whole. Text
-// that is not a URL is returned unchanged.
+// that itself holds "@" (as in guest:S3cr@tPW@host) is hidden whole. A
+// parameter whose value is itself a URL (a Waldur source's broker=) has
+// that URL's secrets hidden too. Text that is not a URL is returned
+// unchanged.
 func URL(s string) string {
 	i := strings.Index(s, "://")
 	if i < 0 {
@@ -39,9 +41,21 @@ func URL(s string) string {
 	query, frag, hasFrag := strings.Cut(rest[q+1:], "#")
 	parts := strings.Split(query, "&")
 	for k, part := range parts {
-		name, _, ok := strings.Cut(part, "=")
-		if ok && secretParam(name) {
+		name, value, ok := strings.Cut(part, "=")
+		switch {
+		case !ok:
+		case secretParam(name):
 			parts[k] = name + "=" + Placeholder
+		case strings.Contains(value, "://"):
+			parts[k] = name + "=" + URL(value)
+		default:
+			// An escaped URL (stomp%3A%2F%2Fu%3Ap%40h) is shown
+			// unescaped when it had something to hide.
+			if v, err := url.PathUnescape(value); err == nil && strings.Contains(v, "://") {
+				if r := URL(v); r != v {
+					parts[k] = name + "=" + r
+				}
+			}
 		}
 	}
 	out := head + rest[:q+1] + strings.Join(parts, "&")
@@ -80,7 +94,8 @@ func allDigits(s string) bool {
 }
 
 // secretParam reports whether a query parameter looks like it carries a
-// secret: passcode, password, secret, token and the like, but not the name of a file or variable holding one (passcode_file,
+// secret: passcode, password, secret, token, a signature and the like,
+// but not the name of a file or variable holding one (passcode_file,
 // passcode_env).
 func secretParam(name string) bool {
 	n, err := url.PathUnescape(name)
@@ -91,7 +106,10 @@ func secretParam(name string) bool {
 	if strings.HasSuffix(n, "_file") || strings.HasSuffix(n, "_env") {
 		return false
 	}
-	for _, w := range []string{"pass", "secret", "token", "credential", "apikey", "api_key", "auth"} {
+	if n == "sig" {
+		return true // Azure SAS
+	}
+	for _, w := range []string{"pass", "secret", "token", "credential", "apikey", "api_key", "api-key", "auth", "signature"} {
 		if strings.Contains(n, w) {
 			return true
 		}
