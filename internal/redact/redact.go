@@ -7,7 +7,9 @@
 package redact
 
 import (
+	"encoding/json"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -213,4 +215,72 @@ func overlaps(raw, piece string, start, end int) bool {
 		}
 		off += j + 1
 	}
+}
+
+// MinSecret is the length under which Secrets leaves a value alone: a
+// value that short (a header "1") is no secret, and hiding it would
+// garble the text around it.
+const MinSecret = 4
+
+// URLSecrets returns the secrets of the URL raw as a server might echo
+// them: its password and the values of its secret parameters (see URL),
+// each as written and unescaped.
+func URLSecrets(raw string) []string {
+	var out []string
+	add := func(v string) {
+		out = append(out, v)
+		if u, err := url.PathUnescape(v); err == nil && u != v {
+			out = append(out, u)
+		}
+	}
+	if start, end := passwordSpan(raw); end > start {
+		add(raw[start:end])
+	}
+	if i := strings.Index(raw, "?"); i >= 0 {
+		query, _, _ := strings.Cut(raw[i+1:], "#")
+		for _, part := range strings.Split(query, "&") {
+			if name, v, ok := strings.Cut(part, "="); ok && secretParam(name) && v != "" {
+				add(v)
+			}
+		}
+	}
+	return out
+}
+
+// Secrets returns s with every occurrence of each secret hidden: as
+// given, and as JSON and URL encoding write it (a server that echoes a
+// request often does so in a JSON string or a URL). Longer secrets go
+// first, so one that contains another is hidden whole.
+func Secrets(s string, secrets []string) string {
+	var forms []string
+	seen := map[string]bool{}
+	for _, v := range secrets {
+		if len(v) < MinSecret {
+			continue
+		}
+		js, _ := json.Marshal(v)
+		for _, f := range []string{v, string(js[1 : len(js)-1]), strings.ReplaceAll(string(js[1:len(js)-1]), "/", `\/`), url.QueryEscape(v), url.PathEscape(v)} {
+			if !seen[f] {
+				seen[f] = true
+				forms = append(forms, f)
+			}
+		}
+	}
+	sort.Slice(forms, func(i, j int) bool { return len(forms[i]) > len(forms[j]) })
+	for _, f := range forms {
+		s = strings.ReplaceAll(s, f, Placeholder)
+	}
+	return s
+}
+
+// MaxForm is how much longer than itself a secret can be once encoded
+// (JSON's \u00XX for a byte is six): text cut after Secrets must be read
+// that much beyond its cut, so that a secret across the cut is hidden
+// before it is cut.
+func MaxForm(secrets []string) int {
+	n := 0
+	for _, v := range secrets {
+		n = max(n, 6*len(v))
+	}
+	return n
 }
