@@ -308,12 +308,25 @@ func (s *Server) sameSite(r *http.Request) error {
 		return fmt.Errorf("cross-site request refused (Sec-Fetch-Site: %s)", r.Header.Get("Sec-Fetch-Site"))
 	}
 	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) || !s.hostAllowed(u.Host) {
+		if !s.sameHost(o, r) {
 			return fmt.Errorf("cross-site request refused (Origin: %s)", o)
 		}
+		return nil
+	}
+	// A browser that sends neither Origin nor Sec-Fetch-Site still sends
+	// Referer, unless a policy stops it; the dashboard's (same-origin)
+	// lets its own forms name it.
+	if ref := r.Header.Get("Referer"); ref != "" && !s.sameHost(ref, r) {
+		return fmt.Errorf("cross-site request refused (Referer from another site)")
 	}
 	return nil
+}
+
+// sameHost reports whether the URL raw (an Origin or a Referer) names the
+// host r was sent to, and that host is this server.
+func (s *Server) sameHost(raw string, r *http.Request) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host) && s.hostAllowed(u.Host)
 }
 
 func tokenOK(r *http.Request, token string) bool {

@@ -226,6 +226,12 @@ func TestRequestGuards(t *testing.T) {
 			{"replay with wrong token", "POST", "/v1/replay?state=done&from=1", map[string]string{"Authorization": "Bearer nope"}, false, 401},
 			{"replay cross-site by Origin", "POST", "/v1/replay?state=done&from=1", map[string]string{"Origin": "http://evil.example", "Content-Type": "text/plain"}, true, 403},
 			{"replay cross-site by Sec-Fetch-Site", "POST", "/v1/replay?state=done&from=1", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, 403},
+			// A browser too old to send Origin or Sec-Fetch-Site still
+			// sends Referer (the dashboard's policy is same-origin, so its
+			// own forms carry one naming it).
+			{"replay cross-site by Referer", "POST", "/v1/replay?state=done&from=1", map[string]string{"Referer": "http://evil.example/page"}, true, 403},
+			{"replay with a referer that does not parse", "POST", "/v1/replay?state=done&from=1", map[string]string{"Referer": "::"}, true, 403},
+			{"replay with own referer", "POST", "/v1/replay?state=done&from=1&dry_run=true", map[string]string{"Referer": base + "/ui/stuck"}, true, 200},
 			{"replay same-site but other origin", "POST", "/v1/replay?state=done&from=1", map[string]string{"Sec-Fetch-Site": "same-site"}, true, 403},
 			{"replay as a simple form", "POST", "/v1/replay?state=done&from=1", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, true, 415},
 			{"replay as text/plain", "POST", "/v1/replay?state=done&from=1", map[string]string{"Content-Type": "text/plain"}, true, 415},

@@ -133,6 +133,9 @@ func TestDashboardActions(t *testing.T) {
 	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, map[string]string{"Sec-Fetch-Site": "cross-site"}); code != http.StatusForbidden {
 		t.Errorf("cross-site replay (Sec-Fetch-Site) = %d, want 403", code)
 	}
+	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, map[string]string{"Referer": "http://evil.example/"}); code != http.StatusForbidden {
+		t.Errorf("cross-site replay (Referer) = %d, want 403", code)
+	}
 	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 1 {
 		t.Fatalf("refused requests changed the journal: %d stuck", n)
 	}
