@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -409,6 +411,63 @@ func TestOpenRefusesStaleAddrFile(t *testing.T) {
 		t.Fatalf("error %q: want it to name the stale file", err)
 	}
 }
+
+// TestOpenRefusesForeignAddrFile: the address file decides where the
+// operator's admin token is sent, so Open trusts only one that no other
+// user can have written: owned by the journal's owner, writable by no
+// one else. Found by trying to break it: a journal in a group-writable
+// directory, its agent running with the admin endpoint off, and an
+// address file written by someone else naming their own listener; inspect
+// -c agentq.yaml sent it the configured token.
+func TestOpenRefusesForeignAddrFile(t *testing.T) {
+	held := testJournal(t) // held by its agent
+	var got atomic.Value
+	catcher := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Get("Authorization"))
+		writeJSON(w, http.StatusOK, map[string]string{"journal_id": held.ID()})
+	}))
+	defer catcher.Close()
+	tests := []struct {
+		name  string
+		setup func(path string) error
+		want  string
+	}{
+		{"writable by others", func(path string) error { return os.Chmod(path, 0o666) }, "writable by other users"},
+		{"writable by the group", func(path string) error { return os.Chmod(path, 0o620) }, "writable by other users"},
+		{"owned by another user", func(path string) error {
+			if os.Geteuid() != 0 {
+				return errSkip
+			}
+			return os.Chown(path, 4242, 4242)
+		}, "owned by"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got.Store("")
+			if err := WriteAddrFile(held.Path(), AddrInfo{Addr: strings.TrimPrefix(catcher.URL, "http://"), JournalID: held.ID()}); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.setup(AddrFile(held.Path())); err == errSkip {
+				t.Skip("changing a file's owner needs root")
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			st, err := Open(held.Path(), false, "operator-token")
+			if err == nil {
+				st.Close()
+				t.Fatal("Open trusted an address file others could have written")
+			}
+			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), AddrFile(held.Path())) {
+				t.Errorf("error %q: want it to name the file and say %q", err, tc.want)
+			}
+			if a := got.Load().(string); a != "" {
+				t.Errorf("the token went to the address in the file: %q", a)
+			}
+		})
+	}
+}
+
+var errSkip = errors.New("skip")
 
 // TestListPages: /v1/entries answers at most maxListPage entries, says
 // where the rest starts, and Remote.List follows it to the end or to
