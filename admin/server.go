@@ -46,12 +46,21 @@ func Listen(addr, token string) (net.Listener, error) {
 	if err := CheckAddr(addr, token); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("cannot listen on admin address %s (another agent running? use --admin 127.0.0.1:0 for any free port, or --admin '' to disable): %w", addr, err)
 	}
+	// A name is resolved by the system: check what was bound, not only
+	// what was asked for.
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && token == "" && !ta.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("%w: --admin %q resolved to %s, not a loopback address: set an admin token (--admin-token-file or admin.token_file) to expose the admin API", ErrAddr, addr, ta.IP)
+	}
 	return ln, nil
 }
+
+// listen is net.Listen (a variable for tests).
+var listen = net.Listen
 
 // IsLoopback reports whether host is a loopback name or address.
 func IsLoopback(host string) bool {

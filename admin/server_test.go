@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -342,6 +343,42 @@ func TestCheckAddr(t *testing.T) {
 		}
 	}
 }
+
+// Ensure Listen without a token refuses what it actually bound, not
+// only the name it was given: a loopback-looking name (x.localhost, or
+// localhost itself under a wrong /etc/hosts) is resolved by the system,
+// and an answer naming one of the machine's other addresses exposed the
+// API without a token. Found by trying to break it with the binary:
+// --admin x.localhost:0 went to DNS.
+func TestListenChecksBoundAddress(t *testing.T) {
+	saved := listen
+	t.Cleanup(func() { listen = saved })
+	listen = func(network, addr string) (net.Listener, error) {
+		ln, err := saved(network, "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		return elsewhere{ln}, nil // as if the name had resolved to 192.0.2.7
+	}
+	ln, err := Listen("x.localhost:9464", "")
+	if err == nil {
+		ln.Close()
+		t.Fatal("Listen without a token kept a listener on a non-loopback address")
+	}
+	if !errors.Is(err, ErrAddr) || !strings.Contains(err.Error(), "192.0.2.7") {
+		t.Errorf("error %q: want ErrAddr naming the address bound", err)
+	}
+	ln, err = Listen("x.localhost:9464", "a-token")
+	if err != nil {
+		t.Fatalf("with a token: %v", err)
+	}
+	ln.Close()
+}
+
+// elsewhere is a listener that reports a non-loopback address.
+type elsewhere struct{ net.Listener }
+
+func (elsewhere) Addr() net.Addr { return &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 9464} }
 
 // TestAddrFile: the address file round-trips and, since it may hold the
 // generated state token, only its owner can read it.
