@@ -406,6 +406,7 @@ func TestRedactURL(t *testing.T) {
 		// A URL in a parameter (a Waldur source's broker=) is hidden too.
 		{"waldur+https://w/?offering=o&broker=stomp://u:hunter22@b:61613&token_file=/t", "waldur+https://w/?offering=o&broker=stomp://u:xxxxx@b:61613&token_file=/t"},
 		{"waldur+https://w/?broker=stomp%3A%2F%2Fu%3Ahunter22%40b", "waldur+https://w/?broker=stomp://u:xxxxx@b"},
+		{"waldur+https://w/?broker=stomp://u:hunter22#tPW@b:1/", "waldur+https://w/?broker=stomp://u:xxxxx@b:1/"},
 		// Signed URLs (S3, Azure SAS) carry their secret in sig= or
 		// signature=; an API key may be named api-key.
 		{"https://h/hook?sv=1&sig=hunter22&X-Amz-Signature=hunter22&x-api-key=hunter22", "https://h/hook?sv=1&sig=xxxxx&X-Amz-Signature=xxxxx&x-api-key=xxxxx"},

@@ -42,6 +42,12 @@ func URL(s string) string {
 	}
 	query, frag, hasFrag := strings.Cut(rest[q+1:], "#")
 	parts := strings.Split(query, "&")
+	if last := parts[len(parts)-1]; hasFrag && strings.Contains(last, "://") && strings.Contains(frag, "@") {
+		// broker=stomp://u:pa#ss@h: the "#" is in the password of the
+		// URL in the last parameter, not the start of a fragment.
+		parts[len(parts)-1] += "#" + frag
+		hasFrag = false
+	}
 	for k, part := range parts {
 		name, value, ok := strings.Cut(part, "=")
 		switch {
