@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/agentq/agentq/ingest"
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -548,15 +549,12 @@ func hostname() string {
 }
 
 // cmdline is pprof's /debug/pprof/cmdline without the secrets: the
-// command line can carry a broker URL with its password (--source), and
-// reads need no token on a loopback endpoint without one, where any user
-// of a shared login node can ask.
+// command line can carry a broker URL with its password (--source) and a
+// command with its credentials (--exec "curl -H 'Authorization: ...'"),
+// and reads need no token on a loopback endpoint without one, where any
+// user of a shared login node can ask.
 func cmdline(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	args := make([]string, len(os.Args))
-	for i, a := range os.Args {
-		args[i] = ingest.RedactURL(a)
-	}
-	_, _ = io.WriteString(w, strings.Join(args, "\x00"))
+	_, _ = io.WriteString(w, strings.Join(redact.Words(os.Args), "\x00"))
 }

@@ -281,7 +281,8 @@ func TestRequestGuards(t *testing.T) {
 func TestPprofCmdlineRedacted(t *testing.T) {
 	saved := os.Args
 	t.Cleanup(func() { os.Args = saved })
-	os.Args = []string{"agentq", "run", "--source", "stomp://guest:s3cret@127.0.0.1:61613/queue/x", "--results=amqp://u:p4ss@127.0.0.1/?passcode=c0de"}
+	os.Args = []string{"agentq", "run", "--source", "stomp://guest:s3cret@127.0.0.1:61613/queue/x", "--results=amqp://u:p4ss@127.0.0.1/?passcode=c0de",
+		"--exec", `curl -s -H "Authorization: Bearer t0ken1" --user deploy:t0ken2 https://hooks.example/x`}
 	_, base := serve(t, testJournal(t), "")
 	resp, err := http.Get(base + "/debug/pprof/cmdline")
 	if err != nil {
@@ -293,7 +294,7 @@ func TestPprofCmdlineRedacted(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(got, "run\x00--source\x00stomp://guest:") {
 		t.Fatalf("cmdline = %d %q", resp.StatusCode, got)
 	}
-	for _, secret := range []string{"s3cret", "p4ss", "c0de"} {
+	for _, secret := range []string{"s3cret", "p4ss", "c0de", "t0ken"} {
 		if strings.Contains(got, secret) {
 			t.Errorf("cmdline %q shows %s", got, secret)
 		}

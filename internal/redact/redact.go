@@ -290,3 +290,118 @@ func MaxForm(secrets []string) int {
 	}
 	return n
 }
+
+// Line returns a command line (a shell command, a --exec value) with the
+// credentials it passes hidden: URLs as URL hides them, NAME=VALUE and
+// --NAME=VALUE when NAME looks secret (API_TOKEN=..., --password=...),
+// the word after such a flag (--token T), the password of curl's
+// -u/--user USER:PASSWORD, and the value of a secret header
+// ("Authorization: Bearer T", up to its closing quote). Spacing is kept.
+func Line(s string) string {
+	var c command
+	return c.line(s)
+}
+
+// Words is Line for a command's argument list: a flag in one word hides
+// the next; a word that is a whole header ("X-Api-Key: K") hides its
+// value.
+func Words(words []string) []string {
+	var c command
+	out := make([]string, len(words))
+	for i, w := range words {
+		out[i] = c.line(w)
+		c.quote, c.rest = 0, false // a header value ends with its word
+	}
+	return out
+}
+
+// command carries what the words seen so far say about the next ones.
+type command struct {
+	next  bool // hide the next word (after --password)
+	user  bool // hide the password of the next word (after -u)
+	quote byte // hide words up to this closing quote (a header value)
+	rest  bool // hide the rest of the line (an unquoted header value)
+}
+
+func (c *command) line(s string) string {
+	var b strings.Builder
+	last := 0
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) && !isSpace(s[i]) {
+			continue
+		}
+		if i > last {
+			b.WriteString(c.word(s[last:i]))
+		}
+		if i < len(s) {
+			b.WriteByte(s[i])
+		}
+		last = i + 1
+	}
+	return b.String()
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+// word hides what word (one whitespace-free piece) gives away.
+func (c *command) word(w string) string {
+	lead, core, trail := unquote(w)
+	switch {
+	case c.rest:
+		return Placeholder
+	case c.quote != 0:
+		if strings.HasSuffix(w, string(c.quote)) {
+			c.quote = 0
+			return Placeholder + w[len(w)-1:]
+		}
+		return Placeholder
+	case c.next:
+		c.next = false
+		return lead + Placeholder + trail
+	case c.user:
+		c.user = false
+		if u, _, ok := strings.Cut(core, ":"); ok {
+			return lead + u + ":" + Placeholder + trail
+		}
+		return w
+	case strings.Contains(core, "://"):
+		return lead + URL(core) + trail
+	}
+	if name, v, ok := strings.Cut(core, "="); ok {
+		switch n := strings.TrimLeft(name, "-"); {
+		case secretParam(n):
+			return lead + name + "=" + Placeholder + trail
+		case n == "user" && strings.Contains(v, ":"):
+			u, _, _ := strings.Cut(v, ":")
+			return lead + name + "=" + u + ":" + Placeholder + trail
+		}
+		return w
+	}
+	if strings.HasPrefix(core, "-") {
+		switch name := strings.TrimLeft(core, "-"); {
+		case name == "u" || name == "user":
+			c.user = true
+		case secretParam(name):
+			c.next = true
+		}
+		return w
+	}
+	if name, ok := strings.CutSuffix(core, ":"); ok && name != "" && (secretParam(name) || strings.EqualFold(name, "cookie")) {
+		if lead != "" {
+			c.quote = lead[0]
+		} else {
+			c.rest = true
+		}
+		return w
+	}
+	return w
+}
+
+// unquote splits the shell quotes off a word: 'Authorization: is ', the
+// name and "".
+func unquote(w string) (lead, core, trail string) {
+	core = strings.TrimLeft(w, `'"`)
+	lead = w[:len(w)-len(core)]
+	t := strings.TrimRight(core, `'"`)
+	return lead, t, core[len(t):]
+}

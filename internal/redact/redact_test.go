@@ -2,6 +2,7 @@ package redact
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -24,5 +25,29 @@ func TestParseError(t *testing.T) {
 		if got := ParseError(err.Error(), tc.raw); got != tc.want {
 			t.Errorf("ParseError(%q) = %q, want %q", err, got, tc.want)
 		}
+	}
+}
+
+// Ensure Line and Words hide the credentials a command line passes and
+// leave everything else as it was, spacing included.
+func TestLine(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"/usr/local/bin/handle-order --verbose", "/usr/local/bin/handle-order --verbose"},
+		{"sort -u | uniq -c  >  /tmp/out", "sort -u | uniq -c  >  /tmp/out"},
+		{"curl -s https://deploy:pw@h/x | logger", "curl -s https://deploy:xxxxx@h/x | logger"},
+		{`curl -H 'Authorization: Bearer t0k' -H "Content-Type: text/plain" https://h/`, `curl -H 'Authorization: xxxxx xxxxx' -H "Content-Type: text/plain" https://h/`},
+		{"curl -u deploy:pw --user=me https://h/", "curl -u deploy:xxxxx --user=me https://h/"},
+		{"curl --user=deploy:pw https://h/", "curl --user=deploy:xxxxx https://h/"},
+		{"API_TOKEN=t0k MODE=fast tool --password pw --token=t0k --passcode_file /etc/p", "API_TOKEN=xxxxx MODE=fast tool --password xxxxx --token=xxxxx --passcode_file /etc/p"},
+	}
+	for _, tc := range tests {
+		if got := Line(tc.in); got != tc.want {
+			t.Errorf("Line(%q)\n = %q\nwant %q", tc.in, got, tc.want)
+		}
+	}
+	words := Words([]string{"curl", "-H", "X-Api-Key: k3y", "--data", "@-", "--password", "pw", "https://h/?token=t"})
+	want := []string{"curl", "-H", "X-Api-Key: xxxxx", "--data", "@-", "--password", "xxxxx", "https://h/?token=xxxxx"}
+	if strings.Join(words, "|") != strings.Join(want, "|") {
+		t.Errorf("Words = %q, want %q", words, want)
 	}
 }
