@@ -315,13 +315,44 @@ func Words(words []string) []string {
 	return out
 }
 
+// WordsSecrets returns what Words hides in words, for Secrets to hide
+// wherever else it shows up (a command that prints its arguments).
+func WordsSecrets(words []string) []string {
+	var c command
+	for _, w := range words {
+		c.line(w)
+		c.quote, c.rest = 0, false
+	}
+	return c.hidden
+}
+
+// LineSecrets returns what Line hides in s.
+func LineSecrets(s string) []string {
+	var c command
+	c.line(s)
+	return c.hidden
+}
+
 // command carries what the words seen so far say about the next ones.
 type command struct {
-	next  bool // hide the next word (after --password)
-	user  bool // hide the password of the next word (after -u)
-	quote byte // hide words up to this closing quote (a header value)
-	rest  bool // hide the rest of the line (an unquoted header value)
+	next   bool     // hide the next word (after --password)
+	user   bool     // hide the password of the next word (after -u)
+	quote  byte     // hide words up to this closing quote (a header value)
+	rest   bool     // hide the rest of the line (an unquoted header value)
+	hidden []string // what was hidden, unquoted
 }
+
+// hide records s as hidden and returns the placeholder. An auth scheme
+// (the Bearer of "Authorization: Bearer T") is hidden but not recorded:
+// it is no secret, and Secrets would hide it everywhere.
+func (c *command) hide(s string) string {
+	if s = strings.Trim(s, `'"`); s != "" && !authScheme[strings.ToLower(s)] {
+		c.hidden = append(c.hidden, s)
+	}
+	return Placeholder
+}
+
+var authScheme = map[string]bool{"bearer": true, "basic": true, "token": true, "digest": true, "negotiate": true}
 
 func (c *command) line(s string) string {
 	var b strings.Builder
@@ -348,32 +379,33 @@ func (c *command) word(w string) string {
 	lead, core, trail := unquote(w)
 	switch {
 	case c.rest:
-		return Placeholder
+		return c.hide(w)
 	case c.quote != 0:
 		if strings.HasSuffix(w, string(c.quote)) {
 			c.quote = 0
-			return Placeholder + w[len(w)-1:]
+			return c.hide(w) + w[len(w)-1:]
 		}
-		return Placeholder
+		return c.hide(w)
 	case c.next:
 		c.next = false
-		return lead + Placeholder + trail
+		return lead + c.hide(core) + trail
 	case c.user:
 		c.user = false
-		if u, _, ok := strings.Cut(core, ":"); ok {
-			return lead + u + ":" + Placeholder + trail
+		if u, p, ok := strings.Cut(core, ":"); ok {
+			return lead + u + ":" + c.hide(p) + trail
 		}
 		return w
 	case strings.Contains(core, "://"):
+		c.hidden = append(c.hidden, URLSecrets(core)...)
 		return lead + URL(core) + trail
 	}
 	if name, v, ok := strings.Cut(core, "="); ok {
 		switch n := strings.TrimLeft(name, "-"); {
 		case secretParam(n):
-			return lead + name + "=" + Placeholder + trail
+			return lead + name + "=" + c.hide(v) + trail
 		case n == "user" && strings.Contains(v, ":"):
-			u, _, _ := strings.Cut(v, ":")
-			return lead + name + "=" + u + ":" + Placeholder + trail
+			u, p, _ := strings.Cut(v, ":")
+			return lead + name + "=" + u + ":" + c.hide(p) + trail
 		}
 		return w
 	}
