@@ -7,6 +7,7 @@
 package redact
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"net/url"
 	"sort"
@@ -392,6 +393,8 @@ func (c *command) word(w string) string {
 	case c.user:
 		c.user = false
 		if u, p, ok := strings.Cut(core, ":"); ok {
+			// curl -v prints the Basic header it makes of it.
+			c.hidden = append(c.hidden, base64.StdEncoding.EncodeToString([]byte(core)))
 			return lead + u + ":" + c.hide(p) + trail
 		}
 		return w
@@ -405,6 +408,7 @@ func (c *command) word(w string) string {
 			return lead + name + "=" + c.hide(v) + trail
 		case n == "user" && strings.Contains(v, ":"):
 			u, p, _ := strings.Cut(v, ":")
+			c.hidden = append(c.hidden, base64.StdEncoding.EncodeToString([]byte(v)))
 			return lead + name + "=" + u + ":" + c.hide(p) + trail
 		}
 		return w
