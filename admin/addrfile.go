@@ -3,7 +3,9 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"syscall"
 )
 
 // AddrFile is the file beside the journal where a running agent writes its
@@ -53,10 +55,22 @@ func WriteAddrFile(journal string, info AddrInfo) error {
 }
 
 // ReadAddrFile reads the address file of the agent that holds journal.
+// The file says where the command sends the operator's admin token, so
+// one that another user could have written is refused: it must belong
+// to the journal's owner (the agent's user), the user asking or root, and
+// be writable by no one else, as WriteAddrFile leaves it.
 func ReadAddrFile(journal string) (AddrInfo, error) {
 	var info AddrInfo
 	path := AddrFile(journal)
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return info, fmt.Errorf("its admin address file %s cannot be read: %w", path, err)
+	}
+	defer f.Close()
+	if err := trustAddrFile(f, path, journal); err != nil {
+		return info, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {
 		return info, fmt.Errorf("its admin address file %s cannot be read: %w", path, err)
 	}
@@ -64,4 +78,32 @@ func ReadAddrFile(journal string) (AddrInfo, error) {
 		return info, fmt.Errorf("its admin address file %s is damaged", path)
 	}
 	return info, nil
+}
+
+// trustAddrFile refuses an address file that someone other than the
+// journal's owner wrote or may write.
+func trustAddrFile(f *os.File, path, journal string) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("its admin address file %s cannot be read: %w", path, err)
+	}
+	if m := fi.Mode().Perm(); m&0o022 != 0 {
+		return fmt.Errorf("its admin address file %s is writable by other users (mode %04o), so it may name someone else's address: not sending the admin token there (the agent writes it 0600; remove the file or restart the agent)", path, m)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	// Written by the journal's owner (its agent's user), by the user
+	// asking, or by root: anyone else may have meant to catch the token.
+	uid := st.Uid
+	if uid == 0 || uid == uint32(os.Geteuid()) {
+		return nil
+	}
+	if jfi, err := os.Stat(journal); err == nil {
+		if jst, ok := jfi.Sys().(*syscall.Stat_t); ok && jst.Uid == uid {
+			return nil
+		}
+	}
+	return fmt.Errorf("its admin address file %s is owned by uid %d, neither the journal's owner nor you, so it may name someone else's address: not sending the admin token there", path, uid)
 }

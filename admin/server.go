@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/agentq/agentq/ingest"
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -46,12 +47,21 @@ func Listen(addr, token string) (net.Listener, error) {
 	if err := CheckAddr(addr, token); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("cannot listen on admin address %s (another agent running? use --admin 127.0.0.1:0 for any free port, or --admin '' to disable): %w", addr, err)
 	}
+	// A name is resolved by the system: check what was bound, not only
+	// what was asked for.
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && token == "" && !ta.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("%w: --admin %q resolved to %s, not a loopback address: set an admin token (--admin-token-file or admin.token_file) to expose the admin API", ErrAddr, addr, ta.IP)
+	}
 	return ln, nil
 }
+
+// listen is net.Listen (a variable for tests).
+var listen = net.Listen
 
 // IsLoopback reports whether host is a loopback name or address.
 func IsLoopback(host string) bool {
@@ -308,12 +318,25 @@ func (s *Server) sameSite(r *http.Request) error {
 		return fmt.Errorf("cross-site request refused (Sec-Fetch-Site: %s)", r.Header.Get("Sec-Fetch-Site"))
 	}
 	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) || !s.hostAllowed(u.Host) {
+		if !s.sameHost(o, r) {
 			return fmt.Errorf("cross-site request refused (Origin: %s)", o)
 		}
+		return nil
+	}
+	// A browser that sends neither Origin nor Sec-Fetch-Site still sends
+	// Referer, unless a policy stops it; the dashboard's (same-origin)
+	// lets its own forms name it.
+	if ref := r.Header.Get("Referer"); ref != "" && !s.sameHost(ref, r) {
+		return fmt.Errorf("cross-site request refused (Referer from another site)")
 	}
 	return nil
+}
+
+// sameHost reports whether the URL raw (an Origin or a Referer) names the
+// host r was sent to, and that host is this server.
+func (s *Server) sameHost(raw string, r *http.Request) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host) && s.hostAllowed(u.Host)
 }
 
 func tokenOK(r *http.Request, token string) bool {
@@ -532,15 +555,12 @@ func hostname() string {
 }
 
 // cmdline is pprof's /debug/pprof/cmdline without the secrets: the
-// command line can carry a broker URL with its password (--source), and
-// reads need no token on a loopback endpoint without one, where any user
-// of a shared login node can ask.
+// command line can carry a broker URL with its password (--source) and a
+// command with its credentials (--exec "curl -H 'Authorization: ...'"),
+// and reads need no token on a loopback endpoint without one, where any
+// user of a shared login node can ask.
 func cmdline(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	args := make([]string, len(os.Args))
-	for i, a := range os.Args {
-		args[i] = ingest.RedactURL(a)
-	}
-	_, _ = io.WriteString(w, strings.Join(args, "\x00"))
+	_, _ = io.WriteString(w, strings.Join(redact.Words(os.Args), "\x00"))
 }

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,6 +229,12 @@ func TestRequestGuards(t *testing.T) {
 			{"replay with wrong token", "POST", "/v1/replay?state=done&from=1", map[string]string{"Authorization": "Bearer nope"}, false, 401},
 			{"replay cross-site by Origin", "POST", "/v1/replay?state=done&from=1", map[string]string{"Origin": "http://evil.example", "Content-Type": "text/plain"}, true, 403},
 			{"replay cross-site by Sec-Fetch-Site", "POST", "/v1/replay?state=done&from=1", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, 403},
+			// A browser too old to send Origin or Sec-Fetch-Site still
+			// sends Referer (the dashboard's policy is same-origin, so its
+			// own forms carry one naming it).
+			{"replay cross-site by Referer", "POST", "/v1/replay?state=done&from=1", map[string]string{"Referer": "http://evil.example/page"}, true, 403},
+			{"replay with a referer that does not parse", "POST", "/v1/replay?state=done&from=1", map[string]string{"Referer": "::"}, true, 403},
+			{"replay with own referer", "POST", "/v1/replay?state=done&from=1&dry_run=true", map[string]string{"Referer": base + "/ui/stuck"}, true, 200},
 			{"replay same-site but other origin", "POST", "/v1/replay?state=done&from=1", map[string]string{"Sec-Fetch-Site": "same-site"}, true, 403},
 			{"replay as a simple form", "POST", "/v1/replay?state=done&from=1", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, true, 415},
 			{"replay as text/plain", "POST", "/v1/replay?state=done&from=1", map[string]string{"Content-Type": "text/plain"}, true, 415},
@@ -272,7 +281,8 @@ func TestRequestGuards(t *testing.T) {
 func TestPprofCmdlineRedacted(t *testing.T) {
 	saved := os.Args
 	t.Cleanup(func() { os.Args = saved })
-	os.Args = []string{"agentq", "run", "--source", "stomp://guest:s3cret@127.0.0.1:61613/queue/x", "--results=amqp://u:p4ss@127.0.0.1/?passcode=c0de"}
+	os.Args = []string{"agentq", "run", "--source", "stomp://guest:s3cret@127.0.0.1:61613/queue/x", "--results=amqp://u:p4ss@127.0.0.1/?passcode=c0de",
+		"--exec", `curl -s -H "Authorization: Bearer t0ken1" --user deploy:t0ken2 https://hooks.example/x`}
 	_, base := serve(t, testJournal(t), "")
 	resp, err := http.Get(base + "/debug/pprof/cmdline")
 	if err != nil {
@@ -284,7 +294,7 @@ func TestPprofCmdlineRedacted(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(got, "run\x00--source\x00stomp://guest:") {
 		t.Fatalf("cmdline = %d %q", resp.StatusCode, got)
 	}
-	for _, secret := range []string{"s3cret", "p4ss", "c0de"} {
+	for _, secret := range []string{"s3cret", "p4ss", "c0de", "t0ken"} {
 		if strings.Contains(got, secret) {
 			t.Errorf("cmdline %q shows %s", got, secret)
 		}
@@ -359,6 +369,42 @@ func TestCheckAddr(t *testing.T) {
 	}
 }
 
+// Ensure Listen without a token refuses what it actually bound, not
+// only the name it was given: a loopback-looking name (x.localhost, or
+// localhost itself under a wrong /etc/hosts) is resolved by the system,
+// and an answer naming one of the machine's other addresses exposed the
+// API without a token. Found by trying to break it with the binary:
+// --admin x.localhost:0 went to DNS.
+func TestListenChecksBoundAddress(t *testing.T) {
+	saved := listen
+	t.Cleanup(func() { listen = saved })
+	listen = func(network, addr string) (net.Listener, error) {
+		ln, err := saved(network, "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		return elsewhere{ln}, nil // as if the name had resolved to 192.0.2.7
+	}
+	ln, err := Listen("x.localhost:9464", "")
+	if err == nil {
+		ln.Close()
+		t.Fatal("Listen without a token kept a listener on a non-loopback address")
+	}
+	if !errors.Is(err, ErrAddr) || !strings.Contains(err.Error(), "192.0.2.7") {
+		t.Errorf("error %q: want ErrAddr naming the address bound", err)
+	}
+	ln, err = Listen("x.localhost:9464", "a-token")
+	if err != nil {
+		t.Fatalf("with a token: %v", err)
+	}
+	ln.Close()
+}
+
+// elsewhere is a listener that reports a non-loopback address.
+type elsewhere struct{ net.Listener }
+
+func (elsewhere) Addr() net.Addr { return &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 9464} }
+
 // TestAddrFile: the address file round-trips and, since it may hold the
 // generated state token, only its owner can read it.
 func TestAddrFile(t *testing.T) {
@@ -427,6 +473,63 @@ func TestOpenRefusesStaleAddrFile(t *testing.T) {
 		t.Fatalf("error %q: want it to name the stale file", err)
 	}
 }
+
+// TestOpenRefusesForeignAddrFile: the address file decides where the
+// operator's admin token is sent, so Open trusts only one that no other
+// user can have written: owned by the journal's owner, writable by no
+// one else. Found by trying to break it: a journal in a group-writable
+// directory, its agent running with the admin endpoint off, and an
+// address file written by someone else naming their own listener; inspect
+// -c agentq.yaml sent it the configured token.
+func TestOpenRefusesForeignAddrFile(t *testing.T) {
+	held := testJournal(t) // held by its agent
+	var got atomic.Value
+	catcher := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Get("Authorization"))
+		writeJSON(w, http.StatusOK, map[string]string{"journal_id": held.ID()})
+	}))
+	defer catcher.Close()
+	tests := []struct {
+		name  string
+		setup func(path string) error
+		want  string
+	}{
+		{"writable by others", func(path string) error { return os.Chmod(path, 0o666) }, "writable by other users"},
+		{"writable by the group", func(path string) error { return os.Chmod(path, 0o620) }, "writable by other users"},
+		{"owned by another user", func(path string) error {
+			if os.Geteuid() != 0 {
+				return errSkip
+			}
+			return os.Chown(path, 4242, 4242)
+		}, "owned by"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got.Store("")
+			if err := WriteAddrFile(held.Path(), AddrInfo{Addr: strings.TrimPrefix(catcher.URL, "http://"), JournalID: held.ID()}); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.setup(AddrFile(held.Path())); err == errSkip {
+				t.Skip("changing a file's owner needs root")
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			st, err := Open(held.Path(), false, "operator-token")
+			if err == nil {
+				st.Close()
+				t.Fatal("Open trusted an address file others could have written")
+			}
+			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), AddrFile(held.Path())) {
+				t.Errorf("error %q: want it to name the file and say %q", err, tc.want)
+			}
+			if a := got.Load().(string); a != "" {
+				t.Errorf("the token went to the address in the file: %q", a)
+			}
+		})
+	}
+}
+
+var errSkip = errors.New("skip")
 
 // TestListPages: /v1/entries answers at most maxListPage entries, says
 // where the rest starts, and Remote.List follows it to the end or to

@@ -186,7 +186,7 @@ func (u *ui) view(fn func(r *http.Request, p *uiPage) (string, error)) http.Hand
 		if p.LoggedIn {
 			p.CSRF = u.csrf()
 		}
-		flash(r, p)
+		u.flash(r, p)
 		name, err := fn(r, p)
 		if err != nil {
 			code := http.StatusInternalServerError
@@ -239,7 +239,7 @@ func (u *ui) act(fn func(w http.ResponseWriter, r *http.Request) (string, error)
 		}
 		next, err := fn(w, r)
 		if err != nil {
-			next = withFlash(localNext(r.PostForm.Get("next"), "/ui/"), "error", err.Error())
+			next = u.withFlash(localNext(r.PostForm.Get("next"), "/ui/"), "error", err.Error())
 		}
 		http.Redirect(w, r, next, http.StatusSeeOther)
 	}
@@ -255,24 +255,41 @@ func localNext(next, def string) string {
 
 // withFlash adds a message to a redirect target. Messages are shown as
 // text (html/template escapes them), never as markup.
-func withFlash(next, kind, msg string) string {
-	u, err := url.Parse(next)
+func (u *ui) withFlash(next, kind, msg string) string {
+	v, err := url.Parse(next)
 	if err != nil {
 		return next
 	}
-	q := u.Query()
+	q := v.Query()
 	q.Set(kind, msg)
-	u.RawQuery = q.Encode()
-	return u.String()
+	q.Set("sig", u.flashSig(kind, msg))
+	v.RawQuery = q.Encode()
+	return v.String()
 }
 
-func flash(r *http.Request, p *uiPage) {
+// flash shows the message a redirect of the dashboard's own carries. One
+// without the dashboard's signature came from a link made elsewhere, and
+// is not shown: on the login page it could tell the operator where to
+// paste the token.
+func (u *ui) flash(r *http.Request, p *uiPage) {
 	q := r.URL.Query()
-	if m := q.Get("error"); m != "" {
-		p.Flash, p.FlashBad = m, true
-	} else if m := q.Get("done"); m != "" {
-		p.Flash = m
+	for _, kind := range []string{"error", "done"} {
+		m := q.Get(kind)
+		if m == "" {
+			continue
+		}
+		if subtle.ConstantTimeCompare([]byte(q.Get("sig")), []byte(u.flashSig(kind, m))) == 1 {
+			p.Flash, p.FlashBad = m, kind == "error"
+		}
+		return
 	}
+}
+
+// flashSig is an HMAC of a flash message under the process's key.
+func (u *ui) flashSig(kind, msg string) string {
+	m := hmac.New(sha256.New, u.csrfKey)
+	m.Write([]byte("flash\x00" + kind + "\x00" + msg))
+	return hex.EncodeToString(m.Sum(nil))[:32]
 }
 
 func (u *ui) journalName() string {
@@ -671,7 +688,7 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 	// the last one counted (to), not those that became stuck since.
 	to, _ := strconv.ParseUint(form.Get("to"), 10, 64)
 	if form.Get("to") == "0" {
-		return withFlash(next, "error", "nothing to replay"), nil // the page counted none
+		return u.withFlash(next, "error", "nothing to replay"), nil // the page counted none
 	}
 	var f queue.Filter
 	switch {
@@ -711,7 +728,7 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		f = queue.Filter{States: states, FromSeq: seqs[0], ToSeq: seqs[len(seqs)-1],
 			Match: func(e *queue.Entry) bool { return sel[e.Seq] }}
 	default:
-		return withFlash(next, "error", "nothing selected"), nil
+		return u.withFlash(next, "error", "nothing selected"), nil
 	}
 	if reextract {
 		if u.s.Reextract == nil {
@@ -719,24 +736,24 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		}
 		done, err := u.s.Reextract(f, false)
 		if err != nil && len(done) > 0 {
-			return withFlash(next, "error", fmt.Sprintf("replayed %d entries with type and key read again; %v", len(done), err)), nil
+			return u.withFlash(next, "error", fmt.Sprintf("replayed %d entries with type and key read again; %v", len(done), err)), nil
 		}
 		if err != nil {
 			return "", err
 		}
-		return withFlash(next, "done", fmt.Sprintf("replayed %d entries with type and key read again", len(done))), nil
+		return u.withFlash(next, "done", fmt.Sprintf("replayed %d entries with type and key read again", len(done))), nil
 	}
 	if len(f.States) == 0 {
 		f.States = []queue.State{queue.StateStuck}
 	}
 	done, err := u.s.Store.Replay(f, false)
 	if err != nil && len(done) > 0 {
-		return withFlash(next, "error", fmt.Sprintf("replayed %d entries; %v", len(done), err)), nil
+		return u.withFlash(next, "error", fmt.Sprintf("replayed %d entries; %v", len(done), err)), nil
 	}
 	if err != nil {
 		return "", err
 	}
-	return withFlash(next, "done", fmt.Sprintf("replayed %d entries", len(done))), nil
+	return u.withFlash(next, "done", fmt.Sprintf("replayed %d entries", len(done))), nil
 }
 
 func (u *ui) pause(w http.ResponseWriter, r *http.Request) (string, error) {
@@ -744,7 +761,7 @@ func (u *ui) pause(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err := u.s.pause(pat, true); err != nil {
 		return "", err
 	}
-	return withFlash("/ui/routes", "done", "paused "+pat), nil
+	return u.withFlash("/ui/routes", "done", "paused "+pat), nil
 }
 
 func (u *ui) resume(w http.ResponseWriter, r *http.Request) (string, error) {
@@ -752,7 +769,7 @@ func (u *ui) resume(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err := u.s.pause(pat, false); err != nil {
 		return "", err
 	}
-	return withFlash("/ui/routes", "done", "resumed "+pat), nil
+	return u.withFlash("/ui/routes", "done", "resumed "+pat), nil
 }
 
 // --- login ---
@@ -762,7 +779,7 @@ func (u *ui) loginForm(w http.ResponseWriter, r *http.Request) {
 	p := &uiPage{Title: "Log in", Page: "login", Journal: u.journalName(), ReadOnly: u.s.ReadOnly}
 	p.Data = map[string]any{"Next": localNext(r.URL.Query().Get("next"), "/ui/"), "Generated": u.s.Token == "",
 		"AddrFile": AddrFile(u.journalName())}
-	flash(r, p)
+	u.flash(r, p)
 	u.render(w, http.StatusOK, "login", p)
 }
 
@@ -777,7 +794,7 @@ func (u *ui) login(w http.ResponseWriter, r *http.Request) {
 	tok := r.PostForm.Get("token")
 	if subtle.ConstantTimeCompare([]byte(tok), []byte(u.s.stateToken)) != 1 {
 		u.s.log().Warn("dashboard login refused: wrong token", "remote", r.RemoteAddr)
-		http.Redirect(w, r, withFlash("/ui/login?next="+url.QueryEscape(next), "error", "wrong token"), http.StatusSeeOther)
+		http.Redirect(w, r, u.withFlash("/ui/login?next="+url.QueryEscape(next), "error", "wrong token"), http.StatusSeeOther)
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: u.s.stateToken, Path: "/", HttpOnly: true,

@@ -104,12 +104,24 @@ func TestDashboardActions(t *testing.T) {
 	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, nil); code != http.StatusUnauthorized {
 		t.Errorf("replay without login = %d, want 401", code)
 	}
-	// A wrong token does not log in.
-	if code, _, h := postForm(t, c, base+"/ui/login", url.Values{"token": {"nope"}}, nil); code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "error=") {
+	// A wrong token does not log in, and says so.
+	code, _, h := postForm(t, c, base+"/ui/login", url.Values{"token": {"nope"}}, nil)
+	if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "error=") {
 		t.Errorf("wrong token: %d %s", code, h.Get("Location"))
 	}
+	if _, body, _ := get(t, c, base+h.Get("Location")); !strings.Contains(body, "wrong token") {
+		t.Errorf("the login page after a wrong token does not say so")
+	}
+	// A message in a link from elsewhere is not the dashboard's to show:
+	// on the login page it could tell the operator where to paste the
+	// token (found by trying to break it).
+	for _, path := range []string{"/ui/login?error=", "/ui/?done=", "/ui/stuck?error="} {
+		if _, body, _ := get(t, c, base+path+url.QueryEscape("Session expired: paste your token at evil.example")); strings.Contains(body, `id="flash"`) {
+			t.Errorf("%s shows a message given in the link", path)
+		}
+	}
 	// Log in with the state token.
-	code, _, h := postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}, "next": {"/ui/stuck"}}, nil)
+	code, _, h = postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}, "next": {"/ui/stuck"}}, nil)
 	if code != http.StatusSeeOther || h.Get("Location") != "/ui/stuck" {
 		t.Fatalf("login = %d → %s", code, h.Get("Location"))
 	}
@@ -132,6 +144,9 @@ func TestDashboardActions(t *testing.T) {
 	}
 	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, map[string]string{"Sec-Fetch-Site": "cross-site"}); code != http.StatusForbidden {
 		t.Errorf("cross-site replay (Sec-Fetch-Site) = %d, want 403", code)
+	}
+	if code, _, _ := postForm(t, c, base+"/ui/replay", replayAll, map[string]string{"Referer": "http://evil.example/"}); code != http.StatusForbidden {
+		t.Errorf("cross-site replay (Referer) = %d, want 403", code)
 	}
 	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 1 {
 		t.Fatalf("refused requests changed the journal: %d stuck", n)

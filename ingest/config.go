@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/agentq/agentq/internal/redact"
 )
 
 // Defaults for a source.
@@ -599,23 +601,9 @@ func (c Config) Warnings() []string {
 	return w
 }
 
-// redactErr removes a URL's password from an error text that quotes it.
-func redactErr(msg, raw string) string {
-	msg = strings.ReplaceAll(msg, raw, RedactURL(raw))
-	if u, err := url.Parse(raw); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			msg = strings.ReplaceAll(msg, p, redacted)
-		}
-	}
-	if i := strings.Index(raw, "://"); i >= 0 {
-		if at := strings.LastIndex(raw, "@"); at > i {
-			if c := strings.Index(raw[i+3:at], ":"); c >= 0 && c+1 < at-i-3 {
-				msg = strings.ReplaceAll(msg, raw[i+3+c+1:at], redacted)
-			}
-		}
-	}
-	return msg
-}
+// redactErr removes every part of a URL's password from an error text
+// that quotes it (see redact.ParseError).
+func redactErr(msg, raw string) string { return redact.ParseError(msg, raw) }
 
 // setSessionDefaults fills the session settings a source URL and a Waldur
 // site share: ack mode, prefetch, heart-beat and max_body.

@@ -403,6 +403,13 @@ func TestRedactURL(t *testing.T) {
 		{"stomp://host:61613/queue/x?passcode=hunter22&prefetch=5", "stomp://host:61613/queue/x?passcode=xxxxx&prefetch=5"},
 		{"stomp://h/queue/x?password=a&token=b&passcode_file=/etc/p&passcode_env=P&key=json:k", "stomp://h/queue/x?password=xxxxx&token=xxxxx&passcode_file=/etc/p&passcode_env=P&key=json:k"},
 		{"not a url", "not a url"},
+		// A URL in a parameter (a Waldur source's broker=) is hidden too.
+		{"waldur+https://w/?offering=o&broker=stomp://u:hunter22@b:61613&token_file=/t", "waldur+https://w/?offering=o&broker=stomp://u:xxxxx@b:61613&token_file=/t"},
+		{"waldur+https://w/?broker=stomp%3A%2F%2Fu%3Ahunter22%40b", "waldur+https://w/?broker=stomp://u:xxxxx@b"},
+		{"waldur+https://w/?broker=stomp://u:hunter22#tPW@b:1/", "waldur+https://w/?broker=stomp://u:xxxxx@b:1/"},
+		// Signed URLs (S3, Azure SAS) carry their secret in sig= or
+		// signature=; an API key may be named api-key.
+		{"https://h/hook?sv=1&sig=hunter22&X-Amz-Signature=hunter22&x-api-key=hunter22", "https://h/hook?sv=1&sig=xxxxx&X-Amz-Signature=xxxxx&x-api-key=xxxxx"},
 	}
 	for _, tc := range tests {
 		if got := RedactURL(tc.in); got != tc.want {
@@ -413,6 +420,44 @@ func TestRedactURL(t *testing.T) {
 		for _, tc := range tests {
 			if strings.Contains(tc.in, secret) && strings.Contains(RedactURL(tc.in), secret) {
 				t.Errorf("RedactURL(%q) leaks %q", tc.in, secret)
+			}
+		}
+	}
+}
+
+// Ensure an error about a URL that does not parse shows no part of its
+// password, whatever the password holds. url.Parse quotes what it trips
+// over: with a raw "/", "?" or "#" in the password the user:password
+// before it reads as host:port ("invalid port \":s3cr3t\" after host"),
+// and a bad escape is quoted with the two characters after the "%"
+// (found by trying to break it with the binary).
+func TestParseErrorsHidePassword(t *testing.T) {
+	forms := []string{
+		"stomp://u:PW@h:61613/queue/x",
+		"ws://u:PW@h:15674/ws?destination=/queue/x",
+		"amqp://u:PW@h:5672/?queue=x",
+		"mqtt://u:PW@h:1883/?topic=x",
+		"mqtt+ws://u:PW@h:15675/?topic=x",
+	}
+	passwords := []string{"s3cr3t/Hidden", "s3cr3t?Hidden", "s3cr3t#Hidden", "s3cr3t%zzHidden", "Hidden%zz", "s3cr3t Hidden@x", "s3cr3t:Hidden/x"}
+	for _, form := range forms {
+		for _, pw := range passwords {
+			raw := strings.Replace(form, "PW", pw, 1)
+			parse := map[string]func() error{
+				"ParseURL":    func() error { _, err := ParseURL(raw); return err },
+				"ParseTarget": func() error { _, err := ParseTarget(raw); return err },
+			}
+			for name, fn := range parse {
+				err := fn()
+				if err == nil {
+					t.Errorf("%s(%q) succeeded", name, raw)
+					continue
+				}
+				for _, part := range []string{"s3cr3t", "Hidden", "%zz"} {
+					if strings.Contains(err.Error(), part) {
+						t.Errorf("%s(%q) = %q: shows %q of the password", name, raw, err, part)
+					}
+				}
 			}
 		}
 	}

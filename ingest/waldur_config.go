@@ -183,19 +183,21 @@ func parseWaldurURL(u *url.URL, raw string) (Config, error) {
 // parseBroker reads a broker address: a STOMP URL without credentials,
 // destination or parameters.
 func parseBroker(raw string) (Config, error) {
+	// Errors show raw without its password: one given here by mistake
+	// must not reach the log.
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Config{}, fmt.Errorf("broker=: %v", err)
+		return Config{}, fmt.Errorf("broker=: %s", redactErr(err.Error(), raw))
 	}
 	if u.User != nil || u.RawQuery != "" || u.Host == "" {
-		return Config{}, fmt.Errorf("broker=%q: want SCHEME://HOST[:PORT][/PATH], without credentials or parameters", raw)
+		return Config{}, fmt.Errorf("broker=%q: want SCHEME://HOST[:PORT][/PATH], without credentials or parameters", RedactURL(raw))
 	}
 	var c Config
 	c.Scheme = strings.ToLower(u.Scheme)
 	switch c.Scheme {
 	case "stomp", "stomp+tls":
 		if u.Path != "" && u.Path != "/" {
-			return Config{}, fmt.Errorf("broker=%q: a stomp:// broker has no path (registration gives the queues)", raw)
+			return Config{}, fmt.Errorf("broker=%q: a stomp:// broker has no path (registration gives the queues)", RedactURL(raw))
 		}
 		c.Addr = u.Host
 		if u.Port() == "" {
@@ -209,7 +211,7 @@ func parseBroker(raw string) (Config, error) {
 		c.WSURL = (&url.URL{Scheme: c.Scheme, Host: u.Host, Path: u.Path}).String()
 		c.Addr = u.Host
 	default:
-		return Config{}, fmt.Errorf("broker=%q: want stomp://, stomp+tls://, ws:// or wss://", raw)
+		return Config{}, fmt.Errorf("broker=%q: want stomp://, stomp+tls://, ws:// or wss://", RedactURL(raw))
 	}
 	return c, nil
 }

@@ -167,7 +167,7 @@ func (c *Client) do(ctx context.Context, op, method, path string, query url.Valu
 	if hc == nil {
 		hc = defaultHTTP
 	}
-	resp, err := hc.Do(req)
+	resp, err := keepToken(hc).Do(req)
 	if err != nil {
 		// *url.Error repeats the URL, which holds no secret, but keep
 		// only the cause: the method and path are already in Error.
@@ -202,6 +202,32 @@ func (c *Client) do(ctx context.Context, op, method, path string, query url.Valu
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// keepToken returns hc refusing redirects that would take the token
+// elsewhere: Go's client sends Authorization on to any port and scheme of
+// the same host name, and to its subdomains. A redirect is followed only
+// to the same host and port, over the same scheme or from http to https.
+func keepToken(hc *http.Client) *http.Client {
+	c := *hc
+	next := hc.CheckRedirect
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		from, to := via[0].URL, req.URL
+		sameScheme := to.Scheme == from.Scheme || from.Scheme == "http" && to.Scheme == "https"
+		if !sameScheme || !strings.EqualFold(to.Host, from.Host) {
+			shown := *to
+			shown.User, shown.RawQuery, shown.Fragment = nil, "", ""
+			return fmt.Errorf("a redirect to %s, not followed: the API token goes to %s://%s only", shown.String(), from.Scheme, from.Host)
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &c
 }
 
 // detail turns an error body into one bounded line. Waldur (Django REST

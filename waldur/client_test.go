@@ -228,6 +228,37 @@ func TestClientRedacts(t *testing.T) {
 	}
 }
 
+// Ensure the token does not follow a redirect elsewhere. Go's client
+// sends Authorization on to any port and scheme of the same host name, and
+// to its subdomains: a redirect from the API to http:// or to another
+// port of the same machine (a debug server, another user's service on a
+// login node) carried the token there. Found by trying to break it.
+func TestClientTokenStaysOnRedirect(t *testing.T) {
+	got := make(chan string, 4)
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("Authorization")
+		w.Write([]byte("[]"))
+	}))
+	defer elsewhere.Close()
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusFound)
+	}))
+	defer api.Close()
+	c := &waldur.Client{BaseURL: api.URL, Token: secret}
+	_, err := c.EnsureIdentity(testContext(t), "0f0e0d0c-0b0a-4908-8706-050403020100", "1.0")
+	select {
+	case a := <-got:
+		t.Fatalf("the redirect's target got Authorization %q", a)
+	default:
+	}
+	if err == nil || !strings.Contains(err.Error(), "redirect to "+elsewhere.URL) {
+		t.Fatalf("EnsureIdentity = %v, want an error naming the redirect", err)
+	}
+	if strings.Contains(err.Error(), secret) {
+		t.Errorf("error %q holds the token", err)
+	}
+}
+
 func TestBrokerURL(t *testing.T) {
 	testCases := []struct {
 		api, override, want string

@@ -34,7 +34,9 @@
 // register again: that both authenticates with the new token and moves
 // the broker password to it. Client therefore holds the token as a plain
 // field that the caller refreshes before each Register; it never prints
-// it (String, GoString, LogValue and every error leave it out).
+// it (String, GoString, LogValue and every error leave it out), and it
+// sends it nowhere but the API's own scheme, host and port: a redirect
+// elsewhere is an error, not followed.
 //
 // # Why /amq/queue/
 //

@@ -12,7 +12,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -63,6 +65,10 @@ type Exec struct {
 	path string
 	argv []string
 	hide map[string]bool
+	// secrets are hidden in the stderr an error quotes: the credentials
+	// the route passes the command in its arguments and env (see
+	// redact.Line), which a command may print (curl -v).
+	secrets []string
 }
 
 var _ Producer = (*Exec)(nil)
@@ -90,7 +96,28 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 	for _, n := range cfg.HideEnv {
 		hide[n] = true
 	}
-	return &Exec{cfg: cfg, path: path, argv: argv, hide: hide}, nil
+	secrets := redact.WordsSecrets(cfg.Env)
+	if cfg.Shell {
+		secrets = append(secrets, redact.LineSecrets(strings.Join(cfg.Argv, " "))...)
+	} else {
+		secrets = append(secrets, redact.WordsSecrets(cfg.Argv)...)
+	}
+	return &Exec{cfg: cfg, path: path, argv: argv, hide: hide, secrets: secrets}, nil
+}
+
+// stderr is what the error quotes of the command's stderr: its last
+// StderrTail bytes, with the route's credentials hidden before the cut
+// so that none is left in part.
+func (x *Exec) stderr(t *tailWriter) string {
+	s := redact.Secrets(string(t.buf), x.secrets)
+	if over := len(s) - x.cfg.StderrTail; over > 0 {
+		i := over
+		for i < len(s) && i < over+utf8.UTFMax && !utf8.RuneStart(s[i]) {
+			i++
+		}
+		s = s[i:]
+	}
+	return strings.TrimSpace(s)
 }
 
 // Name returns "exec:" and the command.
@@ -125,7 +152,7 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	// when the command exits, even if a child it left behind still holds
 	// stdout, and the group is killed at once.
 	var out *headBuffer
-	tail := &tailWriter{max: x.cfg.StderrTail}
+	tail := &tailWriter{max: x.cfg.StderrTail + redact.MaxForm(x.secrets)}
 	p, err := newStdio(e.Body, x.cfg.MaxOutput >= 0)
 	if err != nil {
 		return nil, fmt.Errorf("cannot start %s: %w", x.argv[0], err)
@@ -147,10 +174,10 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		return out.buf, nil
 	}
 	if ctx.Err() != nil {
-		return nil, x.ctxError(ctx, tail.String())
+		return nil, x.ctxError(ctx, x.stderr(tail))
 	}
 	with := func(s string) string {
-		if msg := tail.String(); msg != "" {
+		if msg := x.stderr(tail); msg != "" {
 			return s + ": " + msg
 		}
 		return s
@@ -385,5 +412,3 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 	t.buf = append(t.buf, p...)
 	return n, nil
 }
-
-func (t *tailWriter) String() string { return strings.TrimSpace(string(t.buf)) }

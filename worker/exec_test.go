@@ -225,6 +225,34 @@ func TestExecMissingCommand(t *testing.T) {
 	}
 }
 
+// Ensure a failed command's stderr, which becomes the entry's last_error,
+// shows none of the credentials the route passes it: curl -v prints the
+// Authorization header it was given, a tool its --token, a script the
+// API_TOKEN of its env:. Found by trying to break it with the binary.
+func TestExecErrorHidesRouteSecrets(t *testing.T) {
+	// The script holds no secret itself: it prints what it was given,
+	// and the Basic header curl -v would show for -u.
+	script := `echo "> $1 $2; token $4; key $API_TOKEN; basic $(printf %s "$6" | base64)" >&2; exit 1`
+	for _, shell := range []bool{false, true} {
+		argv := []string{"sh", "-c", script, "sh", "-H", "Authorization: Bearer h3ader-T0KEN", "--token", "fl4g-T0KEN", "-u", "me:us3r-T0KEN"}
+		if shell {
+			argv = []string{"sh -c '" + script + "' sh -H 'Authorization: Bearer h3ader-T0KEN' --token fl4g-T0KEN -u me:us3r-T0KEN"}
+		}
+		x := mustExec(t, ExecConfig{Argv: argv, Shell: shell, Env: []string{"API_TOKEN=env-T0KEN-1", "MODE=fast"}})
+		err := x.Call(context.Background(), testEntry(nil))
+		if err == nil {
+			t.Fatal("command succeeded")
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, "token xxxxx") {
+			t.Fatalf("shell=%v: error %q: the script did not run as meant", shell, msg)
+		}
+		if strings.Contains(msg, "T0KEN") || strings.Contains(msg, "bWU6dXMzci1UMEtFTg") || !strings.Contains(msg, "xxxxx") {
+			t.Errorf("shell=%v: error %q: want the stderr with the route's credentials hidden", shell, msg)
+		}
+	}
+}
+
 // Ensure the agent's secrets and its own AGENTQ_* configuration (whose
 // URLs can carry passwords) stay out of a handler's environment while the
 // rest of it, the extra variables and the message's context get through.

@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -40,6 +42,10 @@ type HTTP struct {
 	cfg    HTTPConfig
 	client *http.Client
 	name   string // Name, worked out once: it is asked for every call
+	// secrets are hidden in the response bodies errors quote: the
+	// configured headers' values and the URL's password and secret
+	// parameters, which a server may echo.
+	secrets []string
 }
 
 // NewHTTP validates the URL and returns the backend.
@@ -52,7 +58,8 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error quotes the whole URL
 		}
-		return nil, fmt.Errorf("http backend URL does not parse: %v (want http:// or https:// with a host)", err)
+		// What url.Parse quotes can be part of the password.
+		return nil, fmt.Errorf("http backend URL does not parse: %s (want http:// or https:// with a host)", redact.ParseError(err.Error(), cfg.URL))
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("http backend URL %q: want http:// or https:// with a host", shownURL(u))
@@ -79,7 +86,35 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		// 3xx is a permanent failure, with its Location in the error.
 		c = &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	return &HTTP{cfg: cfg, client: c, name: "http:" + shownURL(u)}, nil
+	return &HTTP{cfg: cfg, client: c, name: "http:" + shownURL(u), secrets: httpSecrets(cfg, u)}, nil
+}
+
+// notSecret names headers whose values say how, not who: hiding them in
+// an error body would only garble it.
+var notSecret = map[string]bool{"Accept": true, "Accept-Encoding": true, "Accept-Language": true,
+	"Cache-Control": true, "Content-Language": true, "Content-Type": true, "User-Agent": true}
+
+// httpSecrets lists what a server echoing the request could give back of
+// the credentials: the configured headers' values (and what follows an
+// auth scheme, "Bearer TOKEN"), the Basic credentials Go sends for the
+// URL's user info, and the URL's password and secret parameters.
+func httpSecrets(cfg HTTPConfig, u *url.URL) []string {
+	out := redact.URLSecrets(cfg.URL)
+	for k, v := range cfg.Headers {
+		if notSecret[http.CanonicalHeaderKey(k)] {
+			continue
+		}
+		out = append(out, v)
+		if _, cred, ok := strings.Cut(strings.TrimSpace(v), " "); ok {
+			out = append(out, strings.TrimSpace(cred))
+		}
+	}
+	if u.User != nil {
+		if p, ok := u.User.Password(); ok {
+			out = append(out, p, base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+p)))
+		}
+	}
+	return out
 }
 
 // shownURL is u without userinfo, query and fragment.
@@ -171,7 +206,10 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		}
 		return out, nil
 	}
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	// The secrets are hidden before the body is cut, so that one across
+	// the cut leaves no part of it behind.
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxErrorBody+redact.MaxForm(h.secrets))))
+	snippet = []byte(cutUTF8(redact.Secrets(string(snippet), h.secrets), maxErrorBody))
 	err = fmt.Errorf("POST %s: %s%s", h.Name(), resp.Status, quoteBody(snippet))
 	if loc, lerr := resp.Location(); lerr == nil && resp.StatusCode >= 300 && resp.StatusCode < 400 {
 		err = fmt.Errorf("%w (a redirect to %s, not followed: point the route at the URL that answers)", err, shownURL(loc))

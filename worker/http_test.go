@@ -110,13 +110,16 @@ func TestHTTPOutcomes(t *testing.T) {
 // password nor the query of the URL.
 func TestHTTPBadURL(t *testing.T) {
 	for _, u := range []string{"", "ftp://x/y", "http://", "not a url",
-		"https://hookuser:s3cret@/hook?api_token=t0ken", "http://user:s3cret@host:port/?api_token=t0ken", "ftp://u:s3cret@h/?api_token=t0ken"} {
+		"https://hookuser:s3cret@/hook?api_token=t0ken", "http://user:s3cret@host:port/?api_token=t0ken", "ftp://u:s3cret@h/?api_token=t0ken",
+		// url.Parse quotes what it trips over: a password with a raw "/"
+		// or "#" reads as a port, a bad escape is quoted whole.
+		"http://user:s3cret/x@host/hook", "http://user:s3cret#x@host/hook", "http://user:pw%zz@host/hook"} {
 		_, err := NewHTTP(HTTPConfig{URL: u})
 		if err == nil {
 			t.Errorf("NewHTTP(%q) succeeded", u)
 			continue
 		}
-		if msg := err.Error(); strings.Contains(msg, "s3cret") || strings.Contains(msg, "t0ken") {
+		if msg := err.Error(); strings.Contains(msg, "s3cret") || strings.Contains(msg, "t0ken") || strings.Contains(msg, "%zz") {
 			t.Errorf("NewHTTP(%q) = %q: shows a secret", u, msg)
 		}
 	}
@@ -141,6 +144,65 @@ func TestHTTPErrorHidesSecrets(t *testing.T) {
 	}
 	if msg := err.Error(); strings.Contains(msg, "s3cret") || strings.Contains(msg, "t0ken") || !strings.Contains(msg, "refused") {
 		t.Fatalf("error %q: want the cause without the URL's secrets", msg)
+	}
+}
+
+// Ensure an error status whose body echoes the request (a proxy's debug
+// page, an API saying "invalid key abc...") shows none of the configured
+// headers' values or the URL's secrets: the error becomes the entry's
+// last_error, logged and shown by inspect, the API and the dashboard.
+// Found by trying to break it with the binary: a route's Authorization
+// header came back in last_error from a 401 that quoted it.
+func TestHTTPErrorBodyHidesSecrets(t *testing.T) {
+	const (
+		bearer = "b3arer-T0KEN/with+odd=chars"
+		apiKey = "k3y-VALUE-0123"
+		query  = "qu3ry-T0KEN"
+		pw     = "pa55w0rd-X"
+	)
+	pad := strings.Repeat(".", maxErrorBody-20) // puts the token across the cut
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		status, body := 401, "invalid credentials: "+r.Header.Get("Authorization")+" "+r.Header.Get("X-Api-Key")+" for "+r.URL.RequestURI()
+		switch r.URL.Path {
+		case "/json":
+			status, body = 400, fmt.Sprintf("{\"detail\": %q, \"escaped\": \"%s\"}", r.Header.Get("Authorization"), strings.ReplaceAll(r.Header.Get("Authorization"), "/", "\\/"))
+		case "/cut":
+			status, body = 503, pad+r.Header.Get("Authorization")
+		case "/basic":
+			u, p, _ := r.BasicAuth()
+			body = "no user " + u + " with password " + p
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	for _, path := range []string{"/echo", "/json", "/cut", "/basic"} {
+		t.Run(path, func(t *testing.T) {
+			h, err := NewHTTP(HTTPConfig{
+				URL:     "http://user:" + pw + "@" + host + path + "?api_token=" + query + "&n=1",
+				Headers: map[string]string{"Authorization": "Bearer " + bearer, "X-Api-Key": apiKey},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if path == "/basic" {
+				h.cfg.Headers = nil // the URL's user info is the credential
+			}
+			err = h.Call(context.Background(), testEntry([]byte("{}")))
+			if err == nil {
+				t.Fatal("call succeeded")
+			}
+			msg := err.Error()
+			for _, secret := range []string{"b3arer", "T0KEN", "k3y-VALUE", query, pw} {
+				if strings.Contains(msg, secret) {
+					t.Errorf("error %q shows %q", msg, secret)
+				}
+			}
+			if !strings.Contains(msg, "xxxxx") {
+				t.Errorf("error %q: want the body with its secrets hidden", msg)
+			}
+		})
 	}
 }
 

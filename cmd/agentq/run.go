@@ -17,6 +17,7 @@ import (
 
 	"github.com/agentq/agentq/admin"
 	"github.com/agentq/agentq/ingest"
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 	"github.com/agentq/agentq/worker"
 )
@@ -647,23 +648,18 @@ func indent(s, prefix string) string {
 
 // routeViews describes the routes for the dashboard: pattern and backend,
 // without secrets (a URL loses its password, in an HTTP route and in any
-// word of a command: curl https://user:password@host/hook).
+// word of a command: curl https://user:password@host/hook; a command's
+// credentials too: -H 'Authorization: Bearer T', -u user:password,
+// --token T, API_TOKEN=T; see redact.Line).
 func routeViews(routes []RouteEntry) []admin.RouteView {
-	redactWords := func(words []string) string {
-		out := make([]string, len(words))
-		for i, w := range words {
-			out[i] = ingest.RedactURL(w)
-		}
-		return strings.Join(out, " ")
-	}
 	out := make([]admin.RouteView, len(routes))
 	for i, r := range routes {
 		b := "log"
 		switch {
 		case len(r.Exec) > 0:
-			b = "exec: " + redactWords(r.Exec)
+			b = "exec: " + strings.Join(redact.Words(r.Exec), " ")
 		case r.Shell != "":
-			b = "shell: " + redactWords(strings.Fields(r.Shell))
+			b = "shell: " + redact.Line(r.Shell)
 		case r.HTTP != "":
 			b = "http: " + ingest.RedactURL(r.HTTP)
 		}

@@ -304,6 +304,11 @@ func TestRouteViewsHideSecrets(t *testing.T) {
 		{Match: "a.#", Exec: []string{"curl", "-d", "@-", "https://deploy:S3cret1@hooks.example/x"}},
 		{Match: "b.#", Shell: "curl -s https://deploy:S3cret2@hooks.example/y | logger"},
 		{Match: "c.#", HTTP: "https://u:S3cret3@svc.example/hook?token=S3cret4"},
+		// Credentials a command takes as arguments: a header, a flag, a
+		// user:password, an assignment (found by trying to break it: the
+		// dashboard showed curl's Authorization header whole).
+		{Match: "d.#", Exec: []string{"curl", "-H", "Authorization: Bearer S3cret5", "-u", "deploy:S3cret6", "--password", "S3cret7", "https://hooks.example/d"}},
+		{Match: "e.#", Shell: "API_TOKEN=S3cret8 curl -H 'X-Api-Key: S3cret9 S3cret10' --token=S3cret11 https://hooks.example/e | logger"},
 	})
 	for _, v := range views {
 		if strings.Contains(v.Backend, "S3cret") || !strings.Contains(v.Backend, "example") {
