@@ -124,6 +124,7 @@ const (
 	DefaultDedupWindow       = 24 * time.Hour
 	DefaultMinFree           = 64 << 20
 	maxDefaultReserve        = 64 << 20
+	DefaultMaxClaimBytes     = 64 << 20
 )
 
 // Options configures a Journal. The zero value is usable.
@@ -138,6 +139,12 @@ type Options struct {
 	// MaxBatch bounds the operations coalesced into one transaction.
 	// Default 4096.
 	MaxBatch int
+
+	// MaxClaimBytes bounds the bodies one Claim reads: it stops taking
+	// entries once theirs reach it (it always takes one). A claim of a
+	// pool's InFlight (256 by default) entries of 15 MiB read 3.75 GiB,
+	// while eight of them could run. Default DefaultMaxClaimBytes.
+	MaxClaimBytes int
 
 	// SettleDelay is how long a commit of only settles (and retention
 	// and outbox bookkeeping) waits for an Append to share it: see
@@ -277,6 +284,9 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.RetentionBatch <= 0 {
 		opts.RetentionBatch = DefaultRetentionBatch
+	}
+	if opts.MaxClaimBytes <= 0 {
+		opts.MaxClaimBytes = DefaultMaxClaimBytes
 	}
 	if opts.DedupWindow <= 0 {
 		opts.DedupWindow = DefaultDedupWindow

@@ -10,6 +10,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -1572,5 +1573,41 @@ func TestScanBrief(t *testing.T) {
 		if read := got.Body != nil || got.Headers != nil; read == brief {
 			t.Fatalf("brief=%v: body %d bytes, %d headers", brief, len(got.Body), len(got.Headers))
 		}
+	}
+}
+
+// Ensure a claim stops once the bodies it took reach MaxClaimBytes, and
+// still takes one entry whatever its size: a pool claims up to its
+// InFlight (256 by default), and a backlog of 15 MiB messages once read
+// 600 MiB in one claim at start while eight could run.
+func TestClaimBytes(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name   string
+		bodies []int // sizes in MiB, in journal order
+		limit  int
+		want   []int // entries each Claim(100) takes, until none is ready
+	}{
+		{"small bodies fill the claim", []int{0, 0, 0, 0}, 3 * mib, []int{4}},
+		{"stops at the limit", []int{1, 1, 1, 1, 1, 1, 1}, 3 * mib, []int{3, 3, 1}},
+		{"one over the limit alone", []int{5, 1, 1}, 3 * mib, []int{1, 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpen(t, Options{MaxClaimBytes: tc.limit})
+			for i, n := range tc.bodies {
+				mustAppend(t, j, msg(fmt.Sprint("k", i), strings.Repeat("x", n*mib+1)))
+			}
+			var got []int
+			for {
+				es := mustClaim(t, j, 100)
+				if len(es) == 0 {
+					break
+				}
+				got = append(got, len(es))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("claims took %v entries, want %v", got, tc.want)
+			}
+		})
 	}
 }
