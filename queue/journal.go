@@ -1007,12 +1007,14 @@ func (j *Journal) applyTxn(t *txn) {
 
 // Stats is a snapshot of the journal's counters.
 type Stats struct {
+	// ByState counts entries per state. Counts has them per type too;
+	// Stats does not, as every scrape of /metrics and /readyz calls it:
+	// with a type per message (100,000 types) each took 0.16 s.
 	ByState       map[State]int64
-	ByType        map[string]map[State]int64 // see Counts
-	Appends       uint64                     // entries appended since Open
-	Duplicates    uint64                     // redeliveries recognised since Open
-	Commits       uint64                     // group commits since Open
-	Ops           uint64                     // operations in those commits
+	Appends       uint64 // entries appended since Open
+	Duplicates    uint64 // redeliveries recognised since Open
+	Commits       uint64 // group commits since Open
+	Ops           uint64 // operations in those commits
 	FailedCommits uint64
 	CommitTime    time.Duration // total time in commits (includes fsync)
 	// Damaged counts entries whose stored value does not decode and that
@@ -1039,7 +1041,6 @@ func (j *Journal) Stats() Stats {
 	}
 	return Stats{
 		ByState:       by,
-		ByType:        j.Counts().ByType,
 		Appends:       j.stats.appends.Load(),
 		Duplicates:    j.stats.duplicates.Load(),
 		Commits:       j.stats.commits.Load(),

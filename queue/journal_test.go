@@ -1611,3 +1611,24 @@ func TestClaimBytes(t *testing.T) {
 		})
 	}
 }
+
+// Ensure Stats costs the same however many types the journal holds: every
+// scrape of /metrics and /readyz calls it, and with a type per message
+// (100,000 types) it built the counts of each, 0.16 s a scrape.
+func TestStatsCostNotPerType(t *testing.T) {
+	allocs := func(types int) float64 {
+		j := mustOpen(t, Options{})
+		var es []*Entry
+		for i := 0; i < types; i++ {
+			e := msg("", "x")
+			e.Type = fmt.Sprint("t.", i)
+			es = append(es, e)
+		}
+		mustAppend(t, j, es...)
+		return testing.AllocsPerRun(20, func() { _ = j.Stats() })
+	}
+	one, many := allocs(1), allocs(2000)
+	if many > one+10 {
+		t.Fatalf("Stats allocates %.0f times with 2,000 types, %.0f with one", many, one)
+	}
+}
