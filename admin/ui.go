@@ -591,6 +591,10 @@ type stuckGroup struct {
 // maxGroupScan bounds the stuck entries read to group them.
 const maxGroupScan = 100_000
 
+// maxGroups bounds the groups the stuck page shows, the largest first:
+// each carries its whole error (up to 4 KiB) in its replay form.
+const maxGroups = 200
+
 func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	q := queryOf(r)
 	q.State = "stuck"
@@ -599,23 +603,23 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 		return "", err
 	}
 	groups := map[[2]string]*stuckGroup{}
-	matching := 0
+	matching, scanned := 0, 0
 	all := queue.Filter{States: []queue.State{queue.StateStuck}, Limit: maxGroupScan}
-	list, err := u.s.Store.List(all)
-	if err != nil {
-		return "", err
-	}
 	groupsTo := uint64(0)
-	for _, e := range list {
-		msg := stuckError(e.LastError, e.Fault)
-		groupsTo = max(groupsTo, e.Seq)
-		k := [2]string{e.Type, msg}
+	err = u.scan(all, func(seq uint64, typ, lastError, fault string) {
+		scanned++
+		msg := stuckError(lastError, fault)
+		groupsTo = max(groupsTo, seq)
+		k := [2]string{typ, msg}
 		g := groups[k]
 		if g == nil {
-			g = &stuckGroup{Type: e.Type, Error: msg, First: e.Seq}
+			g = &stuckGroup{Type: typ, Error: msg, First: seq}
 			groups[k] = g
 		}
 		g.N++
+	})
+	if err != nil {
+		return "", err
 	}
 	var gs []stuckGroup
 	for _, g := range groups {
@@ -627,6 +631,8 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 		}
 		return gs[i].First < gs[k].First
 	})
+	hidden := max(len(gs)-maxGroups, 0)
+	gs = gs[:len(gs)-hidden]
 	count := f
 	count.Limit = maxGroupScan // bounded like the groups; the replay stops where the count did
 	matchingTo, err := u.countMatching(count, &matching)
@@ -640,7 +646,7 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	}
 	p.Title, p.Page = "Stuck", "stuck"
 	p.Data = map[string]any{"Q": q, "Groups": gs, "Entries": entries, "Matching": matching, "Retention": u.retention(),
-		"GroupsTo": groupsTo, "GroupsCapped": len(list) >= maxGroupScan, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan}
+		"GroupsTo": groupsTo, "GroupsCapped": scanned >= maxGroupScan, "GroupsHidden": hidden, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan}
 	return "stuck", nil
 }
 
@@ -657,17 +663,25 @@ func stuckError(lastError, fault string) string {
 // sequence among them: a bulk replay of what was counted stops there.
 func (u *ui) countMatching(f queue.Filter, n *int) (uint64, error) {
 	var top uint64
+	err := u.scan(f, func(seq uint64, _, _, _ string) { *n++; top = max(top, seq) })
+	return top, err
+}
+
+// scan calls fn for each entry f matches, without its headers and body.
+// On the agent's own journal it holds one entry at a time: the stuck
+// page listed its 100,000 entries to group them, 95 MiB of private
+// memory for entries whose errors were 100 bytes (an error and a fault
+// keep up to 4 KiB each).
+func (u *ui) scan(f queue.Filter, fn func(seq uint64, typ, lastError, fault string)) error {
 	if l, ok := u.s.Store.(*Local); ok {
 		f.Brief = true
-		err := l.j.Scan(f, func(e *queue.Entry) bool { *n++; top = max(top, e.Seq); return true })
-		return top, err
+		return l.j.Scan(f, func(e *queue.Entry) bool { fn(e.Seq, e.Type, e.LastError, e.Fault); return true })
 	}
 	list, err := u.s.Store.List(f)
-	*n = len(list)
 	for _, e := range list {
-		top = max(top, e.Seq)
+		fn(e.Seq, e.Type, e.LastError, e.Fault)
 	}
-	return top, err
+	return err
 }
 
 // --- routes ---

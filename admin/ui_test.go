@@ -367,3 +367,47 @@ func TestDashboardOverviewTypesBounded(t *testing.T) {
 		t.Errorf("the overview does not say %q", want)
 	}
 }
+
+// TestDashboardStuckGroupsBounded: the stuck page shows at most maxGroups
+// groups, the largest first, and says how many it left out (each group
+// carries its whole error in its replay form).
+func TestDashboardStuckGroupsBounded(t *testing.T) {
+	j := emptyJournal(t)
+	ctx := context.Background()
+	const n = maxGroups + 50
+	var es []*queue.Entry
+	for i := 0; i < n; i++ {
+		es = append(es, &queue.Entry{Source: "s", Destination: "/queue/q", Type: "t"})
+	}
+	if _, err := j.Append(ctx, es...); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := j.Claim(ctx, n)
+	if err != nil || len(claimed) != n {
+		t.Fatalf("claim: %v (%d)", err, len(claimed))
+	}
+	var stuck []queue.Outcome
+	for i, e := range claimed {
+		msg := fmt.Sprintf("error %d", i)
+		if i >= n-2 {
+			msg = "the common error" // the largest group, found last
+		}
+		stuck = append(stuck, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg})
+	}
+	if err := j.Settle(ctx, stuck...); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	_, body, _ := get(t, uiClient(t), base+"/ui/stuck")
+	table := body[strings.Index(body, `<table id="groups">`):]
+	table = table[:strings.Index(table, "</table>")]
+	if rows := strings.Count(table, `name="group_type"`); rows != maxGroups {
+		t.Errorf("the stuck page shows %d groups, want %d", rows, maxGroups)
+	}
+	if !strings.Contains(table, "the common error") {
+		t.Errorf("the largest group is left out")
+	}
+	if want := fmt.Sprintf("and %d smaller groups", n-1-maxGroups); !strings.Contains(table, want) {
+		t.Errorf("the stuck page does not say %q", want)
+	}
+}
