@@ -125,6 +125,7 @@ const (
 	DefaultMinFree           = 64 << 20
 	maxDefaultReserve        = 64 << 20
 	DefaultMaxClaimBytes     = 64 << 20
+	DefaultMaxOutboxBytes    = 64 << 20
 )
 
 // Options configures a Journal. The zero value is usable.
@@ -145,6 +146,13 @@ type Options struct {
 	// pool's InFlight (256 by default) entries of 15 MiB read 3.75 GiB,
 	// while eight of them could run. Default DefaultMaxClaimBytes.
 	MaxClaimBytes int
+
+	// MaxOutboxBytes bounds the bodies one Outbox read returns: it stops
+	// once theirs reach it (it always returns one). The relay reads up to
+	// 512 answers at a time, and a dead letter carries its message's
+	// body: twenty of 15 MiB took 300 MiB in one read. Default
+	// DefaultMaxOutboxBytes.
+	MaxOutboxBytes int
 
 	// SettleDelay is how long a commit of only settles (and retention
 	// and outbox bookkeeping) waits for an Append to share it: see
@@ -287,6 +295,9 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.MaxClaimBytes <= 0 {
 		opts.MaxClaimBytes = DefaultMaxClaimBytes
+	}
+	if opts.MaxOutboxBytes <= 0 {
+		opts.MaxOutboxBytes = DefaultMaxOutboxBytes
 	}
 	if opts.DedupWindow <= 0 {
 		opts.DedupWindow = DefaultDedupWindow
