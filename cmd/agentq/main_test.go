@@ -313,6 +313,7 @@ func TestExitCodes(t *testing.T) {
 		{"TruncatedJournalRun", []string{"run", "--journal", truncated, "--admin", ""}, 1, "truncated"},
 		{"NoJournal", []string{"inspect", "--journal", filepath.Join(dir, "none.db")}, 1, "none.db"},
 		{"SendBadHeader", []string{"send", "--header", "novalue"}, 2, "K=V"},
+		{"PauseLongPattern", []string{"pause", "--journal", filepath.Join(dir, "a.db"), strings.Repeat("a", 40_000)}, 2, "40000 bytes, over the 32768-byte limit"},
 		// A comma inside a flag's value is part of it (urfave/cli splits
 		// slice flags on commas unless told not to): these get past the
 		// source and header to the next check.
