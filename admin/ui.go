@@ -558,11 +558,22 @@ func (u *ui) entry(r *http.Request, p *uiPage) (string, error) {
 	default:
 		d["Body"], d["BodyKind"] = hexDump(v.BodyBase64, 64<<10), "binary, hex"
 	}
+	if b := d["Body"].(string); len(b) > maxShownBody {
+		// A body of max_body (16 MiB) made a page of 16 MiB.
+		cut := maxShownBody
+		for cut > 0 && !utf8.RuneStart(b[cut]) {
+			cut--
+		}
+		d["Body"] = fmt.Sprintf("%s\n... %d more bytes not shown (the whole body: agentq inspect --json %d)", b[:cut], len(b)-cut, seq)
+	}
 	p.Title, p.Page, p.Data = fmt.Sprintf("Entry %d", seq), "entries", d
 	return "entry", nil
 }
 
 // hexDump shows binary bodies safely, bounded to max bytes.
+// maxShownBody bounds the body an entry's page shows.
+const maxShownBody = 1 << 20
+
 func hexDump(b []byte, max int) string {
 	var sb strings.Builder
 	n := min(len(b), max)

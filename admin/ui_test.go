@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/agentq/agentq/queue"
 )
@@ -409,5 +410,31 @@ func TestDashboardStuckGroupsBounded(t *testing.T) {
 	}
 	if want := fmt.Sprintf("and %d smaller groups", n-1-maxGroups); !strings.Contains(table, want) {
 		t.Errorf("the stuck page does not say %q", want)
+	}
+}
+
+// TestDashboardEntryBodyBounded: an entry's page shows at most
+// maxShownBody of its body and of each header a few KiB, and says what
+// it left out: a body of max_body (16 MiB) made a page of 16 MiB.
+func TestDashboardEntryBodyBounded(t *testing.T) {
+	j := emptyJournal(t)
+	body := strings.Repeat("é", maxShownBody) // two bytes a rune: the cut falls inside one
+	if _, err := j.Append(context.Background(), &queue.Entry{Source: "s", Destination: "/queue/q", Type: "t",
+		Headers: []queue.Header{{Name: "big", Value: strings.Repeat("h", 1<<20)}}, Body: []byte(body)}); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	code, page, _ := get(t, uiClient(t), base+"/ui/entries/1")
+	if code != 200 {
+		t.Fatalf("GET /ui/entries/1 = %d", code)
+	}
+	if len(page) > maxShownBody+64<<10 {
+		t.Errorf("the page is %d bytes for a body of %d", len(page), len(body))
+	}
+	if want := fmt.Sprintf("%d more bytes not shown", len(body)-maxShownBody); !strings.Contains(page, want) {
+		t.Errorf("the page does not say %q", want)
+	}
+	if !utf8.ValidString(page) {
+		t.Errorf("the cut split a character")
 	}
 }
