@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -562,4 +564,57 @@ func TestListPages(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestEach: Each hands over what List returns, in order and up to the
+// limit, from the journal itself and from a running agent; through the
+// agent it asks for one page at a time, so a caller that stops early
+// (agentq inspect --json | head) stops the paging, and nothing holds the
+// whole list (inspect --json held 100,000 entries, 193 MB, before it
+// printed a line).
+func TestEach(t *testing.T) {
+	saved := maxListPage
+	maxListPage = 5
+	t.Cleanup(func() { maxListPage = saved })
+	j := testJournal(t) // 12 entries
+	srv, base := serve(t, j, "")
+	var pages atomic.Int32
+	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/entries" {
+			pages.Add(1)
+		}
+		rp := httputil.NewSingleHostReverseProxy(must(url.Parse(base)))
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(counting.Close)
+	stores := map[string]Store{"local": &Local{j: j}, "remote": NewRemote(counting.URL, srv.StateToken())}
+	for name, st := range stores {
+		for _, limit := range []int{0, 7, 3} {
+			want, err := st.List(queue.Filter{Limit: limit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []EntryView
+			if err := Each(st, queue.Filter{Limit: limit}, func(v EntryView) error { got = append(got, v); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%s, limit %d: Each gave %d entries, List %d", name, limit, len(got), len(want))
+			}
+		}
+	}
+	stop := errors.New("enough")
+	pages.Store(0)
+	n := 0
+	err := Each(stores["remote"], queue.Filter{}, func(EntryView) error { n++; return stop })
+	if !errors.Is(err, stop) || n != 1 || pages.Load() != 1 {
+		t.Fatalf("stopping at the first entry: %v after %d entries and %d pages, want 1 and 1", err, n, pages.Load())
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

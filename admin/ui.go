@@ -333,15 +333,7 @@ func (u *ui) overview(r *http.Request, p *uiPage) (string, error) {
 		cards = append(cards, stateCard{st, sum.States[st]})
 	}
 	d["StateCards"] = cards
-	var rows []typeRow
-	for _, typ := range sortedKeys(sum.Types) {
-		row := typeRow{Type: typ}
-		for _, st := range uiStates {
-			row.Counts = append(row.Counts, sum.Types[typ][st])
-		}
-		rows = append(rows, row)
-	}
-	d["TypeRows"] = rows
+	d["TypeRows"], d["TypesHidden"] = typeRows(sum.Types, OverviewTypes)
 	d["Sources"] = u.s.sources()
 	if sum.OldestPendingAge != nil {
 		d["OldestPending"] = (time.Duration(*sum.OldestPendingAge * float64(time.Second))).Round(time.Second).String()
@@ -353,6 +345,48 @@ func (u *ui) overview(r *http.Request, p *uiPage) (string, error) {
 	d["Rates"] = u.rates.view(u.s)
 	p.Data = d
 	return "overview", nil
+}
+
+// OverviewTypes bounds the rows of the overview's table of types: a type
+// taken from a per-message field (an id, say) once gave 100,000 types,
+// and the page 17 MB of HTML that took 2.8 s to draw.
+const OverviewTypes = 500
+
+// typeRows returns the table of types, at most limit rows in type order,
+// and how many types it leaves out. Types with entries not yet done come
+// first, then those with only done entries.
+func typeRows(types map[string]map[string]int64, limit int) ([]typeRow, int) {
+	keys := sortedKeys(types)
+	if len(keys) > limit {
+		active := func(typ string) bool { return types[typ]["done"] < total(types[typ]) }
+		var take []string
+		for _, pass := range []bool{true, false} {
+			for _, typ := range keys {
+				if len(take) < limit && active(typ) == pass {
+					take = append(take, typ)
+				}
+			}
+		}
+		slices.Sort(take)
+		keys = take
+	}
+	rows := make([]typeRow, 0, len(keys))
+	for _, typ := range keys {
+		row := typeRow{Type: typ}
+		for _, st := range uiStates {
+			row.Counts = append(row.Counts, types[typ][st])
+		}
+		rows = append(rows, row)
+	}
+	return rows, len(types) - len(rows)
+}
+
+func total(counts map[string]int64) int64 {
+	var n int64
+	for _, c := range counts {
+		n += c
+	}
+	return n
 }
 
 func (u *ui) retention() string {
@@ -541,11 +575,22 @@ func (u *ui) entry(r *http.Request, p *uiPage) (string, error) {
 	default:
 		d["Body"], d["BodyKind"] = hexDump(v.BodyBase64, 64<<10), "binary, hex"
 	}
+	if b := d["Body"].(string); len(b) > maxShownBody {
+		// A body of max_body (16 MiB) made a page of 16 MiB.
+		cut := maxShownBody
+		for cut > 0 && !utf8.RuneStart(b[cut]) {
+			cut--
+		}
+		d["Body"] = fmt.Sprintf("%s\n... %d more bytes not shown (the whole body: agentq inspect --json %d)", b[:cut], len(b)-cut, seq)
+	}
 	p.Title, p.Page, p.Data = fmt.Sprintf("Entry %d", seq), "entries", d
 	return "entry", nil
 }
 
 // hexDump shows binary bodies safely, bounded to max bytes.
+// maxShownBody bounds the body an entry's page shows.
+const maxShownBody = 1 << 20
+
 func hexDump(b []byte, max int) string {
 	var sb strings.Builder
 	n := min(len(b), max)
@@ -574,6 +619,10 @@ type stuckGroup struct {
 // maxGroupScan bounds the stuck entries read to group them.
 const maxGroupScan = 100_000
 
+// maxGroups bounds the groups the stuck page shows, the largest first:
+// each carries its whole error (up to 4 KiB) in its replay form.
+const maxGroups = 200
+
 func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	q := queryOf(r)
 	q.State = "stuck"
@@ -582,23 +631,23 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 		return "", err
 	}
 	groups := map[[2]string]*stuckGroup{}
-	matching := 0
+	matching, scanned := 0, 0
 	all := queue.Filter{States: []queue.State{queue.StateStuck}, Limit: maxGroupScan}
-	list, err := u.s.Store.List(all)
-	if err != nil {
-		return "", err
-	}
 	groupsTo := uint64(0)
-	for _, e := range list {
-		msg := stuckError(e.LastError, e.Fault)
-		groupsTo = max(groupsTo, e.Seq)
-		k := [2]string{e.Type, msg}
+	err = u.scan(all, func(seq uint64, typ, lastError, fault string) {
+		scanned++
+		msg := stuckError(lastError, fault)
+		groupsTo = max(groupsTo, seq)
+		k := [2]string{typ, msg}
 		g := groups[k]
 		if g == nil {
-			g = &stuckGroup{Type: e.Type, Error: msg, First: e.Seq}
+			g = &stuckGroup{Type: typ, Error: msg, First: seq}
 			groups[k] = g
 		}
 		g.N++
+	})
+	if err != nil {
+		return "", err
 	}
 	var gs []stuckGroup
 	for _, g := range groups {
@@ -610,6 +659,8 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 		}
 		return gs[i].First < gs[k].First
 	})
+	hidden := max(len(gs)-maxGroups, 0)
+	gs = gs[:len(gs)-hidden]
 	count := f
 	count.Limit = maxGroupScan // bounded like the groups; the replay stops where the count did
 	matchingTo, err := u.countMatching(count, &matching)
@@ -623,7 +674,7 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	}
 	p.Title, p.Page = "Stuck", "stuck"
 	p.Data = map[string]any{"Q": q, "Groups": gs, "Entries": entries, "Matching": matching, "Retention": u.retention(),
-		"GroupsTo": groupsTo, "GroupsCapped": len(list) >= maxGroupScan, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan}
+		"GroupsTo": groupsTo, "GroupsCapped": scanned >= maxGroupScan, "GroupsHidden": hidden, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan}
 	return "stuck", nil
 }
 
@@ -640,17 +691,25 @@ func stuckError(lastError, fault string) string {
 // sequence among them: a bulk replay of what was counted stops there.
 func (u *ui) countMatching(f queue.Filter, n *int) (uint64, error) {
 	var top uint64
+	err := u.scan(f, func(seq uint64, _, _, _ string) { *n++; top = max(top, seq) })
+	return top, err
+}
+
+// scan calls fn for each entry f matches, without its headers and body.
+// On the agent's own journal it holds one entry at a time: the stuck
+// page listed its 100,000 entries to group them, 95 MiB of private
+// memory for entries whose errors were 100 bytes (an error and a fault
+// keep up to 4 KiB each).
+func (u *ui) scan(f queue.Filter, fn func(seq uint64, typ, lastError, fault string)) error {
 	if l, ok := u.s.Store.(*Local); ok {
 		f.Brief = true
-		err := l.j.Scan(f, func(e *queue.Entry) bool { *n++; top = max(top, e.Seq); return true })
-		return top, err
+		return l.j.Scan(f, func(e *queue.Entry) bool { fn(e.Seq, e.Type, e.LastError, e.Fault); return true })
 	}
 	list, err := u.s.Store.List(f)
-	*n = len(list)
 	for _, e := range list {
-		top = max(top, e.Seq)
+		fn(e.Seq, e.Type, e.LastError, e.Fault)
 	}
-	return top, err
+	return err
 }
 
 // --- routes ---

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/agentq/agentq/queue"
 )
@@ -335,5 +336,120 @@ func TestDashboardSearchWindow(t *testing.T) {
 	}
 	if strings.Join(found, " ") != "10 7 4 1" {
 		t.Fatalf("key a over %d pages: %v, want 10 7 4 1", pages, found)
+	}
+}
+
+// TestDashboardOverviewTypesBounded: a journal with more types than the
+// overview shows draws at most OverviewTypes rows, says how many it left
+// out, and keeps a type with work waiting whatever its name: a type taken
+// from a per-message field once gave 100,000 rows, 17 MB of HTML.
+func TestDashboardOverviewTypesBounded(t *testing.T) {
+	j := emptyJournal(t)
+	ctx := context.Background()
+	const n = OverviewTypes + 100
+	var es []*queue.Entry
+	for i := 0; i < n-1; i++ {
+		es = append(es, &queue.Entry{Source: "s", Destination: "/queue/q", Type: fmt.Sprintf("a.%05d", i)})
+	}
+	if _, err := j.Append(ctx, es...); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := j.Claim(ctx, n)
+	if err != nil || len(claimed) != n-1 {
+		t.Fatalf("claim: %v (%d)", err, len(claimed))
+	}
+	var done []queue.Outcome
+	for _, e := range claimed {
+		done = append(done, queue.Outcome{Seq: e.Seq, Kind: queue.Done})
+	}
+	if err := j.Settle(ctx, done...); err != nil {
+		t.Fatal(err)
+	}
+	// Last in type order, and the only one not done.
+	if _, err := j.Append(ctx, &queue.Entry{Source: "s", Destination: "/queue/q", Type: "z.waiting"}); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	_, body, _ := get(t, uiClient(t), base+"/ui/")
+	table := body[strings.Index(body, `<table id="types">`):]
+	table = table[:strings.Index(table, "</table>")]
+	if rows := strings.Count(table, `<a href="/ui/entries?type=`); rows > OverviewTypes {
+		t.Errorf("the overview draws %d type rows, want at most %d", rows, OverviewTypes)
+	}
+	if !strings.Contains(table, "z.waiting") {
+		t.Errorf("the type with an entry waiting is left out")
+	}
+	if want := fmt.Sprintf("and %d more types", n-OverviewTypes); !strings.Contains(table, want) {
+		t.Errorf("the overview does not say %q", want)
+	}
+}
+
+// TestDashboardStuckGroupsBounded: the stuck page shows at most maxGroups
+// groups, the largest first, and says how many it left out (each group
+// carries its whole error in its replay form).
+func TestDashboardStuckGroupsBounded(t *testing.T) {
+	j := emptyJournal(t)
+	ctx := context.Background()
+	const n = maxGroups + 50
+	var es []*queue.Entry
+	for i := 0; i < n; i++ {
+		es = append(es, &queue.Entry{Source: "s", Destination: "/queue/q", Type: "t"})
+	}
+	if _, err := j.Append(ctx, es...); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := j.Claim(ctx, n)
+	if err != nil || len(claimed) != n {
+		t.Fatalf("claim: %v (%d)", err, len(claimed))
+	}
+	var stuck []queue.Outcome
+	for i, e := range claimed {
+		msg := fmt.Sprintf("error %d", i)
+		if i >= n-2 {
+			msg = "the common error" // the largest group, found last
+		}
+		stuck = append(stuck, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg})
+	}
+	if err := j.Settle(ctx, stuck...); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	_, body, _ := get(t, uiClient(t), base+"/ui/stuck")
+	table := body[strings.Index(body, `<table id="groups">`):]
+	table = table[:strings.Index(table, "</table>")]
+	if rows := strings.Count(table, `name="group_type"`); rows != maxGroups {
+		t.Errorf("the stuck page shows %d groups, want %d", rows, maxGroups)
+	}
+	if !strings.Contains(table, "the common error") {
+		t.Errorf("the largest group is left out")
+	}
+	if want := fmt.Sprintf("and %d smaller groups", n-1-maxGroups); !strings.Contains(table, want) {
+		t.Errorf("the stuck page does not say %q", want)
+	}
+}
+
+// TestDashboardEntryBodyBounded: an entry's page shows at most
+// maxShownBody of its body and of each header a few KiB, and says what
+// it left out: a body of max_body (16 MiB) made a page of 16 MiB.
+func TestDashboardEntryBodyBounded(t *testing.T) {
+	j := emptyJournal(t)
+	body := strings.Repeat("é", maxShownBody) // two bytes a rune: the cut falls inside one
+	if _, err := j.Append(context.Background(), &queue.Entry{Source: "s", Destination: "/queue/q", Type: "t",
+		Headers: []queue.Header{{Name: "big", Value: strings.Repeat("h", 1<<20)}}, Body: []byte(body)}); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	code, page, _ := get(t, uiClient(t), base+"/ui/entries/1")
+	if code != 200 {
+		t.Fatalf("GET /ui/entries/1 = %d", code)
+	}
+	if len(page) > maxShownBody+64<<10 {
+		t.Errorf("the page is %d bytes for a body of %d", len(page), len(body))
+	}
+	if want := fmt.Sprintf("%d more bytes not shown", len(body)-maxShownBody); !strings.Contains(page, want) {
+		t.Errorf("the page does not say %q", want)
+	}
+	if !utf8.ValidString(page) {
+		t.Errorf("the cut split a character")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -192,4 +193,89 @@ func TestDisciplineBackoffGrows(t *testing.T) {
 	if st := src.Status(); st.RetryIn < 130*time.Millisecond || st.LastError != "refused" {
 		t.Fatalf("after %d failures: retry in %s, last error %q", st.Failures, st.RetryIn, st.LastError)
 	}
+}
+
+// sizingJournal records the body bytes of each Append.
+type sizingJournal struct {
+	Journal
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (s *sizingJournal) Append(ctx context.Context, es ...*queue.Entry) ([]queue.AppendResult, error) {
+	n := 0
+	for _, e := range es {
+		n += len(e.Body)
+	}
+	s.mu.Lock()
+	s.sizes = append(s.sizes, n)
+	s.mu.Unlock()
+	return s.Journal.Append(ctx, es...)
+}
+
+// holdFirstAck makes a's first ACK wait until the returned release is
+// called, once inAck is closed: deliveries sent meanwhile are buffered
+// and make up the next batch.
+func holdFirstAck(a *fakeAdapter) (inAck <-chan struct{}, release func()) {
+	in, resume := make(chan struct{}), make(chan struct{})
+	var first sync.Once
+	a.onAck = func([]delivery) { first.Do(func() { close(in); <-resume }) }
+	return in, func() { close(resume) }
+}
+
+// Ensure a batch's bodies stay within MaxBatchBytes (plus the delivery
+// that reached it): a backlog of large messages once went into one
+// commit, which copies what it writes twice.
+func TestDisciplineBatchBytes(t *testing.T) {
+	const body, limit = 256 << 10, 1 << 20
+	sj := &sizingJournal{Journal: mustOpenJournal(t, "")}
+	graceful := make(chan error)
+	close(graceful)
+	a := &fakeAdapter{in: make(chan *fakeDelivery, 100), closeErr: graceful}
+	inAck, release := holdFirstAck(a)
+	src, _, _ := runFake(t, a, sj, Options{MaxBatchBytes: limit})
+	a.in <- &fakeDelivery{b: []byte("first")}
+	<-inAck
+	for i := 0; i < 20; i++ {
+		a.in <- &fakeDelivery{b: make([]byte, body)}
+	}
+	waitFor(t, "all read", 10*time.Second, func() bool { return src.Status().Received >= 21 })
+	release()
+	waitFor(t, "all acked", 10*time.Second, func() bool { return src.Status().Acked >= 21 })
+	sj.mu.Lock()
+	defer sj.mu.Unlock()
+	for i, n := range sj.sizes {
+		if n > limit+body {
+			t.Errorf("append %d of %v: %d body bytes, want at most %d", i, sj.sizes, n, limit+body)
+		}
+	}
+}
+
+// Ensure the committer keeps no body once its batch is ACKed: its
+// buffers are reused, and the slots a smaller batch did not reuse once
+// kept a burst's bodies for the life of the connection.
+func TestDisciplineReleasesBodies(t *testing.T) {
+	const n = 10
+	graceful := make(chan error)
+	close(graceful)
+	a := &fakeAdapter{in: make(chan *fakeDelivery, 100), closeErr: graceful}
+	inAck, release := holdFirstAck(a)
+	src, _, _ := runFake(t, a, mustOpenJournal(t, ""), Options{})
+	a.in <- &fakeDelivery{b: []byte("first")}
+	<-inAck
+	var freed atomic.Int32
+	for i := 0; i < n; i++ {
+		b := make([]byte, 1<<20)
+		runtime.AddCleanup(&b[0], func(*atomic.Int32) { freed.Add(1) }, &freed)
+		a.in <- &fakeDelivery{b: b}
+	}
+	waitFor(t, "all read", 10*time.Second, func() bool { return src.Status().Received >= n+1 })
+	release()
+	waitFor(t, "the burst acked", 10*time.Second, func() bool { return src.Status().Acked >= n+1 })
+	a.in <- &fakeDelivery{b: []byte("last")} // a batch of one after the burst
+	waitFor(t, "the last acked", 10*time.Second, func() bool { return src.Status().Acked >= n+2 })
+	waitFor(t, "the burst's bodies freed", 10*time.Second, func() bool {
+		runtime.GC()
+		return freed.Load() == n
+	})
 }

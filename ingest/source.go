@@ -40,6 +40,8 @@ const (
 	DefaultHealthyAfter = 30 * time.Second
 	// DefaultMaxBatch bounds the deliveries journaled in one Append.
 	DefaultMaxBatch = 1024
+	// DefaultMaxBatchBytes bounds the bodies journaled in one Append.
+	DefaultMaxBatchBytes = 16 << 20
 )
 
 // maxIDHeader is the longest id_header value used as a dedup id as it
@@ -55,6 +57,13 @@ type Options struct {
 
 	// MaxBatch bounds the deliveries journaled in one Append. Default 1024.
 	MaxBatch int
+
+	// MaxBatchBytes bounds the bodies journaled in one Append: the
+	// committer stops adding deliveries to a batch once their bodies
+	// reach it (a batch always takes one). A commit copies what it
+	// writes twice (the encoded records, then bbolt's pages), so a batch
+	// of a hundred 15 MiB bodies once needed 3 GiB. Default 16 MiB.
+	MaxBatchBytes int
 
 	// ShutdownTimeout bounds how long Run takes, once its context ends,
 	// to unsubscribe and disconnect gracefully; past it the connection is
@@ -136,6 +145,9 @@ func NewSource(cfg Config, j Journal, opts Options) *Source {
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = DefaultMaxBatchBytes
 	}
 	if opts.ShutdownTimeout <= 0 {
 		opts.ShutdownTimeout = DefaultShutdownTimeout
@@ -476,6 +488,18 @@ type batch struct {
 	b       entryBuilder
 }
 
+// release drops the batch's references to what it journaled: the
+// buffers are kept for the next batch, and a slot a smaller batch does
+// not reuse kept its body (and its headers) for as long as the
+// connection lived: after a burst of a hundred 15 MiB messages an idle
+// agent held 285 MiB.
+func (bt *batch) release() {
+	clear(bt.msgs)
+	clear(bt.store)
+	clear(bt.entries)
+	clear(bt.headers)
+}
+
 // commitLoop takes everything the reader has buffered (up to MaxBatch
 // deliveries), journals it with one Append and only then ACKs it.
 func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
@@ -490,11 +514,13 @@ func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledge
 		case r := <-rd.frames:
 			bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
 		}
+		size := len(bt.msgs[0].body())
 	fill:
-		for len(bt.msgs) < s.opts.MaxBatch {
+		for len(bt.msgs) < s.opts.MaxBatch && size < s.opts.MaxBatchBytes {
 			select {
 			case r := <-rd.frames:
 				bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
+				size += len(r.d.body())
 			default:
 				break fill
 			}
@@ -515,7 +541,7 @@ func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledge
 		}
 		ledger.Sent(bt.seqs...)
 		s.acked.Add(uint64(len(bt.msgs)))
-		clear(bt.msgs) // let the bodies go
+		bt.release() // let the bodies go
 		select {
 		case kick <- struct{}{}:
 		default: // a barrier is on its way; the next one covers these
@@ -747,7 +773,9 @@ func (s *Source) dedupID(e *queue.Entry, b *entryBuilder) []byte {
 	}
 	buf = append(buf, 0)
 	h.Write(buf)
-	b.buf = buf
+	if cap(buf) <= 64<<10 {
+		b.buf = buf // kept for the next message; not one huge header's worth
+	}
 	h.Write(e.Body)
 	return h.Sum([]byte("h:"))
 }

@@ -377,6 +377,10 @@ func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
 	return e
 }
 
+// BrokerError is err with the broker's own message when it is a STOMP
+// ERROR frame (see brokerError); other errors are returned as they are.
+func BrokerError(err error, cfg Config) error { return brokerError(err, cfg) }
+
 // brokerError keeps the broker's own message of an ERROR frame, with a
 // hint for the errors newcomers meet.
 func brokerError(err error, cfg Config) error {
@@ -411,6 +415,8 @@ const queueHint = "/queue/NAME redeclares the queue; use /amq/queue/NAME for a q
 
 func hint(text string, cfg Config) string {
 	switch {
+	case strings.Contains(text, "larger than configured max size"):
+		return "RabbitMQ's max_message_size"
 	case strings.Contains(text, "PRECONDITION_FAILED") && strings.HasPrefix(cfg.Destination, "/queue/"):
 		return queueHint
 	case strings.Contains(text, "NOT_FOUND") && strings.HasPrefix(cfg.Destination, "/amq/queue/"):

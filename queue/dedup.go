@@ -31,7 +31,8 @@ import (
 // DedupWindow drain them; a format 2 file, which keeps its version (see
 // FormatVersion), goes on writing them.
 //
-// Each slot also records the connection that last matched it: a broker
+// Each slot also records the connection that delivered it or last matched
+// it (a frame journaled on a connection counts as matched there): a broker
 // delivers a message at most once per connection, so a slot matches at
 // most one redelivery per connection. Connection ids are random per
 // connection and die with the process, so the marks need not be stored.
@@ -44,7 +45,7 @@ import (
 // dedupSlot is one unconfirmed delivery of an id.
 type dedupSlot struct {
 	seq  uint64
-	conn uint64 // connection that last matched it; 0 = none
+	conn uint64 // connection that delivered or last matched it; 0 = none
 }
 
 // slotRef is where a slot is indexed and stored.
@@ -64,8 +65,8 @@ func newDedupIndex() *dedupIndex {
 	return &dedupIndex{byID: map[string][]dedupSlot{}, bySeq: map[uint64]slotRef{}}
 }
 
-func (d *dedupIndex) add(prefix string, seq, batch uint64) {
-	d.byID[prefix] = append(d.byID[prefix], dedupSlot{seq: seq})
+func (d *dedupIndex) add(prefix string, seq, batch, conn uint64) {
+	d.byID[prefix] = append(d.byID[prefix], dedupSlot{seq: seq, conn: conn})
 	d.bySeq[seq] = slotRef{prefix: prefix, batch: batch}
 }
 
@@ -110,7 +111,7 @@ func loadDedup(tx *bolt.Tx, writable bool) (*dedupIndex, error) {
 				return nil // not a slot; retention prunes it by age
 			}
 			dk := v[8:]
-			d.add(string(dk[:len(dk)-8]), binary.BigEndian.Uint64(k), 0)
+			d.add(string(dk[:len(dk)-8]), binary.BigEndian.Uint64(k), 0, 0)
 			return nil
 		})
 		if err != nil {
@@ -121,7 +122,7 @@ func loadDedup(tx *bolt.Tx, writable bool) (*dedupIndex, error) {
 		err := b.ForEach(func(k, v []byte) error {
 			if len(k) == 8 {
 				first := binary.BigEndian.Uint64(k)
-				batchSlots(first, v, func(seq uint64, prefix []byte) { d.add(string(prefix), seq, first) })
+				batchSlots(first, v, func(seq uint64, prefix []byte) { d.add(string(prefix), seq, first, 0) })
 			}
 			return nil // a malformed record: the slots before the damage count, retention prunes it by age
 		})
@@ -196,6 +197,12 @@ type dedupAdd struct {
 	prefix string
 	seq    uint64
 	batch  uint64
+	// conn is the connection that delivered the entry: the slot starts
+	// out matched on it, as a broker delivers a message at most once per
+	// connection. Added unmatched, it took the next identical redelivered
+	// frame of the same connection for a repeat: of 40 identical messages
+	// redelivered after a cut, 19 were dropped as duplicates.
+	conn uint64
 }
 
 // addDedup gives the new entry e a slot.
@@ -206,7 +213,7 @@ func (t *txn) addDedup(e *Entry) error {
 		if err := t.dedupBy.Put(t.k64(e.Seq), append(v, dk...)); err != nil {
 			return err
 		}
-		t.dd.added = append(t.dd.added, dedupAdd{prefix: string(dk[:len(dk)-8]), seq: e.Seq})
+		t.dd.added = append(t.dd.added, dedupAdd{prefix: string(dk[:len(dk)-8]), seq: e.Seq, conn: e.Connection})
 		return nil
 	}
 	p := dedupPrefix(e.DedupID)
@@ -217,7 +224,7 @@ func (t *txn) addDedup(e *Entry) error {
 	}
 	*buf = binary.AppendUvarint(*buf, e.Seq-t.dd.batch)
 	*buf = append(*buf, p...)
-	t.dd.added = append(t.dd.added, dedupAdd{prefix: string(p), seq: e.Seq, batch: t.dd.batch})
+	t.dd.added = append(t.dd.added, dedupAdd{prefix: string(p), seq: e.Seq, batch: t.dd.batch, conn: e.Connection})
 	return nil
 }
 
@@ -311,7 +318,7 @@ func (t *txn) matchRedelivery(id []byte, conn uint64) (uint64, bool, error) {
 	}
 	if !found {
 		for _, a := range t.dd.added {
-			if a.prefix == p && free(dedupSlot{seq: a.seq}) {
+			if a.prefix == p && free(dedupSlot{seq: a.seq, conn: a.conn}) {
 				seq, found = a.seq, true
 				break
 			}
@@ -364,7 +371,7 @@ func (t *txn) dropSlot(seq, batch uint64) error {
 // apply makes a committed transaction's changes to the index.
 func (d *dedupIndex) apply(c *dedupChanges) {
 	for _, a := range c.added {
-		d.add(a.prefix, a.seq, a.batch)
+		d.add(a.prefix, a.seq, a.batch, a.conn)
 	}
 	for seq, conn := range c.marks {
 		d.mark(seq, conn)

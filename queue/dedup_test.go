@@ -225,3 +225,54 @@ func FuzzDedupBatchRecord(f *testing.F) {
 		}
 	})
 }
+
+// Ensure a slot counts as matched on the connection that delivered it: a
+// broker delivers a message at most once per connection, so identical
+// redelivered frames of one connection are distinct messages. Their slots
+// once started out unmatched, and each took the next identical frame of
+// the same connection for a repeat: 40 identical messages redelivered
+// after a cut (found by trying to break it with large bodies, sent with
+// agentq send --count 40) came out as 21 entries.
+func TestRedeliverySlotsOfOneConnection(t *testing.T) {
+	for _, version := range []uint32{FormatVersion, 2} {
+		for _, batched := range []bool{false, true} {
+			t.Run(fmt.Sprintf("format%d/batched=%v", version, batched), func(t *testing.T) {
+				path := filepath.Join(t.TempDir(), "agentq.db")
+				if version != FormatVersion {
+					emptyJournalOfVersion(t, path, version)
+				}
+				j := mustOpenAt(t, path, Options{})
+				mk := func(conn uint64) *Entry {
+					e := msg("", "same body")
+					e.DedupID, e.Redelivered, e.Connection = []byte("hash-1"), true, conn
+					return e
+				}
+				appendAll := func(conn uint64) (dups int) {
+					t.Helper()
+					batches := [][]*Entry{{mk(conn)}, {mk(conn)}, {mk(conn)}, {mk(conn)}}
+					if batched {
+						batches = [][]*Entry{{mk(conn), mk(conn), mk(conn), mk(conn)}}
+					}
+					for _, es := range batches {
+						res, err := j.Append(context.Background(), es...)
+						if err != nil {
+							t.Fatal(err)
+						}
+						for _, r := range res {
+							if r.Duplicate {
+								dups++
+							}
+						}
+					}
+					return dups
+				}
+				if dups := appendAll(1); dups != 0 || j.LastSeq() != 4 {
+					t.Fatalf("four identical frames redelivered on one connection: %d taken for repeats, %d journaled; want 0 and 4", dups, j.LastSeq())
+				}
+				if dups := appendAll(2); dups != 4 || j.LastSeq() != 4 {
+					t.Fatalf("the four again on the next connection: %d recognised, %d journaled; want 4 and 4", dups, j.LastSeq())
+				}
+			})
+		}
+	}
+}

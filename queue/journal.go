@@ -124,6 +124,8 @@ const (
 	DefaultDedupWindow       = 24 * time.Hour
 	DefaultMinFree           = 64 << 20
 	maxDefaultReserve        = 64 << 20
+	DefaultMaxClaimBytes     = 64 << 20
+	DefaultMaxOutboxBytes    = 64 << 20
 )
 
 // Options configures a Journal. The zero value is usable.
@@ -138,6 +140,19 @@ type Options struct {
 	// MaxBatch bounds the operations coalesced into one transaction.
 	// Default 4096.
 	MaxBatch int
+
+	// MaxClaimBytes bounds the bodies one Claim reads: it stops taking
+	// entries once theirs reach it (it always takes one). A claim of a
+	// pool's InFlight (256 by default) entries of 15 MiB read 3.75 GiB,
+	// while eight of them could run. Default DefaultMaxClaimBytes.
+	MaxClaimBytes int
+
+	// MaxOutboxBytes bounds the bodies one Outbox read returns: it stops
+	// once theirs reach it (it always returns one). The relay reads up to
+	// 512 answers at a time, and a dead letter carries its message's
+	// body: twenty of 15 MiB took 300 MiB in one read. Default
+	// DefaultMaxOutboxBytes.
+	MaxOutboxBytes int
 
 	// SettleDelay is how long a commit of only settles (and retention
 	// and outbox bookkeeping) waits for an Append to share it: see
@@ -279,6 +294,12 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.RetentionBatch <= 0 {
 		opts.RetentionBatch = DefaultRetentionBatch
+	}
+	if opts.MaxClaimBytes <= 0 {
+		opts.MaxClaimBytes = DefaultMaxClaimBytes
+	}
+	if opts.MaxOutboxBytes <= 0 {
+		opts.MaxOutboxBytes = DefaultMaxOutboxBytes
 	}
 	if opts.DedupWindow <= 0 {
 		opts.DedupWindow = DefaultDedupWindow
@@ -1021,12 +1042,14 @@ func (j *Journal) applyTxn(t *txn) {
 
 // Stats is a snapshot of the journal's counters.
 type Stats struct {
+	// ByState counts entries per state. Counts has them per type too;
+	// Stats does not, as every scrape of /metrics and /readyz calls it:
+	// with a type per message (100,000 types) each took 0.16 s.
 	ByState       map[State]int64
-	ByType        map[string]map[State]int64 // see Counts
-	Appends       uint64                     // entries appended since Open
-	Duplicates    uint64                     // redeliveries recognised since Open
-	Commits       uint64                     // group commits since Open
-	Ops           uint64                     // operations in those commits
+	Appends       uint64 // entries appended since Open
+	Duplicates    uint64 // redeliveries recognised since Open
+	Commits       uint64 // group commits since Open
+	Ops           uint64 // operations in those commits
 	FailedCommits uint64
 	CommitTime    time.Duration // total time in commits (includes fsync)
 	// Damaged counts entries whose stored value does not decode and that
@@ -1053,7 +1076,6 @@ func (j *Journal) Stats() Stats {
 	}
 	return Stats{
 		ByState:       by,
-		ByType:        j.Counts().ByType,
 		Appends:       j.stats.appends.Load(),
 		Duplicates:    j.stats.duplicates.Load(),
 		Commits:       j.stats.commits.Load(),

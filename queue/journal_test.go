@@ -1738,3 +1738,60 @@ func TestClockTurnedBack(t *testing.T) {
 		})
 	}
 }
+
+// Ensure a claim stops once the bodies it took reach MaxClaimBytes, and
+// still takes one entry whatever its size: a pool claims up to its
+// InFlight (256 by default), and a backlog of 15 MiB messages once read
+// 600 MiB in one claim at start while eight could run.
+func TestClaimBytes(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name   string
+		bodies []int // sizes in MiB, in journal order
+		limit  int
+		want   []int // entries each Claim(100) takes, until none is ready
+	}{
+		{"small bodies fill the claim", []int{0, 0, 0, 0}, 3 * mib, []int{4}},
+		{"stops at the limit", []int{1, 1, 1, 1, 1, 1, 1}, 3 * mib, []int{3, 3, 1}},
+		{"one over the limit alone", []int{5, 1, 1}, 3 * mib, []int{1, 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpen(t, Options{MaxClaimBytes: tc.limit})
+			for i, n := range tc.bodies {
+				mustAppend(t, j, msg(fmt.Sprint("k", i), strings.Repeat("x", n*mib+1)))
+			}
+			var got []int
+			for {
+				es := mustClaim(t, j, 100)
+				if len(es) == 0 {
+					break
+				}
+				got = append(got, len(es))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("claims took %v entries, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// Ensure Stats costs the same however many types the journal holds: every
+// scrape of /metrics and /readyz calls it, and with a type per message
+// (100,000 types) it built the counts of each, 0.16 s a scrape.
+func TestStatsCostNotPerType(t *testing.T) {
+	allocs := func(types int) float64 {
+		j := mustOpen(t, Options{})
+		var es []*Entry
+		for i := 0; i < types; i++ {
+			e := msg("", "x")
+			e.Type = fmt.Sprint("t.", i)
+			es = append(es, e)
+		}
+		mustAppend(t, j, es...)
+		return testing.AllocsPerRun(20, func() { _ = j.Stats() })
+	}
+	one, many := allocs(1), allocs(2000)
+	if many > one+10 {
+		t.Fatalf("Stats allocates %.0f times with 2,000 types, %.0f with one", many, one)
+	}
+}

@@ -67,7 +67,8 @@ func (j *Journal) Append(ctx context.Context, entries ...*Entry) ([]AppendResult
 }
 
 // Claim takes up to max entries that are ready now and marks them running,
-// counting the attempt. It returns an empty slice when nothing is ready.
+// counting the attempt; it stops early once their bodies reach
+// Options.MaxClaimBytes. It returns an empty slice when nothing is ready.
 // A claim is kept in memory (see running.go): it waits for no commit, and
 // its cost depends on max and on how many entries are running, not on the
 // size of the journal.
@@ -116,8 +117,8 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 		t := j.newTxnArena(tx, &arena{})
 		t.claims = nil // read entries as stored: this call is making the claims
 		next := readyInTurn(t.ready, uint64(unixNano(now)))
-		skipped := 0
-		for k := next(); k != nil && len(out) < max && skipped < maxClaimSkip; k = next() {
+		skipped, size := 0, 0
+		for k := next(); k != nil && len(out) < max && skipped < maxClaimSkip && size < j.opts.MaxClaimBytes; k = next() {
 			seq := binary.BigEndian.Uint64(k[8:])
 			if want != nil {
 				if _, running := j.claimed(seq); running {
@@ -166,6 +167,7 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 			j.mu.Unlock()
 			e.State = StateRunning
 			out = append(out, e)
+			size += len(e.Body)
 		}
 		return nil
 	})

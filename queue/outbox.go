@@ -102,6 +102,32 @@ func outTarget(data []byte) (string, bool) {
 	return target, d.err == nil
 }
 
+// outNextAt reads when an outbox record is due without decoding or
+// checking it whole. The relay reads the outbox every second, and each
+// answer waiting for its retry was copied whole, body and all, every
+// time (a dead letter carries its message's body, up to max_body).
+func outNextAt(data []byte) (time.Time, bool) {
+	if len(data) < 5 || data[0] != outFormat {
+		return time.Time{}, false
+	}
+	d := decoder{b: data[1 : len(data)-4]}
+	d.uvarint() // entry seq
+	d.skip()    // kind
+	d.skip()    // target
+	d.skip()    // destination
+	n := d.uvarint()
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		d.skip()
+		d.skip()
+	}
+	d.skip()    // body
+	d.varint()  // created
+	d.uvarint() // attempts
+	d.skip()    // last error
+	at := d.varint()
+	return fromUnixNano(at), d.err == nil
+}
+
 func decodeOut(id uint64, data []byte) (*Out, error) {
 	if len(data) < 5 || data[0] != outFormat {
 		return nil, fmt.Errorf("%w: outbox message %d: unknown format", errCorrupt, id)
@@ -155,7 +181,8 @@ func (t *txn) putOut(m *Out) error {
 }
 
 // Outbox returns up to max outbox messages due at now (new ones, and
-// failed ones whose retry time has come), oldest first.
+// failed ones whose retry time has come), oldest first; it stops early
+// once their bodies reach Options.MaxOutboxBytes.
 func (j *Journal) Outbox(max int, now time.Time) ([]*Out, error) {
 	return j.OutboxExcept(max, now, nil)
 }
@@ -171,6 +198,7 @@ func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) 
 			return nil
 		}
 		c := b.Cursor()
+		size := 0
 		for k, v := c.First(); k != nil && len(out) < max; k, v = c.Next() {
 			if skip != nil {
 				// The target comes first in the record: a busy target's
@@ -178,6 +206,9 @@ func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) 
 				if target, ok := outTarget(v); ok && skip(target) {
 					continue
 				}
+			}
+			if at, ok := outNextAt(v); ok && at.After(now) {
+				continue // not due: passed over without copying its body
 			}
 			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
 			if err != nil {
@@ -188,6 +219,9 @@ func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) 
 				continue
 			}
 			out = append(out, m)
+			if size += len(m.Body); size >= j.opts.MaxOutboxBytes {
+				break
+			}
 		}
 		return nil
 	})

@@ -1,10 +1,14 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -124,7 +128,7 @@ func TestOutFailed(t *testing.T) {
 	for _, m := range []*Out{
 		{Seq: 1, Kind: "result", Target: "stomp://h/queue/r", Body: []byte("x")},
 		{Seq: 2, Kind: "result", Headers: []Header{{"a", "b"}, {"c", ""}}, Attempts: 1, LastError: "no route"},
-		{Seq: 3, Kind: "dead-letter", Destination: "/queue/dl", Body: make([]byte, 300), Attempts: 7},
+		{Seq: 3, Kind: "dead-letter", Destination: "/queue/dl", Body: make([]byte, 300), Attempts: 7, NextAt: time.Unix(1700000000, 5)},
 		{Seq: 4},
 	} {
 		v := encodeOut(nil, m)
@@ -134,6 +138,64 @@ func TestOutFailed(t *testing.T) {
 		if outFailed(v[:len(v)/2]) && !m.Failed() {
 			t.Errorf("outFailed of a truncated record %d says failed", m.Seq)
 		}
+		if at, ok := outNextAt(v); !ok || !at.Equal(m.NextAt) {
+			t.Errorf("outNextAt(%d) = %v, %v; want %v", m.Seq, at, ok, m.NextAt)
+		}
+		_, _ = outNextAt(v[:len(v)/2]) // must not panic
+	}
+}
+
+// TestOutboxBytes: a read of the outbox stops once the bodies it read
+// reach MaxOutboxBytes (it always returns one), and passes over messages
+// not yet due without copying them: the relay reads up to 512 at a time
+// every second, and a dead letter carries its message's body.
+func TestOutboxBytes(t *testing.T) {
+	const mib = 1 << 20
+	clk := newClock()
+	j := mustOpen(t, Options{Now: clk.Now, MaxOutboxBytes: 3 * mib})
+	ctx := context.Background()
+	for i := 0; i < 7; i++ {
+		mustAppend(t, j, msg(fmt.Sprint("k", i), "x"))
+	}
+	var outcomes []Outcome
+	for _, e := range mustClaim(t, j, 7) {
+		outcomes = append(outcomes, Outcome{Seq: e.Seq, Kind: Stuck, Err: "boom",
+			Out: []*Out{{Kind: "dead-letter", Target: "dlq", Body: bytes.Repeat([]byte("b"), mib+1)}}})
+	}
+	if err := j.Settle(ctx, outcomes...); err != nil {
+		t.Fatal(err)
+	}
+	var reads []int
+	for {
+		due, err := j.Outbox(512, clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(due) == 0 {
+			break
+		}
+		reads = append(reads, len(due))
+		var ids []uint64
+		for _, m := range due {
+			ids = append(ids, m.ID)
+		}
+		if err := j.OutboxFailed(ctx, ids, "refused", clk.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(reads, []int{3, 3, 1}) {
+		t.Fatalf("reads returned %v messages, want [3 3 1]", reads)
+	}
+	// Nothing is due: a read copies none of the 7 MiB of bodies.
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	due, err := j.Outbox(512, clk.Now())
+	runtime.ReadMemStats(&after)
+	if err != nil || len(due) != 0 {
+		t.Fatalf("read before the retry time: %d messages, %v", len(due), err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > mib {
+		t.Fatalf("a read that found nothing due allocated %d bytes", n)
 	}
 }
 

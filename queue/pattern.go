@@ -6,11 +6,20 @@ import (
 	"strings"
 )
 
+// MaxPatternLen bounds a pattern: a pause is stored as a bbolt key, and
+// bbolt refuses keys over 32 KiB. A longer pause failed its commit, and
+// with it the appends and settles that shared the commit ("key too
+// large", found by trying to break it).
+const MaxPatternLen = 32 << 10
+
 // ValidatePattern checks an AMQP topic pattern: dot-separated words, where
 // '*' is exactly one word and '#' zero or more, each a whole word.
 func ValidatePattern(p string) error {
 	if p == "" {
 		return errors.New("empty pattern (use \"#\" to match every type)")
+	}
+	if len(p) > MaxPatternLen {
+		return fmt.Errorf("%d bytes, over the %d-byte limit", len(p), MaxPatternLen)
 	}
 	for _, w := range strings.Split(p, ".") {
 		if w == "" {

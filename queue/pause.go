@@ -89,7 +89,7 @@ func (j *Journal) Held() int {
 // entries are not touched: their calls finish.
 func (j *Journal) SetPaused(ctx context.Context, pattern string, paused bool) error {
 	if err := ValidatePattern(pattern); err != nil {
-		return fmt.Errorf("pattern %q: %w", pattern, err)
+		return fmt.Errorf("pattern %.100q: %w", pattern, err)
 	}
 	if j.opts.ReadOnly {
 		return fmt.Errorf("cannot change pauses: journal %s is open read-only", j.path)

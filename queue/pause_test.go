@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -133,5 +134,31 @@ func TestPauseHoldsKeysNextEntry(t *testing.T) {
 	}
 	if err := j.Check(); err != nil {
 		t.Error(err)
+	}
+}
+
+// Ensure a pause whose pattern bbolt could not store as a key is refused
+// before it reaches a commit: it failed its commit with "key too large",
+// and with it whatever appends and settles shared the commit.
+func TestPauseLongPattern(t *testing.T) {
+	j := mustOpen(t, Options{})
+	for _, tc := range []struct {
+		pattern string
+		wantErr string
+	}{
+		{strings.Repeat("a", MaxPatternLen), ""},
+		{strings.Repeat("a", MaxPatternLen+1), "over the 32768-byte limit"},
+		{strings.Repeat("a", 200_000), "over the 32768-byte limit"},
+	} {
+		err := j.SetPaused(context.Background(), tc.pattern, true)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("pause of %d bytes: %v", len(tc.pattern), err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || len(err.Error()) > 300):
+			t.Errorf("pause of %d bytes: error %.300v, want a short one saying %q", len(tc.pattern), err, tc.wantErr)
+		}
+	}
+	if ps := j.Paused(); len(ps) != 1 {
+		t.Errorf("paused: %d patterns, want the one that fits", len(ps))
 	}
 }

@@ -96,19 +96,13 @@ func inspectAction(c *cli.Context) error {
 			return json.NewEncoder(w).Encode(v)
 		}
 		printEntry(w, v)
-	case filtered || c.Bool("json"):
+	case c.Bool("json"):
+		enc := json.NewEncoder(w)
+		return admin.Each(st, filter, func(v admin.EntryView) error { return enc.Encode(v) })
+	case filtered:
 		list, err := st.List(filter)
 		if err != nil {
 			return err
-		}
-		if c.Bool("json") {
-			enc := json.NewEncoder(w)
-			for _, v := range list {
-				if err := enc.Encode(v); err != nil {
-					return err
-				}
-			}
-			return nil
 		}
 		printList(w, list)
 	default:

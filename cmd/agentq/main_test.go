@@ -313,6 +313,7 @@ func TestExitCodes(t *testing.T) {
 		{"TruncatedJournalRun", []string{"run", "--journal", truncated, "--admin", ""}, 1, "truncated"},
 		{"NoJournal", []string{"inspect", "--journal", filepath.Join(dir, "none.db")}, 1, "none.db"},
 		{"SendBadHeader", []string{"send", "--header", "novalue"}, 2, "K=V"},
+		{"PauseLongPattern", []string{"pause", "--journal", filepath.Join(dir, "a.db"), strings.Repeat("a", 40_000)}, 2, "40000 bytes, over the 32768-byte limit"},
 		// A comma inside a flag's value is part of it (urfave/cli splits
 		// slice flags on commas unless told not to): these get past the
 		// source and header to the next check.
@@ -625,5 +626,24 @@ func TestEnvironmentVariables(t *testing.T) {
 	code, _, errs = runMain(t, "", "run", "--journal", filepath.Join(t.TempDir(), "j.db"))
 	if code != 2 || !strings.Contains(errs, "--workers") {
 		t.Fatalf("AGENTQ_WORKERS not read: exit %d %s", code, errs)
+	}
+}
+
+// Ensure send reports a message the broker refuses, with the broker's
+// reason, and exits 1: it asked for a receipt on an empty transaction
+// after the messages, which RabbitMQ answers before it refuses one, and
+// a message over max_message_size was reported sent, exit 0 (found by
+// trying to break it with large bodies; a missing exchange is refused
+// the same way and needs no 128 MiB).
+func TestSendRefused(t *testing.T) {
+	requireBroker(t)
+	dest := fmt.Sprintf("stomp://guest:guest@127.0.0.1:61613/exchange/agentq-test-missing-%d", rand.Int63())
+	for _, count := range []string{"1", "3"} {
+		t.Run("count"+count, func(t *testing.T) {
+			code, out, errs := runMain(t, "{}", "send", "--count", count, dest, "-")
+			if code != 1 || strings.Contains(out, "sent") || !strings.Contains(errs, "broker says") {
+				t.Fatalf("send to a missing exchange: exit %d, stdout %q, stderr %q; want exit 1 and the broker's reason", code, out, errs)
+			}
+		})
 	}
 }

@@ -52,7 +52,7 @@ func pauseResume(name string, pause bool, desc string) *cli.Command {
 			}
 			if pattern != "" {
 				if err := queue.ValidatePattern(pattern); err != nil {
-					return usagef("PATTERN %q: %v", pattern, err)
+					return usagef("PATTERN %.100q: %v", pattern, err)
 				}
 			}
 			path, token, err := journalAndToken(c)
