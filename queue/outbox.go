@@ -207,7 +207,7 @@ func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) 
 					continue
 				}
 			}
-			if at, ok := outNextAt(v); ok && at.After(now) {
+			if at, ok := outNextAt(v); ok && !atDue(at, now) {
 				continue // not due: passed over without copying its body
 			}
 			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
@@ -318,8 +318,11 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 const OutboxMaxDelay = 15 * time.Minute
 
 // outDue reports whether m may be published at now.
-func outDue(m *Out, now time.Time) bool {
-	return !m.NextAt.After(now) || m.NextAt.Sub(now) > OutboxMaxDelay
+func outDue(m *Out, now time.Time) bool { return atDue(m.NextAt, now) }
+
+// atDue reports whether an answer to try again at may be published at now.
+func atDue(at, now time.Time) bool {
+	return !at.After(now) || at.Sub(now) > OutboxMaxDelay
 }
 
 // OutboxFailed records a failed publication of message id: the error, one
