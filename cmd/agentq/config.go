@@ -105,6 +105,7 @@ type RouteEntry struct {
 	CopyHeaders  []string `yaml:"copy_headers"`  // incoming headers copied onto results
 	OnStuck      string   `yaml:"on_stuck"`      // URL a copy of each stuck entry is published to
 	line         int
+	file         string // the config file it came from, for error messages
 }
 
 // Duration is a time.Duration written as "30s", "5m", "168h".
@@ -202,6 +203,7 @@ func parseConfig(r io.Reader, path string) (*Config, error) {
 					if k < len(items) {
 						c.Routes[k].line = items[k].Line
 					}
+					c.Routes[k].file = path
 				}
 			case "retry":
 				c.Retry.line = m.Content[i].Line
@@ -266,6 +268,22 @@ func (c *Config) validate() error {
 		}
 		if n != 1 {
 			return fmt.Errorf("line %d: routes[%d] (match %q) must have exactly one of exec, shell, http or log", r.line, i, r.Match)
+		}
+		// A key that does not apply to the route's backend would be
+		// ignored without a word: the operator meant something by it.
+		for _, k := range []struct {
+			key     string
+			set, ok bool
+			applies string
+		}{
+			{"env", len(r.Env) > 0, len(r.Exec) > 0 || r.Shell != "", "exec and shell routes"},
+			{"headers", len(r.Headers) > 0, r.HTTP != "", "http routes (the request's headers)"},
+			{"copy_headers", len(r.CopyHeaders) > 0, r.Results != "", "routes with results (a dead letter carries all headers)"},
+			{"results_empty", r.ResultsEmpty, r.Results != "", "routes with results"},
+		} {
+			if k.set && !k.ok {
+				return fmt.Errorf("line %d: routes[%d] (match %q): %s applies to %s only", r.line, i, r.Match, k.key, k.applies)
+			}
 		}
 	}
 	if err := c.Retry.policy().Validate(); err != nil {

@@ -248,6 +248,13 @@ func TestLoadConfig(t *testing.T) {
 		{"SourceWithoutURL", "sources:\n  - name: a\n", []string{"line 2", "has no url"}},
 		{"BadLogFormat", "log_format: xml\n", []string{"log_format"}},
 		{"MissingTokenFile", "admin:\n  token_file: /nonexistent/token\n", []string{"/nonexistent/token"}},
+		// Keys that do not apply to a route's backend were taken and
+		// ignored without a word.
+		{"EnvOnHTTPRoute", "routes:\n  - match: \"#\"\n    http: http://127.0.0.1:1/\n    env: [A=B]\n", []string{"line 2", "env applies to exec and shell routes only"}},
+		{"HeadersOnExecRoute", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    headers: {A: B}\n", []string{"line 2", "headers applies to http routes"}},
+		{"HeadersOnLogRoute", "routes:\n  - match: \"#\"\n    log: true\n    headers: {A: B}\n", []string{"line 2", "headers applies to http routes"}},
+		{"CopyHeadersWithoutResults", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    on_stuck: stomp://127.0.0.1/queue/dead\n    copy_headers: [task_uuid]\n", []string{"line 2", "copy_headers applies to routes with results"}},
+		{"ResultsEmptyWithoutResults", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    results_empty: true\n", []string{"line 2", "results_empty applies to routes with results"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -177,6 +177,17 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		}
 		s.token = strings.TrimSpace(tok)
 	}
+	// An address that cannot be used is a usage error before anything
+	// starts: found when binding, it left a new, empty journal behind.
+	if s.admin != "" {
+		if err := admin.CheckAddr(s.admin, s.token); err != nil {
+			msg := strings.TrimPrefix(err.Error(), admin.ErrAddr.Error()+": ")
+			if !c.IsSet("admin") && cfg.Admin.Addr != nil {
+				msg = fmt.Sprintf("config %s: admin addr %s", cfg.path, strings.TrimPrefix(msg, "--admin "))
+			}
+			return nil, usageError{msg}
+		}
+	}
 
 	// Backend flags replace the config's routes with one catch-all route.
 	var flagRoutes []RouteEntry
@@ -624,12 +635,12 @@ func correlationID(sources []ingest.Config) func(*queue.Entry) string {
 	}
 }
 
-// routeWhere names a route in errors: its line in the file, its number
-// and pattern.
+// routeWhere names a route in errors: its file and line, its number and
+// pattern.
 func routeWhere(i int, r RouteEntry) string {
 	where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
 	if r.line > 0 {
-		where = fmt.Sprintf("line %d: %s", r.line, where)
+		where = fmt.Sprintf("config %s line %d: %s", r.file, r.line, where)
 	}
 	return where
 }
