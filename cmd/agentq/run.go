@@ -55,7 +55,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringFlag{Name: "key-from", Usage: "where the ordering key comes from, as `SPEC` (default: no key, no order)", EnvVars: []string{"AGENTQ_KEY_FROM"}},
 			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
-			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, or reply: only to a message's reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
+			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, or \"reply\" to answer only messages that carry a reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
 			&cli.StringFlag{Name: "on-stuck", Usage: "publish a copy of each message that becomes stuck to `URL` (a dead letter, with agentq-error and agentq-attempts headers)", EnvVars: []string{"AGENTQ_ON_STUCK"}},
 			&cli.BoolFlag{Name: "log", Usage: "log every message and succeed (the default backend)", EnvVars: []string{"AGENTQ_LOG"}},
 			&cli.DurationFlag{Name: "timeout", Usage: "per-call `DURATION` for every command and HTTP backend without a timeout of its own (config: timeout)", Value: DefaultCallTimeout, EnvVars: []string{"AGENTQ_TIMEOUT"}},
