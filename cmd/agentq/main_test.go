@@ -314,6 +314,8 @@ func TestExitCodes(t *testing.T) {
 		{"BadState", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "--state", "sleeping"}, 2, "--state"},
 		{"BadSeq", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "abc"}, 2, "SEQ"},
 		{"ReplayNoFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db")}, 2, "from"},
+		{"ReplayToBeforeFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1300", "--to", "1200"}, 2, "--to 1200 is before --from 1300"},
+		{"ReplayToBeforeFromTimes", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "2026-11-24", "--to", "2026-11-23"}, 2, "--to 2026-11-23 is before --from 2026-11-24"},
 		{"ReplayBadFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "yesterday-ish"}, 2, "--from"},
 		{"NotAJournal", []string{"inspect", "--journal", garbage}, 1, "not an agentq journal"},
 		{"TruncatedJournal", []string{"inspect", "--journal", truncated}, 1, "truncated"},
