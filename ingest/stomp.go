@@ -379,6 +379,10 @@ func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
 
 // brokerError keeps the broker's own message of an ERROR frame, with a
 // hint for the errors newcomers meet.
+// BrokerError is err with the broker's own words when it is a STOMP
+// ERROR frame (its message, its body and a hint), else err as it is.
+func BrokerError(err error, cfg Config) error { return brokerError(err, cfg) }
+
 func brokerError(err error, cfg Config) error {
 	var se stomp.Error
 	if pe := (*stomp.Error)(nil); errors.As(err, &pe) && pe != nil {

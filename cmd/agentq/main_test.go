@@ -345,6 +345,35 @@ func TestExitCodes(t *testing.T) {
 	}
 }
 
+// Ensure send says "sent" only for messages the broker took: a SEND it
+// refuses fails the command with the broker's words. Send once asked for
+// a receipt on an empty transaction, which RabbitMQ gives as soon as it
+// has read the frames, and said "sent 3 message(s)", exit 0, for three
+// messages to an exchange that does not exist.
+func TestSendConfirmed(t *testing.T) {
+	requireBroker(t)
+	q := testQueueURL(t)
+	if code, out, errs := runMain(t, "", "send", "--count", "3", q); code != 0 || !strings.Contains(out, "sent 3 message(s)") {
+		t.Fatalf("send to a queue: exit %d: %s %s", code, out, errs)
+	}
+	if n := brokertest.QueueDepth(t, q[strings.Index(q, "/queue/"):]); n != 3 {
+		t.Fatalf("queue holds %d messages, want 3", n)
+	}
+	missing := fmt.Sprintf("agentq-test-missing-%d", rand.Int63())
+	for _, u := range []string{
+		"stomp://guest:guest@127.0.0.1:61613/exchange/" + missing + "/k",
+		"ws://guest:guest@127.0.0.1:15674/ws?destination=/exchange/" + missing + "/k",
+	} {
+		code, out, errs := runMain(t, "", "send", "--count", "3", u)
+		if code != 1 || strings.Contains(out, "sent") {
+			t.Fatalf("send to a missing exchange over %s: exit %d: %q %q; want exit 1 and no \"sent\"", u[:strings.Index(u, ":")], code, out, errs)
+		}
+	}
+	if _, _, errs := runMain(t, "", "send", "stomp://guest:guest@127.0.0.1:61613/exchange/"+missing+"/k"); !strings.Contains(errs, "no exchange '"+missing+"'") {
+		t.Fatalf("stderr %q: want the broker's words", errs)
+	}
+}
+
 // Ensure every command explains itself with a worked example.
 func TestHelp(t *testing.T) {
 	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact", "version"} {
