@@ -35,8 +35,8 @@ type Config struct {
 	Workers      int           `yaml:"workers"`       // concurrent backend calls; default 8
 	LogFormat    string        `yaml:"log_format"`    // text (default) or json
 	LogLevel     string        `yaml:"log_level"`     // debug, info (default), warn, error
-	DrainTimeout Duration      `yaml:"drain_timeout"` // default 30s
-	Timeout      Duration      `yaml:"timeout"`       // per-call timeout of routes without their own; default 5m
+	DrainTimeout Positive      `yaml:"drain_timeout"` // default 30s
+	Timeout      Positive      `yaml:"timeout"`       // per-call timeout of routes without their own; default 5m
 	Retention    *Duration     `yaml:"retention"`     // keep done entries this long; default 168h; 0 keeps forever
 	SkipStuck    bool          `yaml:"skip_stuck"`    // let a key continue past a stuck entry
 	MaxSize      ByteSize      `yaml:"max_size"`      // journal size limit; 0 = none
@@ -94,7 +94,7 @@ type RouteEntry struct {
 	Shell   string            `yaml:"shell"`   // a /bin/sh -c command line
 	HTTP    string            `yaml:"http"`    // URL to POST to
 	Log     bool              `yaml:"log"`     // log the message and succeed
-	Timeout Duration          `yaml:"timeout"` // per call
+	Timeout Positive          `yaml:"timeout"` // per call
 	Headers map[string]string `yaml:"headers"` // http only
 	Env     []string          `yaml:"env"`     // exec only: extra KEY=VALUE
 	// Results is where a successful call's output is published (exec
@@ -118,6 +118,25 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("line %d: %q is not a duration (use e.g. 30s, 5m, 168h)", n.Line, n.Value)
 	}
 	*d = Duration(v)
+	return nil
+}
+
+// Positive is a Duration that must be more than zero: a timeout of 0
+// would mean no time at all, so it is refused, as the flags refuse it,
+// instead of standing for the default (leave the key out for that).
+type Positive Duration
+
+// UnmarshalYAML parses a positive Go duration and reports the line of a
+// bad one.
+func (p *Positive) UnmarshalYAML(n *yaml.Node) error {
+	var d Duration
+	if err := d.UnmarshalYAML(n); err != nil {
+		return err
+	}
+	if d <= 0 {
+		return fmt.Errorf("line %d: %q: want a positive duration (leave the key out for the default)", n.Line, n.Value)
+	}
+	*p = Positive(d)
 	return nil
 }
 

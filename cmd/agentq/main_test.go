@@ -239,6 +239,11 @@ func TestLoadConfig(t *testing.T) {
 		{"UnknownKey", "journal: x.db\nwrokers: 4\n", []string{"line 2", "unknown key wrokers"}},
 		{"NestedUnknownKey", "sources:\n  - url: stomp://h/queue/x\n    prefetch: 5\n", []string{"line 3", "prefetch"}},
 		{"BadDuration", "retry:\n  max_interval: 5 minutes\n", []string{"line 2", "not a duration"}},
+		// A timeout of 0 stood for the default (30s, 5m), while the
+		// flags refuse it.
+		{"ZeroDrainTimeout", "journal: x.db\ndrain_timeout: 0s\n", []string{"line 2", `"0s": want a positive duration`}},
+		{"ZeroTimeout", "timeout: 0\n", []string{"line 1", `"0": want a positive duration`}},
+		{"ZeroRouteTimeout", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    timeout: 0s\n", []string{"line 4", "want a positive duration"}},
 		{"BadSize", "max_size: lots\n", []string{"line 1", "not a size"}},
 		{"SizeWithUnknownUnit", "max_size: 2X\n", []string{"line 1", `"2X" is not a size`}},
 		{"NegativeMultiplier", "journal: x.db\nretry:\n  multiplier: -1\n", []string{"line 2", "multiplier must be >= 1"}},
