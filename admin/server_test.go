@@ -456,6 +456,34 @@ func TestOpenFindsRunningAgent(t *testing.T) {
 	}
 }
 
+// TestOpenNamesTokenFlag: an agent with a configured token refuses a
+// command without it or with another one, and the error says how to
+// give it (it said only "missing or wrong admin token").
+func TestOpenNamesTokenFlag(t *testing.T) {
+	j := testJournal(t)
+	_, base := serve(t, j, "configured-token")
+	if err := WriteAddrFile(j.Path(), AddrInfo{Addr: strings.TrimPrefix(base, "http://"), JournalID: j.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, token := range []string{"", "wrong-token"} {
+		st, err := Open(j.Path(), false, token)
+		if err == nil {
+			st.Close()
+			t.Fatalf("token %q: Open succeeded", token)
+		}
+		for _, want := range []string{"missing or wrong admin token", "--admin-token-file", "--config"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("token %q: error %q does not mention %q", token, err, want)
+			}
+		}
+	}
+	st, err := Open(j.Path(), false, "configured-token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+}
+
 // TestOpenRefusesStaleAddrFile: an address file left by an agent that was
 // killed names an address where another agent, of another journal, may
 // listen now; Open must not act on that one.

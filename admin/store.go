@@ -393,6 +393,10 @@ func (r *Remote) doHeader(method, path string, q url.Values, out any) (http.Head
 			if resp.StatusCode == http.StatusNotFound {
 				return nil, fmt.Errorf("%s: %w", e.Error, queue.ErrNotFound)
 			}
+			if resp.StatusCode == http.StatusUnauthorized {
+				// Say where the token comes from: the command's flags.
+				return nil, fmt.Errorf("running agent at %s: %s (give the agent's admin token with --admin-token-file FILE, or --config FILE with its admin token_file)", r.base, e.Error)
+			}
 			return nil, fmt.Errorf("running agent at %s: %s", r.base, e.Error)
 		}
 		return nil, fmt.Errorf("running agent at %s: %s", r.base, resp.Status)

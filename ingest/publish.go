@@ -55,6 +55,19 @@ func ParseTarget(raw string) (Target, error) {
 	if err != nil {
 		return Target{}, err
 	}
+	// What a source URL may say but an answer cannot use is refused here:
+	// taken, it was ignored (a second topic or destination) or made every
+	// answer fail, kept in the outbox for ever (a Waldur site, a wildcard).
+	switch {
+	case c.Waldur != nil:
+		return Target{}, errors.New("a waldur+https:// URL is a source only: answers go to a stomp://, ws://, amqp:// or mqtt:// URL")
+	case len(c.Destinations) > 0:
+		return Target{}, fmt.Errorf("answers go to one destination, got %d (leave out destination=)", 1+len(c.Destinations))
+	case isMQTTScheme(c.Scheme) && len(c.Topics) != 1:
+		return Target{}, fmt.Errorf("an MQTT results URL takes one topic=, got %d", len(c.Topics))
+	case isMQTTScheme(c.Scheme) && strings.ContainsAny(c.Topics[0], "+#"):
+		return Target{}, fmt.Errorf("topic=%s: answers are published to one topic name, without the wildcards + and #", c.Topics[0])
+	}
 	if err := c.Resolve(); err != nil {
 		return Target{}, err
 	}

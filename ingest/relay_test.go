@@ -533,3 +533,33 @@ func TestRelayMQTTOversizeFailsAlone(t *testing.T) {
 		return seen["small-1"] && seen["small-2"]
 	})
 }
+
+// Ensure a results or dead-letter URL that no answer could be published
+// to is refused when parsed, naming why, instead of being taken and
+// failing every answer (a Waldur site, an MQTT wildcard) or ignoring part
+// of it (a second topic or destination), while the forms the docs give
+// are taken.
+func TestParseTargetRefuses(t *testing.T) {
+	for _, tc := range []struct{ url, want string }{
+		{"waldur+https://waldur.example.org/?offering=0b4e3c5e-8f1a-4f62-9a39-1c5b7a9e6f10&token_file=/nonexistent", "source only"},
+		{"mqtt://127.0.0.1:1884/?topic=a&topic=b", "one topic=, got 2"},
+		{"mqtt://127.0.0.1:1884/?topic=results/%23", "without the wildcards"},
+		{"mqtt+ws://127.0.0.1:15675/?topic=results/+/x", "without the wildcards"},
+		{"stomp://127.0.0.1:61613/queue/a?destination=/queue/b", "one destination, got 2"},
+		{"ws://127.0.0.1:15674/ws?destination=/queue/a&destination=/queue/b", "one destination, got 2"},
+		{"stomp://127.0.0.1:61613/queue/results", ""},
+		{"ws://127.0.0.1:15674/ws?destination=/exchange/results/k", ""},
+		{"amqp://127.0.0.1/?exchange=results&routing_key=EP.results", ""},
+		{"mqtt://127.0.0.1:1884/?topic=agentq/results", ""},
+	} {
+		t.Run(tc.url, func(t *testing.T) {
+			_, err := ParseTarget(tc.url)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err = %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}

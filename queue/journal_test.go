@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -992,6 +993,42 @@ func TestCompact(t *testing.T) {
 	}
 	if fi, err := os.Stat(empty); err != nil || fi.Size() != 0 {
 		t.Fatalf("the empty file after Compact: %v, %v", fi, err)
+	}
+}
+
+// Ensure the compacted file keeps the journal's owner, group and mode:
+// `systemctl stop agentq && agentq compact ...` (compact's own example)
+// runs as root, and the file it left was root's, mode 0600, so the
+// agent's user (User=agentq in the shipped unit) could not open its
+// journal again.
+func TestCompactKeepsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the journal another owner")
+	}
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := mustOpenAt(t, path, Options{})
+	mustAppend(t, j, msg("", "x"))
+	j.Close()
+	const uid, gid = 65534, 65533
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	old := syscall.Umask(0o077) // a strict umask must not narrow the mode
+	_, _, err := Compact(path)
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != uid || st.Gid != gid || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("compacted journal: owner %d:%d, mode %v; want %d:%d, -rw-r-----", st.Uid, st.Gid, fi.Mode().Perm(), uid, gid)
 	}
 }
 

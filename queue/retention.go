@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -162,6 +163,15 @@ func Compact(src string) (before, after int64, err error) {
 		j.Close()
 		return 0, 0, fmt.Errorf("cannot create %s: %w", tmp, err)
 	}
+	// The copy replaces the journal, so it takes the journal's owner and
+	// mode: compacted by root (systemctl stop; agentq compact), it was
+	// root's, 0600, and the agent's own user could not open it again.
+	if err := keepOwner(tmp, fi); err != nil {
+		dst.Close()
+		j.Close()
+		os.Remove(tmp)
+		return 0, 0, fmt.Errorf("cannot compact journal %s: %w (run compact as the user that owns the journal)", src, err)
+	}
 	// Stop the journal's loops before copying; Close waits for them.
 	j.cancel()
 	if err = bolt.Compact(dst, j.db, 64<<20); err == nil {
@@ -195,6 +205,27 @@ func Compact(src string) (before, after int64, err error) {
 		after = fi.Size()
 	}
 	return before, after, nil
+}
+
+// keepOwner gives the file at path the owner, group and permissions that
+// fi (the file it will replace) has.
+func keepOwner(path string, fi os.FileInfo) error {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		cur, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		if c, ok := cur.Sys().(*syscall.Stat_t); !ok || c.Uid != st.Uid || c.Gid != st.Gid {
+			if err := os.Chown(path, int(st.Uid), int(st.Gid)); err != nil {
+				return fmt.Errorf("cannot give the copy the journal's owner %d:%d: %w", st.Uid, st.Gid, err)
+			}
+		}
+	}
+	// bolt.Open's mode passed through the umask.
+	if err := os.Chmod(path, fi.Mode().Perm()); err != nil {
+		return fmt.Errorf("cannot give the copy the journal's mode %v: %w", fi.Mode().Perm(), err)
+	}
+	return nil
 }
 
 // compactSuffix names Compact's copy beside the journal until it is

@@ -46,6 +46,7 @@ type HTTP struct {
 	// configured headers' values and the URL's password and secret
 	// parameters, which a server may echo.
 	secrets []string
+	shown   string // the URL in errors: "POST URL: ...", without Name's "http:"
 }
 
 // NewHTTP validates the URL and returns the backend.
@@ -86,7 +87,7 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		// 3xx is a permanent failure, with its Location in the error.
 		c = &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	return &HTTP{cfg: cfg, client: c, name: "http:" + shownURL(u), secrets: httpSecrets(cfg, u)}, nil
+	return &HTTP{cfg: cfg, client: c, name: "http:" + shownURL(u), shown: shownURL(u), secrets: httpSecrets(cfg, u)}, nil
 }
 
 // notSecret names headers whose values say how, not who: hiding them in
@@ -176,13 +177,13 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	resp, err := h.client.Do(req)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("POST %s: timed out after %s", h.Name(), h.cfg.Timeout)
+			return nil, fmt.Errorf("POST %s: timed out after %s", h.shown, h.cfg.Timeout)
 		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error quotes the whole URL, query and all
 		}
-		return nil, fmt.Errorf("POST %s: %w", h.Name(), err)
+		return nil, fmt.Errorf("POST %s: %w", h.shown, err)
 	}
 	defer resp.Body.Close()
 	// Drain what is left, within reason, so the connection can be reused;
@@ -200,9 +201,9 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		out, err := io.ReadAll(io.LimitReader(resp.Body, int64(h.cfg.MaxOutput)+1))
 		switch {
 		case err != nil:
-			return nil, fmt.Errorf("POST %s: %s, then cannot read the body: %w", h.Name(), resp.Status, err)
+			return nil, fmt.Errorf("POST %s: %s, then cannot read the body: %w", h.shown, resp.Status, err)
 		case len(out) > h.cfg.MaxOutput:
-			return nil, Permanent(fmt.Errorf("POST %s: %s but the body is over the %d-byte output limit: %w", h.Name(), resp.Status, h.cfg.MaxOutput, ErrOutputTooLarge))
+			return nil, Permanent(fmt.Errorf("POST %s: %s but the body is over the %d-byte output limit: %w", h.shown, resp.Status, h.cfg.MaxOutput, ErrOutputTooLarge))
 		}
 		return out, nil
 	}
@@ -210,7 +211,7 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	// the cut leaves no part of it behind.
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxErrorBody+redact.MaxForm(h.secrets))))
 	snippet = []byte(cutUTF8(redact.Secrets(string(snippet), h.secrets), maxErrorBody))
-	err = fmt.Errorf("POST %s: %s%s", h.Name(), resp.Status, quoteBody(snippet))
+	err = fmt.Errorf("POST %s: %s%s", h.shown, resp.Status, quoteBody(snippet))
 	if loc, lerr := resp.Location(); lerr == nil && resp.StatusCode >= 300 && resp.StatusCode < 400 {
 		err = fmt.Errorf("%w (a redirect to %s, not followed: point the route at the URL that answers)", err, shownURL(loc))
 	}

@@ -83,6 +83,11 @@ func TestHTTPOutcomes(t *testing.T) {
 			if err != nil && !strings.Contains(err.Error(), tc.errText) {
 				t.Fatalf("error %q lacks %q", err, tc.errText)
 			}
+			// The error names the URL once, as it was given ("POST
+			// http:http://..." read as a typo in the configuration).
+			if err != nil && !strings.HasPrefix(err.Error(), "POST "+srv.URL+tc.path+": ") {
+				t.Fatalf("error %q does not start with POST and the URL", err)
+			}
 		})
 	}
 	mu.Lock()

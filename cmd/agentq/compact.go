@@ -25,7 +25,8 @@ slower until it is compacted.
 
 Example:
    systemctl stop agentq && agentq compact --journal /var/lib/agentq/agentq.db && systemctl start agentq`,
-		Flags: journalFlags()[:2],
+		Flags: []cli.Flag{journalFlags()[0],
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "take the journal path from this config `FILE`", EnvVars: []string{"AGENTQ_CONFIG"}}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usagef("compact takes no arguments; use --journal")

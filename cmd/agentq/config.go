@@ -35,8 +35,8 @@ type Config struct {
 	Workers      int           `yaml:"workers"`       // concurrent backend calls; default 8
 	LogFormat    string        `yaml:"log_format"`    // text (default) or json
 	LogLevel     string        `yaml:"log_level"`     // debug, info (default), warn, error
-	DrainTimeout Duration      `yaml:"drain_timeout"` // default 30s
-	Timeout      Duration      `yaml:"timeout"`       // per-call timeout of routes without their own; default 5m
+	DrainTimeout Positive      `yaml:"drain_timeout"` // default 30s
+	Timeout      Positive      `yaml:"timeout"`       // per-call timeout of routes without their own; default 5m
 	Retention    *Duration     `yaml:"retention"`     // keep done entries this long; default 168h; 0 keeps forever
 	SkipStuck    bool          `yaml:"skip_stuck"`    // let a key continue past a stuck entry
 	MaxSize      ByteSize      `yaml:"max_size"`      // journal size limit; 0 = none
@@ -94,7 +94,7 @@ type RouteEntry struct {
 	Shell   string            `yaml:"shell"`   // a /bin/sh -c command line
 	HTTP    string            `yaml:"http"`    // URL to POST to
 	Log     bool              `yaml:"log"`     // log the message and succeed
-	Timeout Duration          `yaml:"timeout"` // per call
+	Timeout Positive          `yaml:"timeout"` // per call
 	Headers map[string]string `yaml:"headers"` // http only
 	Env     []string          `yaml:"env"`     // exec only: extra KEY=VALUE
 	// Results is where a successful call's output is published (exec
@@ -105,6 +105,7 @@ type RouteEntry struct {
 	CopyHeaders  []string `yaml:"copy_headers"`  // incoming headers copied onto results
 	OnStuck      string   `yaml:"on_stuck"`      // URL a copy of each stuck entry is published to
 	line         int
+	file         string // the config file it came from, for error messages
 }
 
 // Duration is a time.Duration written as "30s", "5m", "168h".
@@ -117,6 +118,25 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("line %d: %q is not a duration (use e.g. 30s, 5m, 168h)", n.Line, n.Value)
 	}
 	*d = Duration(v)
+	return nil
+}
+
+// Positive is a Duration that must be more than zero: a timeout of 0
+// would mean no time at all, so it is refused, as the flags refuse it,
+// instead of standing for the default (leave the key out for that).
+type Positive Duration
+
+// UnmarshalYAML parses a positive Go duration and reports the line of a
+// bad one.
+func (p *Positive) UnmarshalYAML(n *yaml.Node) error {
+	var d Duration
+	if err := d.UnmarshalYAML(n); err != nil {
+		return err
+	}
+	if d <= 0 {
+		return fmt.Errorf("line %d: %q: want a positive duration (leave the key out for the default)", n.Line, n.Value)
+	}
+	*p = Positive(d)
 	return nil
 }
 
@@ -202,6 +222,7 @@ func parseConfig(r io.Reader, path string) (*Config, error) {
 					if k < len(items) {
 						c.Routes[k].line = items[k].Line
 					}
+					c.Routes[k].file = path
 				}
 			case "retry":
 				c.Retry.line = m.Content[i].Line
@@ -266,6 +287,22 @@ func (c *Config) validate() error {
 		}
 		if n != 1 {
 			return fmt.Errorf("line %d: routes[%d] (match %q) must have exactly one of exec, shell, http or log", r.line, i, r.Match)
+		}
+		// A key that does not apply to the route's backend would be
+		// ignored without a word: the operator meant something by it.
+		for _, k := range []struct {
+			key     string
+			set, ok bool
+			applies string
+		}{
+			{"env", len(r.Env) > 0, len(r.Exec) > 0 || r.Shell != "", "exec and shell routes"},
+			{"headers", len(r.Headers) > 0, r.HTTP != "", "http routes (the request's headers)"},
+			{"copy_headers", len(r.CopyHeaders) > 0, r.Results != "", "routes with results (a dead letter carries all headers)"},
+			{"results_empty", r.ResultsEmpty, r.Results != "", "routes with results"},
+		} {
+			if k.set && !k.ok {
+				return fmt.Errorf("line %d: routes[%d] (match %q): %s applies to %s only", r.line, i, r.Match, k.key, k.applies)
+			}
 		}
 	}
 	if err := c.Retry.policy().Validate(); err != nil {

@@ -239,6 +239,11 @@ func TestLoadConfig(t *testing.T) {
 		{"UnknownKey", "journal: x.db\nwrokers: 4\n", []string{"line 2", "unknown key wrokers"}},
 		{"NestedUnknownKey", "sources:\n  - url: stomp://h/queue/x\n    prefetch: 5\n", []string{"line 3", "prefetch"}},
 		{"BadDuration", "retry:\n  max_interval: 5 minutes\n", []string{"line 2", "not a duration"}},
+		// A timeout of 0 stood for the default (30s, 5m), while the
+		// flags refuse it.
+		{"ZeroDrainTimeout", "journal: x.db\ndrain_timeout: 0s\n", []string{"line 2", `"0s": want a positive duration`}},
+		{"ZeroTimeout", "timeout: 0\n", []string{"line 1", `"0": want a positive duration`}},
+		{"ZeroRouteTimeout", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    timeout: 0s\n", []string{"line 4", "want a positive duration"}},
 		{"BadSize", "max_size: lots\n", []string{"line 1", "not a size"}},
 		{"SizeWithUnknownUnit", "max_size: 2X\n", []string{"line 1", `"2X" is not a size`}},
 		{"NegativeMultiplier", "journal: x.db\nretry:\n  multiplier: -1\n", []string{"line 2", "multiplier must be >= 1"}},
@@ -248,6 +253,13 @@ func TestLoadConfig(t *testing.T) {
 		{"SourceWithoutURL", "sources:\n  - name: a\n", []string{"line 2", "has no url"}},
 		{"BadLogFormat", "log_format: xml\n", []string{"log_format"}},
 		{"MissingTokenFile", "admin:\n  token_file: /nonexistent/token\n", []string{"/nonexistent/token"}},
+		// Keys that do not apply to a route's backend were taken and
+		// ignored without a word.
+		{"EnvOnHTTPRoute", "routes:\n  - match: \"#\"\n    http: http://127.0.0.1:1/\n    env: [A=B]\n", []string{"line 2", "env applies to exec and shell routes only"}},
+		{"HeadersOnExecRoute", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    headers: {A: B}\n", []string{"line 2", "headers applies to http routes"}},
+		{"HeadersOnLogRoute", "routes:\n  - match: \"#\"\n    log: true\n    headers: {A: B}\n", []string{"line 2", "headers applies to http routes"}},
+		{"CopyHeadersWithoutResults", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    on_stuck: stomp://127.0.0.1/queue/dead\n    copy_headers: [task_uuid]\n", []string{"line 2", "copy_headers applies to routes with results"}},
+		{"ResultsEmptyWithoutResults", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    results_empty: true\n", []string{"line 2", "results_empty applies to routes with results"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -307,6 +319,8 @@ func TestExitCodes(t *testing.T) {
 		{"BadState", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "--state", "sleeping"}, 2, "--state"},
 		{"BadSeq", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "abc"}, 2, "SEQ"},
 		{"ReplayNoFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db")}, 2, "from"},
+		{"ReplayToBeforeFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1300", "--to", "1200"}, 2, "--to 1200 is before --from 1300"},
+		{"ReplayToBeforeFromTimes", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "2026-11-24", "--to", "2026-11-23"}, 2, "--to 2026-11-23 is before --from 2026-11-24"},
 		{"ReplayBadFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "yesterday-ish"}, 2, "--from"},
 		{"NotAJournal", []string{"inspect", "--journal", garbage}, 1, "not an agentq journal"},
 		{"TruncatedJournal", []string{"inspect", "--journal", truncated}, 1, "truncated"},
@@ -334,6 +348,35 @@ func TestExitCodes(t *testing.T) {
 				t.Fatalf("stack trace in output: %s", errs)
 			}
 		})
+	}
+}
+
+// Ensure send says "sent" only for messages the broker took: a SEND it
+// refuses fails the command with the broker's words. Send once asked for
+// a receipt on an empty transaction, which RabbitMQ gives as soon as it
+// has read the frames, and said "sent 3 message(s)", exit 0, for three
+// messages to an exchange that does not exist.
+func TestSendConfirmed(t *testing.T) {
+	requireBroker(t)
+	q := testQueueURL(t)
+	if code, out, errs := runMain(t, "", "send", "--count", "3", q); code != 0 || !strings.Contains(out, "sent 3 message(s)") {
+		t.Fatalf("send to a queue: exit %d: %s %s", code, out, errs)
+	}
+	if n := brokertest.QueueDepth(t, q[strings.Index(q, "/queue/"):]); n != 3 {
+		t.Fatalf("queue holds %d messages, want 3", n)
+	}
+	missing := fmt.Sprintf("agentq-test-missing-%d", rand.Int63())
+	for _, u := range []string{
+		"stomp://guest:guest@127.0.0.1:61613/exchange/" + missing + "/k",
+		"ws://guest:guest@127.0.0.1:15674/ws?destination=/exchange/" + missing + "/k",
+	} {
+		code, out, errs := runMain(t, "", "send", "--count", "3", u)
+		if code != 1 || strings.Contains(out, "sent") {
+			t.Fatalf("send to a missing exchange over %s: exit %d: %q %q; want exit 1 and no \"sent\"", u[:strings.Index(u, ":")], code, out, errs)
+		}
+	}
+	if _, _, errs := runMain(t, "", "send", "stomp://guest:guest@127.0.0.1:61613/exchange/"+missing+"/k"); !strings.Contains(errs, "no exchange '"+missing+"'") {
+		t.Fatalf("stderr %q: want the broker's words", errs)
 	}
 }
 

@@ -39,7 +39,7 @@ func pauseResume(name string, pause bool, desc string) *cli.Command {
 	return &cli.Command{
 		Name:        name,
 		Usage:       map[bool]string{true: "stop dispatch of matching message types (intake goes on)", false: "resume dispatch of a paused pattern"}[pause],
-		UsageText:   "agentq " + name + " [--journal PATH | --config FILE] [PATTERN]",
+		UsageText:   "agentq " + name + " [--journal PATH | --config FILE] " + map[bool]string{true: "[PATTERN]", false: "PATTERN"}[pause],
 		Description: desc,
 		Flags:       journalFlags(),
 		Action: func(c *cli.Context) error {

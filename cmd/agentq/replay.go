@@ -76,6 +76,11 @@ func replayAction(c *cli.Context) error {
 		}
 		f.ToSeq, f.Until = seq, t
 		none = seq == 0 && t.IsZero()
+		// A range that ends before it starts matched nothing and said
+		// "replayed 0 entries", as if there were nothing to replay.
+		if f.ToSeq > 0 && f.ToSeq < f.FromSeq || !f.Until.IsZero() && f.Until.Before(f.Since) {
+			return usagef("--to %s is before --from %s: the range is empty", v, c.String("from"))
+		}
 	}
 	if c.Bool("reextract") {
 		return reextractAction(c, path, token, f, none)

@@ -56,7 +56,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringFlag{Name: "key-from", Usage: "where the ordering key comes from, as `SPEC` (default: no key, no order)", EnvVars: []string{"AGENTQ_KEY_FROM"}},
 			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
-			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, or reply: only to a message's reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
+			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, or \"reply\" to answer only messages that carry a reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
 			&cli.StringFlag{Name: "on-stuck", Usage: "publish a copy of each message that becomes stuck to `URL` (a dead letter, with agentq-error and agentq-attempts headers)", EnvVars: []string{"AGENTQ_ON_STUCK"}},
 			&cli.BoolFlag{Name: "log", Usage: "log every message and succeed (the default backend)", EnvVars: []string{"AGENTQ_LOG"}},
 			&cli.DurationFlag{Name: "timeout", Usage: "per-call `DURATION` for every command and HTTP backend without a timeout of its own (config: timeout)", Value: DefaultCallTimeout, EnvVars: []string{"AGENTQ_TIMEOUT"}},
@@ -177,6 +177,17 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 			return nil, usagef("--admin-token-file: %v", err)
 		}
 		s.token = strings.TrimSpace(tok)
+	}
+	// An address that cannot be used is a usage error before anything
+	// starts: found when binding, it left a new, empty journal behind.
+	if s.admin != "" {
+		if err := admin.CheckAddr(s.admin, s.token); err != nil {
+			msg := strings.TrimPrefix(err.Error(), admin.ErrAddr.Error()+": ")
+			if !c.IsSet("admin") && cfg.Admin.Addr != nil {
+				msg = fmt.Sprintf("config %s: admin addr %s", cfg.path, strings.TrimPrefix(msg, "--admin "))
+			}
+			return nil, usageError{msg}
+		}
 	}
 
 	// Backend flags replace the config's routes with one catch-all route.
@@ -625,12 +636,12 @@ func correlationID(sources []ingest.Config) func(*queue.Entry) string {
 	}
 }
 
-// routeWhere names a route in errors: its line in the file, its number
-// and pattern.
+// routeWhere names a route in errors: its file and line, its number and
+// pattern.
 func routeWhere(i int, r RouteEntry) string {
 	where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
 	if r.line > 0 {
-		where = fmt.Sprintf("line %d: %s", r.line, where)
+		where = fmt.Sprintf("config %s line %d: %s", r.file, r.line, where)
 	}
 	return where
 }

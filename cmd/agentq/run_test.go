@@ -284,16 +284,49 @@ func TestPauseResumeOffline(t *testing.T) {
 	}
 }
 
-// Ensure a route whose handler is missing fails before the journal is
-// created: no new, empty journal is left where the operator pointed.
-func TestMissingHandlerLeavesNoJournal(t *testing.T) {
-	journal := filepath.Join(t.TempDir(), "fresh.db")
-	code, _, errs := runMain(t, "", "run", "--journal", journal, "--admin", "", "--exec", "/nonexistent/handler.sh")
-	if code != 2 || !strings.Contains(errs, "/nonexistent/handler.sh") {
-		t.Fatalf("exit %d, stderr %q: want a usage error naming the handler", code, errs)
+// Ensure a usage error found at start fails before the journal is
+// created: no new, empty journal is left where the operator pointed (a
+// missing handler, and an admin address that cannot be used, which was
+// found only when binding, after the journal was made), and the error
+// names the flag or the file and line at fault.
+func TestUsageErrorLeavesNoJournal(t *testing.T) {
+	dir := t.TempDir()
+	config := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
-	if _, err := os.Stat(journal); !os.IsNotExist(err) {
-		t.Fatalf("a journal was created at %s (%v)", journal, err)
+	handlerConf := config("handler.yaml", "routes:\n  - match: \"#\"\n    exec: [/nonexistent/handler.sh]\n")
+	adminConf := config("admin.yaml", "admin:\n  addr: 0.0.0.0:9464\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"MissingHandler", []string{"--admin", "", "--exec", "/nonexistent/handler.sh"}, []string{"/nonexistent/handler.sh"}},
+		{"MissingHandlerInConfig", []string{"--admin", "", "--config", handlerConf}, []string{"config " + handlerConf + " line 2: route 1", "/nonexistent/handler.sh"}},
+		{"BadResultsInConfig", []string{"--admin", "", "--config", config("results.yaml", "routes:\n  - match: \"#\"\n    log: true\n    results: nope://x\n")}, []string{"results.yaml line 2: route 1", "nope"}},
+		{"AdminNotHostPort", []string{"--admin", "nonsense"}, []string{`--admin "nonsense": want host:port`}},
+		{"AdminNotLoopback", []string{"--admin", "0.0.0.0:0"}, []string{`--admin "0.0.0.0:0" is not a loopback address`}},
+		{"AdminNotLoopbackInConfig", []string{"--config", adminConf}, []string{"config " + adminConf + `: admin addr "0.0.0.0:9464" is not a loopback address`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			journal := filepath.Join(dir, tc.name+".db")
+			code, _, errs := runMain(t, "", append([]string{"run", "--journal", journal}, tc.args...)...)
+			if code != 2 {
+				t.Fatalf("exit %d, stderr %q: want a usage error", code, errs)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr %q does not mention %q", errs, w)
+				}
+			}
+			if _, err := os.Stat(journal); !os.IsNotExist(err) {
+				t.Fatalf("a journal was created at %s (%v)", journal, err)
+			}
+		})
 	}
 }
 

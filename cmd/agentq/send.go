@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -25,8 +24,11 @@ func sendCommand() *cli.Command {
 		Description: `Publishes the body of FILE (or standard input with -, or a small JSON demo body)
 as a persistent message to the destination of URL, which defaults to the queue
 'agentq run' listens on by default (` + DefaultSource + `).
-With --count N it sends N copies; the last one asks the broker for a receipt, so
-when send returns, every message has reached the broker.
+With --count N it sends N copies; the last one asks the broker for a receipt
+(which RabbitMQ passes on to its consumer as a receipt header), so when send
+returns, every message has reached the broker. A message the broker refuses (an
+exchange that does not exist) makes send fail with exit status 1 and the
+broker's words; RabbitMQ takes and drops one sent to a missing /amq/queue/NAME.
 
 Examples:
    agentq send                                        # one demo message to /queue/agentq
@@ -110,25 +112,29 @@ func sendAction(c *cli.Context) error {
 	conn, err := stomp.ConnectWithContext(ctx, nc, ingest.ConnOptions(cfg, discardLogger())...)
 	if err != nil {
 		nc.Close()
-		return fmt.Errorf("cannot connect to %s: %w", cfg.String(), err)
+		return fmt.Errorf("cannot connect to %s: %w", cfg.String(), ingest.BrokerError(err, cfg))
 	}
-	defer conn.Disconnect()
+	// The last SEND asks for a receipt, which RabbitMQ sends once it has
+	// confirmed the message; a SEND it refuses (an exchange that does not
+	// exist) is an ERROR that ends the connection, so that receipt never
+	// comes and Send fails. A receipt on an empty transaction instead,
+	// as before, came as soon as the frames were read, and send said
+	// "sent" for messages the broker then refused. (RabbitMQ passes the
+	// receipt header on to the consumer of that one message.)
 	n := c.Int("count")
+	last := append(append([]func(*frame.Frame) error(nil), opts...), stomp.SendOpt.Receipt)
 	for i := 0; i < n; i++ {
 		o := opts
 		if i == n-1 {
-			// The last SEND asks for a receipt, which RabbitMQ sends once
-			// the message is stored; a SEND it refuses (too large, no such
-			// exchange) comes back as an ERROR instead and closes the
-			// connection, so no earlier one can have been refused either.
-			// An empty transaction's receipt, asked for after them,
-			// came back before the broker had refused one: a message
-			// over max_message_size was reported sent, exit 0.
-			o = append(slices.Clip(opts), stomp.SendOpt.Receipt)
+			o = last
 		}
 		if err := conn.Send(cfg.Destination, ctype, body, o...); err != nil {
+			_ = conn.MustDisconnect() // the broker ended it: no DISCONNECT to wait for
 			return fmt.Errorf("cannot send message %d of %d (%d bytes) to %s: %w", i+1, n, len(body), cfg.Destination, ingest.BrokerError(err, cfg))
 		}
+	}
+	if err := conn.Disconnect(); err != nil {
+		return fmt.Errorf("cannot disconnect from %s after sending: %w", cfg.String(), err)
 	}
 	fmt.Fprintf(c.App.Writer, "sent %d message(s) of %d bytes to %s\n", n, len(body), cfg.Destination)
 	return nil
