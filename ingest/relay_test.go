@@ -566,3 +566,36 @@ func TestRelayReturnedWhilePublishingEach(t *testing.T) {
 		t.Fatalf("outbox holds %q, want the refused answer with NOT_FOUND and the returned one as unroutable", errs)
 	}
 }
+
+// Ensure an AMQP publish returns when the channel closed under it (the
+// broker cut the connection, or closed the channel) once its confirms
+// were in, or before a batch of only answers AMQP cannot carry: the loop
+// that takes the last returns read the closed returns channel for ever,
+// a goroutine spinning at full CPU that held its target's answers and the
+// agent's shutdown. Found by trying to break it (the agent, its results
+// connections cut every two seconds, used a core and never stopped).
+func TestAMQPPublishAfterChannelClosed(t *testing.T) {
+	requireAMQP(t)
+	target, err := ParseTarget("amqp://guest:guest@" + amqpAddr + "/?exchange=amq.direct&routing_key=agentq-test-none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := dialPublisher(ctx, target, "", "journal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	if err := p.(*amqpPublisher).ch.Close(); err != nil {
+		t.Fatal(err)
+	}
+	unsendable := &queue.Out{ID: 1, Kind: "result", Headers: []queue.Header{{Name: "correlation-id", Value: strings.Repeat("c", 300)}}, Body: []byte("x")}
+	done := make(chan error, 1)
+	go func() { _, _, err := p.publish(ctx, []*queue.Out{unsendable}); done <- err }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("publish on a closed channel did not return")
+	}
+}
