@@ -174,10 +174,14 @@ func (s *Server) Handler() http.Handler {
 	return s.guard(mux)
 }
 
+// idleTimeout closes a keep-alive connection that carried no request for
+// this long (a variable for tests).
+var idleTimeout = 2 * time.Minute
+
 // Start serves on ln until Shutdown.
 func (s *Server) Start(ln net.Listener) {
 	s.ln = ln
-	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idleTimeout}
 	s.stop = make(chan struct{})
 	s.wg.Add(2)
 	go s.sampleLoop()

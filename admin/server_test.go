@@ -1,9 +1,11 @@
 package admin
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -645,4 +647,45 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// A client that leaves its keep-alive connections open (a poller that
+// makes a new HTTP transport each time and never closes it) must not hold
+// a connection and a goroutine of the agent each for ever: the server
+// closes connections that stay idle. Found by trying to break it
+// (polling the API for a long time).
+func TestIdleConnectionsClosed(t *testing.T) {
+	defer func(d time.Duration) { idleTimeout = d }(idleTimeout)
+	idleTimeout = 200 * time.Millisecond
+	_, base := serve(t, emptyJournal(t), "")
+	addr := strings.TrimPrefix(base, "http://")
+	const clients = 5
+	var conns []net.Conn
+	for range clients {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n", addr); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.Close {
+			t.Fatal("the server closed the connection after one request; want keep-alive")
+		}
+		conns = append(conns, c)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for i, c := range conns {
+		_ = c.SetReadDeadline(deadline)
+		if n, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Errorf("idle connection %d: read %d bytes, %v; want the server to close it (EOF)", i, n, err)
+		}
+	}
 }

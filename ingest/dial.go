@@ -44,20 +44,9 @@ func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
 		}
 		return c, nil
 	case "ws", "wss":
-		hc := &http.Client{}
-		if cfg.Scheme == "wss" {
-			tc, err := tlsConfig(cfg)
-			if err != nil {
-				return nil, err
-			}
-			hc.Transport = &http.Transport{TLSClientConfig: tc}
-		}
-		ws, _, err := websocket.Dial(ctx, cfg.WSURL, &websocket.DialOptions{
-			HTTPClient:   hc,
-			Subprotocols: []string{"v12.stomp"},
-		})
+		ws, err := dialWebSocket(ctx, cfg, cfg.Scheme == "wss", "v12.stomp")
 		if err != nil {
-			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.WSURL, err)
+			return nil, err
 		}
 		// No read limit, as over TCP: a body over max_body must arrive to be
 		// journaled truncated with a fault; a limit would drop the
@@ -67,6 +56,32 @@ func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
 		return newWSConn(ws), nil
 	}
 	return nil, fmt.Errorf("unknown scheme %q", cfg.Scheme)
+}
+
+// dialWebSocket opens a WebSocket to cfg.WSURL speaking subprotocol, over
+// TLS with cfg's settings when secure. A TLS dial gets a transport of its
+// own, closed before it returns: a handshake the server refuses (a
+// proxy's 502 while the broker is down, a wrong path) leaves its
+// connection idle in the transport, and a transport per reconnect kept
+// one more connection, and two goroutines, for as long as the server
+// allowed. A dial that succeeds has taken its connection out of the
+// transport, so closing the transport's idle connections leaves it be.
+func dialWebSocket(ctx context.Context, cfg Config, secure bool, subprotocol string) (*websocket.Conn, error) {
+	hc := &http.Client{}
+	if secure {
+		tc, err := tlsConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		tr := &http.Transport{TLSClientConfig: tc}
+		defer tr.CloseIdleConnections()
+		hc.Transport = tr
+	}
+	ws, _, err := websocket.Dial(ctx, cfg.WSURL, &websocket.DialOptions{HTTPClient: hc, Subprotocols: []string{subprotocol}})
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.WSURL, err)
+	}
+	return ws, nil
 }
 
 // tlsConfig builds a TLS client configuration. Verification is on unless

@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -221,17 +220,9 @@ func dialMQTT(ctx context.Context, cfg Config) (net.Conn, error) {
 	case "mqtt", "mqtts":
 		return Dial(ctx, cfg)
 	case "mqtt+ws", "mqtt+wss":
-		hc := &http.Client{}
-		if cfg.Scheme == "mqtt+wss" {
-			tc, err := tlsConfig(cfg)
-			if err != nil {
-				return nil, err
-			}
-			hc.Transport = &http.Transport{TLSClientConfig: tc}
-		}
-		ws, _, err := websocket.Dial(ctx, cfg.WSURL, &websocket.DialOptions{HTTPClient: hc, Subprotocols: []string{"mqtt"}})
+		ws, err := dialWebSocket(ctx, cfg, cfg.Scheme == "mqtt+wss", "mqtt")
 		if err != nil {
-			return nil, fmt.Errorf("cannot reach broker at %s: %w", cfg.WSURL, err)
+			return nil, err
 		}
 		ws.SetReadLimit(-1) // as over TCP: a long body is journaled truncated, not refused
 		// The connection outlives the dial context: it gets its own.

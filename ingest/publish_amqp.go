@@ -132,9 +132,16 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 	byTag := func(tag uint64) *queue.Out { return sent[tag-first] }
 	timeout := time.NewTimer(30 * time.Second)
 	defer timeout.Stop()
+	// amqp091 closes the returns channel with the channel: a closed one
+	// must be left, or it is read for ever.
+	returns := p.returns
 	for got := 0; got < len(sent); {
 		select {
-		case r := <-p.returns:
+		case r, open := <-returns:
+			if !open {
+				returns = nil
+				continue
+			}
 			returned(failed, r)
 		case c, open := <-p.confirm:
 			if !open {
@@ -153,15 +160,21 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 			return ok, failed, ctx.Err()
 		}
 	}
-	// A return comes before the ack of its message; drain any left.
-	for {
+	// A return comes before the ack of its message; drain any left. The
+	// channel may have closed meanwhile (a cut after the last confirm):
+	// reading the closed returns channel spun here for ever, at full CPU,
+	// holding the target's answers and the agent's shutdown.
+drain:
+	for returns != nil {
 		select {
-		case r := <-p.returns:
+		case r, open := <-returns:
+			if !open {
+				break drain
+			}
 			returned(failed, r)
-			continue
 		default:
+			break drain
 		}
-		break
 	}
 	for _, m := range sent {
 		if _, bad := failed[m.ID]; !bad {

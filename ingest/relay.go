@@ -205,9 +205,10 @@ func (r *Relay) publishEach(ctx context.Context, pub *publisher, name string, ms
 			refusals = 0
 		case errors.As(err, &refused) || failed[m.ID] != "":
 			refusals++
-			reason = err.Error()
-			if failed[m.ID] != "" {
-				reason = failed[m.ID]
+			// A message returned, nacked or unsendable fails with no
+			// error for the batch: its own reason is all there is.
+			if reason = failed[m.ID]; reason == "" {
+				reason = err.Error()
 			}
 			r.settleGroup(ctx, name, msgs[i:i+1], map[uint64]string{m.ID: reason}, err)
 		default: // the broker is away: the rest wait with this one

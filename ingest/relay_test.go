@@ -563,3 +563,69 @@ func TestParseTargetRefuses(t *testing.T) {
 		})
 	}
 }
+
+// Ensure an answer the broker returns as unroutable while the relay
+// publishes a refused batch's answers one at a time fails alone, and does
+// not stop the agent: over AMQP a returned (or nacked, or unsendable)
+// message comes back with no error, and the one-at-a-time pass took the
+// error's text and crashed the agent with a nil pointer. Found by trying
+// to break it (a results exchange created, not yet bound, while answers
+// to it were being retried: the agent died after about nine minutes).
+func TestRelayReturnedWhilePublishingEach(t *testing.T) {
+	requireAMQP(t)
+	target, err := ParseTarget(fmt.Sprintf("amqp://guest:guest@%s/?exchange=agentq-test-missing-%d&routing_key=k", amqpAddr, rand.Int63()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	// The first is refused (no such exchange: the channel closes, and
+	// the batch is published again one at a time); the second, a reply
+	// to a queue that does not exist, is returned as unroutable.
+	addResults(t, j,
+		&queue.Out{Kind: "result", Target: "res", Body: []byte("refused")},
+		&queue.Out{Kind: "result", Target: "res", Destination: fmt.Sprintf("/queue/agentq-test-missing-%d", rand.Int63()), Body: []byte("returned")})
+	r, stop := runRelay(t, j, map[string]Target{"res": target})
+	waitFor(t, "both answers tried", 30*time.Second, func() bool { return r.Stats().Failed >= 2 })
+	stop()
+	var errs []string
+	if err := j.ScanOutbox(func(m *queue.Out) bool { errs = append(errs, string(m.Body)+": "+m.LastError); return true }); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(errs)
+	if len(errs) != 2 || !strings.Contains(errs[0], "NOT_FOUND") || !strings.Contains(errs[1], "unroutable") {
+		t.Fatalf("outbox holds %q, want the refused answer with NOT_FOUND and the returned one as unroutable", errs)
+	}
+}
+
+// Ensure an AMQP publish returns when the channel closed under it (the
+// broker cut the connection, or closed the channel) once its confirms
+// were in, or before a batch of only answers AMQP cannot carry: the loop
+// that takes the last returns read the closed returns channel for ever,
+// a goroutine spinning at full CPU that held its target's answers and the
+// agent's shutdown. Found by trying to break it (the agent, its results
+// connections cut every two seconds, used a core and never stopped).
+func TestAMQPPublishAfterChannelClosed(t *testing.T) {
+	requireAMQP(t)
+	target, err := ParseTarget("amqp://guest:guest@" + amqpAddr + "/?exchange=amq.direct&routing_key=agentq-test-none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := dialPublisher(ctx, target, "", "journal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	if err := p.(*amqpPublisher).ch.Close(); err != nil {
+		t.Fatal(err)
+	}
+	unsendable := &queue.Out{ID: 1, Kind: "result", Headers: []queue.Header{{Name: "correlation-id", Value: strings.Repeat("c", 300)}}, Body: []byte("x")}
+	done := make(chan error, 1)
+	go func() { _, _, err := p.publish(ctx, []*queue.Out{unsendable}); done <- err }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("publish on a closed channel did not return")
+	}
+}

@@ -114,7 +114,11 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 	return sess, nil
 }
 
-// client is a Waldur API client with cfg's token and TLS settings.
+// client is a Waldur API client with cfg's token and TLS settings. With
+// TLS settings it has a transport of its own: the caller ends its use
+// with releaseClient, else every registration (at each refused login, each
+// token change) left its keep-alive connection, and two goroutines, open
+// for as long as the server allowed.
 func (a *stompAdapter) client(cfg Config) (*waldur.Client, error) {
 	w := cfg.Waldur
 	hc := &http.Client{Timeout: 30 * time.Second}
@@ -132,6 +136,14 @@ func (a *stompAdapter) client(cfg Config) (*waldur.Client, error) {
 	return &waldur.Client{BaseURL: w.APIURL, Token: cfg.Passcode, HTTP: hc}, nil
 }
 
+// releaseClient closes the idle connections of a client's own transport
+// (see client); the shared default transport is left as it is.
+func releaseClient(c *waldur.Client) {
+	if t, ok := c.HTTP.Transport.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
+}
+
 // register runs waldur.Client.Register with the token cfg was read with,
 // and records a legacy registration in the state file.
 func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registration, error) {
@@ -140,6 +152,7 @@ func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registr
 	if err != nil {
 		return waldur.Registration{}, err
 	}
+	defer releaseClient(c)
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	reg, err := c.Register(rctx, waldur.Options{Offering: w.Offering, Types: w.Types, Mode: w.Mode, Version: agentqVersion()})

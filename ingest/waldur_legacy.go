@@ -101,6 +101,7 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 	if err != nil {
 		return waldur.Registration{}, false
 	}
+	defer releaseClient(c)
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	id, err := c.EnsureIdentity(rctx, w.Offering, agentqVersion())
@@ -151,6 +152,7 @@ func (a *stompAdapter) forgetLegacy(ctx context.Context, cfg Config, prev []wald
 	if err != nil {
 		return
 	}
+	defer releaseClient(c)
 	for _, s := range prev {
 		if slices.ContainsFunc(reg.Subscriptions, func(n waldur.Subscription) bool { return n.Login == s.Login }) {
 			continue

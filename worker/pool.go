@@ -177,6 +177,11 @@ func (p *Pool) Run(ctx context.Context) error {
 			if err := p.settle(ctx, batch); err != nil && firstErr == nil {
 				firstErr = err
 			}
+			// Let the answers go: a later, smaller batch overwrites only
+			// its own share, and a burst's results (up to 1 MiB each) and
+			// dead letters (whole messages) stayed for as long as the
+			// agent ran.
+			clear(batch)
 			freed <- len(batch)
 		}
 		settleErr <- firstErr

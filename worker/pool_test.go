@@ -1,12 +1,14 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,7 +60,7 @@ func mustRouter(tb testing.TB, b Backend) *Router {
 }
 
 // startPool runs a pool until the returned stop func is called.
-func startPool(tb testing.TB, j *queue.Journal, r *Router, opts Options) (stop func() error) {
+func startPool(tb testing.TB, j Journal, r *Router, opts Options) (stop func() error) {
 	tb.Helper()
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -451,5 +453,82 @@ func TestPoolResultWait(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatalf("no result for attempt %d", attempt)
 		}
+	}
+}
+
+// outputBackend returns output(e) from every call.
+type outputBackend struct {
+	calls  atomic.Int64
+	output func(e *queue.Entry) []byte
+}
+
+func (b *outputBackend) Name() string { return "output" }
+func (b *outputBackend) Call(ctx context.Context, e *queue.Entry) error {
+	_, err := b.CallOutput(ctx, e)
+	return err
+}
+func (b *outputBackend) CallOutput(_ context.Context, e *queue.Entry) ([]byte, error) {
+	b.calls.Add(1)
+	return b.output(e), nil
+}
+
+// gatedSettle holds its first Settle until gate is closed, so that the
+// outcomes behind it are settled together.
+type gatedSettle struct {
+	*queue.Journal
+	gate  chan struct{}
+	first sync.Once
+}
+
+func (g *gatedSettle) Settle(ctx context.Context, outs ...queue.Outcome) error {
+	g.first.Do(func() { <-g.gate })
+	return g.Journal.Settle(ctx, outs...)
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// Ensure the pool keeps no outcome once it is settled: the settler reused
+// its batch, whose outcomes hold the answers (a result of up to 1 MiB, a
+// dead letter with the whole message), so after a burst every slot a
+// later, smaller batch did not overwrite kept its answer for as long as
+// the agent ran (up to InFlight of them: 256 MiB of results with the
+// defaults). Found by trying to break it, after the same defect in
+// ingest's committer.
+func TestPoolKeepsNoOutcomes(t *testing.T) {
+	const n, size = 16, 1 << 20
+	j := mustOpenJournal(t, "", queue.Options{})
+	for range n {
+		if _, err := j.Append(context.Background(), &queue.Entry{Type: "big"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := &outputBackend{output: func(e *queue.Entry) []byte {
+		if e.Type == "big" {
+			return bytes.Repeat([]byte{'x'}, size)
+		}
+		return []byte("small")
+	}}
+	r, err := NewRouter([]Route{{Pattern: "#", Backend: b, Answer: Answer{Results: "res"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedSettle{Journal: j, gate: make(chan struct{})}
+	base := heapInUse()
+	startPool(t, g, r, Options{Workers: n})
+	waitFor(t, "every call made", 20*time.Second, func() bool { return b.calls.Load() >= n })
+	close(g.gate)
+	waitFor(t, "every entry done", 20*time.Second, func() bool { return countState(j, queue.StateDone) >= n })
+	if _, err := j.Append(context.Background(), &queue.Entry{Type: "small"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the small one done", 20*time.Second, func() bool { return countState(j, queue.StateDone) >= n+1 })
+	if held := int64(heapInUse()) - int64(base); held > 4*size {
+		t.Fatalf("after %d calls with %d bytes of output each were settled, the pool holds %d bytes more than before", n, size, held)
 	}
 }
