@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -321,5 +322,103 @@ func TestIngestShutdownBrokerSilent(t *testing.T) {
 	case <-done:
 	case <-time.After(time.Minute):
 		t.Fatal("Run did not return within a minute of cancel with ShutdownTimeout 1s")
+	}
+}
+
+// slowReceiptBroker is a fake STOMP broker (it cannot ACK or redeliver,
+// and tests nothing of either) that grants heartbeats of 2 s, delivers
+// "first" on each SUBSCRIBE, answers every receipt (after delay on its
+// first connection, at once on the others), and after each receipt
+// delivers "after the late receipt".
+func slowReceiptBroker(t *testing.T, delay time.Duration) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			delay := delay
+			if n > 0 {
+				delay = 0
+			}
+			go func() {
+				defer c.Close()
+				var wmu sync.Mutex
+				write := func(f *frame.Frame) {
+					wmu.Lock()
+					defer wmu.Unlock()
+					_ = frame.NewWriter(c).Write(f)
+				}
+				message := func(sub, body string) *frame.Frame {
+					m := frame.New(frame.MESSAGE, frame.Destination, "/queue/x", frame.Subscription, sub,
+						frame.MessageId, body, frame.Ack, body)
+					m.Body = []byte(body)
+					return m
+				}
+				stop := time.AfterFunc(time.Minute, func() { c.Close() }) // bounded
+				defer stop.Stop()
+				sub := ""
+				r := frame.NewReader(bufio.NewReader(c))
+				for {
+					f, err := r.Read()
+					if err != nil {
+						return
+					}
+					if f == nil {
+						continue // a heartbeat
+					}
+					switch f.Command {
+					case frame.CONNECT, frame.STOMP:
+						write(frame.New(frame.CONNECTED, frame.Version, "1.2", frame.HeartBeat, "2000,2000"))
+						go func() { // heartbeats, so go-stomp keeps reading
+							for range 60 {
+								time.Sleep(time.Second)
+								wmu.Lock()
+								_, err := c.Write([]byte("\n"))
+								wmu.Unlock()
+								if err != nil {
+									return
+								}
+							}
+						}()
+					case frame.SUBSCRIBE:
+						sub = f.Header.Get(frame.Id)
+						write(message(sub, "first"))
+					}
+					if id := f.Header.Get(frame.Receipt); id != "" {
+						time.AfterFunc(delay, func() {
+							write(frame.New(frame.RECEIPT, frame.ReceiptId, id))
+							write(message(sub, "after the late receipt"))
+						})
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// Ensure a barrier whose receipt comes later than go-stomp waits for it
+// ends the session, so the source reconnects instead of stalling. go-stomp
+// gives up on a receipt after the heartbeat less its margin (1 s here)
+// and says the connection closed; the receipt that comes later blocks its
+// frame loop for good, and with it every MESSAGE after it: the source
+// stayed connected and never took "after the late receipt".
+func TestIngestSlowReceiptReconnects(t *testing.T) {
+	addr := slowReceiptBroker(t, 3*time.Second)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://u:p@"+addr+"/queue/x?heartbeat=2s"), j,
+		Options{ShutdownTimeout: time.Second, ReconnectInitial: 100 * time.Millisecond})
+	defer stop()
+	waitFor(t, `"after the late receipt" journaled`, 20*time.Second, func() bool {
+		return slices.Contains(journalBodies(t, j), "after the late receipt")
+	})
+	if st := src.Status(); st.Connects < 2 || !strings.Contains(st.LastError, "no confirmation of the ACKs sent") {
+		t.Fatalf("status %+v: want a reconnect after the barrier failed, and its reason", st)
 	}
 }

@@ -333,7 +333,7 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	}
 	rd := &reader{
 		frames:  make(chan received, outstanding+1),
-		errc:    make(chan error, 1),
+		errc:    make(chan error, 2), // the reader's and the barrier's
 		discard: make(chan struct{}),
 		dead:    make(chan struct{}),
 	}
@@ -344,7 +344,13 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	barrierCtx, stopBarrier := context.WithCancel(context.Background())
 	barrierDone := make(chan struct{})
 	kick := make(chan struct{}, 1)
-	go func() { defer close(barrierDone); s.barrierLoop(barrierCtx, sess, ledger, kick) }()
+	barrierFailed := func(err error) {
+		select {
+		case rd.errc <- err:
+		default:
+		}
+	}
+	go func() { defer close(barrierDone); s.barrierLoop(barrierCtx, sess, ledger, kick, barrierFailed) }()
 
 	err = s.commitLoop(ctx, sess, rd, ledger, kick, rand.Uint64())
 	close(rd.discard)
@@ -459,7 +465,17 @@ type received struct {
 // content stays about one round trip long. The committer kicks it after
 // each batch of ACKs; at most one barrier is outstanding, so under load
 // one barrier covers many batches.
-func (s *Source) barrierLoop(ctx context.Context, sess session, ledger *ack.Ledger, kick <-chan struct{}) {
+//
+// A barrier that fails ends the session (fail): the connection is gone,
+// or its broker is too slow to be trusted with it. go-stomp gives up on a
+// receipt after the heartbeat interval less its margin (5 s by default)
+// and reports the connection closed while it is not; the receipt that
+// comes later blocks its frame loop for good, on a channel nobody reads,
+// and with it every MESSAGE: the source stayed connected and took
+// nothing, while the broker held its unacknowledged messages (found by
+// trying to break it; TestIngestSlowReceiptReconnects). A new session
+// gets them redelivered, and dedup slots recognise the ones journaled.
+func (s *Source) barrierLoop(ctx context.Context, sess session, ledger *ack.Ledger, kick <-chan struct{}, fail func(error)) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -468,7 +484,10 @@ func (s *Source) barrierLoop(ctx context.Context, sess session, ledger *ack.Ledg
 		}
 		mark := ledger.Mark()
 		if err := sess.barrier(); err != nil {
-			return // the connection is gone (the committer reports it), or no barriers
+			if !errors.Is(err, errNoBarrier) && ctx.Err() == nil {
+				fail(fmt.Errorf("no confirmation of the ACKs sent (%w): reconnecting", err))
+			}
+			return
 		}
 		seqs := ledger.ConfirmThrough(mark)
 		if err := s.j.ConfirmDelivered(ctx, seqs); err != nil && ctx.Err() == nil {
