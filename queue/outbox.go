@@ -75,7 +75,15 @@ func outFailed(data []byte) bool {
 		return false // damaged: decodeOut fails, nothing was counted failed
 	}
 	d := decoder{b: fields}
-	d.uvarint() // seq
+	skipToCreated(&d)
+	d.varint() // created
+	return d.err == nil && d.int() > 0
+}
+
+// skipToCreated moves d, at the start of an outbox record's fields, past
+// its entry seq, kind, target, destination, headers and body.
+func skipToCreated(d *decoder) {
+	d.uvarint() // entry seq
 	d.skip()    // kind
 	d.skip()    // target
 	d.skip()    // destination
@@ -84,9 +92,7 @@ func outFailed(data []byte) bool {
 		d.skip()
 		d.skip()
 	}
-	d.skip()   // body
-	d.varint() // created
-	return d.err == nil && d.int() > 0
+	d.skip() // body
 }
 
 // outTarget reads the target of an outbox record without checking or
@@ -111,16 +117,7 @@ func outNextAt(data []byte) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	d := decoder{b: data[1 : len(data)-4]}
-	d.uvarint() // entry seq
-	d.skip()    // kind
-	d.skip()    // target
-	d.skip()    // destination
-	n := d.uvarint()
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		d.skip()
-		d.skip()
-	}
-	d.skip()    // body
+	skipToCreated(&d)
 	d.varint()  // created
 	d.uvarint() // attempts
 	d.skip()    // last error
