@@ -84,6 +84,18 @@ func dialWebSocket(ctx context.Context, cfg Config, secure bool, subprotocol str
 	return ws, nil
 }
 
+// CheckTLSFiles reads the CA, certificate and key files cfg names, so that
+// a missing or unreadable one fails the start, naming it. Found only when
+// dialing, it was logged under the hint that no broker answers, and
+// retried for ever.
+func CheckTLSFiles(cfg Config) error {
+	if cfg.TLS == (TLSConfig{}) {
+		return nil
+	}
+	_, err := tlsConfig(cfg)
+	return err
+}
+
 // tlsConfig builds a TLS client configuration. Verification is on unless
 // Insecure is set explicitly.
 func tlsConfig(cfg Config) (*tls.Config, error) {

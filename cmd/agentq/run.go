@@ -286,6 +286,9 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		if err := sc.Resolve(); err != nil {
 			return nil, usagef("%s: %v", where, err)
 		}
+		if err := ingest.CheckTLSFiles(sc); err != nil {
+			return nil, usagef("%s: %v", where, err)
+		}
 		if names[sc.Name] {
 			sc.Name = fmt.Sprintf("%s#%d", sc.Name, i+1)
 		}
@@ -310,6 +313,9 @@ func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logg
 		}
 		t, err := ingest.ParseTarget(raw)
 		if err != nil {
+			return "", usagef("%s: %s %q: %v", where, field, ingest.RedactURL(raw), err)
+		}
+		if err := ingest.CheckTLSFiles(t.Conn); err != nil {
 			return "", usagef("%s: %s %q: %v", where, field, ingest.RedactURL(raw), err)
 		}
 		t.Name = field + ":" + ingest.RedactURL(raw)

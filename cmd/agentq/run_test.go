@@ -311,10 +311,20 @@ func TestUsageErrorLeavesNoJournal(t *testing.T) {
 		{"AdminNotHostPort", []string{"--admin", "nonsense"}, []string{`--admin "nonsense": want host:port`}},
 		{"AdminNotLoopback", []string{"--admin", "0.0.0.0:0"}, []string{`--admin "0.0.0.0:0" is not a loopback address`}},
 		{"AdminNotLoopbackInConfig", []string{"--config", adminConf}, []string{"config " + adminConf + `: admin addr "0.0.0.0:9464" is not a loopback address`}},
+		// A TLS file that cannot be read was found only when dialing, and
+		// logged under the hint that no broker answers, for ever.
+		{"SourceCAMissing", []string{"--admin", "", "--source", "stomp+tls://u:secret@127.0.0.1:1/queue/x?ca=/nonexistent/ca.pem"}, []string{"--source", "cannot read ca /nonexistent/ca.pem"}},
+		{"ResultsCertMissing", []string{"--admin", "", "--log", "--results", "amqps://u:secret@127.0.0.1:1/?exchange=r&cert=/nonexistent/c.pem&cert_key=/nonexistent/k.pem"}, []string{"results", "/nonexistent/c.pem"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			journal := filepath.Join(dir, tc.name+".db")
-			code, _, errs := runMain(t, "", append([]string{"run", "--journal", journal}, tc.args...)...)
+			// Bounded: an agent that wrongly starts runs until its
+			// context ends.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var out, errb syncBuffer
+			code := Main(ctx, append([]string{"agentq", "run", "--journal", journal}, tc.args...), strings.NewReader(""), &out, &errb)
+			errs := errb.String()
 			if code != 2 {
 				t.Fatalf("exit %d, stderr %q: want a usage error", code, errs)
 			}
@@ -322,6 +332,9 @@ func TestUsageErrorLeavesNoJournal(t *testing.T) {
 				if !strings.Contains(errs, w) {
 					t.Errorf("stderr %q does not mention %q", errs, w)
 				}
+			}
+			if strings.Contains(errs, "secret") {
+				t.Errorf("stderr %q shows a password", errs)
 			}
 			if _, err := os.Stat(journal); !os.IsNotExist(err) {
 				t.Fatalf("a journal was created at %s (%v)", journal, err)
