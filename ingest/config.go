@@ -148,7 +148,7 @@ type TLSConfig struct {
 func ParseURL(raw string) (Config, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Config{}, errors.New(redactErr(err.Error(), raw))
+		return Config{}, errors.New(redact.ParseError(err.Error(), raw))
 	}
 	c := Config{Scheme: strings.ToLower(u.Scheme), Prefetch: -1, MaxBody: -1}
 	switch c.Scheme {
@@ -600,10 +600,6 @@ func (c Config) Warnings() []string {
 	}
 	return w
 }
-
-// redactErr removes every part of a URL's password from an error text
-// that quotes it (see redact.ParseError).
-func redactErr(msg, raw string) string { return redact.ParseError(msg, raw) }
 
 // setSessionDefaults fills the session settings a source URL and a Waldur
 // site share: ack mode, prefetch, heart-beat and max_body.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-stomp/stomp/v3/frame"
 
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -78,7 +79,7 @@ func ParseTarget(raw string) (Target, error) {
 func parseAMQPTarget(raw string) (Target, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Target{}, errors.New(redactErr(err.Error(), raw))
+		return Target{}, errors.New(redact.ParseError(err.Error(), raw))
 	}
 	if u.Host == "" {
 		return Target{}, errors.New("missing broker host")

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/waldur"
 )
 
@@ -187,7 +188,7 @@ func parseBroker(raw string) (Config, error) {
 	// must not reach the log.
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Config{}, fmt.Errorf("broker=: %s", redactErr(err.Error(), raw))
+		return Config{}, fmt.Errorf("broker=: %s", redact.ParseError(err.Error(), raw))
 	}
 	if u.User != nil || u.RawQuery != "" || u.Host == "" {
 		return Config{}, fmt.Errorf("broker=%q: want SCHEME://HOST[:PORT][/PATH], without credentials or parameters", RedactURL(raw))

@@ -207,12 +207,11 @@ func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) 
 			if at, ok := outNextAt(v); ok && !atDue(at, now) {
 				continue // not due: passed over without copying its body
 			}
+			// A record the two reads above could not parse does not
+			// decode either: it is logged here.
 			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
 			if err != nil {
 				j.log.Error("outbox message does not decode; left in place", "error", err)
-				continue
-			}
-			if !outDue(m, now) || skip != nil && skip(m.Target) {
 				continue
 			}
 			out = append(out, m)
@@ -313,9 +312,6 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 // is due now: a clock a day ahead, corrected, held every failed answer
 // for a day (found by trying to break it; TestOutboxClockTurnedBack).
 const OutboxMaxDelay = 15 * time.Minute
-
-// outDue reports whether m may be published at now.
-func outDue(m *Out, now time.Time) bool { return atDue(m.NextAt, now) }
 
 // atDue reports whether an answer to try again at may be published at now.
 func atDue(at, now time.Time) bool {
