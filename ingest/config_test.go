@@ -18,8 +18,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/go-stomp/stomp/v3/frame"
 )
 
 // Ensure every URL form parses into the right fields, with defaults.
@@ -357,10 +355,7 @@ func TestParseDurableQueue(t *testing.T) {
 	if c.DurableQueue != "agentq-orders" || !strings.Contains(c.String(), "durable_queue=agentq-orders") {
 		t.Fatalf("DurableQueue = %q, String = %q", c.DurableQueue, c.String())
 	}
-	f := frame.New(frame.SUBSCRIBE)
-	for _, o := range SubscribeOptions(c) {
-		o(f)
-	}
+	f := subscribeFrame(c, c.SubscriptionID, "client")
 	if got := f.Header.Get("x-queue-name"); got != "agentq-orders" {
 		t.Fatalf("x-queue-name = %q", got)
 	}

@@ -9,13 +9,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/go-stomp/stomp/v3"
-	"github.com/go-stomp/stomp/v3/frame"
 )
 
 // Dial opens the transport for cfg, bounded by ctx, ready for
@@ -159,36 +157,6 @@ func ConnOptions(cfg Config, logger *slog.Logger) []func(*stomp.Conn) error {
 		opts = append(opts, stomp.ConnOpt.Login(cfg.Login, cfg.Passcode))
 	}
 	return opts
-}
-
-// SubscribeOptions returns the SUBSCRIBE headers for cfg.
-func SubscribeOptions(cfg Config) []func(*frame.Frame) error {
-	opts := []func(*frame.Frame) error{
-		stomp.SubscribeOpt.Header("prefetch-count", strconv.Itoa(cfg.Prefetch)),
-	}
-	if cfg.Durable {
-		opts = append(opts,
-			stomp.SubscribeOpt.Id(cfg.SubscriptionID),
-			stomp.SubscribeOpt.Header("durable", "true"),
-			stomp.SubscribeOpt.Header("auto-delete", "false"),
-		)
-		if cfg.DurableQueue != "" {
-			opts = append(opts, stomp.SubscribeOpt.Header("x-queue-name", cfg.DurableQueue))
-		}
-	}
-	for k, v := range cfg.Headers {
-		opts = append(opts, stomp.SubscribeOpt.Header(k, v))
-	}
-	return opts
-}
-
-// AckMode returns the go-stomp ack mode for cfg: client (cumulative)
-// unless cfg asks for client-individual.
-func AckMode(cfg Config) stomp.AckMode {
-	if cfg.AckMode == "client-individual" {
-		return stomp.AckClientIndividual
-	}
-	return stomp.AckClient
 }
 
 // stompLogger sends go-stomp's own logs to slog at debug level.

@@ -7,7 +7,6 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 
 	"github.com/agentq/agentq/queue"
@@ -30,8 +29,7 @@ func FuzzFrameToEntry(f *testing.F) {
 		if err != nil || fr == nil || fr.Command != frame.MESSAGE {
 			return
 		}
-		m := &stomp.Message{Destination: fr.Header.Get(frame.Destination), Header: fr.Header, Body: fr.Body}
-		e := src.entry(m, 1)
+		e := src.entry(fr, 1)
 		if len(e.Headers) != fr.Header.Len() {
 			t.Fatalf("%d headers in the entry, %d in the frame", len(e.Headers), fr.Header.Len())
 		}

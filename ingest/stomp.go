@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-stomp/stomp/v3"
@@ -19,13 +16,11 @@ import (
 	"github.com/agentq/agentq/queue"
 )
 
-// stompAdapter is the STOMP adapter: go-stomp over TCP, TLS or WebSocket.
+// stompAdapter is the STOMP adapter, over TCP, TLS or WebSocket, on a
+// connection of its own (stompclient.go).
 type stompAdapter struct {
 	logger *slog.Logger
 	log    *slog.Logger
-	// heartbeatOff is set when the broker granted no heartbeats: go-stomp
-	// would otherwise time the idle connection out on its own interval.
-	heartbeatOff atomic.Bool
 	// waldur is the registration of a Waldur source (waldur.go).
 	waldur waldurState
 }
@@ -59,114 +54,116 @@ type stompSub struct {
 // open makes one connection per login, each with its subscriptions, as
 // one session. wrap, if set, turns each MESSAGE into the delivery handed
 // to the source. On any failure every connection made so far is closed.
-func (a *stompAdapter) open(ctx context.Context, cfg Config, logins []stompLogin, wrap func(m *stomp.Message, sub *stompSub) delivery) (session, error) {
-	s := &stompSession{cfg: cfg, wrap: wrap, gone: make(chan struct{}), shared: map[*stomp.Conn]bool{}}
+func (a *stompAdapter) open(ctx context.Context, cfg Config, logins []stompLogin, wrap func(d *stompDelivery) delivery) (session, error) {
+	s := &stompSession{cfg: cfg, wrap: wrap, gone: make(chan struct{}), failed: make(chan struct{})}
+	for _, l := range logins {
+		s.nsubs += len(l.subs)
+	}
+	// The reader never waits on the source: the broker has at most
+	// prefetch frames unacknowledged per subscription.
+	s.msgs = make(chan *stompDelivery, s.outstanding()+1)
 	for _, l := range logins {
 		lc := cfg
 		lc.Login, lc.VHost = l.login, l.vhost
-		c, err := a.dial(ctx, lc)
+		c, r, err := a.dial(ctx, lc)
 		if err != nil {
 			s.abort()
 			return nil, err
 		}
+		c.onEnd = s.connFailed
 		s.conns = append(s.conns, c)
-		mode := AckMode(cfg)
-		if len(l.subs) > 1 {
+		mode := "client"
+		if cfg.AckMode == "client-individual" || len(l.subs) > 1 {
 			// A cumulative ACK would cover the other subscriptions' frames.
-			mode = stomp.AckClientIndividual
-			s.shared[c.conn] = true
+			mode = "client-individual"
+			c.individual = true
 		}
+		var subs []stompFrameSub
 		for i := range l.subs {
 			sub := &l.subs[i]
 			lc.Destination = sub.dest
-			ss, err := c.conn.Subscribe(sub.dest, mode, SubscribeOptions(lc)...)
-			if err != nil {
-				s.abort()
-				return nil, fmt.Errorf("cannot subscribe to %s: %w", sub.dest, brokerError(err, lc))
+			id := strconv.Itoa(i + 1)
+			if cfg.SubscriptionID != "" && len(l.subs) == 1 {
+				id = cfg.SubscriptionID
 			}
-			s.subs = append(s.subs, ss)
-			s.meta = append(s.meta, sub)
+			subs = append(subs, stompFrameSub{id: id, sub: sub, frame: subscribeFrame(lc, id, mode)})
 		}
-	}
-	if len(s.subs) > 1 {
-		// Fan in: one goroutine per subscription forwards its frames in
-		// order; each keeps draining after the session ends, so go-stomp
-		// never blocks on it.
-		s.merged = make(chan fanItem)
-		for i, ss := range s.subs {
-			go s.forward(ss, s.meta[i])
+		if err := c.start(r, subs, s.deliver); err != nil {
+			s.abort()
+			return nil, fmt.Errorf("cannot subscribe to %s: %w", l.subs[0].dest, brokerError(err, lc))
 		}
 	}
 	s.subscribed = time.Now()
 	return s, nil
 }
 
+// subscribeFrame is the SUBSCRIBE frame for cfg's destination.
+func subscribeFrame(cfg Config, id, mode string) *frame.Frame {
+	f := frame.New(frame.SUBSCRIBE, frame.Id, id, frame.Destination, cfg.Destination, frame.Ack, mode,
+		"prefetch-count", strconv.Itoa(cfg.Prefetch))
+	if cfg.Durable {
+		f.Header.Add("durable", "true")
+		f.Header.Add("auto-delete", "false")
+		if cfg.DurableQueue != "" {
+			f.Header.Add("x-queue-name", cfg.DurableQueue)
+		}
+	}
+	for k, v := range cfg.Headers {
+		f.Header.Set(k, v)
+	}
+	return f
+}
+
 // dial opens one logged-in connection.
-func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, error) {
+func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, *frame.Reader, error) {
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	nc, err := Dial(dialCtx, cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	opts := ConnOptions(cfg, a.logger)
-	grantedNone := false
-	opts = append(opts, stomp.ConnOpt.ResponseHeaders(func(h *frame.Header) {
-		grantedNone = h.Get("heart-beat") == "0,0"
-	}))
-	if a.heartbeatOff.Load() {
-		opts = append(opts, stomp.ConnOpt.HeartBeat(0, 0))
-	}
-	conn, err := stomp.ConnectWithContext(dialCtx, nc, opts...)
+	c, r, err := stompConnect(dialCtx, nc, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), brokerError(err, cfg))
+		return nil, nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), brokerError(err, cfg))
 	}
-	c := &stompConn{conn: conn, nc: nc}
-	if grantedNone && cfg.HeartBeat > 0 && !a.heartbeatOff.Load() {
-		// The broker does not do heartbeats. go-stomp would still time the
-		// connection out after its own receive interval, dropping every
-		// idle connection: reconnect with heartbeats off.
-		a.heartbeatOff.Store(true)
-		a.log.Warn("broker granted no heartbeats; reconnecting with heartbeats off")
-		c.abort()
-		return nil, fmt.Errorf("broker granted no heartbeats: %w", errReconnectNow)
+	if cfg.HeartBeat > 0 && c.readTimeout == 0 {
+		a.log.Warn("broker grants no heartbeats: a dead connection is noticed only by TCP", "heartbeat", cfg.HeartBeat)
 	}
-	return c, nil
+	return &stompConn{stompClient: c}, r, nil
 }
 
-// stompConn is one STOMP connection.
+// stompConn is one STOMP connection of a session.
 type stompConn struct {
-	conn *stomp.Conn
-	nc   net.Conn
+	*stompClient
+	// individual: the connection ACKs each frame (client-individual, or
+	// several subscriptions on it).
+	individual bool
 }
 
-// abort closes the socket and lets go-stomp wind down on its own:
-// MustDisconnect can block behind a send that holds go-stomp's lock.
-func (c *stompConn) abort() {
-	go func() { _ = c.conn.MustDisconnect() }()
-	go func() { _ = c.nc.Close() }()
-}
+// abort closes the connection at once.
+func (c *stompConn) abort() { c.end(errStompClosed) }
 
 // stompSession is one or more STOMP connections (one per login) with one
 // or more subscriptions each, handed to the source as one session: a
 // failure of any of them ends it.
 type stompSession struct {
-	cfg    Config
-	conns  []*stompConn
-	shared map[*stomp.Conn]bool // connections with several subscriptions
-	subs   []*stomp.Subscription
-	meta   []*stompSub // beside subs
-	wrap   func(m *stomp.Message, sub *stompSub) delivery
-	merged chan fanItem  // fan-in of several subscriptions; nil for one
-	gone   chan struct{} // closed when the session is over: forwarders drop frames
-	once   sync.Once
+	cfg   Config
+	conns []*stompConn
+	nsubs int
+	wrap  func(d *stompDelivery) delivery
+	msgs  chan *stompDelivery // from every connection's reader
+	gone  chan struct{}       // closed when the session is over: readers drop frames
+	once  sync.Once
+	// failed is closed when the first connection ends; err says why.
+	failed   chan struct{}
+	failOnce sync.Once
+	err      error
 	// ended, if set, learns the error of a session that delivered
 	// nothing (the source passes it to explain).
 	ended func(err error)
 	// closed, if set, runs after a graceful close (shutdown only).
 	closed func()
-	err    error // the first error of a subscription, reported when it ends
 	// subscribed is when the last SUBSCRIBE went out: a WebSocket the
 	// broker closes soon after is a refusal, one closed later a drop.
 	subscribed time.Time
@@ -176,65 +173,51 @@ type stompSession struct {
 // broker refusing the subscription.
 var earlyClose = 2 * time.Second // a variable for tests
 
+// barrierTimeout bounds the wait for a barrier's receipt: past it the
+// session ends and the source reconnects.
+var barrierTimeout = 30 * time.Second // a variable for tests
+
+// closeTimeout bounds the wait for the receipt of a graceful DISCONNECT.
+const closeTimeout = 5 * time.Second
+
 var _ session = (*stompSession)(nil)
 
-// fanItem is a frame from one of several subscriptions; m nil means the
-// subscription's channel closed.
-type fanItem struct {
-	m   *stomp.Message
-	sub *stompSub
-}
-
-func (s *stompSession) forward(ss *stomp.Subscription, sub *stompSub) {
-	for m := range ss.C {
-		select {
-		case s.merged <- fanItem{m, sub}:
-		case <-s.gone: // not ACKed: the broker redelivers it
-		}
-	}
+// deliver is each connection's reader handing over a MESSAGE. After the
+// session is over frames are dropped, unacknowledged: the broker
+// redelivers them.
+func (s *stompSession) deliver(d *stompDelivery) {
 	select {
-	case s.merged <- fanItem{nil, sub}:
+	case s.msgs <- d:
 	case <-s.gone:
 	}
 }
 
 func (s *stompSession) receive(stop <-chan struct{}) (delivery, error) {
-	for {
-		var m *stomp.Message
-		var sub *stompSub
-		ok := true
-		if s.merged == nil {
+	var d *stompDelivery
+	select {
+	case d = <-s.msgs:
+	default:
+		select {
+		case d = <-s.msgs:
+		case <-stop:
+			return nil, errSessionOver
+		case <-s.failed:
 			select {
-			case m, ok = <-s.subs[0].C:
-				sub = s.meta[0]
-			case <-stop:
-				return nil, errSessionOver
-			}
-		} else {
-			select {
-			case it := <-s.merged:
-				m, sub, ok = it.m, it.sub, it.m != nil
-			case <-stop:
-				return nil, errSessionOver
+			case d = <-s.msgs: // what came before the end first
+			default:
+				return nil, brokerError(s.err, s.subConfig(nil))
 			}
 		}
-		if !ok {
-			if s.err == nil {
-				s.err = errors.New("subscription closed")
-			}
-			return nil, brokerError(s.err, s.subConfig(sub))
-		}
-		if m.Err != nil {
-			if s.err == nil {
-				s.err = m.Err
-			}
-			continue // go-stomp closes the channel next
-		}
-		if s.wrap != nil {
-			return s.wrap(m, sub), nil
-		}
-		return (*stompDelivery)(m), nil
 	}
+	if s.wrap != nil {
+		return s.wrap(d), nil
+	}
+	return d, nil
+}
+
+// connFailed ends the session when one of its connections ends.
+func (s *stompSession) connFailed(err error) {
+	s.failOnce.Do(func() { s.err = err; close(s.failed) })
 }
 
 // subConfig is the session's Config with a subscription's destination,
@@ -249,33 +232,33 @@ func (s *stompSession) subConfig(sub *stompSub) Config {
 
 // stompMessager is a delivery backed by a STOMP MESSAGE frame.
 type stompMessager interface {
-	stompMessage() *stomp.Message
+	stompMessage() *stompDelivery
 }
 
 func (s *stompSession) ack(batch []delivery) error {
-	// ack=client: one cumulative ACK of the last frame per connection,
-	// since go-stomp flushes the socket per frame. RabbitMQ applies it to
-	// the connection's channel, across subscriptions, so a connection
-	// with several subscriptions subscribed client-individual (open) and
-	// gets one ACK per frame.
-	var last []*stomp.Message
-	for _, d := range batch {
-		m := d.(stompMessager).stompMessage()
-		if s.cfg.AckMode == "client-individual" || s.shared[m.Conn] {
-			if err := m.Conn.Ack(m); err != nil {
-				return fmt.Errorf("cannot ack: %w", err)
+	// ack=client: one cumulative ACK of the last frame per connection.
+	// RabbitMQ applies it to the connection's channel, across
+	// subscriptions, so a connection with several subscriptions
+	// subscribed client-individual (open) and gets one ACK per frame.
+	// Either way a connection's ACKs go out in one write.
+	var one [1]*stompDelivery
+	for _, c := range s.conns {
+		var ds []*stompDelivery
+		for _, d := range batch {
+			m := d.(stompMessager).stompMessage()
+			if m.c != c.stompClient {
+				continue
 			}
-			continue
+			if c.individual {
+				ds = append(ds, m)
+			} else {
+				one[0], ds = m, one[:]
+			}
 		}
-		if i := slices.IndexFunc(last, func(x *stomp.Message) bool { return x.Conn == m.Conn }); i >= 0 {
-			last[i] = m
-		} else {
-			last = append(last, m)
-		}
-	}
-	for _, m := range last {
-		if err := m.Conn.Ack(m); err != nil {
-			return fmt.Errorf("cannot ack: %w", err)
+		if len(ds) > 0 {
+			if err := c.ack(ds); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -286,11 +269,11 @@ func (s *stompSession) ack(batch []delivery) error {
 // so the receipt proves every ACK sent before it arrived.
 func (s *stompSession) barrier() error {
 	for _, c := range s.conns {
-		tx, err := c.conn.BeginWithError()
+		tx := c.newTx()
+		err := c.request(barrierTimeout,
+			frame.New(frame.BEGIN, frame.Transaction, tx),
+			frame.New(frame.ABORT, frame.Transaction, tx))
 		if err != nil {
-			return err
-		}
-		if err := tx.AbortWithReceipt(); err != nil {
 			return err
 		}
 	}
@@ -302,14 +285,17 @@ func (s *stompSession) barrier() error {
 // every ACK sent before it.
 func (s *stompSession) close() error {
 	defer s.over()
-	for _, ss := range s.subs {
-		_ = ss.Unsubscribe()
-	}
 	var err error
 	for _, c := range s.conns {
-		if e := c.conn.Disconnect(); e != nil && err == nil {
+		fs := make([]*frame.Frame, 0, len(c.subs)+1)
+		for id := range c.subs {
+			fs = append(fs, frame.New(frame.UNSUBSCRIBE, frame.Id, id))
+		}
+		fs = append(fs, frame.New(frame.DISCONNECT))
+		if e := c.request(closeTimeout, fs...); e != nil && err == nil {
 			err = e
 		}
+		c.end(errStompClosed)
 	}
 	if s.closed != nil {
 		s.closed()
@@ -328,7 +314,7 @@ func (s *stompSession) over() { s.once.Do(func() { close(s.gone) }) }
 
 // outstanding is how many frames the broker may have sent and not had
 // acknowledged: prefetch for each subscription.
-func (s *stompSession) outstanding() int { return s.cfg.Prefetch * max(1, len(s.subs)) }
+func (s *stompSession) outstanding() int { return s.cfg.Prefetch * max(1, s.nsubs) }
 
 func (s *stompSession) explain(err error) error {
 	reason := ""
@@ -338,8 +324,10 @@ func (s *stompSession) explain(err error) error {
 		}
 	}
 	cfg := s.cfg
-	if len(s.meta) == 1 {
-		cfg.Destination = s.meta[0].dest
+	if s.nsubs == 1 && len(s.conns) == 1 {
+		for _, sub := range s.conns[0].subs {
+			cfg.Destination = sub.dest
+		}
 	}
 	// Only a close right after SUBSCRIBE is a refusal: an idle session's
 	// dropped connection must not read as one (it made a Waldur source
@@ -353,27 +341,32 @@ func (s *stompSession) explain(err error) error {
 	return err
 }
 
-// stompDelivery is a MESSAGE frame.
-type stompDelivery stomp.Message
+// stompDelivery is a MESSAGE frame, the connection it came on and its
+// subscription.
+type stompDelivery struct {
+	f   *frame.Frame
+	c   *stompClient
+	sub *stompSub
+}
 
-func (d *stompDelivery) destination() string { return d.Destination }
-func (d *stompDelivery) body() []byte        { return d.Body }
-func (d *stompDelivery) redelivered() bool   { return d.Header.Get("redelivered") == "true" }
+func (d *stompDelivery) destination() string { return d.f.Header.Get(frame.Destination) }
+func (d *stompDelivery) body() []byte        { return d.f.Body }
+func (d *stompDelivery) redelivered() bool   { return d.f.Header.Get("redelivered") == "true" }
 
-func (d *stompDelivery) stompMessage() *stomp.Message { return (*stomp.Message)(d) }
+func (d *stompDelivery) stompMessage() *stompDelivery { return d }
 
 func (d *stompDelivery) appendHeaders(dst []queue.Header) []queue.Header {
-	for i, n := 0, d.Header.Len(); i < n; i++ {
-		k, v := d.Header.GetAt(i)
+	for i, n := 0, d.f.Header.Len(); i < n; i++ {
+		k, v := d.f.Header.GetAt(i)
 		dst = append(dst, queue.Header{Name: k, Value: v})
 	}
 	return dst
 }
 
 // entry turns a MESSAGE frame into a new journal entry.
-func (s *Source) entry(m *stomp.Message, connID uint64) *queue.Entry {
+func (s *Source) entry(f *frame.Frame, connID uint64) *queue.Entry {
 	e := &queue.Entry{}
-	s.fill(e, (*stompDelivery)(m), s.opts.Now(), connID, &entryBuilder{}, nil)
+	s.fill(e, &stompDelivery{f: f}, s.opts.Now(), connID, &entryBuilder{}, nil)
 	return e
 }
 

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-stomp/stomp/v3"
-
 	"github.com/agentq/agentq/queue"
 	"github.com/agentq/agentq/waldur"
 )
@@ -77,8 +75,8 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 		logins[i].subs = append(logins[i].subs, sub)
 	}
 	x := &waldurExtract{typeSpec: cfg.Waldur.typeSpec, keyAll: cfg.Waldur.keyAll, keys: cfg.Waldur.keys}
-	sess, err := a.open(ctx, cfg, logins, func(m *stomp.Message, sub *stompSub) delivery {
-		return &waldurDelivery{m: m, objectType: sub.objectType, x: x}
+	sess, err := a.open(ctx, cfg, logins, func(d *stompDelivery) delivery {
+		return &waldurDelivery{m: d, objectType: d.sub.objectType, x: x}
 	})
 	if err != nil {
 		if refusedByBroker(err) {
@@ -238,26 +236,26 @@ func (x *waldurExtract) read(m *Message, queueType string) (typ, key string) {
 // frame's plus the type and key read from the payload, computed on the
 // committer's goroutine when the source builds the entry.
 type waldurDelivery struct {
-	m          *stomp.Message
+	m          *stompDelivery
 	objectType string
 	x          *waldurExtract
 }
 
-func (d *waldurDelivery) destination() string          { return d.m.Destination }
-func (d *waldurDelivery) body() []byte                 { return d.m.Body }
-func (d *waldurDelivery) redelivered() bool            { return d.m.Header.Get("redelivered") == "true" }
-func (d *waldurDelivery) stompMessage() *stomp.Message { return d.m }
+func (d *waldurDelivery) destination() string          { return d.m.destination() }
+func (d *waldurDelivery) body() []byte                 { return d.m.body() }
+func (d *waldurDelivery) redelivered() bool            { return d.m.redelivered() }
+func (d *waldurDelivery) stompMessage() *stompDelivery { return d.m }
 
 func (d *waldurDelivery) appendHeaders(dst []queue.Header) []queue.Header {
 	start := len(dst)
-	for i, n := 0, d.m.Header.Len(); i < n; i++ {
-		k, v := d.m.Header.GetAt(i)
+	for i, n := 0, d.m.f.Header.Len(); i < n; i++ {
+		k, v := d.m.f.Header.GetAt(i)
 		if k == WaldurTypeHeader || k == WaldurKeyHeader {
 			continue // only agentq sets these
 		}
 		dst = append(dst, queue.Header{Name: k, Value: v})
 	}
-	msg := Message{Destination: d.m.Destination, Headers: dst[start:], Body: d.m.Body}
+	msg := Message{Destination: d.m.destination(), Headers: dst[start:], Body: d.m.body()}
 	typ, key := d.x.read(&msg, d.objectType)
 	if typ != "" {
 		dst = append(dst, queue.Header{Name: WaldurTypeHeader, Value: typ})

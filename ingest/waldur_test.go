@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 
 	"github.com/agentq/agentq/internal/brokertest"
@@ -177,12 +176,12 @@ func TestWaldurParamsDocumented(t *testing.T) {
 }
 
 // waldurFrame builds the MESSAGE frame of a payload as RabbitMQ delivers it.
-func waldurFrame(dest string, body []byte, headers ...string) *stomp.Message {
+func waldurFrame(dest string, body []byte, headers ...string) *stompDelivery {
 	h := frame.NewHeader("destination", dest, "message-id", "T_1@@session@@1", "subscription", "0", "redelivered", "false")
 	for i := 0; i+1 < len(headers); i += 2 {
 		h.Add(headers[i], headers[i+1])
 	}
-	return &stomp.Message{Destination: dest, Header: h, Body: body}
+	return &stompDelivery{f: &frame.Frame{Command: frame.MESSAGE, Header: h, Body: body}}
 }
 
 // Ensure each of the ten payload types gets its type and its key by

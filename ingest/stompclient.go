@@ -1,0 +1,376 @@
+package ingest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-stomp/stomp/v3"
+	"github.com/go-stomp/stomp/v3/frame"
+)
+
+// stompClient is one STOMP connection as a source consumes from it. It
+// reads and writes frames with go-stomp's frame package but not its Conn,
+// for three reasons found under load and by trying to break it:
+//
+//   - go-stomp hands each MESSAGE through three goroutines and two
+//     channels (socket reader, frame loop, subscription) and arms a new
+//     timer for each frame; here one reader hands it to the session.
+//   - go-stomp writes and flushes every frame on its own: a batch of 500
+//     ACKs in client-individual mode was 500 write syscalls; here a batch
+//     of frames is one write.
+//   - go-stomp gives up on a receipt after a timeout, and the receipt that
+//     comes later blocks its frame loop, and with it every MESSAGE, for
+//     good; a receipt nobody waits for any more is dropped here. It also
+//     timed a connection out on its own heartbeat interval when the
+//     broker granted none (the source had to reconnect with heartbeats
+//     off); here a broker that sends no heartbeats is not expected to.
+//
+// One goroutine reads; the session's goroutines write under wmu. A second
+// goroutine, while heartbeats are on, sends them when nothing else went
+// out and ends the connection when nothing came in for the negotiated
+// interval plus a margin.
+type stompClient struct {
+	nc      net.Conn
+	version string // negotiated: 1.0, 1.1 or 1.2
+	subs    map[string]*stompSub
+	// sendEvery and readTimeout are the negotiated heartbeats, with the
+	// margin applied: 0 is none.
+	sendEvery, readTimeout time.Duration
+
+	wmu       sync.Mutex
+	bw        *bufio.Writer
+	lastWrite time.Time // under wmu
+
+	reads atomic.Uint64 // frames and heartbeats read, for the watchdog
+
+	rmu      sync.Mutex
+	receipts map[string]chan struct{}
+	nextID   uint64 // receipts and transactions; under rmu
+
+	done chan struct{} // closed once the connection is over
+	err  error         // why; set before done closes
+	once sync.Once
+	// onEnd, if set before start, learns why the connection ended.
+	onEnd func(error)
+	wg    sync.WaitGroup // reader, heartbeats, closer
+}
+
+// errStompClosed ends a connection agentq closed itself.
+var errStompClosed = errors.New("connection closed by agentq")
+
+// stompConnect logs in on nc (bounded by ctx) and negotiates heartbeats.
+// On failure nc is left to the caller.
+func stompConnect(ctx context.Context, nc net.Conn, cfg Config) (*stompClient, *frame.Reader, error) {
+	if d, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(d)
+		defer nc.SetDeadline(time.Time{})
+	}
+	host := cfg.VHost
+	if host == "" {
+		host = "default"
+		if h, _, err := net.SplitHostPort(nc.RemoteAddr().String()); err == nil {
+			host = h
+		}
+	}
+	ms := strconv.FormatInt(cfg.HeartBeat.Milliseconds(), 10)
+	hdr := []string{frame.AcceptVersion, "1.0,1.1,1.2", frame.Host, host, frame.HeartBeat, ms + "," + ms}
+	if cfg.Login != "" {
+		hdr = append(hdr, frame.Login, cfg.Login, frame.Passcode, cfg.Passcode)
+	}
+	c := &stompClient{nc: nc, bw: bufio.NewWriterSize(nc, ioBufferSize), subs: map[string]*stompSub{},
+		receipts: map[string]chan struct{}{}, done: make(chan struct{})}
+	if err := c.write(frame.New(frame.CONNECT, hdr...)); err != nil {
+		return nil, nil, err
+	}
+	r := frame.NewReaderSize(nc, ioBufferSize)
+	var f *frame.Frame
+	for f == nil {
+		var err error
+		if f, err = r.Read(); err != nil {
+			return nil, nil, err
+		}
+	}
+	if f.Command == frame.ERROR {
+		return nil, nil, stomp.Error{Message: f.Header.Get(frame.Message), Frame: f}
+	}
+	if f.Command != frame.CONNECTED {
+		return nil, nil, fmt.Errorf("broker answered CONNECT with %s", f.Command)
+	}
+	switch c.version = f.Header.Get(frame.Version); c.version {
+	case "":
+		c.version = "1.0"
+	case "1.0", "1.1", "1.2":
+	default:
+		return nil, nil, fmt.Errorf("broker speaks STOMP %q, agentq 1.0 to 1.2", c.version)
+	}
+	if hb, ok := f.Header.Contains(frame.HeartBeat); ok && cfg.HeartBeat > 0 {
+		sx, sy, err := frame.ParseHeartBeat(hb)
+		if err != nil {
+			return nil, nil, fmt.Errorf("broker's heart-beat %q: %w", hb, err)
+		}
+		// STOMP: each side's interval is the larger of what one offers
+		// and the other asks; 0 on either side is none. The margin allows
+		// for RabbitMQ rounding to seconds and for the network.
+		margin := cfg.HeartBeat / 2
+		if sy > 0 {
+			c.sendEvery = max(cfg.HeartBeat, sy)
+			if c.sendEvery > margin {
+				c.sendEvery -= margin
+			}
+		}
+		if sx > 0 {
+			c.readTimeout = max(cfg.HeartBeat, sx) + margin
+		}
+	}
+	return c, r, nil
+}
+
+// start subscribes and starts the reader, which hands each MESSAGE to
+// deliver (it must not block past the session's end), and the heartbeats.
+func (c *stompClient) start(r *frame.Reader, subs []stompFrameSub, deliver func(*stompDelivery)) error {
+	fs := make([]*frame.Frame, 0, len(subs))
+	for _, s := range subs {
+		c.subs[s.id] = s.sub
+		fs = append(fs, s.frame)
+	}
+	if err := c.write(fs...); err != nil {
+		return err
+	}
+	c.wg.Add(1)
+	go c.readLoop(r, deliver)
+	if c.sendEvery > 0 || c.readTimeout > 0 {
+		c.wg.Add(1)
+		go c.heartbeats()
+	}
+	return nil
+}
+
+// stompFrameSub is a SUBSCRIBE frame and the subscription it makes.
+type stompFrameSub struct {
+	id    string
+	frame *frame.Frame
+	sub   *stompSub
+}
+
+func (c *stompClient) readLoop(r *frame.Reader, deliver func(*stompDelivery)) {
+	defer c.wg.Done()
+	for {
+		f, err := r.Read()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				err = errors.New("connection closed")
+			} else {
+				err = fmt.Errorf("connection closed: %w", err)
+			}
+			c.end(err)
+			return
+		}
+		c.reads.Add(1)
+		if f == nil {
+			continue // a heartbeat
+		}
+		switch f.Command {
+		case frame.MESSAGE:
+			if sub := c.subs[f.Header.Get(frame.Subscription)]; sub != nil {
+				deliver(&stompDelivery{f: f, c: c, sub: sub})
+			}
+		case frame.RECEIPT:
+			c.rmu.Lock()
+			id := f.Header.Get(frame.ReceiptId)
+			ch := c.receipts[id]
+			delete(c.receipts, id)
+			c.rmu.Unlock()
+			if ch != nil {
+				close(ch)
+			}
+		case frame.ERROR:
+			c.end(stomp.Error{Message: f.Header.Get(frame.Message), Frame: f})
+			return
+		}
+	}
+}
+
+// heartbeats sends a heartbeat when nothing went out for about sendEvery,
+// and ends the connection once nothing came in for readTimeout.
+func (c *stompClient) heartbeats() {
+	defer c.wg.Done()
+	period := time.Hour
+	if c.sendEvery > 0 {
+		period = c.sendEvery / 2
+	}
+	if c.readTimeout > 0 {
+		period = min(period, c.readTimeout/4)
+	}
+	t := time.NewTicker(max(period, 10*time.Millisecond))
+	defer t.Stop()
+	seen, since := c.reads.Load(), time.Now()
+	for {
+		select {
+		case <-c.done:
+			return
+		case now := <-t.C:
+			if c.readTimeout > 0 {
+				if n := c.reads.Load(); n != seen {
+					seen, since = n, now
+				} else if now.Sub(since) >= c.readTimeout {
+					c.end(fmt.Errorf("connection closed: nothing from the broker in %s, heartbeats included", c.readTimeout.Round(time.Millisecond)))
+					return
+				}
+			}
+			if c.sendEvery > 0 {
+				c.wmu.Lock()
+				if now.Sub(c.lastWrite) >= c.sendEvery/2 {
+					c.lastWrite = now
+					_, err := c.bw.Write([]byte{'\n'})
+					if err == nil {
+						err = c.bw.Flush()
+					}
+					if err != nil {
+						c.wmu.Unlock()
+						c.end(fmt.Errorf("connection closed: %w", err))
+						return
+					}
+				}
+				c.wmu.Unlock()
+			}
+		}
+	}
+}
+
+// end records why the connection is over, the first time, and closes it.
+// Closing may wait on a WebSocket's closing handshake, so it runs on its
+// own goroutine (waited for by wg).
+func (c *stompClient) end(err error) {
+	c.once.Do(func() {
+		c.err = err
+		close(c.done)
+		if c.onEnd != nil {
+			c.onEnd(err)
+		}
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); _ = c.nc.Close() }()
+	})
+}
+
+// write sends frames in one write. A failed write ends the connection.
+func (c *stompClient) write(fs ...*frame.Frame) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for _, f := range fs {
+		writeFrame(c.bw, f)
+	}
+	return c.flush()
+}
+
+// flush writes what is buffered; wmu held.
+func (c *stompClient) flush() error {
+	c.lastWrite = time.Now()
+	if err := c.bw.Flush(); err != nil {
+		err = fmt.Errorf("connection closed: %w", err)
+		c.end(err)
+		return err
+	}
+	return nil
+}
+
+// ack writes ACK frames for ds, all of this connection, in one write.
+func (c *stompClient) ack(ds []*stompDelivery) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for _, d := range ds {
+		c.bw.WriteString("ACK\n")
+		if c.version == "1.2" {
+			writeHeader(c.bw, frame.Id, d.f.Header.Get(frame.Ack))
+		} else {
+			writeHeader(c.bw, frame.Subscription, d.f.Header.Get(frame.Subscription))
+			writeHeader(c.bw, frame.MessageId, d.f.Header.Get(frame.MessageId))
+		}
+		c.bw.WriteString("\n\x00")
+	}
+	if err := c.flush(); err != nil {
+		return fmt.Errorf("cannot ack: %w", err)
+	}
+	return nil
+}
+
+// request sends fs, the last with a receipt, and waits for the receipt,
+// at most timeout. A receipt that comes later is dropped.
+func (c *stompClient) request(timeout time.Duration, fs ...*frame.Frame) error {
+	c.rmu.Lock()
+	c.nextID++
+	id := "agentq-" + strconv.FormatUint(c.nextID, 10)
+	ch := make(chan struct{})
+	c.receipts[id] = ch
+	c.rmu.Unlock()
+	forget := func() {
+		c.rmu.Lock()
+		delete(c.receipts, id)
+		c.rmu.Unlock()
+	}
+	fs[len(fs)-1].Header.Set(frame.Receipt, id)
+	if err := c.write(fs...); err != nil {
+		forget()
+		return err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-c.done:
+		forget()
+		return c.err
+	case <-t.C:
+		forget()
+		return fmt.Errorf("no RECEIPT from the broker within %s", timeout)
+	}
+}
+
+// newTx names a transaction.
+func (c *stompClient) newTx() string {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.nextID++
+	return "agentq-tx-" + strconv.FormatUint(c.nextID, 10)
+}
+
+// writeFrame encodes f as go-stomp's frame.Writer does (header names and
+// values escaped, content-length as given), without a flush.
+func writeFrame(w *bufio.Writer, f *frame.Frame) {
+	w.WriteString(f.Command)
+	w.WriteByte('\n')
+	for i := 0; i < f.Header.Len(); i++ {
+		k, v := f.Header.GetAt(i)
+		writeHeader(w, k, v)
+	}
+	w.WriteByte('\n')
+	w.Write(f.Body)
+	w.WriteByte(0)
+}
+
+// stompEscaper escapes header names and values (STOMP 1.1 and 1.2).
+var stompEscaper = strings.NewReplacer("\\", "\\\\", "\r", "\\r", "\n", "\\n", ":", "\\c")
+
+func writeHeader(w *bufio.Writer, k, v string) {
+	escape(w, k)
+	w.WriteByte(':')
+	escape(w, v)
+	w.WriteByte('\n')
+}
+
+func escape(w *bufio.Writer, s string) {
+	if strings.ContainsAny(s, "\\\r\n:") {
+		_, _ = stompEscaper.WriteString(w, s)
+		return
+	}
+	w.WriteString(s)
+}
