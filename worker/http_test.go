@@ -341,3 +341,48 @@ func TestHTTPHeaderValuesEncoded(t *testing.T) {
 		t.Fatalf("content type %q, X-Evil %q", hdr.Get("Content-Type"), hdr.Get("X-Evil"))
 	}
 }
+
+// Ensure a route's headers that no request could carry are refused when
+// the backend is made, naming the header but not its value, and a Host
+// header is the request's Host. Found by trying to break it: a value
+// with YAML's final newline ("Bearer T\n") made Go's client refuse every
+// request, each message retried for a day; a Host header was dropped.
+func TestHTTPConfiguredHeaders(t *testing.T) {
+	for _, hs := range []map[string]string{
+		{"Authorization": "Bearer s3cret\n"},
+		{"X-Api-Key": "s3cret\r\nX-Evil: 1"},
+		{"X Api Key": "s3cret"},
+		{"": "s3cret"},
+		{"Idempotency-Key": "s3cret"},
+		{"x-agentq-seq": "s3cret"},
+		{"Content-Length": "12"},
+	} {
+		_, err := NewHTTP(HTTPConfig{URL: "http://127.0.0.1:1/hook", Headers: hs})
+		if err == nil {
+			t.Errorf("NewHTTP with headers %q succeeded", hs)
+			continue
+		}
+		if msg := err.Error(); strings.Contains(msg, "s3cret") || !strings.Contains(msg, "header") {
+			t.Errorf("headers %q: error %q: want the header named without its value", hs, msg)
+		}
+	}
+	got := make(chan *http.Request, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r
+		http.Error(w, "no hook here on "+r.Host, 404)
+	}))
+	defer srv.Close()
+	h, err := NewHTTP(HTTPConfig{URL: srv.URL + "/hook", Headers: map[string]string{"host": "api.internal", "X-Agentq-Custom": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.Call(context.Background(), testEntry([]byte("{}")))
+	r := <-got
+	if r.Host != "api.internal" || r.Header.Get("X-Agentq-Custom") != "1" {
+		t.Fatalf("Host %q, X-Agentq-Custom %q: want api.internal and 1", r.Host, r.Header.Get("X-Agentq-Custom"))
+	}
+	// The Host is not a secret: an error body naming it is not garbled.
+	if err == nil || !strings.Contains(err.Error(), "no hook here on api.internal") {
+		t.Fatalf("Call = %v: want the 404 with its body as it was", err)
+	}
+}
