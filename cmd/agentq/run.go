@@ -197,13 +197,13 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		if err != nil {
 			return nil, usagef("--exec %q: %v", v, err)
 		}
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Exec: argv})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Exec: argv, flag: "--exec"})
 	}
 	if v := c.String("http"); v != "" {
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", HTTP: v})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", HTTP: v, flag: "--http"})
 	}
 	if c.Bool("log") {
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Log: true})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Log: true, flag: "--log"})
 	}
 	if len(flagRoutes) > 1 {
 		return nil, usagef("give one of --exec, --http or --log (or several routes in a config file)")
@@ -311,12 +311,17 @@ func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logg
 		if raw == "" || raw == worker.ReplyOnly && field == "results" {
 			return raw, nil
 		}
+		at := fmt.Sprintf("%s: %s %q", where, field, ingest.RedactURL(raw))
+		if strings.HasPrefix(where, "--") {
+			// --results and --on-stuck gave it, not a route.
+			at = fmt.Sprintf("--%s %q", strings.ReplaceAll(field, "_", "-"), ingest.RedactURL(raw))
+		}
 		t, err := ingest.ParseTarget(raw)
 		if err != nil {
-			return "", usagef("%s: %s %q: %v", where, field, ingest.RedactURL(raw), err)
+			return "", usagef("%s: %v", at, err)
 		}
 		if err := ingest.CheckTLSFiles(t.Conn); err != nil {
-			return "", usagef("%s: %s %q: %v", where, field, ingest.RedactURL(raw), err)
+			return "", usagef("%s: %v", at, err)
 		}
 		t.Name = field + ":" + ingest.RedactURL(raw)
 		targets[t.Name] = t
@@ -643,8 +648,12 @@ func correlationID(sources []ingest.Config) func(*queue.Entry) string {
 }
 
 // routeWhere names a route in errors: its file and line, its number and
-// pattern.
+// pattern; or the flag that made it.
 func routeWhere(i int, r RouteEntry) string {
+	if r.flag != "" {
+		// The flag the user typed, not a route they never wrote.
+		return r.flag
+	}
 	where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
 	if r.line > 0 {
 		where = fmt.Sprintf("config %s line %d: %s", r.file, r.line, where)

@@ -305,7 +305,12 @@ func TestUsageErrorLeavesNoJournal(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{"MissingHandler", []string{"--admin", "", "--exec", "/nonexistent/handler.sh"}, []string{"/nonexistent/handler.sh"}},
+		// Errors about the route the flags make name the flag: they said
+		// "route 1 (match "#")", a route the user never wrote.
+		{"MissingHandler", []string{"--admin", "", "--exec", "/nonexistent/handler.sh"}, []string{"--exec: cannot find command", "/nonexistent/handler.sh"}},
+		{"BadHTTP", []string{"--admin", "", "--http", "ftp://u:secret@127.0.0.1/hook"}, []string{"--http: http backend URL"}},
+		{"BadResults", []string{"--admin", "", "--exec", "/bin/true", "--results", "nope://x"}, []string{`--results "nope://x": unknown scheme`}},
+		{"BadOnStuck", []string{"--admin", "", "--log", "--on-stuck", "stomp://u:secret@127.0.0.1/nodest"}, []string{`--on-stuck "stomp://u:xxxxx@127.0.0.1/nodest": destination`}},
 		{"MissingHandlerInConfig", []string{"--admin", "", "--config", handlerConf}, []string{"config " + handlerConf + " line 2: route 1", "/nonexistent/handler.sh"}},
 		{"BadResultsInConfig", []string{"--admin", "", "--config", config("results.yaml", "routes:\n  - match: \"#\"\n    log: true\n    results: nope://x\n")}, []string{"results.yaml line 2: route 1", "nope"}},
 		{"AdminNotHostPort", []string{"--admin", "nonsense"}, []string{`--admin "nonsense": want host:port`}},
@@ -314,7 +319,7 @@ func TestUsageErrorLeavesNoJournal(t *testing.T) {
 		// A TLS file that cannot be read was found only when dialing, and
 		// logged under the hint that no broker answers, for ever.
 		{"SourceCAMissing", []string{"--admin", "", "--source", "stomp+tls://u:secret@127.0.0.1:1/queue/x?ca=/nonexistent/ca.pem"}, []string{"--source", "cannot read ca /nonexistent/ca.pem"}},
-		{"ResultsCertMissing", []string{"--admin", "", "--log", "--results", "amqps://u:secret@127.0.0.1:1/?exchange=r&cert=/nonexistent/c.pem&cert_key=/nonexistent/k.pem"}, []string{"results", "/nonexistent/c.pem"}},
+		{"ResultsCertMissing", []string{"--admin", "", "--log", "--results", "amqps://u:secret@127.0.0.1:1/?exchange=r&cert=/nonexistent/c.pem&cert_key=/nonexistent/k.pem"}, []string{"--results", "/nonexistent/c.pem"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			journal := filepath.Join(dir, tc.name+".db")
