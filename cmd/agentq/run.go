@@ -54,7 +54,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringSliceFlag{Name: "source", Aliases: []string{"s"}, Usage: "subscribe to `URL` (repeatable): stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws://, mqtt+wss://, waldur+https:// (default " + DefaultSource + ")", EnvVars: []string{"AGENTQ_SOURCE"}},
 			&cli.StringFlag{Name: "type-from", Usage: "where the message type comes from, as `SPEC` (default header:type)", EnvVars: []string{"AGENTQ_TYPE_FROM"}},
 			&cli.StringFlag{Name: "key-from", Usage: "where the ordering key comes from, as `SPEC` (default: no key, no order)", EnvVars: []string{"AGENTQ_KEY_FROM"}},
-			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
+			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin); split into words with sh's quoting rules, but run without a shell (no $VAR, globs or pipes: a config route's shell: has them)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
 			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, or \"reply\" to answer only messages that carry a reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
 			&cli.StringFlag{Name: "on-stuck", Usage: "publish a copy of each message that becomes stuck to `URL` (a dead letter, with agentq-error and agentq-attempts headers)", EnvVars: []string{"AGENTQ_ON_STUCK"}},
@@ -785,8 +785,11 @@ func crashHook() func(int) {
 	}
 }
 
-// splitCommand splits a command line into words, honouring single and
-// double quotes and backslash escapes, without a shell.
+// splitCommand splits a command line into words as /bin/sh would, without
+// running one (no variables, globs or redirections): single quotes keep
+// everything, a backslash escapes the next character, and inside double
+// quotes only $ ` " \ and a newline ("a\.b" is a\.b, as a shell gives it).
+// A backslash before a newline joins the lines.
 func splitCommand(s string) ([]string, error) {
 	var out []string
 	var cur strings.Builder
@@ -795,10 +798,16 @@ func splitCommand(s string) ([]string, error) {
 	for _, r := range s {
 		switch {
 		case esc:
-			cur.WriteRune(r)
+			if quote == '"' && !strings.ContainsRune("$`\"\\\n", r) {
+				cur.WriteRune('\\') // not an escape inside double quotes
+			}
+			if r != '\n' {
+				cur.WriteRune(r)
+				inWord = true
+			}
 			esc = false
 		case r == '\\' && quote != '\'':
-			esc, inWord = true, true
+			esc = true
 		case quote != 0:
 			if r == quote {
 				quote = 0

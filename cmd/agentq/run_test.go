@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -418,6 +419,37 @@ func TestReplayRangeEdges(t *testing.T) {
 	for seq := uint64(1); seq <= 3; seq++ {
 		if e, err := j.Get(seq); err != nil || e.State != queue.StateDone || e.Replays != 0 {
 			t.Errorf("entry %d after the replays: %+v, %v; want done, never replayed", seq, e, err)
+		}
+	}
+}
+
+// Ensure --exec splits its command line as /bin/sh does. A backslash
+// inside double quotes escaped any character, so --exec 'grep -E "a\.b"'
+// ran grep with a.b, which a shell would have given as a\.b.
+func TestSplitCommand(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{`/usr/local/bin/handle-order --verbose`, []string{"/usr/local/bin/handle-order", "--verbose"}},
+		{`'/opt/my handler/run.sh' "a b" c\ d ''`, []string{"/opt/my handler/run.sh", "a b", "c d", ""}},
+		{`grep -E "a\.b\d" 'x\y' a\.b`, []string{"grep", "-E", `a\.b\d`, `x\y`, "a.b"}},
+		{`echo "\$HOME \"q\" \\ \` + "`" + `" '$HOME'`, []string{"echo", "$HOME \"q\" \\ `", "$HOME"}},
+		{"run \\\n  --flag \"a\\\nb\"", []string{"run", "--flag", "ab"}},
+	} {
+		got, err := splitCommand(tc.in)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("splitCommand(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		// What /bin/sh makes of the same line, as a check on the table.
+		out, err := exec.Command("/bin/sh", "-c", `for a in `+tc.in+`; do printf '%s\0' "$a"; done`).Output()
+		if sh := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00"); err != nil || !slices.Equal(sh, tc.want) {
+			t.Errorf("/bin/sh splits %q into %q (%v), the table says %q", tc.in, sh, err, tc.want)
+		}
+	}
+	for _, in := range []string{``, `  `, `"open`, `'open`, `end\`} {
+		if got, err := splitCommand(in); err == nil {
+			t.Errorf("splitCommand(%q) = %q, want an error", in, got)
 		}
 	}
 }
