@@ -196,8 +196,8 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	if err != nil {
 		return nil, Permanent(fmt.Errorf("cannot build request: %w", err))
 	}
-	ct, ok := e.Header("content-type")
-	if !ok || ct == "" || !validHeaderValue(ct) {
+	ct := contentType(e)
+	if ct == "" || !validHeaderValue(ct) {
 		ct = "application/octet-stream"
 	}
 	req.Header.Set("Content-Type", ct)
@@ -275,6 +275,20 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	default:
 		return nil, Permanent(err)
 	}
+}
+
+// contentType is the message's content type: the STOMP header, or the
+// AMQP property (ingest names it content_type, as AMQP does). Read from
+// the STOMP header only, every AMQP message was POSTed as
+// application/octet-stream, and a service that parses JSON by its
+// Content-Type refused it.
+func contentType(e *queue.Entry) string {
+	for _, n := range []string{"content-type", "content_type"} {
+		if v, ok := e.Header(n); ok && v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 func quoteBody(b []byte) string {

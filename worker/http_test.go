@@ -386,3 +386,35 @@ func TestHTTPConfiguredHeaders(t *testing.T) {
 		t.Fatalf("Call = %v: want the 404 with its body as it was", err)
 	}
 }
+
+// Ensure the request's Content-Type is the message's, whether the STOMP
+// header (content-type) or the AMQP property (content_type) gave it: an
+// AMQP message's was dropped and every one was POSTed as
+// application/octet-stream. Found by sending a JSON message over AMQP to
+// an HTTP route.
+func TestHTTPContentType(t *testing.T) {
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Get("Content-Type") }))
+	defer srv.Close()
+	h, err := NewHTTP(HTTPConfig{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		headers []queue.Header
+		want    string
+	}{
+		{[]queue.Header{{Name: "content-type", Value: "application/json"}}, "application/json"},
+		{[]queue.Header{{Name: "exchange", Value: ""}, {Name: "content_type", Value: "application/json; charset=utf-8"}}, "application/json; charset=utf-8"},
+		{nil, "application/octet-stream"},
+	} {
+		e := testEntry([]byte(`{"a":1}`))
+		e.Headers = tc.headers
+		if err := h.Call(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+		if ct := <-got; ct != tc.want {
+			t.Errorf("headers %v: Content-Type %q, want %q", tc.headers, ct, tc.want)
+		}
+	}
+}
