@@ -78,6 +78,19 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 	if len(cfg.Argv) == 0 || cfg.Argv[0] == "" {
 		return nil, errors.New("exec backend needs a command")
 	}
+	// Go's exec passes an entry without '=' as it is (sh drops it) and
+	// refuses to start a command with a NUL in its environment: every
+	// call would fail and retry for a day. The value may be a secret and
+	// is never shown.
+	for i, kv := range cfg.Env {
+		name, _, ok := strings.Cut(kv, "=")
+		switch {
+		case !ok || name == "":
+			return nil, fmt.Errorf("env entry %d %q: want NAME=VALUE", i+1, cutUTF8(name, 64))
+		case strings.IndexByte(kv, 0) >= 0:
+			return nil, fmt.Errorf("env entry %d (%s): a NUL byte cannot be passed in an environment", i+1, cutUTF8(name, 64))
+		}
+	}
 	if cfg.StderrTail <= 0 {
 		cfg.StderrTail = DefaultStderrTail
 	}

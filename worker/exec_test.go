@@ -423,3 +423,16 @@ func TestExecEnvFromUnruly(t *testing.T) {
 		t.Errorf("a 140 KiB header name: dropped %q", env["AGENTQ_HEADERS_DROPPED"])
 	}
 }
+
+// Ensure an env: entry that cannot reach the command as a variable is
+// refused when the backend is built, without its value: one without '='
+// was dropped without a word, and one with a NUL made every call fail
+// ("exec: environment variable contains NUL") and retry for a day.
+func TestExecBadEnv(t *testing.T) {
+	for _, env := range [][]string{{"SLURM_CONF"}, {"=s3cret"}, {"OK=1", "API_TOKEN=s3cret\x00x"}} {
+		_, err := NewExec(ExecConfig{Argv: []string{"true"}, Env: env})
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "env entry") {
+			t.Errorf("NewExec with env %q = %v: want an error naming the entry without its value", env, err)
+		}
+	}
+}

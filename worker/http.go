@@ -41,6 +41,7 @@ type HTTPConfig struct {
 type HTTP struct {
 	cfg    HTTPConfig
 	client *http.Client
+	host   string // a configured Host header, sent as the request's Host
 	name   string // Name, worked out once: it is asked for every call
 	// secrets are hidden in the response bodies errors quote: the
 	// configured headers' values and the URL's password and secret
@@ -65,6 +66,10 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("http backend URL %q: want http:// or https:// with a host", shownURL(u))
 	}
+	host, err := checkHeaders(cfg.Headers)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultHTTPTimeout
 	}
@@ -87,13 +92,56 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		// 3xx is a permanent failure, with its Location in the error.
 		c = &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	return &HTTP{cfg: cfg, client: c, name: "http:" + shownURL(u), shown: shownURL(u), secrets: httpSecrets(cfg, u)}, nil
+	return &HTTP{cfg: cfg, client: c, host: host, name: "http:" + shownURL(u), shown: shownURL(u), secrets: httpSecrets(cfg, u)}, nil
+}
+
+// setByAgent names the headers agentq writes on every request, and those
+// Go's client writes from the request itself: a configured one would be
+// overwritten or dropped without a word.
+var setByAgent = map[string]bool{"Idempotency-Key": true, "X-Agentq-Seq": true, "X-Agentq-Type": true, "X-Agentq-Key": true,
+	"X-Agentq-Attempt": true, "X-Agentq-Encoded": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+
+// checkHeaders refuses configured headers that no request could carry and
+// returns the Host one (Go's client sends the Host of req.Host, never of
+// the header map). Found when a header's value was "Bearer T\n" (YAML's
+// | and > keep a final newline): Go's client refused every request, each
+// message was retried for a day, and a Host header was dropped silently.
+// The errors name the header, never its value.
+func checkHeaders(hs map[string]string) (host string, err error) {
+	for k, v := range hs {
+		ck := http.CanonicalHeaderKey(k)
+		switch {
+		case !validHeaderName(k):
+			return "", fmt.Errorf("http backend header %q: not a valid header name (letters, digits and !#$%%&'*+-.^_`|~ only)", k)
+		case !validHeaderValue(v):
+			return "", fmt.Errorf("http backend header %s: its value has a line break or another control character (in YAML, | and > keep a final newline; write |- or >-)", k)
+		case setByAgent[ck]:
+			return "", fmt.Errorf("http backend header %s: agentq sets it on each request", k)
+		case ck == "Host":
+			host = v
+		}
+	}
+	return host, nil
+}
+
+// validHeaderName reports whether k is an HTTP token (RFC 9110).
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // notSecret names headers whose values say how, not who: hiding them in
 // an error body would only garble it.
 var notSecret = map[string]bool{"Accept": true, "Accept-Encoding": true, "Accept-Language": true,
-	"Cache-Control": true, "Content-Language": true, "Content-Type": true, "User-Agent": true}
+	"Cache-Control": true, "Content-Language": true, "Content-Type": true, "Host": true, "User-Agent": true}
 
 // httpSecrets lists what a server echoing the request could give back of
 // the credentials: the configured headers' values (and what follows an
@@ -148,13 +196,16 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	if err != nil {
 		return nil, Permanent(fmt.Errorf("cannot build request: %w", err))
 	}
-	ct, ok := e.Header("content-type")
-	if !ok || ct == "" || !validHeaderValue(ct) {
+	ct := contentType(e)
+	if ct == "" || !validHeaderValue(ct) {
 		ct = "application/octet-stream"
 	}
 	req.Header.Set("Content-Type", ct)
 	for k, v := range h.cfg.Headers {
 		req.Header.Set(k, v)
+	}
+	if h.host != "" {
+		req.Host = h.host
 	}
 	req.Header.Set("Idempotency-Key", h.cfg.IdempotencyPrefix+"-"+strconv.FormatUint(e.Seq, 10))
 	req.Header.Set("X-Agentq-Seq", strconv.FormatUint(e.Seq, 10))
@@ -224,6 +275,20 @@ func (h *HTTP) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	default:
 		return nil, Permanent(err)
 	}
+}
+
+// contentType is the message's content type: the STOMP header, or the
+// AMQP property (ingest names it content_type, as AMQP does). Read from
+// the STOMP header only, every AMQP message was POSTed as
+// application/octet-stream, and a service that parses JSON by its
+// Content-Type refused it.
+func contentType(e *queue.Entry) string {
+	for _, n := range []string{"content-type", "content_type"} {
+		if v, ok := e.Header(n); ok && v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 func quoteBody(b []byte) string {

@@ -341,3 +341,80 @@ func TestHTTPHeaderValuesEncoded(t *testing.T) {
 		t.Fatalf("content type %q, X-Evil %q", hdr.Get("Content-Type"), hdr.Get("X-Evil"))
 	}
 }
+
+// Ensure a route's headers that no request could carry are refused when
+// the backend is made, naming the header but not its value, and a Host
+// header is the request's Host. Found by trying to break it: a value
+// with YAML's final newline ("Bearer T\n") made Go's client refuse every
+// request, each message retried for a day; a Host header was dropped.
+func TestHTTPConfiguredHeaders(t *testing.T) {
+	for _, hs := range []map[string]string{
+		{"Authorization": "Bearer s3cret\n"},
+		{"X-Api-Key": "s3cret\r\nX-Evil: 1"},
+		{"X Api Key": "s3cret"},
+		{"": "s3cret"},
+		{"Idempotency-Key": "s3cret"},
+		{"x-agentq-seq": "s3cret"},
+		{"Content-Length": "12"},
+	} {
+		_, err := NewHTTP(HTTPConfig{URL: "http://127.0.0.1:1/hook", Headers: hs})
+		if err == nil {
+			t.Errorf("NewHTTP with headers %q succeeded", hs)
+			continue
+		}
+		if msg := err.Error(); strings.Contains(msg, "s3cret") || !strings.Contains(msg, "header") {
+			t.Errorf("headers %q: error %q: want the header named without its value", hs, msg)
+		}
+	}
+	got := make(chan *http.Request, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r
+		http.Error(w, "no hook here on "+r.Host, 404)
+	}))
+	defer srv.Close()
+	h, err := NewHTTP(HTTPConfig{URL: srv.URL + "/hook", Headers: map[string]string{"host": "api.internal", "X-Agentq-Custom": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.Call(context.Background(), testEntry([]byte("{}")))
+	r := <-got
+	if r.Host != "api.internal" || r.Header.Get("X-Agentq-Custom") != "1" {
+		t.Fatalf("Host %q, X-Agentq-Custom %q: want api.internal and 1", r.Host, r.Header.Get("X-Agentq-Custom"))
+	}
+	// The Host is not a secret: an error body naming it is not garbled.
+	if err == nil || !strings.Contains(err.Error(), "no hook here on api.internal") {
+		t.Fatalf("Call = %v: want the 404 with its body as it was", err)
+	}
+}
+
+// Ensure the request's Content-Type is the message's, whether the STOMP
+// header (content-type) or the AMQP property (content_type) gave it: an
+// AMQP message's was dropped and every one was POSTed as
+// application/octet-stream. Found by sending a JSON message over AMQP to
+// an HTTP route.
+func TestHTTPContentType(t *testing.T) {
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Get("Content-Type") }))
+	defer srv.Close()
+	h, err := NewHTTP(HTTPConfig{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		headers []queue.Header
+		want    string
+	}{
+		{[]queue.Header{{Name: "content-type", Value: "application/json"}}, "application/json"},
+		{[]queue.Header{{Name: "exchange", Value: ""}, {Name: "content_type", Value: "application/json; charset=utf-8"}}, "application/json; charset=utf-8"},
+		{nil, "application/octet-stream"},
+	} {
+		e := testEntry([]byte(`{"a":1}`))
+		e.Headers = tc.headers
+		if err := h.Call(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+		if ct := <-got; ct != tc.want {
+			t.Errorf("headers %v: Content-Type %q, want %q", tc.headers, ct, tc.want)
+		}
+	}
+}

@@ -106,6 +106,7 @@ type RouteEntry struct {
 	OnStuck      string   `yaml:"on_stuck"`      // URL a copy of each stuck entry is published to
 	line         int
 	file         string // the config file it came from, for error messages
+	flag         string // "--exec", "--http" or "--log" for the route those flags make
 }
 
 // Duration is a time.Duration written as "30s", "5m", "168h".

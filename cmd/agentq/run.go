@@ -54,7 +54,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringSliceFlag{Name: "source", Aliases: []string{"s"}, Usage: "subscribe to `URL` (repeatable): stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws://, mqtt+wss://, waldur+https:// (default " + DefaultSource + ")", EnvVars: []string{"AGENTQ_SOURCE"}},
 			&cli.StringFlag{Name: "type-from", Usage: "where the message type comes from, as `SPEC` (default header:type)", EnvVars: []string{"AGENTQ_TYPE_FROM"}},
 			&cli.StringFlag{Name: "key-from", Usage: "where the ordering key comes from, as `SPEC` (default: no key, no order)", EnvVars: []string{"AGENTQ_KEY_FROM"}},
-			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin)", EnvVars: []string{"AGENTQ_EXEC"}},
+			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin); split into words with sh's quoting rules, but run without a shell (no $VAR, globs or pipes: a config route's shell: has them)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
 			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, or \"reply\" to answer only messages that carry a reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
 			&cli.StringFlag{Name: "on-stuck", Usage: "publish a copy of each message that becomes stuck to `URL` (a dead letter, with agentq-error and agentq-attempts headers)", EnvVars: []string{"AGENTQ_ON_STUCK"}},
@@ -197,13 +197,13 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		if err != nil {
 			return nil, usagef("--exec %q: %v", v, err)
 		}
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Exec: argv})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Exec: argv, flag: "--exec"})
 	}
 	if v := c.String("http"); v != "" {
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", HTTP: v})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", HTTP: v, flag: "--http"})
 	}
 	if c.Bool("log") {
-		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Log: true})
+		flagRoutes = append(flagRoutes, RouteEntry{Match: "#", Log: true, flag: "--log"})
 	}
 	if len(flagRoutes) > 1 {
 		return nil, usagef("give one of --exec, --http or --log (or several routes in a config file)")
@@ -311,12 +311,17 @@ func buildRouter(routes []RouteEntry, timeout time.Duration, hide []string, logg
 		if raw == "" || raw == worker.ReplyOnly && field == "results" {
 			return raw, nil
 		}
+		at := fmt.Sprintf("%s: %s %q", where, field, ingest.RedactURL(raw))
+		if strings.HasPrefix(where, "--") {
+			// --results and --on-stuck gave it, not a route.
+			at = fmt.Sprintf("--%s %q", strings.ReplaceAll(field, "_", "-"), ingest.RedactURL(raw))
+		}
 		t, err := ingest.ParseTarget(raw)
 		if err != nil {
-			return "", usagef("%s: %s %q: %v", where, field, ingest.RedactURL(raw), err)
+			return "", usagef("%s: %v", at, err)
 		}
 		if err := ingest.CheckTLSFiles(t.Conn); err != nil {
-			return "", usagef("%s: %s %q: %v", where, field, ingest.RedactURL(raw), err)
+			return "", usagef("%s: %v", at, err)
 		}
 		t.Name = field + ":" + ingest.RedactURL(raw)
 		targets[t.Name] = t
@@ -643,8 +648,12 @@ func correlationID(sources []ingest.Config) func(*queue.Entry) string {
 }
 
 // routeWhere names a route in errors: its file and line, its number and
-// pattern.
+// pattern; or the flag that made it.
 func routeWhere(i int, r RouteEntry) string {
+	if r.flag != "" {
+		// The flag the user typed, not a route they never wrote.
+		return r.flag
+	}
 	where := fmt.Sprintf("route %d (match %q)", i+1, r.Match)
 	if r.line > 0 {
 		where = fmt.Sprintf("config %s line %d: %s", r.file, r.line, where)
@@ -776,8 +785,11 @@ func crashHook() func(int) {
 	}
 }
 
-// splitCommand splits a command line into words, honouring single and
-// double quotes and backslash escapes, without a shell.
+// splitCommand splits a command line into words as /bin/sh would, without
+// running one (no variables, globs or redirections): single quotes keep
+// everything, a backslash escapes the next character, and inside double
+// quotes only $ ` " \ and a newline ("a\.b" is a\.b, as a shell gives it).
+// A backslash before a newline joins the lines.
 func splitCommand(s string) ([]string, error) {
 	var out []string
 	var cur strings.Builder
@@ -786,10 +798,16 @@ func splitCommand(s string) ([]string, error) {
 	for _, r := range s {
 		switch {
 		case esc:
-			cur.WriteRune(r)
+			if quote == '"' && !strings.ContainsRune("$`\"\\\n", r) {
+				cur.WriteRune('\\') // not an escape inside double quotes
+			}
+			if r != '\n' {
+				cur.WriteRune(r)
+				inWord = true
+			}
 			esc = false
 		case r == '\\' && quote != '\'':
-			esc, inWord = true, true
+			esc = true
 		case quote != 0:
 			if r == quote {
 				quote = 0

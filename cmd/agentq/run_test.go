@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -305,7 +306,12 @@ func TestUsageErrorLeavesNoJournal(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{"MissingHandler", []string{"--admin", "", "--exec", "/nonexistent/handler.sh"}, []string{"/nonexistent/handler.sh"}},
+		// Errors about the route the flags make name the flag: they said
+		// "route 1 (match "#")", a route the user never wrote.
+		{"MissingHandler", []string{"--admin", "", "--exec", "/nonexistent/handler.sh"}, []string{"--exec: cannot find command", "/nonexistent/handler.sh"}},
+		{"BadHTTP", []string{"--admin", "", "--http", "ftp://u:secret@127.0.0.1/hook"}, []string{"--http: http backend URL"}},
+		{"BadResults", []string{"--admin", "", "--exec", "/bin/true", "--results", "nope://x"}, []string{`--results "nope://x": unknown scheme`}},
+		{"BadOnStuck", []string{"--admin", "", "--log", "--on-stuck", "stomp://u:secret@127.0.0.1/nodest"}, []string{`--on-stuck "stomp://u:xxxxx@127.0.0.1/nodest": destination`}},
 		{"MissingHandlerInConfig", []string{"--admin", "", "--config", handlerConf}, []string{"config " + handlerConf + " line 2: route 1", "/nonexistent/handler.sh"}},
 		{"BadResultsInConfig", []string{"--admin", "", "--config", config("results.yaml", "routes:\n  - match: \"#\"\n    log: true\n    results: nope://x\n")}, []string{"results.yaml line 2: route 1", "nope"}},
 		{"AdminNotHostPort", []string{"--admin", "nonsense"}, []string{`--admin "nonsense": want host:port`}},
@@ -314,7 +320,7 @@ func TestUsageErrorLeavesNoJournal(t *testing.T) {
 		// A TLS file that cannot be read was found only when dialing, and
 		// logged under the hint that no broker answers, for ever.
 		{"SourceCAMissing", []string{"--admin", "", "--source", "stomp+tls://u:secret@127.0.0.1:1/queue/x?ca=/nonexistent/ca.pem"}, []string{"--source", "cannot read ca /nonexistent/ca.pem"}},
-		{"ResultsCertMissing", []string{"--admin", "", "--log", "--results", "amqps://u:secret@127.0.0.1:1/?exchange=r&cert=/nonexistent/c.pem&cert_key=/nonexistent/k.pem"}, []string{"results", "/nonexistent/c.pem"}},
+		{"ResultsCertMissing", []string{"--admin", "", "--log", "--results", "amqps://u:secret@127.0.0.1:1/?exchange=r&cert=/nonexistent/c.pem&cert_key=/nonexistent/k.pem"}, []string{"--results", "/nonexistent/c.pem"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			journal := filepath.Join(dir, tc.name+".db")
@@ -413,6 +419,37 @@ func TestReplayRangeEdges(t *testing.T) {
 	for seq := uint64(1); seq <= 3; seq++ {
 		if e, err := j.Get(seq); err != nil || e.State != queue.StateDone || e.Replays != 0 {
 			t.Errorf("entry %d after the replays: %+v, %v; want done, never replayed", seq, e, err)
+		}
+	}
+}
+
+// Ensure --exec splits its command line as /bin/sh does. A backslash
+// inside double quotes escaped any character, so --exec 'grep -E "a\.b"'
+// ran grep with a.b, which a shell would have given as a\.b.
+func TestSplitCommand(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{`/usr/local/bin/handle-order --verbose`, []string{"/usr/local/bin/handle-order", "--verbose"}},
+		{`'/opt/my handler/run.sh' "a b" c\ d ''`, []string{"/opt/my handler/run.sh", "a b", "c d", ""}},
+		{`grep -E "a\.b\d" 'x\y' a\.b`, []string{"grep", "-E", `a\.b\d`, `x\y`, "a.b"}},
+		{`echo "\$HOME \"q\" \\ \` + "`" + `" '$HOME'`, []string{"echo", "$HOME \"q\" \\ `", "$HOME"}},
+		{"run \\\n  --flag \"a\\\nb\"", []string{"run", "--flag", "ab"}},
+	} {
+		got, err := splitCommand(tc.in)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("splitCommand(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		// What /bin/sh makes of the same line, as a check on the table.
+		out, err := exec.Command("/bin/sh", "-c", `for a in `+tc.in+`; do printf '%s\0' "$a"; done`).Output()
+		if sh := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00"); err != nil || !slices.Equal(sh, tc.want) {
+			t.Errorf("/bin/sh splits %q into %q (%v), the table says %q", tc.in, sh, err, tc.want)
+		}
+	}
+	for _, in := range []string{``, `  `, `"open`, `'open`, `end\`} {
+		if got, err := splitCommand(in); err == nil {
+			t.Errorf("splitCommand(%q) = %q, want an error", in, got)
 		}
 	}
 }
