@@ -321,6 +321,8 @@ func TestExitCodes(t *testing.T) {
 		{"ReplayNoFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db")}, 2, "from"},
 		{"ReplayToBeforeFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1300", "--to", "1200"}, 2, "--to 1200 is before --from 1300"},
 		{"ReplayToBeforeFromTimes", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "2026-11-24", "--to", "2026-11-23"}, 2, "--to 2026-11-23 is before --from 2026-11-24"},
+		{"ReplayTypeFromWithoutReextract", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1", "--type-from", "json:event_type"}, 2, "--type-from goes with --reextract"},
+		{"ReplayKeyFromWithoutReextract", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1", "--key-from", "json:order_uuid", "--dry-run"}, 2, "--key-from goes with --reextract"},
 		{"ReplayBadFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "yesterday-ish"}, 2, "--from"},
 		{"NotAJournal", []string{"inspect", "--journal", garbage}, 1, "not an agentq journal"},
 		{"TruncatedJournal", []string{"inspect", "--journal", truncated}, 1, "truncated"},
