@@ -254,6 +254,43 @@ func TestResolveDurations(t *testing.T) {
 	}
 }
 
+// Ensure an empty --journal, as an EnvironmentFile's AGENTQ_JOURNAL=
+// gives it, counts as not given, as it does for inspect, replay, pause
+// and compact: run took it for the path "" and failed at start with
+// "cannot open journal : open : no such file or directory", exit 1. So
+// do empty AGENTQ_LOG_FORMAT, AGENTQ_LOG_LEVEL (they replaced the
+// config's with the defaults), AGENTQ_RESULTS and AGENTQ_ON_STUCK (a
+// usage error without a backend flag).
+func TestEmptyFlagsFromEnvironment(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "agentq.yaml")
+	want := filepath.Join(filepath.Dir(config), "from-config.db")
+	if err := os.WriteFile(config, []byte("journal: "+want+"\nlog_format: json\nlog_level: debug\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"AGENTQ_JOURNAL", "AGENTQ_LOG_FORMAT", "AGENTQ_LOG_LEVEL", "AGENTQ_RESULTS", "AGENTQ_ON_STUCK"} {
+		t.Setenv(v, "")
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, DefaultJournal},
+		{[]string{"--config", config}, want},
+		{[]string{"--config", config, "--journal", ""}, want},
+	} {
+		s, err := resolve(t, tc.args...)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if s.journal != tc.want {
+			t.Errorf("%v with AGENTQ_JOURNAL empty: journal %q, want %q", tc.args, s.journal, tc.want)
+		}
+		if tc.want == want && (s.cfg.LogFormat != "json" || s.cfg.LogLevel != "debug") {
+			t.Errorf("%v with AGENTQ_LOG_FORMAT and AGENTQ_LOG_LEVEL empty: %q, %q; want the config's json, debug", tc.args, s.cfg.LogFormat, s.cfg.LogLevel)
+		}
+	}
+}
+
 // Ensure pause and resume on a stopped agent's journal: a pause is stored
 // and listed, a resume must name a stored pause as it was written (a typo
 // or another pattern fails with exit 1 and the list, the pause stays),
