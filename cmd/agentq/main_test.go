@@ -280,6 +280,29 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+// Ensure the shipped systemd unit runs a command line agentq takes.
+func TestSystemdUnit(t *testing.T) {
+	b, err := os.ReadFile("../../testdata/agentq.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var argv []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			argv = strings.Fields(v)
+		}
+	}
+	if len(argv) < 2 {
+		t.Fatalf("no ExecStart in the unit")
+	}
+	// With a config that cannot be read: the flags parse, and the error
+	// is the config's.
+	code, _, errs := runMain(t, "", append(argv[1:], "--config", filepath.Join(t.TempDir(), "none.yaml"))...)
+	if code != exitUsage || !strings.Contains(errs, "none.yaml") {
+		t.Fatalf("ExecStart %v: exit %d, %s; want the missing config named, exit %d", argv, code, errs, exitUsage)
+	}
+}
+
 // Ensure usage errors exit 2 with a message naming the flag or file, and
 // runtime failures exit 1, without stack traces.
 func TestExitCodes(t *testing.T) {
