@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -287,6 +288,28 @@ func TestEmptyFlagsFromEnvironment(t *testing.T) {
 		}
 		if tc.want == want && (s.cfg.LogFormat != "json" || s.cfg.LogLevel != "debug") {
 			t.Errorf("%v with AGENTQ_LOG_FORMAT and AGENTQ_LOG_LEVEL empty: %q, %q; want the config's json, debug", tc.args, s.cfg.LogFormat, s.cfg.LogLevel)
+		}
+	}
+}
+
+// Ensure the commands read an --admin-token-file as agentq run reads it:
+// run trims the white space around the token, and inspect, replay, pause
+// and resume sent a file's blank last line or trailing space along with
+// it, so they could not reach the agent the same file protects.
+func TestAdminTokenFileReadAlike(t *testing.T) {
+	dir := t.TempDir()
+	for i, content := range []string{"tok-1\n", "tok-1\n\n", "tok-1 \r\n", "\ttok-1\n"} {
+		f := filepath.Join(dir, "token"+strconv.Itoa(i))
+		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := resolve(t, "--admin-token-file", f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := readToken(f)
+		if err != nil || got != s.token || got != "tok-1" {
+			t.Errorf("token file %q: the commands send %q (%v), agentq run holds %q; want tok-1 for both", content, got, err, s.token)
 		}
 	}
 }
