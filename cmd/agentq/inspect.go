@@ -154,7 +154,11 @@ func readToken(file string) (string, error) {
 	if err != nil {
 		return "", usagef("--admin-token-file: %v", err)
 	}
-	return t, nil
+	// Trimmed as agentq run trims the same file: a blank line or a space
+	// after the token made the command send another token than the agent
+	// holds, and a newline in it a header Go refuses ("cannot reach the
+	// running agent ... invalid header field value").
+	return strings.TrimSpace(t), nil
 }
 
 func printSummary(w io.Writer, s *admin.Summary) {

@@ -280,6 +280,29 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+// Ensure the shipped systemd unit runs a command line agentq takes.
+func TestSystemdUnit(t *testing.T) {
+	b, err := os.ReadFile("../../testdata/agentq.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var argv []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			argv = strings.Fields(v)
+		}
+	}
+	if len(argv) < 2 {
+		t.Fatalf("no ExecStart in the unit")
+	}
+	// With a config that cannot be read: the flags parse, and the error
+	// is the config's.
+	code, _, errs := runMain(t, "", append(argv[1:], "--config", filepath.Join(t.TempDir(), "none.yaml"))...)
+	if code != exitUsage || !strings.Contains(errs, "none.yaml") {
+		t.Fatalf("ExecStart %v: exit %d, %s; want the missing config named, exit %d", argv, code, errs, exitUsage)
+	}
+}
+
 // Ensure usage errors exit 2 with a message naming the flag or file, and
 // runtime failures exit 1, without stack traces.
 func TestExitCodes(t *testing.T) {
@@ -321,6 +344,8 @@ func TestExitCodes(t *testing.T) {
 		{"ReplayNoFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db")}, 2, "from"},
 		{"ReplayToBeforeFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1300", "--to", "1200"}, 2, "--to 1200 is before --from 1300"},
 		{"ReplayToBeforeFromTimes", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "2026-11-24", "--to", "2026-11-23"}, 2, "--to 2026-11-23 is before --from 2026-11-24"},
+		{"ReplayTypeFromWithoutReextract", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1", "--type-from", "json:event_type"}, 2, "--type-from goes with --reextract"},
+		{"ReplayKeyFromWithoutReextract", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1", "--key-from", "json:order_uuid", "--dry-run"}, 2, "--key-from goes with --reextract"},
 		{"ReplayBadFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "yesterday-ish"}, 2, "--from"},
 		{"NotAJournal", []string{"inspect", "--journal", garbage}, 1, "not an agentq journal"},
 		{"TruncatedJournal", []string{"inspect", "--journal", truncated}, 1, "truncated"},

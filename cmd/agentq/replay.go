@@ -50,6 +50,13 @@ func replayAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("replay takes no arguments (got %q); use --from", c.Args().First())
 	}
+	// Without --reextract these would be ignored without a word, and the
+	// entries run again with the type and key they had (stuck again).
+	for _, f := range []string{"type-from", "key-from"} {
+		if c.IsSet(f) && !c.Bool("reextract") {
+			return usagef("--%s goes with --reextract: without it, replay runs the entries again with the type and key they have", f)
+		}
+	}
 	if c.String("from") == "" {
 		return usagef("--from is required: the first sequence number or time to replay (e.g. --from 1, --from 2h)")
 	}

@@ -122,8 +122,14 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	if s.journal == "" {
 		s.journal = DefaultJournal
 	}
-	if c.IsSet("journal") {
-		s.journal = c.String("journal")
+	// An empty --journal (AGENTQ_JOURNAL= in an EnvironmentFile) is not
+	// given, as for inspect and the other commands: taken as the path "",
+	// it failed with "cannot open journal : open : no such file". So are
+	// an empty --log-format, --log-level (they overrode the config's with
+	// the default), --results and --on-stuck (a usage error without
+	// --exec, --http or --log).
+	if v := c.String("journal"); v != "" {
+		s.journal = v
 	}
 	if c.IsSet("workers") {
 		s.workers = c.Int("workers")
@@ -148,11 +154,11 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 			return nil, usagef("--retention %s: want 0 (keep done entries forever) or a positive duration", s.retain)
 		}
 	}
-	if c.IsSet("log-format") {
-		cfg.LogFormat = c.String("log-format")
+	if v := c.String("log-format"); v != "" {
+		cfg.LogFormat = v
 	}
-	if c.IsSet("log-level") {
-		cfg.LogLevel = c.String("log-level")
+	if v := c.String("log-level"); v != "" {
+		cfg.LogLevel = v
 	}
 	if c.IsSet("skip-stuck") {
 		cfg.SkipStuck = c.Bool("skip-stuck")
@@ -211,7 +217,7 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	if len(flagRoutes) == 1 {
 		flagRoutes[0].Results, flagRoutes[0].OnStuck = c.String("results"), c.String("on-stuck")
 		s.routes = flagRoutes
-	} else if c.IsSet("results") || c.IsSet("on-stuck") {
+	} else if c.String("results") != "" || c.String("on-stuck") != "" {
 		return nil, usagef("--results and --on-stuck go with --exec, --http or --log; in a config file set results: and on_stuck: on each route")
 	}
 	if len(s.routes) == 0 {

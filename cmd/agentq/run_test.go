@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -252,6 +253,65 @@ func TestResolveDurations(t *testing.T) {
 				t.Fatalf("retention %s, drain timeout %s; want %s, %s", s.retain, s.drain, tc.retain, tc.drain)
 			}
 		})
+	}
+}
+
+// Ensure an empty --journal, as an EnvironmentFile's AGENTQ_JOURNAL=
+// gives it, counts as not given, as it does for inspect, replay, pause
+// and compact: run took it for the path "" and failed at start with
+// "cannot open journal : open : no such file or directory", exit 1. So
+// do empty AGENTQ_LOG_FORMAT, AGENTQ_LOG_LEVEL (they replaced the
+// config's with the defaults), AGENTQ_RESULTS and AGENTQ_ON_STUCK (a
+// usage error without a backend flag).
+func TestEmptyFlagsFromEnvironment(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "agentq.yaml")
+	want := filepath.Join(filepath.Dir(config), "from-config.db")
+	if err := os.WriteFile(config, []byte("journal: "+want+"\nlog_format: json\nlog_level: debug\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"AGENTQ_JOURNAL", "AGENTQ_LOG_FORMAT", "AGENTQ_LOG_LEVEL", "AGENTQ_RESULTS", "AGENTQ_ON_STUCK"} {
+		t.Setenv(v, "")
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, DefaultJournal},
+		{[]string{"--config", config}, want},
+		{[]string{"--config", config, "--journal", ""}, want},
+	} {
+		s, err := resolve(t, tc.args...)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if s.journal != tc.want {
+			t.Errorf("%v with AGENTQ_JOURNAL empty: journal %q, want %q", tc.args, s.journal, tc.want)
+		}
+		if tc.want == want && (s.cfg.LogFormat != "json" || s.cfg.LogLevel != "debug") {
+			t.Errorf("%v with AGENTQ_LOG_FORMAT and AGENTQ_LOG_LEVEL empty: %q, %q; want the config's json, debug", tc.args, s.cfg.LogFormat, s.cfg.LogLevel)
+		}
+	}
+}
+
+// Ensure the commands read an --admin-token-file as agentq run reads it:
+// run trims the white space around the token, and inspect, replay, pause
+// and resume sent a file's blank last line or trailing space along with
+// it, so they could not reach the agent the same file protects.
+func TestAdminTokenFileReadAlike(t *testing.T) {
+	dir := t.TempDir()
+	for i, content := range []string{"tok-1\n", "tok-1\n\n", "tok-1 \r\n", "\ttok-1\n"} {
+		f := filepath.Join(dir, "token"+strconv.Itoa(i))
+		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := resolve(t, "--admin-token-file", f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := readToken(f)
+		if err != nil || got != s.token || got != "tok-1" {
+			t.Errorf("token file %q: the commands send %q (%v), agentq run holds %q; want tok-1 for both", content, got, err, s.token)
+		}
 	}
 }
 
