@@ -109,8 +109,8 @@ func BenchmarkFillEntries(b *testing.B) {
 	src := NewSource(cfg, nil, Options{Logger: testLogger(b)})
 	msgs := make([]delivery, 1024)
 	for i := range msgs {
-		h := frame.NewHeader("destination", "/queue/x", "message-id", fmt.Sprint("T_", i), "subscription", "1", "ack", fmt.Sprint(i), "type", "order.created", "content-type", "application/json")
-		msgs[i] = &stompDelivery{f: &frame.Frame{Command: frame.MESSAGE, Header: h, Body: []byte(fmt.Sprintf(`{"type":"order.created","resource_uuid":"r-%d","n":%d}`, i, i))}}
+		h := []string{"destination", "/queue/x", "message-id", fmt.Sprint("T_", i), "subscription", "1", "ack", fmt.Sprint(i), "type", "order.created", "content-type", "application/json"}
+		msgs[i] = &stompDelivery{f: &stompFrame{command: frame.MESSAGE, header: h, body: []byte(fmt.Sprintf(`{"type":"order.created","resource_uuid":"r-%d","n":%d}`, i, i))}}
 	}
 	now := time.Now()
 	b.Run("Reused", func(b *testing.B) {

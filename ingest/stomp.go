@@ -115,7 +115,7 @@ func subscribeFrame(cfg Config, id, mode string) *frame.Frame {
 }
 
 // dial opens one logged-in connection.
-func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, *frame.Reader, error) {
+func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, *stompReader, error) {
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	nc, err := Dial(dialCtx, cfg)
@@ -344,27 +344,26 @@ func (s *stompSession) explain(err error) error {
 // stompDelivery is a MESSAGE frame, the connection it came on and its
 // subscription.
 type stompDelivery struct {
-	f   *frame.Frame
+	f   *stompFrame
 	c   *stompClient
 	sub *stompSub
 }
 
-func (d *stompDelivery) destination() string { return d.f.Header.Get(frame.Destination) }
-func (d *stompDelivery) body() []byte        { return d.f.Body }
-func (d *stompDelivery) redelivered() bool   { return d.f.Header.Get("redelivered") == "true" }
+func (d *stompDelivery) destination() string { return d.f.get(frame.Destination) }
+func (d *stompDelivery) body() []byte        { return d.f.body }
+func (d *stompDelivery) redelivered() bool   { return d.f.get("redelivered") == "true" }
 
 func (d *stompDelivery) stompMessage() *stompDelivery { return d }
 
 func (d *stompDelivery) appendHeaders(dst []queue.Header) []queue.Header {
-	for i, n := 0, d.f.Header.Len(); i < n; i++ {
-		k, v := d.f.Header.GetAt(i)
-		dst = append(dst, queue.Header{Name: k, Value: v})
+	for i := 0; i+1 < len(d.f.header); i += 2 {
+		dst = append(dst, queue.Header{Name: d.f.header[i], Value: d.f.header[i+1]})
 	}
 	return dst
 }
 
 // entry turns a MESSAGE frame into a new journal entry.
-func (s *Source) entry(f *frame.Frame, connID uint64) *queue.Entry {
+func (s *Source) entry(f *stompFrame, connID uint64) *queue.Entry {
 	e := &queue.Entry{}
 	s.fill(e, &stompDelivery{f: f}, s.opts.Now(), connID, &entryBuilder{}, nil)
 	return e

@@ -69,7 +69,7 @@ var errStompClosed = errors.New("connection closed by agentq")
 
 // stompConnect logs in on nc (bounded by ctx) and negotiates heartbeats.
 // On failure nc is left to the caller.
-func stompConnect(ctx context.Context, nc net.Conn, cfg Config) (*stompClient, *frame.Reader, error) {
+func stompConnect(ctx context.Context, nc net.Conn, cfg Config) (*stompClient, *stompReader, error) {
 	if d, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(d)
 		defer nc.SetDeadline(time.Time{})
@@ -91,28 +91,28 @@ func stompConnect(ctx context.Context, nc net.Conn, cfg Config) (*stompClient, *
 	if err := c.write(frame.New(frame.CONNECT, hdr...)); err != nil {
 		return nil, nil, err
 	}
-	r := frame.NewReaderSize(nc, ioBufferSize)
-	var f *frame.Frame
+	r := newStompReader(nc, ioBufferSize)
+	var f *stompFrame
 	for f == nil {
 		var err error
-		if f, err = r.Read(); err != nil {
+		if f, err = r.read(); err != nil {
 			return nil, nil, err
 		}
 	}
-	if f.Command == frame.ERROR {
-		return nil, nil, stomp.Error{Message: f.Header.Get(frame.Message), Frame: f}
+	if f.command == frame.ERROR {
+		return nil, nil, stomp.Error{Message: f.get(frame.Message), Frame: f.goStomp()}
 	}
-	if f.Command != frame.CONNECTED {
-		return nil, nil, fmt.Errorf("broker answered CONNECT with %s", f.Command)
+	if f.command != frame.CONNECTED {
+		return nil, nil, fmt.Errorf("broker answered CONNECT with %s", f.command)
 	}
-	switch c.version = f.Header.Get(frame.Version); c.version {
+	switch c.version = f.get(frame.Version); c.version {
 	case "":
 		c.version = "1.0"
 	case "1.0", "1.1", "1.2":
 	default:
 		return nil, nil, fmt.Errorf("broker speaks STOMP %q, agentq 1.0 to 1.2", c.version)
 	}
-	if hb, ok := f.Header.Contains(frame.HeartBeat); ok && cfg.HeartBeat > 0 {
+	if hb, ok := f.lookup(frame.HeartBeat); ok && cfg.HeartBeat > 0 {
 		sx, sy, err := frame.ParseHeartBeat(hb)
 		if err != nil {
 			return nil, nil, fmt.Errorf("broker's heart-beat %q: %w", hb, err)
@@ -136,7 +136,7 @@ func stompConnect(ctx context.Context, nc net.Conn, cfg Config) (*stompClient, *
 
 // start subscribes and starts the reader, which hands each MESSAGE to
 // deliver (it must not block past the session's end), and the heartbeats.
-func (c *stompClient) start(r *frame.Reader, subs []stompFrameSub, deliver func(*stompDelivery)) error {
+func (c *stompClient) start(r *stompReader, subs []stompFrameSub, deliver func(*stompDelivery)) error {
 	fs := make([]*frame.Frame, 0, len(subs))
 	for _, s := range subs {
 		c.subs[s.id] = s.sub
@@ -161,10 +161,10 @@ type stompFrameSub struct {
 	sub   *stompSub
 }
 
-func (c *stompClient) readLoop(r *frame.Reader, deliver func(*stompDelivery)) {
+func (c *stompClient) readLoop(r *stompReader, deliver func(*stompDelivery)) {
 	defer c.wg.Done()
 	for {
-		f, err := r.Read()
+		f, err := r.read()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				err = errors.New("connection closed")
@@ -178,14 +178,14 @@ func (c *stompClient) readLoop(r *frame.Reader, deliver func(*stompDelivery)) {
 		if f == nil {
 			continue // a heartbeat
 		}
-		switch f.Command {
+		switch f.command {
 		case frame.MESSAGE:
-			if sub := c.subs[f.Header.Get(frame.Subscription)]; sub != nil {
+			if sub := c.subs[f.get(frame.Subscription)]; sub != nil {
 				deliver(&stompDelivery{f: f, c: c, sub: sub})
 			}
 		case frame.RECEIPT:
 			c.rmu.Lock()
-			id := f.Header.Get(frame.ReceiptId)
+			id := f.get(frame.ReceiptId)
 			ch := c.receipts[id]
 			delete(c.receipts, id)
 			c.rmu.Unlock()
@@ -193,7 +193,7 @@ func (c *stompClient) readLoop(r *frame.Reader, deliver func(*stompDelivery)) {
 				close(ch)
 			}
 		case frame.ERROR:
-			c.end(stomp.Error{Message: f.Header.Get(frame.Message), Frame: f})
+			c.end(stomp.Error{Message: f.get(frame.Message), Frame: f.goStomp()})
 			return
 		}
 	}
@@ -289,10 +289,10 @@ func (c *stompClient) ack(ds []*stompDelivery) error {
 	for _, d := range ds {
 		c.bw.WriteString("ACK\n")
 		if c.version == "1.2" {
-			writeHeader(c.bw, frame.Id, d.f.Header.Get(frame.Ack))
+			writeHeader(c.bw, frame.Id, d.f.get(frame.Ack))
 		} else {
-			writeHeader(c.bw, frame.Subscription, d.f.Header.Get(frame.Subscription))
-			writeHeader(c.bw, frame.MessageId, d.f.Header.Get(frame.MessageId))
+			writeHeader(c.bw, frame.Subscription, d.f.get(frame.Subscription))
+			writeHeader(c.bw, frame.MessageId, d.f.get(frame.MessageId))
 		}
 		c.bw.WriteString("\n\x00")
 	}

@@ -248,8 +248,9 @@ func (d *waldurDelivery) stompMessage() *stompDelivery { return d.m }
 
 func (d *waldurDelivery) appendHeaders(dst []queue.Header) []queue.Header {
 	start := len(dst)
-	for i, n := 0, d.m.f.Header.Len(); i < n; i++ {
-		k, v := d.m.f.Header.GetAt(i)
+	h := d.m.f.header
+	for i := 0; i+1 < len(h); i += 2 {
+		k, v := h[i], h[i+1]
 		if k == WaldurTypeHeader || k == WaldurKeyHeader {
 			continue // only agentq sets these
 		}

@@ -177,11 +177,8 @@ func TestWaldurParamsDocumented(t *testing.T) {
 
 // waldurFrame builds the MESSAGE frame of a payload as RabbitMQ delivers it.
 func waldurFrame(dest string, body []byte, headers ...string) *stompDelivery {
-	h := frame.NewHeader("destination", dest, "message-id", "T_1@@session@@1", "subscription", "0", "redelivered", "false")
-	for i := 0; i+1 < len(headers); i += 2 {
-		h.Add(headers[i], headers[i+1])
-	}
-	return &stompDelivery{f: &frame.Frame{Command: frame.MESSAGE, Header: h, Body: body}}
+	h := append([]string{"destination", dest, "message-id", "T_1@@session@@1", "subscription", "0", "redelivered", "false"}, headers...)
+	return &stompDelivery{f: &stompFrame{command: frame.MESSAGE, header: h[:len(h)&^1], body: body}}
 }
 
 // Ensure each of the ten payload types gets its type and its key by
