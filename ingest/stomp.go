@@ -101,9 +101,12 @@ func (a *stompAdapter) open(ctx context.Context, cfg Config, logins []stompLogin
 	return s, nil
 }
 
+// stompDialTimeout bounds a STOMP connection's dial and login.
+const stompDialTimeout = 30 * time.Second
+
 // dial opens one logged-in connection.
 func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, error) {
-	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	dialCtx, cancel := context.WithTimeout(ctx, stompDialTimeout)
 	defer cancel()
 	nc, err := Dial(dialCtx, cfg)
 	if err != nil {
@@ -117,7 +120,22 @@ func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, error)
 	if a.heartbeatOff.Load() {
 		opts = append(opts, stomp.ConnOpt.HeartBeat(0, 0))
 	}
+	// go-stomp takes only the context's deadline, as the socket's read
+	// deadline: a broker that accepts the connection and never answers
+	// CONNECT held a shutdown for the whole 30 s. Closing the socket when
+	// ctx ends bounds the login by it, as amqp's setup is.
+	stop := context.AfterFunc(dialCtx, func() { nc.Close() })
 	conn, err := stomp.ConnectWithContext(dialCtx, nc, opts...)
+	if !stop() {
+		if err == nil {
+			_ = conn.MustDisconnect()
+		}
+		why := context.Cause(ctx) // shutdown
+		if why == nil {
+			why = fmt.Errorf("no answer to CONNECT within %s", stompDialTimeout)
+		}
+		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), why)
+	}
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), brokerError(err, cfg))
