@@ -689,3 +689,39 @@ func TestIdleConnectionsClosed(t *testing.T) {
 		}
 	}
 }
+
+// slowReplay is a Store whose Replay takes longer than a Remote's reads
+// may: a replay of hundreds of thousands of entries.
+type slowReplay struct {
+	*Local
+	delay time.Duration
+}
+
+func (s slowReplay) Replay(f queue.Filter, dryRun bool) ([]uint64, error) {
+	time.Sleep(s.delay)
+	return s.Local.Replay(f, dryRun)
+}
+
+// TestRemoteReplayOutlastsReadTimeout: a Remote waits for a replay's
+// answer however long it takes. It gave up after its reads' 30 s and said
+// it could not reach the agent, while the agent went on and replayed
+// everything (700,000 entries took 35 s): an operator who ran it again
+// replayed the entries done meanwhile a second time.
+func TestRemoteReplayOutlastsReadTimeout(t *testing.T) {
+	saved := remoteTimeout
+	remoteTimeout = 100 * time.Millisecond
+	t.Cleanup(func() { remoteTimeout = saved })
+	j := testJournal(t)
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: slowReplay{NewLocal(j, false), 10 * remoteTimeout}}
+	srv.Start(ln)
+	t.Cleanup(srv.Shutdown)
+	remote := NewRemote("http://"+ln.Addr().String(), srv.StateToken())
+	seqs, err := remote.Replay(queue.Filter{States: []queue.State{queue.StateStuck}}, false)
+	if err != nil || len(seqs) != 1 {
+		t.Fatalf("Replay = %v, %v; want the one stuck entry", seqs, err)
+	}
+}

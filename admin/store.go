@@ -330,7 +330,7 @@ func Open(journal string, writable bool, token string) (Store, error) {
 	if token == "" {
 		token = info.Token
 	}
-	r := &Remote{base: "http://" + info.Addr, token: token, client: &http.Client{Timeout: 30 * time.Second}}
+	r := NewRemote("http://"+info.Addr, token)
 	// The file may be stale (its agent killed, another agent on its port
 	// since): act only on the agent of this journal.
 	if info.JournalID != "" {
@@ -350,12 +350,19 @@ type Remote struct {
 	base   string
 	token  string
 	client *http.Client
+	// actions is the client of replay and re-extraction, which wait for
+	// the agent's answer however long the work takes (see seqsOf).
+	actions *http.Client
 }
+
+// remoteTimeout bounds a Remote's reads (a variable for tests).
+var remoteTimeout = 30 * time.Second
 
 // NewRemote returns a Store that talks to the agent at base
 // (http://host:port) with the bearer token, if any.
 func NewRemote(base, token string) *Remote {
-	return &Remote{base: strings.TrimSuffix(base, "/"), token: token, client: &http.Client{Timeout: 30 * time.Second}}
+	return &Remote{base: strings.TrimSuffix(base, "/"), token: token,
+		client: &http.Client{Timeout: remoteTimeout}, actions: &http.Client{}}
 }
 
 // Close does nothing: a Remote holds no resources.
@@ -368,6 +375,11 @@ func (r *Remote) do(method, path string, q url.Values, out any) error {
 
 // doHeader is do, returning the answer's headers too.
 func (r *Remote) doHeader(method, path string, q url.Values, out any) (http.Header, error) {
+	return r.doWith(r.client, method, path, q, out)
+}
+
+// doWith is doHeader with the given client.
+func (r *Remote) doWith(client *http.Client, method, path string, q url.Values, out any) (http.Header, error) {
 	u := r.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -379,7 +391,7 @@ func (r *Remote) doHeader(method, path string, q url.Values, out any) (http.Head
 	if r.token != "" {
 		req.Header.Set("Authorization", "Bearer "+r.token)
 	}
-	resp, err := r.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the running agent at %s: %w", r.base, err)
 	}
@@ -620,13 +632,18 @@ func ParseWhen(v string, now time.Time) (seq uint64, t time.Time, err error) {
 }
 
 // seqsOf posts a filter action and returns the sequences it touched and,
-// when it was done in part, why the rest was not.
+// when it was done in part, why the rest was not. It waits for the
+// answer without the reads' timeout: the agent goes on with the work
+// whether or not anyone waits (a replay of 700,000 entries took 35 s),
+// so giving up after 30 s reported a replay that was being done as one
+// that could not reach the agent, and running it again replayed the
+// entries done meanwhile a second time.
 func (r *Remote) seqsOf(path string, q url.Values) ([]uint64, error) {
 	var out struct {
 		Seqs  []uint64 `json:"seqs"`
 		Error string   `json:"error"`
 	}
-	if err := r.do("POST", path, q, &out); err != nil {
+	if _, err := r.doWith(r.actions, "POST", path, q, &out); err != nil {
 		return out.Seqs, err
 	}
 	if out.Error != "" {

@@ -324,6 +324,45 @@ func TestIngestShutdownBrokerSilent(t *testing.T) {
 	}
 }
 
+// Ensure Run returns promptly when it is cancelled while a broker that
+// accepted the connection has not answered CONNECT (a broker still
+// starting, a proxy whose backend hangs): go-stomp bounds the login only
+// by its context's deadline, 30 s, and held the agent's shutdown that long.
+func TestIngestShutdownDuringLogin(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 100)
+	t.Cleanup(func() {
+		ln.Close()
+		for len(accepted) > 0 {
+			(<-accepted).Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c // and never answer
+		}
+	}()
+	j := mustOpenJournal(t, "")
+	src := NewSource(mustConfig(t, "stomp://guest:guest@"+ln.Addr().String()+"/queue/x"), j, Options{Logger: testLogger(t), ShutdownTimeout: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = src.Run(ctx) }()
+	waitFor(t, "a connection", 20*time.Second, func() bool { return len(accepted) > 0 })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second): // the login's own bound is 30 s
+		t.Fatal("Run still waits for CONNECTED 15 s after cancel")
+	}
+}
+
 // slowReceiptBroker is a fake STOMP broker (it cannot ACK or redeliver,
 // and tests nothing of either) that grants heartbeats of 2 s, delivers
 // "first" on each SUBSCRIBE, answers every receipt (after delay on its

@@ -114,15 +114,31 @@ func subscribeFrame(cfg Config, id, mode string) *frame.Frame {
 	return f
 }
 
+// stompDialTimeout bounds a STOMP connection's dial and login.
+const stompDialTimeout = 30 * time.Second
+
 // dial opens one logged-in connection.
 func (a *stompAdapter) dial(ctx context.Context, cfg Config) (*stompConn, *stompReader, error) {
-	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	dialCtx, cancel := context.WithTimeout(ctx, stompDialTimeout)
 	defer cancel()
 	nc, err := Dial(dialCtx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
+	// The deadline alone bounds the login by the dial timeout: a broker
+	// that accepts the connection and never answers CONNECT held a
+	// shutdown for the whole 30 s. Closing the socket when ctx ends
+	// bounds it by shutdown too, as amqp's setup is.
+	stop := context.AfterFunc(dialCtx, func() { nc.Close() })
 	c, r, err := stompConnect(dialCtx, nc, cfg)
+	if !stop() {
+		why := context.Cause(ctx) // shutdown
+		if why == nil {
+			why = fmt.Errorf("no answer to CONNECT within %s", stompDialTimeout)
+		}
+		nc.Close()
+		return nil, nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), why)
+	}
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), brokerError(err, cfg))

@@ -174,7 +174,10 @@ func reextractAction(c *cli.Context, path, token string, f queue.Filter, none bo
 			seqs, err = reextract(st.Journal(), sources, f, c.Bool("dry-run"))
 		}
 	}
-	if err != nil {
+	// A running agent may have done part of it (an entry whose key's
+	// later entry runs is left, ErrKeyBusy): say what was done, as replay
+	// does. Printing only the error hid that the others run again.
+	if err != nil && len(seqs) == 0 {
 		return err
 	}
 	verb := "re-extracted and replayed"
@@ -182,7 +185,7 @@ func reextractAction(c *cli.Context, path, token string, f queue.Filter, none bo
 		verb = "would re-extract and replay"
 	}
 	fmt.Fprintf(c.App.Writer, "%s %d entries%s\n", verb, len(seqs), listSeqs(seqs))
-	return nil
+	return err // the rest, and why (exit status 1)
 }
 
 // reextractSettings are the sources of --config with --type-from and

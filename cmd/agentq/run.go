@@ -432,6 +432,39 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	defer stop()
 	defer startGCTuner(gcFloor)()
 
+	// Signals: the first stops intake and starts the drain, the second
+	// cuts the drain short (see the pool below).
+	// SIGHUP (the terminal went away, or an operator's reload habit) stops
+	// the agent the same way: it does not reload, and dying without a
+	// drain would leave handlers running. SIGPIPE from a closed log pipe
+	// must not kill it: logging is not worth a message.
+	// They are taken from the start: one that came while the agent was
+	// starting (a compaction, the probes of brokers that do not answer)
+	// killed it outright, leaving its admin address file behind.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	signal.Ignore(syscall.SIGPIPE)
+	done := make(chan struct{})
+	defer close(done)
+	second := make(chan struct{}) // closed by the second signal
+	go func() {
+		select {
+		case sig := <-sigs:
+			logger.Info("shutting down: no new messages; running calls may finish", "signal", sig.String(), "drain_timeout", s.drain)
+			stop()
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			logger.Warn("second signal: cancelling running calls", "signal", sig.String())
+			close(second)
+		case <-done:
+		}
+	}()
+
 	// The routes are checked before the journal is opened: a handler that
 	// is not there must not leave a new, empty journal behind.
 	if _, _, err := buildRouter(s.routes, s.timeout, secretEnvNames(s.sources), logger, ""); err != nil {
@@ -539,7 +572,10 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	// Tell a newcomer at once when there is no broker, instead of only
 	// reconnecting quietly.
 	for _, sc := range s.sources {
-		if err := probe(ctx, sc); err != nil {
+		if ctx.Err() != nil {
+			break // stopped while starting: no broker to look for
+		}
+		if err := probe(ctx, sc); err != nil && ctx.Err() == nil {
 			hint := "point agentq at your broker with --source URL"
 			if s.defaults {
 				hint = "start a local RabbitMQ with 'make broker', or point agentq elsewhere with --source URL"
@@ -552,30 +588,9 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		}
 	}
 
-	// Signals: the first stops intake and starts the drain, the second
-	// cuts the drain short.
-	// SIGHUP (the terminal went away, or an operator's reload habit) stops
-	// the agent the same way: it does not reload, and dying without a
-	// drain would leave handlers running. SIGPIPE from a closed log pipe
-	// must not kill it: logging is not worth a message.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	signal.Ignore(syscall.SIGPIPE)
-	done := make(chan struct{})
-	defer close(done)
 	go func() {
 		select {
-		case sig := <-sigs:
-			logger.Info("shutting down: no new messages; running calls may finish", "signal", sig.String(), "drain_timeout", s.drain)
-			stop()
-		case <-ctx.Done():
-		case <-done:
-			return
-		}
-		select {
-		case sig := <-sigs:
-			logger.Warn("second signal: cancelling running calls", "signal", sig.String())
+		case <-second:
 			pool.Abort()
 		case <-done:
 		}

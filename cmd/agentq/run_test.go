@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/agentq/agentq/admin"
+	"github.com/agentq/agentq/ingest"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -511,5 +512,62 @@ func TestSplitCommand(t *testing.T) {
 		if got, err := splitCommand(in); err == nil {
 			t.Errorf("splitCommand(%q) = %q, want an error", in, got)
 		}
+	}
+}
+
+// Ensure replay --reextract on a running agent that did part of it (an
+// entry whose key a later entry holds running is left, ErrKeyBusy) prints
+// what it re-extracted beside the error, as replay does: it printed only
+// the error, and the entries it did start again went unmentioned.
+func TestReextractLivePartly(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	ctx := context.Background()
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	// 1 and 2 were parked as stuck under a wrong key SPEC; 3, of key a,
+	// runs under the fixed one.
+	for _, e := range []*queue.Entry{
+		{Type: "t", Body: []byte(`{"k":"a"}`), Fault: "cannot read key"},
+		{Type: "t", Body: []byte(`{"k":"b"}`), Fault: "cannot read key"},
+	} {
+		if _, err := j.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		es, err := j.Claim(ctx, 1)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("claim: %v %v", es, err)
+		}
+		if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Stuck, Err: e.Fault}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "a", Body: []byte(`{"k":"a"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if es, err := j.Claim(ctx, 1); err != nil || len(es) != 1 || es[0].Seq != 3 {
+		t.Fatalf("claim: %v %v", es, err)
+	}
+	var sc ingest.Config
+	sc.TypeFrom, _ = ingest.ParseSpec("header:type")
+	sc.KeyFrom, _ = ingest.ParseSpec("json:k")
+	ln, err := admin.Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &admin.Server{Store: admin.NewLocal(j, false), Log: discardLogger(),
+		Reextract: func(f queue.Filter, dryRun bool) ([]uint64, error) {
+			return reextract(j, []ingest.Config{sc}, f, dryRun)
+		}}
+	srv.Start(ln)
+	defer srv.Shutdown()
+	if err := admin.WriteAddrFile(journal, admin.AddrInfo{Addr: ln.Addr().String(), PID: os.Getpid(), JournalID: j.ID(), Token: srv.StateToken()}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runMain(t, "", "replay", "--journal", journal, "--from", "1", "--reextract")
+	if code != 1 || out != "re-extracted and replayed 1 entries: 2\n" || !strings.Contains(errs, "[1]") {
+		t.Fatalf("replay --reextract: exit %d, %q (stderr %q); want 1, the entry it did (2) and the one it left (1)", code, out, errs)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -8,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/agentq/agentq/admin"
 )
 
 // TestSIGHUPDrains: SIGHUP stops the agent like SIGTERM (drain, clean exit)
@@ -53,5 +56,46 @@ func TestSIGHUPDrains(t *testing.T) {
 	// The message was not lost: it waits in the journal for the next run.
 	if list := inspectJSON(t, journal, "--state", "pending"); len(list) != 1 {
 		t.Errorf("pending after SIGHUP = %d, want 1", len(list))
+	}
+}
+
+// TestSignalWhileStarting: a SIGTERM that arrives while the agent is still
+// starting (here: probing two brokers that accept the connection and never
+// answer the TLS handshake, 2 s each) stops it cleanly, exit 0 and its
+// admin address file removed, instead of killing it outright.
+func TestSignalWhileStarting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 100)
+	t.Cleanup(func() {
+		ln.Close()
+		for len(held) > 0 {
+			(<-held).Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // and never answer
+		}
+	}()
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	silent := "stomp+tls://guest:guest@" + ln.Addr().String()
+	// The admin file is written just before the probes.
+	a := startAgent(t, journal, "--journal", journal, "--admin", "127.0.0.1:0",
+		"--source", silent+"/queue/a", "--source", silent+"/queue/b")
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("agent exit code %d after SIGTERM while starting, want 0:\n%s", code, a.logs.String())
+	}
+	if !strings.Contains(a.logs.String(), "stopped cleanly") {
+		t.Errorf("the log does not say it stopped:\n%s", a.logs.String())
+	}
+	if _, err := os.Stat(admin.AddrFile(journal)); err == nil {
+		t.Errorf("the admin address file %s is left behind", admin.AddrFile(journal))
 	}
 }
