@@ -156,8 +156,11 @@
 // A restarted agent resumes the session, and the broker delivers what it
 // kept meanwhile. paho's auto-ack is off: the committer calls
 // Message.Ack, which sends the PUBACK, for every message of a committed
-// batch in receive order (MQTT 3.1.1 §4.6). QoS 0 messages are journaled
-// too, with nothing to acknowledge. Every paho client lives for one
+// batch in receive order (MQTT 3.1.1 §4.6). QoS 0 messages (a message
+// arrives at the lower of its publisher's QoS and the subscription's) are
+// journaled too, with nothing to acknowledge: one in transit when the
+// agent dies is lost, and Mosquitto keeps none for an absent session
+// (queue_qos0_messages off; RabbitMQ keeps them). Every paho client lives for one
 // session, so an ACK can never go out on a later connection, where its
 // packet id may name another message.
 //
