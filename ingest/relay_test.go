@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand"
 	"net"
 	"os"
@@ -682,5 +683,51 @@ func TestRelayDirectReplyTo(t *testing.T) {
 	stop()
 	if st := r.Stats(); st.Published != 1 || st.Failed != 0 {
 		t.Fatalf("published %d, failed %d (last error %q); want the reply published once", st.Published, st.Failed, st.LastError)
+	}
+}
+
+// Ensure a dead letter published over STOMP goes out and stays whatever
+// headers the message it copies carried. RabbitMQ's STOMP makes SEND
+// headers AMQP properties: the original's expiration made the copy
+// expire in the dead-letter queue, and an AMQP source's timestamp (RFC
+// 3339) or another user's user-id made RabbitMQ refuse it, so it stayed
+// in the outbox for ever. Found by trying to break it (an AMQP message
+// with a timestamp, parked as stuck, with on_stuck over STOMP).
+func TestRelayDeadLetterHeadersOverSTOMP(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	target, err := ParseTarget("stomp://guest:guest@" + brokerAddr + "/amq/queue/" + q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	dead := func(body string, h queue.Header) *queue.Out {
+		return &queue.Out{Kind: "dead-letter", Target: "dlq", Body: []byte(body), Headers: []queue.Header{h, {Name: "agentq-error", Value: "exit status 65"}}}
+	}
+	addResults(t, j,
+		dead("expires", queue.Header{Name: "expiration", Value: "0"}),
+		dead("stamped", queue.Header{Name: "timestamp", Value: "2023-11-14T22:13:20Z"}),
+		dead("forged", queue.Header{Name: "user-id", Value: "someone-else"}))
+	r, stop := runRelay(t, j, map[string]Target{"dlq": target})
+	waitFor(t, "every dead letter published", 20*time.Second, func() bool { return r.Stats().Published == 3 })
+	stop()
+	ch := amqpChannel(t)
+	got := map[string]amqp.Delivery{}
+	for {
+		d, ok, err := ch.Get(q, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		got[string(d.Body)] = d
+	}
+	if len(got) != 3 {
+		t.Fatalf("dead-letter queue holds %d of the 3 dead letters: %v", len(got), slices.Collect(maps.Keys(got)))
+	}
+	if ts := got["stamped"].Timestamp; ts.Unix() != 1700000000 {
+		t.Errorf("timestamp %v, want the original's", ts)
 	}
 }
