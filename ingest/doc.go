@@ -28,8 +28,12 @@
 // amqp:// and amqps:// sources (amqp.go, amqp_config.go) use amqp091-go
 // with one connection, one channel and one consumer per session. queue=
 // alone consumes an existing queue as it is, never redeclared, so queues
-// declared with any arguments work; exchange= and bind= (repeatable)
-// declare the queue durable and bind it, and a queue name is required
+// declared with any arguments work (but not a stream: a stream's consumer
+// starts at the next message on every connection, so what is published
+// while the agent is down is never delivered; the first delivery with
+// x-stream-offset says so in the log and the source's last error);
+// exchange= and bind= (repeatable) declare the queue durable and bind
+// it, and a queue name is required
 // because a server-named queue would lose what is published while the
 // agent is down. exclusive=true consumes exclusively (a second agent is
 // refused with ACCESS_REFUSED and backs off); single_active=true declares
