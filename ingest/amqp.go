@@ -84,7 +84,7 @@ func (a *amqpAdapter) setup(nc net.Conn, cfg Config) (*amqpSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &amqpSession{cfg: cfg, nc: nc, conn: conn, tag: "agentq-" + cfg.Name}
+	s := &amqpSession{cfg: cfg, nc: nc, conn: conn, tag: "agentq-" + cfg.Name, adapter: a}
 	fail := func(what string, err error) (*amqpSession, error) {
 		s.abort()
 		return nil, fmt.Errorf("cannot %s: %w", what, amqpError(err, cfg))
@@ -139,6 +139,21 @@ func (a *amqpAdapter) watchBlocked(blocked <-chan amqp.Blocking) {
 	}
 }
 
+// warnStream says, in the log and the source's status, that the queue
+// is a stream (its deliveries carry x-stream-offset). A consumer of a
+// stream starts at the next message published, on every connection:
+// what was published before the agent first subscribed, while it was
+// down or between a cut and the reconnect is never delivered, and an
+// ack keeps nothing back for a redelivery. agentq cannot tell a stream
+// from a queue before the first delivery.
+func (a *amqpAdapter) warnStream(queue string) {
+	err := fmt.Errorf("queue %q is a stream: every new consumer starts at the next message, so what is published while the agent is down or reconnecting is never delivered to it; consume a classic or quorum queue bound to the same exchange", queue)
+	a.log.Error(err.Error())
+	if a.report != nil {
+		a.report(err)
+	}
+}
+
 // amqpSession is one AMQP connection with one channel and one consumer.
 type amqpSession struct {
 	cfg        Config
@@ -150,6 +165,9 @@ type amqpSession struct {
 	connClosed <-chan *amqp.Error
 	chClosed   <-chan *amqp.Error
 	cancelled  <-chan string
+
+	adapter *amqpAdapter
+	stream  bool // a delivery said the queue is a stream (receive only)
 
 	// callMu serialises the synchronous methods (barrier, close): amqp091
 	// matches replies to calls in order, one call at a time.
@@ -164,6 +182,10 @@ func (s *amqpSession) receive(stop <-chan struct{}) (delivery, error) {
 	case m, ok := <-s.deliveries:
 		if !ok {
 			return nil, s.ended()
+		}
+		if !s.stream && m.Headers["x-stream-offset"] != nil {
+			s.stream = true
+			s.adapter.warnStream(s.cfg.Queue)
 		}
 		return &amqpDelivery{m}, nil
 	case <-stop:

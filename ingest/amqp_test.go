@@ -541,3 +541,23 @@ func TestAMQPPasscodeFileRotation(t *testing.T) {
 	waitFor(t, "journaled", 20*time.Second, func() bool { return j.LastSeq() >= 1 })
 	stop()
 }
+
+// Ensure a source on a RabbitMQ stream says so: a stream's consumer
+// starts at the next message on every connection, so what is published
+// while the agent is down is never delivered. Consumed as "any existing
+// queue", it lost those messages without a word. Found by trying to
+// break it.
+func TestAMQPStreamQueueWarned(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, amqp.Table{"x-queue-type": "stream"})
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, amqpURL(amqpAddr, "queue="+q)), j, Options{})
+	waitFor(t, "subscribed", 30*time.Second, func() bool { return src.Status().State == StateConnected })
+	publishAMQP(t, "", q, []amqp.Publishing{{Body: []byte("m")}})
+	waitFor(t, "the message journaled", 30*time.Second, func() bool { return src.Status().Journaled >= 1 })
+	stop()
+	if st := src.Status(); !strings.Contains(st.LastError, "is a stream") {
+		t.Fatalf("last error %q, want it to say the queue is a stream", st.LastError)
+	}
+}

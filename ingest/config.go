@@ -355,7 +355,7 @@ var params = []param{
 	{"insecure", "BOOL", "true: do not verify the broker's certificate (tests only)", "true", boolParam("insecure", func(c *Config) *bool { return &c.TLS.Insecure })},
 
 	// AMQP 0-9-1 only (amqp://, amqps://); see amqp_config.go.
-	{"queue", "NAME", "amqp:// only, required: the queue to consume. Alone, it must exist and is consumed as it is, never redeclared (so a queue declared with any arguments works; NOT_FOUND if missing); with exchange= or single_active=true agentq declares it durable", "agentq-orders", stringParam(func(c *Config) *string { return &c.Queue })},
+	{"queue", "NAME", "amqp:// only, required: the queue to consume. Alone, it must exist and is consumed as it is, never redeclared (so a queue declared with any arguments works, but not a stream, whose consumers start at the next message: what is published while the agent is down is never delivered; NOT_FOUND if missing); with exchange= or single_active=true agentq declares it durable", "agentq-orders", stringParam(func(c *Config) *string { return &c.Queue })},
 	{"exchange", "EX", "amqp:// only: declare queue= durable and bind it to the existing exchange EX with each bind= key, so what is published while the agent is down waits in the queue", "pulp", stringParam(func(c *Config) *string { return &c.Exchange })},
 	{"bind", "KEY", "amqp:// only, with exchange=, repeatable: a binding key; AMQP wildcards (* one word, # zero or more; write # as %23), any key for a fanout exchange", "pulp.server.repo.*.finish", func(c *Config, v string) error {
 		c.Bindings = append(c.Bindings, v)

@@ -28,8 +28,12 @@
 // amqp:// and amqps:// sources (amqp.go, amqp_config.go) use amqp091-go
 // with one connection, one channel and one consumer per session. queue=
 // alone consumes an existing queue as it is, never redeclared, so queues
-// declared with any arguments work; exchange= and bind= (repeatable)
-// declare the queue durable and bind it, and a queue name is required
+// declared with any arguments work (but not a stream: a stream's consumer
+// starts at the next message on every connection, so what is published
+// while the agent is down is never delivered; the first delivery with
+// x-stream-offset says so in the log and the source's last error);
+// exchange= and bind= (repeatable) declare the queue durable and bind
+// it, and a queue name is required
 // because a server-named queue would lose what is published while the
 // agent is down. exclusive=true consumes exclusively (a second agent is
 // refused with ACCESS_REFUSED and backs off); single_active=true declares
@@ -156,8 +160,11 @@
 // A restarted agent resumes the session, and the broker delivers what it
 // kept meanwhile. paho's auto-ack is off: the committer calls
 // Message.Ack, which sends the PUBACK, for every message of a committed
-// batch in receive order (MQTT 3.1.1 §4.6). QoS 0 messages are journaled
-// too, with nothing to acknowledge. Every paho client lives for one
+// batch in receive order (MQTT 3.1.1 §4.6). QoS 0 messages (a message
+// arrives at the lower of its publisher's QoS and the subscription's) are
+// journaled too, with nothing to acknowledge: one in transit when the
+// agent dies is lost, and Mosquitto keeps none for an absent session
+// (queue_qos0_messages off; RabbitMQ keeps them). Every paho client lives for one
 // session, so an ACK can never go out on a later connection, where its
 // packet id may name another message.
 //

@@ -256,8 +256,15 @@ MQTT sources (MQTT 3.1.1, QoS 1, persistent session):
   Subscriptions stay in the session: a topic removed from the URL is still delivered
   until the session is removed (or give a new client_id).
 
-  Each message is acknowledged (PUBACK) only after the journal commit, in the order
-  received. The broker bounds the unacknowledged messages, which bounds how many
+  A message arrives at the lower of its publisher's QoS and the subscription's. At
+  QoS 1 it is acknowledged (PUBACK) only after the journal commit, in the order
+  received, and redelivered after a cut or a crash until then. One published at
+  QoS 0 has no PUBACK: it is journaled like any other (its qos header says 0), but
+  one in transit when the agent dies is lost, and Mosquitto does not keep QoS 0
+  messages for a session while the agent is down (queue_qos0_messages; RabbitMQ
+  does). Publish at QoS 1 (or 2) what must not be lost.
+
+  The broker bounds the unacknowledged messages, which bounds how many
   go into one journal commit: RabbitMQ's mqtt.prefetch (default 10 per connection;
   raise it in rabbitmq.conf, e.g. mqtt.prefetch = 1000), Mosquitto's
   max_inflight_messages (default 20). prefetch= only sizes agentq's own buffer

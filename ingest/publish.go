@@ -367,12 +367,41 @@ func stompSendFrame(t Target, m *queue.Out, rid string) *frame.Frame {
 		if PerDeliveryHeader(h.Name) {
 			continue
 		}
-		f.Header.Add(h.Name, h.Value)
+		v, ok := stompPropertyHeader(h.Name, h.Value)
+		if !ok {
+			continue
+		}
+		f.Header.Add(h.Name, v)
 	}
 	f.Header.Set(frame.ContentType, ct)
 	f.Header.Set(frame.ContentLength, strconv.Itoa(len(m.Body)))
 	f.Body = m.Body
 	return f
+}
+
+// stompPropertyHeader returns the value a copied header goes out with
+// over STOMP, or false to leave it out. RabbitMQ's STOMP makes some SEND
+// headers the message's AMQP properties, and a dead letter copies the
+// headers of the message it came from: its expiration made the copy
+// expire (unread, it was gone from the dead-letter queue within the
+// original's TTL; RabbitMQ's own dead-lettering drops it for that
+// reason), a user-id other than the agent's login and a timestamp that
+// is not a number of seconds (an AMQP source's is RFC 3339) made RabbitMQ
+// refuse the SEND, so the dead letter stayed in the outbox for ever.
+func stompPropertyHeader(name, v string) (string, bool) {
+	switch name {
+	case "expiration", "user-id":
+		return "", false
+	case "timestamp":
+		if _, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return v, true
+		}
+		if t, err := time.Parse(time.RFC3339, v); err == nil {
+			return strconv.FormatInt(t.Unix(), 10), true
+		}
+		return "", false
+	}
+	return v, true
 }
 
 // close ends the connection at once: every message either has its

@@ -72,6 +72,10 @@ func dialAMQPPublisher(ctx context.Context, t Target, c Config) (publisher, erro
 	return p, nil
 }
 
+// directReplyTo starts the reply-to of a request sent with RabbitMQ's
+// direct reply-to (the requester consumes amq.rabbitmq.reply-to).
+const directReplyTo = "amq.rabbitmq.reply-to."
+
 // amqpHeaderProps are headers carried as AMQP properties, not in the
 // headers table.
 func amqpPublishing(m *queue.Out) amqp.Publishing {
@@ -112,7 +116,18 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 			failed[m.ID] = "cannot be published over AMQP: " + why
 			continue
 		}
-		if err := p.ch.PublishWithContext(ctx, ex, key, p.t.Mandatory, false, pub); err != nil {
+		mandatory := p.t.Mandatory
+		if ex == "" && strings.HasPrefix(key, directReplyTo) {
+			// RabbitMQ delivers a direct reply-to outside the exchange and
+			// then returns it as unroutable all the same
+			// (rabbitmq-server#6124): with mandatory set, a reply the
+			// requester got was kept as failed and published again at every
+			// retry, for ever. Without it the confirm is all there is, as
+			// for a STOMP /reply-queue/: a reply whose requester is gone is
+			// dropped by the broker.
+			mandatory = false
+		}
+		if err := p.ch.PublishWithContext(ctx, ex, key, mandatory, false, pub); err != nil {
 			// A channel the broker closed (a publish before this one went
 			// to a missing exchange) is marked closed before its reason is
 			// handed to NotifyClose: wait a moment for the reason, which

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand"
 	"net"
 	"os"
@@ -627,5 +628,106 @@ func TestAMQPPublishAfterChannelClosed(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("publish on a closed channel did not return")
+	}
+}
+
+// Ensure a reply to a request sent with RabbitMQ's direct reply-to
+// (reply_to amq.rabbitmq.reply-to.…, the usual AMQP RPC pattern) is
+// published once and leaves the outbox. RabbitMQ delivers such a reply
+// and returns it as unroutable all the same when mandatory is set
+// (rabbitmq-server#6124): the reply reached the requester, was kept as
+// failed, and went out again at every retry. Found by trying to break it.
+func TestRelayDirectReplyTo(t *testing.T) {
+	requireAMQP(t)
+	// The requester: consumes its direct reply-to and sends a request,
+	// whose reply_to the broker rewrites to the name replies go to.
+	requests := amqpTestQueue(t)
+	declareQueue(t, requests, nil)
+	ch := amqpChannel(t)
+	replies, err := ch.Consume("amq.rabbitmq.reply-to", "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Publish("", requests, false, false, amqp.Publishing{ReplyTo: "amq.rabbitmq.reply-to", Body: []byte("request")}); err != nil {
+		t.Fatal(err)
+	}
+	var replyTo string
+	waitFor(t, "the request queued", 10*time.Second, func() bool {
+		d, ok, err := amqpChannel(t).Get(requests, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			replyTo = d.ReplyTo
+		}
+		return ok
+	})
+	if !strings.HasPrefix(replyTo, "amq.rabbitmq.reply-to.") {
+		t.Fatalf("reply_to %q, want the broker's direct reply-to name", replyTo)
+	}
+
+	src := mustConfig(t, "amqp://guest:guest@"+amqpAddr+"/?queue="+requests)
+	targets := ReplyTargets([]Config{src})
+	j := mustOpenJournal(t, "")
+	addResults(t, j, &queue.Out{Kind: "result", Target: "reply:" + src.Name, Destination: replyTo, Body: []byte("reply")})
+	r, stop := runRelay(t, j, targets)
+	select {
+	case d := <-replies:
+		if string(d.Body) != "reply" {
+			t.Fatalf("requester got %q, want the reply", d.Body)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the requester got no reply in 20s")
+	}
+	waitFor(t, "the reply gone from the outbox", 10*time.Second, func() bool { return len(outboxLeft(t, j)) == 0 })
+	stop()
+	if st := r.Stats(); st.Published != 1 || st.Failed != 0 {
+		t.Fatalf("published %d, failed %d (last error %q); want the reply published once", st.Published, st.Failed, st.LastError)
+	}
+}
+
+// Ensure a dead letter published over STOMP goes out and stays whatever
+// headers the message it copies carried. RabbitMQ's STOMP makes SEND
+// headers AMQP properties: the original's expiration made the copy
+// expire in the dead-letter queue, and an AMQP source's timestamp (RFC
+// 3339) or another user's user-id made RabbitMQ refuse it, so it stayed
+// in the outbox for ever. Found by trying to break it (an AMQP message
+// with a timestamp, parked as stuck, with on_stuck over STOMP).
+func TestRelayDeadLetterHeadersOverSTOMP(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	target, err := ParseTarget("stomp://guest:guest@" + brokerAddr + "/amq/queue/" + q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := mustOpenJournal(t, "")
+	dead := func(body string, h queue.Header) *queue.Out {
+		return &queue.Out{Kind: "dead-letter", Target: "dlq", Body: []byte(body), Headers: []queue.Header{h, {Name: "agentq-error", Value: "exit status 65"}}}
+	}
+	addResults(t, j,
+		dead("expires", queue.Header{Name: "expiration", Value: "0"}),
+		dead("stamped", queue.Header{Name: "timestamp", Value: "2023-11-14T22:13:20Z"}),
+		dead("forged", queue.Header{Name: "user-id", Value: "someone-else"}))
+	r, stop := runRelay(t, j, map[string]Target{"dlq": target})
+	waitFor(t, "every dead letter published", 20*time.Second, func() bool { return r.Stats().Published == 3 })
+	stop()
+	ch := amqpChannel(t)
+	got := map[string]amqp.Delivery{}
+	for {
+		d, ok, err := ch.Get(q, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		got[string(d.Body)] = d
+	}
+	if len(got) != 3 {
+		t.Fatalf("dead-letter queue holds %d of the 3 dead letters: %v", len(got), slices.Collect(maps.Keys(got)))
+	}
+	if ts := got["stamped"].Timestamp; ts.Unix() != 1700000000 {
+		t.Errorf("timestamp %v, want the original's", ts)
 	}
 }
