@@ -478,3 +478,54 @@ func TestIngestNoReceiptReconnects(t *testing.T) {
 		return st.Connects >= 2 && strings.Contains(st.LastError, "no confirmation of the ACKs sent")
 	})
 }
+
+// silentHeartbeatBroker is a fake STOMP broker (it cannot ACK or deliver,
+// and tests nothing of either) that grants heartbeats both ways and then
+// sends nothing, while it keeps reading: a broker that hangs, or a
+// connection cut somewhere TCP does not notice.
+func silentHeartbeatBroker(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				stop := time.AfterFunc(time.Minute, func() { c.Close() }) // bounded
+				defer stop.Stop()
+				r := frame.NewReader(bufio.NewReader(c))
+				for {
+					f, err := r.Read()
+					if err != nil {
+						return
+					}
+					if f != nil && (f.Command == frame.CONNECT || f.Command == frame.STOMP) {
+						c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:500,500\n\n\x00"))
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// Ensure a connection on which the broker granted heartbeats and then
+// sends nothing is ended (after the interval and half again) and made
+// anew, naming why.
+func TestIngestSilentBrokerTimedOut(t *testing.T) {
+	addr := silentHeartbeatBroker(t)
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://u:p@"+addr+"/queue/x?heartbeat=500ms"), j,
+		Options{ShutdownTimeout: time.Second, ReconnectInitial: 100 * time.Millisecond})
+	defer stop()
+	waitFor(t, "a reconnect after the broker fell silent", 20*time.Second, func() bool {
+		st := src.Status()
+		return st.Connects >= 2 && strings.Contains(st.LastError, "nothing from the broker in 750ms")
+	})
+}

@@ -69,17 +69,17 @@
 //
 // # Reader and committer
 //
-// Each connection has two goroutines. The reader (readLoop) only moves
-// MESSAGE frames from go-stomp's subscription channel into a buffer. The
+// Each source has two goroutines. The reader (readLoop) only moves
+// deliveries from the session into a buffer. The
 // committer (commitLoop) takes everything buffered, up to
 // Options.MaxBatch frames, turns the frames into entries, journals them
 // with one Journal.Append (one group commit, one fsync, shared with every
 // other writer of the journal), and only then sends the ACKs.
 //
-// They are split because go-stomp stops reading the socket when the
-// subscription channel is not drained: a reader that waited for an fsync
-// would stop heartbeats too, and the broker would drop a healthy
-// connection under a slow disk. The buffer is sized by the prefetch: the
+// They are split because a protocol library stops reading the socket
+// when its consumer falls behind (go-stomp did; paho and amqp091-go do):
+// a reader that waited for an fsync would stop heartbeats too, and the
+// broker would drop a healthy connection under a slow disk. The buffer is sized by the prefetch: the
 // broker never has more than prefetch messages unacknowledged, so memory
 // stays bounded whatever the backlog. The committer reuses its buffers
 // from batch to batch and starts no goroutine per message.
@@ -90,9 +90,20 @@
 // crash at any moment loses nothing: what was not journaled was not
 // ACKed, and the broker redelivers it. In ack=client mode (the default)
 // one ACK of the batch's last message acknowledges the whole batch
-// (RabbitMQ maps it to basic.ack with multiple=true); since go-stomp
-// flushes the socket once per frame, that is one write per batch instead
-// of one per message. ack=client-individual sends one ACK per message.
+// (RabbitMQ maps it to basic.ack with multiple=true).
+// ack=client-individual sends one ACK per message; either way a batch's
+// ACKs go out in one write.
+//
+// # STOMP connections
+//
+// A STOMP source's connection (stompclient.go) speaks frames itself, on
+// go-stomp's frame package and a frame reader of its own (stompframe.go,
+// held to go-stomp's by FuzzStompReader), not through go-stomp's Conn.
+// One goroutine per connection reads; a second sends heartbeats when
+// nothing else went out and ends the connection when nothing came in for
+// the negotiated interval and half as much again. Receipts (barriers,
+// DISCONNECT) are matched by id; one nobody waits for any more is
+// dropped. Heartbeats are expected only if the broker granted them.
 //
 // # Redelivery
 //
@@ -241,8 +252,9 @@
 // When Run's context ends, the committer finishes the batch in hand
 // (journaled and ACKed, or neither). The reader then keeps draining the
 // subscription without ACKing (those messages are redelivered later) so
-// that go-stomp never blocks while the source sends UNSUBSCRIBE and a
-// DISCONNECT with a receipt. Both are bounded by Options.ShutdownTimeout;
+// that the connection's reader, which takes the DISCONNECT's receipt,
+// never blocks while the source sends UNSUBSCRIBE and a DISCONNECT with a
+// receipt. Both are bounded by Options.ShutdownTimeout;
 // past it the connection is closed. Run returns within that bound
 // whatever the broker does.
 package ingest

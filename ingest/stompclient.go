@@ -50,7 +50,7 @@ type stompClient struct {
 	bw        *bufio.Writer
 	lastWrite time.Time // under wmu
 
-	reads atomic.Uint64 // frames and heartbeats read, for the watchdog
+	reads atomic.Uint64 // reads from the socket that returned bytes, for the watchdog
 
 	rmu      sync.Mutex
 	receipts map[string]chan struct{}
@@ -91,7 +91,7 @@ func stompConnect(ctx context.Context, nc net.Conn, cfg Config) (*stompClient, *
 	if err := c.write(frame.New(frame.CONNECT, hdr...)); err != nil {
 		return nil, nil, err
 	}
-	r := newStompReader(nc, ioBufferSize)
+	r := newStompReader(countingReader{nc, &c.reads}, ioBufferSize)
 	var f *stompFrame
 	for f == nil {
 		var err error
@@ -174,7 +174,6 @@ func (c *stompClient) readLoop(r *stompReader, deliver func(*stompDelivery)) {
 			c.end(err)
 			return
 		}
-		c.reads.Add(1)
 		if f == nil {
 			continue // a heartbeat
 		}
@@ -226,14 +225,21 @@ func (c *stompClient) heartbeats() {
 					return
 				}
 			}
-			if c.sendEvery > 0 {
-				c.wmu.Lock()
+			// TryLock: a writer holding the lock is sending anyway, and
+			// one stuck on a broker that stopped reading must not stop
+			// the check above, which ends the connection and with it
+			// the write.
+			if c.sendEvery > 0 && c.wmu.TryLock() {
 				if now.Sub(c.lastWrite) >= c.sendEvery/2 {
 					c.lastWrite = now
+					// Bounded, so that this goroutine, the watchdog's,
+					// never blocks on a broker that stopped reading.
+					_ = c.nc.SetWriteDeadline(now.Add(c.sendEvery))
 					_, err := c.bw.Write([]byte{'\n'})
 					if err == nil {
 						err = c.bw.Flush()
 					}
+					_ = c.nc.SetWriteDeadline(time.Time{})
 					if err != nil {
 						c.wmu.Unlock()
 						c.end(fmt.Errorf("connection closed: %w", err))
@@ -244,6 +250,21 @@ func (c *stompClient) heartbeats() {
 			}
 		}
 	}
+}
+
+// countingReader counts the reads that returned bytes: the watchdog's
+// sign of life, which a large frame arriving slowly gives too.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Uint64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.n.Add(1)
+	}
+	return n, err
 }
 
 // end records why the connection is over, the first time, and closes it.
