@@ -313,6 +313,9 @@ func (s *stompSession) close() error {
 		}
 		c.end(errStompClosed)
 	}
+	for _, c := range s.conns {
+		c.wait(closeTimeout)
+	}
 	if s.closed != nil {
 		s.closed()
 	}

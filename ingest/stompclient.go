@@ -282,6 +282,19 @@ func (c *stompClient) end(err error) {
 	})
 }
 
+// wait waits, at most d, for the connection's goroutines to end (the
+// reader ends once the socket is closed; see end).
+func (c *stompClient) wait(d time.Duration) {
+	done := make(chan struct{})
+	go func() { c.wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
 // write sends frames in one write. A failed write ends the connection.
 func (c *stompClient) write(fs ...*frame.Frame) error {
 	c.wmu.Lock()
