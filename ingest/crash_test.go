@@ -219,13 +219,20 @@ func fakeNoHeartbeatBroker(t *testing.T) (addr string, asked func() []string) {
 // fakeBroker is fakeNoHeartbeatBroker; with receipts false it never
 // answers a receipt either: a broker that hangs.
 func fakeBroker(t *testing.T, receipts bool) (addr string, asked func() []string) {
+	return fakeBrokerGranting(t, "0,0", receipts)
+}
+
+// fakeBrokerGranting answers CONNECT with heart-beat:hb and then sends
+// nothing but receipts (if receipts), while it keeps reading; each
+// connection is closed after a minute at most.
+func fakeBrokerGranting(t *testing.T, hb string, receipts bool) (addr string, asked func() []string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
-	var hb []string
+	var asks []string
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -234,6 +241,8 @@ func fakeBroker(t *testing.T, receipts bool) (addr string, asked func() []string
 			}
 			go func() {
 				defer c.Close()
+				stop := time.AfterFunc(time.Minute, func() { c.Close() }) // bounded
+				defer stop.Stop()
 				r := bufio.NewReader(c)
 				for {
 					f, err := frame.NewReader(r).Read()
@@ -245,9 +254,9 @@ func fakeBroker(t *testing.T, receipts bool) (addr string, asked func() []string
 					}
 					if f.Command == frame.CONNECT || f.Command == frame.STOMP {
 						mu.Lock()
-						hb = append(hb, f.Header.Get(frame.HeartBeat))
+						asks = append(asks, f.Header.Get(frame.HeartBeat))
 						mu.Unlock()
-						c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00"))
+						c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:" + hb + "\n\n\x00"))
 					} else if id := f.Header.Get(frame.Receipt); id != "" && receipts {
 						c.Write([]byte("RECEIPT\nreceipt-id:" + id + "\n\n\x00"))
 					}
@@ -255,7 +264,7 @@ func fakeBroker(t *testing.T, receipts bool) (addr string, asked func() []string
 			}()
 		}
 	}()
-	return ln.Addr().String(), func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), hb...) }
+	return ln.Addr().String(), func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), asks...) }
 }
 
 // Ensure that when a broker grants no heartbeats the source neither
@@ -479,47 +488,13 @@ func TestIngestNoReceiptReconnects(t *testing.T) {
 	})
 }
 
-// silentHeartbeatBroker is a fake STOMP broker (it cannot ACK or deliver,
-// and tests nothing of either) that grants heartbeats both ways and then
-// sends nothing, while it keeps reading: a broker that hangs, or a
-// connection cut somewhere TCP does not notice.
-func silentHeartbeatBroker(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				stop := time.AfterFunc(time.Minute, func() { c.Close() }) // bounded
-				defer stop.Stop()
-				r := frame.NewReader(bufio.NewReader(c))
-				for {
-					f, err := r.Read()
-					if err != nil {
-						return
-					}
-					if f != nil && (f.Command == frame.CONNECT || f.Command == frame.STOMP) {
-						c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:500,500\n\n\x00"))
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // Ensure a connection on which the broker granted heartbeats and then
 // sends nothing is ended (after the interval and half again) and made
 // anew, naming why.
 func TestIngestSilentBrokerTimedOut(t *testing.T) {
-	addr := silentHeartbeatBroker(t)
+	// A broker that hangs, or a connection cut somewhere TCP does not
+	// notice.
+	addr, _ := fakeBrokerGranting(t, "500,500", false)
 	j := mustOpenJournal(t, "")
 	src, stop := runSource(t, mustConfig(t, "stomp://u:p@"+addr+"/queue/x?heartbeat=500ms"), j,
 		Options{ShutdownTimeout: time.Second, ReconnectInitial: 100 * time.Millisecond})

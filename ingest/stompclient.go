@@ -287,12 +287,7 @@ func (c *stompClient) end(err error) {
 func (c *stompClient) wait(d time.Duration) {
 	done := make(chan struct{})
 	go func() { c.wg.Wait(); close(done) }()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-	}
+	waitBounded(done, d)
 }
 
 // write sends frames in one write. A failed write ends the connection.

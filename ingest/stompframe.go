@@ -170,6 +170,21 @@ func (r *stompReader) line() ([]byte, error) {
 	return line, nil
 }
 
+// stompUnescaped is what the escape \c stands for, if it is one.
+func stompUnescaped(c byte) (byte, bool) {
+	switch c {
+	case 'r':
+		return '\r', true
+	case 'n':
+		return '\n', true
+	case 'c':
+		return ':', true
+	case '\\':
+		return '\\', true
+	}
+	return 0, false
+}
+
 // unescapeStomp undoes STOMP 1.1/1.2 header escapes (\r \n \c \\) as
 // go-stomp does: any other backslash stays as it is.
 func unescapeStomp(s string) string {
@@ -182,21 +197,8 @@ func unescapeStomp(s string) string {
 	for ; i >= 0; i = strings.IndexByte(s, '\\') {
 		b.WriteString(s[:i])
 		if i+1 < len(s) {
-			switch s[i+1] {
-			case 'r':
-				b.WriteByte('\r')
-				s = s[i+2:]
-				continue
-			case 'n':
-				b.WriteByte('\n')
-				s = s[i+2:]
-				continue
-			case 'c':
-				b.WriteByte(':')
-				s = s[i+2:]
-				continue
-			case '\\':
-				b.WriteByte('\\')
+			if c, ok := stompUnescaped(s[i+1]); ok {
+				b.WriteByte(c)
 				s = s[i+2:]
 				continue
 			}
