@@ -750,6 +750,7 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		return u.withFlash(next, "error", "nothing to replay"), nil // the page counted none
 	}
 	var f queue.Filter
+	guarded := false
 	switch {
 	case form.Get("group") != "":
 		// One group of the stuck page: exactly its type and error.
@@ -784,14 +785,33 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 			}
 			states = []queue.State{s}
 		}
-		f = queue.Filter{States: states, FromSeq: seqs[0], ToSeq: seqs[len(seqs)-1],
-			Match: func(e *queue.Entry) bool { return sel[e.Seq] }}
+		match := func(e *queue.Entry) bool { return sel[e.Seq] }
+		if v := form.Get("replays"); v != "" && len(seqs) == 1 {
+			// An entry's page names how often the entry had been replayed
+			// when it was drawn: a second click of its Replay (or a stale
+			// tab) finds the entry replayed since, and done already, and
+			// must not run it again.
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return "", fmt.Errorf("%w: replays %q is not a number", errBadRequest, v)
+			}
+			match = func(e *queue.Entry) bool { return sel[e.Seq] && e.Replays == n }
+			guarded = true
+		}
+		f = queue.Filter{States: states, FromSeq: seqs[0], ToSeq: seqs[len(seqs)-1], Match: match}
 	default:
 		return u.withFlash(next, "error", "nothing selected"), nil
 	}
 	if reextract {
 		if u.s.Reextract == nil {
 			return "", errors.New("replay with re-extraction needs the running agent's source settings")
+		}
+		// Re-extraction takes unfinished entries only: an entry's page
+		// asked for stuck or done, which it refused whole ("cannot
+		// reextract done entries"), even for a stuck entry.
+		f.States = slices.DeleteFunc(f.States, func(s queue.State) bool { return s == queue.StateDone })
+		if len(f.States) == 0 {
+			return "", errors.New("a done entry keeps the type and key it ran with: replay it as it is")
 		}
 		done, err := u.s.Reextract(f, false)
 		if err != nil && len(done) > 0 {
@@ -812,7 +832,20 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if guarded && len(done) == 0 {
+		return u.withFlash(next, "error", u.changedSince(seqs[0])), nil
+	}
 	return u.withFlash(next, "done", fmt.Sprintf("replayed %d entries", len(done))), nil
+}
+
+// changedSince says why an entry's Replay did nothing: the entry is no
+// longer as its page showed it.
+func (u *ui) changedSince(seq uint64) string {
+	v, err := u.s.Store.Entry(seq)
+	if err != nil {
+		return fmt.Sprintf("entry %d was not replayed: %v", seq, err)
+	}
+	return fmt.Sprintf("entry %d was not replayed: it changed since the page was drawn (now %s, replayed %d times); replay it again from this page if it should run again", seq, v.State, v.Replays)
 }
 
 func (u *ui) pause(w http.ResponseWriter, r *http.Request) (string, error) {

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -451,5 +452,97 @@ func TestDashboardEntryBodyBounded(t *testing.T) {
 	}
 	if !utf8.ValidString(page) {
 		t.Errorf("the cut split a character")
+	}
+}
+
+// hiddenRe finds a form's hidden fields.
+var hiddenRe = regexp.MustCompile(`<input type="hidden" name="(\w+)" value="([^"]*)">`)
+
+// entryForm returns the hidden fields of the Replay form on entry seq's
+// page, as a browser would post them.
+func entryForm(t *testing.T, c *http.Client, base string, seq uint64) url.Values {
+	t.Helper()
+	_, page, _ := get(t, c, fmt.Sprintf("%s/ui/entries/%d", base, seq))
+	i := strings.Index(page, `action="/ui/replay"`)
+	if i < 0 {
+		t.Fatalf("entry %d's page has no replay form:\n%s", seq, page)
+	}
+	form := page[i:]
+	form = form[:strings.Index(form, "</form>")]
+	v := url.Values{}
+	for _, m := range hiddenRe.FindAllStringSubmatch(form, -1) {
+		v.Set(m[1], html.UnescapeString(m[2]))
+	}
+	return v
+}
+
+// TestDashboardEntryReplayOnce: an entry page's Replay runs the entry
+// once however often it is posted: a double click (or a stale tab) whose
+// second post arrives after the first replay ran and was done replayed
+// the done entry again, so its handler ran twice (and after the later
+// messages of its key). Its "type and key read again" takes a stuck
+// entry: it failed for every entry ("cannot reextract done entries").
+// Found by posting the entry page's form twice to a running agent.
+func TestDashboardEntryReplayOnce(t *testing.T) {
+	j := emptyJournal(t)
+	ctx := context.Background()
+	seq := runOne(t, j, &queue.Entry{Type: "order.created", Key: "k1", Body: []byte("{}")}, queue.Outcome{Kind: queue.Stuck, Err: "no such account"})
+	other := runOne(t, j, &queue.Entry{Type: "order.created", Key: "k2", Body: []byte("{}")}, queue.Outcome{Kind: queue.Stuck, Err: "no such account"})
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: NewLocal(j, false), Reextract: func(f queue.Filter, dryRun bool) ([]uint64, error) {
+		return j.Reextract(ctx, f, func(e *queue.Entry) (string, string, string) { return e.Type, e.Key + "-new", "" }, dryRun)
+	}}
+	srv.Start(ln)
+	t.Cleanup(srv.Shutdown)
+	base := "http://" + ln.Addr().String()
+	c := uiClient(t)
+	postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+
+	form := entryForm(t, c, base, seq)
+	post := func(form url.Values) string {
+		t.Helper()
+		code, _, h := postForm(t, c, base+"/ui/replay", form, nil)
+		if code != http.StatusSeeOther {
+			t.Fatalf("replay = %d", code)
+		}
+		loc, _ := url.Parse(h.Get("Location"))
+		return loc.Query().Get("done") + loc.Query().Get("error")
+	}
+	if msg := post(form); msg != "replayed 1 entries" {
+		t.Fatalf("first post: %q", msg)
+	}
+	// The replayed entry runs and is done before the second post.
+	es, err := j.Claim(ctx, 10)
+	if err != nil || len(es) != 1 || es[0].Seq != seq {
+		t.Fatalf("claim after the replay: %v, %v", es, err)
+	}
+	if err := j.Settle(ctx, queue.Outcome{Seq: seq, Kind: queue.Done}); err != nil {
+		t.Fatal(err)
+	}
+	if msg := post(form); !strings.Contains(msg, "not replayed: it changed since the page was drawn (now done, replayed 1 times)") {
+		t.Errorf("second post of the same form: %q", msg)
+	}
+	if e, err := j.Get(seq); err != nil || e.State != queue.StateDone || e.Replays != 1 {
+		t.Errorf("entry after the second post: %+v, %v: want done, replayed once", e, err)
+	}
+	// Drawn again, the page replays the done entry once more, on purpose.
+	if msg := post(entryForm(t, c, base, seq)); msg != "replayed 1 entries" {
+		t.Errorf("replay from a fresh page: %q", msg)
+	}
+
+	// Replay with type and key read again, on a stuck entry.
+	form = entryForm(t, c, base, other)
+	form.Set("reextract", "1")
+	if msg := post(form); msg != "replayed 1 entries with type and key read again" {
+		t.Errorf("replay with re-extraction: %q", msg)
+	}
+	if e, err := j.Get(other); err != nil || e.State != queue.StatePending || e.Key != "k2-new" {
+		t.Errorf("entry after re-extraction: %+v, %v", e, err)
+	}
+	if _, page, _ := get(t, c, fmt.Sprintf("%s/ui/entries/%d", base, seq)); strings.Contains(page, `id="reextract"`) {
+		t.Errorf("a pending entry's page offers re-extraction")
 	}
 }
