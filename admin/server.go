@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -495,9 +496,35 @@ func (s *Server) reextract(w http.ResponseWriter, r *http.Request) {
 	s.seqsOf(w, r, s.Reextract)
 }
 
+// errNotPaused: a resume named a pattern that is not paused.
+var errNotPaused = errors.New("not paused")
+
+// pausedNow lists the stored pauses.
+func (s *Server) pausedNow() ([]string, error) {
+	if s.Control != nil {
+		return s.Control.Paused(), nil
+	}
+	return s.Store.Paused()
+}
+
 // pause changes a pause through the running agent's Control, or the
-// journal alone when there is none.
+// journal alone when there is none. A resume must name a stored pause as
+// it was paused, as agentq resume does: one that matched nothing (a
+// typo, order.# for order.*) answered "resumed" while the real pause
+// stayed.
 func (s *Server) pause(pattern string, paused bool) error {
+	if !paused && queue.ValidatePattern(pattern) == nil {
+		ps, err := s.pausedNow()
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(ps, pattern) {
+			if len(ps) == 0 {
+				return fmt.Errorf("%.100s is %w: nothing is", pattern, errNotPaused)
+			}
+			return fmt.Errorf("%.100s is %w; paused: %s (resume takes a pattern as it was paused)", pattern, errNotPaused, strings.Join(ps, " "))
+		}
+	}
 	switch {
 	case s.Control != nil && paused:
 		return s.Control.Pause(pattern)
@@ -513,7 +540,11 @@ func (s *Server) pauseAPI(paused bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		pat := r.URL.Query().Get("pattern")
 		if err := s.pause(pat, paused); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			code := http.StatusBadRequest
+			if errors.Is(err, errNotPaused) {
+				code = http.StatusNotFound
+			}
+			writeJSON(w, code, map[string]string{"error": err.Error()})
 			return
 		}
 		s.paused(w, r)
@@ -521,15 +552,10 @@ func (s *Server) pauseAPI(paused bool) http.HandlerFunc {
 }
 
 func (s *Server) paused(w http.ResponseWriter, _ *http.Request) {
-	var ps []string
-	if s.Control != nil {
-		ps = s.Control.Paused()
-	} else {
-		var err error
-		if ps, err = s.Store.Paused(); err != nil {
-			writeError(w, err)
-			return
-		}
+	ps, err := s.pausedNow()
+	if err != nil {
+		writeError(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"paused": nonNil(ps)})
 }

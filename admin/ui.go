@@ -861,7 +861,18 @@ func (u *ui) resume(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err := u.s.pause(pat, false); err != nil {
 		return "", err
 	}
-	return u.withFlash("/ui/routes", "done", "resumed "+pat), nil
+	msg := "resumed " + pat
+	ps, _ := u.s.pausedNow()
+	var still []string
+	for _, p := range ps {
+		if queue.PatternCovers(p, pat) {
+			still = append(still, p)
+		}
+	}
+	if len(still) > 0 {
+		msg += fmt.Sprintf(" (the types it matches are still held by %s)", strings.Join(still, ", "))
+	}
+	return u.withFlash("/ui/routes", "done", msg), nil
 }
 
 // --- login ---

@@ -2,12 +2,14 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -544,5 +546,101 @@ func TestDashboardEntryReplayOnce(t *testing.T) {
 	}
 	if _, page, _ := get(t, c, fmt.Sprintf("%s/ui/entries/%d", base, seq)); strings.Contains(page, `id="reextract"`) {
 		t.Errorf("a pending entry's page offers re-extraction")
+	}
+}
+
+// TestDashboardPauseCovers: a route is shown paused when a pause holds
+// all of it, its own pattern or a wider one (a pause of # showed every
+// route running, with a Pause button), and a resume of a pattern that is
+// not paused fails and says what is, on the dashboard and in the API
+// (both said "resumed" while the real pause stayed). Found by pausing #
+// on a running agent's dashboard.
+func TestDashboardPauseCovers(t *testing.T) {
+	j := emptyJournal(t)
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: NewLocal(j, false), Control: &Agent{Journal: j, RouteList: []RouteView{
+		{Pattern: "order.*", Backend: "exec: a"}, {Pattern: "user_role.#", Backend: "exec: b"}, {Pattern: "#", Backend: "exec: c"}}}}
+	srv.Start(ln)
+	t.Cleanup(srv.Shutdown)
+	base := "http://" + ln.Addr().String()
+	c := uiClient(t)
+	postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+	_, page, _ := get(t, c, base+"/ui/routes")
+	csrf := csrfRe.FindStringSubmatch(page)[1]
+	act := func(path, pattern string) (string, string) {
+		t.Helper()
+		code, _, h := postForm(t, c, base+path, url.Values{"csrf": {csrf}, "pattern": {pattern}, "next": {"/ui/routes"}}, nil)
+		loc, _ := url.Parse(h.Get("Location"))
+		if code != http.StatusSeeOther || loc.Path != "/ui/routes" {
+			t.Fatalf("%s %s = %d → %s", path, pattern, code, h.Get("Location"))
+		}
+		return loc.Query().Get("done"), loc.Query().Get("error")
+	}
+	routes := func() map[string][]string {
+		t.Helper()
+		var rs []RouteView
+		resp, err := http.Get(base + "/v1/routes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&rs); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]string{}
+		for _, r := range rs {
+			if r.Paused != (len(r.PausedBy) > 0) {
+				t.Errorf("route %s: paused %v, paused by %v", r.Pattern, r.Paused, r.PausedBy)
+			}
+			out[r.Pattern] = r.PausedBy
+		}
+		return out
+	}
+
+	act("/ui/pause", "#")
+	if got := routes(); !reflect.DeepEqual(got, map[string][]string{"order.*": {"#"}, "user_role.#": {"#"}, "#": {"#"}}) {
+		t.Errorf("routes with # paused: %v", got)
+	}
+	_, page, _ = get(t, c, base+"/ui/routes")
+	if strings.Contains(page, `id="pause-order.*"`) || !strings.Contains(page, "paused by #") {
+		t.Errorf("with # paused, order.* is offered a Pause or not shown paused by #:\n%s", page)
+	}
+	if done, bad := act("/ui/resume", "order.*"); done != "" || bad != "order.* is not paused; paused: # (resume takes a pattern as it was paused)" {
+		t.Errorf("resume of a pattern not paused: done %q, error %q", done, bad)
+	}
+	act("/ui/pause", "user_role.granted")
+	if got := routes()["user_role.#"]; !reflect.DeepEqual(got, []string{"#"}) {
+		t.Errorf("user_role.# paused by %v: a pause of one of its types holds it only in part", got)
+	}
+	act("/ui/pause", "order.*")
+	if done, bad := act("/ui/resume", "order.*"); done != "resumed order.* (the types it matches are still held by #)" || bad != "" {
+		t.Errorf("resume of order.* under #: done %q, error %q", done, bad)
+	}
+	if ps := j.Paused(); !reflect.DeepEqual(ps, []string{"#", "user_role.granted"}) {
+		t.Errorf("paused after the resumes: %v", ps)
+	}
+
+	// The API: a resume of a pattern not paused is 404, with the pauses.
+	for _, c := range []struct {
+		pattern string
+		code    int
+	}{{"order.%23", http.StatusNotFound}, {"order.*", http.StatusNotFound}, {"", http.StatusBadRequest}, {"user_role.granted", http.StatusOK}} {
+		req, _ := http.NewRequest("POST", base+"/v1/resume?pattern="+c.pattern, nil)
+		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code {
+			t.Errorf("POST /v1/resume?pattern=%s = %d %s, want %d", c.pattern, resp.StatusCode, b, c.code)
+		}
+	}
+	if ps := j.Paused(); !reflect.DeepEqual(ps, []string{"#"}) {
+		t.Errorf("paused after the API's resumes: %v", ps)
 	}
 }
