@@ -454,7 +454,31 @@ func (s *Server) entry(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
+	if !statesIn(w, r, "replay", queue.StateStuck, queue.StateDone) {
+		return
+	}
 	s.seqsOf(w, r, s.Store.Replay)
+}
+
+// statesIn refuses, with 400, a filter action whose states are not among
+// those it takes: the journal's refusal came back as a 500, which says
+// the agent failed, not the request.
+func statesIn(w http.ResponseWriter, r *http.Request, action string, ok ...queue.State) bool {
+	f, err := ParseFilterQuery(r.URL.Query())
+	if err != nil {
+		return true // seqsOf says what is wrong
+	}
+	for _, st := range f.States {
+		if !slices.Contains(ok, st) {
+			var names []string
+			for _, o := range ok {
+				names = append(names, o.String())
+			}
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("cannot %s %s entries: state must be %s", action, st, strings.Join(names, " or "))})
+			return false
+		}
+	}
+	return true
 }
 
 // seqsOf runs a filter action (replay, re-extract) and answers with the
@@ -491,6 +515,9 @@ func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Fi
 func (s *Server) reextract(w http.ResponseWriter, r *http.Request) {
 	if s.Reextract == nil {
 		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "this agent cannot re-extract"})
+		return
+	}
+	if !statesIn(w, r, "re-extract", queue.StatePending, queue.StateStuck) {
 		return
 	}
 	s.seqsOf(w, r, s.Reextract)
