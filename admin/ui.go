@@ -343,6 +343,7 @@ func (u *ui) overview(r *http.Request, p *uiPage) (string, error) {
 		d["Damaged"] = l.j.Stats().Damaged
 	}
 	d["Rates"] = u.rates.view(u.s)
+	d["Paused"] = strings.Join(sum.Paused, " ")
 	p.Data = d
 	return "overview", nil
 }
@@ -560,6 +561,21 @@ func (u *ui) entry(r *http.Request, p *uiPage) (string, error) {
 		return "", err
 	}
 	d := map[string]any{"E": v}
+	if v.State == "pending" {
+		// A held entry looks like any pending one: say which pause holds
+		// it, or the operator waits for an entry that will not run.
+		ps, err := u.s.pausedNow()
+		if err != nil {
+			return "", err
+		}
+		var by []string
+		for _, p := range ps {
+			if queue.MatchPattern(p, v.Type) {
+				by = append(by, p)
+			}
+		}
+		d["HeldBy"] = strings.Join(by, ", ")
+	}
 	size := 0
 	if v.BodySize != nil {
 		size = *v.BodySize

@@ -644,3 +644,26 @@ func TestDashboardPauseCovers(t *testing.T) {
 		t.Errorf("paused after the API's resumes: %v", ps)
 	}
 }
+
+// TestDashboardShowsHeld: while a pause holds entries, the overview says
+// dispatch is paused and a held entry's page says which pause holds it:
+// both looked like any pending entry waiting its turn, the oldest pending
+// growing with no reason given (found pausing a running agent during a
+// backlog).
+func TestDashboardShowsHeld(t *testing.T) {
+	j := testJournal(t) // pending: order.created 5, 7, 9, 11; user_role.granted 4, 6, 8, 10, 12
+	if err := j.SetPaused(context.Background(), "order.*", true); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	c := uiClient(t)
+	if _, page, _ := get(t, c, base+"/ui/"); !strings.Contains(page, `id="paused">Dispatch is paused for order.*:`) {
+		t.Errorf("the overview does not say what is paused:\n%s", page)
+	}
+	if _, page, _ := get(t, c, base+"/ui/entries/7"); !strings.Contains(page, `id="held">dispatch of its type is paused (order.*)`) {
+		t.Errorf("a held entry's page does not say it is held:\n%s", page)
+	}
+	if _, page, _ := get(t, c, base+"/ui/entries/6"); strings.Contains(page, `id="held"`) {
+		t.Errorf("an entry of a type not paused is shown held")
+	}
+}
