@@ -85,6 +85,13 @@ func TestDashboardPages(t *testing.T) {
 	if !strings.Contains(body, "exit status 65: no such account") {
 		t.Errorf("the stuck page does not show the error")
 	}
+	// Every bulk action asks first (the re-extraction over the whole
+	// filter did not).
+	for _, id := range []string{"replay-all", "replay-reextract"} {
+		if !regexp.MustCompile(`id="` + id + `" data-confirm="[^"]+"`).MatchString(body) {
+			t.Errorf("the stuck page's %s does not ask before it acts", id)
+		}
+	}
 	_, body, _ = get(t, c, base+"/ui/entries?type=order*")
 	if !strings.Contains(body, "type pattern") {
 		t.Errorf("a bad type pattern is not explained: %s", body)
