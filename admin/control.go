@@ -13,8 +13,15 @@ type RouteView struct {
 	Pattern  string `json:"match"`
 	Backend  string `json:"backend"`
 	InFlight int    `json:"in_flight"`
-	Paused   bool   `json:"paused"`
+	// Paused: a paused pattern holds every type the route matches, its
+	// own or a wider one (# holds every route); PausedBy lists them.
+	Paused   bool     `json:"paused"`
+	PausedBy []string `json:"paused_by,omitempty"`
 }
+
+// PausedItself reports whether the route's own pattern is paused (what
+// its Resume lifts).
+func (r RouteView) PausedItself() bool { return slices.Contains(r.PausedBy, r.Pattern) }
 
 // Control is what a running agent offers besides its journal: its routes
 // and the pause levers. A pause is stored in the journal (a restart keeps
@@ -46,7 +53,16 @@ func (a *Agent) Routes() []RouteView {
 	out := make([]RouteView, len(a.RouteList))
 	for i, r := range a.RouteList {
 		r.InFlight = inflight[r.Pattern]
-		r.Paused = slices.Contains(paused, r.Pattern)
+		// A route counts as paused when a pause holds all of it: with
+		// only exact matches counted, a pause of # showed every route
+		// running, with a Pause button.
+		r.PausedBy = nil
+		for _, p := range paused {
+			if queue.PatternCovers(p, r.Pattern) {
+				r.PausedBy = append(r.PausedBy, p)
+			}
+		}
+		r.Paused = len(r.PausedBy) > 0
 		out[i] = r
 	}
 	return out

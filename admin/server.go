@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -453,7 +454,31 @@ func (s *Server) entry(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
+	if !statesIn(w, r, "replay", queue.StateStuck, queue.StateDone) {
+		return
+	}
 	s.seqsOf(w, r, s.Store.Replay)
+}
+
+// statesIn refuses, with 400, a filter action whose states are not among
+// those it takes: the journal's refusal came back as a 500, which says
+// the agent failed, not the request.
+func statesIn(w http.ResponseWriter, r *http.Request, action string, ok ...queue.State) bool {
+	f, err := ParseFilterQuery(r.URL.Query())
+	if err != nil {
+		return true // seqsOf says what is wrong
+	}
+	for _, st := range f.States {
+		if !slices.Contains(ok, st) {
+			var names []string
+			for _, o := range ok {
+				names = append(names, o.String())
+			}
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("cannot %s %s entries: state must be %s", action, st, strings.Join(names, " or "))})
+			return false
+		}
+	}
+	return true
 }
 
 // seqsOf runs a filter action (replay, re-extract) and answers with the
@@ -492,12 +517,41 @@ func (s *Server) reextract(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "this agent cannot re-extract"})
 		return
 	}
+	if !statesIn(w, r, "re-extract", queue.StatePending, queue.StateStuck) {
+		return
+	}
 	s.seqsOf(w, r, s.Reextract)
 }
 
+// errNotPaused: a resume named a pattern that is not paused.
+var errNotPaused = errors.New("not paused")
+
+// pausedNow lists the stored pauses.
+func (s *Server) pausedNow() ([]string, error) {
+	if s.Control != nil {
+		return s.Control.Paused(), nil
+	}
+	return s.Store.Paused()
+}
+
 // pause changes a pause through the running agent's Control, or the
-// journal alone when there is none.
+// journal alone when there is none. A resume must name a stored pause as
+// it was paused, as agentq resume does: one that matched nothing (a
+// typo, order.# for order.*) answered "resumed" while the real pause
+// stayed.
 func (s *Server) pause(pattern string, paused bool) error {
+	if !paused && queue.ValidatePattern(pattern) == nil {
+		ps, err := s.pausedNow()
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(ps, pattern) {
+			if len(ps) == 0 {
+				return fmt.Errorf("%.100s is %w: nothing is", pattern, errNotPaused)
+			}
+			return fmt.Errorf("%.100s is %w; paused: %s (resume takes a pattern as it was paused)", pattern, errNotPaused, strings.Join(ps, " "))
+		}
+	}
 	switch {
 	case s.Control != nil && paused:
 		return s.Control.Pause(pattern)
@@ -513,7 +567,11 @@ func (s *Server) pauseAPI(paused bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		pat := r.URL.Query().Get("pattern")
 		if err := s.pause(pat, paused); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			code := http.StatusBadRequest
+			if errors.Is(err, errNotPaused) {
+				code = http.StatusNotFound
+			}
+			writeJSON(w, code, map[string]string{"error": err.Error()})
 			return
 		}
 		s.paused(w, r)
@@ -521,15 +579,10 @@ func (s *Server) pauseAPI(paused bool) http.HandlerFunc {
 }
 
 func (s *Server) paused(w http.ResponseWriter, _ *http.Request) {
-	var ps []string
-	if s.Control != nil {
-		ps = s.Control.Paused()
-	} else {
-		var err error
-		if ps, err = s.Store.Paused(); err != nil {
-			writeError(w, err)
-			return
-		}
+	ps, err := s.pausedNow()
+	if err != nil {
+		writeError(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"paused": nonNil(ps)})
 }

@@ -354,6 +354,48 @@ func TestReplayToZero(t *testing.T) {
 	}
 }
 
+// TestReplayWrongState: a replay of pending entries, or a re-extraction
+// of done ones, is the request's fault: 400 with the reason, not the 500
+// of an agent that failed (found by asking the API of a running agent).
+func TestReplayWrongState(t *testing.T) {
+	j := emptyJournal(t)
+	runOne(t, j, &queue.Entry{Type: "t", Key: "k", Body: []byte("1")}, queue.Outcome{Kind: queue.Done})
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: NewLocal(j, false), Reextract: func(f queue.Filter, dryRun bool) ([]uint64, error) {
+		return j.Reextract(context.Background(), f, func(e *queue.Entry) (string, string, string) { return e.Type, e.Key, e.Fault }, dryRun)
+	}}
+	srv.Start(ln)
+	t.Cleanup(srv.Shutdown)
+	base := "http://" + ln.Addr().String()
+	for _, c := range []struct {
+		path string
+		code int
+		want string
+	}{
+		{"/v1/replay?state=pending", 400, "cannot replay pending entries: state must be stuck or done"},
+		{"/v1/replay?state=retrying&dry_run=true", 400, "cannot replay pending entries"},
+		{"/v1/replay?state=running", 400, "cannot replay running entries"},
+		{"/v1/reextract?state=done", 400, "cannot re-extract done entries: state must be pending or stuck"},
+		{"/v1/replay?state=stuck&state=done&dry_run=true", 200, `"seqs":[1]`},
+		{"/v1/reextract?state=stuck&dry_run=true", 200, `"seqs":[]`},
+	} {
+		req, _ := http.NewRequest("POST", base+c.path, nil)
+		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code || !strings.Contains(string(body), c.want) {
+			t.Errorf("POST %s = %d %s, want %d with %q", c.path, resp.StatusCode, body, c.code, c.want)
+		}
+	}
+}
+
 func TestCheckAddr(t *testing.T) {
 	for _, c := range []struct {
 		addr, token string

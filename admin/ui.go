@@ -343,6 +343,7 @@ func (u *ui) overview(r *http.Request, p *uiPage) (string, error) {
 		d["Damaged"] = l.j.Stats().Damaged
 	}
 	d["Rates"] = u.rates.view(u.s)
+	d["Paused"] = strings.Join(sum.Paused, " ")
 	p.Data = d
 	return "overview", nil
 }
@@ -560,6 +561,21 @@ func (u *ui) entry(r *http.Request, p *uiPage) (string, error) {
 		return "", err
 	}
 	d := map[string]any{"E": v}
+	if v.State == "pending" {
+		// A held entry looks like any pending one: say which pause holds
+		// it, or the operator waits for an entry that will not run.
+		ps, err := u.s.pausedNow()
+		if err != nil {
+			return "", err
+		}
+		var by []string
+		for _, p := range ps {
+			if queue.MatchPattern(p, v.Type) {
+				by = append(by, p)
+			}
+		}
+		d["HeldBy"] = strings.Join(by, ", ")
+	}
 	size := 0
 	if v.BodySize != nil {
 		size = *v.BodySize
@@ -750,6 +766,7 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		return u.withFlash(next, "error", "nothing to replay"), nil // the page counted none
 	}
 	var f queue.Filter
+	guarded := false
 	switch {
 	case form.Get("group") != "":
 		// One group of the stuck page: exactly its type and error.
@@ -784,14 +801,33 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 			}
 			states = []queue.State{s}
 		}
-		f = queue.Filter{States: states, FromSeq: seqs[0], ToSeq: seqs[len(seqs)-1],
-			Match: func(e *queue.Entry) bool { return sel[e.Seq] }}
+		match := func(e *queue.Entry) bool { return sel[e.Seq] }
+		if v := form.Get("replays"); v != "" && len(seqs) == 1 {
+			// An entry's page names how often the entry had been replayed
+			// when it was drawn: a second click of its Replay (or a stale
+			// tab) finds the entry replayed since, and done already, and
+			// must not run it again.
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return "", fmt.Errorf("%w: replays %q is not a number", errBadRequest, v)
+			}
+			match = func(e *queue.Entry) bool { return sel[e.Seq] && e.Replays == n }
+			guarded = true
+		}
+		f = queue.Filter{States: states, FromSeq: seqs[0], ToSeq: seqs[len(seqs)-1], Match: match}
 	default:
 		return u.withFlash(next, "error", "nothing selected"), nil
 	}
 	if reextract {
 		if u.s.Reextract == nil {
 			return "", errors.New("replay with re-extraction needs the running agent's source settings")
+		}
+		// Re-extraction takes unfinished entries only: an entry's page
+		// asked for stuck or done, which it refused whole ("cannot
+		// reextract done entries"), even for a stuck entry.
+		f.States = slices.DeleteFunc(f.States, func(s queue.State) bool { return s == queue.StateDone })
+		if len(f.States) == 0 {
+			return "", errors.New("a done entry keeps the type and key it ran with: replay it as it is")
 		}
 		done, err := u.s.Reextract(f, false)
 		if err != nil && len(done) > 0 {
@@ -812,7 +848,20 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if guarded && len(done) == 0 {
+		return u.withFlash(next, "error", u.changedSince(seqs[0])), nil
+	}
 	return u.withFlash(next, "done", fmt.Sprintf("replayed %d entries", len(done))), nil
+}
+
+// changedSince says why an entry's Replay did nothing: the entry is no
+// longer as its page showed it.
+func (u *ui) changedSince(seq uint64) string {
+	v, err := u.s.Store.Entry(seq)
+	if err != nil {
+		return fmt.Sprintf("entry %d was not replayed: %v", seq, err)
+	}
+	return fmt.Sprintf("entry %d was not replayed: it changed since the page was drawn (now %s, replayed %d times); replay it again from this page if it should run again", seq, v.State, v.Replays)
 }
 
 func (u *ui) pause(w http.ResponseWriter, r *http.Request) (string, error) {
@@ -828,7 +877,18 @@ func (u *ui) resume(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err := u.s.pause(pat, false); err != nil {
 		return "", err
 	}
-	return u.withFlash("/ui/routes", "done", "resumed "+pat), nil
+	msg := "resumed " + pat
+	ps, _ := u.s.pausedNow()
+	var still []string
+	for _, p := range ps {
+		if queue.PatternCovers(p, pat) {
+			still = append(still, p)
+		}
+	}
+	if len(still) > 0 {
+		msg += fmt.Sprintf(" (the types it matches are still held by %s)", strings.Join(still, ", "))
+	}
+	return u.withFlash("/ui/routes", "done", msg), nil
 }
 
 // --- login ---

@@ -2,11 +2,14 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -81,6 +84,13 @@ func TestDashboardPages(t *testing.T) {
 	_, body, _ = get(t, c, base+"/ui/stuck")
 	if !strings.Contains(body, "exit status 65: no such account") {
 		t.Errorf("the stuck page does not show the error")
+	}
+	// Every bulk action asks first (the re-extraction over the whole
+	// filter did not).
+	for _, id := range []string{"replay-all", "replay-reextract"} {
+		if !regexp.MustCompile(`id="` + id + `" data-confirm="[^"]+"`).MatchString(body) {
+			t.Errorf("the stuck page's %s does not ask before it acts", id)
+		}
 	}
 	_, body, _ = get(t, c, base+"/ui/entries?type=order*")
 	if !strings.Contains(body, "type pattern") {
@@ -451,5 +461,216 @@ func TestDashboardEntryBodyBounded(t *testing.T) {
 	}
 	if !utf8.ValidString(page) {
 		t.Errorf("the cut split a character")
+	}
+}
+
+// hiddenRe finds a form's hidden fields.
+var hiddenRe = regexp.MustCompile(`<input type="hidden" name="(\w+)" value="([^"]*)">`)
+
+// entryForm returns the hidden fields of the Replay form on entry seq's
+// page, as a browser would post them.
+func entryForm(t *testing.T, c *http.Client, base string, seq uint64) url.Values {
+	t.Helper()
+	_, page, _ := get(t, c, fmt.Sprintf("%s/ui/entries/%d", base, seq))
+	i := strings.Index(page, `action="/ui/replay"`)
+	if i < 0 {
+		t.Fatalf("entry %d's page has no replay form:\n%s", seq, page)
+	}
+	form := page[i:]
+	form = form[:strings.Index(form, "</form>")]
+	v := url.Values{}
+	for _, m := range hiddenRe.FindAllStringSubmatch(form, -1) {
+		v.Set(m[1], html.UnescapeString(m[2]))
+	}
+	return v
+}
+
+// TestDashboardEntryReplayOnce: an entry page's Replay runs the entry
+// once however often it is posted: a double click (or a stale tab) whose
+// second post arrives after the first replay ran and was done replayed
+// the done entry again, so its handler ran twice (and after the later
+// messages of its key). Its "type and key read again" takes a stuck
+// entry: it failed for every entry ("cannot reextract done entries").
+// Found by posting the entry page's form twice to a running agent.
+func TestDashboardEntryReplayOnce(t *testing.T) {
+	j := emptyJournal(t)
+	ctx := context.Background()
+	seq := runOne(t, j, &queue.Entry{Type: "order.created", Key: "k1", Body: []byte("{}")}, queue.Outcome{Kind: queue.Stuck, Err: "no such account"})
+	other := runOne(t, j, &queue.Entry{Type: "order.created", Key: "k2", Body: []byte("{}")}, queue.Outcome{Kind: queue.Stuck, Err: "no such account"})
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: NewLocal(j, false), Reextract: func(f queue.Filter, dryRun bool) ([]uint64, error) {
+		return j.Reextract(ctx, f, func(e *queue.Entry) (string, string, string) { return e.Type, e.Key + "-new", "" }, dryRun)
+	}}
+	srv.Start(ln)
+	t.Cleanup(srv.Shutdown)
+	base := "http://" + ln.Addr().String()
+	c := uiClient(t)
+	postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+
+	form := entryForm(t, c, base, seq)
+	post := func(form url.Values) string {
+		t.Helper()
+		code, _, h := postForm(t, c, base+"/ui/replay", form, nil)
+		if code != http.StatusSeeOther {
+			t.Fatalf("replay = %d", code)
+		}
+		loc, _ := url.Parse(h.Get("Location"))
+		return loc.Query().Get("done") + loc.Query().Get("error")
+	}
+	if msg := post(form); msg != "replayed 1 entries" {
+		t.Fatalf("first post: %q", msg)
+	}
+	// The replayed entry runs and is done before the second post.
+	es, err := j.Claim(ctx, 10)
+	if err != nil || len(es) != 1 || es[0].Seq != seq {
+		t.Fatalf("claim after the replay: %v, %v", es, err)
+	}
+	if err := j.Settle(ctx, queue.Outcome{Seq: seq, Kind: queue.Done}); err != nil {
+		t.Fatal(err)
+	}
+	if msg := post(form); !strings.Contains(msg, "not replayed: it changed since the page was drawn (now done, replayed 1 times)") {
+		t.Errorf("second post of the same form: %q", msg)
+	}
+	if e, err := j.Get(seq); err != nil || e.State != queue.StateDone || e.Replays != 1 {
+		t.Errorf("entry after the second post: %+v, %v: want done, replayed once", e, err)
+	}
+	// Drawn again, the page replays the done entry once more, on purpose.
+	if msg := post(entryForm(t, c, base, seq)); msg != "replayed 1 entries" {
+		t.Errorf("replay from a fresh page: %q", msg)
+	}
+
+	// Replay with type and key read again, on a stuck entry.
+	form = entryForm(t, c, base, other)
+	form.Set("reextract", "1")
+	if msg := post(form); msg != "replayed 1 entries with type and key read again" {
+		t.Errorf("replay with re-extraction: %q", msg)
+	}
+	if e, err := j.Get(other); err != nil || e.State != queue.StatePending || e.Key != "k2-new" {
+		t.Errorf("entry after re-extraction: %+v, %v", e, err)
+	}
+	if _, page, _ := get(t, c, fmt.Sprintf("%s/ui/entries/%d", base, seq)); strings.Contains(page, `id="reextract"`) {
+		t.Errorf("a pending entry's page offers re-extraction")
+	}
+}
+
+// TestDashboardPauseCovers: a route is shown paused when a pause holds
+// all of it, its own pattern or a wider one (a pause of # showed every
+// route running, with a Pause button), and a resume of a pattern that is
+// not paused fails and says what is, on the dashboard and in the API
+// (both said "resumed" while the real pause stayed). Found by pausing #
+// on a running agent's dashboard.
+func TestDashboardPauseCovers(t *testing.T) {
+	j := emptyJournal(t)
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: NewLocal(j, false), Control: &Agent{Journal: j, RouteList: []RouteView{
+		{Pattern: "order.*", Backend: "exec: a"}, {Pattern: "user_role.#", Backend: "exec: b"}, {Pattern: "#", Backend: "exec: c"}}}}
+	srv.Start(ln)
+	t.Cleanup(srv.Shutdown)
+	base := "http://" + ln.Addr().String()
+	c := uiClient(t)
+	postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+	_, page, _ := get(t, c, base+"/ui/routes")
+	csrf := csrfRe.FindStringSubmatch(page)[1]
+	act := func(path, pattern string) (string, string) {
+		t.Helper()
+		code, _, h := postForm(t, c, base+path, url.Values{"csrf": {csrf}, "pattern": {pattern}, "next": {"/ui/routes"}}, nil)
+		loc, _ := url.Parse(h.Get("Location"))
+		if code != http.StatusSeeOther || loc.Path != "/ui/routes" {
+			t.Fatalf("%s %s = %d → %s", path, pattern, code, h.Get("Location"))
+		}
+		return loc.Query().Get("done"), loc.Query().Get("error")
+	}
+	routes := func() map[string][]string {
+		t.Helper()
+		var rs []RouteView
+		resp, err := http.Get(base + "/v1/routes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&rs); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]string{}
+		for _, r := range rs {
+			if r.Paused != (len(r.PausedBy) > 0) {
+				t.Errorf("route %s: paused %v, paused by %v", r.Pattern, r.Paused, r.PausedBy)
+			}
+			out[r.Pattern] = r.PausedBy
+		}
+		return out
+	}
+
+	act("/ui/pause", "#")
+	if got := routes(); !reflect.DeepEqual(got, map[string][]string{"order.*": {"#"}, "user_role.#": {"#"}, "#": {"#"}}) {
+		t.Errorf("routes with # paused: %v", got)
+	}
+	_, page, _ = get(t, c, base+"/ui/routes")
+	if strings.Contains(page, `id="pause-order.*"`) || !strings.Contains(page, "paused by #") {
+		t.Errorf("with # paused, order.* is offered a Pause or not shown paused by #:\n%s", page)
+	}
+	if done, bad := act("/ui/resume", "order.*"); done != "" || bad != "order.* is not paused; paused: # (resume takes a pattern as it was paused)" {
+		t.Errorf("resume of a pattern not paused: done %q, error %q", done, bad)
+	}
+	act("/ui/pause", "user_role.granted")
+	if got := routes()["user_role.#"]; !reflect.DeepEqual(got, []string{"#"}) {
+		t.Errorf("user_role.# paused by %v: a pause of one of its types holds it only in part", got)
+	}
+	act("/ui/pause", "order.*")
+	if done, bad := act("/ui/resume", "order.*"); done != "resumed order.* (the types it matches are still held by #)" || bad != "" {
+		t.Errorf("resume of order.* under #: done %q, error %q", done, bad)
+	}
+	if ps := j.Paused(); !reflect.DeepEqual(ps, []string{"#", "user_role.granted"}) {
+		t.Errorf("paused after the resumes: %v", ps)
+	}
+
+	// The API: a resume of a pattern not paused is 404, with the pauses.
+	for _, c := range []struct {
+		pattern string
+		code    int
+	}{{"order.%23", http.StatusNotFound}, {"order.*", http.StatusNotFound}, {"", http.StatusBadRequest}, {"user_role.granted", http.StatusOK}} {
+		req, _ := http.NewRequest("POST", base+"/v1/resume?pattern="+c.pattern, nil)
+		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code {
+			t.Errorf("POST /v1/resume?pattern=%s = %d %s, want %d", c.pattern, resp.StatusCode, b, c.code)
+		}
+	}
+	if ps := j.Paused(); !reflect.DeepEqual(ps, []string{"#"}) {
+		t.Errorf("paused after the API's resumes: %v", ps)
+	}
+}
+
+// TestDashboardShowsHeld: while a pause holds entries, the overview says
+// dispatch is paused and a held entry's page says which pause holds it:
+// both looked like any pending entry waiting its turn, the oldest pending
+// growing with no reason given (found pausing a running agent during a
+// backlog).
+func TestDashboardShowsHeld(t *testing.T) {
+	j := testJournal(t) // pending: order.created 5, 7, 9, 11; user_role.granted 4, 6, 8, 10, 12
+	if err := j.SetPaused(context.Background(), "order.*", true); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	c := uiClient(t)
+	if _, page, _ := get(t, c, base+"/ui/"); !strings.Contains(page, `id="paused">Dispatch is paused for order.*:`) {
+		t.Errorf("the overview does not say what is paused:\n%s", page)
+	}
+	if _, page, _ := get(t, c, base+"/ui/entries/7"); !strings.Contains(page, `id="held">dispatch of its type is paused (order.*)`) {
+		t.Errorf("a held entry's page does not say it is held:\n%s", page)
+	}
+	if _, page, _ := get(t, c, base+"/ui/entries/6"); strings.Contains(page, `id="held"`) {
+		t.Errorf("an entry of a type not paused is shown held")
 	}
 }

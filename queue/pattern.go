@@ -91,3 +91,85 @@ func MatchWords(p, w []string) bool {
 	}
 	return ok[len(w)]
 }
+
+// PatternCovers reports whether every type that pattern inner matches is
+// also matched by outer: a route order.* is held whole by a pause of #,
+// of order.#, or of order.*, and only in part by one of order.created.
+// Both must be valid patterns.
+func PatternCovers(outer, inner string) bool {
+	p, r := strings.Split(outer, "."), strings.Split(inner, ".")
+	// Walk inner's words, keeping the set of positions outer can be at
+	// after matching them. inner's wildcards stand for a word outer has
+	// no literal for: if outer matches that, it matches any word there.
+	// Positions a '#' of outer can skip to are added as the set grows.
+	closure := func(set []bool) []bool {
+		for i := 0; i < len(p); i++ {
+			if set[i] && p[i] == "#" {
+				set[i+1] = true
+			}
+		}
+		return set
+	}
+	step := func(set []bool, word string) []bool {
+		next := make([]bool, len(p)+1)
+		for i := 0; i < len(p); i++ {
+			if !set[i] {
+				continue
+			}
+			switch {
+			case p[i] == "#":
+				next[i] = true
+			case p[i] == "*" || p[i] == word && word != "*" && word != "#":
+				next[i+1] = true
+			}
+		}
+		return closure(next)
+	}
+	key := func(j int, set []bool) string {
+		b := make([]byte, 0, len(set)+4)
+		b = append(b, fmt.Sprint(j, ":")...)
+		for _, x := range set {
+			if x {
+				b = append(b, '1')
+			} else {
+				b = append(b, '0')
+			}
+		}
+		return string(b)
+	}
+	start := make([]bool, len(p)+1)
+	start[0] = true
+	type state struct {
+		j   int
+		set []bool
+	}
+	todo := []state{{0, closure(start)}}
+	seen := map[string]bool{key(0, todo[0].set): true}
+	push := func(j int, set []bool) {
+		if k := key(j, set); !seen[k] {
+			seen[k] = true
+			todo = append(todo, state{j, set})
+		}
+	}
+	for len(todo) > 0 {
+		if len(seen) > 10_000 {
+			return false // too intricate to tell: not known to cover
+		}
+		s := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if s.j == len(r) {
+			if !s.set[len(p)] {
+				return false // a type inner matches and outer does not
+			}
+			continue
+		}
+		switch r[s.j] {
+		case "#":
+			push(s.j+1, s.set)             // no words
+			push(s.j, step(s.set, r[s.j])) // one more word, any
+		default:
+			push(s.j+1, step(s.set, r[s.j]))
+		}
+	}
+	return true
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -160,5 +161,75 @@ func TestPauseLongPattern(t *testing.T) {
 	}
 	if ps := j.Paused(); len(ps) != 1 {
 		t.Errorf("paused: %d patterns, want the one that fits", len(ps))
+	}
+}
+
+// TestPatternCovers: a pattern covers another when it matches every type
+// the other matches, checked against every type of up to six words over
+// the patterns' words and one more.
+func TestPatternCovers(t *testing.T) {
+	for _, c := range []struct {
+		outer, inner string
+		want         bool
+	}{
+		{"#", "order.*", true},
+		{"#", "#", true},
+		{"order.*", "order.*", true},
+		{"order.#", "order.*", true},
+		{"order.*", "order.#", false},
+		{"order.created", "order.*", false},
+		{"*.*", "order.#", false},
+		{"*.#", "#.x", true},
+		{"#.a", "*.a", true},
+		{"#.a.#", "a.#", true},
+		{"a.#", "#.a", false},
+		{"#.#", "#", true},
+		{"*", "#", false},
+	} {
+		if got := PatternCovers(c.outer, c.inner); got != c.want {
+			t.Errorf("PatternCovers(%q, %q) = %v, want %v", c.outer, c.inner, got, c.want)
+		}
+	}
+	// Against brute force: every pattern of up to three words over a, *,
+	// #, against every type of up to six words over a, b.
+	var pats []string
+	var gen func(prefix []string)
+	gen = func(prefix []string) {
+		if len(prefix) > 0 {
+			pats = append(pats, strings.Join(prefix, "."))
+		}
+		if len(prefix) == 3 {
+			return
+		}
+		for _, w := range []string{"a", "*", "#"} {
+			gen(append(slices.Clone(prefix), w))
+		}
+	}
+	gen(nil)
+	var types [][]string
+	var genT func(prefix []string)
+	genT = func(prefix []string) {
+		types = append(types, prefix)
+		if len(prefix) == 6 {
+			return
+		}
+		for _, w := range []string{"a", "b"} {
+			genT(append(slices.Clone(prefix), w))
+		}
+	}
+	genT(nil)
+	for _, outer := range pats {
+		for _, inner := range pats {
+			want := true
+			for _, typ := range types {
+				if MatchWords(strings.Split(inner, "."), typ) && !MatchWords(strings.Split(outer, "."), typ) {
+					want = false
+					break
+				}
+			}
+			if got := PatternCovers(outer, inner); got != want {
+				t.Errorf("PatternCovers(%q, %q) = %v, want %v", outer, inner, got, want)
+			}
+		}
 	}
 }
