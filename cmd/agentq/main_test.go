@@ -407,10 +407,16 @@ func TestSendConfirmed(t *testing.T) {
 
 // Ensure every command explains itself with a worked example.
 func TestHelp(t *testing.T) {
-	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact", "version"} {
+	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact", "pause", "resume", "version"} {
 		code, out, _ := runMain(t, "", cmd, "--help")
 		if code != 0 || !strings.Contains(out, "agentq "+cmd) || !strings.Contains(strings.ToLower(out), "example") {
 			t.Errorf("%s --help (exit %d) lacks usage or an example:\n%s", cmd, code, out)
+		}
+		// One default per flag (issue 12: "(default 8) (default: 0)").
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Count(line, "(default") > 1 {
+				t.Errorf("%s --help prints two defaults: %s", cmd, strings.TrimSpace(line))
+			}
 		}
 	}
 }
