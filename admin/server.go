@@ -456,9 +456,34 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
 	s.seqsOf(w, r, s.Store.Replay)
 }
 
+// actionParams are the query parameters of replay and re-extraction:
+// ParseFilterQuery's and dry_run.
+var actionParams = map[string]bool{"state": true, "retrying": true, "from": true, "to": true, "since": true,
+	"until": true, "limit": true, "key": true, "type": true, "dry_run": true}
+
+const actionParamList = "state, retrying, from, to, since, until, limit, key, type or dry_run"
+
 // seqsOf runs a filter action (replay, re-extract) and answers with the
 // sequences it touched.
 func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Filter, bool) ([]uint64, error)) {
+	// A parameter these calls do not know is refused, not ignored: they
+	// change entries, and a misspelt dry_run (dry-run=true) or state
+	// (states=done) ran the replay for real, over what the rest matched.
+	for name := range r.URL.Query() {
+		if !actionParams[name] {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("unknown parameter %q (want %s)", name, actionParamList)})
+			return
+		}
+	}
+	dryRun := false
+	if v := r.URL.Query().Get("dry_run"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("dry_run=%q: want true or false", v)})
+			return
+		}
+		dryRun = b
+	}
 	f, err := ParseFilterQuery(r.URL.Query())
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
@@ -470,7 +495,7 @@ func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Fi
 		writeJSON(w, http.StatusOK, map[string]any{"seqs": []uint64{}})
 		return
 	}
-	seqs, err := fn(f, r.URL.Query().Get("dry_run") == "true")
+	seqs, err := fn(f, dryRun)
 	if err != nil && len(seqs) == 0 {
 		writeError(w, err)
 		return
