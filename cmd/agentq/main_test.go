@@ -703,6 +703,24 @@ func TestEnvironmentVariables(t *testing.T) {
 	}
 }
 
+// Ensure send refuses a header it sets itself, before connecting, and
+// says what to use instead: -H content-type=... was refused as "a header
+// the broker or the connection sets for each delivery", which it is not,
+// without a word of --content-type.
+func TestSendHeaderRefused(t *testing.T) {
+	for _, tc := range []struct{ header, want string }{
+		{"content-type=application/vnd.x+json", "--content-type"},
+		{"Content-Type=text/plain", "--content-type"},
+		{"receipt=1", "cannot be sent"},
+		{"message-id=m", "cannot be sent"},
+	} {
+		code, out, errs := runMain(t, "{}", "send", "-H", tc.header, "stomp://guest:guest@127.0.0.1:1/queue/x", "-")
+		if code != 2 || out != "" || !strings.Contains(errs, tc.want) {
+			t.Errorf("send -H %s: exit %d, stdout %q, stderr %q; want exit 2 saying %q", tc.header, code, out, errs, tc.want)
+		}
+	}
+}
+
 // Ensure send reports a message the broker refuses, with the broker's
 // reason, and exits 1: it asked for a receipt on an empty transaction
 // after the messages, which RabbitMQ answers before it refuses one, and
