@@ -295,7 +295,7 @@ func (s *Server) guard(h http.Handler) http.Handler {
 				h.ServeHTTP(w, r)
 				return
 			}
-			if s.ReadOnly {
+			if s.ReadOnly && !dryRunRequest(r) {
 				writeJSON(w, http.StatusForbidden, map[string]string{"error": "the admin endpoint is read-only (--admin-read-only)"})
 				return
 			}
@@ -312,6 +312,18 @@ func (s *Server) guard(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// dryRunRequest reports whether r is a dry run of a replay or
+// re-extraction: it changes nothing, so a read-only endpoint answers it
+// (agentq replay --dry-run against a running read-only agent has no other
+// way to see what a replay would take: the journal is the agent's).
+func dryRunRequest(r *http.Request) bool {
+	if r.URL.Path != "/v1/replay" && r.URL.Path != "/v1/reextract" {
+		return false
+	}
+	dry, err := strconv.ParseBool(r.URL.Query().Get("dry_run"))
+	return err == nil && dry
 }
 
 // sameSite refuses requests a browser made on behalf of another site.
