@@ -108,7 +108,7 @@ func (m *Metrics) ObserveResult(r worker.Result) {
 }
 
 var (
-	descEntries    = prometheus.NewDesc("agentq_entries", "Journal entries by state.", []string{"state"}, nil)
+	descEntries    = prometheus.NewDesc("agentq_entries", "Journal entries by state: pending, retrying (pending after a failed attempt), running, done, stuck.", []string{"state"}, nil)
 	descAppends    = prometheus.NewDesc("agentq_journal_appends_total", "Entries appended to the journal since start.", nil, nil)
 	descCommitFail = prometheus.NewDesc("agentq_journal_commit_failures_total", "Journal commits that failed.", nil, nil)
 	descReceived   = prometheus.NewDesc("agentq_received_total", "MESSAGE frames received.", []string{"source"}, nil)
@@ -145,9 +145,16 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.j.Stats()
+	// The states inspect, /v1/summary and the dashboard count: a pending
+	// entry that has failed before is retrying, not pending.
 	for s := queue.StatePending; s <= queue.StateStuck; s++ {
-		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(st.ByState[s]), s.String())
+		n := st.ByState[s]
+		if s == queue.StatePending {
+			n -= st.Retrying
+		}
+		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(n), s.String())
 	}
+	ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(st.Retrying), "retrying")
 	ch <- prometheus.MustNewConstMetric(descAppends, prometheus.CounterValue, float64(st.Appends))
 	ch <- prometheus.MustNewConstMetric(descCommitFail, prometheus.CounterValue, float64(st.FailedCommits))
 	ch <- prometheus.MustNewConstMetric(descDamaged, prometheus.GaugeValue, float64(st.Damaged))

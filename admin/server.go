@@ -296,7 +296,7 @@ func (s *Server) guard(h http.Handler) http.Handler {
 				h.ServeHTTP(w, r)
 				return
 			}
-			if s.ReadOnly {
+			if s.ReadOnly && !dryRunRequest(r) {
 				writeJSON(w, http.StatusForbidden, map[string]string{"error": "the admin endpoint is read-only (--admin-read-only)"})
 				return
 			}
@@ -313,6 +313,18 @@ func (s *Server) guard(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// dryRunRequest reports whether r is a dry run of a replay or
+// re-extraction: it changes nothing, so a read-only endpoint answers it
+// (agentq replay --dry-run against a running read-only agent has no other
+// way to see what a replay would take: the journal is the agent's).
+func dryRunRequest(r *http.Request) bool {
+	if r.URL.Path != "/v1/replay" && r.URL.Path != "/v1/reextract" {
+		return false
+	}
+	dry, err := strconv.ParseBool(r.URL.Query().Get("dry_run"))
+	return err == nil && dry
 }
 
 // sameSite refuses requests a browser made on behalf of another site.
@@ -481,9 +493,34 @@ func statesIn(w http.ResponseWriter, r *http.Request, action string, ok ...queue
 	return true
 }
 
+// actionParams are the query parameters of replay and re-extraction:
+// ParseFilterQuery's and dry_run.
+var actionParams = map[string]bool{"state": true, "retrying": true, "from": true, "to": true, "since": true,
+	"until": true, "limit": true, "key": true, "type": true, "dry_run": true}
+
+const actionParamList = "state, retrying, from, to, since, until, limit, key, type or dry_run"
+
 // seqsOf runs a filter action (replay, re-extract) and answers with the
 // sequences it touched.
 func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Filter, bool) ([]uint64, error)) {
+	// A parameter these calls do not know is refused, not ignored: they
+	// change entries, and a misspelt dry_run (dry-run=true) or state
+	// (states=done) ran the replay for real, over what the rest matched.
+	for name := range r.URL.Query() {
+		if !actionParams[name] {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("unknown parameter %q (want %s)", name, actionParamList)})
+			return
+		}
+	}
+	dryRun := false
+	if v := r.URL.Query().Get("dry_run"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("dry_run=%q: want true or false", v)})
+			return
+		}
+		dryRun = b
+	}
 	f, err := ParseFilterQuery(r.URL.Query())
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
@@ -495,7 +532,7 @@ func (s *Server) seqsOf(w http.ResponseWriter, r *http.Request, fn func(queue.Fi
 		writeJSON(w, http.StatusOK, map[string]any{"seqs": []uint64{}})
 		return
 	}
-	seqs, err := fn(f, r.URL.Query().Get("dry_run") == "true")
+	seqs, err := fn(f, dryRun)
 	if err != nil && len(seqs) == 0 {
 		writeError(w, err)
 		return

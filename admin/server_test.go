@@ -396,6 +396,61 @@ func TestReplayWrongState(t *testing.T) {
 	}
 }
 
+// TestReplayRefusesUnknownParameters: replay and re-extraction through the
+// API refuse a parameter they do not know, and a dry_run that is not a
+// boolean, instead of ignoring it: POST /v1/replay?dry-run=true replayed
+// every stuck entry for real.
+func TestReplayRefusesUnknownParameters(t *testing.T) {
+	j := emptyJournal(t)
+	runOne(t, j, &queue.Entry{Type: "t", Key: "k", Body: []byte("1")}, queue.Outcome{Kind: queue.Stuck, Err: "65"})
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reextracted atomic.Bool
+	srv := &Server{Store: NewLocal(j, false), Reextract: func(queue.Filter, bool) ([]uint64, error) { reextracted.Store(true); return nil, nil }}
+	srv.Start(ln)
+	t.Cleanup(srv.Shutdown)
+	base := "http://" + ln.Addr().String()
+	post := func(path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", base+path, nil)
+		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, tc := range []struct{ path, names string }{
+		{"/v1/replay?from=1&dry-run=true", `dry-run`},
+		{"/v1/replay?from=1&states=done", `states`},
+		{"/v1/replay?from=1&dry_run=yes", `dry_run=\"yes\"`},
+		{"/v1/reextract?from=1&dryrun=true", `dryrun`},
+	} {
+		if code, body := post(tc.path); code != http.StatusBadRequest || !strings.Contains(body, tc.names) {
+			t.Errorf("POST %s: %d %s; want 400 naming %s", tc.path, code, body, tc.names)
+		}
+	}
+	if e, err := j.Get(1); err != nil || e.State != queue.StateStuck || e.Replays != 0 || reextracted.Load() {
+		t.Fatalf("entry 1: state %v, %d replays, %v, re-extracted %v; want stuck, never replayed", e.State, e.Replays, err, reextracted.Load())
+	}
+	// What the command sends still works, and dry_run takes 1 as true.
+	for _, path := range []string{"/v1/replay?from=1&state=stuck&dry_run=1", "/v1/replay?from=1&to=1&state=stuck&key=k&type=t&dry_run=true"} {
+		if code, body := post(path); code != 200 || strings.TrimSpace(body) != `{"seqs":[1]}` {
+			t.Errorf("POST %s: %d %s; want 200 and entry 1", path, code, body)
+		}
+	}
+	if e, _ := j.Get(1); e.Replays != 0 {
+		t.Fatalf("a dry run replayed entry 1")
+	}
+	if got, err := NewRemote(base, srv.StateToken()).Replay(queue.Filter{FromSeq: 1, States: []queue.State{queue.StateStuck}}, false); err != nil || len(got) != 1 {
+		t.Fatalf("remote replay: %v, %v; want entry 1", got, err)
+	}
+}
+
 func TestCheckAddr(t *testing.T) {
 	for _, c := range []struct {
 		addr, token string

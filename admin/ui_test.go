@@ -191,7 +191,8 @@ func TestDashboardActions(t *testing.T) {
 }
 
 // TestDashboardTokenAndReadOnly: with a configured token the dashboard
-// needs a login to read; read-only hides and refuses every change.
+// needs a login to read; read-only hides and refuses every change, and
+// answers a dry run.
 func TestDashboardTokenAndReadOnly(t *testing.T) {
 	j := testJournal(t)
 	_, base := serve(t, j, "admin-token-123")
@@ -235,6 +236,12 @@ func TestDashboardTokenAndReadOnly(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("read-only API replay = %d, want 403", resp.StatusCode)
+	}
+	// A dry run changes nothing: agentq replay --dry-run works against a
+	// read-only agent (it was refused, and the journal is the agent's).
+	got, err := NewRemote(rbase, ro.StateToken()).Replay(queue.Filter{FromSeq: 1, States: []queue.State{queue.StateStuck}}, true)
+	if err != nil || len(got) != 1 {
+		t.Errorf("read-only dry run = %v, %v; want the stuck entry", got, err)
 	}
 	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 1 {
 		t.Errorf("read-only server changed the journal")

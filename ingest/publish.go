@@ -47,10 +47,23 @@ func (t Target) String() string { return t.Conn.String() }
 // lets the broker drop unroutable messages), or an mqtt:// URL with one
 // topic= (QoS 1; MQTT 3.1.1 carries the body only, no headers).
 func ParseTarget(raw string) (Target, error) {
-	scheme, _, _ := strings.Cut(raw, "://")
+	// The schemes are checked here, before the source parser, whose
+	// errors offered waldur+https:// for answers and, for a Waldur URL
+	// with a bad parameter, named the parameter instead of the scheme.
+	scheme, _, found := strings.Cut(raw, "://")
 	switch strings.ToLower(scheme) {
 	case "amqp", "amqps":
 		return parseAMQPTarget(raw)
+	case "stomp", "stomp+tls", "ws", "wss", "mqtt", "mqtts", "mqtt+ws", "mqtt+wss":
+	case "waldur+https", "waldur+http":
+		return Target{}, errors.New("a waldur+https:// URL is a source only: answers go to a stomp://, ws://, amqp:// or mqtt:// URL")
+	default:
+		// Only a scheme's own characters are quoted: what precedes "://"
+		// in something else can hold a password.
+		if !found || scheme == "" || strings.Trim(strings.ToLower(scheme), "abcdefghijklmnopqrstuvwxyz0123456789+.-") != "" {
+			return Target{}, errors.New("missing scheme: want stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws:// or mqtt+wss://")
+		}
+		return Target{}, fmt.Errorf("unknown scheme %q: want stomp, stomp+tls, ws, wss, amqp, amqps, mqtt, mqtts, mqtt+ws or mqtt+wss", scheme)
 	}
 	c, err := ParseURL(raw)
 	if err != nil {

@@ -539,10 +539,15 @@ func TestRelayMQTTOversizeFailsAlone(t *testing.T) {
 // to is refused when parsed, naming why, instead of being taken and
 // failing every answer (a Waldur site, an MQTT wildcard) or ignoring part
 // of it (a second topic or destination), while the forms the docs give
-// are taken.
+// are taken. A scheme no answer can use is named with the ones answers
+// can (the source parser's list offered waldur+https://).
 func TestParseTargetRefuses(t *testing.T) {
 	for _, tc := range []struct{ url, want string }{
 		{"waldur+https://waldur.example.org/?offering=0b4e3c5e-8f1a-4f62-9a39-1c5b7a9e6f10&token_file=/nonexistent", "source only"},
+		{"waldur+https://waldur.example.org/?offering=1&token_file=/nonexistent", "source only"},
+		{"ftp://127.0.0.1/results", `unknown scheme "ftp": want stomp, stomp+tls, ws, wss, amqp, amqps, mqtt, mqtts, mqtt+ws or mqtt+wss`},
+		{"results-queue", "missing scheme: want stomp://, stomp+tls://, ws://, wss://, amqp://, amqps://, mqtt://, mqtts://, mqtt+ws:// or mqtt+wss://"},
+		{"u:s3cr3t@x://h/q", "missing scheme"},
 		{"mqtt://127.0.0.1:1884/?topic=a&topic=b", "one topic=, got 2"},
 		{"mqtt://127.0.0.1:1884/?topic=results/%23", "without the wildcards"},
 		{"mqtt+ws://127.0.0.1:15675/?topic=results/+/x", "without the wildcards"},

@@ -1045,7 +1045,10 @@ type Stats struct {
 	// ByState counts entries per state. Counts has them per type too;
 	// Stats does not, as every scrape of /metrics and /readyz calls it:
 	// with a type per message (100,000 types) each took 0.16 s.
-	ByState       map[State]int64
+	ByState map[State]int64
+	// Retrying is how many of the pending entries have failed before
+	// (inspect shows them as "retrying"), as in Counts.
+	Retrying      int64
 	Appends       uint64 // entries appended since Open
 	Duplicates    uint64 // redeliveries recognised since Open
 	Commits       uint64 // group commits since Open
@@ -1076,6 +1079,7 @@ func (j *Journal) Stats() Stats {
 	}
 	return Stats{
 		ByState:       by,
+		Retrying:      counts[0],
 		Appends:       j.stats.appends.Load(),
 		Duplicates:    j.stats.duplicates.Load(),
 		Commits:       j.stats.commits.Load(),

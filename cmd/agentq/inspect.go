@@ -52,7 +52,7 @@ Examples:
 			&cli.StringFlag{Name: "key", Usage: "only entries with this ordering key"},
 			&cli.StringFlag{Name: "type", Usage: "only entries of this type"},
 			&cli.StringFlag{Name: "since", Usage: "received at or after `TIME` (RFC 3339, a date, or a duration ago: 90m)"},
-			&cli.IntFlag{Name: "limit", Usage: "list at most `N` entries (default 100; 0 = all with --json)", Value: 100},
+			&cli.IntFlag{Name: "limit", Usage: "list at most `N` entries, 0 for all", Value: 100, DefaultText: "100; all with --json"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
 		),
 		Action: inspectAction,

@@ -407,10 +407,16 @@ func TestSendConfirmed(t *testing.T) {
 
 // Ensure every command explains itself with a worked example.
 func TestHelp(t *testing.T) {
-	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact", "version"} {
+	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact", "pause", "resume", "version"} {
 		code, out, _ := runMain(t, "", cmd, "--help")
 		if code != 0 || !strings.Contains(out, "agentq "+cmd) || !strings.Contains(strings.ToLower(out), "example") {
 			t.Errorf("%s --help (exit %d) lacks usage or an example:\n%s", cmd, code, out)
+		}
+		// One default per flag (issue 12: "(default 8) (default: 0)").
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Count(line, "(default") > 1 {
+				t.Errorf("%s --help prints two defaults: %s", cmd, strings.TrimSpace(line))
+			}
 		}
 	}
 }
@@ -694,6 +700,24 @@ func TestEnvironmentVariables(t *testing.T) {
 	code, _, errs = runMain(t, "", "run", "--journal", filepath.Join(t.TempDir(), "j.db"))
 	if code != 2 || !strings.Contains(errs, "--workers") {
 		t.Fatalf("AGENTQ_WORKERS not read: exit %d %s", code, errs)
+	}
+}
+
+// Ensure send refuses a header it sets itself, before connecting, and
+// says what to use instead: -H content-type=... was refused as "a header
+// the broker or the connection sets for each delivery", which it is not,
+// without a word of --content-type.
+func TestSendHeaderRefused(t *testing.T) {
+	for _, tc := range []struct{ header, want string }{
+		{"content-type=application/vnd.x+json", "--content-type"},
+		{"Content-Type=text/plain", "--content-type"},
+		{"receipt=1", "cannot be sent"},
+		{"message-id=m", "cannot be sent"},
+	} {
+		code, out, errs := runMain(t, "{}", "send", "-H", tc.header, "stomp://guest:guest@127.0.0.1:1/queue/x", "-")
+		if code != 2 || out != "" || !strings.Contains(errs, tc.want) {
+			t.Errorf("send -H %s: exit %d, stdout %q, stderr %q; want exit 2 saying %q", tc.header, code, out, errs, tc.want)
+		}
 	}
 }
 

@@ -63,7 +63,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N`", Value: worker.DefaultWorkers, EnvVars: []string{"AGENTQ_WORKERS"}},
 			&cli.StringFlag{Name: "admin", Usage: "admin endpoint `ADDR` (health, metrics, JSON API); 127.0.0.1:0 picks a free port; empty disables (default " + DefaultAdmin + ")", EnvVars: []string{"AGENTQ_ADMIN"}},
 			&cli.StringFlag{Name: "admin-token-file", Usage: "`FILE` with a bearer token required by the admin API (needed for non-loopback --admin)", EnvVars: []string{"AGENTQ_ADMIN_TOKEN_FILE"}},
-			&cli.BoolFlag{Name: "admin-read-only", Usage: "the admin API and dashboard show everything but change nothing (no replay, pause or resume)", EnvVars: []string{"AGENTQ_ADMIN_READ_ONLY"}},
+			&cli.BoolFlag{Name: "admin-read-only", Usage: "the admin API and dashboard show everything but change nothing (no replay, pause or resume; replay --dry-run still answers)", EnvVars: []string{"AGENTQ_ADMIN_READ_ONLY"}},
 			&cli.StringFlag{Name: "log-format", Usage: "log `FORMAT`: text (default) or json", EnvVars: []string{"AGENTQ_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Usage: "log `LEVEL`: debug, info (default), warn or error", EnvVars: []string{"AGENTQ_LOG_LEVEL"}},
 			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long running calls may finish after SIGTERM, as a positive `DURATION`; what is still running then is cancelled and runs again at the next start", Value: worker.DefaultDrainTimeout, EnvVars: []string{"AGENTQ_DRAIN_TIMEOUT"}},

@@ -97,6 +97,9 @@ func sendAction(c *cli.Context) error {
 		if !ok || k == "" {
 			return usagef("--header %q: want K=V", h)
 		}
+		if strings.EqualFold(k, "content-type") {
+			return usagef("--header %s: give the content type with --content-type", k)
+		}
 		if ingest.PerDeliveryHeader(k) {
 			return usagef("--header %s: a header the broker or the connection sets for each delivery; it cannot be sent", k)
 		}

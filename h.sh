@@ -1,3 +1,0 @@
-#!/bin/sh
-cat >/dev/null
-sleep 20
