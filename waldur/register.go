@@ -113,14 +113,22 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 		}}
 		return reg, nil
 	}
+	// made are the subscriptions this call created (201): a failure
+	// deletes those only. One Waldur gave again (200) holds what was
+	// published for the last run, and is shared with the user's other
+	// agents: deleting it would delete their queues too.
+	var made []Subscription
 	for _, t := range types {
 		sub, err := c.RegisterEventSubscription(ctx, id.UUID, t)
 		if err != nil {
-			return Registration{}, c.undoLegacy(ctx, reg.Subscriptions, err)
+			return Registration{}, c.undoLegacy(ctx, made, err)
+		}
+		if sub.New {
+			made = append(made, Subscription{Login: sub.UUID})
 		}
 		q, err := c.CreateQueue(ctx, sub.UUID, opts.Offering, t)
 		if err != nil {
-			return Registration{}, c.undoLegacy(ctx, append(reg.Subscriptions, Subscription{Login: sub.UUID}), err)
+			return Registration{}, c.undoLegacy(ctx, made, err)
 		}
 		reg.Subscriptions = append(reg.Subscriptions, Subscription{
 			Login:       sub.UUID,
@@ -140,8 +148,9 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 // PRECONDITION_FAILED.
 func Destination(queue string) string { return "/amq/queue/" + queue }
 
-// undoLegacy deletes the subscriptions a failed legacy registration made,
-// so that retries do not pile up subscriptions whose queues keep filling.
+// undoLegacy deletes the subscriptions a failed legacy registration
+// created, so that retries do not pile up subscriptions whose queues keep
+// filling.
 // It uses a context of its own, since the caller's may be what failed:
 // 30 s, or 3 s when the caller's has ended (the agent is stopping, and
 // must stop within its shutdown timeout; what is left is deleted by the

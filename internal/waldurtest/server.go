@@ -257,12 +257,26 @@ func (s *Server) Token() string {
 func (s *Server) UserUUID() string { return s.main.uuid }
 
 // SetToken replaces the first user's token: from now on Waldur accepts
-// only the new one. As in Waldur, the broker passwords stay as they are
-// until the agent calls register_queue again.
+// only the new one. As in Waldur, the broker password of a unified queue
+// stays as it is until the agent calls register_queue again, while the
+// broker users of the user's legacy subscriptions are deleted (Waldur's
+// delete_stale_event_subscriptions, when the old token is deleted): the
+// next register_event_subscription then replaces each subscription, and
+// its queues, with a new one.
 func (s *Server) SetToken(token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.main.token = token
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, k := range slices.Sorted(maps.Keys(s.subs)) {
+		if sub := s.subs[k]; sub.owner == s.main {
+			if err := s.mgmt.deleteUser(ctx, sub.uuid); err != nil {
+				s.tb.Errorf("waldurtest: SetToken: %v", err)
+			}
+			delete(s.rmqUsers, sub.uuid)
+		}
+	}
 }
 
 // AddUser adds another Waldur user with the given token, who can see the
@@ -728,6 +742,28 @@ func (s *Server) registerEventSubscription(ctx context.Context, u *user, uuid st
 	}
 	if !slices.Contains(objectTypes, req.ObservableObjectType) {
 		return 0, nil, fieldError("observable_object_type", fmt.Sprintf("%q is not a valid choice.", req.ObservableObjectType))
+	}
+	// As Waldur does: one subscription per user and object type, whatever
+	// the identity or offering asking (its queues are per offering). An
+	// existing one is given again (200) while its broker user is there
+	// with its permissions; otherwise it is deleted, queues and all, and
+	// replaced.
+	for _, k := range slices.Sorted(maps.Keys(s.subs)) {
+		sub := s.subs[k]
+		if sub.owner != u || sub.objectType != req.ObservableObjectType {
+			continue
+		}
+		ready, err := s.mgmt.userReady(ctx, u.uuid, sub.uuid)
+		if err != nil {
+			return 0, nil, err
+		}
+		if ready {
+			return http.StatusOK, sub.json(s), nil
+		}
+		if _, err := s.deleteSubscription(ctx, u, sub.uuid); err != nil {
+			return 0, nil, err
+		}
+		break
 	}
 	sub := &subscription{uuid: NewUUID(), description: req.Description, objectType: req.ObservableObjectType, owner: u, created: now(), queues: map[string]*legacyQueue{}}
 	if err := s.ensureBrokerUser(ctx, u.uuid, sub.uuid, u.token); err != nil {

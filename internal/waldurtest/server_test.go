@@ -243,6 +243,43 @@ func TestRegisterLegacyUndo(t *testing.T) {
 	}
 }
 
+// Ensure a legacy registration gets the same subscriptions again, as
+// Waldur gives them (200), and that one failing half-way deletes only the
+// subscriptions it created: it deleted the ones Waldur gave again too,
+// with their queues and what was published for the last run in them.
+func TestRegisterLegacyAgainKeepsExisting(t *testing.T) {
+	waldurtest.RequireBroker(t)
+	ctx := testContext(t)
+	s := waldurtest.New(t, waldurtest.Options{})
+	c := newClient(s, s.Token())
+	types := []string{"order", "resource"}
+	reg, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(again.Subscriptions) != fmt.Sprint(reg.Subscriptions) {
+		t.Fatalf("second registration %+v, want the first's %+v", again.Subscriptions, reg.Subscriptions)
+	}
+
+	s.Fail("/create_queue/", 503)
+	if _, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types}); err == nil {
+		t.Fatal("registration with a failing create_queue succeeded")
+	}
+	for _, call := range s.Calls() {
+		if call.Method == "DELETE" {
+			t.Errorf("deleted a subscription Waldur gave again: %s %s", call.Method, call.Path)
+		}
+	}
+	for _, sub := range reg.Subscriptions {
+		checkQueue(t, ctx, s, sub.VHost, sub.Queue)
+		mustLogin(t, ctx, sub.VHost, sub.Login, s.Token())
+	}
+}
+
 // Ensure a token change behaves as in Waldur: the API takes only the new
 // token at once; the broker keeps the old password until register_queue.
 func TestTokenRotation(t *testing.T) {
