@@ -164,7 +164,7 @@ func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registr
 	}
 	if w.StateFile != "" {
 		if err := writeLegacyState(w, reg); err != nil {
-			a.log.Error("cannot record the waldur subscriptions; the next start registers new ones", "error", err)
+			a.log.Error("cannot record the waldur subscriptions; the next start registers again", "error", err)
 		}
 	}
 	return reg, nil

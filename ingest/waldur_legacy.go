@@ -81,7 +81,7 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 	st, err := readLegacyState(w)
 	if err != nil {
 		if !os.IsNotExist(err) {
-			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering again", "error", err)
 		}
 		return waldur.Registration{}, false
 	}
@@ -96,7 +96,7 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 	slices.Sort(have)
 	want := slices.Sorted(slices.Values(types))
 	if !slices.Equal(have, want) {
-		a.log.Warn("the recorded waldur subscriptions are for other types; registering new ones", "recorded", have, "types", want)
+		a.log.Warn("the recorded waldur subscriptions are for other types; registering again", "recorded", have, "types", want)
 		return waldur.Registration{}, false
 	}
 	c, err := a.client(cfg)
@@ -108,14 +108,14 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 	defer cancel()
 	id, err := c.EnsureIdentity(rctx, w.Offering, agentqVersion())
 	if err != nil {
-		a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+		a.log.Warn("cannot reuse the recorded waldur subscriptions; registering again", "error", err)
 		return waldur.Registration{}, false
 	}
 	reg := waldur.Registration{Mode: waldur.ModeLegacy, Identity: id, ObjectTypes: types}
 	for _, s := range st.Subscriptions {
 		q, err := c.CreateQueue(rctx, s.Login, w.Offering, s.ObjectType)
 		if err != nil {
-			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering again", "error", err)
 			return waldur.Registration{}, false
 		}
 		reg.Subscriptions = append(reg.Subscriptions, waldur.Subscription{

@@ -474,8 +474,9 @@ func TestWaldurQueueDeleted(t *testing.T) {
 }
 
 // Ensure a legacy Waldur source reuses the subscriptions recorded in
-// state_file when it starts again, and after a token rotation registers
-// new ones, records them and deletes the ones they replace.
+// state_file when it starts again, and after a token rotation (which
+// takes the broker users of the old subscriptions, as in Waldur) registers
+// again, gets new ones and records them.
 func TestWaldurLegacyStateAndRotation(t *testing.T) {
 	waldurtest.RequireBroker(t)
 	srv := waldurtest.New(t, waldurtest.Options{})
@@ -521,7 +522,7 @@ func TestWaldurLegacyStateAndRotation(t *testing.T) {
 		t.Fatalf("%d register_event_subscription calls, logins %v, want 2 and %v", got, logins(), first)
 	}
 
-	// Token rotation: new subscriptions, the old ones deleted.
+	// Token rotation: Waldur replaces the subscriptions.
 	const rotated = "rotated-legacy-token"
 	srv.SetToken(rotated)
 	writeToken(t, dir, rotated)
