@@ -59,6 +59,9 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 		}
 		a.log.Info("registered with waldur", "why", why, "mode", reg.Mode, "identity", reg.Identity.UUID,
 			"queues", strings.Join(queues, ","), "types", strings.Join(reg.ObjectTypes, ","))
+		if len(reg.Skipped) > 0 {
+			a.log.Warn("this waldur does not know some object types; not receiving them", "skipped", strings.Join(reg.Skipped, ","))
+		}
 	}
 	var logins []stompLogin
 	for _, s := range w.reg.Subscriptions {

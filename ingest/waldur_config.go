@@ -76,7 +76,7 @@ var waldurParams = []param{
 	}},
 	{"token_file", "PATH", "read the Waldur API token from this file; read again before every connect and registration, so a rotated token needs no restart (token_file or token_env is required)", "/etc/agentq/waldur-token", stringParam(func(c *Config) *string { return &c.PasscodeFile })},
 	{"token_env", "VAR", "read the Waldur API token from this environment variable (handlers do not see it)", "WALDUR_TOKEN", stringParam(func(c *Config) *string { return &c.PasscodeEnv })},
-	{"types", "T1,T2,...", "object types to receive (default: all ten: " + strings.Join(waldur.ObjectTypes, ",") + ")", "order,user_role", func(c *Config, v string) error {
+	{"types", "T1,T2,...", "object types to receive (default: all ten: " + strings.Join(waldur.ObjectTypes, ",") + "; an older Waldur that refuses the newest of them gets the others, and the log names those left out; a type named here that Waldur refuses is an error)", "order,user_role", func(c *Config, v string) error {
 		var types []string
 		for _, t := range strings.Split(v, ",") {
 			if t = strings.TrimSpace(t); t == "" {

@@ -59,6 +59,11 @@ type Options struct {
 	// STOMPAddr is where PublishBatch sends, as the management user; ""
 	// means DefaultSTOMPAddr.
 	STOMPAddr string
+	// ObjectTypes are the object types this Waldur knows; nil means all
+	// ten. An older Waldur knows fewer (resource_api_key_rotation came in
+	// 2026, offering_resources_sync shortly before) and refuses the others
+	// with 400 "... is not a valid choice.".
+	ObjectTypes []string
 	// WebSTOMPURL is RabbitMQ's Web-STOMP endpoint, which the server
 	// serves at /rmqws-stomp like Waldur's reverse proxy; "" means
 	// DefaultWebSTOMPURL.
@@ -84,6 +89,7 @@ type Server struct {
 	srv      *httptest.Server
 	mgmt     *mgmt
 	offering string
+	types    []string // the object types this Waldur knows
 	args     map[string]any
 	stomp    string // address for PublishBatch
 
@@ -176,6 +182,7 @@ func New(tb testing.TB, opts Options) *Server {
 			http: &http.Client{Timeout: 30 * time.Second}, attempts: int(opts.BrokerWait/pause) + 1, pause: pause,
 		},
 		offering:   hexUUID(opts.Offering),
+		types:      objectTypes,
 		stomp:      opts.STOMPAddr,
 		args:       QueueArguments(),
 		users:      map[string]*user{},
@@ -183,6 +190,9 @@ func New(tb testing.TB, opts Options) *Server {
 		subs:       map[string]*subscription{},
 		vhosts:     map[string]bool{},
 		rmqUsers:   map[string]bool{},
+	}
+	if opts.ObjectTypes != nil {
+		s.types = slices.Clone(opts.ObjectTypes)
 	}
 	for k, v := range opts.QueueArgs {
 		if v == nil {
@@ -675,10 +685,15 @@ func (s *Server) registerQueue(ctx context.Context, u *user, uuid string, body [
 		}
 	}
 	if req.ObjectTypes != nil {
-		for _, t := range *req.ObjectTypes {
-			if !slices.Contains(objectTypes, t) {
-				return 0, nil, fieldError("object_types", fmt.Sprintf("%q is not a valid choice.", t))
+		// DRF's ListField answers per index: {"object_types": {"9": [...]}}.
+		bad := map[string][]string{}
+		for i, t := range *req.ObjectTypes {
+			if !slices.Contains(s.types, t) {
+				bad[fmt.Sprint(i)] = []string{fmt.Sprintf("%q is not a valid choice.", t)}
 			}
+		}
+		if len(bad) > 0 {
+			return 0, nil, &apiError{status: http.StatusBadRequest, body: map[string]any{"object_types": bad}}
 		}
 	}
 	if id.owner != u {
@@ -704,7 +719,7 @@ func (s *Server) registerQueue(ctx context.Context, u *user, uuid string, body [
 	id.queue = q
 	types := q.types
 	if len(types) == 0 {
-		types = objectTypes
+		types = s.types
 	}
 	return status, map[string]any{
 		"rmq_username":            q.rmqUser,
@@ -740,7 +755,7 @@ func (s *Server) registerEventSubscription(ctx context.Context, u *user, uuid st
 	if err := json.Unmarshal(body, &req); err != nil {
 		return 0, nil, detail(http.StatusBadRequest, "JSON parse error - "+err.Error())
 	}
-	if !slices.Contains(objectTypes, req.ObservableObjectType) {
+	if !slices.Contains(s.types, req.ObservableObjectType) {
 		return 0, nil, fieldError("observable_object_type", fmt.Sprintf("%q is not a valid choice.", req.ObservableObjectType))
 	}
 	// As Waldur does: one subscription per user and object type, whatever
@@ -788,7 +803,7 @@ func (s *Server) createQueue(ctx context.Context, u *user, uuid string, body []b
 	if hexUUID(req.OfferingUUID) != s.offering {
 		return 0, nil, fieldError("offering_uuid", "Offering not found.")
 	}
-	if !slices.Contains(objectTypes, req.ObjectType) {
+	if !slices.Contains(s.types, req.ObjectType) {
 		return 0, nil, fieldError("object_type", fmt.Sprintf("%q is not a valid choice.", req.ObjectType))
 	}
 	key := s.offering + "/" + req.ObjectType
