@@ -239,13 +239,14 @@
 // x-agentq-type and x-agentq-key, which the Config's TypeFrom and KeyFrom
 // read first, falling back to the body; they stay in the journal.
 //
-// Legacy registrations make new subscriptions each time and Waldur has no
-// call to list them, so with state_file the source records them and a
-// restart reuses them (nothing left in their queues is lost); without it
-// every start registers new ones and a graceful stop deletes them, as
-// waldur-site-agent does, so what arrives while the agent is down (or was
-// left unread by a killed one) is not read. A new registration deletes
-// the legacy subscriptions it replaces.
+// Waldur keeps one legacy subscription per Waldur user and type, shared
+// by all that user's agents and offerings, and gives it again at each
+// registration, so a restart reads what arrived while the agent was down
+// (with state_file the source records them and a restart reuses them
+// without registering). The source never deletes a subscription it used:
+// not at a stop, not when it stops asking for a type (it did both, and
+// the queues of the same user's other agents went with them). A failed
+// registration deletes only the subscriptions it created.
 //
 // # Shutdown
 //

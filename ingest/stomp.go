@@ -178,8 +178,6 @@ type stompSession struct {
 	// ended, if set, learns the error of a session that delivered
 	// nothing (the source passes it to explain).
 	ended func(err error)
-	// closed, if set, runs after a graceful close (shutdown only).
-	closed func()
 	// subscribed is when the last SUBSCRIBE went out: a WebSocket the
 	// broker closes soon after is a refusal, one closed later a drop.
 	subscribed time.Time
@@ -315,9 +313,6 @@ func (s *stompSession) close() error {
 	}
 	for _, c := range s.conns {
 		c.wait(closeTimeout)
-	}
-	if s.closed != nil {
-		s.closed()
 	}
 	return err
 }

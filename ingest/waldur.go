@@ -45,11 +45,9 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 			reg, reused = a.reuseLegacy(ctx, cfg)
 		}
 		if !reused {
-			prev := previousLegacy(cfg, w.reg)
 			if reg, err = a.register(ctx, cfg); err != nil {
 				return nil, err
 			}
-			a.forgetLegacy(ctx, cfg, prev, reg)
 		}
 		w.reg, w.token, w.stale, fresh = &reg, cfg.Passcode, false, true
 		var queues []string
@@ -61,6 +59,9 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 		}
 		a.log.Info("registered with waldur", "why", why, "mode", reg.Mode, "identity", reg.Identity.UUID,
 			"queues", strings.Join(queues, ","), "types", strings.Join(reg.ObjectTypes, ","))
+		if len(reg.Skipped) > 0 {
+			a.log.Warn("this waldur does not know some object types; not receiving them", "skipped", strings.Join(reg.Skipped, ","))
+		}
 	}
 	var logins []stompLogin
 	for _, s := range w.reg.Subscriptions {
@@ -98,17 +99,11 @@ func (a *stompAdapter) connectWaldur(ctx context.Context, cfg Config) (session, 
 			w.stale = true
 		}
 	}
-	if cfg.Waldur.Mode == waldur.ModeLegacy && cfg.Waldur.StateFile == "" {
-		// Nothing will read these queues after this run: delete the
-		// subscriptions at shutdown, as waldur-site-agent does, rather
-		// than leave queues behind that fill with copies of every message.
-		subs := w.reg.Subscriptions
-		ss.closed = func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			a.forgetLegacy(ctx, cfg, subs, waldur.Registration{})
-		}
-	}
+	// Legacy subscriptions are left as they are at shutdown, as
+	// waldur-site-agent's STOMP listener leaves them: Waldur gives the same
+	// ones again at the next registration, so the next start reads what was
+	// published meanwhile, and they are shared by every agent of the same
+	// Waldur user (deleting one deletes their queues too).
 	return sess, nil
 }
 
@@ -172,7 +167,7 @@ func (a *stompAdapter) register(ctx context.Context, cfg Config) (waldur.Registr
 	}
 	if w.StateFile != "" {
 		if err := writeLegacyState(w, reg); err != nil {
-			a.log.Error("cannot record the waldur subscriptions; the next start registers new ones", "error", err)
+			a.log.Error("cannot record the waldur subscriptions; the next start registers again", "error", err)
 		}
 	}
 	return reg, nil

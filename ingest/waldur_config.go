@@ -52,8 +52,9 @@ type WaldurConfig struct {
 	Broker   string          // the broker= override as given; "" derives it (waldur.BrokerURL)
 	Keys     map[string]Spec // key.TYPE= overrides
 	// StateFile (legacy mode) records the event subscriptions a
-	// registration made, so that the next start reads the same queues.
-	// Without it every start registers new ones.
+	// registration gave, so that the next start reuses them without
+	// registering. Without it the next start registers again, and Waldur
+	// gives it the same ones.
 	StateFile string
 
 	// Set by Resolve.
@@ -75,7 +76,7 @@ var waldurParams = []param{
 	}},
 	{"token_file", "PATH", "read the Waldur API token from this file; read again before every connect and registration, so a rotated token needs no restart (token_file or token_env is required)", "/etc/agentq/waldur-token", stringParam(func(c *Config) *string { return &c.PasscodeFile })},
 	{"token_env", "VAR", "read the Waldur API token from this environment variable (handlers do not see it)", "WALDUR_TOKEN", stringParam(func(c *Config) *string { return &c.PasscodeEnv })},
-	{"types", "T1,T2,...", "object types to receive (default: all ten: " + strings.Join(waldur.ObjectTypes, ",") + ")", "order,user_role", func(c *Config, v string) error {
+	{"types", "T1,T2,...", "object types to receive (default: all ten: " + strings.Join(waldur.ObjectTypes, ",") + "; an older Waldur that refuses the newest of them gets the others, and the log names those left out; a type named here that Waldur refuses is an error)", "order,user_role", func(c *Config, v string) error {
 		var types []string
 		for _, t := range strings.Split(v, ",") {
 			if t = strings.TrimSpace(t); t == "" {
@@ -108,7 +109,7 @@ var waldurParams = []param{
 		c.Waldur.Broker = v
 		return nil
 	}},
-	{"state_file", "PATH", "mode=legacy: record the event subscriptions here (no secret in it) so that a restart reads the same queues and nothing left in them is lost; without it every start registers new subscriptions and a stop deletes them, as waldur-site-agent does, so what is published while the agent is down is not read", "/var/lib/agentq/waldur-legacy.json", stringParam(func(c *Config) *string { return &c.Waldur.StateFile })},
+	{"state_file", "PATH", "mode=legacy: record the event subscriptions here (no secret in it) so that a restart reuses them without registering again; optional: Waldur gives a new registration the same subscriptions (one per Waldur user and type), so a restart reads what was published meanwhile either way, and agentq never deletes them", "/var/lib/agentq/waldur-legacy.json", stringParam(func(c *Config) *string { return &c.Waldur.StateFile })},
 }
 
 // waldurKeyParam documents the key.TYPE family, which setWaldurParam

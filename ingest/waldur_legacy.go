@@ -12,17 +12,19 @@ import (
 	"github.com/agentq/agentq/waldur"
 )
 
-// Waldur's legacy API (mode=legacy) makes a new event subscription, broker
-// login and queue per object type at every registration, and has no call
-// to find the ones an agent made before. A restart that registered again
-// would read new queues while what was published for the last run waits
-// in the old ones, unread until its TTL. With state_file the source
-// records its subscriptions (names only, no secret) and a restart reuses
-// them: create_queue on each confirms Waldur still has it. It registers
-// anew when that fails, when the token changed (the old logins' broker
-// password is the old token) or when the broker refuses a login; the
-// subscriptions it replaces are then deleted, with whatever their queues
-// still held.
+// Waldur's legacy API (mode=legacy) keeps one event subscription per
+// Waldur user and object type, shared by all that user's agents and
+// offerings (the queues are per offering), and gives it again at every
+// registration while its broker user exists; it replaces it (and deletes
+// its queues) when the broker user is gone, as after the user's token was
+// deleted. With state_file the source records its subscriptions (names
+// only, no secret) and a restart reuses them without registering:
+// create_queue on each confirms Waldur still has it. It registers anew
+// when that fails, when the token changed or when the broker refuses a
+// login. The source never deletes a subscription after it was in use,
+// neither one it no longer asks for nor at a stop: another agent of the
+// same user may read it, and its queues hold what was published for the
+// next start.
 
 // legacyState is the state file's content.
 type legacyState struct {
@@ -79,7 +81,7 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 	st, err := readLegacyState(w)
 	if err != nil {
 		if !os.IsNotExist(err) {
-			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering again", "error", err)
 		}
 		return waldur.Registration{}, false
 	}
@@ -94,7 +96,7 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 	slices.Sort(have)
 	want := slices.Sorted(slices.Values(types))
 	if !slices.Equal(have, want) {
-		a.log.Warn("the recorded waldur subscriptions are for other types; registering new ones", "recorded", have, "types", want)
+		a.log.Warn("the recorded waldur subscriptions are for other types; registering again", "recorded", have, "types", want)
 		return waldur.Registration{}, false
 	}
 	c, err := a.client(cfg)
@@ -106,14 +108,14 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 	defer cancel()
 	id, err := c.EnsureIdentity(rctx, w.Offering, agentqVersion())
 	if err != nil {
-		a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+		a.log.Warn("cannot reuse the recorded waldur subscriptions; registering again", "error", err)
 		return waldur.Registration{}, false
 	}
 	reg := waldur.Registration{Mode: waldur.ModeLegacy, Identity: id, ObjectTypes: types}
 	for _, s := range st.Subscriptions {
 		q, err := c.CreateQueue(rctx, s.Login, w.Offering, s.ObjectType)
 		if err != nil {
-			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering new ones", "error", err)
+			a.log.Warn("cannot reuse the recorded waldur subscriptions; registering again", "error", err)
 			return waldur.Registration{}, false
 		}
 		reg.Subscriptions = append(reg.Subscriptions, waldur.Subscription{
@@ -121,44 +123,4 @@ func (a *stompAdapter) reuseLegacy(ctx context.Context, cfg Config) (waldur.Regi
 		})
 	}
 	return reg, true
-}
-
-// previousLegacy returns the legacy subscriptions a new registration
-// replaces: the current ones, else those of the state file.
-func previousLegacy(cfg Config, cur *waldur.Registration) []waldur.Subscription {
-	if cfg.Waldur.Mode != waldur.ModeLegacy {
-		return nil
-	}
-	if cur != nil {
-		return cur.Subscriptions
-	}
-	if cfg.Waldur.StateFile == "" {
-		return nil
-	}
-	st, err := readLegacyState(cfg.Waldur)
-	if err != nil {
-		return nil
-	}
-	return st.Subscriptions
-}
-
-// forgetLegacy deletes the replaced legacy subscriptions, so their queues
-// do not keep filling with copies of every message.
-func (a *stompAdapter) forgetLegacy(ctx context.Context, cfg Config, prev []waldur.Subscription, reg waldur.Registration) {
-	if len(prev) == 0 {
-		return
-	}
-	c, err := a.client(cfg)
-	if err != nil {
-		return
-	}
-	defer releaseClient(c)
-	for _, s := range prev {
-		if slices.ContainsFunc(reg.Subscriptions, func(n waldur.Subscription) bool { return n.Login == s.Login }) {
-			continue
-		}
-		if err := c.DeleteEventSubscription(ctx, s.Login); err != nil {
-			a.log.Warn("cannot delete a replaced waldur event subscription; its queue fills until Waldur drops it", "subscription", s.Login, "error", err)
-		}
-	}
 }

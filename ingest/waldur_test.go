@@ -474,8 +474,9 @@ func TestWaldurQueueDeleted(t *testing.T) {
 }
 
 // Ensure a legacy Waldur source reuses the subscriptions recorded in
-// state_file when it starts again, and after a token rotation registers
-// new ones, records them and deletes the ones they replace.
+// state_file when it starts again, and after a token rotation (which
+// takes the broker users of the old subscriptions, as in Waldur) registers
+// again, gets new ones and records them.
 func TestWaldurLegacyStateAndRotation(t *testing.T) {
 	waldurtest.RequireBroker(t)
 	srv := waldurtest.New(t, waldurtest.Options{})
@@ -521,7 +522,7 @@ func TestWaldurLegacyStateAndRotation(t *testing.T) {
 		t.Fatalf("%d register_event_subscription calls, logins %v, want 2 and %v", got, logins(), first)
 	}
 
-	// Token rotation: new subscriptions, the old ones deleted.
+	// Token rotation: Waldur replaces the subscriptions.
 	const rotated = "rotated-legacy-token"
 	srv.SetToken(rotated)
 	writeToken(t, dir, rotated)
@@ -581,23 +582,74 @@ func TestSTOMPSeveralSubscriptionsOneConnection(t *testing.T) {
 	}
 }
 
-// Ensure a legacy Waldur source without state_file deletes its event
-// subscriptions when it stops, as waldur-site-agent does: no queue is
-// left behind to fill up.
-func TestWaldurLegacyDeletesAtShutdown(t *testing.T) {
+// Ensure a legacy Waldur source without state_file leaves its event
+// subscriptions when it stops, and the next start reads what was
+// published meanwhile: Waldur gives the same subscriptions again. They
+// were deleted at every stop (with their queues, and with them the
+// queues of every other agent of the same Waldur user), so what was
+// published while the agent was down was gone.
+func TestWaldurLegacyRestartReadsQueued(t *testing.T) {
 	waldurtest.RequireBroker(t)
 	srv := waldurtest.New(t, waldurtest.Options{})
 	tok := writeToken(t, t.TempDir(), srv.Token())
+	cfg := mustConfig(t, waldurSourceURL(srv, tok, "&mode=legacy&types=order,resource&broker=stomp://"+brokerAddr))
 	j := mustOpenJournal(t, "")
-	src, stop := runSource(t, mustConfig(t, waldurSourceURL(srv, tok, "&mode=legacy&types=order,resource&broker=stomp://"+brokerAddr)), j, Options{})
+	src, stop := runSource(t, cfg, j, Options{})
 	waitFor(t, "connected", 60*time.Second, func() bool { return src.Status().State == StateConnected })
-	if n := len(srv.Queues()); n != 2 {
-		t.Fatalf("%d queues while running, want 2", n)
-	}
+	first := srv.Queues()
 	stop()
-	if qs := srv.Queues(); len(qs) != 0 {
-		t.Fatalf("queues left after shutdown: %+v", qs)
+
+	if n := publishMixed(t, srv, []string{"order", "resource"}, 3); n != 6 {
+		t.Fatalf("%d messages queued while the agent was down, want 6: its subscriptions' queues are gone", n)
 	}
+	src, stop = runSource(t, cfg, j, Options{})
+	defer stop()
+	waitFor(t, "what was published meanwhile", 60*time.Second, func() bool { return src.Status().Acked >= 6 })
+	if now := srv.Queues(); fmt.Sprint(now) != fmt.Sprint(first) {
+		t.Fatalf("queues %+v after the restart, want the first run's %+v", now, first)
+	}
+	for _, c := range srv.Calls() {
+		if c.Method == http.MethodDelete {
+			t.Fatalf("the source deleted a subscription: %+v", c)
+		}
+	}
+	if j.LastSeq() != 6 {
+		t.Fatalf("journal holds %d entries, published 6", j.LastSeq())
+	}
+}
+
+// Ensure a legacy source that no longer asks for a type its state_file
+// recorded leaves that type's subscription alone: Waldur keeps one per
+// user and type, which another agent of the same Waldur user reads (here
+// one for resources beside one for orders). It was deleted, queues and
+// all, under the other agent.
+func TestWaldurLegacyFewerTypesKeepsShared(t *testing.T) {
+	waldurtest.RequireBroker(t)
+	srv := waldurtest.New(t, waldurtest.Options{})
+	dir := t.TempDir()
+	tok := writeToken(t, dir, srv.Token())
+	state := filepath.Join(dir, "legacy.json")
+	base := "&mode=legacy&broker=stomp://" + brokerAddr
+	a, stopA := runSource(t, mustConfig(t, waldurSourceURL(srv, tok, base+"&types=order,resource&state_file="+state)), mustOpenJournal(t, ""), Options{})
+	waitFor(t, "the first agent connected", 60*time.Second, func() bool { return a.Status().State == StateConnected })
+	stopA()
+
+	jb := mustOpenJournal(t, "")
+	b, stopB := runSource(t, mustConfig(t, waldurSourceURL(srv, tok, base+"&types=resource")), jb, Options{})
+	defer stopB()
+	waitFor(t, "the resource agent connected", 60*time.Second, func() bool { return b.Status().State == StateConnected })
+	a, stopA = runSource(t, mustConfig(t, waldurSourceURL(srv, tok, base+"&types=order&state_file="+state)), mustOpenJournal(t, ""), Options{})
+	defer stopA()
+	waitFor(t, "the order agent connected", 60*time.Second, func() bool { return a.Status().State == StateConnected })
+	for _, c := range srv.Calls() {
+		if c.Method == http.MethodDelete {
+			t.Fatalf("a source deleted a subscription: %+v", c)
+		}
+	}
+	if n := publishMixed(t, srv, []string{"resource"}, 3); n != 3 {
+		t.Fatalf("%d resource messages queued, want 3", n)
+	}
+	waitFor(t, "the resource agent's messages", 60*time.Second, func() bool { return b.Status().Acked >= 3 })
 }
 
 // Ensure a Waldur source whose idle connection drops (a network blip, a

@@ -166,11 +166,18 @@ type EventSubscription struct {
 	ObservableObjects []ObservableObject `json:"observable_objects"`
 	Created           string             `json:"created,omitempty"`
 	Modified          string             `json:"modified,omitempty"`
+
+	// New is true when Waldur answered 201 (it made the subscription now)
+	// rather than 200 (it gave an existing one again).
+	New bool `json:"-"`
 }
 
-// RegisterEventSubscription creates a legacy event subscription for one
-// object type under the identity. Waldur also creates the user's vhost and
-// a broker user named after the subscription whose password is the token.
+// RegisterEventSubscription returns the legacy event subscription of the
+// token's user for one object type. Waldur keeps one per user and type,
+// shared by all that user's identities and offerings: it gives an existing
+// one again (200) while its broker user is there, and otherwise creates
+// one (201), with the user's vhost and a broker user named after the
+// subscription whose password is the token.
 func (c *Client) RegisterEventSubscription(ctx context.Context, identityUUID, objectType string) (EventSubscription, error) {
 	if !ValidUUID(identityUUID) {
 		return EventSubscription{}, fmt.Errorf("cannot register event subscription: identity %q is not a UUID", identityUUID)
@@ -180,13 +187,15 @@ func (c *Client) RegisterEventSubscription(ctx context.Context, identityUUID, ob
 		"description":            "agentq: " + objectType,
 	}
 	var s EventSubscription
-	if _, err := c.do(ctx, "register event subscription", http.MethodPost, identitiesPath+Hex(identityUUID)+"/register_event_subscription/", nil, body, &s); err != nil {
+	status, err := c.do(ctx, "register event subscription", http.MethodPost, identitiesPath+Hex(identityUUID)+"/register_event_subscription/", nil, body, &s)
+	if err != nil {
 		return EventSubscription{}, err
 	}
 	if !ValidUUID(s.UUID) || !ValidUUID(s.UserUUID) {
 		return EventSubscription{}, fmt.Errorf("cannot register event subscription: waldur returned uuid %q, user_uuid %q", s.UUID, s.UserUUID)
 	}
 	s.UUID, s.UserUUID = Hex(s.UUID), Hex(s.UserUUID)
+	s.New = status == http.StatusCreated
 	return s, nil
 }
 
@@ -219,11 +228,10 @@ func (c *Client) CreateQueue(ctx context.Context, subscriptionUUID, offeringUUID
 	return q, nil
 }
 
-// DeleteEventSubscription deletes a legacy event subscription, as the
-// site agent does when it stops. Waldur removes the subscription's broker
-// user and queues with it; without this, every restart in legacy mode
-// leaves a subscription behind whose queue keeps filling (up to its
-// x-max-length, for an hour per message).
+// DeleteEventSubscription deletes a legacy event subscription. Waldur
+// removes the subscription's broker user and its queues, of every
+// offering, with it: whatever they held is gone, and so is the
+// subscription for any other agent of the same Waldur user that reads it.
 func (c *Client) DeleteEventSubscription(ctx context.Context, subscriptionUUID string) error {
 	if !ValidUUID(subscriptionUUID) {
 		return fmt.Errorf("cannot delete event subscription: %q is not a UUID", subscriptionUUID)

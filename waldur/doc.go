@@ -19,7 +19,9 @@
 //     register_event_subscription gives a subscription whose UUID is the
 //     broker login, then create_queue declares
 //     subscription_{sub}_offering_{offering}_{type}. The payloads carry no
-//     object_type: the queue says it.
+//     object_type: the queue says it. Waldur keeps one subscription per
+//     user and type, shared by all that user's agents and offerings, and
+//     gives it again at each registration while its broker user exists.
 //
 // Register runs the whole sequence and returns Subscriptions: login,
 // vhost (the owning Waldur user's UUID hex) and destination for each

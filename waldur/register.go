@@ -2,8 +2,11 @@ package waldur
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -38,7 +41,10 @@ type Options struct {
 	// Offering is the offering UUID, with or without dashes. Required.
 	Offering string
 	// Types are the object types to receive; nil or empty means all of
-	// ObjectTypes. Unknown types are an error.
+	// ObjectTypes that this Waldur knows (an older one refuses the newer
+	// types: those are left out and listed in Registration.Skipped).
+	// Unknown types are an error, and so is one Waldur refuses when
+	// Types names it.
 	Types []string
 	// Mode is ModeUnified or ModeLegacy; "" means ModeUnified.
 	Mode string
@@ -62,6 +68,7 @@ type Registration struct {
 	Identity      Identity
 	Subscriptions []Subscription // one in unified mode, one per type in legacy mode
 	ObjectTypes   []string       // the types Waldur will send
+	Skipped       []string       // types left out: this Waldur does not know them
 }
 
 // Register runs the whole registration: the identity, then the unified
@@ -78,7 +85,8 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 		return Registration{}, fmt.Errorf("cannot register: mode %q: want %q or %q", opts.Mode, ModeUnified, ModeLegacy)
 	}
 	types := opts.Types
-	if len(types) == 0 {
+	all := len(types) == 0
+	if all {
 		types = ObjectTypes
 	}
 	for _, t := range types {
@@ -98,6 +106,20 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 		// filter an earlier run left, and [] would let in types that
 		// agentq has no key for.
 		q, err := c.RegisterQueue(ctx, id.UUID, types)
+		for all && err != nil {
+			// An older Waldur refuses the types it does not know; left
+			// to the default, leave them out rather than never register.
+			unknown := refusedTypes(err, types)
+			if len(unknown) == 0 {
+				break
+			}
+			reg.Skipped = append(reg.Skipped, unknown...)
+			types = slices.DeleteFunc(slices.Clone(types), func(t string) bool { return slices.Contains(unknown, t) })
+			if len(types) == 0 {
+				break
+			}
+			q, err = c.RegisterQueue(ctx, id.UUID, types)
+		}
 		if err != nil {
 			return Registration{}, err
 		}
@@ -113,14 +135,27 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 		}}
 		return reg, nil
 	}
+	// made are the subscriptions this call created (201): a failure
+	// deletes those only. One Waldur gave again (200) holds what was
+	// published for the last run, and is shared with the user's other
+	// agents: deleting it would delete their queues too.
+	var made []Subscription
+	var got []string
 	for _, t := range types {
 		sub, err := c.RegisterEventSubscription(ctx, id.UUID, t)
+		if err != nil && all && slices.Contains(refusedTypes(err, []string{t}), t) {
+			reg.Skipped = append(reg.Skipped, t) // an older Waldur: see above
+			continue
+		}
 		if err != nil {
-			return Registration{}, c.undoLegacy(ctx, reg.Subscriptions, err)
+			return Registration{}, c.undoLegacy(ctx, made, err)
+		}
+		if sub.New {
+			made = append(made, Subscription{Login: sub.UUID})
 		}
 		q, err := c.CreateQueue(ctx, sub.UUID, opts.Offering, t)
 		if err != nil {
-			return Registration{}, c.undoLegacy(ctx, append(reg.Subscriptions, Subscription{Login: sub.UUID}), err)
+			return Registration{}, c.undoLegacy(ctx, made, err)
 		}
 		reg.Subscriptions = append(reg.Subscriptions, Subscription{
 			Login:       sub.UUID,
@@ -129,9 +164,27 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 			Destination: Destination(q.QueueName),
 			ObjectType:  t,
 		})
+		got = append(got, t)
 	}
-	reg.ObjectTypes = types
+	reg.ObjectTypes = got
 	return reg, nil
+}
+
+// refusedTypes returns the types of candidates that a 400 answer refuses
+// as not a valid choice: Django REST framework's `"T" is not a valid
+// choice.`, under object_types or observable_object_type.
+func refusedTypes(err error, candidates []string) []string {
+	var e *Error
+	if !errors.As(err, &e) || e.Status != http.StatusBadRequest {
+		return nil
+	}
+	var out []string
+	for _, t := range candidates {
+		if strings.Contains(e.Detail, `\"`+t+`\" is not a valid choice`) || strings.Contains(e.Detail, `"`+t+`" is not a valid choice`) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // Destination is the STOMP destination of a queue Waldur declared. It is
@@ -140,8 +193,9 @@ func (c *Client) Register(ctx context.Context, opts Options) (Registration, erro
 // PRECONDITION_FAILED.
 func Destination(queue string) string { return "/amq/queue/" + queue }
 
-// undoLegacy deletes the subscriptions a failed legacy registration made,
-// so that retries do not pile up subscriptions whose queues keep filling.
+// undoLegacy deletes the subscriptions a failed legacy registration
+// created, so that retries do not pile up subscriptions whose queues keep
+// filling.
 // It uses a context of its own, since the caller's may be what failed:
 // 30 s, or 3 s when the caller's has ended (the agent is stopping, and
 // must stop within its shutdown timeout; what is left is deleted by the

@@ -12,9 +12,15 @@
 // Web-STOMP (ws://127.0.0.1:15674/ws) like the one in front of Waldur's
 // broker, so waldur.BrokerURL of the server's URL works unchanged.
 //
+// Legacy event subscriptions behave as in Waldur: there is one per Waldur
+// user and object type, shared by every identity and offering of that user
+// (the queues are per offering), and register_event_subscription gives an
+// existing one again (200) as long as its broker user is there.
+//
 // Tokens behave as in Waldur: SetToken makes the API accept only the new
 // token at once, while the broker keeps the old password until the agent
-// calls register_queue again. Publish sends payloads the way Mastermind
+// calls register_queue again; the broker users of legacy subscriptions go
+// with the old token. Publish sends payloads the way Mastermind
 // does (with object_type on a unified queue), and Payload makes realistic
 // payloads of the ten types whose keys cycle so tests can check per-key
 // order. STOMPLogin checks credentials with a raw STOMP CONNECT, and Fail

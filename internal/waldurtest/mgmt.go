@@ -122,6 +122,20 @@ func (m *mgmt) deleteUser(ctx context.Context, name string) error {
 	return m.ignore404(m.call(ctx, http.MethodDelete, "/users/"+esc(name), nil, nil))
 }
 
+// userReady reports whether a broker user exists with permissions on
+// vhost, as Waldur checks before it hands out an existing legacy
+// subscription again.
+func (m *mgmt) userReady(ctx context.Context, vhost, user string) (bool, error) {
+	err := m.call(ctx, http.MethodGet, "/permissions/"+esc(vhost)+"/"+esc(user), nil, nil)
+	if err == nil {
+		return true, nil
+	}
+	if m.ignore404(err) == nil {
+		return false, nil
+	}
+	return false, err
+}
+
 // permit gives a user full permissions on one vhost and nothing elsewhere.
 func (m *mgmt) permit(ctx context.Context, vhost, user string) error {
 	return m.call(ctx, http.MethodPut, "/permissions/"+esc(vhost)+"/"+esc(user),

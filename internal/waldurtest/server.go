@@ -59,6 +59,11 @@ type Options struct {
 	// STOMPAddr is where PublishBatch sends, as the management user; ""
 	// means DefaultSTOMPAddr.
 	STOMPAddr string
+	// ObjectTypes are the object types this Waldur knows; nil means all
+	// ten. An older Waldur knows fewer (resource_api_key_rotation came in
+	// 2026, offering_resources_sync shortly before) and refuses the others
+	// with 400 "... is not a valid choice.".
+	ObjectTypes []string
 	// WebSTOMPURL is RabbitMQ's Web-STOMP endpoint, which the server
 	// serves at /rmqws-stomp like Waldur's reverse proxy; "" means
 	// DefaultWebSTOMPURL.
@@ -84,6 +89,7 @@ type Server struct {
 	srv      *httptest.Server
 	mgmt     *mgmt
 	offering string
+	types    []string // the object types this Waldur knows
 	args     map[string]any
 	stomp    string // address for PublishBatch
 
@@ -176,6 +182,7 @@ func New(tb testing.TB, opts Options) *Server {
 			http: &http.Client{Timeout: 30 * time.Second}, attempts: int(opts.BrokerWait/pause) + 1, pause: pause,
 		},
 		offering:   hexUUID(opts.Offering),
+		types:      objectTypes,
 		stomp:      opts.STOMPAddr,
 		args:       QueueArguments(),
 		users:      map[string]*user{},
@@ -183,6 +190,9 @@ func New(tb testing.TB, opts Options) *Server {
 		subs:       map[string]*subscription{},
 		vhosts:     map[string]bool{},
 		rmqUsers:   map[string]bool{},
+	}
+	if opts.ObjectTypes != nil {
+		s.types = slices.Clone(opts.ObjectTypes)
 	}
 	for k, v := range opts.QueueArgs {
 		if v == nil {
@@ -257,12 +267,26 @@ func (s *Server) Token() string {
 func (s *Server) UserUUID() string { return s.main.uuid }
 
 // SetToken replaces the first user's token: from now on Waldur accepts
-// only the new one. As in Waldur, the broker passwords stay as they are
-// until the agent calls register_queue again.
+// only the new one. As in Waldur, the broker password of a unified queue
+// stays as it is until the agent calls register_queue again, while the
+// broker users of the user's legacy subscriptions are deleted (Waldur's
+// delete_stale_event_subscriptions, when the old token is deleted): the
+// next register_event_subscription then replaces each subscription, and
+// its queues, with a new one.
 func (s *Server) SetToken(token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.main.token = token
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, k := range slices.Sorted(maps.Keys(s.subs)) {
+		if sub := s.subs[k]; sub.owner == s.main {
+			if err := s.mgmt.deleteUser(ctx, sub.uuid); err != nil {
+				s.tb.Errorf("waldurtest: SetToken: %v", err)
+			}
+			delete(s.rmqUsers, sub.uuid)
+		}
+	}
 }
 
 // AddUser adds another Waldur user with the given token, who can see the
@@ -661,10 +685,15 @@ func (s *Server) registerQueue(ctx context.Context, u *user, uuid string, body [
 		}
 	}
 	if req.ObjectTypes != nil {
-		for _, t := range *req.ObjectTypes {
-			if !slices.Contains(objectTypes, t) {
-				return 0, nil, fieldError("object_types", fmt.Sprintf("%q is not a valid choice.", t))
+		// DRF's ListField answers per index: {"object_types": {"9": [...]}}.
+		bad := map[string][]string{}
+		for i, t := range *req.ObjectTypes {
+			if !slices.Contains(s.types, t) {
+				bad[fmt.Sprint(i)] = []string{fmt.Sprintf("%q is not a valid choice.", t)}
 			}
+		}
+		if len(bad) > 0 {
+			return 0, nil, &apiError{status: http.StatusBadRequest, body: map[string]any{"object_types": bad}}
 		}
 	}
 	if id.owner != u {
@@ -690,7 +719,7 @@ func (s *Server) registerQueue(ctx context.Context, u *user, uuid string, body [
 	id.queue = q
 	types := q.types
 	if len(types) == 0 {
-		types = objectTypes
+		types = s.types
 	}
 	return status, map[string]any{
 		"rmq_username":            q.rmqUser,
@@ -726,8 +755,30 @@ func (s *Server) registerEventSubscription(ctx context.Context, u *user, uuid st
 	if err := json.Unmarshal(body, &req); err != nil {
 		return 0, nil, detail(http.StatusBadRequest, "JSON parse error - "+err.Error())
 	}
-	if !slices.Contains(objectTypes, req.ObservableObjectType) {
+	if !slices.Contains(s.types, req.ObservableObjectType) {
 		return 0, nil, fieldError("observable_object_type", fmt.Sprintf("%q is not a valid choice.", req.ObservableObjectType))
+	}
+	// As Waldur does: one subscription per user and object type, whatever
+	// the identity or offering asking (its queues are per offering). An
+	// existing one is given again (200) while its broker user is there
+	// with its permissions; otherwise it is deleted, queues and all, and
+	// replaced.
+	for _, k := range slices.Sorted(maps.Keys(s.subs)) {
+		sub := s.subs[k]
+		if sub.owner != u || sub.objectType != req.ObservableObjectType {
+			continue
+		}
+		ready, err := s.mgmt.userReady(ctx, u.uuid, sub.uuid)
+		if err != nil {
+			return 0, nil, err
+		}
+		if ready {
+			return http.StatusOK, sub.json(s), nil
+		}
+		if _, err := s.deleteSubscription(ctx, u, sub.uuid); err != nil {
+			return 0, nil, err
+		}
+		break
 	}
 	sub := &subscription{uuid: NewUUID(), description: req.Description, objectType: req.ObservableObjectType, owner: u, created: now(), queues: map[string]*legacyQueue{}}
 	if err := s.ensureBrokerUser(ctx, u.uuid, sub.uuid, u.token); err != nil {
@@ -752,7 +803,7 @@ func (s *Server) createQueue(ctx context.Context, u *user, uuid string, body []b
 	if hexUUID(req.OfferingUUID) != s.offering {
 		return 0, nil, fieldError("offering_uuid", "Offering not found.")
 	}
-	if !slices.Contains(objectTypes, req.ObjectType) {
+	if !slices.Contains(s.types, req.ObjectType) {
 		return 0, nil, fieldError("object_type", fmt.Sprintf("%q is not a valid choice.", req.ObjectType))
 	}
 	key := s.offering + "/" + req.ObjectType

@@ -243,6 +243,75 @@ func TestRegisterLegacyUndo(t *testing.T) {
 	}
 }
 
+// Ensure a legacy registration gets the same subscriptions again, as
+// Waldur gives them (200), and that one failing half-way deletes only the
+// subscriptions it created: it deleted the ones Waldur gave again too,
+// with their queues and what was published for the last run in them.
+func TestRegisterLegacyAgainKeepsExisting(t *testing.T) {
+	waldurtest.RequireBroker(t)
+	ctx := testContext(t)
+	s := waldurtest.New(t, waldurtest.Options{})
+	c := newClient(s, s.Token())
+	types := []string{"order", "resource"}
+	reg, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(again.Subscriptions) != fmt.Sprint(reg.Subscriptions) {
+		t.Fatalf("second registration %+v, want the first's %+v", again.Subscriptions, reg.Subscriptions)
+	}
+
+	s.Fail("/create_queue/", 503)
+	if _, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: waldur.ModeLegacy, Types: types}); err == nil {
+		t.Fatal("registration with a failing create_queue succeeded")
+	}
+	for _, call := range s.Calls() {
+		if call.Method == "DELETE" {
+			t.Errorf("deleted a subscription Waldur gave again: %s %s", call.Method, call.Path)
+		}
+	}
+	for _, sub := range reg.Subscriptions {
+		checkQueue(t, ctx, s, sub.VHost, sub.Queue)
+		mustLogin(t, ctx, sub.VHost, sub.Login, s.Token())
+	}
+}
+
+// Ensure a registration with the default types works on an older Waldur
+// that does not know the newest ones, in both modes, leaving those out
+// and saying so; asked for by name, they are an error. The default asked
+// for all ten, and the 400 made the registration fail for ever.
+func TestRegisterOlderWaldur(t *testing.T) {
+	waldurtest.RequireBroker(t)
+	ctx := testContext(t)
+	known := waldur.ObjectTypes[:8]
+	newer := waldur.ObjectTypes[8:]
+	for _, mode := range []string{waldur.ModeUnified, waldur.ModeLegacy} {
+		t.Run(mode, func(t *testing.T) {
+			s := waldurtest.New(t, waldurtest.Options{ObjectTypes: known})
+			c := newClient(s, s.Token())
+			reg, err := c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(reg.ObjectTypes, known) || !slices.Equal(reg.Skipped, newer) {
+				t.Fatalf("types %v, skipped %v: want %v and %v", reg.ObjectTypes, reg.Skipped, known, newer)
+			}
+			for _, sub := range reg.Subscriptions {
+				checkQueue(t, ctx, s, sub.VHost, sub.Queue)
+			}
+			_, err = c.Register(ctx, waldur.Options{Offering: s.Offering(), Mode: mode, Types: []string{"order", newer[1]}})
+			var e *waldur.Error
+			if !errors.As(err, &e) || e.Status != 400 || !strings.Contains(err.Error(), newer[1]) {
+				t.Fatalf("asking for %s by name: err = %v, want a 400 naming it", newer[1], err)
+			}
+		})
+	}
+}
+
 // Ensure a token change behaves as in Waldur: the API takes only the new
 // token at once; the broker keeps the old password until register_queue.
 func TestTokenRotation(t *testing.T) {
