@@ -1,9 +1,15 @@
 package ingest
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"testing"
+	"time"
+
+	"github.com/go-stomp/stomp/v3/frame"
 )
 
 // Ensure a graceful close confirms the ACKs sent before it over TCP and
@@ -50,5 +56,63 @@ func TestStompCloseConfirmsACKs(t *testing.T) {
 				t.Fatalf("queue holds %d messages after the ACKs were confirmed", d)
 			}
 		})
+	}
+}
+
+// fakeConnWaitsForEnd is a connection whose Write, once it has written a
+// frame asking for a receipt, returns only after the client's connection
+// has ended: so the receipt and the end are both in before the waiter
+// looks for either.
+type fakeConnWaitsForEnd struct {
+	net.Conn
+	c *stompClient
+}
+
+func (f *fakeConnWaitsForEnd) Write(p []byte) (int, error) {
+	n, err := f.Conn.Write(p)
+	if bytes.Contains(p, []byte("\nreceipt:")) {
+		select {
+		case <-f.c.done:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	return n, err
+}
+
+// Ensure a receipt that arrives just before the connection ends counts:
+// RabbitMQ closes the connection right after a DISCONNECT's receipt, and
+// when both were in before request looked, its select picked one at
+// random and half the time reported the connection closed.
+func TestStompReceiptThenEnd(t *testing.T) {
+	for i := range 20 {
+		ours, broker := net.Pipe()
+		go func() {
+			defer broker.Close()
+			r := frame.NewReader(bufio.NewReader(broker))
+			for {
+				f, err := r.Read()
+				if err != nil {
+					return
+				}
+				if f == nil {
+					continue
+				}
+				if id := f.Header.Get(frame.Receipt); id != "" {
+					_, _ = broker.Write([]byte("RECEIPT\nreceipt-id:" + id + "\n\n\x00"))
+					return // and close, as RabbitMQ does after DISCONNECT
+				}
+			}
+		}()
+		c := &stompClient{nc: ours, version: "1.2", subs: map[string]*stompSub{},
+			receipts: map[string]chan struct{}{}, done: make(chan struct{})}
+		c.bw = bufio.NewWriter(&fakeConnWaitsForEnd{Conn: ours, c: c})
+		if err := c.start(newStompReader(countingReader{ours, &c.reads}, 4096), nil, func(*stompDelivery) {}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.request(5*time.Second, frame.New(frame.DISCONNECT)); err != nil {
+			t.Fatalf("try %d: %v, want the receipt that came before the end", i, err)
+		}
+		c.end(errStompClosed)
+		c.wg.Wait()
 	}
 }
