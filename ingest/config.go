@@ -255,6 +255,9 @@ func (c *Config) SetParam(name, value string) error {
 		return err
 	}
 	if h, ok := strings.CutPrefix(name, "header."); ok && h != "" {
+		if p, ok := ownSubscribeHeaders[h]; ok {
+			return fmt.Errorf("parameter %q: agentq sets the SUBSCRIBE header %s itself; use %s", name, h, p)
+		}
 		if c.Headers == nil {
 			c.Headers = map[string]string{}
 		}
@@ -368,9 +371,19 @@ var params = []param{
 // MQTT parameters (mqtt_config.go).
 func init() { params = append(params, mqttParams...) }
 
+// ownSubscribeHeaders are the SUBSCRIBE headers agentq's own bookkeeping
+// depends on, each with the parameter that sets it. header.id= made the
+// broker deliver for a subscription agentq did not know (every message
+// was dropped, unacknowledged, while the source showed connected);
+// header.ack=auto let the broker count a message delivered before it was
+// journaled; header.prefetch-count= outgrew the buffers sized by prefetch.
+var ownSubscribeHeaders = map[string]string{
+	"id": "id=", "ack": "ack=", "destination": "destination=", "prefetch-count": "prefetch=",
+}
+
 // headerParam documents the header.NAME family, which SetParam matches
 // by prefix.
-var headerParam = param{name: "header.NAME", arg: "VALUE", help: "an extra SUBSCRIBE header, e.g. header.x-queue-type=quorum (RabbitMQ reads queue arguments from these)"}
+var headerParam = param{name: "header.NAME", arg: "VALUE", help: "an extra SUBSCRIBE header, e.g. header.x-queue-type=quorum (RabbitMQ reads queue arguments from these); not id, ack, destination or prefetch-count, which agentq sets (use id=, ack=, destination=, prefetch=)"}
 
 // URLHelp returns plain text documenting every source URL form and
 // parameter, for agentq run --help and the README. It is built from the

@@ -120,6 +120,12 @@ func TestParseURLErrors(t *testing.T) {
 		{"stomp://h/queue/x?type=xml:a", "type"},
 		{"stomp://h/queue/x?destination=queue/y", `destination "queue/y"`},
 		{"stomp://u:s3cr3t-pw@h/queue/x?prefetch=-1", "prefetch"},
+		// SUBSCRIBE headers agentq sets itself (header.id= dropped every
+		// message silently, header.ack=auto bypassed ack=).
+		{"stomp://h/queue/x?header.id=mine", "use id="},
+		{"stomp://h/queue/x?header.ack=auto", "use ack="},
+		{"stomp://h/queue/x?header.destination=/queue/y", "use destination="},
+		{"stomp://h/queue/x?header.prefetch-count=1000", "use prefetch="},
 	}
 	for _, tc := range tests {
 		t.Run(tc.raw, func(t *testing.T) {
