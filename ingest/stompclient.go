@@ -179,9 +179,17 @@ func (c *stompClient) readLoop(r *stompReader, deliver func(*stompDelivery)) {
 		}
 		switch f.command {
 		case frame.MESSAGE:
-			if sub := c.subs[f.get(frame.Subscription)]; sub != nil {
-				deliver(&stompDelivery{f: f, c: c, sub: sub})
+			id := f.get(frame.Subscription)
+			sub := c.subs[id]
+			if sub == nil {
+				// Dropped, it would stay unacknowledged and hold the
+				// prefetch, or be acknowledged unjournaled by the next
+				// cumulative ACK: a subscription agentq does not know
+				// is a fault to report, not to skip.
+				c.end(fmt.Errorf("broker sent a MESSAGE for subscription %q, which agentq did not make", id))
+				return
 			}
+			deliver(&stompDelivery{f: f, c: c, sub: sub})
 		case frame.RECEIPT:
 			c.rmu.Lock()
 			id := f.get(frame.ReceiptId)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,5 +115,67 @@ func TestStompReceiptThenEnd(t *testing.T) {
 		}
 		c.end(errStompClosed)
 		c.wg.Wait()
+	}
+}
+
+// scriptedBroker is a fake STOMP broker for behaviour RabbitMQ does not
+// show (it cannot ACK or redeliver, and tests nothing of either): it
+// answers CONNECT with connected (a CONNECTED frame's text), and hands
+// every other frame to script with a way to write raw bytes to the
+// client. Connections are bounded to a minute.
+func scriptedBroker(t *testing.T, connected string, script func(f *frame.Frame, write func(string))) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				stop := time.AfterFunc(time.Minute, func() { c.Close() })
+				defer stop.Stop()
+				write := func(s string) { _, _ = c.Write([]byte(s)) }
+				r := frame.NewReader(bufio.NewReader(c))
+				for {
+					f, err := r.Read()
+					if err != nil {
+						return
+					}
+					switch {
+					case f == nil:
+					case f.Command == frame.CONNECT || f.Command == frame.STOMP:
+						write(connected)
+					default:
+						script(f, write)
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// Ensure a MESSAGE for a subscription agentq did not make ends the
+// session, naming it: it was dropped, unacknowledged, so it held the
+// prefetch, and the source showed connected while it took nothing.
+func TestStompUnknownSubscription(t *testing.T) {
+	addr := scriptedBroker(t, "CONNECTED\nversion:1.2\n\n\x00", func(f *frame.Frame, write func(string)) {
+		if f.Command == frame.SUBSCRIBE {
+			write("MESSAGE\nsubscription:other\nmessage-id:1\nack:1\ndestination:/queue/x\n\nbody\x00")
+		}
+	})
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://u:p@"+addr+"/queue/x?heartbeat=0"), j, Options{ShutdownTimeout: time.Second})
+	defer stop()
+	waitFor(t, "the unknown subscription reported", 20*time.Second, func() bool {
+		return strings.Contains(src.Status().LastError, `subscription "other"`)
+	})
+	if st := src.Status(); st.Received != 0 {
+		t.Fatalf("status %+v: a MESSAGE of an unknown subscription was taken", st)
 	}
 }
