@@ -274,7 +274,7 @@ func (s *stompSession) ack(batch []delivery) error {
 		}
 		if len(ds) > 0 {
 			if err := c.ack(ds); err != nil {
-				return err
+				return brokerError(err, s.cfg)
 			}
 		}
 	}

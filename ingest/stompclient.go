@@ -300,13 +300,15 @@ func (c *stompClient) write(fs ...*frame.Frame) error {
 	return c.flush()
 }
 
-// flush writes what is buffered; wmu held.
+// flush writes what is buffered; wmu held. A failed write ends the
+// connection; the error is why it ended, which for a write on a
+// connection the broker ended with an ERROR frame is the broker's
+// message, not the closed socket's.
 func (c *stompClient) flush() error {
 	c.lastWrite = time.Now()
 	if err := c.bw.Flush(); err != nil {
-		err = fmt.Errorf("connection closed: %w", err)
-		c.end(err)
-		return err
+		c.end(fmt.Errorf("connection closed: %w", err))
+		return c.err
 	}
 	return nil
 }

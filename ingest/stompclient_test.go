@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -177,5 +178,34 @@ func TestStompUnknownSubscription(t *testing.T) {
 	})
 	if st := src.Status(); st.Received != 0 {
 		t.Fatalf("status %+v: a MESSAGE of an unknown subscription was taken", st)
+	}
+}
+
+// Ensure the broker's ERROR is what the source reports when it comes
+// while a batch is being journaled: the ACK that followed failed on the
+// closed connection, and "cannot ack: ... use of closed network
+// connection" replaced the broker's own words in the last error.
+func TestStompErrorDuringCommit(t *testing.T) {
+	closed := make(chan struct{})
+	var once sync.Once
+	addr := scriptedBroker(t, "CONNECTED\nversion:1.2\n\n\x00", func(f *frame.Frame, write func(string)) {
+		if f.Command == frame.SUBSCRIBE {
+			write("MESSAGE\nsubscription:" + f.Header.Get(frame.Id) + "\nmessage-id:1\nack:1\ndestination:/queue/x\n\nbody\x00")
+			write("ERROR\nmessage:queue deleted by the operator\n\n\x00")
+			once.Do(func() { close(closed) })
+		}
+	})
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, "stomp://u:p@"+addr+"/queue/x?heartbeat=0"), j, Options{
+		ShutdownTimeout: time.Second,
+		AfterCommit: func(int) {
+			<-closed
+			time.Sleep(100 * time.Millisecond) // for the reader to take the ERROR
+		},
+	})
+	defer stop()
+	waitFor(t, "the session's end reported", 20*time.Second, func() bool { return src.Status().LastError != "" })
+	if st := src.Status(); !strings.Contains(st.LastError, "queue deleted by the operator") {
+		t.Fatalf("last error %q, want the broker's message", st.LastError)
 	}
 }
