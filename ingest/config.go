@@ -328,7 +328,7 @@ var params = []param{
 	}},
 	{"durable", "BOOL", "true: a durable subscription (/topic/ and /exchange/ only): the broker keeps what is published while the agent is down. Without it a /topic/ or /exchange/ source loses those messages", "true", boolParam("durable", func(c *Config) *bool { return &c.Durable })},
 	{"durable_queue", "NAME", "the queue behind a durable subscription (RabbitMQ's x-queue-name header). Without it RabbitMQ names the queue after the subscription id, which follows the source name: renaming the source then leaves the old queue behind, filling up (remove it with: rabbitmqctl delete_queue OLD-NAME; see rabbitmqctl list_queues)", "agentq-orders", stringParam(func(c *Config) *string { return &c.DurableQueue })},
-	{"id", "ID", "subscription id (default agentq-NAME when durable)", "agentq-orders", stringParam(func(c *Config) *string { return &c.SubscriptionID })},
+	{"id", "ID", "subscription id (default agentq-NAME when durable; a source with several destinations numbers them)", "agentq-orders", stringParam(func(c *Config) *string { return &c.SubscriptionID })},
 	{"name", "NAME", "source name in logs and metrics (default: the destination without its leading /)", "orders", stringParam(func(c *Config) *string { return &c.Name })},
 	{"passcode_file", "PATH", "read the passcode from this file (one trailing newline is trimmed); read again on every reconnect, so a rotated secret is picked up without a restart", "/etc/agentq/passcode", stringParam(func(c *Config) *string { return &c.PasscodeFile })},
 	{"passcode_env", "VAR", "read the passcode from this environment variable", "AGENTQ_PASSCODE", stringParam(func(c *Config) *string { return &c.PasscodeEnv })},
@@ -610,6 +610,10 @@ func (c Config) Warnings() []string {
 		if !c.Durable && (strings.HasPrefix(d, "/topic/") || strings.HasPrefix(d, "/exchange/")) {
 			w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, d))
 		}
+	}
+	if c.SubscriptionID != "" && len(c.Destinations) > 0 {
+		// The subscriptions of one connection need ids of their own.
+		w = append(w, fmt.Sprintf("source %q: id=%s is not used: a source with several destinations numbers its subscriptions 1, 2, ...", c.Name, c.SubscriptionID))
 	}
 	return w
 }

@@ -372,21 +372,28 @@ func TestParseDurableQueue(t *testing.T) {
 }
 
 // Ensure a /topic/ or /exchange/ source without durable=true is warned
-// about, and nothing else is.
+// about, and an id= that several destinations leave unused (it was
+// silently ignored), and nothing else is.
 func TestConfigWarnings(t *testing.T) {
 	tests := []struct {
 		raw  string
 		warn bool
+		want string
 	}{
-		{"stomp://h/topic/t", true},
-		{"stomp://h/exchange/e/k", true},
-		{"stomp://h/topic/t?durable=true", false},
-		{"stomp://h/queue/q", false},
-		{"stomp://h/amq/queue/q", false},
+		{"stomp://h/queue/a?id=mine&destination=/queue/b", true, "id=mine is not used"},
+		{"stomp://h/queue/a?id=mine", false, ""},
+		{"stomp://h/topic/t", true, ""},
+		{"stomp://h/exchange/e/k", true, ""},
+		{"stomp://h/topic/t?durable=true", false, ""},
+		{"stomp://h/queue/q", false, ""},
+		{"stomp://h/amq/queue/q", false, ""},
 	}
 	for _, tc := range tests {
 		w := mustConfig(t, tc.raw).Warnings()
-		if (len(w) > 0) != tc.warn || (tc.warn && !strings.Contains(w[0], "durable=true")) {
+		if tc.want == "" {
+			tc.want = "durable=true"
+		}
+		if (len(w) > 0) != tc.warn || (tc.warn && !strings.Contains(w[0], tc.want)) {
 			t.Errorf("%s: warnings %q, want some: %v", tc.raw, w, tc.warn)
 		}
 	}
