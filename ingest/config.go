@@ -255,6 +255,9 @@ func (c *Config) SetParam(name, value string) error {
 		return err
 	}
 	if h, ok := strings.CutPrefix(name, "header."); ok && h != "" {
+		if p, ok := ownSubscribeHeaders[h]; ok {
+			return fmt.Errorf("parameter %q: agentq sets the SUBSCRIBE header %s itself; use %s", name, h, p)
+		}
 		if c.Headers == nil {
 			c.Headers = map[string]string{}
 		}
@@ -325,7 +328,7 @@ var params = []param{
 	}},
 	{"durable", "BOOL", "true: a durable subscription (/topic/ and /exchange/ only): the broker keeps what is published while the agent is down. Without it a /topic/ or /exchange/ source loses those messages", "true", boolParam("durable", func(c *Config) *bool { return &c.Durable })},
 	{"durable_queue", "NAME", "the queue behind a durable subscription (RabbitMQ's x-queue-name header). Without it RabbitMQ names the queue after the subscription id, which follows the source name: renaming the source then leaves the old queue behind, filling up (remove it with: rabbitmqctl delete_queue OLD-NAME; see rabbitmqctl list_queues)", "agentq-orders", stringParam(func(c *Config) *string { return &c.DurableQueue })},
-	{"id", "ID", "subscription id (default agentq-NAME when durable)", "agentq-orders", stringParam(func(c *Config) *string { return &c.SubscriptionID })},
+	{"id", "ID", "subscription id (default agentq-NAME when durable; a source with several destinations numbers them)", "agentq-orders", stringParam(func(c *Config) *string { return &c.SubscriptionID })},
 	{"name", "NAME", "source name in logs and metrics (default: the destination without its leading /)", "orders", stringParam(func(c *Config) *string { return &c.Name })},
 	{"passcode_file", "PATH", "read the passcode from this file (one trailing newline is trimmed); read again on every reconnect, so a rotated secret is picked up without a restart", "/etc/agentq/passcode", stringParam(func(c *Config) *string { return &c.PasscodeFile })},
 	{"passcode_env", "VAR", "read the passcode from this environment variable", "AGENTQ_PASSCODE", stringParam(func(c *Config) *string { return &c.PasscodeEnv })},
@@ -368,9 +371,19 @@ var params = []param{
 // MQTT parameters (mqtt_config.go).
 func init() { params = append(params, mqttParams...) }
 
+// ownSubscribeHeaders are the SUBSCRIBE headers agentq's own bookkeeping
+// depends on, each with the parameter that sets it. header.id= made the
+// broker deliver for a subscription agentq did not know (every message
+// was dropped, unacknowledged, while the source showed connected);
+// header.ack=auto let the broker count a message delivered before it was
+// journaled; header.prefetch-count= outgrew the buffers sized by prefetch.
+var ownSubscribeHeaders = map[string]string{
+	"id": "id=", "ack": "ack=", "destination": "destination=", "prefetch-count": "prefetch=",
+}
+
 // headerParam documents the header.NAME family, which SetParam matches
 // by prefix.
-var headerParam = param{name: "header.NAME", arg: "VALUE", help: "an extra SUBSCRIBE header, e.g. header.x-queue-type=quorum (RabbitMQ reads queue arguments from these)"}
+var headerParam = param{name: "header.NAME", arg: "VALUE", help: "an extra SUBSCRIBE header, e.g. header.x-queue-type=quorum (RabbitMQ reads queue arguments from these); not id, ack, destination or prefetch-count, which agentq sets (use id=, ack=, destination=, prefetch=)"}
 
 // URLHelp returns plain text documenting every source URL form and
 // parameter, for agentq run --help and the README. It is built from the
@@ -597,6 +610,10 @@ func (c Config) Warnings() []string {
 		if !c.Durable && (strings.HasPrefix(d, "/topic/") || strings.HasPrefix(d, "/exchange/")) {
 			w = append(w, fmt.Sprintf("source %q: %s without durable=true: messages published while the agent is down or reconnecting are lost; add durable=true&durable_queue=NAME", c.Name, d))
 		}
+	}
+	if c.SubscriptionID != "" && len(c.Destinations) > 0 {
+		// The subscriptions of one connection need ids of their own.
+		w = append(w, fmt.Sprintf("source %q: id=%s is not used: a source with several destinations numbers its subscriptions 1, 2, ...", c.Name, c.SubscriptionID))
 	}
 	return w
 }

@@ -120,6 +120,12 @@ func TestParseURLErrors(t *testing.T) {
 		{"stomp://h/queue/x?type=xml:a", "type"},
 		{"stomp://h/queue/x?destination=queue/y", `destination "queue/y"`},
 		{"stomp://u:s3cr3t-pw@h/queue/x?prefetch=-1", "prefetch"},
+		// SUBSCRIBE headers agentq sets itself (header.id= dropped every
+		// message silently, header.ack=auto bypassed ack=).
+		{"stomp://h/queue/x?header.id=mine", "use id="},
+		{"stomp://h/queue/x?header.ack=auto", "use ack="},
+		{"stomp://h/queue/x?header.destination=/queue/y", "use destination="},
+		{"stomp://h/queue/x?header.prefetch-count=1000", "use prefetch="},
 	}
 	for _, tc := range tests {
 		t.Run(tc.raw, func(t *testing.T) {
@@ -366,21 +372,28 @@ func TestParseDurableQueue(t *testing.T) {
 }
 
 // Ensure a /topic/ or /exchange/ source without durable=true is warned
-// about, and nothing else is.
+// about, and an id= that several destinations leave unused (it was
+// silently ignored), and nothing else is.
 func TestConfigWarnings(t *testing.T) {
 	tests := []struct {
 		raw  string
 		warn bool
+		want string
 	}{
-		{"stomp://h/topic/t", true},
-		{"stomp://h/exchange/e/k", true},
-		{"stomp://h/topic/t?durable=true", false},
-		{"stomp://h/queue/q", false},
-		{"stomp://h/amq/queue/q", false},
+		{"stomp://h/queue/a?id=mine&destination=/queue/b", true, "id=mine is not used"},
+		{"stomp://h/queue/a?id=mine", false, ""},
+		{"stomp://h/topic/t", true, ""},
+		{"stomp://h/exchange/e/k", true, ""},
+		{"stomp://h/topic/t?durable=true", false, ""},
+		{"stomp://h/queue/q", false, ""},
+		{"stomp://h/amq/queue/q", false, ""},
 	}
 	for _, tc := range tests {
 		w := mustConfig(t, tc.raw).Warnings()
-		if (len(w) > 0) != tc.warn || (tc.warn && !strings.Contains(w[0], "durable=true")) {
+		if tc.want == "" {
+			tc.want = "durable=true"
+		}
+		if (len(w) > 0) != tc.warn || (tc.warn && !strings.Contains(w[0], tc.want)) {
 			t.Errorf("%s: warnings %q, want some: %v", tc.raw, w, tc.warn)
 		}
 	}

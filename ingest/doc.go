@@ -123,8 +123,9 @@
 // in order, so after a batch of ACKs the source sends an empty
 // transaction's BEGIN and ABORT with a receipt (at most one outstanding);
 // its receipt proves every earlier ACK arrived, and those entries'
-// dedup slots are dropped (Journal.ConfirmDelivered). The receipt of a
-// graceful DISCONNECT does the same at shutdown. package ack keeps this
+// dedup slots are dropped (Journal.ConfirmDelivered). At shutdown a
+// barrier after UNSUBSCRIBE, before DISCONNECT, does the same (RabbitMQ's
+// Web-STOMP sends no receipt for DISCONNECT). package ack keeps this
 // bookkeeping.
 //
 // # Journal failures
@@ -253,8 +254,8 @@
 // When Run's context ends, the committer finishes the batch in hand
 // (journaled and ACKed, or neither). The reader then keeps draining the
 // subscription without ACKing (those messages are redelivered later) so
-// that the connection's reader, which takes the DISCONNECT's receipt,
-// never blocks while the source sends UNSUBSCRIBE and a DISCONNECT with a
+// that the connection's reader, which takes the receipts, never blocks
+// while the source sends UNSUBSCRIBE, a barrier and a DISCONNECT with a
 // receipt. Both are bounded by Options.ShutdownTimeout;
 // past it the connection is closed. Run returns within that bound
 // whatever the broker does.

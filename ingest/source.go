@@ -371,9 +371,10 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 }
 
 // shutdown ends a session whose context ended gracefully (for STOMP:
-// UNSUBSCRIBE, then a DISCONNECT whose receipt confirms every ACK sent
-// before it), bounded by ShutdownTimeout, after which the connection is
-// dropped: then the unconfirmed ACKs keep their dedup slots.
+// UNSUBSCRIBE, then a barrier whose receipt confirms every ACK sent
+// before it, then DISCONNECT), bounded by ShutdownTimeout, after which
+// the connection is dropped: then the unconfirmed ACKs keep their dedup
+// slots.
 func (s *Source) shutdown(sess session, ledger *ack.Ledger, barrierDone <-chan struct{}) {
 	done := make(chan error, 1)
 	go func() { done <- sess.close() }()

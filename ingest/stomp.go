@@ -191,7 +191,8 @@ var earlyClose = 2 * time.Second // a variable for tests
 // session ends and the source reconnects.
 var barrierTimeout = 30 * time.Second // a variable for tests
 
-// closeTimeout bounds the wait for the receipt of a graceful DISCONNECT.
+// closeTimeout bounds the wait for each receipt of a graceful close (see
+// stompSession.close).
 const closeTimeout = 5 * time.Second
 
 var _ session = (*stompSession)(nil)
@@ -271,7 +272,7 @@ func (s *stompSession) ack(batch []delivery) error {
 		}
 		if len(ds) > 0 {
 			if err := c.ack(ds); err != nil {
-				return err
+				return brokerError(err, s.cfg)
 			}
 		}
 	}
@@ -294,20 +295,32 @@ func (s *stompSession) barrier() error {
 	return nil
 }
 
-// close sends UNSUBSCRIBE for every subscription, so the broker stops
-// sending, then on every connection a DISCONNECT whose receipt confirms
-// every ACK sent before it.
+// close sends, on every connection, UNSUBSCRIBE for every subscription,
+// so the broker stops sending, and a barrier whose receipt confirms every
+// ACK sent before it; then a DISCONNECT. The barrier, not the
+// DISCONNECT's receipt, confirms the ACKs: RabbitMQ's Web-STOMP closes the
+// WebSocket on DISCONNECT without sending its receipt, so every graceful
+// stop over ws:// counted as a dropped connection and kept the last
+// batches' dedup slots for the whole dedup window. A failed DISCONNECT
+// is then no error: the broker had everything it needed.
 func (s *stompSession) close() error {
 	defer s.over()
 	var err error
 	for _, c := range s.conns {
-		fs := make([]*frame.Frame, 0, len(c.subs)+1)
+		fs := make([]*frame.Frame, 0, len(c.subs)+2)
 		for id := range c.subs {
 			fs = append(fs, frame.New(frame.UNSUBSCRIBE, frame.Id, id))
 		}
-		fs = append(fs, frame.New(frame.DISCONNECT))
-		if e := c.request(closeTimeout, fs...); e != nil && err == nil {
-			err = e
+		tx := c.newTx()
+		fs = append(fs, frame.New(frame.BEGIN, frame.Transaction, tx), frame.New(frame.ABORT, frame.Transaction, tx))
+		if e := c.request(closeTimeout, fs...); e != nil {
+			if err == nil {
+				err = e
+			}
+		} else {
+			// Its receipt lets the broker close first (RabbitMQ logs a
+			// client that closes before it as an error).
+			_ = c.request(closeTimeout, frame.New(frame.DISCONNECT))
 		}
 		c.end(errStompClosed)
 	}

@@ -179,9 +179,17 @@ func (c *stompClient) readLoop(r *stompReader, deliver func(*stompDelivery)) {
 		}
 		switch f.command {
 		case frame.MESSAGE:
-			if sub := c.subs[f.get(frame.Subscription)]; sub != nil {
-				deliver(&stompDelivery{f: f, c: c, sub: sub})
+			id := f.get(frame.Subscription)
+			sub := c.subs[id]
+			if sub == nil {
+				// Dropped, it would stay unacknowledged and hold the
+				// prefetch, or be acknowledged unjournaled by the next
+				// cumulative ACK: a subscription agentq does not know
+				// is a fault to report, not to skip.
+				c.end(fmt.Errorf("broker sent a MESSAGE for subscription %q, which agentq did not make", id))
+				return
 			}
+			deliver(&stompDelivery{f: f, c: c, sub: sub})
 		case frame.RECEIPT:
 			c.rmu.Lock()
 			id := f.get(frame.ReceiptId)
@@ -300,13 +308,15 @@ func (c *stompClient) write(fs ...*frame.Frame) error {
 	return c.flush()
 }
 
-// flush writes what is buffered; wmu held.
+// flush writes what is buffered; wmu held. A failed write ends the
+// connection; the error is why it ended, which for a write on a
+// connection the broker ended with an ERROR frame is the broker's
+// message, not the closed socket's.
 func (c *stompClient) flush() error {
 	c.lastWrite = time.Now()
 	if err := c.bw.Flush(); err != nil {
-		err = fmt.Errorf("connection closed: %w", err)
-		c.end(err)
-		return err
+		c.end(fmt.Errorf("connection closed: %w", err))
+		return c.err
 	}
 	return nil
 }
@@ -357,6 +367,14 @@ func (c *stompClient) request(timeout time.Duration, fs ...*frame.Frame) error {
 		return nil
 	case <-c.done:
 		forget()
+		select {
+		case <-ch:
+			// The receipt came before the end (RabbitMQ closes the
+			// connection right after a DISCONNECT's receipt); both were
+			// ready when this select ran, and it picks at random.
+			return nil
+		default:
+		}
 		return c.err
 	case <-t.C:
 		forget()
