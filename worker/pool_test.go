@@ -532,3 +532,39 @@ func TestPoolKeepsNoOutcomes(t *testing.T) {
 		t.Fatalf("after %d calls with %d bytes of output each were settled, the pool holds %d bytes more than before", n, size, held)
 	}
 }
+
+// Ensure an entry parked as stuck for bad input is dead-lettered by its
+// route's on_stuck like any other stuck entry, and one no route takes is
+// not (there is no on_stuck to send it to).
+func TestPoolDeadLetterBadInput(t *testing.T) {
+	j := mustOpenJournal(t, "", queue.Options{})
+	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return nil }}
+	r, err := NewRouter([]Route{{Pattern: "order.*", Backend: b, Answer: Answer{OnStuck: "dlq"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(context.Background(),
+		&queue.Entry{Type: "order.created", Key: "o-1", Body: []byte("{not json"), Fault: "body is not valid JSON"},
+		&queue.Entry{Type: "user.deleted", Fault: "body is not valid JSON"}); err != nil {
+		t.Fatal(err)
+	}
+	stop := startPool(t, j, r, Options{Workers: 2})
+	waitFor(t, "both stuck", 10*time.Second, func() bool { return countState(j, queue.StateStuck) == 2 })
+	stop()
+	var got []*queue.Out
+	if err := j.ScanOutbox(func(m *queue.Out) bool { got = append(got, m); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Seq != 1 || got[0].Kind != "dead-letter" || got[0].Target != "dlq" || string(got[0].Body) != "{not json" {
+		t.Fatalf("outbox holds %d messages (%+v), want the dead letter of entry 1", len(got), got)
+	}
+	var why string
+	for _, h := range got[0].Headers {
+		if h.Name == HeaderError {
+			why = h.Value
+		}
+	}
+	if !strings.Contains(why, "bad input: body is not valid JSON") {
+		t.Fatalf("dead letter's %s = %q, want the fault", HeaderError, why)
+	}
+}
