@@ -736,3 +736,40 @@ func TestRelayDeadLetterHeadersOverSTOMP(t *testing.T) {
 		t.Errorf("timestamp %v, want the original's", ts)
 	}
 }
+
+// Ensure a reply over AMQP reaches a reply-to written as a STOMP
+// destination: a STOMP requester's reply-to reaches an AMQP consumer as
+// it wrote it (RabbitMQ rewrites /temp-queue/ only), and every form but
+// /queue/NAME was taken for a queue name, returned as unroutable and
+// kept failing for ever. Found by trying to break it (a STOMP requester,
+// the agent consuming its requests over AMQP).
+func TestRelayAMQPReplyToSTOMPDestination(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	key := fmt.Sprintf("h9-answers.%d", rand.Int63())
+	ch := amqpChannel(t)
+	for _, ex := range []string{"amq.direct", "amq.topic"} {
+		for _, k := range []string{key, key + "/%"} {
+			if err := ch.QueueBind(q, k, ex, false, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	src := mustConfig(t, "amqp://guest:guest@"+amqpAddr+"/?queue="+q)
+	j := mustOpenJournal(t, "")
+	dests := []string{"/queue/" + q, "/amq/queue/" + q, "/reply-queue/" + q, "/exchange/amq.direct/" + key, "/topic/" + key, q,
+		"/exchange/amq.direct/" + key + "%2F%25"} // names are %-escaped
+	for _, d := range dests {
+		addResults(t, j, &queue.Out{Kind: "result", Target: "reply:" + src.Name, Destination: d, Body: []byte(d)})
+	}
+	_, stop := runRelay(t, j, ReplyTargets([]Config{src}))
+	waitFor(t, "every reply published", 20*time.Second, func() bool { return len(outboxLeft(t, j)) == 0 })
+	stop()
+	got := takeBodies(t, q)
+	slices.Sort(got)
+	slices.Sort(dests)
+	if !slices.Equal(got, dests) {
+		t.Fatalf("the requester's queue holds %q, want a reply to each of %q", got, dests)
+	}
+}
