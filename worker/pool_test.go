@@ -568,3 +568,40 @@ func TestPoolDeadLetterBadInput(t *testing.T) {
 		t.Fatalf("dead letter's %s = %q, want the fault", HeaderError, why)
 	}
 }
+
+// Ensure a dead letter carries its own agentq-error, agentq-attempts,
+// agentq-seq and agentq-result-id once, not beside those the message
+// already had (a dead letter fed back, another agent's answer): over
+// STOMP the first header of a name wins, so the copy showed the old ones.
+func TestPoolDeadLetterOwnHeaders(t *testing.T) {
+	j := mustOpenJournal(t, "", queue.Options{})
+	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return Permanent(errors.New("new failure")) }}
+	r, err := NewRouter([]Route{{Pattern: "#", Backend: b, Answer: Answer{OnStuck: "dlq"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := []queue.Header{{Name: "Agentq-Error", Value: "old failure"}, {Name: "agentq-attempts", Value: "9"},
+		{Name: "agentq-seq", Value: "77"}, {Name: "agentq-result-id", Value: "77-dead"}, {Name: "order", Value: "o-1"}}
+	if _, err := j.Append(context.Background(), &queue.Entry{Type: "t", Headers: old}); err != nil {
+		t.Fatal(err)
+	}
+	stop := startPool(t, j, r, Options{Workers: 1})
+	waitFor(t, "stuck", 10*time.Second, func() bool { return countState(j, queue.StateStuck) == 1 })
+	stop()
+	var got []*queue.Out
+	if err := j.ScanOutbox(func(m *queue.Out) bool { got = append(got, m); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("outbox holds %d messages, want the dead letter", len(got))
+	}
+	seen := map[string][]string{}
+	for _, h := range got[0].Headers {
+		seen[strings.ToLower(h.Name)] = append(seen[strings.ToLower(h.Name)], h.Value)
+	}
+	for name, want := range map[string]string{HeaderError: "new failure", HeaderAttempts: "1", HeaderSeq: "1", HeaderResultID: "1-dead", "order": "o-1"} {
+		if v := seen[name]; len(v) != 1 || v[0] != want {
+			t.Errorf("dead letter's %s = %q, want just %q", name, v, want)
+		}
+	}
+}
