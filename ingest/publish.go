@@ -81,6 +81,11 @@ func ParseTarget(raw string) (Target, error) {
 		return Target{}, fmt.Errorf("an MQTT results URL takes one topic=, got %d", len(c.Topics))
 	case isMQTTScheme(c.Scheme) && strings.ContainsAny(c.Topics[0], "+#"):
 		return Target{}, fmt.Errorf("topic=%s: answers are published to one topic name, without the wildcards + and #", c.Topics[0])
+	case strings.HasPrefix(c.Destination, "/temp-queue/"):
+		// A temporary queue belongs to the connection that names it in a
+		// reply-to; RabbitMQ refuses a SEND to one ("Invalid
+		// destination"), so every answer was kept failing for ever.
+		return Target{}, fmt.Errorf("destination %s: a temporary queue is only a reply-to, answers cannot be sent to one: give a /queue/, /amq/queue/, /topic/ or /exchange/ destination", c.Destination)
 	}
 	if err := c.Resolve(); err != nil {
 		return Target{}, err
@@ -138,6 +143,11 @@ func parseAMQPTarget(raw string) (Target, error) {
 		default:
 			return Target{}, fmt.Errorf("unknown parameter %q for an AMQP results URL (want exchange, routing_key, mandatory, passcode_file, passcode_env, TLS parameters)", kv[0])
 		}
+	}
+	if t.Exchange == "" && t.RoutingKey == "" {
+		// The default exchange with an empty key routes nowhere: every
+		// answer would be returned, or dropped with mandatory=false.
+		return Target{}, errors.New("an AMQP results URL names where answers go: exchange=EX (with routing_key=KEY), or routing_key=QUEUE for the default exchange")
 	}
 	if c.PasscodeFile == "" && c.PasscodeEnv == "" && c.Passcode == "" && c.Login == "" {
 		c.Login, c.Passcode = "guest", "guest"

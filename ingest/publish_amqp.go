@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -76,6 +77,36 @@ func dialAMQPPublisher(ctx context.Context, t Target, c Config) (publisher, erro
 // direct reply-to (the requester consumes amq.rabbitmq.reply-to).
 const directReplyTo = "amq.rabbitmq.reply-to."
 
+// amqpReplyRoute is the exchange and routing key of a reply-to. An AMQP
+// requester's is a queue name, which the default exchange routes by; a
+// STOMP requester's reaches an AMQP consumer as the STOMP destination it
+// wrote (RabbitMQ rewrites only /temp-queue/): /queue/NAME,
+// /amq/queue/NAME and /reply-queue/NAME name a queue, /topic/KEY is
+// amq.topic's KEY and /exchange/EX/KEY is EX's KEY, with "/" and "%" in
+// names %-escaped. Taken for a queue name, every one of them but
+// /queue/ was returned as unroutable and kept failing for ever.
+func amqpReplyRoute(dest string) (exchange, key string) {
+	unescape := func(s string) string {
+		if u, err := url.PathUnescape(s); err == nil {
+			return u
+		}
+		return s
+	}
+	for _, p := range []string{"/queue/", "/amq/queue/", "/reply-queue/"} {
+		if name, ok := strings.CutPrefix(dest, p); ok {
+			return "", unescape(name)
+		}
+	}
+	if k, ok := strings.CutPrefix(dest, "/topic/"); ok {
+		return "amq.topic", unescape(k)
+	}
+	if rest, ok := strings.CutPrefix(dest, "/exchange/"); ok {
+		ex, k, _ := strings.Cut(rest, "/")
+		return unescape(ex), unescape(k)
+	}
+	return "", dest
+}
+
 // amqpHeaderProps are headers carried as AMQP properties, not in the
 // headers table.
 func amqpPublishing(m *queue.Out) amqp.Publishing {
@@ -105,8 +136,8 @@ func (p *amqpPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint6
 	var sent []*queue.Out // by delivery tag, from first
 	for _, m := range msgs {
 		ex, key := p.t.Exchange, p.t.RoutingKey
-		if m.Destination != "" { // a reply-to: the default exchange routes by queue name
-			ex, key = "", strings.TrimPrefix(m.Destination, "/queue/")
+		if m.Destination != "" { // a reply-to
+			ex, key = amqpReplyRoute(m.Destination)
 		}
 		pub := amqpPublishing(m)
 		// What AMQP cannot carry fails alone, before it is sent: the

@@ -553,6 +553,12 @@ func TestParseTargetRefuses(t *testing.T) {
 		{"mqtt+ws://127.0.0.1:15675/?topic=results/+/x", "without the wildcards"},
 		{"stomp://127.0.0.1:61613/queue/a?destination=/queue/b", "one destination, got 2"},
 		{"ws://127.0.0.1:15674/ws?destination=/queue/a&destination=/queue/b", "one destination, got 2"},
+		{"amqp://127.0.0.1/", "exchange=EX"},
+		{"amqp://127.0.0.1/vh?mandatory=false", "exchange=EX"},
+		{"stomp://127.0.0.1:61613/temp-queue/results", "temporary queue is only a reply-to"},
+		{"ws://127.0.0.1:15674/ws?destination=/temp-queue/results", "temporary queue is only a reply-to"},
+		{"amqp://127.0.0.1/?routing_key=results", ""},
+		{"amqp://127.0.0.1/?exchange=amq.fanout", ""},
 		{"stomp://127.0.0.1:61613/queue/results", ""},
 		{"ws://127.0.0.1:15674/ws?destination=/exchange/results/k", ""},
 		{"amqp://127.0.0.1/?exchange=results&routing_key=EP.results", ""},
@@ -734,5 +740,42 @@ func TestRelayDeadLetterHeadersOverSTOMP(t *testing.T) {
 	}
 	if ts := got["stamped"].Timestamp; ts.Unix() != 1700000000 {
 		t.Errorf("timestamp %v, want the original's", ts)
+	}
+}
+
+// Ensure a reply over AMQP reaches a reply-to written as a STOMP
+// destination: a STOMP requester's reply-to reaches an AMQP consumer as
+// it wrote it (RabbitMQ rewrites /temp-queue/ only), and every form but
+// /queue/NAME was taken for a queue name, returned as unroutable and
+// kept failing for ever. Found by trying to break it (a STOMP requester,
+// the agent consuming its requests over AMQP).
+func TestRelayAMQPReplyToSTOMPDestination(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	key := fmt.Sprintf("h9-answers.%d", rand.Int63())
+	ch := amqpChannel(t)
+	for _, ex := range []string{"amq.direct", "amq.topic"} {
+		for _, k := range []string{key, key + "/%"} {
+			if err := ch.QueueBind(q, k, ex, false, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	src := mustConfig(t, "amqp://guest:guest@"+amqpAddr+"/?queue="+q)
+	j := mustOpenJournal(t, "")
+	dests := []string{"/queue/" + q, "/amq/queue/" + q, "/reply-queue/" + q, "/exchange/amq.direct/" + key, "/topic/" + key, q,
+		"/exchange/amq.direct/" + key + "%2F%25"} // names are %-escaped
+	for _, d := range dests {
+		addResults(t, j, &queue.Out{Kind: "result", Target: "reply:" + src.Name, Destination: d, Body: []byte(d)})
+	}
+	_, stop := runRelay(t, j, ReplyTargets([]Config{src}))
+	waitFor(t, "every reply published", 20*time.Second, func() bool { return len(outboxLeft(t, j)) == 0 })
+	stop()
+	got := takeBodies(t, q)
+	slices.Sort(got)
+	slices.Sort(dests)
+	if !slices.Equal(got, dests) {
+		t.Fatalf("the requester's queue holds %q, want a reply to each of %q", got, dests)
 	}
 }

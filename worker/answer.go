@@ -2,6 +2,7 @@ package worker
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/agentq/agentq/queue"
 )
@@ -90,7 +91,19 @@ func (p *Pool) deadLetter(a Answer, e *queue.Entry, reason string) []*queue.Out 
 	if a.OnStuck == "" {
 		return nil
 	}
-	hs := append([]queue.Header(nil), e.Headers...)
+	// The message's own agentq-* answer headers (it is a dead letter
+	// fed back, or another agent's answer) are left out: over STOMP the
+	// first of two headers of one name wins, so the copy said the earlier
+	// error, attempts, seq and result id, and a consumer that takes
+	// repeats by agentq-result-id as one dropped it.
+	hs := make([]queue.Header, 0, len(e.Headers)+4)
+	for _, h := range e.Headers {
+		switch strings.ToLower(h.Name) {
+		case HeaderError, HeaderAttempts, HeaderSeq, HeaderResultID:
+			continue
+		}
+		hs = append(hs, h)
+	}
 	hs = append(hs,
 		queue.Header{Name: HeaderError, Value: reason},
 		queue.Header{Name: HeaderAttempts, Value: strconv.Itoa(e.Attempts)},

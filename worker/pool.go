@@ -414,21 +414,28 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 		log().Warn("entry parked as stuck", "error", msg)
 		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg}
 	}
+	route, ok := p.router.route(e.Type)
+	if ok {
+		// Bad input parked as stuck is dead-lettered like any stuck
+		// entry of its route (it was not: the messages on_stuck is most
+		// often set up to catch, a body that is not JSON, never reached
+		// the dead-letter queue).
+		answer := p.router.routes[route].answer
+		stuck = func(msg string) queue.Outcome {
+			res.Outcome = "stuck"
+			log().Warn("entry parked as stuck", "error", msg)
+			return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
+		}
+	}
 	if e.Fault != "" {
 		res.Err = errors.New(e.Fault)
 		return stuck("bad input: " + e.Fault)
 	}
-	route, ok := p.router.route(e.Type)
 	if !ok {
 		res.Err = fmt.Errorf("no route for type %q", e.Type)
 		return stuck(res.Err.Error())
 	}
 	answer := p.router.routes[route].answer
-	stuck = func(msg string) queue.Outcome {
-		res.Outcome = "stuck"
-		log().Warn("entry parked as stuck", "error", msg)
-		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
-	}
 	b := p.router.routes[route].backend
 	res.Backend = b.Name()
 	p.running[route].Add(1)

@@ -532,3 +532,76 @@ func TestPoolKeepsNoOutcomes(t *testing.T) {
 		t.Fatalf("after %d calls with %d bytes of output each were settled, the pool holds %d bytes more than before", n, size, held)
 	}
 }
+
+// Ensure an entry parked as stuck for bad input is dead-lettered by its
+// route's on_stuck like any other stuck entry, and one no route takes is
+// not (there is no on_stuck to send it to).
+func TestPoolDeadLetterBadInput(t *testing.T) {
+	j := mustOpenJournal(t, "", queue.Options{})
+	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return nil }}
+	r, err := NewRouter([]Route{{Pattern: "order.*", Backend: b, Answer: Answer{OnStuck: "dlq"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(context.Background(),
+		&queue.Entry{Type: "order.created", Key: "o-1", Body: []byte("{not json"), Fault: "body is not valid JSON"},
+		&queue.Entry{Type: "user.deleted", Fault: "body is not valid JSON"}); err != nil {
+		t.Fatal(err)
+	}
+	stop := startPool(t, j, r, Options{Workers: 2})
+	waitFor(t, "both stuck", 10*time.Second, func() bool { return countState(j, queue.StateStuck) == 2 })
+	stop()
+	var got []*queue.Out
+	if err := j.ScanOutbox(func(m *queue.Out) bool { got = append(got, m); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Seq != 1 || got[0].Kind != "dead-letter" || got[0].Target != "dlq" || string(got[0].Body) != "{not json" {
+		t.Fatalf("outbox holds %d messages (%+v), want the dead letter of entry 1", len(got), got)
+	}
+	var why string
+	for _, h := range got[0].Headers {
+		if h.Name == HeaderError {
+			why = h.Value
+		}
+	}
+	if !strings.Contains(why, "bad input: body is not valid JSON") {
+		t.Fatalf("dead letter's %s = %q, want the fault", HeaderError, why)
+	}
+}
+
+// Ensure a dead letter carries its own agentq-error, agentq-attempts,
+// agentq-seq and agentq-result-id once, not beside those the message
+// already had (a dead letter fed back, another agent's answer): over
+// STOMP the first header of a name wins, so the copy showed the old ones.
+func TestPoolDeadLetterOwnHeaders(t *testing.T) {
+	j := mustOpenJournal(t, "", queue.Options{})
+	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return Permanent(errors.New("new failure")) }}
+	r, err := NewRouter([]Route{{Pattern: "#", Backend: b, Answer: Answer{OnStuck: "dlq"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := []queue.Header{{Name: "Agentq-Error", Value: "old failure"}, {Name: "agentq-attempts", Value: "9"},
+		{Name: "agentq-seq", Value: "77"}, {Name: "agentq-result-id", Value: "77-dead"}, {Name: "order", Value: "o-1"}}
+	if _, err := j.Append(context.Background(), &queue.Entry{Type: "t", Headers: old}); err != nil {
+		t.Fatal(err)
+	}
+	stop := startPool(t, j, r, Options{Workers: 1})
+	waitFor(t, "stuck", 10*time.Second, func() bool { return countState(j, queue.StateStuck) == 1 })
+	stop()
+	var got []*queue.Out
+	if err := j.ScanOutbox(func(m *queue.Out) bool { got = append(got, m); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("outbox holds %d messages, want the dead letter", len(got))
+	}
+	seen := map[string][]string{}
+	for _, h := range got[0].Headers {
+		seen[strings.ToLower(h.Name)] = append(seen[strings.ToLower(h.Name)], h.Value)
+	}
+	for name, want := range map[string]string{HeaderError: "new failure", HeaderAttempts: "1", HeaderSeq: "1", HeaderResultID: "1-dead", "order": "o-1"} {
+		if v := seen[name]; len(v) != 1 || v[0] != want {
+			t.Errorf("dead letter's %s = %q, want just %q", name, v, want)
+		}
+	}
+}
