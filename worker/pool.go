@@ -409,25 +409,26 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	log := func() *slog.Logger {
 		return p.log.With("seq", e.Seq, "type", e.Type, "key", e.Key, "attempt", e.Attempts)
 	}
+	route, ok := p.router.route(e.Type)
+	var answer Answer // no route: nothing to publish
+	if ok {
+		answer = p.router.routes[route].answer
+	}
 	stuck := func(msg string) queue.Outcome {
 		res.Outcome = "stuck"
 		log().Warn("entry parked as stuck", "error", msg)
-		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg}
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
 	}
 	if e.Fault != "" {
+		// Bad input gets its route's dead letter too (a key that cannot
+		// be read, a body over max_body): it was parked without one, so
+		// --on-stuck missed the commonest kind of stuck message.
 		res.Err = errors.New(e.Fault)
 		return stuck("bad input: " + e.Fault)
 	}
-	route, ok := p.router.route(e.Type)
 	if !ok {
 		res.Err = fmt.Errorf("no route for type %q", e.Type)
 		return stuck(res.Err.Error())
-	}
-	answer := p.router.routes[route].answer
-	stuck = func(msg string) queue.Outcome {
-		res.Outcome = "stuck"
-		log().Warn("entry parked as stuck", "error", msg)
-		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
 	}
 	b := p.router.routes[route].backend
 	res.Backend = b.Name()
