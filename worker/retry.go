@@ -49,14 +49,17 @@ func DefaultPolicy() Policy {
 
 // Validate reports a policy that cannot work, naming the field.
 func (p Policy) Validate() error {
+	// The float checks are written so that NaN (YAML .nan) fails them:
+	// it passed "< 1" and "< 0 || > 1", and made every delay 0 or
+	// negative, so a failing entry was retried at once, over and over.
 	switch {
 	case p.InitialInterval <= 0:
 		return fmt.Errorf("retry initial_interval must be > 0, got %s", p.InitialInterval)
-	case p.Multiplier < 1:
-		return fmt.Errorf("retry multiplier must be >= 1, got %g", p.Multiplier)
+	case !(p.Multiplier >= 1):
+		return fmt.Errorf("retry multiplier must be a number >= 1, got %g", p.Multiplier)
 	case p.MaxInterval < p.InitialInterval:
 		return fmt.Errorf("retry max_interval (%s) must be >= initial_interval (%s)", p.MaxInterval, p.InitialInterval)
-	case p.Jitter < 0 || p.Jitter > 1:
+	case !(p.Jitter >= 0 && p.Jitter <= 1):
 		return fmt.Errorf("retry jitter must be between 0 and 1, got %g", p.Jitter)
 	case p.MaxAttempts < 0:
 		return fmt.Errorf("retry max_attempts must be >= 0, got %d", p.MaxAttempts)
