@@ -461,7 +461,7 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	ra, _ := RetryAfterOf(err)
 	at, ok := p.opts.Policy.Next(e.Attempts, e.BudgetStart, now, ra)
 	if !ok {
-		return stuck(fmt.Sprintf("gave up after %d attempts: %v", e.Attempts, err))
+		return stuck(p.opts.Policy.gaveUp(e.Attempts, err))
 	}
 	res.Outcome = "retry"
 	log().Info("backend call failed; will retry", "error", err, "next_attempt", at.Sub(now).Round(time.Millisecond))

@@ -279,6 +279,42 @@ func TestPoolDeadLetters(t *testing.T) {
 	}
 }
 
+// Ensure entries whose budget ran out for the same failure get the same
+// error, whatever their attempt count: the dashboard groups stuck entries
+// by exact error, and "gave up after N attempts" split one outage's
+// entries into a group per N. Found by trying to break it.
+func TestPoolGaveUpErrorGroups(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		policy   Policy
+		attempts []int
+		want     string
+	}{
+		{"MaxElapsed", Policy{InitialInterval: time.Minute, Multiplier: 2, MaxInterval: time.Hour, MaxElapsed: time.Hour}, []int{3, 8, 291},
+			"gave up: the next attempt would be past max_elapsed (1h0m0s since arrival or replay): backend down"},
+		{"MaxAttempts", Policy{InitialInterval: time.Minute, Multiplier: 2, MaxInterval: time.Hour, MaxAttempts: 3}, []int{3, 4},
+			"gave up after max_attempts (3): backend down"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return errors.New("backend down") }}
+			p, err := NewPool(newMemJournal(), mustRouter(t, b), Options{Policy: tc.policy, Now: func() time.Time { return now },
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range tc.attempts {
+				e := &queue.Entry{Seq: uint64(n), Type: "t", Attempts: n, BudgetStart: now.Add(-59 * time.Minute)}
+				out := p.decide(context.Background(), e, &Result{Entry: e})
+				if out.Kind != queue.Stuck || out.Err != tc.want {
+					t.Fatalf("after %d attempts: outcome %d %q, want stuck %q", n, out.Kind, out.Err, tc.want)
+				}
+			}
+		})
+	}
+}
+
 // Ensure a stuck entry blocks its key, and replay runs it and then the
 // rest of the key in order.
 func TestPoolStuckBlocksThenReplay(t *testing.T) {

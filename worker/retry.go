@@ -92,6 +92,20 @@ func (p Policy) Delay(attempt int) time.Duration {
 	return d
 }
 
+// gaveUp is the error of an entry whose budget is spent. It names the
+// limit, not the attempt count: the count varies from entry to entry
+// under a time budget (jitter, Retry-After, time spent behind its key),
+// and the dashboard groups stuck entries by their exact error, so one
+// outage's entries were spread over dozens of groups, "gave up after 291
+// attempts", "... 293 attempts", ... (found by trying to break it). The
+// count is the entry's attempts, shown beside the error.
+func (p Policy) gaveUp(attempt int, err error) string {
+	if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
+		return fmt.Sprintf("gave up after max_attempts (%d): %v", p.MaxAttempts, err)
+	}
+	return fmt.Sprintf("gave up: the next attempt would be past max_elapsed (%s since arrival or replay): %v", p.MaxElapsed, err)
+}
+
 // MaxRetryAfter bounds how long a backend's Retry-After can put a retry
 // off. A date centuries away (Retry-After: Fri, 31 Dec 9999) once wrapped
 // the stored time around to the past, and the entry was retried at once,
