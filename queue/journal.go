@@ -499,7 +499,7 @@ func (j *Journal) init(fresh bool) error {
 		j.logDamaged(t.newlyDamaged)
 		j.logReanchored(n, time.Time{}, t.now)
 		if released > 0 {
-			j.log.Info("skip_stuck: keys blocked by a stuck entry go on past it", "keys", released)
+			j.log.Info("skip_stuck: keys blocked by a stuck entry go on past it", "stuck_entries", released)
 		}
 		j.seenClock(unixNano(t.now))
 		d, err := loadDedup(tx, true)

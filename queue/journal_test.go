@@ -321,6 +321,39 @@ func TestSkipStuckTurnedOn(t *testing.T) {
 	}
 }
 
+// Ensure skip_stuck turned on also lets a key go past a stuck entry that
+// is not its head: an earlier done entry replayed before it took the key
+// over, and once that one was done the stuck entry blocked the key again,
+// skip_stuck or not. Found by trying to break it.
+func TestSkipStuckTurnedOnBehindReplay(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{})
+	mustAppend(t, j, msg("k", "1"), msg("k", "2"), msg("k", "3"))
+	for _, o := range []Outcome{{Seq: 1, Kind: Done}, {Seq: 2, Kind: Stuck, Err: "x"}} {
+		if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != fmt.Sprint([]uint64{o.Seq}) {
+			t.Fatalf("claim = %v, want [%d]", got, o.Seq)
+		}
+		if err := j.Settle(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := j.Replay(ctx, Filter{FromSeq: 1, ToSeq: 1, States: []State{StateDone}}, false); fmt.Sprint(got) != "[1]" || err != nil {
+		t.Fatalf("replay = %v, %v", got, err)
+	}
+	j.Close()
+	j = mustOpenAt(t, path, Options{SkipStuck: true})
+	if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != "[1]" {
+		t.Fatalf("claim after reopening with SkipStuck = %v, want [1]", got)
+	}
+	if err := j.Settle(ctx, Outcome{Seq: 1, Kind: Done}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqsOf(mustClaim(t, j, 10)); fmt.Sprint(got) != "[3]" {
+		t.Fatalf("claim once the replayed entry is done = %v, want [3]: past stuck 2", got)
+	}
+}
+
 // Ensure replaying an earlier done entry puts it before later pending ones
 // of the same key.
 func TestReplayEarlierTakesKey(t *testing.T) {

@@ -418,13 +418,16 @@ func (t *txn) settle(o Outcome) error {
 	return opError{fmt.Errorf("cannot settle entry %d: unknown outcome %d", o.Seq, o.Kind)}
 }
 
-// releaseStuckHeads lets each key whose head is stuck go on past it, as
-// a settle does with SkipStuck, and returns how many keys it released.
-// Open runs it with SkipStuck: an operator restarting an agent with
-// skip_stuck turned on to unblock its keys once found them still blocked,
-// since the option applied only to entries that became stuck afterwards
-// (found by trying to break it; TestSkipStuckTurnedOn). Damaged entries
-// keep their keys, as they do when they are parked.
+// releaseStuckHeads lets each key go on past its stuck entries, as a
+// settle does with SkipStuck, and returns how many stuck entries it took
+// out of their keys. Open runs it with SkipStuck: an operator restarting
+// an agent with skip_stuck turned on to unblock its keys once found them
+// still blocked, since the option applied only to entries that became
+// stuck afterwards (found by trying to break it; TestSkipStuckTurnedOn).
+// Not only heads: a stuck entry behind a replayed earlier one (which took
+// the key over) blocked the key again once that one was done, skip_stuck
+// or not (TestSkipStuckTurnedOnBehindReplay). Damaged entries keep their
+// keys, as they do when they are parked.
 func (t *txn) releaseStuckHeads() (int, error) {
 	b := t.layout.byteOf(StateStuck)
 	var es []*Entry
@@ -441,7 +444,7 @@ func (t *txn) releaseStuckHeads() (int, error) {
 		if e.Damage != "" || e.Key == "" {
 			continue
 		}
-		if h, ok := t.head(e.Key); ok && h == seq {
+		if t.keyq.Get(keyqKey(e.Key, seq)) != nil {
 			es = append(es, e)
 		}
 	}

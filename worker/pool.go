@@ -409,25 +409,20 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	log := func() *slog.Logger {
 		return p.log.With("seq", e.Seq, "type", e.Type, "key", e.Key, "attempt", e.Attempts)
 	}
+	route, ok := p.router.route(e.Type)
+	var answer Answer // no route: nothing to publish
+	if ok {
+		answer = p.router.routes[route].answer
+	}
 	stuck := func(msg string) queue.Outcome {
 		res.Outcome = "stuck"
 		log().Warn("entry parked as stuck", "error", msg)
-		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg}
-	}
-	route, ok := p.router.route(e.Type)
-	if ok {
-		// Bad input parked as stuck is dead-lettered like any stuck
-		// entry of its route (it was not: the messages on_stuck is most
-		// often set up to catch, a body that is not JSON, never reached
-		// the dead-letter queue).
-		answer := p.router.routes[route].answer
-		stuck = func(msg string) queue.Outcome {
-			res.Outcome = "stuck"
-			log().Warn("entry parked as stuck", "error", msg)
-			return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
-		}
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg, Out: p.deadLetter(answer, e, msg)}
 	}
 	if e.Fault != "" {
+		// Bad input gets its route's dead letter too (a key that cannot
+		// be read, a body over max_body): it was parked without one, so
+		// --on-stuck missed the commonest kind of stuck message.
 		res.Err = errors.New(e.Fault)
 		return stuck("bad input: " + e.Fault)
 	}
@@ -435,7 +430,6 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 		res.Err = fmt.Errorf("no route for type %q", e.Type)
 		return stuck(res.Err.Error())
 	}
-	answer := p.router.routes[route].answer
 	b := p.router.routes[route].backend
 	res.Backend = b.Name()
 	p.running[route].Add(1)
@@ -467,7 +461,7 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	ra, _ := RetryAfterOf(err)
 	at, ok := p.opts.Policy.Next(e.Attempts, e.BudgetStart, now, ra)
 	if !ok {
-		return stuck(fmt.Sprintf("gave up after %d attempts: %v", e.Attempts, err))
+		return stuck(p.opts.Policy.gaveUp(e.Attempts, err))
 	}
 	res.Outcome = "retry"
 	log().Info("backend call failed; will retry", "error", err, "next_attempt", at.Sub(now).Round(time.Millisecond))

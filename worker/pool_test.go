@@ -216,6 +216,105 @@ func TestPoolOutcomes(t *testing.T) {
 	}
 }
 
+// Ensure every entry that becomes stuck on a route with on_stuck leaves a
+// dead letter: a permanent failure, and bad input too (a key that could
+// not be read, a body over max_body), which was parked without one, so
+// --on-stuck missed the commonest stuck messages. Found by trying to
+// break it. No route, no dead letter: on_stuck belongs to a route.
+func TestPoolDeadLetters(t *testing.T) {
+	tests := []struct {
+		name   string
+		entry  queue.Entry
+		routes string // "order.*" or "#"
+		want   int
+	}{
+		{"Permanent", queue.Entry{Type: "order.created", Key: "o-1"}, "order.*", 1},
+		{"BadKey", queue.Entry{Type: "order.created", Fault: "cannot read key (json:order_uuid): json field order_uuid missing"}, "order.*", 1},
+		{"BadTypeCatchAll", queue.Entry{Fault: "cannot read type (header:type): empty"}, "#", 1},
+		{"BadTypeNoRoute", queue.Entry{Fault: "cannot read type (header:type): empty"}, "order.*", 0},
+		{"NoRoute", queue.Entry{Type: "user.deleted"}, "order.*", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpenJournal(t, "", queue.Options{})
+			b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return Permanent(errors.New("bad order")) }}
+			r, err := NewRouter([]Route{{Pattern: tc.routes, Backend: b, Answer: Answer{OnStuck: "dlq"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := tc.entry
+			e.Body = []byte("not json")
+			if _, err := j.Append(context.Background(), &e); err != nil {
+				t.Fatal(err)
+			}
+			stop := startPool(t, j, r, Options{Workers: 1})
+			waitFor(t, "stuck", 10*time.Second, func() bool { return countState(j, queue.StateStuck) == 1 })
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			out, err := j.Outbox(10, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(out) != tc.want {
+				t.Fatalf("%d dead letters in the outbox, want %d", len(out), tc.want)
+			}
+			if tc.want == 0 {
+				return
+			}
+			if out[0].Kind != "dead-letter" || out[0].Target != "dlq" || string(out[0].Body) != "not json" {
+				t.Fatalf("dead letter = %s to %s, body %q", out[0].Kind, out[0].Target, out[0].Body)
+			}
+			got, _ := j.Get(1)
+			var reason string
+			for _, h := range out[0].Headers {
+				if h.Name == HeaderError {
+					reason = h.Value
+				}
+			}
+			if reason != got.LastError {
+				t.Fatalf("dead letter's %s = %q, want the entry's error %q", HeaderError, reason, got.LastError)
+			}
+		})
+	}
+}
+
+// Ensure entries whose budget ran out for the same failure get the same
+// error, whatever their attempt count: the dashboard groups stuck entries
+// by exact error, and "gave up after N attempts" split one outage's
+// entries into a group per N. Found by trying to break it.
+func TestPoolGaveUpErrorGroups(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		policy   Policy
+		attempts []int
+		want     string
+	}{
+		{"MaxElapsed", Policy{InitialInterval: time.Minute, Multiplier: 2, MaxInterval: time.Hour, MaxElapsed: time.Hour}, []int{3, 8, 291},
+			"gave up: the next attempt would be past max_elapsed (1h0m0s since arrival or replay): backend down"},
+		{"MaxAttempts", Policy{InitialInterval: time.Minute, Multiplier: 2, MaxInterval: time.Hour, MaxAttempts: 3}, []int{3, 4},
+			"gave up after max_attempts (3): backend down"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return errors.New("backend down") }}
+			p, err := NewPool(newMemJournal(), mustRouter(t, b), Options{Policy: tc.policy, Now: func() time.Time { return now },
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range tc.attempts {
+				e := &queue.Entry{Seq: uint64(n), Type: "t", Attempts: n, BudgetStart: now.Add(-59 * time.Minute)}
+				out := p.decide(context.Background(), e, &Result{Entry: e})
+				if out.Kind != queue.Stuck || out.Err != tc.want {
+					t.Fatalf("after %d attempts: outcome %d %q, want stuck %q", n, out.Kind, out.Err, tc.want)
+				}
+			}
+		})
+	}
+}
+
 // Ensure a stuck entry blocks its key, and replay runs it and then the
 // rest of the key in order.
 func TestPoolStuckBlocksThenReplay(t *testing.T) {

@@ -49,14 +49,17 @@ func DefaultPolicy() Policy {
 
 // Validate reports a policy that cannot work, naming the field.
 func (p Policy) Validate() error {
+	// The float checks are written so that NaN (YAML .nan) fails them:
+	// it passed "< 1" and "< 0 || > 1", and made every delay 0 or
+	// negative, so a failing entry was retried at once, over and over.
 	switch {
 	case p.InitialInterval <= 0:
 		return fmt.Errorf("retry initial_interval must be > 0, got %s", p.InitialInterval)
-	case p.Multiplier < 1:
-		return fmt.Errorf("retry multiplier must be >= 1, got %g", p.Multiplier)
+	case !(p.Multiplier >= 1):
+		return fmt.Errorf("retry multiplier must be a number >= 1, got %g", p.Multiplier)
 	case p.MaxInterval < p.InitialInterval:
 		return fmt.Errorf("retry max_interval (%s) must be >= initial_interval (%s)", p.MaxInterval, p.InitialInterval)
-	case p.Jitter < 0 || p.Jitter > 1:
+	case !(p.Jitter >= 0 && p.Jitter <= 1):
 		return fmt.Errorf("retry jitter must be between 0 and 1, got %g", p.Jitter)
 	case p.MaxAttempts < 0:
 		return fmt.Errorf("retry max_attempts must be >= 0, got %d", p.MaxAttempts)
@@ -87,6 +90,20 @@ func (p Policy) Delay(attempt int) time.Duration {
 		d = b.NextBackOff()
 	}
 	return d
+}
+
+// gaveUp is the error of an entry whose budget is spent. It names the
+// limit, not the attempt count: the count varies from entry to entry
+// under a time budget (jitter, Retry-After, time spent behind its key),
+// and the dashboard groups stuck entries by their exact error, so one
+// outage's entries were spread over dozens of groups, "gave up after 291
+// attempts", "... 293 attempts", ... (found by trying to break it). The
+// count is the entry's attempts, shown beside the error.
+func (p Policy) gaveUp(attempt int, err error) string {
+	if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
+		return fmt.Sprintf("gave up after max_attempts (%d): %v", p.MaxAttempts, err)
+	}
+	return fmt.Sprintf("gave up: the next attempt would be past max_elapsed (%s since arrival or replay): %v", p.MaxElapsed, err)
 }
 
 // MaxRetryAfter bounds how long a backend's Retry-After can put a retry

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -76,7 +77,12 @@ func TestPolicyValidate(t *testing.T) {
 		"multiplier":       {InitialInterval: time.Second, Multiplier: 0.5, MaxInterval: time.Second},
 		"max_interval":     {InitialInterval: time.Minute, Multiplier: 2, MaxInterval: time.Second},
 		"jitter":           {InitialInterval: time.Second, Multiplier: 2, MaxInterval: time.Second, Jitter: 2},
+		// NaN (YAML .nan) passed every check and made each delay 0 or
+		// negative: a failing entry retried at once, over and over.
+		"multiplier ": {InitialInterval: time.Second, Multiplier: math.NaN(), MaxInterval: time.Second},
+		"jitter ":     {InitialInterval: time.Second, Multiplier: 2, MaxInterval: time.Second, Jitter: math.NaN()},
 	} {
+		name = strings.TrimSpace(name)
 		if err := p.Validate(); err == nil || !contains(err.Error(), name) {
 			t.Errorf("Validate(%+v) = %v, want an error naming %s", p, err, name)
 		}
