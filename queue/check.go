@@ -13,8 +13,8 @@ import (
 // entry decodes or is known to be damaged (and parked as stuck), the state index and the counters agree with the entries,
 // each ready key names a pending entry, and each ordering key has at most
 // one entry ready or running, which is its first unfinished one. Tests run
-// it after every journal; operators can run it through `agentq inspect
-// --check`. It reads the whole file.
+// it after every journal; operators run it with `agentq inspect --check`
+// on a stopped agent's journal. It reads the whole file.
 func (j *Journal) Check() error {
 	select {
 	case <-j.closing:
