@@ -13,21 +13,29 @@ import (
 // entry decodes or is known to be damaged (and parked as stuck), the state index and the counters agree with the entries,
 // each ready key names a pending entry, and each ordering key has at most
 // one entry ready or running, which is its first unfinished one. Tests run
-// it after every journal; operators can run it through `agentq inspect
-// --check`. It reads the whole file.
-func (j *Journal) Check() error {
+// it after every journal; operators run it with `agentq inspect --check`
+// on a stopped agent's journal. It reads the whole file. A page bbolt
+// cannot read (bbolt panics on it) is reported as an error: this is the
+// check for a damaged journal, and it must say so rather than crash.
+func (j *Journal) Check() (err error) {
 	select {
 	case <-j.closing:
 		return ErrClosed
 	default:
 	}
+	// bbolt's View rolls its transaction back when fn panics.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the file is damaged: bbolt cannot read it (%v); restore the journal from a backup, or move it away and start a new one", r)
+		}
+	}()
 	var errs []error
 	fail := func(format string, a ...any) {
 		if len(errs) < 20 {
 			errs = append(errs, fmt.Errorf(format, a...))
 		}
 	}
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err = j.db.View(func(tx *bolt.Tx) error {
 		t := j.newTxn(tx)                       // for firstOfKey
 		r := readersOf(tx, j.layout, &j.routes) // entries as stored: claimed ones are pending
 		var counts [5]int64

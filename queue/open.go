@@ -15,9 +15,10 @@ import (
 // Test hooks, nil outside tests: they let a test stop Open and Compact at
 // the moments where a race matters, without sleeping.
 var (
-	testHookOpenedFile    func(path string) // Open has the file, not yet the lock
-	testHookCompactRename func(src string)  // Compact is about to rename over src
-	testHookReplayScanned func()            // Replay has its list, not yet changed anything
+	testHookOpenedFile     func(path string) // Open has the file, not yet the lock
+	testHookCompactRename  func(src string)  // Compact is about to rename over src
+	testHookReplayScanned  func()            // Replay has its list, not yet changed anything
+	testHookReextractChunk func()            // Reextract committed one transaction and has more to do
 )
 
 // maxOpenAttempts bounds how often Open retries when the path was replaced

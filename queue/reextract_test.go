@@ -210,3 +210,69 @@ func TestReextractRandom(t *testing.T) {
 		t.Fatalf("%d of %d entries done: %v", d, n, j.Stats().ByState)
 	}
 }
+
+// Ensure a re-extraction in several transactions never lets an entry run
+// before an earlier entry of the key it moves to, whether workers claim
+// between two of its transactions (a live agent) or it is cut short
+// there (the command killed, the agent stopped). Its transactions were
+// cut every 512 entries whatever their keys: of 600 pending entries a
+// wrong spec had put on one key, the first 512 left that key, the 513th
+// became its head and ran beside the earlier entries of its new key
+// (found by killing `agentq replay --reextract`).
+func TestReextractChunksKeepOrder(t *testing.T) {
+	newKey := func(seq uint64, keys int) string { return fmt.Sprint("k", seq%uint64(keys)) }
+	for _, tc := range []struct {
+		name    string
+		n, keys int
+		oldKey  func(seq uint64) string
+		stuck   bool // parked with a fault first, as a spec that read no key leaves them
+	}{
+		{"one wrong key", 600, 7, func(uint64) string { return "wrong" }, false},
+		{"two wrong keys", 1200, 7, func(seq uint64) string { return fmt.Sprint("wrong-", seq%2) }, false},
+		{"no key", 1200, 100, func(uint64) string { return "" }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			j := mustOpen(t, Options{})
+			es := make([]*Entry, tc.n)
+			for i := range es {
+				es[i] = &Entry{Type: "order.created", Key: tc.oldKey(uint64(i + 1))}
+				if tc.stuck {
+					es[i].Fault = "no key"
+				}
+			}
+			mustAppend(t, j, es...)
+			if tc.stuck {
+				var outs []Outcome
+				for _, e := range mustClaim(t, j, tc.n) {
+					outs = append(outs, Outcome{Seq: e.Seq, Kind: Stuck, Err: e.Fault})
+				}
+				if err := j.Settle(ctx, outs...); err != nil || len(outs) != tc.n {
+					t.Fatalf("parked %d of %d: %v", len(outs), tc.n, err)
+				}
+			}
+			var running []*Entry
+			chunks := 0
+			testHookReextractChunk = func() { chunks++; running = append(running, mustClaim(t, j, tc.n)...) }
+			defer func() { testHookReextractChunk = nil }()
+			got, err := j.Reextract(ctx, Filter{FromSeq: 1}, func(e *Entry) (string, string, string) {
+				return e.Type, newKey(e.Seq, tc.keys), ""
+			}, false)
+			testHookReextractChunk = nil
+			t.Logf("re-extracted %d entries (%v) in %d transactions", len(got), err, chunks)
+			running = append(running, mustClaim(t, j, tc.n)...)
+			first := map[string]uint64{} // new key -> its first entry
+			for seq := uint64(tc.n); seq >= 1; seq-- {
+				first[newKey(seq, tc.keys)] = seq
+			}
+			for _, e := range running {
+				if f := first[newKey(e.Seq, tc.keys)]; f < e.Seq {
+					t.Fatalf("entry %d (key %q) runs beside entry %d, earlier and of the same new key", e.Seq, e.Key, f)
+				}
+			}
+			if tc.stuck && chunks == 0 {
+				t.Fatal("keys that share nothing were re-extracted in one transaction")
+			}
+		})
+	}
+}

@@ -25,6 +25,15 @@ running agent through its admin API.
 --from and --to take a sequence number, an RFC 3339 time, a date, or a duration
 ago (90m). --state is stuck by default.
 
+A large replay goes in transactions of about 512 entries, in sequence order.
+Interrupted (Ctrl-C, a kill, the agent stopped), it has replayed the entries up
+to some point and not the rest; each key keeps its order. The replayed ones are
+pending, which replay does not match, so the same command run again before
+they have run replays the rest and nothing twice (agentq inspect --state
+pending shows them). --reextract works the same way, each transaction holding
+the entries of the keys they leave or join, and run again changes only what
+it had not.
+
 Examples:
    agentq replay --from 1200 --dry-run          # what would run again
    agentq replay --from 1200 --to 1300          # stuck entries 1200..1300
