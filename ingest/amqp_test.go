@@ -608,3 +608,41 @@ func TestAMQPSessionEndReason(t *testing.T) {
 		})
 	}
 }
+
+// Ensure the messages a source holds when the broker cancels its
+// consumer are journaled: RabbitMQ drops a deleted queue's
+// unacknowledged messages with it, so what the agent had received but
+// not yet journaled (the journal paused, or just a commit behind) was
+// lost. Found by deleting a queue while the journal was unwritable: 49
+// of the 50 messages delivered were gone. A batch of one makes the
+// committer choose between the session's end and the next frame for
+// each of them. The queue declared again, the source goes on.
+func TestAMQPQueueDeletedWhileHeld(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	const prefetch = 20
+	publishAMQP(t, "", q, plain(bodies(100, func(i int) string { return fmt.Sprint("held-", i) })))
+	j := &flakyJournal{Journal: mustOpenJournal(t, "")}
+	j.fail.Store(true)
+	src, stop := runSource(t, mustConfig(t, amqpURL(amqpAddr, fmt.Sprintf("queue=%s&prefetch=%d", q, prefetch))), j, Options{MaxBatch: 1})
+	waitFor(t, "the prefetch delivered", 30*time.Second, func() bool { return src.Status().Received >= prefetch })
+	if _, err := amqpChannel(t).QueueDelete(q, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // for the basic.cancel to reach the source (not an assertion)
+	j.fail.Store(false)
+	waitFor(t, "the session ended", 30*time.Second, func() bool {
+		e := src.Status().LastError
+		return strings.Contains(e, "cancelled consumer") || strings.Contains(e, "NOT_FOUND") // then the reconnects
+	})
+	if st := src.Status(); st.Journaled != prefetch {
+		t.Fatalf("received %d, journaled %d: messages received before the queue was deleted were lost", st.Received, st.Journaled)
+	}
+	declareQueue(t, q, nil)
+	publishAMQP(t, "", q, plain(bodies(1, func(int) string { return "after" })))
+	waitFor(t, "a message of the queue declared again", 30*time.Second, func() bool { return src.Status().Journaled > prefetch })
+	stop()
+	want := bodies(prefetch, func(i int) string { return fmt.Sprint("held-", i) })
+	assertExactlyOnce(t, journalBodies(t, j.Journal), append(want, []byte("after")))
+}

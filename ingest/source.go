@@ -524,23 +524,46 @@ func (bt *batch) release() {
 // deliveries), journals it with one Append and only then ACKs it.
 func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
 	bt := &batch{}
+	// ended is the error that ended the session, once seen; left is how
+	// many frames the reader had handed over by then and are still to be
+	// journaled. They are journaled (and ACKed, if the session still takes
+	// ACKs) before the session ends: a broker that cancels the consumer
+	// because its queue was deleted drops the queue's unacknowledged
+	// messages with it, so a frame received but not yet journaled was lost
+	// (found by deleting a queue while the journal was slow). Over a cut
+	// connection they are redelivered and recognised, as before.
+	var ended error
+	left := 0
 	for {
 		bt.msgs, bt.at = bt.msgs[:0], bt.at[:0]
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-rd.errc:
-			return err
-		case r := <-rd.frames:
+		if ended != nil {
+			if left == 0 {
+				return ended
+			}
+			r := <-rd.frames // only this loop takes frames: left are there
+			left--
 			bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
+		} else {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case err := <-rd.errc:
+				ended, left = err, len(rd.frames)
+				continue
+			case r := <-rd.frames:
+				bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
+			}
 		}
 		size := len(bt.msgs[0].body())
 	fill:
-		for len(bt.msgs) < s.opts.MaxBatch && size < s.opts.MaxBatchBytes {
+		for len(bt.msgs) < s.opts.MaxBatch && size < s.opts.MaxBatchBytes && (ended == nil || left > 0) {
 			select {
 			case r := <-rd.frames:
 				bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
 				size += len(r.d.body())
+				if ended != nil {
+					left--
+				}
 			default:
 				break fill
 			}
@@ -553,6 +576,9 @@ func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledge
 			s.opts.AfterCommit(len(bt.msgs))
 		}
 		if err := sess.ack(bt.msgs); err != nil {
+			if ended != nil {
+				return ended // why the session ended, not that its ACK failed
+			}
 			return err
 		}
 		bt.seqs = bt.seqs[:0]
