@@ -646,3 +646,45 @@ func TestAMQPQueueDeletedWhileHeld(t *testing.T) {
 	want := bodies(prefetch, func(i int) string { return fmt.Sprint("held-", i) })
 	assertExactlyOnce(t, journalBodies(t, j.Journal), append(want, []byte("after")))
 }
+
+// closeAMQPConnection closes the broker's connection whose client named
+// itself "agentq NAME" (a source's connection), with reason, as an
+// operator does with rabbitmqctl close_connection.
+func closeAMQPConnection(tb testing.TB, name, reason string) {
+	tb.Helper()
+	for _, line := range strings.Split(brokertest.Ctl(tb, "list_connections", "--no-table-headers", "pid", "client_properties"), "\n") {
+		if strings.Contains(line, `"agentq `+name+`"`) {
+			brokertest.Ctl(tb, "close_connection", strings.Fields(line)[0], reason)
+			return
+		}
+	}
+	tb.Fatalf("no connection of source %q on the broker", name)
+}
+
+// Ensure a source whose connection the broker closed while its journal
+// could not write says why once the journal works again: the batch it
+// then journaled could not be ACKed, and the session ended with "cannot
+// ack: channel/connection is not open" instead of the broker's reason
+// (an operator's close_connection, a consumer timeout), which the
+// reader had at hand. Found by closing a paused source's connection.
+func TestAMQPClosedWhileJournalPaused(t *testing.T) {
+	requireAMQP(t)
+	q := amqpTestQueue(t)
+	declareQueue(t, q, nil)
+	publishAMQP(t, "", q, plain(bodies(10, func(i int) string { return fmt.Sprint("paused-", i) })))
+	j := &flakyJournal{Journal: mustOpenJournal(t, "")}
+	j.fail.Store(true)
+	name := fmt.Sprintf("closed%d", rand.Int63())
+	src, stop := runSource(t, mustConfig(t, amqpURL(amqpAddr, "queue="+q+"&name="+name)), j, Options{})
+	waitFor(t, "the messages delivered", 30*time.Second, func() bool { return src.Status().Received >= 10 })
+	closeAMQPConnection(t, name, "h9 closed by the operator")
+	time.Sleep(500 * time.Millisecond) // for the close to reach the source (not an assertion)
+	j.fail.Store(false)
+	waitFor(t, "a new session", 30*time.Second, func() bool { return src.Status().Connects >= 2 })
+	if st := src.Status(); !strings.Contains(st.LastError, "h9 closed by the operator") {
+		t.Fatalf("last error %q, want the broker's reason", st.LastError)
+	}
+	waitFor(t, "everything journaled once and acked", 30*time.Second, func() bool { return queueDepth(t, "/queue/"+q) == 0 })
+	stop()
+	assertExactlyOnce(t, journalBodies(t, j.Journal), bodies(10, func(i int) string { return fmt.Sprint("paused-", i) }))
+}

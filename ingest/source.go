@@ -576,10 +576,17 @@ func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledge
 			s.opts.AfterCommit(len(bt.msgs))
 		}
 		if err := sess.ack(bt.msgs); err != nil {
-			if ended != nil {
-				return ended // why the session ended, not that its ACK failed
+			// Why the session ended says more than that its ACK failed
+			// ("channel/connection is not open"): it may have ended while
+			// the batch was being journaled, or the journal was paused.
+			if ended == nil {
+				select {
+				case ended = <-rd.errc:
+				default:
+					return err
+				}
 			}
-			return err
+			return ended
 		}
 		bt.seqs = bt.seqs[:0]
 		for _, r := range res {
