@@ -139,20 +139,25 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	for _, t := range cfg.Topics {
 		filters[t] = byte(cfg.QoS)
 	}
-	go func() {
-		defer close(s.subDone)
-		if err := s.subscribe(filters, a.log); err != nil {
-			s.failWith(err)
-			return
-		}
-		a.subscribed.Store(true)
-		select {
-		case <-s.lost: // the connection ended first: nothing to announce
-		default:
-			s.subOK.Store(true)
-		}
-	}()
+	go a.subscribe(s, filters)
 	return s, nil
+}
+
+// subscribe runs a session's SUBSCRIBE in the background (see connect)
+// and closes s.subDone when it has returned. Only a SUBSCRIBE the broker
+// granted marks the adapter subscribed.
+func (a *mqttAdapter) subscribe(s *mqttSession, filters map[string]byte) {
+	defer close(s.subDone)
+	if err := s.subscribe(filters, a.log); err != nil {
+		s.failWith(err)
+		return
+	}
+	a.subscribed.Store(true)
+	select {
+	case <-s.lost: // the connection ended first: nothing to announce
+	default:
+		s.subOK.Store(true)
+	}
 }
 
 func (s *mqttSession) subscribed() <-chan struct{} { return s.subDone }
@@ -169,7 +174,11 @@ func (s *mqttSession) subscribe(filters map[string]byte, log *slog.Logger) error
 	case <-s.dead:
 		return errSessionOver
 	case <-s.lost:
-		return nil // the connection's end is reported already
+		// The connection ended before the SUBACK (its end is reported
+		// already): the broker may never have seen the SUBSCRIBE. Taken for
+		// granted, the next connection resumed the session without
+		// subscribing, said connected, and got nothing.
+		return errors.New("connection lost before the SUBACK")
 	case <-t.C:
 		return fmt.Errorf("cannot subscribe to %s: no SUBACK within 30s", s.cfg.Destination)
 	}
