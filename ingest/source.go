@@ -209,10 +209,44 @@ func (s *Source) setPaused(p bool) {
 	s.mu.Unlock()
 }
 
-func (s *Source) setRetry(failures int, wait time.Duration) {
+// retrying records a session's end: connecting again after wait, the
+// failures in a row so far, and why it ended, all at once.
+// A reader of the status never sees a failure counted while connected
+// (see sessionHealthy).
+func (s *Source) retrying(err error, failures int, wait time.Duration) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.State != StateConnecting {
+		s.status.State = StateConnecting
+		s.status.Since = s.opts.Now()
+	}
+	if err != nil {
+		s.status.LastError = err.Error()
+	}
 	s.status.Failures, s.status.RetryIn = failures, wait
-	s.mu.Unlock()
+}
+
+// connected marks the source connected: no attempt is pending.
+func (s *Source) connected() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.RetryIn = 0
+	if s.status.State != StateConnected {
+		s.status.State = StateConnected
+		s.status.Since = s.opts.Now()
+	}
+}
+
+// sessionHealthy clears the failures once the connected session has
+// delivered a message or stayed subscribed for HealthyAfter, as Run will
+// when it ends. Run sets the state to connecting as it counts a failure,
+// so a call that comes late does nothing.
+func (s *Source) sessionHealthy() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.State == StateConnected {
+		s.status.Failures, s.status.RetryIn = 0, 0
+	}
 }
 
 // Run connects, subscribes and journals until ctx ends, reconnecting with
@@ -248,8 +282,7 @@ func (s *Source) Run(ctx context.Context) error {
 			failures++
 		}
 		wait := b.NextBackOff()
-		s.setRetry(failures, wait)
-		s.setState(StateConnecting, err)
+		s.retrying(err, failures, wait)
 		s.log.Warn("disconnected from broker; will reconnect", "error", err, "failures", failures, "retry_in", wait.Round(time.Millisecond))
 		t := time.NewTimer(wait)
 		select {
@@ -289,8 +322,34 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	}
 	subscribed := time.Now()
 	s.connects.Add(1)
+	// The reader hands deliveries to the committer until told to discard;
+	// from then on it keeps draining the session, without ACKs (those
+	// messages are redelivered), so the protocol library never blocks on
+	// it while the session closes.
+	// It holds what the broker can have outstanding, so it never blocks
+	// the protocol library: prefetch per subscription (a STOMP connection
+	// with several destinations, a Waldur site with a queue per type).
+	// Sized for one, it filled with several, blocked go-stomp's reader and
+	// with it every ACK: a stall and a reconnect every 10 s under a backlog.
+	outstanding := cfg.Prefetch
+	if o, ok := sess.(interface{ outstanding() int }); ok {
+		outstanding = max(outstanding, o.outstanding())
+	}
+	rd := &reader{
+		frames:  make(chan received, outstanding+1),
+		errc:    make(chan error, 2), // the reader's and the barrier's
+		discard: make(chan struct{}),
+		dead:    make(chan struct{}),
+	}
+	// The status keeps the failures until the session is healthy (see
+	// sessionHealthy), not for as long as it lasts.
+	healthyTimer := time.AfterFunc(s.opts.HealthyAfter, s.sessionHealthy)
+	defer healthyTimer.Stop()
 	announce := func() {
-		s.setState(StateConnected, nil)
+		s.connected()
+		if rd.delivered.Load() > 0 { // before the SUBACK (MQTT)
+			s.sessionHealthy()
+		}
 		s.log.Info("subscribed", "dest", cfg.Destination, "url", s.cfg.String(), "ack", cfg.AckMode, "prefetch", cfg.Prefetch)
 	}
 	// A session that subscribes in the background (MQTT) is announced
@@ -318,25 +377,6 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	}
 	defer func() { close(stopAnnounce); <-announced }()
 
-	// The reader hands deliveries to the committer until told to discard;
-	// from then on it keeps draining the session, without ACKs (those
-	// messages are redelivered), so the protocol library never blocks on
-	// it while the session closes.
-	// It holds what the broker can have outstanding, so it never blocks
-	// the protocol library: prefetch per subscription (a STOMP connection
-	// with several destinations, a Waldur site with a queue per type).
-	// Sized for one, it filled with several, blocked go-stomp's reader and
-	// with it every ACK: a stall and a reconnect every 10 s under a backlog.
-	outstanding := cfg.Prefetch
-	if o, ok := sess.(interface{ outstanding() int }); ok {
-		outstanding = max(outstanding, o.outstanding())
-	}
-	rd := &reader{
-		frames:  make(chan received, outstanding+1),
-		errc:    make(chan error, 2), // the reader's and the barrier's
-		discard: make(chan struct{}),
-		dead:    make(chan struct{}),
-	}
 	go s.readLoop(sess, rd)
 	defer close(rd.dead)
 
@@ -443,7 +483,9 @@ func (s *Source) readLoop(sess session, rd *reader) {
 		default:
 		}
 		s.received.Add(1)
-		rd.delivered.Add(1)
+		if rd.delivered.Add(1) == 1 {
+			s.sessionHealthy()
+		}
 		select {
 		case rd.frames <- received{d, at}:
 		case <-rd.discard:
