@@ -607,3 +607,18 @@ func TestMQTTTakeoverExplained(t *testing.T) {
 		})
 	}
 }
+
+// Ensure a subscription the broker grants at QoS 0 (Mosquitto's max_qos
+// 0) shows in the source's last error, not only in the log: the source
+// looked healthy while its messages were neither kept for the session
+// nor redelivered, so any of them could be lost. Found against a
+// Mosquitto with max_qos 0.
+func TestMQTTLowerQoSGrantedReported(t *testing.T) {
+	addr := privateMosquitto(t, "max_qos 0") // the test's own
+	src, stop := runSource(t, mustConfig(t, "mqtt://"+addr+"/?topic=agentq/test/q0&client_id=agentqq0"), mustOpenJournal(t, ""), Options{})
+	defer stop()
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	if st := src.Status(); !strings.Contains(st.LastError, `broker granted QoS 0, not 1, to topic filter "agentq/test/q0"`) {
+		t.Fatalf("last error %q, want the QoS 0 grant named", st.LastError)
+	}
+}

@@ -162,7 +162,7 @@ func NewSource(cfg Config, j Journal, opts Options) *Source {
 	s.adapter = &stompAdapter{logger: opts.Logger, log: s.log}
 	switch {
 	case cfg.isAMQP():
-		s.adapter = &amqpAdapter{log: s.log, report: func(err error) { s.setState(StateConnected, err) }}
+		s.adapter = &amqpAdapter{log: s.log, report: s.setError}
 	case isMQTTScheme(cfg.Scheme):
 		s.adapter = newMQTTAdapter(s)
 	}
@@ -201,6 +201,15 @@ func (s *Source) setState(st State, err error) {
 	if err != nil {
 		s.status.LastError = err.Error()
 	}
+}
+
+// setError keeps err as the last error, the state as it is: a report
+// from a goroutine of a session that may have ended (a connection.blocked
+// that arrives late) must not say connected.
+func (s *Source) setError(err error) {
+	s.mu.Lock()
+	s.status.LastError = err.Error()
+	s.mu.Unlock()
 }
 
 func (s *Source) setPaused(p bool) {
