@@ -128,10 +128,18 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), mqttConnectError(err, cfg))
 	}
 	s.subDone = make(chan struct{})
-	if ct, ok := tok.(*mqtt.ConnectToken); ok && ct.SessionPresent() && a.subscribed.Load() {
+	ct, _ := tok.(*mqtt.ConnectToken)
+	present := ct != nil && ct.SessionPresent()
+	if present && a.subscribed.Load() {
 		s.subOK.Store(true)
 		close(s.subDone)
 		return s, nil
+	}
+	if !present && a.subscribed.Load() {
+		// The session this process subscribed in is gone, and with it
+		// whatever the broker had kept for it. Without a word the source
+		// looked as if it had only reconnected.
+		a.warn(fmt.Errorf("the broker had no session for client id %q when the source reconnected: what was published to its topics since the session was lost is gone (the broker restarted without persistence, the session expired, or a client connected under this id with a clean session); subscribing again", a.clientID))
 	}
 	// SUBSCRIBE in the background: a resumed session's broker sends what it
 	// kept right after CONNACK, before the SUBACK, and those messages must
