@@ -59,7 +59,7 @@ func (d *fakeDelivery) appendHeaders(dst []queue.Header) []queue.Header { return
 func (d *fakeDelivery) redelivered() bool                               { return false }
 func (d *fakeDelivery) body() []byte                                    { return d.b }
 
-func runFake(t *testing.T, a *fakeAdapter, j Journal, opts Options) (*Source, context.CancelFunc, <-chan struct{}) {
+func runFake(t *testing.T, a adapter, j Journal, opts Options) (*Source, context.CancelFunc, <-chan struct{}) {
 	t.Helper()
 	opts.Logger = testLogger(t)
 	src := NewSource(mustConfig(t, "stomp://h/queue/fake"), j, opts)
@@ -278,4 +278,59 @@ func TestDisciplineReleasesBodies(t *testing.T) {
 		runtime.GC()
 		return freed.Load() == n
 	})
+}
+
+// refusingFirst refuses its first n sessions, then opens fake ones.
+type refusingFirst struct {
+	fakeAdapter
+	n atomic.Int32
+}
+
+func (a *refusingFirst) connect(ctx context.Context, cfg Config) (session, error) {
+	if a.n.Add(-1) >= 0 {
+		return nil, errors.New("refused")
+	}
+	return a.fakeAdapter.connect(ctx, cfg)
+}
+
+// Ensure a source's status says no retry is pending while it is
+// connected, and no failures once its session is healthy (it delivered a
+// message, or stayed subscribed for HealthyAfter), as Status documents.
+// Both kept the values of the last failed attempt until the next session
+// ended: a source back after an outage showed failures 4 and retry_in 7s
+// for as long as it stayed connected (days), and an alert on failures
+// fired for all that time. Found by cutting connections and reading
+// /v1/sources.
+func TestDisciplineStatusAfterRecovery(t *testing.T) {
+	tests := []struct {
+		name         string
+		deliver      bool
+		healthyAfter time.Duration
+	}{
+		{"a message delivered", true, time.Hour},
+		{"subscribed for HealthyAfter", false, 200 * time.Millisecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpenJournal(t, "")
+			closed := make(chan error)
+			close(closed) // a graceful close returns at once
+			a := &refusingFirst{fakeAdapter: fakeAdapter{in: make(chan *fakeDelivery, 1), closeErr: closed}}
+			a.n.Store(4)
+			src, _, _ := runFake(t, a, j, Options{ReconnectInitial: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond, HealthyAfter: tc.healthyAfter})
+			waitFor(t, "connected", 10*time.Second, func() bool { return src.Status().State == StateConnected })
+			if st := src.Status(); st.RetryIn != 0 {
+				t.Fatalf("connected, yet retry in %s (failures %d)", st.RetryIn, st.Failures)
+			}
+			if tc.deliver {
+				a.in <- &fakeDelivery{b: []byte("m")}
+				waitFor(t, "the message acked", 10*time.Second, func() bool { return src.Status().Acked >= 1 })
+				if st := src.Status(); st.Failures != 0 || st.RetryIn != 0 {
+					t.Fatalf("a healthy session (a message delivered): failures %d, retry in %s; want 0, 0", st.Failures, st.RetryIn)
+				}
+				return
+			}
+			waitFor(t, "failures reset by a session subscribed for HealthyAfter", 10*time.Second, func() bool { return src.Status().Failures == 0 })
+		})
+	}
 }

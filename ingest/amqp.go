@@ -204,7 +204,7 @@ func (s *amqpSession) ended() error {
 	// little in case it comes from the other listener.
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
-	connClosed, chClosed := s.connClosed, s.chClosed
+	connClosed, chClosed, cancelled := s.connClosed, s.chClosed, s.cancelled
 	for connClosed != nil || chClosed != nil {
 		select {
 		case e, ok := <-chClosed:
@@ -217,7 +217,14 @@ func (s *amqpSession) ended() error {
 				return amqpError(e, s.cfg)
 			}
 			connClosed = nil
-		case tag := <-s.cancelled:
+		case tag, ok := <-cancelled:
+			if !ok {
+				// amqp091 closes it when the channel ends, a cut
+				// connection included: no cancel, and the close reason
+				// is on its way.
+				cancelled = nil
+				continue
+			}
 			return fmt.Errorf("the broker cancelled consumer %s: queue %q deleted, or its node went down", tag, s.cfg.Queue)
 		case <-t.C:
 			return errors.New("deliveries ended without a reason")

@@ -170,7 +170,12 @@
 // its topic filters, under a stable client id: client_id=, or by default
 // MQTTClientID of the journal's id and the source name, logged at start.
 // A restarted agent resumes the session, and the broker delivers what it
-// kept meanwhile. paho's auto-ack is off: the committer calls
+// kept meanwhile: Mosquitto keeps at most max_queued_messages (default
+// 1000; it drops the rest without a word, after PUBACKing the publisher)
+// and, without persistence true, nothing across its own restart;
+// RabbitMQ removes a session (and what it kept) after 24 h without its
+// client (mqtt.subscription_ttl; from 3.13
+// mqtt.max_session_expiry_interval_seconds). paho's auto-ack is off: the committer calls
 // Message.Ack, which sends the PUBACK, for every message of a committed
 // batch in receive order (MQTT 3.1.1 §4.6). QoS 0 messages (a message
 // arrives at the lower of its publisher's QoS and the subscription's) are

@@ -46,6 +46,9 @@ type mqttAdapter struct {
 	// message of the topics again (MQTT 3.1.1, 3.8.4), as new messages,
 	// which would journal them again on every reconnect.
 	subscribed atomic.Bool
+	// report keeps an error as the source's last error while it runs
+	// (a subscription granted at QoS 0).
+	report func(error)
 }
 
 var _ adapter = (*mqttAdapter)(nil)
@@ -66,7 +69,7 @@ func newMQTTAdapter(s *Source) *mqttAdapter {
 		}
 	}
 	s.log.Info("mqtt session", "client_id", id, "from", from, "clean_session", false, "qos", s.cfg.QoS)
-	return &mqttAdapter{log: s.log, clientID: id}
+	return &mqttAdapter{log: s.log, clientID: id, report: s.setError}
 }
 
 // MQTTClientID returns the default client id of an MQTT source: "agentq"
@@ -125,10 +128,18 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 		return nil, fmt.Errorf("cannot connect to %s: %w", cfg.String(), mqttConnectError(err, cfg))
 	}
 	s.subDone = make(chan struct{})
-	if ct, ok := tok.(*mqtt.ConnectToken); ok && ct.SessionPresent() && a.subscribed.Load() {
+	ct, _ := tok.(*mqtt.ConnectToken)
+	present := ct != nil && ct.SessionPresent()
+	if present && a.subscribed.Load() {
 		s.subOK.Store(true)
 		close(s.subDone)
 		return s, nil
+	}
+	if !present && a.subscribed.Load() {
+		// The session this process subscribed in is gone, and with it
+		// whatever the broker had kept for it. Without a word the source
+		// looked as if it had only reconnected.
+		a.warn(fmt.Errorf("the broker had no session for client id %q when the source reconnected: what was published to its topics since the session was lost is gone (the broker restarted without persistence, the session expired, or a client connected under this id with a clean session); subscribing again", a.clientID))
 	}
 	// SUBSCRIBE in the background: a resumed session's broker sends what it
 	// kept right after CONNACK, before the SUBACK, and those messages must
@@ -139,28 +150,42 @@ func (a *mqttAdapter) connect(ctx context.Context, cfg Config) (session, error) 
 	for _, t := range cfg.Topics {
 		filters[t] = byte(cfg.QoS)
 	}
-	go func() {
-		defer close(s.subDone)
-		if err := s.subscribe(filters, a.log); err != nil {
-			s.failWith(err)
-			return
-		}
-		a.subscribed.Store(true)
-		select {
-		case <-s.lost: // the connection ended first: nothing to announce
-		default:
-			s.subOK.Store(true)
-		}
-	}()
+	go a.subscribe(s, filters)
 	return s, nil
+}
+
+// subscribe runs a session's SUBSCRIBE in the background (see connect)
+// and closes s.subDone when it has returned. Only a SUBSCRIBE the broker
+// granted marks the adapter subscribed.
+func (a *mqttAdapter) subscribe(s *mqttSession, filters map[string]byte) {
+	defer close(s.subDone)
+	if err := s.subscribe(filters, a.warn); err != nil {
+		s.failWith(err)
+		return
+	}
+	a.subscribed.Store(true)
+	select {
+	case <-s.lost: // the connection ended first: nothing to announce
+	default:
+		s.subOK.Store(true)
+	}
 }
 
 func (s *mqttSession) subscribed() <-chan struct{} { return s.subDone }
 func (s *mqttSession) subscribeOK() bool           { return s.subOK.Load() }
 
+// warn logs err and keeps it as the source's last error.
+func (a *mqttAdapter) warn(err error) {
+	a.log.Warn(err.Error())
+	if a.report != nil {
+		a.report(err)
+	}
+}
+
 // subscribe sends the SUBSCRIBE and checks the SUBACK, bounded by 30 s
-// and by the session's end.
-func (s *mqttSession) subscribe(filters map[string]byte, log *slog.Logger) error {
+// and by the session's end. A filter granted a lower QoS than asked for
+// is warned about: the source goes on, at most once.
+func (s *mqttSession) subscribe(filters map[string]byte, warn func(error)) error {
 	tok := s.client.SubscribeMultiple(filters, nil) // nil: the default handler, which also takes what the session held
 	t := time.NewTimer(30 * time.Second)
 	defer t.Stop()
@@ -169,7 +194,11 @@ func (s *mqttSession) subscribe(filters map[string]byte, log *slog.Logger) error
 	case <-s.dead:
 		return errSessionOver
 	case <-s.lost:
-		return nil // the connection's end is reported already
+		// The connection ended before the SUBACK (its end is reported
+		// already): the broker may never have seen the SUBSCRIBE. Taken for
+		// granted, the next connection resumed the session without
+		// subscribing, said connected, and got nothing.
+		return errors.New("connection lost before the SUBACK")
 	case <-t.C:
 		return fmt.Errorf("cannot subscribe to %s: no SUBACK within 30s", s.cfg.Destination)
 	}
@@ -181,7 +210,10 @@ func (s *mqttSession) subscribe(filters map[string]byte, log *slog.Logger) error
 			return fmt.Errorf("broker refused the subscription to %q (SUBACK 0x80: not authorised, or an invalid filter)", topic)
 		}
 		if int(granted) < int(filters[topic]) {
-			log.Warn("broker granted a lower QoS than asked for", "topic", topic, "qos", granted, "asked", filters[topic])
+			// Said only in the log, the source looked healthy while every
+			// message of the filter could be lost (found against a
+			// Mosquitto with max_qos 0).
+			warn(fmt.Errorf("broker granted QoS %d, not %d, to topic filter %q: its messages arrive without PUBACK, are not kept for the session while the agent is down and are not redelivered after a cut or a crash (the broker's max_qos?)", granted, filters[topic], topic))
 		}
 	}
 	return nil

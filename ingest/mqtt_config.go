@@ -251,8 +251,14 @@ MQTT sources (MQTT 3.1.1, QoS 1, persistent session):
   The session is persistent (clean session off) under a stable client id (client_id,
   by default derived from the journal's id and the source name and logged at start):
   what is published while the agent is down is kept by the broker and delivered when
-  it is back. Renaming the source or a new journal starts a new session; the broker
-  keeps the old one (RabbitMQ: queue mqtt-subscription-ID qos1) until it is removed.
+  it is back, within the broker's limits: Mosquitto keeps at most max_queued_messages
+  per session (default 1000; what comes beyond is dropped without a word, though its
+  publisher had its PUBACK) and, unless persistence is true, nothing across its own
+  restart. Raise the one (e.g. max_queued_messages 1000000) and set the other.
+  RabbitMQ removes a session, and what it kept, once the agent has been away
+  for 24 hours (mqtt.subscription_ttl; from 3.13 mqtt.max_session_expiry_interval_seconds).
+  Renaming the source or a new journal starts a new session; the broker keeps the
+  old one (RabbitMQ: queue mqtt-subscription-ID qos1) until it is removed.
   Subscriptions stay in the session: a topic removed from the URL is still delivered
   until the session is removed (or give a new client_id).
 

@@ -2,9 +2,12 @@ package ingest
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // Ensure the packet scanner counts PINGRESPs in a stream of packets
@@ -83,5 +86,52 @@ func TestMQTTConnCoalescesPubacks(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("ping did not return")
+	}
+}
+
+// pendingToken is a paho token that never completes: a SUBSCRIBE the
+// broker has not answered.
+type pendingToken struct{ done chan struct{} }
+
+func (t pendingToken) Wait() bool                     { <-t.done; return true }
+func (t pendingToken) WaitTimeout(time.Duration) bool { return false }
+func (t pendingToken) Done() <-chan struct{}          { return t.done }
+func (t pendingToken) Error() error                   { return nil }
+
+// subscribeNeverAnswered is a paho client whose SUBSCRIBE is never
+// answered.
+type subscribeNeverAnswered struct{ mqtt.Client }
+
+func (subscribeNeverAnswered) SubscribeMultiple(map[string]byte, mqtt.MessageHandler) mqtt.Token {
+	return pendingToken{done: make(chan struct{})}
+}
+
+// Ensure a connection lost before the broker answered its SUBSCRIBE does
+// not count as subscribed. It did: the next connection resumed the
+// session (Mosquitto keeps a persistent session from its CONNECT on,
+// subscriptions or not), sent no SUBSCRIBE, said connected and received
+// nothing, while the broker dropped every message published to the
+// topics, until the agent restarted. paho usually fails the SUBSCRIBE's
+// token before it reports the lost connection, so a cut before the SUBACK
+// took this path only when both were ready at once. Found by reading the
+// session code while cutting connections before the SUBACK.
+func TestMQTTLostBeforeSubackNotSubscribed(t *testing.T) {
+	a := &mqttAdapter{log: testLogger(t)}
+	s := &mqttSession{
+		cfg:     Config{Destination: "t"},
+		client:  subscribeNeverAnswered{},
+		lost:    make(chan struct{}),
+		dead:    make(chan struct{}),
+		subDone: make(chan struct{}),
+	}
+	go a.subscribe(s, map[string]byte{"t": 1})
+	s.fail(io.EOF)
+	select {
+	case <-s.subDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the SUBSCRIBE did not give up when the connection was lost")
+	}
+	if a.subscribed.Load() || s.subscribeOK() {
+		t.Fatalf("a SUBSCRIBE never answered counts as granted (adapter subscribed %v, session %v): the next connection would not subscribe", a.subscribed.Load(), s.subscribeOK())
 	}
 }

@@ -607,3 +607,49 @@ func TestMQTTTakeoverExplained(t *testing.T) {
 		})
 	}
 }
+
+// Ensure a subscription the broker grants at QoS 0 (Mosquitto's max_qos
+// 0) shows in the source's last error, not only in the log: the source
+// looked healthy while its messages were neither kept for the session
+// nor redelivered, so any of them could be lost. Found against a
+// Mosquitto with max_qos 0.
+func TestMQTTLowerQoSGrantedReported(t *testing.T) {
+	addr := privateMosquitto(t, "max_qos 0") // the test's own
+	src, stop := runSource(t, mustConfig(t, "mqtt://"+addr+"/?topic=agentq/test/q0&client_id=agentqq0"), mustOpenJournal(t, ""), Options{})
+	defer stop()
+	waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+	if st := src.Status(); !strings.Contains(st.LastError, `broker granted QoS 0, not 1, to topic filter "agentq/test/q0"`) {
+		t.Fatalf("last error %q, want the QoS 0 grant named", st.LastError)
+	}
+}
+
+// Ensure a source that reconnects to find its session gone says so:
+// whatever the broker had kept for the session went with it, and the
+// source looked as if it had only reconnected. Here another client takes
+// the client id over with a clean session, on both brokers (a broker
+// restarted without persistence, or a session expired, look the same).
+func TestMQTTSessionLostReported(t *testing.T) {
+	for _, b := range mqttBrokers {
+		t.Run(b.name, func(t *testing.T) {
+			requireMQTT(t, b.addr)
+			id := mqttTestID()
+			clientID := "agentqt" + id
+			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
+			userinfo := ""
+			if b.login != "" {
+				userinfo = b.login + "@"
+			}
+			src, stop := runSource(t, mustConfig(t, fmt.Sprintf("mqtt://%s%s/?topic=agentq/test/%s&client_id=%s", userinfo, b.addr, id, clientID)), mustOpenJournal(t, ""), Options{})
+			defer stop()
+			waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
+			mqttDropSession(t, b.addr, b.login, clientID)
+			waitFor(t, "subscribed again", 30*time.Second, func() bool {
+				st := src.Status()
+				return st.State == StateConnected && st.Connects >= 2
+			})
+			if msg := src.Status().LastError; !strings.Contains(msg, "the broker had no session for client id") {
+				t.Fatalf("last error %q, want the lost session named", msg)
+			}
+		})
+	}
+}

@@ -26,8 +26,13 @@ func TestIngestRefusedBacksOff(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			j := mustOpenJournal(t, "")
 			src, stop := runSource(t, mustConfig(t, tc.url), j, Options{ReconnectInitial: initial, ReconnectMax: maxWait})
-			waitFor(t, "six failed sessions", 30*time.Second, func() bool { return src.Status().Failures >= 6 })
-			st := src.Status()
+			// Read between attempts: a session the broker refuses after
+			// subscribing is connected for a moment, with no retry pending.
+			var st Status
+			waitFor(t, "six failed sessions", 30*time.Second, func() bool {
+				st = src.Status()
+				return st.Failures >= 6 && st.State != StateConnected
+			})
 			stop()
 			// Six failures in a row: 20ms doubling, capped at 400ms, ±30%.
 			if st.RetryIn < 250*time.Millisecond {

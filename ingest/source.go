@@ -162,7 +162,7 @@ func NewSource(cfg Config, j Journal, opts Options) *Source {
 	s.adapter = &stompAdapter{logger: opts.Logger, log: s.log}
 	switch {
 	case cfg.isAMQP():
-		s.adapter = &amqpAdapter{log: s.log, report: func(err error) { s.setState(StateConnected, err) }}
+		s.adapter = &amqpAdapter{log: s.log, report: s.setError}
 	case isMQTTScheme(cfg.Scheme):
 		s.adapter = newMQTTAdapter(s)
 	}
@@ -203,16 +203,59 @@ func (s *Source) setState(st State, err error) {
 	}
 }
 
+// setError keeps err as the last error, the state as it is: a report
+// from a goroutine of a session that may have ended (a connection.blocked
+// that arrives late) must not say connected.
+func (s *Source) setError(err error) {
+	s.mu.Lock()
+	s.status.LastError = err.Error()
+	s.mu.Unlock()
+}
+
 func (s *Source) setPaused(p bool) {
 	s.mu.Lock()
 	s.status.Paused = p
 	s.mu.Unlock()
 }
 
-func (s *Source) setRetry(failures int, wait time.Duration) {
+// retrying records a session's end: connecting again after wait, the
+// failures in a row so far, and why it ended, all at once.
+// A reader of the status never sees a failure counted while connected
+// (see sessionHealthy).
+func (s *Source) retrying(err error, failures int, wait time.Duration) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.State != StateConnecting {
+		s.status.State = StateConnecting
+		s.status.Since = s.opts.Now()
+	}
+	if err != nil {
+		s.status.LastError = err.Error()
+	}
 	s.status.Failures, s.status.RetryIn = failures, wait
-	s.mu.Unlock()
+}
+
+// connected marks the source connected: no attempt is pending.
+func (s *Source) connected() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.RetryIn = 0
+	if s.status.State != StateConnected {
+		s.status.State = StateConnected
+		s.status.Since = s.opts.Now()
+	}
+}
+
+// sessionHealthy clears the failures once the connected session has
+// delivered a message or stayed subscribed for HealthyAfter, as Run will
+// when it ends. Run sets the state to connecting as it counts a failure,
+// so a call that comes late does nothing.
+func (s *Source) sessionHealthy() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.State == StateConnected {
+		s.status.Failures, s.status.RetryIn = 0, 0
+	}
 }
 
 // Run connects, subscribes and journals until ctx ends, reconnecting with
@@ -248,8 +291,7 @@ func (s *Source) Run(ctx context.Context) error {
 			failures++
 		}
 		wait := b.NextBackOff()
-		s.setRetry(failures, wait)
-		s.setState(StateConnecting, err)
+		s.retrying(err, failures, wait)
 		s.log.Warn("disconnected from broker; will reconnect", "error", err, "failures", failures, "retry_in", wait.Round(time.Millisecond))
 		t := time.NewTimer(wait)
 		select {
@@ -289,8 +331,34 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	}
 	subscribed := time.Now()
 	s.connects.Add(1)
+	// The reader hands deliveries to the committer until told to discard;
+	// from then on it keeps draining the session, without ACKs (those
+	// messages are redelivered), so the protocol library never blocks on
+	// it while the session closes.
+	// It holds what the broker can have outstanding, so it never blocks
+	// the protocol library: prefetch per subscription (a STOMP connection
+	// with several destinations, a Waldur site with a queue per type).
+	// Sized for one, it filled with several, blocked go-stomp's reader and
+	// with it every ACK: a stall and a reconnect every 10 s under a backlog.
+	outstanding := cfg.Prefetch
+	if o, ok := sess.(interface{ outstanding() int }); ok {
+		outstanding = max(outstanding, o.outstanding())
+	}
+	rd := &reader{
+		frames:  make(chan received, outstanding+1),
+		errc:    make(chan error, 2), // the reader's and the barrier's
+		discard: make(chan struct{}),
+		dead:    make(chan struct{}),
+	}
+	// The status keeps the failures until the session is healthy (see
+	// sessionHealthy), not for as long as it lasts.
+	healthyTimer := time.AfterFunc(s.opts.HealthyAfter, s.sessionHealthy)
+	defer healthyTimer.Stop()
 	announce := func() {
-		s.setState(StateConnected, nil)
+		s.connected()
+		if rd.delivered.Load() > 0 { // before the SUBACK (MQTT)
+			s.sessionHealthy()
+		}
 		s.log.Info("subscribed", "dest", cfg.Destination, "url", s.cfg.String(), "ack", cfg.AckMode, "prefetch", cfg.Prefetch)
 	}
 	// A session that subscribes in the background (MQTT) is announced
@@ -318,25 +386,6 @@ func (s *Source) session(ctx context.Context) (healthy bool, err error) {
 	}
 	defer func() { close(stopAnnounce); <-announced }()
 
-	// The reader hands deliveries to the committer until told to discard;
-	// from then on it keeps draining the session, without ACKs (those
-	// messages are redelivered), so the protocol library never blocks on
-	// it while the session closes.
-	// It holds what the broker can have outstanding, so it never blocks
-	// the protocol library: prefetch per subscription (a STOMP connection
-	// with several destinations, a Waldur site with a queue per type).
-	// Sized for one, it filled with several, blocked go-stomp's reader and
-	// with it every ACK: a stall and a reconnect every 10 s under a backlog.
-	outstanding := cfg.Prefetch
-	if o, ok := sess.(interface{ outstanding() int }); ok {
-		outstanding = max(outstanding, o.outstanding())
-	}
-	rd := &reader{
-		frames:  make(chan received, outstanding+1),
-		errc:    make(chan error, 2), // the reader's and the barrier's
-		discard: make(chan struct{}),
-		dead:    make(chan struct{}),
-	}
 	go s.readLoop(sess, rd)
 	defer close(rd.dead)
 
@@ -443,7 +492,9 @@ func (s *Source) readLoop(sess session, rd *reader) {
 		default:
 		}
 		s.received.Add(1)
-		rd.delivered.Add(1)
+		if rd.delivered.Add(1) == 1 {
+			s.sessionHealthy()
+		}
 		select {
 		case rd.frames <- received{d, at}:
 		case <-rd.discard:
@@ -524,23 +575,46 @@ func (bt *batch) release() {
 // deliveries), journals it with one Append and only then ACKs it.
 func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledger *ack.Ledger, kick chan<- struct{}, connID uint64) error {
 	bt := &batch{}
+	// ended is the error that ended the session, once seen; left is how
+	// many frames the reader had handed over by then and are still to be
+	// journaled. They are journaled (and ACKed, if the session still takes
+	// ACKs) before the session ends: a broker that cancels the consumer
+	// because its queue was deleted drops the queue's unacknowledged
+	// messages with it, so a frame received but not yet journaled was lost
+	// (found by deleting a queue while the journal was slow). Over a cut
+	// connection they are redelivered and recognised, as before.
+	var ended error
+	left := 0
 	for {
 		bt.msgs, bt.at = bt.msgs[:0], bt.at[:0]
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-rd.errc:
-			return err
-		case r := <-rd.frames:
+		if ended != nil {
+			if left == 0 {
+				return ended
+			}
+			r := <-rd.frames // only this loop takes frames: left are there
+			left--
 			bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
+		} else {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case err := <-rd.errc:
+				ended, left = err, len(rd.frames)
+				continue
+			case r := <-rd.frames:
+				bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
+			}
 		}
 		size := len(bt.msgs[0].body())
 	fill:
-		for len(bt.msgs) < s.opts.MaxBatch && size < s.opts.MaxBatchBytes {
+		for len(bt.msgs) < s.opts.MaxBatch && size < s.opts.MaxBatchBytes && (ended == nil || left > 0) {
 			select {
 			case r := <-rd.frames:
 				bt.msgs, bt.at = append(bt.msgs, r.d), append(bt.at, r.at)
 				size += len(r.d.body())
+				if ended != nil {
+					left--
+				}
 			default:
 				break fill
 			}
@@ -553,7 +627,17 @@ func (s *Source) commitLoop(ctx context.Context, sess session, rd *reader, ledge
 			s.opts.AfterCommit(len(bt.msgs))
 		}
 		if err := sess.ack(bt.msgs); err != nil {
-			return err
+			// Why the session ended says more than that its ACK failed
+			// ("channel/connection is not open"): it may have ended while
+			// the batch was being journaled, or the journal was paused.
+			if ended == nil {
+				select {
+				case ended = <-rd.errc:
+				default:
+					return err
+				}
+			}
+			return ended
 		}
 		bt.seqs = bt.seqs[:0]
 		for _, r := range res {
