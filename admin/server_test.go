@@ -104,6 +104,21 @@ func serve(t *testing.T, j *queue.Journal, token string) (*Server, string) {
 	return s, "http://" + ln.Addr().String()
 }
 
+// postAs POSTs to url with srv's state token and returns the status and
+// body.
+func postAs(t *testing.T, srv *Server, url string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, nil)
+	req.Header.Set("Authorization", "Bearer "+srv.StateToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
 // TestLiveAndOfflineViewsAgree: a Remote through the server and a Local on
 // the same journal give the same answers, so inspect prints the same output
 // whether the agent runs or not.
@@ -337,16 +352,8 @@ func TestReplayToZero(t *testing.T) {
 	runOne(t, j, &queue.Entry{Type: "t", Key: "k", Body: []byte("1")}, queue.Outcome{Kind: queue.Done})
 	srv, base := serve(t, j, "")
 	for _, path := range []string{"/v1/replay?state=done&from=1&to=0", "/v1/replay?state=done&to=0"} {
-		req, _ := http.NewRequest("POST", base+path, nil)
-		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != `{"seqs":[]}` {
-			t.Errorf("POST %s: %d %s; want 200 and no entries", path, resp.StatusCode, body)
+		if code, body := postAs(t, srv, base+path); code != 200 || strings.TrimSpace(body) != `{"seqs":[]}` {
+			t.Errorf("POST %s: %d %s; want 200 and no entries", path, code, body)
 		}
 	}
 	if e, err := j.Get(1); err != nil || e.State != queue.StateDone || e.Replays != 0 {
@@ -382,16 +389,8 @@ func TestReplayWrongState(t *testing.T) {
 		{"/v1/replay?state=stuck&state=done&dry_run=true", 200, `"seqs":[1]`},
 		{"/v1/reextract?state=stuck&dry_run=true", 200, `"seqs":[]`},
 	} {
-		req, _ := http.NewRequest("POST", base+c.path, nil)
-		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != c.code || !strings.Contains(string(body), c.want) {
-			t.Errorf("POST %s = %d %s, want %d with %q", c.path, resp.StatusCode, body, c.code, c.want)
+		if code, body := postAs(t, srv, base+c.path); code != c.code || !strings.Contains(body, c.want) {
+			t.Errorf("POST %s = %d %s, want %d with %q", c.path, code, body, c.code, c.want)
 		}
 	}
 }
@@ -412,18 +411,7 @@ func TestReplayRefusesUnknownParameters(t *testing.T) {
 	srv.Start(ln)
 	t.Cleanup(srv.Shutdown)
 	base := "http://" + ln.Addr().String()
-	post := func(path string) (int, string) {
-		t.Helper()
-		req, _ := http.NewRequest("POST", base+path, nil)
-		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
-	}
+	post := func(path string) (int, string) { t.Helper(); return postAs(t, srv, base+path) }
 	for _, tc := range []struct{ path, names string }{
 		{"/v1/replay?from=1&dry-run=true", `dry-run`},
 		{"/v1/replay?from=1&states=done", `states`},

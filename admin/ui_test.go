@@ -642,16 +642,8 @@ func TestDashboardPauseCovers(t *testing.T) {
 		pattern string
 		code    int
 	}{{"order.%23", http.StatusNotFound}, {"order.*", http.StatusNotFound}, {"", http.StatusBadRequest}, {"user_role.granted", http.StatusOK}} {
-		req, _ := http.NewRequest("POST", base+"/v1/resume?pattern="+c.pattern, nil)
-		req.Header.Set("Authorization", "Bearer "+srv.StateToken())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != c.code {
-			t.Errorf("POST /v1/resume?pattern=%s = %d %s, want %d", c.pattern, resp.StatusCode, b, c.code)
+		if code, b := postAs(t, srv, base+"/v1/resume?pattern="+c.pattern); code != c.code {
+			t.Errorf("POST /v1/resume?pattern=%s = %d %s, want %d", c.pattern, code, b, c.code)
 		}
 	}
 	if ps := j.Paused(); !reflect.DeepEqual(ps, []string{"#"}) {
