@@ -56,7 +56,7 @@ func (p Policy) Validate() error {
 	case p.InitialInterval <= 0:
 		return fmt.Errorf("retry initial_interval must be > 0, got %s", p.InitialInterval)
 	case !(p.Multiplier >= 1):
-		return fmt.Errorf("retry multiplier must be a number >= 1, got %g", p.Multiplier)
+		return fmt.Errorf("retry multiplier must be >= 1, got %g", p.Multiplier)
 	case p.MaxInterval < p.InitialInterval:
 		return fmt.Errorf("retry max_interval (%s) must be >= initial_interval (%s)", p.MaxInterval, p.InitialInterval)
 	case !(p.Jitter >= 0 && p.Jitter <= 1):
