@@ -89,6 +89,25 @@ func NewRouter(routes []Route) (*Router, error) {
 
 func validatePattern(p string) error { return queue.ValidatePattern(p) }
 
+// Unreachable names the routes that can never be picked: an earlier
+// route's pattern matches every type theirs does (order.created after
+// order.*, anything after #). The first match wins, so such a route's
+// backend never runs, and an operator who put a catch-all first saw its
+// other routes do nothing without a word.
+func (r *Router) Unreachable() []string {
+	var out []string
+	for i, rt := range r.routes {
+		for k := range i {
+			if queue.PatternCovers(r.routes[k].pattern, rt.pattern) {
+				out = append(out, fmt.Sprintf("route %d (match %q) is never used: route %d (match %q) before it takes every type it matches",
+					i+1, rt.pattern, k+1, r.routes[k].pattern))
+				break
+			}
+		}
+	}
+	return out
+}
+
 // Match returns the backend of the first route that matches typ.
 func (r *Router) Match(typ string) (Backend, bool) {
 	i, ok := r.route(typ)

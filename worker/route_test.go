@@ -79,6 +79,40 @@ func TestRouter(t *testing.T) {
 	}
 }
 
+// Ensure a route that an earlier route's pattern covers whole is named as
+// never used, and routes that only overlap are not.
+func TestRouterUnreachable(t *testing.T) {
+	for _, tc := range []struct {
+		patterns []string
+		want     []string
+	}{
+		{[]string{"order.created", "order.*", "#"}, nil},
+		{[]string{"#", "order.created"}, []string{`route 2 (match "order.created") is never used: route 1 (match "#")`}},
+		{[]string{"order.*", "order.created", "user.#", "user.role.granted", "order.#"}, []string{
+			`route 2 (match "order.created") is never used: route 1 (match "order.*")`,
+			`route 4 (match "user.role.granted") is never used: route 3 (match "user.#")`}},
+		{[]string{"order.*", "order.#"}, nil}, // order.# also takes "order" and order.a.b
+	} {
+		var rs []Route
+		for _, p := range tc.patterns {
+			rs = append(rs, Route{Pattern: p, Backend: namedBackend(p)})
+		}
+		r, err := NewRouter(rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := r.Unreachable()
+		if len(got) != len(tc.want) {
+			t.Fatalf("%v: Unreachable() = %q, want %d like %q", tc.patterns, got, len(tc.want), tc.want)
+		}
+		for i := range got {
+			if !strings.HasPrefix(got[i], tc.want[i]) {
+				t.Errorf("%v: Unreachable()[%d] = %q, want it to start %q", tc.patterns, i, got[i], tc.want[i])
+			}
+		}
+	}
+}
+
 // FuzzMatchPattern checks invariants of the matcher on arbitrary input:
 // it never panics, '#' matches everything, a pattern without wildcards
 // matches exactly itself, and the router agrees with MatchPattern.

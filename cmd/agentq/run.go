@@ -495,6 +495,9 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	for _, w := range router.Unreachable() {
+		logger.Warn(w)
+	}
 	for name, t := range ingest.ReplyTargets(s.sources) {
 		targets[name] = t
 	}
