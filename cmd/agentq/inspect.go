@@ -164,6 +164,10 @@ func checkJournal(w io.Writer, path string) error {
 
 func inspectFilter(c *cli.Context) (queue.Filter, bool, error) {
 	f := queue.Filter{Key: c.String("key"), Type: c.String("type"), Limit: c.Int("limit")}
+	if f.Limit < 0 {
+		// It listed everything, as 0 does, which no one asking for -5 meant.
+		return f, false, usagef("--limit %d: want 0 (all) or more", f.Limit)
+	}
 	if c.Bool("json") && !c.IsSet("limit") {
 		f.Limit = 0
 	}

@@ -341,6 +341,7 @@ func TestExitCodes(t *testing.T) {
 		{"NonLoopbackAdmin", []string{"run", "--journal", filepath.Join(dir, "a.db"), "--admin", "0.0.0.0:0"}, 2, "token"},
 		{"BadState", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "--state", "sleeping"}, 2, "--state"},
 		{"BadSeq", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "abc"}, 2, "SEQ"},
+		{"NegativeLimit", []string{"inspect", "--journal", filepath.Join(dir, "a.db"), "--limit", "-5"}, 2, "--limit -5: want 0 (all) or more"},
 		{"ReplayNoFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db")}, 2, "from"},
 		{"ReplayToBeforeFrom", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "1300", "--to", "1200"}, 2, "--to 1200 is before --from 1300"},
 		{"ReplayToBeforeFromTimes", []string{"replay", "--journal", filepath.Join(dir, "a.db"), "--from", "2026-11-24", "--to", "2026-11-23"}, 2, "--to 2026-11-23 is before --from 2026-11-24"},
