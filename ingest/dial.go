@@ -5,20 +5,16 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"strings"
-	"time"
 
 	"github.com/coder/websocket"
-	"github.com/go-stomp/stomp/v3"
 )
 
-// Dial opens the transport for cfg, bounded by ctx, ready for
-// stomp.Connect (amqp091.Open for amqp and amqps). go-stomp's own dial
-// context does not bound the TCP dial, so agentq dials itself.
+// Dial opens the transport for cfg, bounded by ctx, ready for a STOMP
+// login (amqp091.Open for amqp and amqps, paho for MQTT over WebSocket).
+// agentq dials itself, so that ctx bounds the TCP and TLS handshakes.
 func Dial(ctx context.Context, cfg Config) (net.Conn, error) {
 	switch cfg.Scheme {
 	case "mqtt+ws", "mqtt+wss": // the transport paho speaks over
@@ -129,55 +125,5 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 	return tc, nil
 }
 
-// ioBufferSize is go-stomp's read and write buffer. Both options must be
-// set to the same value: go-stomp sizes the write buffer from the read one.
+// ioBufferSize is a STOMP connection's read and write buffer.
 const ioBufferSize = 64 << 10
-
-// ConnOptions returns the go-stomp options for cfg. The host header is
-// always set: RabbitMQ refuses a CONNECT without the right vhost.
-func ConnOptions(cfg Config, logger *slog.Logger) []func(*stomp.Conn) error {
-	opts := []func(*stomp.Conn) error{
-		stomp.ConnOpt.Host(cfg.VHost),
-		stomp.ConnOpt.HeartBeat(cfg.HeartBeat, cfg.HeartBeat),
-		stomp.ConnOpt.ReadBufferSize(ioBufferSize),
-		stomp.ConnOpt.WriteBufferSize(ioBufferSize),
-		stomp.ConnOpt.ReadChannelCapacity(max(cfg.Prefetch, 20)),
-		stomp.ConnOpt.WriteChannelCapacity(max(cfg.Prefetch, 20)),
-		stomp.ConnOpt.Logger(stompLogger{logger}),
-		// Shutdown must not hang on a broker that does not answer.
-		stomp.ConnOpt.UnsubscribeReceiptTimeout(5 * time.Second),
-		stomp.ConnOpt.DisconnectReceiptTimeout(5 * time.Second),
-	}
-	if cfg.HeartBeat > 0 {
-		// Allow the broker some slack: RabbitMQ rounds heartbeats to
-		// seconds and drops a client silent for two or three intervals.
-		opts = append(opts, stomp.ConnOpt.HeartBeatError(cfg.HeartBeat/2))
-	}
-	if cfg.Login != "" {
-		opts = append(opts, stomp.ConnOpt.Login(cfg.Login, cfg.Passcode))
-	}
-	return opts
-}
-
-// stompLogger sends go-stomp's own logs to slog at debug level.
-type stompLogger struct{ l *slog.Logger }
-
-func (s stompLogger) Debugf(f string, a ...any)   { s.log(slog.LevelDebug, f, a) }
-func (s stompLogger) Debug(m string)              { s.log(slog.LevelDebug, m, nil) }
-func (s stompLogger) Infof(f string, a ...any)    { s.log(slog.LevelDebug, f, a) }
-func (s stompLogger) Info(m string)               { s.log(slog.LevelDebug, m, nil) }
-func (s stompLogger) Warningf(f string, a ...any) { s.log(slog.LevelDebug, f, a) }
-func (s stompLogger) Warning(m string)            { s.log(slog.LevelDebug, m, nil) }
-func (s stompLogger) Errorf(f string, a ...any)   { s.log(slog.LevelDebug, f, a) }
-func (s stompLogger) Error(m string)              { s.log(slog.LevelDebug, m, nil) }
-
-func (s stompLogger) log(lv slog.Level, f string, a []any) {
-	if s.l == nil || !s.l.Enabled(context.Background(), lv) {
-		return
-	}
-	msg := f
-	if a != nil {
-		msg = fmt.Sprintf(f, a...)
-	}
-	s.l.Log(context.Background(), lv, strings.TrimSpace(msg), "component", "go-stomp")
-}

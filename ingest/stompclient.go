@@ -421,3 +421,64 @@ func escape(w *bufio.Writer, s string) {
 	}
 	w.WriteString(s)
 }
+
+// SendSTOMP publishes count copies of a SEND frame (destination, then
+// header name, value pairs, then body) to cfg's broker, as agentq send
+// does, and returns once the broker confirmed them: the last SEND asks
+// for a receipt, which RabbitMQ sends once it has the message. A SEND the
+// broker refuses (an exchange that does not exist) is an ERROR that ends
+// the connection; the error returned is then the broker's words. With
+// go-stomp's Conn an ERROR that came before the last SEND was queued left
+// that SEND waiting 30 s for a receipt that could not come ("msg receipt
+// timeout", found as a flaky TestSendRefused).
+func SendSTOMP(ctx context.Context, cfg Config, headers []string, body []byte, count int) error {
+	// No heartbeats: the connection lives for one burst, and RabbitMQ's
+	// Web-STOMP heartbeater crashes ({unexpected_message,resume}) and
+	// resets the connection when flow control pauses a fast publisher.
+	cfg.HeartBeat = 0
+	nc, err := Dial(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("cannot reach broker for %s: %w (start a local one with 'make broker')", cfg.String(), err)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	c, r, err := stompConnect(ctx, nc, cfg)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("cannot connect to %s: %w", cfg.String(), brokerError(err, cfg))
+	}
+	defer c.wait(closeTimeout)
+	defer c.end(errStompClosed)
+	if err := c.start(r, nil, func(*stompDelivery) {}); err != nil {
+		return fmt.Errorf("cannot send to %s: %w", cfg.Destination, brokerError(err, cfg))
+	}
+	send := func() *frame.Frame {
+		// As go-stomp's Send built it: a later header of the same name
+		// replaces an earlier one (-H persistent=false).
+		f := frame.New(frame.SEND, frame.ContentLength, strconv.Itoa(len(body)))
+		f.Header.Set(frame.Destination, cfg.Destination)
+		for i := 0; i+1 < len(headers); i += 2 {
+			f.Header.Set(headers[i], headers[i+1])
+		}
+		f.Body = body
+		return f
+	}
+	// A frame a write: RabbitMQ's Web-STOMP takes a WebSocket message
+	// per frame (several frames in one message reset the connection).
+	for i := 0; i < count-1; i++ {
+		if err := c.write(send()); err != nil {
+			return fmt.Errorf("cannot send %d messages (%d bytes each) to %s: %w", count, len(body), cfg.Destination, brokerError(err, cfg))
+		}
+	}
+	wait := 30 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		wait = time.Until(d)
+	}
+	if err := c.request(wait, send()); err != nil {
+		return fmt.Errorf("cannot send %d message(s) (%d bytes each) to %s: %w", count, len(body), cfg.Destination, brokerError(err, cfg))
+	}
+	// Everything is confirmed; a DISCONNECT without its receipt
+	// (RabbitMQ's Web-STOMP closes the WebSocket instead) is no error.
+	_ = c.request(closeTimeout, frame.New(frame.DISCONNECT))
+	return nil
+}

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 	"github.com/urfave/cli/v2"
 
@@ -90,8 +89,7 @@ func sendAction(c *cli.Context) error {
 			ctype = "application/json"
 		}
 	}
-	var opts []func(*frame.Frame) error
-	opts = append(opts, stomp.SendOpt.Header("persistent", "true"))
+	headers := []string{frame.ContentType, ctype, "persistent", "true"}
 	for _, h := range c.StringSlice("header") {
 		k, v, ok := strings.Cut(h, "=")
 		if !ok || k == "" {
@@ -103,41 +101,21 @@ func sendAction(c *cli.Context) error {
 		if ingest.PerDeliveryHeader(k) {
 			return usagef("--header %s: a header the broker or the connection sets for each delivery; it cannot be sent", k)
 		}
-		opts = append(opts, stomp.SendOpt.Header(k, v))
+		headers = append(headers, k, v)
 	}
 
 	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
 	defer cancel()
-	nc, err := ingest.Dial(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("cannot reach broker for %s: %w (start a local one with 'make broker')", cfg.String(), err)
-	}
-	conn, err := stomp.ConnectWithContext(ctx, nc, ingest.ConnOptions(cfg, discardLogger())...)
-	if err != nil {
-		nc.Close()
-		return fmt.Errorf("cannot connect to %s: %w", cfg.String(), ingest.BrokerError(err, cfg))
-	}
 	// The last SEND asks for a receipt, which RabbitMQ sends once it has
 	// confirmed the message; a SEND it refuses (an exchange that does not
-	// exist) is an ERROR that ends the connection, so that receipt never
-	// comes and Send fails. A receipt on an empty transaction instead,
-	// as before, came as soon as the frames were read, and send said
-	// "sent" for messages the broker then refused. (RabbitMQ passes the
-	// receipt header on to the consumer of that one message.)
+	// exist) is an ERROR that ends the connection, and send fails with
+	// the broker's words. A receipt on an empty transaction instead, as
+	// before, came as soon as the frames were read, and send said "sent"
+	// for messages the broker then refused. (RabbitMQ passes the receipt
+	// header on to the consumer of that one message.)
 	n := c.Int("count")
-	last := append(append([]func(*frame.Frame) error(nil), opts...), stomp.SendOpt.Receipt)
-	for i := 0; i < n; i++ {
-		o := opts
-		if i == n-1 {
-			o = last
-		}
-		if err := conn.Send(cfg.Destination, ctype, body, o...); err != nil {
-			_ = conn.MustDisconnect() // the broker ended it: no DISCONNECT to wait for
-			return fmt.Errorf("cannot send message %d of %d (%d bytes) to %s: %w", i+1, n, len(body), cfg.Destination, ingest.BrokerError(err, cfg))
-		}
-	}
-	if err := conn.Disconnect(); err != nil {
-		return fmt.Errorf("cannot disconnect from %s after sending: %w", cfg.String(), err)
+	if err := ingest.SendSTOMP(ctx, cfg, headers, body, n); err != nil {
+		return err
 	}
 	fmt.Fprintf(c.App.Writer, "sent %d message(s) of %d bytes to %s\n", n, len(body), cfg.Destination)
 	return nil
