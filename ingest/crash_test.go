@@ -226,45 +226,19 @@ func fakeBroker(t *testing.T, receipts bool) (addr string, asked func() []string
 // nothing but receipts (if receipts), while it keeps reading; each
 // connection is closed after a minute at most.
 func fakeBrokerGranting(t *testing.T, hb string, receipts bool) (addr string, asked func() []string) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
 	var asks []string
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				stop := time.AfterFunc(time.Minute, func() { c.Close() }) // bounded
-				defer stop.Stop()
-				r := bufio.NewReader(c)
-				for {
-					f, err := frame.NewReader(r).Read()
-					if err != nil {
-						return
-					}
-					if f == nil {
-						continue // a heartbeat
-					}
-					if f.Command == frame.CONNECT || f.Command == frame.STOMP {
-						mu.Lock()
-						asks = append(asks, f.Header.Get(frame.HeartBeat))
-						mu.Unlock()
-						c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:" + hb + "\n\n\x00"))
-					} else if id := f.Header.Get(frame.Receipt); id != "" && receipts {
-						c.Write([]byte("RECEIPT\nreceipt-id:" + id + "\n\n\x00"))
-					}
-				}
-			}()
+	addr = fakeSTOMP(t, func(f *frame.Frame, write func(string)) {
+		if f.Command == frame.CONNECT || f.Command == frame.STOMP {
+			mu.Lock()
+			asks = append(asks, f.Header.Get(frame.HeartBeat))
+			mu.Unlock()
+			write("CONNECTED\nversion:1.2\nheart-beat:" + hb + "\n\n\x00")
+		} else if id := f.Header.Get(frame.Receipt); id != "" && receipts {
+			write("RECEIPT\nreceipt-id:" + id + "\n\n\x00")
 		}
-	}()
-	return ln.Addr().String(), func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), asks...) }
+	})
+	return addr, func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), asks...) }
 }
 
 // Ensure that when a broker grants no heartbeats the source neither

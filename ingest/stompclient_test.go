@@ -125,6 +125,19 @@ func TestStompReceiptThenEnd(t *testing.T) {
 // every other frame to script with a way to write raw bytes to the
 // client. Connections are bounded to a minute.
 func scriptedBroker(t *testing.T, connected string, script func(f *frame.Frame, write func(string))) string {
+	return fakeSTOMP(t, func(f *frame.Frame, write func(string)) {
+		if f.Command == frame.CONNECT || f.Command == frame.STOMP {
+			write(connected)
+			return
+		}
+		script(f, write)
+	})
+}
+
+// fakeSTOMP listens on 127.0.0.1 and hands every frame a client sends
+// (heartbeats aside), CONNECT included, to onFrame with a way to write
+// raw bytes back. Connections are bounded to a minute.
+func fakeSTOMP(t *testing.T, onFrame func(f *frame.Frame, write func(string))) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -147,12 +160,8 @@ func scriptedBroker(t *testing.T, connected string, script func(f *frame.Frame, 
 					if err != nil {
 						return
 					}
-					switch {
-					case f == nil:
-					case f.Command == frame.CONNECT || f.Command == frame.STOMP:
-						write(connected)
-					default:
-						script(f, write)
+					if f != nil {
+						onFrame(f, write)
 					}
 				}
 			}()
