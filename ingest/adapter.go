@@ -23,8 +23,8 @@ type adapter interface {
 }
 
 // errReconnectNow is returned by adapter.connect when the next attempt
-// should come at once, with settings the adapter changed (e.g. STOMP
-// heartbeats off).
+// should come at once, with something the adapter changed (a Waldur
+// source registering again after its login was refused).
 var errReconnectNow = errors.New("reconnect with new settings")
 
 // errSessionOver is returned by session.receive once stop is closed.
