@@ -406,6 +406,18 @@ func TestSendConfirmed(t *testing.T) {
 	}
 }
 
+// Ensure --version says what `agentq version` says: the journal format
+// and the Go release too, which a bug report needs whichever was typed.
+func TestVersionFlag(t *testing.T) {
+	code, cmd, _ := runMain(t, "", "version")
+	if code != 0 || !strings.Contains(cmd, "journal format") {
+		t.Fatalf("agentq version: exit %d, %q", code, cmd)
+	}
+	if code, flag, _ := runMain(t, "", "--version"); code != 0 || flag != cmd {
+		t.Fatalf("agentq --version: exit %d, %q; want %q", code, flag, cmd)
+	}
+}
+
 // Ensure every command explains itself with a worked example.
 func TestHelp(t *testing.T) {
 	for _, cmd := range []string{"run", "inspect", "replay", "send", "compact", "pause", "resume", "version"} {

@@ -19,8 +19,17 @@ func versionCommand() *cli.Command {
 Example:
    agentq version`,
 		Action: func(c *cli.Context) error {
-			fmt.Fprintf(c.App.Writer, "agentq %s (journal format %d, %s)\n", Version, queue.FormatVersion, runtime.Version())
+			printVersion(c)
 			return nil
 		},
 	}
 }
+
+// printVersion is what both `agentq version` and `agentq --version`
+// print: a bug report quoting either names the journal format and the Go
+// release (--version printed "agentq version dev" alone).
+func printVersion(c *cli.Context) {
+	fmt.Fprintf(c.App.Writer, "agentq %s (journal format %d, %s)\n", Version, queue.FormatVersion, runtime.Version())
+}
+
+func init() { cli.VersionPrinter = printVersion }
