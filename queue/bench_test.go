@@ -625,21 +625,7 @@ func BenchmarkBboltFloor(b *testing.B) {
 
 func benchBboltFloor(b *testing.B, batch int) {
 	const perIter = 50_000
-	db, err := bolt.Open(filepath.Join(b.TempDir(), "floor.db"), 0o600, &bolt.Options{PageSize: DefaultPageSize, FreelistType: bolt.FreelistMapType})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMsgs, bucketStatus} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		b.Fatal(err)
-	}
+	db := floorDB(b, bucketMsgs, bucketStatus)
 	e := benchEntry(0)
 	e.ReceivedAt, e.BudgetStart = time.Now(), time.Now()
 	msg := encodeMessage(nil, e, 0)
@@ -704,22 +690,8 @@ func benchBatchFloor(b *testing.B, batch int) {
 	if batch == 1 {
 		perIter = 1000
 	}
-	db, err := bolt.Open(filepath.Join(b.TempDir(), "floor.db"), 0o600, &bolt.Options{PageSize: DefaultPageSize, FreelistType: bolt.FreelistMapType})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
 	bucketBatches, bucketOutcomes := []byte("batches"), []byte("outcomes")
-	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketBatches, bucketOutcomes} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		b.Fatal(err)
-	}
+	db := floorDB(b, bucketBatches, bucketOutcomes)
 	e := benchEntry(0)
 	e.ReceivedAt, e.BudgetStart = time.Now(), time.Now()
 	msg := encodeMessage(nil, e, 0)
@@ -774,4 +746,25 @@ func benchBatchFloor(b *testing.B, batch int) {
 	}
 	b.ReportMetric(float64(seq)/el.Seconds(), "entries/s")
 	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(seq), "cpu-µs/entry")
+}
+
+// floorDB opens a bare bbolt file as the journal opens its own (page
+// size, freelist) with the given buckets, closed when b ends.
+func floorDB(b *testing.B, buckets ...[]byte) *bolt.DB {
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "floor.db"), 0o600, &bolt.Options{PageSize: DefaultPageSize, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, name := range buckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return db
 }
