@@ -14,6 +14,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -808,5 +809,52 @@ func TestRemoteReplayOutlastsReadTimeout(t *testing.T) {
 	seqs, err := remote.Replay(queue.Filter{States: []queue.State{queue.StateStuck}}, false)
 	if err != nil || len(seqs) != 1 {
 		t.Fatalf("Replay = %v, %v; want the one stuck entry", seqs, err)
+	}
+}
+
+// proxyChildEnv, set, makes TestRemoteBypassesProxy the child that asks
+// the agent at its value (base URL and token, space-separated) for its
+// summary, with HTTP_PROXY set: Go reads the proxy settings once per
+// process, so only a process of its own sees them.
+const proxyChildEnv = "AGENTQ_TEST_REMOTE_PROXY_CHILD"
+
+// Ensure the command talks to the running agent directly, never through
+// $http_proxy: for an agent bound to 0.0.0.0 (with a token, as a
+// non-loopback bind needs) agentq inspect sent its request, admin token
+// and all, to the proxy that login nodes often set, in clear, and failed
+// with the proxy's 502 (found by running inspect with http_proxy set).
+func TestRemoteBypassesProxy(t *testing.T) {
+	if v := os.Getenv(proxyChildEnv); v != "" {
+		base, token, _ := strings.Cut(v, " ")
+		if _, err := NewRemote(base, token).Summary(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	var proxied atomic.Value
+	proxied.Store("")
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied.Store(r.Method + " " + r.URL.String() + " Authorization: " + r.Header.Get("Authorization"))
+		http.Error(w, "proxy", http.StatusBadGateway)
+	}))
+	defer proxy.Close()
+	const token = "admin-token-for-the-agent"
+	ln, err := Listen("0.0.0.0:0", token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Store: NewLocal(testJournal(t), false), Token: token}
+	s.Start(ln)
+	defer s.Shutdown()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRemoteBypassesProxy$")
+	cmd.Env = append(os.Environ(), proxyChildEnv+"=http://0.0.0.0:"+port+" "+token,
+		"HTTP_PROXY="+proxy.URL, "http_proxy="+proxy.URL, "NO_PROXY=", "no_proxy=")
+	out, err := cmd.CombinedOutput()
+	if p := proxied.Load().(string); p != "" {
+		t.Errorf("the request went through the proxy: %s", p)
+	}
+	if err != nil {
+		t.Fatalf("summary with http_proxy set: %v\n%s", err, out)
 	}
 }
