@@ -84,7 +84,7 @@ func IsLoopback(host string) bool {
 //   - a state-changing request (any method but GET and HEAD) that a browser
 //     marks cross-site (Sec-Fetch-Site) or that carries a foreign Origin, or
 //     a body that is not JSON: a web page cannot make the operator's browser
-//     replay work;
+//     replay work; nor start a profile or a trace (/debug/pprof/, GETs);
 //   - a state-changing request without the state token: the configured
 //     admin token, else one generated at start and kept in the address file
 //     (mode 0600), so other users of a shared host cannot replay through a
@@ -284,6 +284,15 @@ func (s *Server) guard(h http.Handler) http.Handler {
 		if !s.hostAllowed(r.Host) {
 			writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": fmt.Sprintf("host %q is not this agent's admin address; use 127.0.0.1 or localhost (or add it to admin.allowed_hosts)", r.Host)})
 			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/debug/pprof/") && r.Method == http.MethodGet {
+			// A profile or a trace is a GET that makes the agent work
+			// for as long as it asks (?seconds=86400), and blocks the
+			// operator's own: a web page's <img> must not start one.
+			if err := s.sameSite(r); err != nil {
+				writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error()})
+				return
+			}
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			if err := s.sameSite(r); err != nil {

@@ -261,6 +261,11 @@ func TestRequestGuards(t *testing.T) {
 			{"replay from a foreign host", "POST", "/v1/replay?state=done&from=1", map[string]string{"Host": "evil.example", "Origin": "http://evil.example", "Content-Type": "text/plain"}, true, 421},
 			{"replay with own origin", "POST", "/v1/replay?state=done&from=1&dry_run=true", map[string]string{"Origin": base, "Content-Type": "application/json"}, true, 200},
 			{"pprof index", "GET", "/debug/pprof/", nil, configured != "", 200},
+			// A web page's <img> started a profile or a trace of as long
+			// as it asked for (and held off the operator's own).
+			{"pprof profile cross-site", "GET", "/debug/pprof/profile?seconds=1", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, 403},
+			{"pprof trace same-site", "GET", "/debug/pprof/trace?seconds=1", map[string]string{"Sec-Fetch-Site": "same-site"}, true, 403},
+			{"pprof trace by Referer", "GET", "/debug/pprof/trace?seconds=1", map[string]string{"Referer": "http://evil.example/page"}, true, 403},
 			{"health needs nothing", "GET", "/healthz", map[string]string{}, false, 200},
 		}
 		for _, c := range cases {
