@@ -179,6 +179,10 @@ func (s *Server) Handler() http.Handler {
 // this long (a variable for tests).
 var idleTimeout = 2 * time.Minute
 
+// bodyTimeout bounds how long the server waits for a request's body (a
+// variable for tests).
+var bodyTimeout = 30 * time.Second
+
 // Start serves on ln until Shutdown.
 func (s *Server) Start(ln net.Listener) {
 	s.ln = ln
@@ -281,6 +285,16 @@ func (s *Server) addr() (*net.TCPAddr, bool) {
 // handler runs.
 func (s *Server) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			// A body is read (or discarded, after the answer) within
+			// bodyTimeout: the server waited for one announced and
+			// never sent for ever, and anyone who reaches the endpoint
+			// could pile up connections until the agent ran out of file
+			// descriptors. Past it, the server's watch on the connection
+			// cancels the request's context, which no handler with a
+			// body stops on (a long bulk replay still answers).
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
+		}
 		if !s.hostAllowed(r.Host) {
 			writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": fmt.Sprintf("host %q is not this agent's admin address; use 127.0.0.1 or localhost (or add it to admin.allowed_hosts)", r.Host)})
 			return

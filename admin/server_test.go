@@ -863,3 +863,55 @@ func TestRemoteBypassesProxy(t *testing.T) {
 		t.Fatalf("summary with http_proxy set: %v\n%s", err, out)
 	}
 }
+
+// A client that announces a body and never sends it must not hold a
+// connection and a goroutine of the agent for ever: with no token needed
+// to get that far (a 401 is answered first, then the server waits for
+// the body to discard it), anyone who reaches the endpoint could pile
+// them up until the agent ran out of file descriptors for its broker
+// connections and handlers. Found by trying to break it (a POST with
+// Content-Length and no body, left open).
+func TestStalledBodyClosed(t *testing.T) {
+	defer func(d, b time.Duration) { idleTimeout, bodyTimeout = d, b }(idleTimeout, bodyTimeout)
+	idleTimeout, bodyTimeout = 200*time.Millisecond, 200*time.Millisecond
+	_, base := serve(t, emptyJournal(t), "admin-token")
+	addr := strings.TrimPrefix(base, "http://")
+	for _, req := range []string{
+		"POST /v1/replay?from=1 HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+		"POST /ui/login HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken=",
+		"GET /v1/summary HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := fmt.Fprintf(c, req, addr); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Errorf("%.30q: %v; want the server to answer and close the connection", req, err)
+		}
+	}
+	// A dashboard action whose form was read in time may take longer.
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: slowReplay{NewLocal(testJournal(t), false), 5 * bodyTimeout}}
+	srv.Start(ln)
+	defer srv.Shutdown()
+	base = "http://" + ln.Addr().String()
+	ui := uiClient(t)
+	postForm(t, ui, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+	_, page, _ := get(t, ui, base+"/ui/stuck")
+	m := csrfRe.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no form token on the stuck page")
+	}
+	code, body, h := postForm(t, ui, base+"/ui/replay", url.Values{"csrf": {m[1]}, "state": {"stuck"}, "all": {"1"}, "next": {"/ui/stuck"}}, nil)
+	if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "done=") {
+		t.Errorf("a replay longer than the body's deadline = %d %s %s", code, h.Get("Location"), body)
+	}
+}
