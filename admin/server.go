@@ -84,7 +84,7 @@ func IsLoopback(host string) bool {
 //   - a state-changing request (any method but GET and HEAD) that a browser
 //     marks cross-site (Sec-Fetch-Site) or that carries a foreign Origin, or
 //     a body that is not JSON: a web page cannot make the operator's browser
-//     replay work;
+//     replay work; nor start a profile or a trace (/debug/pprof/, GETs);
 //   - a state-changing request without the state token: the configured
 //     admin token, else one generated at start and kept in the address file
 //     (mode 0600), so other users of a shared host cannot replay through a
@@ -178,6 +178,10 @@ func (s *Server) Handler() http.Handler {
 // idleTimeout closes a keep-alive connection that carried no request for
 // this long (a variable for tests).
 var idleTimeout = 2 * time.Minute
+
+// bodyTimeout bounds how long the server waits for a request's body (a
+// variable for tests).
+var bodyTimeout = 30 * time.Second
 
 // Start serves on ln until Shutdown.
 func (s *Server) Start(ln net.Listener) {
@@ -281,9 +285,28 @@ func (s *Server) addr() (*net.TCPAddr, bool) {
 // handler runs.
 func (s *Server) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			// A body is read (or discarded, after the answer) within
+			// bodyTimeout: the server waited for one announced and
+			// never sent for ever, and anyone who reaches the endpoint
+			// could pile up connections until the agent ran out of file
+			// descriptors. Past it, the server's watch on the connection
+			// cancels the request's context, which no handler with a
+			// body stops on (a long bulk replay still answers).
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
+		}
 		if !s.hostAllowed(r.Host) {
 			writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": fmt.Sprintf("host %q is not this agent's admin address; use 127.0.0.1 or localhost (or add it to admin.allowed_hosts)", r.Host)})
 			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/debug/pprof/") && r.Method == http.MethodGet {
+			// A profile or a trace is a GET that makes the agent work
+			// for as long as it asks (?seconds=86400), and blocks the
+			// operator's own: a web page's <img> must not start one.
+			if err := s.sameSite(r); err != nil {
+				writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error()})
+				return
+			}
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			if err := s.sameSite(r); err != nil {

@@ -14,6 +14,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -260,6 +261,11 @@ func TestRequestGuards(t *testing.T) {
 			{"replay from a foreign host", "POST", "/v1/replay?state=done&from=1", map[string]string{"Host": "evil.example", "Origin": "http://evil.example", "Content-Type": "text/plain"}, true, 421},
 			{"replay with own origin", "POST", "/v1/replay?state=done&from=1&dry_run=true", map[string]string{"Origin": base, "Content-Type": "application/json"}, true, 200},
 			{"pprof index", "GET", "/debug/pprof/", nil, configured != "", 200},
+			// A web page's <img> started a profile or a trace of as long
+			// as it asked for (and held off the operator's own).
+			{"pprof profile cross-site", "GET", "/debug/pprof/profile?seconds=1", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, 403},
+			{"pprof trace same-site", "GET", "/debug/pprof/trace?seconds=1", map[string]string{"Sec-Fetch-Site": "same-site"}, true, 403},
+			{"pprof trace by Referer", "GET", "/debug/pprof/trace?seconds=1", map[string]string{"Referer": "http://evil.example/page"}, true, 403},
 			{"health needs nothing", "GET", "/healthz", map[string]string{}, false, 200},
 		}
 		for _, c := range cases {
@@ -808,5 +814,104 @@ func TestRemoteReplayOutlastsReadTimeout(t *testing.T) {
 	seqs, err := remote.Replay(queue.Filter{States: []queue.State{queue.StateStuck}}, false)
 	if err != nil || len(seqs) != 1 {
 		t.Fatalf("Replay = %v, %v; want the one stuck entry", seqs, err)
+	}
+}
+
+// proxyChildEnv, set, makes TestRemoteBypassesProxy the child that asks
+// the agent at its value (base URL and token, space-separated) for its
+// summary, with HTTP_PROXY set: Go reads the proxy settings once per
+// process, so only a process of its own sees them.
+const proxyChildEnv = "AGENTQ_TEST_REMOTE_PROXY_CHILD"
+
+// Ensure the command talks to the running agent directly, never through
+// $http_proxy: for an agent bound to 0.0.0.0 (with a token, as a
+// non-loopback bind needs) agentq inspect sent its request, admin token
+// and all, to the proxy that login nodes often set, in clear, and failed
+// with the proxy's 502 (found by running inspect with http_proxy set).
+func TestRemoteBypassesProxy(t *testing.T) {
+	if v := os.Getenv(proxyChildEnv); v != "" {
+		base, token, _ := strings.Cut(v, " ")
+		if _, err := NewRemote(base, token).Summary(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	var proxied atomic.Value
+	proxied.Store("")
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied.Store(r.Method + " " + r.URL.String() + " Authorization: " + r.Header.Get("Authorization"))
+		http.Error(w, "proxy", http.StatusBadGateway)
+	}))
+	defer proxy.Close()
+	const token = "admin-token-for-the-agent"
+	ln, err := Listen("0.0.0.0:0", token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Store: NewLocal(testJournal(t), false), Token: token}
+	s.Start(ln)
+	defer s.Shutdown()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRemoteBypassesProxy$")
+	cmd.Env = append(os.Environ(), proxyChildEnv+"=http://0.0.0.0:"+port+" "+token,
+		"HTTP_PROXY="+proxy.URL, "http_proxy="+proxy.URL, "NO_PROXY=", "no_proxy=")
+	out, err := cmd.CombinedOutput()
+	if p := proxied.Load().(string); p != "" {
+		t.Errorf("the request went through the proxy: %s", p)
+	}
+	if err != nil {
+		t.Fatalf("summary with http_proxy set: %v\n%s", err, out)
+	}
+}
+
+// A client that announces a body and never sends it must not hold a
+// connection and a goroutine of the agent for ever: with no token needed
+// to get that far (a 401 is answered first, then the server waits for
+// the body to discard it), anyone who reaches the endpoint could pile
+// them up until the agent ran out of file descriptors for its broker
+// connections and handlers. Found by trying to break it (a POST with
+// Content-Length and no body, left open).
+func TestStalledBodyClosed(t *testing.T) {
+	defer func(d, b time.Duration) { idleTimeout, bodyTimeout = d, b }(idleTimeout, bodyTimeout)
+	idleTimeout, bodyTimeout = 200*time.Millisecond, 200*time.Millisecond
+	_, base := serve(t, emptyJournal(t), "admin-token")
+	addr := strings.TrimPrefix(base, "http://")
+	for _, req := range []string{
+		"POST /v1/replay?from=1 HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+		"POST /ui/login HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken=",
+		"GET /v1/summary HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := fmt.Fprintf(c, req, addr); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Errorf("%.30q: %v; want the server to answer and close the connection", req, err)
+		}
+	}
+	// A dashboard action whose form was read in time may take longer.
+	ln, err := Listen("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: slowReplay{NewLocal(testJournal(t), false), 5 * bodyTimeout}}
+	srv.Start(ln)
+	defer srv.Shutdown()
+	base = "http://" + ln.Addr().String()
+	ui := uiClient(t)
+	postForm(t, ui, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+	_, page, _ := get(t, ui, base+"/ui/stuck")
+	m := csrfRe.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no form token on the stuck page")
+	}
+	code, body, h := postForm(t, ui, base+"/ui/replay", url.Values{"csrf": {m[1]}, "state": {"stuck"}, "all": {"1"}, "next": {"/ui/stuck"}}, nil)
+	if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "done=") {
+		t.Errorf("a replay longer than the body's deadline = %d %s %s", code, h.Get("Location"), body)
 	}
 }

@@ -362,8 +362,21 @@ var remoteTimeout = 30 * time.Second
 // (http://host:port) with the bearer token, if any.
 func NewRemote(base, token string) *Remote {
 	return &Remote{base: strings.TrimSuffix(base, "/"), token: token,
-		client: &http.Client{Timeout: remoteTimeout}, actions: &http.Client{}}
+		client:  &http.Client{Timeout: remoteTimeout, Transport: directTransport},
+		actions: &http.Client{Transport: directTransport}}
 }
+
+// directTransport is Go's default transport without a proxy. The agent's
+// address file names an address of this host, and Go's default would
+// send a request for one that is not loopback (an agent bound to
+// 0.0.0.0, which needs a token) through $http_proxy, a common setting
+// on login nodes: the admin token went to the proxy in clear, and the
+// proxy could not reach the agent anyway.
+var directTransport = func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	return t
+}()
 
 // Close does nothing: a Remote holds no resources.
 func (r *Remote) Close() error { return nil }

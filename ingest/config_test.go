@@ -418,6 +418,9 @@ func TestRedactURL(t *testing.T) {
 		// Signed URLs (S3, Azure SAS) carry their secret in sig= or
 		// signature=; an API key may be named api-key.
 		{"https://h/hook?sv=1&sig=hunter22&X-Amz-Signature=hunter22&x-api-key=hunter22", "https://h/hook?sv=1&sig=xxxxx&X-Amz-Signature=xxxxx&x-api-key=xxxxx"},
+		// An Azure Functions URL carries its function key in code=
+		// (the dashboard's routes page and /v1/routes showed it).
+		{"https://fn.azurewebsites.net/api/hook?code=hunter22&clientId=default", "https://fn.azurewebsites.net/api/hook?code=xxxxx&clientId=default"},
 	}
 	for _, tc := range tests {
 		if got := RedactURL(tc.in); got != tc.want {

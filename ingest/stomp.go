@@ -13,6 +13,7 @@ import (
 	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 
+	"github.com/agentq/agentq/internal/redact"
 	"github.com/agentq/agentq/queue"
 )
 
@@ -415,10 +416,14 @@ func brokerError(err error, cfg Config) error {
 	return errors.New("broker says " + stompErrorText(se.Frame, cfg))
 }
 
-// stompErrorText is an ERROR frame's message and body, with a hint.
+// stompErrorText is an ERROR frame's message and body, with a hint, and
+// without cfg's passcode: a broker may quote the frame it refused, as the
+// STOMP spec's own example of an ERROR does, and a refused CONNECT
+// carries the passcode.
 func stompErrorText(f *frame.Frame, cfg Config) string {
-	msg := f.Header.Get(frame.Message)
-	detail := strings.TrimSpace(string(f.Body))
+	secrets := []string{cfg.Passcode}
+	msg := redact.Secrets(f.Header.Get(frame.Message), secrets)
+	detail := strings.TrimSpace(redact.Secrets(string(f.Body), secrets))
 	text := strconv.Quote(msg)
 	if detail != "" && !strings.Contains(msg, detail) {
 		text += ": " + detail

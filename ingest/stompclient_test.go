@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -217,4 +218,45 @@ func TestStompErrorDuringCommit(t *testing.T) {
 	if st := src.Status(); !strings.Contains(st.LastError, "queue deleted by the operator") {
 		t.Fatalf("last error %q, want the broker's message", st.LastError)
 	}
+}
+
+// Ensure a broker's ERROR that quotes the CONNECT frame it refused, as
+// the STOMP spec's own example of an ERROR quotes the frame at fault,
+// shows no passcode: its text became the source's last error (in the
+// log, /readyz, the dashboard), a publisher's error and agentq send's.
+func TestStompErrorHidesPasscode(t *testing.T) {
+	const secret = "s3cr3t-passcode"
+	addr := fakeSTOMP(t, func(f *frame.Frame, write func(string)) {
+		if f.Command == frame.CONNECT || f.Command == frame.STOMP {
+			write("ERROR\nmessage:malformed frame received: passcode " + f.Header.Get(frame.Passcode) +
+				"\n\nThe message:\n-----\nCONNECT\nlogin:" + f.Header.Get(frame.Login) +
+				"\npasscode:" + f.Header.Get(frame.Passcode) + "\n-----\n\x00")
+		}
+	})
+	raw := "stomp://u:" + secret + "@" + addr + "/queue/x?heartbeat=0"
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "malformed frame received") {
+			t.Fatalf("%s: %v, want the broker's refusal", what, err)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("%s: error shows the passcode: %v", what, err)
+		}
+	}
+
+	j := mustOpenJournal(t, "")
+	src, stop := runSource(t, mustConfig(t, raw), j, Options{ShutdownTimeout: time.Second})
+	defer stop()
+	waitFor(t, "the refusal reported", 20*time.Second, func() bool { return src.Status().LastError != "" })
+	check("source", errors.New(src.Status().LastError))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	target, err := ParseTarget(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dialPublisher(ctx, target, "", "journal")
+	check("publisher", err)
+	check("send", SendSTOMP(ctx, mustConfig(t, raw), nil, []byte("x"), 1))
 }

@@ -422,6 +422,9 @@ func TestRouteViewsHideSecrets(t *testing.T) {
 		// dashboard showed curl's Authorization header whole).
 		{Match: "d.#", Exec: []string{"curl", "-H", "Authorization: Bearer S3cret5", "-u", "deploy:S3cret6", "--password", "S3cret7", "https://hooks.example/d"}},
 		{Match: "e.#", Shell: "API_TOKEN=S3cret8 curl -H 'X-Api-Key: S3cret9 S3cret10' --token=S3cret11 https://hooks.example/e | logger"},
+		// Azure Functions take their key in the URL's code=.
+		{Match: "f.#", HTTP: "https://fn.example/api/hook?code=S3cret12"},
+		{Match: "g.#", Exec: []string{"curl", "-d", "@-", "https://fn.example/api/hook?code=S3cret13"}},
 	})
 	for _, v := range views {
 		if strings.Contains(v.Backend, "S3cret") || !strings.Contains(v.Backend, "example") {

@@ -103,7 +103,8 @@ func allDigits(s string) bool {
 }
 
 // secretParam reports whether a query parameter looks like it carries a
-// secret: passcode, password, secret, token, a signature and the like,
+// secret: passcode, password, secret, token, a signature, code (how an
+// Azure Functions URL carries its key) and the like,
 // but not the name of a file or variable holding one (passcode_file,
 // passcode_env).
 func secretParam(name string) bool {
@@ -115,8 +116,8 @@ func secretParam(name string) bool {
 	if strings.HasSuffix(n, "_file") || strings.HasSuffix(n, "_env") {
 		return false
 	}
-	if n == "sig" {
-		return true // Azure SAS
+	if n == "sig" || n == "code" {
+		return true // Azure SAS; an Azure Functions function key
 	}
 	for _, w := range []string{"pass", "secret", "token", "credential", "apikey", "api_key", "api-key", "auth", "signature"} {
 		if strings.Contains(n, w) {
