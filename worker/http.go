@@ -309,7 +309,10 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+	// Digits past int64 are the longest wait there is (ParseInt gives
+	// MaxInt64 with ErrRange), not a header to ignore: ignored, the entry
+	// was retried in a second.
+	if n, err := strconv.ParseInt(v, 10, 64); (err == nil || errors.Is(err, strconv.ErrRange)) && n >= 0 {
 		// Bounded before it becomes a Duration, which would overflow; the
 		// policy bounds it further (Policy.Next: a day, or max_interval if
 		// longer). Cut to a day here, seconds beyond it were not honoured

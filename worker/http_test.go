@@ -219,7 +219,8 @@ func TestParseRetryAfter(t *testing.T) {
 	for v, want := range map[string]time.Duration{
 		"120": 2 * time.Minute, "0": 0, now.Add(90 * time.Second).Format(http.TimeFormat): 90 * time.Second,
 		// Seconds that would overflow a Duration (Policy.Next bounds it).
-		"99999999999999": math.MaxInt64 / time.Second * time.Second,
+		"99999999999999":       math.MaxInt64 / time.Second * time.Second,
+		"99999999999999999999": math.MaxInt64 / time.Second * time.Second, // past int64
 	} {
 		if d, ok := parseRetryAfter(v, now); !ok || d != want {
 			t.Errorf("parseRetryAfter(%q) = %s %v, want %s", v, d, ok, want)
