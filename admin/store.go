@@ -625,8 +625,9 @@ func ParseFilterQuery(q url.Values) (queue.Filter, error) {
 }
 
 // ParseWhen reads a point in the journal: a sequence number, an RFC 3339
-// time, a date (2006-01-02, local time), or a duration meaning that long
-// ago (90m, "2h ago").
+// time, a date (2006-01-02, local time), a local time as inspect and the
+// dashboard print it (2006-01-02 15:04:05), or a duration meaning that
+// long ago (90m, "2h ago").
 func ParseWhen(v string, now time.Time) (seq uint64, t time.Time, err error) {
 	v = strings.TrimSpace(v)
 	if n, err := strconv.ParseUint(v, 10, 64); err == nil {
@@ -638,10 +639,38 @@ func ParseWhen(v string, now time.Time) (seq uint64, t time.Time, err error) {
 	if t, err := time.ParseInLocation("2006-01-02", v, time.Local); err == nil {
 		return 0, t, nil
 	}
+	// The form inspect and the dashboard print received times in.
+	if t, err := time.ParseInLocation(time.DateTime, v, time.Local); err == nil {
+		return 0, t, nil
+	}
 	if d, err := time.ParseDuration(strings.TrimSpace(strings.TrimSuffix(v, "ago"))); err == nil && d > 0 {
 		return 0, now.Add(-d), nil
 	}
-	return 0, time.Time{}, fmt.Errorf("%q: want a sequence number, an RFC 3339 time (2026-11-24T10:00:00Z), a date (2026-11-24) or a duration ago (90m)", v)
+	return 0, time.Time{}, fmt.Errorf("%q: want a sequence number, an RFC 3339 time (2026-11-24T10:00:00Z), a date (2026-11-24), a local time (2026-11-24 10:00:00) or a duration ago (90m)", v)
+}
+
+// ParseWhenEnd is ParseWhen for the last point of a range (replay's --to,
+// the dashboard's until), which is inclusive: a date stands for the whole
+// day and a time without a fraction of a second for the whole second.
+// Read as their first instant, --from 2026-11-24 --to 2026-11-24 matched
+// nothing, and --to with a time copied from inspect or the dashboard
+// (which show whole seconds) left out the entry it was copied from (found
+// by trying to break it).
+func ParseWhenEnd(v string, now time.Time) (seq uint64, t time.Time, err error) {
+	seq, t, err = ParseWhen(v, now)
+	if err != nil || t.IsZero() {
+		return seq, t, err
+	}
+	v = strings.TrimSpace(v)
+	if _, err := time.ParseInLocation("2006-01-02", v, time.Local); err == nil {
+		return 0, t.AddDate(0, 0, 1).Add(-time.Nanosecond), nil
+	}
+	_, rfc := time.Parse(time.RFC3339Nano, v)
+	_, local := time.ParseInLocation(time.DateTime, v, time.Local)
+	if (rfc == nil || local == nil) && !strings.ContainsAny(v, ".,") {
+		return 0, t.Add(time.Second - time.Nanosecond), nil
+	}
+	return 0, t, nil
 }
 
 // seqsOf posts a filter action and returns the sequences it touched and,

@@ -469,14 +469,15 @@ func (q uiQuery) filter(now time.Time) (queue.Filter, error) {
 		}
 	}
 	for _, x := range []struct {
-		v   string
-		dst *time.Time
-		seq *uint64
-	}{{q.Since, &f.Since, &f.FromSeq}, {q.Until, &f.Until, &f.ToSeq}} {
+		v     string
+		dst   *time.Time
+		seq   *uint64
+		parse func(string, time.Time) (uint64, time.Time, error)
+	}{{q.Since, &f.Since, &f.FromSeq, ParseWhen}, {q.Until, &f.Until, &f.ToSeq, ParseWhenEnd}} {
 		if x.v == "" {
 			continue
 		}
-		seq, t, err := ParseWhen(x.v, now)
+		seq, t, err := x.parse(x.v, now)
 		if err != nil {
 			return f, fmt.Errorf("%w: %v", errBadRequest, err)
 		}

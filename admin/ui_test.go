@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/agentq/agentq/queue"
@@ -671,5 +672,40 @@ func TestDashboardShowsHeld(t *testing.T) {
 	}
 	if _, page, _ := get(t, c, base+"/ui/entries/6"); strings.Contains(page, `id="held"`) {
 		t.Errorf("an entry of a type not paused is shown held")
+	}
+}
+
+// Ensure the end of a range (the dashboard's until, replay's --to) takes
+// in the whole day of a date and the whole second of a time without a
+// fraction: the dashboard shows times in whole seconds, and an until
+// copied from it left out the entry it was copied from.
+func TestUntilInclusive(t *testing.T) {
+	now := time.Date(2026, 3, 20, 12, 0, 0, 0, time.Local)
+	day := time.Date(2026, 3, 14, 0, 0, 0, 0, time.Local)
+	ten := day.Add(10 * time.Hour)
+	for _, tc := range []struct {
+		v    string
+		want time.Time
+	}{
+		{"2026-03-14", day.AddDate(0, 0, 1).Add(-time.Nanosecond)},
+		{ten.Format(time.RFC3339), ten.Add(time.Second - time.Nanosecond)},
+		{ten.Format(time.DateTime), ten.Add(time.Second - time.Nanosecond)},
+		{ten.Add(250 * time.Millisecond).Format(time.RFC3339Nano), ten.Add(250 * time.Millisecond)},
+		{"2h", now.Add(-2 * time.Hour)},
+	} {
+		f, err := uiQuery{Until: tc.v}.filter(now)
+		if err != nil || !f.Until.Equal(tc.want) {
+			t.Errorf("until=%s: %v, %v; want %v", tc.v, f.Until, err, tc.want)
+		}
+		if _, got, err := ParseWhenEnd(tc.v, now); err != nil || !got.Equal(tc.want) {
+			t.Errorf("ParseWhenEnd(%s) = %v, %v; want %v", tc.v, got, err, tc.want)
+		}
+	}
+	if f, err := (uiQuery{Until: "42"}).filter(now); err != nil || f.ToSeq != 42 || !f.Until.IsZero() {
+		t.Errorf("until=42: %+v, %v; want sequence 42", f, err)
+	}
+	// since stays the first instant.
+	if f, err := (uiQuery{Since: "2026-03-14"}).filter(now); err != nil || !f.Since.Equal(day) {
+		t.Errorf("since=2026-03-14: %v, %v; want %v", f.Since, err, day)
 	}
 }

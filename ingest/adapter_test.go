@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -192,6 +193,25 @@ func TestDisciplineBackoffGrows(t *testing.T) {
 	waitFor(t, "six failures", 20*time.Second, func() bool { return src.Status().Failures >= 6 })
 	if st := src.Status(); st.RetryIn < 130*time.Millisecond || st.LastError != "refused" {
 		t.Fatalf("after %d failures: retry in %s, last error %q", st.Failures, st.RetryIn, st.LastError)
+	}
+}
+
+// Ensure /v1/sources gives the reconnect wait in seconds too: retry_in
+// alone is a Duration, nanoseconds in JSON, which a reader took for
+// seconds.
+func TestStatusRetryInSeconds(t *testing.T) {
+	src := NewSource(mustConfig(t, "stomp://h/queue/fake"), mustOpenJournal(t, ""), Options{Logger: testLogger(t)})
+	src.retrying(errors.New("refused"), 2, 7500*time.Millisecond)
+	b, err := json.Marshal(src.Status())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		RetryIn        int64   `json:"retry_in"`
+		RetryInSeconds float64 `json:"retry_in_seconds"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil || got.RetryInSeconds != 7.5 || got.RetryIn != int64(7500*time.Millisecond) {
+		t.Fatalf("status %s: want retry_in_seconds 7.5 beside retry_in in nanoseconds (%v)", b, err)
 	}
 }
 

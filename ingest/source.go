@@ -104,8 +104,13 @@ type Status struct {
 	// Failures counts the sessions in a row that ended before delivering
 	// a message (refused login, missing queue, ...); RetryIn is the wait
 	// before the next attempt. Both are zero while a session is healthy.
-	Failures int           `json:"failures"`
-	RetryIn  time.Duration `json:"retry_in"`
+	// In JSON retry_in is in nanoseconds (a Duration's encoding, kept for
+	// the scripts that read it); retry_in_seconds says the same in the
+	// unit the rest of the API uses: "retry_in": 7000000000 was read as
+	// 7,000,000,000 seconds.
+	Failures       int           `json:"failures"`
+	RetryIn        time.Duration `json:"retry_in"`
+	RetryInSeconds float64       `json:"retry_in_seconds"`
 
 	Received    uint64 `json:"received"`
 	Journaled   uint64 `json:"journaled"`
@@ -188,6 +193,7 @@ func (s *Source) Status() Status {
 	st.Connects = s.connects.Load()
 	st.BodyTooLong = s.tooLong.Load()
 	st.Faulted = s.faulted.Load()
+	st.RetryInSeconds = st.RetryIn.Seconds()
 	return st
 }
 

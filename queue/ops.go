@@ -400,6 +400,13 @@ func (t *txn) settle(o Outcome) error {
 	case Retry:
 		e.LastError = clip(o.Err)
 		e.NextAttemptAt = o.At
+		if e.BudgetStart.After(t.now) {
+			// The budget began under a clock since turned back (see
+			// clock.go): counted from that time, it would last the step
+			// longer (a day ahead, corrected, and max_elapsed 1h gave 25
+			// hours of retries). It is counted from now instead.
+			e.BudgetStart = t.now
+		}
 		if err := t.setState(e, StatePending); err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -308,9 +309,16 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}
-	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-		// Bounded before it becomes a Duration, which would overflow.
-		return time.Duration(min(n, int(MaxRetryAfter/time.Second))) * time.Second, true
+	// Digits past int64 are the longest wait there is (ParseInt gives
+	// MaxInt64 with ErrRange), not a header to ignore: ignored, the entry
+	// was retried in a second.
+	if n, err := strconv.ParseInt(v, 10, 64); (err == nil || errors.Is(err, strconv.ErrRange)) && n >= 0 {
+		// Bounded before it becomes a Duration, which would overflow; the
+		// policy bounds it further (Policy.Next: a day, or max_interval if
+		// longer). Cut to a day here, seconds beyond it were not honoured
+		// up to a longer max_interval, as the same time as an HTTP date
+		// was.
+		return time.Duration(min(n, math.MaxInt64/int64(time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		return max(t.Sub(now), 0), true

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -216,7 +218,9 @@ func TestParseRetryAfter(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for v, want := range map[string]time.Duration{
 		"120": 2 * time.Minute, "0": 0, now.Add(90 * time.Second).Format(http.TimeFormat): 90 * time.Second,
-		"99999999999999": MaxRetryAfter, // seconds that would overflow a Duration
+		// Seconds that would overflow a Duration (Policy.Next bounds it).
+		"99999999999999":       math.MaxInt64 / time.Second * time.Second,
+		"99999999999999999999": math.MaxInt64 / time.Second * time.Second, // past int64
 	} {
 		if d, ok := parseRetryAfter(v, now); !ok || d != want {
 			t.Errorf("parseRetryAfter(%q) = %s %v, want %s", v, d, ok, want)
@@ -415,6 +419,45 @@ func TestHTTPContentType(t *testing.T) {
 		}
 		if ct := <-got; ct != tc.want {
 			t.Errorf("headers %v: Content-Type %q, want %q", tc.headers, ct, tc.want)
+		}
+	}
+}
+
+// Ensure a Retry-After beyond a day is honoured up to a longer
+// max_interval in both its forms, as documented: in seconds it was cut
+// to a day before the policy saw it, while the same time as an HTTP date
+// was honoured (found by trying to break it).
+func TestRetryAfterUpToMaxInterval(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	const wait = 36 * time.Hour
+	var value atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", value.Load().(string))
+		http.Error(w, "maintenance", 503)
+	}))
+	defer srv.Close()
+	h, err := NewHTTP(HTTPConfig{URL: srv.URL, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRouter([]Route{{Pattern: "#", Backend: h}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := Policy{InitialInterval: time.Second, Multiplier: 2, MaxInterval: 48 * time.Hour}
+	p, err := NewPool(newMemJournal(), r, Options{Policy: pol, Now: func() time.Time { return now }, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"129600", now.Add(wait).UTC().Format(http.TimeFormat)} {
+		value.Store(v)
+		e := testEntry([]byte(`{}`))
+		e.Attempts, e.BudgetStart = 1, now
+		out := p.decide(context.Background(), e, &Result{Entry: e})
+		// An HTTP date is read against the real clock, a second at most
+		// away from now.
+		if d := out.At.Sub(now); out.Kind != queue.Retry || d < wait-2*time.Second || d > wait {
+			t.Errorf("Retry-After: %s with max_interval %s: outcome %d in %s, want a retry in %s", v, pol.MaxInterval, out.Kind, d, wait)
 		}
 	}
 }

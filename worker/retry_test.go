@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"strings"
 	"sync"
@@ -136,5 +137,48 @@ func TestRetryScheduleSurvivesRestart(t *testing.T) {
 	es, _ := j.Claim(context.Background(), 1)
 	if len(es) != 1 || es[0].Attempts != 2 {
 		t.Fatalf("after the retry time claimed %v", es)
+	}
+}
+
+// Ensure the max_elapsed budget holds for an entry that arrived while the
+// clock was ahead and was then turned back (the DESIGN's clock cases: NTP
+// stepping a clock that ran ahead, a host booted with a wrong RTC): its
+// budget began at a time the clock reaches only a step later, and it
+// retried for the step on top of its budget (a day ahead with max_elapsed
+// 1h: 25 hours of retries). It now becomes stuck within its budget of
+// the correction. Found by trying to break it.
+func TestRetryBudgetAfterClockTurnedBack(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)} // a day ahead
+	j := mustOpenJournal(t, "", queue.Options{Now: clk.Now})
+	if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "k", Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(-24 * time.Hour) // corrected
+	corrected := clk.Now()
+	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return errors.New("down") }}
+	pol := Policy{InitialInterval: time.Minute, Multiplier: 2, MaxInterval: 10 * time.Minute, MaxElapsed: time.Hour}
+	p, err := NewPool(j, mustRouter(t, b), Options{Policy: pol, Now: clk.Now, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for attempts := 1; ; attempts++ {
+		if over := clk.Now().Sub(corrected); attempts > 100 || over > 2*time.Hour {
+			t.Fatalf("still retrying %s after the correction (%d attempts) with max_elapsed %s", over, attempts, pol.MaxElapsed)
+		}
+		if at, ok := j.NextReadyAt(); ok && at.After(clk.Now()) {
+			clk.Add(at.Sub(clk.Now()))
+		}
+		es, err := j.Claim(ctx, 1)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("claim: %v, %v", es, err)
+		}
+		out := p.decide(ctx, es[0], &Result{Entry: es[0]})
+		if err := j.Settle(ctx, out); err != nil {
+			t.Fatal(err)
+		}
+		if out.Kind == queue.Stuck {
+			return
+		}
 	}
 }

@@ -22,8 +22,11 @@ replay count. Order per key holds: a replayed entry runs before later entries of
 its key that are not done yet. Works on a stopped agent's journal and on a
 running agent through its admin API.
 
---from and --to take a sequence number, an RFC 3339 time, a date, or a duration
-ago (90m). --state is stuck by default.
+--from and --to take a sequence number, an RFC 3339 time, a date, a local time
+as inspect prints it ('2026-11-24 10:00:00'), or a duration ago (90m); both
+ends are included, and --to with a date takes in the whole day, with a time in
+whole seconds the whole second.
+--state is stuck by default.
 
 A large replay goes in transactions of about 512 entries, in sequence order.
 Interrupted (Ctrl-C, a kill, the agent stopped), it has replayed the entries up

@@ -487,6 +487,61 @@ func TestReplayRangeEdges(t *testing.T) {
 	}
 }
 
+// Ensure replay's --to includes the day of a date and the second of a
+// time given in whole seconds, as inspect shows them: read as their first
+// instant, --from DAY --to DAY replayed nothing, and --to with the time
+// inspect printed for an entry left that entry out.
+func TestReplayToIncludesDayAndSecond(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	ctx := context.Background()
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := time.Date(2026, 3, 14, 0, 0, 0, 0, time.Local)
+	for _, at := range []time.Time{
+		day.Add(10*time.Hour + 500*time.Millisecond),               // 1: 10:00:00.5
+		day.Add(24*time.Hour - 100*time.Millisecond),               // 2: 23:59:59.9
+		day.AddDate(0, 0, 1).Add(100 * time.Millisecond),           // 3: the next day
+		day.Add(10*time.Hour + time.Second + 200*time.Millisecond), // 4: 10:00:01.2
+	} {
+		if _, err := j.Append(ctx, &queue.Entry{Type: "t", Body: []byte("x"), ReceivedAt: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, err := j.Claim(ctx, 10)
+	if err != nil || len(es) != 4 {
+		t.Fatalf("claim: %v %v", es, err)
+	}
+	for _, e := range es {
+		if err := j.Settle(ctx, queue.Outcome{Seq: e.Seq, Kind: queue.Done}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	ten := day.Add(10 * time.Hour)
+	for _, tc := range []struct {
+		from, to string
+		want     string
+	}{
+		{"2026-03-14", "2026-03-14", "would replay 3 entries: 1 2 4\n"},
+		{"1", "2026-03-14", "would replay 3 entries: 1 2 4\n"},
+		{ten.Format(time.RFC3339), ten.Format(time.RFC3339), "would replay 1 entries: 1\n"},
+		{"1", ten.Format(time.RFC3339), "would replay 1 entries: 1\n"},
+		// The form inspect prints.
+		{ten.Format(time.DateTime), ten.Format(time.DateTime), "would replay 1 entries: 1\n"},
+		// A fraction names an instant: nothing after it.
+		{"1", ten.Add(400 * time.Millisecond).Format(time.RFC3339Nano), "would replay 0 entries\n"},
+		{"1", ten.Add(500 * time.Millisecond).Format(time.RFC3339Nano), "would replay 1 entries: 1\n"},
+	} {
+		args := []string{"replay", "--journal", journal, "--state", "done", "--dry-run", "--from", tc.from, "--to", tc.to}
+		code, out, errs := runMain(t, "", args...)
+		if code != 0 || out != tc.want {
+			t.Errorf("replay --from %s --to %s: exit %d, %q (stderr %q); want 0, %q", tc.from, tc.to, code, out, errs, tc.want)
+		}
+	}
+}
+
 // Ensure --exec splits its command line as /bin/sh does. A backslash
 // inside double quotes escaped any character, so --exec 'grep -E "a\.b"'
 // ran grep with a.b, which a shell would have given as a\.b.

@@ -12,9 +12,15 @@ import (
 	"github.com/agentq/agentq/admin"
 )
 
-// parseWhen reads a --from/--to/--since value (see admin.ParseWhen).
+// parseWhen reads a --from/--to/--since value (see admin.ParseWhen); --to
+// ends a range, which takes in the whole day or second it names
+// (admin.ParseWhenEnd).
 func parseWhen(flag, v string, now time.Time) (uint64, time.Time, error) {
-	seq, t, err := admin.ParseWhen(v, now)
+	parse := admin.ParseWhen
+	if flag == "to" {
+		parse = admin.ParseWhenEnd
+	}
+	seq, t, err := parse(v, now)
 	if err != nil {
 		return 0, time.Time{}, usagef("--%s %v", flag, err)
 	}
