@@ -265,6 +265,12 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 			if inflight >= p.opts.InFlight {
 				d = time.Hour // wait for capacity instead
 			}
+			// A timer counts the time the process runs, which stops while
+			// the machine is suspended; retries are due by the wall clock.
+			// Without a bound, a retry that came due during a suspend of S
+			// ran up to S late (hours after a long Retry-After) unless a
+			// new message woke the dispatcher.
+			d = min(d, idleRecheck)
 			if !timer.Stop() {
 				select {
 				case <-timer.C:
@@ -291,6 +297,11 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 		}
 	}
 }
+
+// idleRecheck bounds the dispatcher's sleep, so a retry due by the wall
+// clock runs at most this late after the machine was suspended or its
+// clock stepped forward (a variable for tests).
+var idleRecheck = time.Minute
 
 // pausedPoll is how often the dispatcher looks for work while some types
 // are paused: the journal's next ready time may be a paused entry's.

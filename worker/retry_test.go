@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,4 +182,33 @@ func TestRetryBudgetAfterClockTurnedBack(t *testing.T) {
 			return
 		}
 	}
+}
+
+// Ensure a retry that came due while the machine was suspended runs: the
+// dispatcher's timer counts only the time the process ran (a suspend
+// stops it), so it slept the whole wait it had computed before the
+// suspend. Here the wall clock jumps past the retry's time while the
+// timer has an hour to go, as after a suspend (found by trying to break
+// it).
+func TestRetryDueAfterSuspend(t *testing.T) {
+	old := idleRecheck
+	t.Cleanup(func() { idleRecheck = old }) // after the pool stopped
+	idleRecheck = 10 * time.Millisecond
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	j := mustOpenJournal(t, "", queue.Options{Now: clk.Now})
+	if _, err := j.Append(context.Background(), &queue.Entry{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error {
+		if calls.Add(1) == 1 {
+			return errors.New("down")
+		}
+		return nil
+	}}
+	pol := Policy{InitialInterval: time.Hour, Multiplier: 2, MaxInterval: time.Hour}
+	startPool(t, j, mustRouter(t, b), Options{Workers: 1, Policy: pol, Now: clk.Now})
+	waitFor(t, "the first failure", 10*time.Second, func() bool { e, _ := j.Get(1); return e.Retrying() })
+	clk.Add(time.Hour) // the machine slept through the retry's time
+	waitFor(t, "the retry after the suspend", 10*time.Second, func() bool { e, _ := j.Get(1); return e.State == queue.StateDone })
 }
