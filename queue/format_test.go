@@ -282,3 +282,30 @@ func TestJournalV1MigrationInterrupted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Ensure a brief scan (inspect --json, the API's and dashboard's lists)
+// gives each entry's source and destination whatever format its message
+// record has: records that carry them inline (journals of formats 1 to 3,
+// and format 4 past its routes table) listed them empty, while the same
+// entry shown alone had them.
+func TestBriefScanSourceOfEveryFormat(t *testing.T) {
+	want := loadV1Golden(t)
+	for _, file := range []string{"journal-v1.db", "journal-v2.db"} {
+		for _, ro := range []bool{true, false} {
+			j := mustOpenAt(t, copyTestdata(t, file), Options{ReadOnly: ro})
+			i := 0
+			err := j.Scan(Filter{Brief: true}, func(e *Entry) bool {
+				if e.Source != want[i].Source || e.Destination != want[i].Destination {
+					t.Errorf("%s (read-only %v): entry %d: source %q, destination %q; want %q, %q",
+						file, ro, e.Seq, e.Source, e.Destination, want[i].Source, want[i].Destination)
+				}
+				i++
+				return true
+			})
+			if err != nil || i != len(want) {
+				t.Fatalf("%s: Scan: %v, %d entries", file, err, i)
+			}
+			j.Close()
+		}
+	}
+}
