@@ -127,7 +127,8 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	// it failed with "cannot open journal : open : no such file". So are
 	// an empty --log-format, --log-level (they overrode the config's with
 	// the default), --results and --on-stuck (a usage error without
-	// --exec, --http or --log).
+	// --exec, --http or --log), and --source (a usage error, in place of
+	// the config's sources).
 	if v := c.String("journal"); v != "" {
 		s.journal = v
 	}
@@ -242,6 +243,9 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	}
 	var entries []SourceEntry
 	for _, u := range c.StringSlice("source") {
+		if u == "" {
+			continue // AGENTQ_SOURCE= is not given, as AGENTQ_JOURNAL= (above)
+		}
 		entries = append(entries, SourceEntry{URL: u})
 	}
 	flagSources := len(entries) > 0

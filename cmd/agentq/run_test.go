@@ -267,10 +267,11 @@ func TestResolveDurations(t *testing.T) {
 func TestEmptyFlagsFromEnvironment(t *testing.T) {
 	config := filepath.Join(t.TempDir(), "agentq.yaml")
 	want := filepath.Join(filepath.Dir(config), "from-config.db")
-	if err := os.WriteFile(config, []byte("journal: "+want+"\nlog_format: json\nlog_level: debug\n"), 0o600); err != nil {
+	source := "stomp://guest@127.0.0.1:61613/queue/from-config"
+	if err := os.WriteFile(config, []byte("journal: "+want+"\nlog_format: json\nlog_level: debug\nsources:\n  - url: "+source+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []string{"AGENTQ_JOURNAL", "AGENTQ_LOG_FORMAT", "AGENTQ_LOG_LEVEL", "AGENTQ_RESULTS", "AGENTQ_ON_STUCK"} {
+	for _, v := range []string{"AGENTQ_JOURNAL", "AGENTQ_LOG_FORMAT", "AGENTQ_LOG_LEVEL", "AGENTQ_RESULTS", "AGENTQ_ON_STUCK", "AGENTQ_SOURCE"} {
 		t.Setenv(v, "")
 	}
 	for _, tc := range []struct {
@@ -290,6 +291,15 @@ func TestEmptyFlagsFromEnvironment(t *testing.T) {
 		}
 		if tc.want == want && (s.cfg.LogFormat != "json" || s.cfg.LogLevel != "debug") {
 			t.Errorf("%v with AGENTQ_LOG_FORMAT and AGENTQ_LOG_LEVEL empty: %q, %q; want the config's json, debug", tc.args, s.cfg.LogFormat, s.cfg.LogLevel)
+		}
+		// AGENTQ_SOURCE= was a source URL "" ("--source \"\": missing
+		// scheme") instead of the config's sources, or the default.
+		wantSource := "/queue/agentq"
+		if tc.want == want {
+			wantSource = "/queue/from-config"
+		}
+		if len(s.sources) != 1 || s.sources[0].Destination != wantSource {
+			t.Errorf("%v with AGENTQ_SOURCE empty: sources %+v, want one with destination %s", tc.args, s.sources, wantSource)
 		}
 	}
 }
