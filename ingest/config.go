@@ -44,7 +44,7 @@ const (
 //	durable        true: durable subscription for /topic and /exchange destinations [Durable]
 //	durable_queue  the durable subscription's queue (x-queue-name) [DurableQueue]
 //	id             subscription id (default agentq-NAME when durable) [SubscriptionID]
-//	name           source name in logs and metrics (default: the destination) [Name]
+//	name           source name in logs, metrics and the journal (default: the destination) [Name]
 //	passcode_file  read the passcode from this file, again on every reconnect [PasscodeFile]
 //	passcode_env   read the passcode from this environment variable [PasscodeEnv]
 //	type, key      SPECs for the message type and ordering key, "|" chains allowed (see Spec) [TypeFrom, KeyFrom]
@@ -329,7 +329,7 @@ var params = []param{
 	{"durable", "BOOL", "true: a durable subscription (/topic/ and /exchange/ only): the broker keeps what is published while the agent is down. Without it a /topic/ or /exchange/ source loses those messages", "true", boolParam("durable", func(c *Config) *bool { return &c.Durable })},
 	{"durable_queue", "NAME", "the queue behind a durable subscription (RabbitMQ's x-queue-name header). Without it RabbitMQ names the queue after the subscription id, which follows the source name: renaming the source then leaves the old queue behind, filling up (remove it with: rabbitmqctl delete_queue OLD-NAME; see rabbitmqctl list_queues)", "agentq-orders", stringParam(func(c *Config) *string { return &c.DurableQueue })},
 	{"id", "ID", "subscription id (default agentq-NAME when durable; a source with several destinations numbers them)", "agentq-orders", stringParam(func(c *Config) *string { return &c.SubscriptionID })},
-	{"name", "NAME", "source name in logs and metrics (default: the destination without its leading /)", "orders", stringParam(func(c *Config) *string { return &c.Name })},
+	{"name", "NAME", "source name in logs and metrics, kept with each message it journals: replies to those messages go out through the source of that name, and an MQTT source's default client id (its session) and a durable subscription's id follow it. Changing it at a restart, or changing the URL's destination, queue or topics without it, leaves the replies that wait and the broker's old session or queue behind: set it to keep it (default: the destination without its leading /; AMQP: the queue; MQTT: the topic filters)", "orders", stringParam(func(c *Config) *string { return &c.Name })},
 	{"passcode_file", "PATH", "read the passcode from this file (one trailing newline is trimmed); read again on every reconnect, so a rotated secret is picked up without a restart", "/etc/agentq/passcode", stringParam(func(c *Config) *string { return &c.PasscodeFile })},
 	{"passcode_env", "VAR", "read the passcode from this environment variable", "AGENTQ_PASSCODE", stringParam(func(c *Config) *string { return &c.PasscodeEnv })},
 	{"type", "SPEC", "where the message type comes from (default header:type); see SPEC below", "json:event.type|header:type", specParam("type", func(c *Config) *Spec { return &c.TypeFrom })},

@@ -244,7 +244,7 @@ func unconfirmed(msgs []*queue.Out, ok []uint64) []*queue.Out {
 func (r *Relay) publishBatch(ctx context.Context, pub *publisher, name string, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
 	t, ok := r.Targets[name]
 	if !ok {
-		return nil, nil, fmt.Errorf("no results destination %q in the configuration (was it removed?)", name)
+		return nil, nil, missingTarget(name)
 	}
 	p := *pub
 	if p == nil {
@@ -359,6 +359,19 @@ func ReplyTargets(sources []Config) map[string]Target {
 		out[t.Name] = t
 	}
 	return out
+}
+
+// missingTarget says why no target of the configuration has the name an
+// answer was written with, and what sends it: the name is stored with the
+// answer when its entry settles (or, for a reply, is the name of the
+// source the request came from), and the configuration may have changed
+// since, at a restart.
+func missingTarget(name string) error {
+	if src, ok := strings.CutPrefix(name, "reply:"); ok {
+		return fmt.Errorf("no source is named %q now: a reply goes out through the source its request came from, and that source was renamed or removed (a source's name defaults to its destination or topics, so a changed URL renames it); name a source on that broker %q (name=%s, or name: in the config) to send the replies that wait", src, src, src)
+	}
+	field, url, _ := strings.Cut(name, ":")
+	return fmt.Errorf("no route publishes to %s %s now: the route was removed or its %s URL changed; a route with that %s URL sends the answers that wait", field, url, field, field)
 }
 
 // refusedError is a publish the broker refused without saying which

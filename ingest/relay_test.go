@@ -779,3 +779,32 @@ func TestRelayAMQPReplyToSTOMPDestination(t *testing.T) {
 		t.Fatalf("the requester's queue holds %q, want a reply to each of %q", got, dests)
 	}
 }
+
+// Ensure an answer whose target the configuration no longer has (the
+// configuration changed at a restart) stays in the outbox with an error
+// that says what sends it. A source whose URL changed is renamed (its
+// name defaults to its destination), and the replies to requests it took
+// before waited for ever with "no results destination "reply:queue/old"
+// in the configuration (was it removed?)", which names no fix: the
+// remedy is to give the source its old name.
+func TestRelayMissingTargetSaysWhatSendsIt(t *testing.T) {
+	j := mustOpenJournal(t, "")
+	addResults(t, j,
+		&queue.Out{Kind: "result", Target: "reply:queue/old", Destination: "/temp-queue/r", Body: []byte("reply")},
+		&queue.Out{Kind: "result", Target: "results:stomp://agent@mq/queue/gone", Body: []byte("result")})
+	r, stop := runRelay(t, j, map[string]Target{"reply:queue/new": {Name: "reply:queue/new"}})
+	waitFor(t, "both answers tried", 10*time.Second, func() bool { return r.Stats().Failed >= 2 })
+	st := r.Stats()
+	stop()
+	for target, want := range map[string]string{
+		"reply:queue/old":                     "name a source on that broker \"queue/old\"",
+		"results:stomp://agent@mq/queue/gone": "a route with that results URL sends",
+	} {
+		if !strings.Contains(st.LastError[target], want) {
+			t.Errorf("target %s: last error %q, want it to say %q", target, st.LastError[target], want)
+		}
+	}
+	if left := outboxLeft(t, j); len(left) != 2 {
+		t.Fatalf("outbox holds %q, want both answers kept", left)
+	}
+}

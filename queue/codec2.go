@@ -85,8 +85,9 @@ func checkRecord(what string, seq uint64, data []byte, format byte) ([]byte, err
 
 // decodeMessage fills e's message fields from a message record, of either
 // format; routes names what format 3 records name by number. Without full
-// it reads only what state changes need (received, type, key, fault); the
-// checksum is always verified. It copies out of data.
+// it reads what state changes and lists need (received, type, key, fault,
+// source, destination), not the dedup id, headers and body; the checksum
+// is always verified. It copies out of data.
 func decodeMessage(seq uint64, data []byte, e *Entry, full bool, routes *routeTable) error {
 	format := byte(messageFormat)
 	if len(data) > 0 && data[0] == messageFormatRouted {
@@ -101,7 +102,7 @@ func decodeMessage(seq uint64, data []byte, e *Entry, full bool, routes *routeTa
 	e.Type = d.string()
 	e.Key = d.string()
 	e.Fault = d.string()
-	if format == messageFormatRouted && d.err == nil {
+	if format == messageFormatRouted {
 		// Checked even when only the routing fields are wanted: a
 		// record whose route is lost must read as damaged to every
 		// reader, so that it is parked rather than run.
@@ -111,12 +112,14 @@ func decodeMessage(seq uint64, data []byte, e *Entry, full bool, routes *routeTa
 			return fmt.Errorf("%w %d: message record names route %d, which the journal does not hold", errCorrupt, seq, id)
 		}
 		e.Source, e.Destination = r.source, r.destination
+	} else {
+		// Read even when only the routing fields are wanted, as a
+		// route's are: brief scans (inspect --json, the lists) show
+		// them, and listed them empty for every record of this format.
+		e.Source = d.string()
+		e.Destination = d.string()
 	}
 	if full {
-		if format == messageFormat {
-			e.Source = d.string()
-			e.Destination = d.string()
-		}
 		e.DedupID = d.bytes()
 		e.Headers = d.headers()
 		e.Body = d.bytes()

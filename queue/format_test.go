@@ -69,12 +69,17 @@ func jsonOf(tb testing.TB, v any) string {
 }
 
 // Ensure a version 1 journal opens read-only (inspect) and shows exactly
-// the entries it was written with, through Scan and Get.
+// the entries it was written with, through Scan and Get, and passes its
+// check (inspect --check before the upgraded agent first starts on it:
+// it failed with "4 entries are retrying, counter says 0").
 func TestJournalV1Inspect(t *testing.T) {
 	want := loadV1Golden(t)
 	path := copyTestdata(t, "journal-v1.db")
 	before, _ := os.ReadFile(path)
 	j := mustOpenAt(t, path, Options{ReadOnly: true})
+	if err := j.Check(); err != nil {
+		t.Fatalf("Check of a format 1 journal: %v", err)
+	}
 	got := scanAll(t, j)
 	if len(got) != len(want) {
 		t.Fatalf("Scan gave %d entries, want %d", len(got), len(want))
@@ -208,8 +213,10 @@ func wantCounts(es []*Entry) map[string]map[State]int64 {
 }
 
 // Ensure a migration cut short (a crash between two of its transactions)
-// leaves a journal that reads correctly, read-only too, and that the next
-// Open finishes: every entry moved exactly once, counters right.
+// leaves a journal that reads correctly, read-only too (its entries, its
+// counts by type, its check: inspect showed the migrated entries' counts
+// only and --check reported them as wrong), and that the next Open
+// finishes: every entry moved exactly once, counters right.
 func TestJournalV1MigrationInterrupted(t *testing.T) {
 	want := loadV1Golden(t)
 	path := copyTestdata(t, "journal-v1.db")
@@ -229,6 +236,21 @@ func TestJournalV1MigrationInterrupted(t *testing.T) {
 	testHookMigrated = nil
 
 	ro := mustOpenAt(t, path, Options{ReadOnly: true})
+	if err := ro.Check(); err != nil {
+		t.Fatalf("half-migrated: Check: %v", err)
+	}
+	if g, w := jsonOf(t, ro.Counts().ByType), jsonOf(t, wantCounts(want)); g != w {
+		t.Fatalf("half-migrated: counts by type = %s, want %s", g, w)
+	}
+	retrying := int64(0)
+	for _, e := range want {
+		if e.Retrying() {
+			retrying++
+		}
+	}
+	if n := ro.Counts().Retrying; n != retrying {
+		t.Fatalf("half-migrated: %d entries retrying, want %d", n, retrying)
+	}
 	got := scanAll(t, ro)
 	if len(got) != len(want) {
 		t.Fatalf("half-migrated: Scan gave %d entries, want %d", len(got), len(want))
@@ -258,5 +280,32 @@ func TestJournalV1MigrationInterrupted(t *testing.T) {
 	}
 	if err := j.Check(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Ensure a brief scan (inspect --json, the API's and dashboard's lists)
+// gives each entry's source and destination whatever format its message
+// record has: records that carry them inline (journals of formats 1 to 3,
+// and format 4 past its routes table) listed them empty, while the same
+// entry shown alone had them.
+func TestBriefScanSourceOfEveryFormat(t *testing.T) {
+	want := loadV1Golden(t)
+	for _, file := range []string{"journal-v1.db", "journal-v2.db"} {
+		for _, ro := range []bool{true, false} {
+			j := mustOpenAt(t, copyTestdata(t, file), Options{ReadOnly: ro})
+			i := 0
+			err := j.Scan(Filter{Brief: true}, func(e *Entry) bool {
+				if e.Source != want[i].Source || e.Destination != want[i].Destination {
+					t.Errorf("%s (read-only %v): entry %d: source %q, destination %q; want %q, %q",
+						file, ro, e.Seq, e.Source, e.Destination, want[i].Source, want[i].Destination)
+				}
+				i++
+				return true
+			})
+			if err != nil || i != len(want) {
+				t.Fatalf("%s: Scan: %v, %d entries", file, err, i)
+			}
+			j.Close()
+		}
 	}
 }

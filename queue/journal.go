@@ -258,6 +258,7 @@ type Journal struct {
 	typeCounts   map[string]*[5]int64       // entries by type, then State
 	version      uint32                     // format of the file as opened
 	layout       stateLayout                // its state index's keys (layoutFor(version))
+	legacy       bool                       // the file holds format 1 entries (read-only, or half-migrated): no type or retrying counters for them
 	typesScanned bool                       // a format 1 file's type counts were made by Counts
 	arena        arena                      // the commit goroutine's key and value memory
 	pauses       atomic.Pointer[pauseSet]   // paused type patterns (see pause.go)
@@ -406,6 +407,10 @@ func (j *Journal) init(fresh bool) error {
 			return fmt.Errorf("%w: file has format %d, this agentq reads up to %d", ErrNewerFormat, j.version, FormatVersion)
 		}
 		j.id = string(meta.Get(metaID))
+		// A migration cut short leaves format 1 entries beside format 2
+		// ones in a file marked format 2: their type and retrying counts
+		// are not stored either.
+		j.legacy = tx.Bucket(bucketEntries) != nil
 		need := indexBuckets
 		if j.version == 1 {
 			need = append(need[:len(need):len(need)], bucketEntries)
@@ -620,6 +625,7 @@ func (j *Journal) migrate() error {
 	}
 	if ran {
 		j.version = migratedVersion // the layout stays layoutFor(1): the index is untouched
+		j.legacy = false
 	}
 	if total > 0 {
 		j.log.Info("journal migrated", "format", migratedVersion, "entries", total)
@@ -1117,11 +1123,11 @@ type Counts struct {
 
 // Counts returns the journal's entry counts. They are kept up to date with
 // every commit (and stored with it), so this never reads the journal;
-// only a format 1 file opened read-only has no type counts, and is read
-// once to make them.
+// only a format 1 file opened read-only (or one whose migration was cut
+// short) has no type counts, and is read once to make them.
 func (j *Journal) Counts() Counts {
 	j.mu.Lock()
-	needScan := j.version < 2 && !j.typesScanned
+	needScan := j.legacy && !j.typesScanned
 	j.typesScanned = true
 	j.mu.Unlock()
 	if needScan {

@@ -89,6 +89,15 @@ func TestRoutes(t *testing.T) {
 						t.Fatalf("%s: entry %d = %+v, %v; want source %q destination %q body %q", when, i+1, e, err, w.Source, w.Destination, w.Body)
 					}
 				}
+				// Lists read entries briefly; inline pairs listed empty.
+				i := 0
+				_ = j.Scan(Filter{Brief: true}, func(e *Entry) bool {
+					if w := want[i]; e.Source != w.Source || e.Destination != w.Destination {
+						t.Fatalf("%s: brief scan: entry %d has source %q destination %q; want %q, %q", when, e.Seq, e.Source, e.Destination, w.Source, w.Destination)
+					}
+					i++
+					return true
+				})
 			}
 			check(j, "written")
 			j.Close()

@@ -203,6 +203,22 @@ func parseConfig(r io.Reader, path string) (*Config, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("config %s: %s", path, strings.TrimPrefix(cleanYAMLError(err), "yaml: "))
 	}
+	// The file is one document. What a "---" starts after it was never
+	// read: a second document's keys were ignored without a word, and a
+	// file starting with two "---" ran on the defaults. An empty one
+	// (a trailing "---") is harmless.
+	for {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return nil, fmt.Errorf("config %s: %s", path, strings.TrimPrefix(cleanYAMLError(err), "yaml: "))
+		}
+		if len(doc.Content) > 0 && doc.Content[0].Tag != "!!null" {
+			return nil, fmt.Errorf("config %s: line %d: a second YAML document (after a ---); agentq reads one: put every key in one document", path, doc.Content[0].Line)
+		}
+	}
 	c.path = path
 	// A second pass over the node tree finds the line of each source and
 	// route, so later errors can point at them.

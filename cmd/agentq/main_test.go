@@ -232,6 +232,16 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatalf("example config: %v", err)
 	}
 	dir := t.TempDir()
+	// One document, with "---" before it or an empty one after it.
+	for i, ok := range []string{"---\nworkers: 3\n", "workers: 3\n---\n", "workers: 3\n---\n# nothing here\n", "workers: 3\n...\n"} {
+		p := filepath.Join(dir, fmt.Sprintf("ok%d.yaml", i))
+		if err := os.WriteFile(p, []byte(ok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := LoadConfig(p); err != nil || c.Workers != 3 {
+			t.Errorf("config %q: %v, %+v; want workers 3", ok, err, c)
+		}
+	}
 	tests := []struct {
 		name, yaml string
 		want       []string
@@ -260,6 +270,11 @@ func TestLoadConfig(t *testing.T) {
 		{"HeadersOnLogRoute", "routes:\n  - match: \"#\"\n    log: true\n    headers: {A: B}\n", []string{"line 2", "headers applies to http routes"}},
 		{"CopyHeadersWithoutResults", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    on_stuck: stomp://127.0.0.1/queue/dead\n    copy_headers: [task_uuid]\n", []string{"line 2", "copy_headers applies to routes with results"}},
 		{"ResultsEmptyWithoutResults", "routes:\n  - match: \"#\"\n    exec: [/bin/true]\n    results_empty: true\n", []string{"line 2", "results_empty applies to routes with results"}},
+		// A document after a "---" was never read: its keys were
+		// ignored, and a file whose first document was empty ran on the
+		// defaults.
+		{"SecondDocument", "workers: 3\n---\nworkers: x\n", []string{"line 3", "a second YAML document"}},
+		{"AfterEmptyDocument", "---\n---\njournal: x.db\n", []string{"line 3", "a second YAML document"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

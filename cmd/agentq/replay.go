@@ -227,6 +227,7 @@ func reextractSettings(c *cli.Context) ([]ingest.Config, error) {
 			}
 			sources = append(sources, sc)
 		}
+		uniqueNames(sources) // as agentq run names them
 	}
 	if len(sources) == 0 {
 		if !c.IsSet("type-from") && !c.IsSet("key-from") {

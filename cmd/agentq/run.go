@@ -127,7 +127,8 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	// it failed with "cannot open journal : open : no such file". So are
 	// an empty --log-format, --log-level (they overrode the config's with
 	// the default), --results and --on-stuck (a usage error without
-	// --exec, --http or --log).
+	// --exec, --http or --log), and --source (a usage error, in place of
+	// the config's sources).
 	if v := c.String("journal"); v != "" {
 		s.journal = v
 	}
@@ -242,6 +243,9 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 	}
 	var entries []SourceEntry
 	for _, u := range c.StringSlice("source") {
+		if u == "" {
+			continue // AGENTQ_SOURCE= is not given, as AGENTQ_JOURNAL= (above)
+		}
 		entries = append(entries, SourceEntry{URL: u})
 	}
 	flagSources := len(entries) > 0
@@ -252,8 +256,7 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		entries = []SourceEntry{{URL: DefaultSource}}
 		s.defaults = true
 	}
-	names := map[string]bool{}
-	for i, e := range entries {
+	for _, e := range entries {
 		where := fmt.Sprintf("--source %q", ingest.RedactURL(e.URL))
 		if !flagSources && !s.defaults {
 			where = fmt.Sprintf("config %s line %d: source", cfg.path, e.line)
@@ -295,13 +298,24 @@ func resolveSettings(c *cli.Context) (*settings, error) {
 		if err := ingest.CheckTLSFiles(sc); err != nil {
 			return nil, usagef("%s: %v", where, err)
 		}
-		if names[sc.Name] {
-			sc.Name = fmt.Sprintf("%s#%d", sc.Name, i+1)
-		}
-		names[sc.Name] = true
 		s.sources = append(s.sources, sc)
 	}
+	uniqueNames(s.sources)
 	return s, nil
+}
+
+// uniqueNames renames each source whose name an earlier one has to
+// NAME#N, N its place in the list (the same queue on two brokers): its
+// entries are journaled under that name, by which replies and
+// re-extraction find their source again.
+func uniqueNames(sources []ingest.Config) {
+	names := map[string]bool{}
+	for i := range sources {
+		if names[sources[i].Name] {
+			sources[i].Name = fmt.Sprintf("%s#%d", sources[i].Name, i+1)
+		}
+		names[sources[i].Name] = true
+	}
 }
 
 // buildRouter turns routes into backends.

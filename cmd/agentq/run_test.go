@@ -267,10 +267,11 @@ func TestResolveDurations(t *testing.T) {
 func TestEmptyFlagsFromEnvironment(t *testing.T) {
 	config := filepath.Join(t.TempDir(), "agentq.yaml")
 	want := filepath.Join(filepath.Dir(config), "from-config.db")
-	if err := os.WriteFile(config, []byte("journal: "+want+"\nlog_format: json\nlog_level: debug\n"), 0o600); err != nil {
+	source := "stomp://guest@127.0.0.1:61613/queue/from-config"
+	if err := os.WriteFile(config, []byte("journal: "+want+"\nlog_format: json\nlog_level: debug\nsources:\n  - url: "+source+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []string{"AGENTQ_JOURNAL", "AGENTQ_LOG_FORMAT", "AGENTQ_LOG_LEVEL", "AGENTQ_RESULTS", "AGENTQ_ON_STUCK"} {
+	for _, v := range []string{"AGENTQ_JOURNAL", "AGENTQ_LOG_FORMAT", "AGENTQ_LOG_LEVEL", "AGENTQ_RESULTS", "AGENTQ_ON_STUCK", "AGENTQ_SOURCE"} {
 		t.Setenv(v, "")
 	}
 	for _, tc := range []struct {
@@ -290,6 +291,15 @@ func TestEmptyFlagsFromEnvironment(t *testing.T) {
 		}
 		if tc.want == want && (s.cfg.LogFormat != "json" || s.cfg.LogLevel != "debug") {
 			t.Errorf("%v with AGENTQ_LOG_FORMAT and AGENTQ_LOG_LEVEL empty: %q, %q; want the config's json, debug", tc.args, s.cfg.LogFormat, s.cfg.LogLevel)
+		}
+		// AGENTQ_SOURCE= was a source URL "" ("--source \"\": missing
+		// scheme") instead of the config's sources, or the default.
+		wantSource := "/queue/agentq"
+		if tc.want == want {
+			wantSource = "/queue/from-config"
+		}
+		if len(s.sources) != 1 || s.sources[0].Destination != wantSource {
+			t.Errorf("%v with AGENTQ_SOURCE empty: sources %+v, want one with destination %s", tc.args, s.sources, wantSource)
 		}
 	}
 }
@@ -627,5 +637,50 @@ func TestReextractLivePartly(t *testing.T) {
 	code, out, errs := runMain(t, "", "replay", "--journal", journal, "--from", "1", "--reextract")
 	if code != 1 || out != "re-extracted and replayed 1 entries: 2\n" || !strings.Contains(errs, "[1]") {
 		t.Fatalf("replay --reextract: exit %d, %q (stderr %q); want 1, the entry it did (2) and the one it left (1)", code, out, errs)
+	}
+}
+
+// Ensure replay --reextract on a stopped agent reads each entry with the
+// settings of the source it came from when two sources have the same
+// name (the same queue on two brokers): agentq run names the second
+// NAME#2 in the journal, and the offline re-extraction named both NAME,
+// so it read the first source's entries with the second's SPEC and left
+// the second's as they were.
+func TestReextractOfflineSameNamedSources(t *testing.T) {
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "agentq.db")
+	config := filepath.Join(dir, "agentq.yaml")
+	if err := os.WriteFile(config, []byte("sources:\n"+
+		"  - url: stomp://guest@127.0.0.1:61613/queue/x\n    type: header:ta\n"+
+		"  - url: stomp://guest@127.0.0.2:61613/queue/x\n    type: header:tb\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := resolve(t, "--config", config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := []queue.Header{{Name: "ta", Value: "from-a"}, {Name: "tb", Value: "from-b"}}
+	for _, sc := range s.sources {
+		if _, err := j.Append(context.Background(), &queue.Entry{Source: sc.Name, Type: "wrong", Headers: hs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	if code, _, errs := runMain(t, "", "replay", "--journal", journal, "--config", config, "--from", "1", "--reextract", "--state", "pending"); code != 0 {
+		t.Fatalf("replay --reextract: exit %d: %s", code, errs)
+	}
+	j, err = queue.Open(journal, queue.Options{Logger: discardLogger(), ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	for seq, want := range map[uint64]string{1: "from-a", 2: "from-b"} {
+		if e, err := j.Get(seq); err != nil || e.Type != want {
+			t.Errorf("entry %d of source %q: type %q (%v), want %q", seq, e.Source, e.Type, err, want)
+		}
 	}
 }
