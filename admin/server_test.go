@@ -915,3 +915,18 @@ func TestStalledBodyClosed(t *testing.T) {
 		t.Errorf("a replay longer than the body's deadline = %d %s %s", code, h.Get("Location"), body)
 	}
 }
+
+// Ensure the oldest pending entry's age is never negative: after the clock
+// was turned back, a message received under the earlier clock showed as
+// pending "-23h ago" in inspect and the dashboard.
+func TestOldestPendingAgeAfterClockTurnedBack(t *testing.T) {
+	j := testJournal(t)
+	if _, err := j.Append(context.Background(), &queue.Entry{Type: "t", Body: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	s := NewLocal(j, false)
+	s.now = func() time.Time { return time.Now().Add(-23 * time.Hour) }
+	if sum := mustSummary(t, s); sum.OldestPendingAge == nil || *sum.OldestPendingAge != 0 {
+		t.Fatalf("oldest pending age %v after the clock went back 23h; want 0", sum.OldestPendingAge)
+	}
+}

@@ -245,7 +245,11 @@ func (s *Local) Summary() (*Summary, error) {
 		return nil, err
 	}
 	if !oldest.IsZero() {
-		age := s.now().Sub(oldest).Seconds()
+		// Not below zero: a message received under a clock since turned
+		// back has waited at least since now, and "-23h ago" (inspect,
+		// the dashboard) or a negative gauge (an alert's input) said
+		// nothing useful.
+		age := max(s.now().Sub(oldest).Seconds(), 0)
 		sum.OldestPendingAge = &age
 	}
 	return sum, nil
