@@ -198,7 +198,7 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return nil, fmt.Errorf("%s", with(fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), ws.Signal())))
+			return nil, &signalError{msg: with(fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), ws.Signal())), sig: ws.Signal()}
 		}
 		if ee.ExitCode() == ExitDataErr {
 			return nil, Permanent(fmt.Errorf("%s", with("exit status 65 (bad message)")))
@@ -215,6 +215,32 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		return nil, err
 	}
 	return nil, fmt.Errorf("cannot run %s: %w", x.argv[0], err)
+}
+
+// signalError is the error of a command that a signal killed, one that
+// agentq did not send (it kills with SIGKILL, and only a call whose
+// context ended).
+type signalError struct {
+	msg string
+	sig syscall.Signal
+}
+
+func (e *signalError) Error() string { return e.msg }
+
+// killedByStopSignal reports whether err is that of a command killed by
+// a signal that stops an agent: SIGTERM, SIGINT or SIGHUP. Under systemd's
+// default KillMode=control-group, `systemctl stop` sends SIGTERM to every
+// process of the unit at once, handlers included.
+func killedByStopSignal(err error) bool {
+	var se *signalError
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.sig {
+	case syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP:
+		return true
+	}
+	return false
 }
 
 // run starts cmd under a watchdog, waits for it to exit, kills its process
