@@ -728,11 +728,18 @@ func TestPoolStopSignalReachesHandler(t *testing.T) {
 		{"HandlerFirst", true, false, syscall.SIGTERM, queue.StatePending},
 		{"SIGINT", true, true, syscall.SIGINT, queue.StatePending},
 		{"NoStop", false, false, syscall.SIGTERM, queue.StateStuck},
+		{"Exit143", true, true, syscall.SIGTERM, queue.StatePending},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j := mustOpenJournal(t, "", queue.Options{})
 			pidfile := filepath.Join(t.TempDir(), "pid")
-			x, err := NewExec(ExecConfig{Argv: []string{"/bin/sh", "-c", "echo $$ > " + pidfile + ".tmp && mv " + pidfile + ".tmp " + pidfile + "; exec sleep 60"}})
+			script := "echo $$ > " + pidfile + ".tmp && mv " + pidfile + ".tmp " + pidfile + "; exec sleep 60"
+			if tc.name == "Exit143" {
+				// A handler that catches the signal and exits 128+15, as
+				// the JVM does.
+				script = "trap 'exit 143' TERM; echo $$ > " + pidfile + ".tmp && mv " + pidfile + ".tmp " + pidfile + "; sleep 60 & wait"
+			}
+			x, err := NewExec(ExecConfig{Argv: []string{"/bin/sh", "-c", script}})
 			if err != nil {
 				t.Fatal(err)
 			}
