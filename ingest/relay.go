@@ -268,7 +268,10 @@ func (r *Relay) publishBatch(ctx context.Context, pub *publisher, name string, m
 	}
 	okIDs, failed, err := p.publish(ctx, msgs)
 	if len(okIDs) > 0 {
-		if derr := r.Journal.OutboxDone(ctx, okIDs); derr != nil {
+		// Not with ctx: the broker confirmed these, and a stop that came
+		// meanwhile must not leave them to be published again at the next
+		// start (a write with an ended context may or may not be queued).
+		if derr := r.Journal.OutboxDone(context.WithoutCancel(ctx), okIDs); derr != nil {
 			r.Log.Error("cannot remove published messages from the outbox; they will be published again", "error", derr)
 		} else {
 			r.published.Add(uint64(len(okIDs)))
@@ -290,7 +293,10 @@ func (r *Relay) settleGroup(ctx context.Context, name string, msgs []*queue.Out,
 	for _, m := range msgs {
 		reason, isFailed := failed[m.ID]
 		if !isFailed {
-			if err == nil {
+			if err == nil || ctx.Err() != nil {
+				// A publication the agent's stop cut short did not fail:
+				// the message stays due, without an attempt counted or
+				// "context canceled" as its error.
 				continue
 			}
 			reason = err.Error()
@@ -301,6 +307,9 @@ func (r *Relay) settleGroup(ctx context.Context, name string, msgs []*queue.Out,
 	if len(rest) > 0 {
 		r.recordFailure(ctx, name, rest, byReason)
 		return
+	}
+	if err != nil && ctx.Err() != nil {
+		return // cut short by the stop: the last error stands
 	}
 	r.mu.Lock()
 	delete(r.lastErr, name)
@@ -322,7 +331,7 @@ func (r *Relay) recordFailure(ctx context.Context, name string, ms []*queue.Out,
 		}
 		for n, same := range byAttempts {
 			next := r.Now().Add(retryDelay(n))
-			if err := r.Journal.OutboxFailed(ctx, same, reason, next); err != nil {
+			if err := r.Journal.OutboxFailed(context.WithoutCancel(ctx), same, reason, next); err != nil {
 				r.Log.Error("cannot record a failed publication", "error", err)
 			}
 			r.Log.Warn("cannot publish answers; they stay in the outbox and are tried again", "target", name, "messages", len(same), "error", reason, "retry_in", time.Until(next).Round(time.Millisecond))

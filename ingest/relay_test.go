@@ -808,3 +808,62 @@ func TestRelayMissingTargetSaysWhatSendsIt(t *testing.T) {
 		t.Fatalf("outbox holds %q, want both answers kept", left)
 	}
 }
+
+// stoppedPublisher is a publisher whose publication the agent's stop
+// cuts short: it confirms the first confirm messages of a batch, then
+// gives the context's error, as a publisher waiting for the rest of its
+// confirmations does.
+type stoppedPublisher struct{ confirm int }
+
+func (p *stoppedPublisher) publish(ctx context.Context, msgs []*queue.Out) ([]uint64, map[uint64]string, error) {
+	var ok []uint64
+	for _, m := range msgs[:min(p.confirm, len(msgs))] {
+		ok = append(ok, m.ID)
+	}
+	return ok, nil, ctx.Err()
+}
+
+func (p *stoppedPublisher) close() {}
+
+// Ensure a stop that cuts a publication short records it as neither done
+// nor failed wrongly: answers the broker confirmed leave the outbox (they
+// stayed, in about half the stops, and were published again at the next
+// start), and those it had not confirmed yet stay due, without an
+// attempt counted, a retry delay or "context canceled" as their error
+// (the bookkeeping went through the relay's ended context, which a
+// journal write may or may not take, so each stop did one or the other).
+func TestRelayStopMidPublication(t *testing.T) {
+	j := mustOpenJournal(t, "")
+	r := &Relay{Journal: j, Targets: map[string]Target{"res": {}}, Log: testLogger(t), Now: time.Now}
+	r.lastErr = map[string]string{}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the stop came while the batch waited for its confirmations
+	for round := range 20 {
+		addResults(t, j,
+			&queue.Out{Kind: "result", Target: "res", Body: []byte(fmt.Sprint(round, "-confirmed"))},
+			&queue.Out{Kind: "result", Target: "res", Body: []byte(fmt.Sprint(round, "-unconfirmed"))})
+		var due []*queue.Out
+		if err := j.ScanOutbox(func(m *queue.Out) bool { due = append(due, m); return true }); err != nil {
+			t.Fatal(err)
+		}
+		var pub publisher = &stoppedPublisher{confirm: 1}
+		r.publishGroup(ctx, &pub, "res", due)
+		var left []*queue.Out
+		if err := j.ScanOutbox(func(m *queue.Out) bool { left = append(left, m); return true }); err != nil {
+			t.Fatal(err)
+		}
+		if len(left) != 1 || string(left[0].Body) != fmt.Sprint(round, "-unconfirmed") {
+			var bodies []string
+			for _, m := range left {
+				bodies = append(bodies, string(m.Body))
+			}
+			t.Fatalf("round %d: the outbox holds %q, want only the unconfirmed answer", round, bodies)
+		}
+		if m := left[0]; m.Attempts != 0 || m.LastError != "" || m.Failed() {
+			t.Fatalf("round %d: the answer the stop cut short is recorded as failed: attempts %d, error %q, next %s", round, m.Attempts, m.LastError, m.NextAt)
+		}
+		if err := j.OutboxDone(context.Background(), []uint64{left[0].ID}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

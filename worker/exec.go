@@ -198,12 +198,18 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return nil, fmt.Errorf("%s", with(fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), ws.Signal())))
+			return nil, &signalError{msg: with(fmt.Sprintf("killed by signal %d (%s)", ws.Signal(), ws.Signal())), sig: ws.Signal()}
 		}
 		if ee.ExitCode() == ExitDataErr {
 			return nil, Permanent(fmt.Errorf("%s", with("exit status 65 (bad message)")))
 		}
-		return nil, fmt.Errorf("%s", with(fmt.Sprintf("exit status %d", ee.ExitCode())))
+		msg := with(fmt.Sprintf("exit status %d", ee.ExitCode()))
+		if sig := syscall.Signal(ee.ExitCode() - 128); ee.ExitCode() > 128 && stopSignal(sig) {
+			// 128+N is how shells, the JVM and others report a death by
+			// signal N that they caught: exit 143 after a SIGTERM.
+			return nil, &signalError{msg: msg, sig: sig}
+		}
+		return nil, fmt.Errorf("%s", msg)
 	}
 	if cmd.Process == nil {
 		err = fmt.Errorf("cannot start %s: %w", x.argv[0], err)
@@ -215,6 +221,30 @@ func (x *Exec) CallOutput(ctx context.Context, e *queue.Entry) ([]byte, error) {
 		return nil, err
 	}
 	return nil, fmt.Errorf("cannot run %s: %w", x.argv[0], err)
+}
+
+// signalError is the error of a command that a signal killed, one that
+// agentq did not send (it kills with SIGKILL, and only a call whose
+// context ended), or that exited 128+N after catching signal N.
+type signalError struct {
+	msg string
+	sig syscall.Signal
+}
+
+func (e *signalError) Error() string { return e.msg }
+
+// killedByStopSignal reports whether err is that of a command killed by
+// a signal that stops an agent: SIGTERM, SIGINT or SIGHUP. Under systemd's
+// default KillMode=control-group, `systemctl stop` sends SIGTERM to every
+// process of the unit at once, handlers included.
+func killedByStopSignal(err error) bool {
+	var se *signalError
+	return errors.As(err, &se) && stopSignal(se.sig)
+}
+
+// stopSignal reports whether sig is one that stops an agent.
+func stopSignal(sig syscall.Signal) bool {
+	return sig == syscall.SIGTERM || sig == syscall.SIGINT || sig == syscall.SIGHUP
 }
 
 // run starts cmd under a watchdog, waits for it to exit, kills its process

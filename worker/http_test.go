@@ -453,7 +453,7 @@ func TestRetryAfterUpToMaxInterval(t *testing.T) {
 		value.Store(v)
 		e := testEntry([]byte(`{}`))
 		e.Attempts, e.BudgetStart = 1, now
-		out := p.decide(context.Background(), e, &Result{Entry: e})
+		out := p.decide(context.Background(), nil, e, &Result{Entry: e})
 		// An HTTP date is read against the real clock, a second at most
 		// away from now.
 		if d := out.At.Sub(now); out.Kind != queue.Retry || d < wait-2*time.Second || d > wait {

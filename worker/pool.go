@@ -150,7 +150,7 @@ func (p *Pool) Run(ctx context.Context) error {
 					outs <- queue.Outcome{Seq: e.Seq, Kind: queue.Release}
 					continue
 				}
-				outs <- p.handle(callCtx, e)
+				outs <- p.handle(callCtx, ctx.Done(), e)
 			}
 		}()
 	}
@@ -303,6 +303,24 @@ func (p *Pool) dispatch(ctx context.Context, work chan<- *queue.Entry, freed <-c
 // clock stepped forward (a variable for tests).
 var idleRecheck = time.Minute
 
+// stopSignalGrace is how long a call killed by SIGTERM, SIGINT or SIGHUP
+// waits for the agent's own shutdown to begin before it counts as a
+// failure: the signals reach the handler and the agent at about the same
+// time, and the handler's death can be seen first.
+const stopSignalGrace = time.Second
+
+// stoppedWithin reports whether stopping is closed, or closes within d.
+func stoppedWithin(stopping <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-stopping:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // pausedPoll is how often the dispatcher looks for work while some types
 // are paused: the journal's next ready time may be a paused entry's.
 const pausedPoll = 500 * time.Millisecond
@@ -404,17 +422,18 @@ func newRetryBackoff() *backoff.ExponentialBackOff {
 	return b
 }
 
-// handle runs one entry and decides its outcome.
-func (p *Pool) handle(ctx context.Context, e *queue.Entry) queue.Outcome {
+// handle runs one entry and decides its outcome. stopping is closed when
+// the agent's shutdown begins.
+func (p *Pool) handle(ctx context.Context, stopping <-chan struct{}, e *queue.Entry) queue.Outcome {
 	res := Result{Entry: e}
-	out := p.decide(ctx, e, &res)
+	out := p.decide(ctx, stopping, e, &res)
 	if p.opts.Observe != nil {
 		p.opts.Observe(res)
 	}
 	return out
 }
 
-func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Outcome {
+func (p *Pool) decide(ctx context.Context, stopping <-chan struct{}, e *queue.Entry, res *Result) queue.Outcome {
 	// Built only when something is logged: With allocates, and most
 	// calls succeed without a word.
 	log := func() *slog.Logger {
@@ -464,6 +483,16 @@ func (p *Pool) decide(ctx context.Context, e *queue.Entry, res *Result) queue.Ou
 	case ctx.Err() != nil:
 		res.Outcome = "cancelled"
 		log().Info("backend call cancelled by shutdown; entry pending again")
+		return queue.Outcome{Seq: e.Seq, Kind: queue.Release}
+	case killedByStopSignal(err) && stoppedWithin(stopping, stopSignalGrace):
+		// The signal that stops the agent reached the handler too
+		// (systemd's default KillMode=control-group, a kill of the whole
+		// group): a cut call like one the drain cancels, not a failed
+		// attempt. Counted, it took a retry delay and an attempt off
+		// max_attempts at every stop, and with max_attempts: 1 parked
+		// the entry as stuck.
+		res.Outcome = "cancelled"
+		log().Info("backend call killed by the signal that stops the agent; entry pending again", "error", err)
 		return queue.Outcome{Seq: e.Seq, Kind: queue.Release}
 	case IsPermanent(err):
 		return stuck(err.Error())

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand"
+	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -306,7 +309,7 @@ func TestPoolGaveUpErrorGroups(t *testing.T) {
 			}
 			for _, n := range tc.attempts {
 				e := &queue.Entry{Seq: uint64(n), Type: "t", Attempts: n, BudgetStart: now.Add(-59 * time.Minute)}
-				out := p.decide(context.Background(), e, &Result{Entry: e})
+				out := p.decide(context.Background(), nil, e, &Result{Entry: e})
 				if out.Kind != queue.Stuck || out.Err != tc.want {
 					t.Fatalf("after %d attempts: outcome %d %q, want stuck %q", n, out.Kind, out.Err, tc.want)
 				}
@@ -702,5 +705,96 @@ func TestPoolDeadLetterOwnHeaders(t *testing.T) {
 		if v := seen[name]; len(v) != 1 || v[0] != want {
 			t.Errorf("dead letter's %s = %q, want just %q", name, v, want)
 		}
+	}
+}
+
+// Ensure a handler that the agent's stop signal kills too (systemd's
+// default KillMode=control-group sends SIGTERM to every process of the
+// unit; a kill of the whole process group does the same) leaves its entry
+// pending with its attempt uncounted, as a call the drain cancels does,
+// whichever of the two deaths the pool sees first. It was a failed
+// attempt: a retry delay, an attempt off max_attempts (with
+// max_attempts: 1, stuck), "killed by signal 15" as the entry's error.
+// The same signal while the agent goes on is a failure as before.
+func TestPoolStopSignalReachesHandler(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		stop      bool // the agent stops: its Run's context ends
+		stopFirst bool // the agent's shutdown begins before the handler dies
+		sig       syscall.Signal
+		wantState queue.State
+	}{
+		{"AgentFirst", true, true, syscall.SIGTERM, queue.StatePending},
+		{"HandlerFirst", true, false, syscall.SIGTERM, queue.StatePending},
+		{"SIGINT", true, true, syscall.SIGINT, queue.StatePending},
+		{"NoStop", false, false, syscall.SIGTERM, queue.StateStuck},
+		{"Exit143", true, true, syscall.SIGTERM, queue.StatePending},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := mustOpenJournal(t, "", queue.Options{})
+			pidfile := filepath.Join(t.TempDir(), "pid")
+			script := "echo $$ > " + pidfile + ".tmp && mv " + pidfile + ".tmp " + pidfile + "; exec sleep 60"
+			if tc.name == "Exit143" {
+				// A handler that catches the signal and exits 128+15, as
+				// the JVM does.
+				script = "trap 'exit 143' TERM; echo $$ > " + pidfile + ".tmp && mv " + pidfile + ".tmp " + pidfile + "; sleep 60 & wait"
+			}
+			x, err := NewExec(ExecConfig{Argv: []string{"/bin/sh", "-c", script}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := j.Append(context.Background(), &queue.Entry{Body: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+			p, err := NewPool(j, mustRouter(t, x), Options{Workers: 1, DrainTimeout: time.Minute,
+				Policy: Policy{InitialInterval: time.Hour, Multiplier: 2, MaxInterval: time.Hour, MaxAttempts: 1},
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() { errc <- p.Run(ctx) }()
+			var pid int
+			waitFor(t, "the handler to start", 10*time.Second, func() bool {
+				b, err := os.ReadFile(pidfile)
+				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				return err == nil && pid > 0
+			})
+			if tc.stopFirst {
+				cancel()
+			}
+			syscall.Kill(-pid, tc.sig) // the handler's whole group, as systemd does
+			if tc.stop && !tc.stopFirst {
+				cancel()
+			}
+			if !tc.stop {
+				waitFor(t, "the outcome", 10*time.Second, func() bool {
+					e, _ := j.Get(1)
+					return e.State == tc.wantState
+				})
+				cancel()
+			}
+			select {
+			case err := <-errc:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(30 * time.Second):
+				p.Abort()
+				t.Fatal("the pool did not stop")
+			}
+			e, err := j.Get(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.State != tc.wantState {
+				t.Fatalf("entry after the handler got %s: %s (attempts %d, error %q), want %s", tc.sig, e.State, e.Attempts, e.LastError, tc.wantState)
+			}
+			if tc.wantState == queue.StatePending && (e.Attempts != 0 || e.LastError != "") {
+				t.Fatalf("entry pending with %d attempts and error %q, want its attempt uncounted", e.Attempts, e.LastError)
+			}
+		})
 	}
 }

@@ -174,7 +174,7 @@ func TestRetryBudgetAfterClockTurnedBack(t *testing.T) {
 		if err != nil || len(es) != 1 {
 			t.Fatalf("claim: %v, %v", es, err)
 		}
-		out := p.decide(ctx, es[0], &Result{Entry: es[0]})
+		out := p.decide(ctx, nil, es[0], &Result{Entry: es[0]})
 		if err := j.Settle(ctx, out); err != nil {
 			t.Fatal(err)
 		}

@@ -484,6 +484,23 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 	if _, _, err := buildRouter(s.routes, s.timeout, secretEnvNames(s.sources), logger, ""); err != nil {
 		return err
 	}
+	// The admin address is taken before the journal is opened: one in
+	// use (another agent's) must not leave a new, empty journal behind.
+	var ln net.Listener
+	if s.admin != "" {
+		var err error
+		if ln, err = admin.Listen(s.admin, s.token); err != nil {
+			if errors.Is(err, admin.ErrAddr) {
+				return usageError{strings.TrimPrefix(err.Error(), admin.ErrAddr.Error()+": ")}
+			}
+			return err
+		}
+		defer func() {
+			if ln != nil { // not served: the agent did not get that far
+				ln.Close()
+			}
+		}()
+	}
 	compactAtStart(s.journal, logger)
 	var m *admin.Metrics
 	j, err := queue.Open(s.journal, queue.Options{
@@ -560,13 +577,6 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		_ = os.Remove(admin.AddrFile(s.journal))
 	}
 	if s.admin != "" {
-		ln, err := admin.Listen(s.admin, s.token)
-		if err != nil {
-			if errors.Is(err, admin.ErrAddr) {
-				return usageError{strings.TrimPrefix(err.Error(), admin.ErrAddr.Error()+": ")}
-			}
-			return err
-		}
 		srv := &admin.Server{Store: admin.NewLocal(j, false), Metrics: m, Sources: statuses, Warnings: journalWarnings(j),
 			Token: s.token, AllowedHosts: s.cfg.Admin.AllowedHosts, Log: logger,
 			Control:   &admin.Agent{Journal: j, Pool: pool, RouteList: routeViews(s.routes)},
@@ -575,6 +585,7 @@ func runAgent(parent context.Context, s *settings, logger *slog.Logger) error {
 		srv.Start(ln)
 		defer srv.Shutdown()
 		addr := ln.Addr().String()
+		ln = nil // the server's now
 		info := admin.AddrInfo{Addr: addr, PID: os.Getpid(), JournalID: j.ID()}
 		if s.token == "" {
 			info.Token = srv.StateToken()

@@ -420,6 +420,29 @@ func TestUsageErrorLeavesNoJournal(t *testing.T) {
 	}
 }
 
+// Ensure an admin address another process holds (a second agent started
+// by hand beside the service) fails the start, naming the address, before
+// the journal is opened: it left a new, empty journal behind.
+func TestAdminInUseLeavesNoJournal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a hang guard
+	defer cancel()
+	var out, errb syncBuffer
+	code := Main(ctx, []string{"agentq", "run", "--journal", journal, "--admin", ln.Addr().String(), "--source", "stomp://127.0.0.1:1/queue/x"},
+		strings.NewReader(""), &out, &errb)
+	if code != exitFailure || !strings.Contains(errb.String(), ln.Addr().String()) {
+		t.Fatalf("exit %d, stderr %q: want %d and the address named", code, errb.String(), exitFailure)
+	}
+	if _, err := os.Stat(journal); !os.IsNotExist(err) {
+		t.Fatalf("a journal was created at %s (%v)", journal, err)
+	}
+}
+
 // Ensure the routes the dashboard and /v1/routes show carry no password:
 // not an HTTP backend's, and not one in a word of a command.
 func TestRouteViewsHideSecrets(t *testing.T) {
