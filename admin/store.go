@@ -144,11 +144,9 @@ func outboxOf(j *queue.Journal, limit int) (OutboxView, error) {
 		return v, nil // counts only: no need to read a long outbox
 	}
 	want := min(limit, v.Failed)
-	err := j.ScanOutbox(func(m *queue.Out) bool {
-		if m.Failed() {
-			v.Items = append(v.Items, OutView{ID: m.ID, Seq: m.Seq, Kind: m.Kind, Target: m.Target, Destination: m.Destination,
-				Attempts: m.Attempts, LastError: m.LastError, NextAt: m.NextAt, CreatedAt: m.CreatedAt, BodySize: len(m.Body)})
-		}
+	err := j.ScanFailedOutbox(func(m *queue.Out) bool {
+		v.Items = append(v.Items, OutView{ID: m.ID, Seq: m.Seq, Kind: m.Kind, Target: m.Target, Destination: m.Destination,
+			Attempts: m.Attempts, LastError: m.LastError, NextAt: m.NextAt, CreatedAt: m.CreatedAt, BodySize: len(m.Body)})
 		return len(v.Items) < want
 	})
 	return v, err

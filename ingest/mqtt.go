@@ -470,7 +470,25 @@ type mqttSession struct {
 	subDone  chan struct{} // closed when the SUBSCRIBE goroutine has returned (or at once, see connect)
 	subOK    atomic.Bool   // the broker granted the subscription
 	clientID string        // for the hint when the broker closes the connection
+
+	// held is the bytes of the bodies handed over and not yet
+	// acknowledged (see handle); room is signalled when ack lowers it.
+	heldMu sync.Mutex
+	held   int
+	room   chan struct{}
+	// onFull, if set, is called when handle waits for room (tests).
+	onFull func()
 }
+
+// mqttMaxHeld bounds the bodies an MQTT session holds between paho and
+// the journal commit. Over STOMP and AMQP the broker's prefetch bounds
+// them; over MQTT it bounds only QoS 1 and 2 messages (max_inflight_messages,
+// mqtt.prefetch), and a message published at QoS 0 arrives at QoS 0
+// however the agent subscribed, with nothing to hold the broker back:
+// the hand-over's 2 × 1024 messages were all that bounded them, and
+// 1,500 QoS 0 messages of 1 MiB took one source to 2.3 GiB of private
+// memory (found by trying to break it). Four journal commits' worth.
+const mqttMaxHeld = 4 * DefaultMaxBatchBytes
 
 var _ session = (*mqttSession)(nil)
 
@@ -487,10 +505,46 @@ func (s *mqttSession) openOnce(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 
 // handle runs in paho's router goroutine, once per message, in order.
 // It must not block forever: paho stops reading the socket meanwhile.
+// It waits while the bodies handed over and not yet acknowledged reach
+// mqttMaxHeld (one message always goes): the commits that acknowledge
+// them make room, as a broker's prefetch would.
 func (s *mqttSession) handle(_ mqtt.Client, m mqtt.Message) {
+	n := len(m.Payload())
+	s.heldMu.Lock()
+	for s.held > 0 && s.held+n > mqttMaxHeld {
+		if s.room == nil {
+			s.room = make(chan struct{}, 1)
+		}
+		s.heldMu.Unlock()
+		if s.onFull != nil {
+			s.onFull()
+		}
+		select {
+		case <-s.room:
+		case <-s.dead:
+			return // not acknowledged: the broker redelivers it
+		}
+		s.heldMu.Lock()
+	}
+	s.held += n
+	s.heldMu.Unlock()
 	select {
 	case s.msgs <- m:
 	case <-s.dead: // not acknowledged: the broker redelivers it
+	}
+}
+
+// release gives back the room of acknowledged bodies (see handle).
+func (s *mqttSession) release(n int) {
+	s.heldMu.Lock()
+	s.held -= n
+	room := s.room
+	s.heldMu.Unlock()
+	if room != nil {
+		select {
+		case room <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -547,12 +601,15 @@ func (s *mqttSession) receive(stop <-chan struct{}) (delivery, error) {
 // writer, in order, and mqttConn sends them in one write.
 func (s *mqttSession) ack(batch []delivery) error {
 	n := s.nacks
+	size := 0
+	defer func() { s.release(size) }()
 	for _, d := range batch {
 		if err := s.lostErr(); err != nil {
 			return fmt.Errorf("cannot ack: %w", err)
 		}
 		m := d.(mqttDelivery).m
 		m.Ack()
+		size += len(m.Payload())
 		if m.Qos() > 0 {
 			s.nacks++
 		}

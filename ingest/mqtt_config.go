@@ -274,6 +274,7 @@ MQTT sources (MQTT 3.1.1, QoS 1, persistent session):
   go into one journal commit: RabbitMQ's mqtt.prefetch (default 10 per connection;
   raise it in rabbitmq.conf, e.g. mqtt.prefetch = 1000), Mosquitto's
   max_inflight_messages (default 20). prefetch= only sizes agentq's own buffer
-  (default 1024); keep it at least the broker's limit. heartbeat= is the MQTT
-  keepalive (default 10s).
+  (default 1024); keep it at least the broker's limit. Messages at QoS 0 have no
+  broker limit: agentq stops reading once the messages it has not yet journaled
+  hold 64 MiB of bodies. heartbeat= is the MQTT keepalive (default 10s).
 `

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,4 +135,77 @@ func TestMQTTLostBeforeSubackNotSubscribed(t *testing.T) {
 	if a.subscribed.Load() || s.subscribeOK() {
 		t.Fatalf("a SUBSCRIBE never answered counts as granted (adapter subscribed %v, session %v): the next connection would not subscribe", a.subscribed.Load(), s.subscribeOK())
 	}
+}
+
+// qos0Message is a PUBLISH at QoS 0: nothing to acknowledge.
+type qos0Message struct{ body []byte }
+
+func (qos0Message) Duplicate() bool   { return false }
+func (qos0Message) Qos() byte         { return 0 }
+func (qos0Message) Retained() bool    { return false }
+func (qos0Message) Topic() string     { return "t" }
+func (qos0Message) MessageID() uint16 { return 0 }
+func (m qos0Message) Payload() []byte { return m.body }
+func (qos0Message) Ack()              {}
+
+// Ensure an MQTT session holds at most mqttMaxHeld of bodies that are not
+// yet acknowledged, and goes on once they are. A message published at
+// QoS 0 arrives at QoS 0, which no broker limit holds back: the
+// hand-over's 2 × 1024 messages were the only bound, and 1,500 QoS 0
+// messages of 1 MiB took one source to 2.3 GiB of private memory.
+func TestMQTTSessionBoundsHeldBytes(t *testing.T) {
+	const size = 1 << 20
+	const n = mqttMaxHeld/size + 8 // more than the bound, fewer than the hand-over holds
+	full := make(chan struct{})
+	var once sync.Once
+	s := &mqttSession{
+		msgs:   make(chan mqtt.Message, DefaultMQTTBuffer),
+		dead:   make(chan struct{}),
+		lost:   make(chan struct{}),
+		onFull: func() { once.Do(func() { close(full) }) },
+	}
+	defer close(s.dead)
+	handed := make(chan struct{})
+	go func() {
+		defer close(handed)
+		for range n {
+			s.handle(nil, qos0Message{make([]byte, size)})
+		}
+	}()
+	var batch []delivery
+	held := 0
+	take := func() {
+		for {
+			select {
+			case m := <-s.msgs:
+				batch = append(batch, mqttDelivery{m})
+				held += len(m.Payload())
+			default:
+				return
+			}
+		}
+	}
+	select {
+	case <-full:
+	case <-handed:
+	}
+	take()
+	if held > mqttMaxHeld {
+		t.Fatalf("the session handed over %d MiB with nothing acknowledged; want at most %d MiB", held>>20, mqttMaxHeld>>20)
+	}
+	// Acknowledging what was taken makes room for the rest.
+	for total := len(batch); total < n; total += len(batch) {
+		if err := s.ack(batch); err != nil {
+			t.Fatal(err)
+		}
+		batch, held = batch[:0], 0
+		m := <-s.msgs
+		batch = append(batch, mqttDelivery{m})
+		held += len(m.Payload())
+		take()
+		if held > mqttMaxHeld {
+			t.Fatalf("after an ack the session handed over %d MiB; want at most %d MiB", held>>20, mqttMaxHeld>>20)
+		}
+	}
+	<-handed
 }

@@ -251,6 +251,37 @@ func (j *Journal) ScanOutbox(fn func(*Out) bool) error {
 
 var errStopOutbox = errors.New("stop")
 
+// ScanFailedOutbox calls fn for every outbox message whose publication
+// failed, in id order, until it returns false. The others are passed
+// over without decoding them (a summary lists the failed answers, and
+// copying every waiting answer's body to find them cost a view of the
+// dashboard the whole outbox while a results broker was away).
+func (j *Journal) ScanFailedOutbox(fn func(*Out) bool) error {
+	err := j.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOutbox)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if !outFailed(v) {
+				return nil // a damaged record too: decodeOut would fail, and it is not counted failed
+			}
+			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
+			if err != nil {
+				return err
+			}
+			if !fn(m) {
+				return errStopOutbox
+			}
+			return nil
+		})
+	})
+	if err == errStopOutbox {
+		return nil
+	}
+	return err
+}
+
 // OutboxCounts returns how many messages wait in the outbox and how many
 // of them have failed at least once. The journal keeps both counts in
 // memory (counted once at Open, then changed by each commit), so metrics
@@ -265,9 +296,11 @@ func (j *Journal) OutboxCounts() (pending, failed int) {
 func (j *Journal) countOutbox(tx *bolt.Tx) {
 	var pending, failed int64
 	if b := tx.Bucket(bucketOutbox); b != nil {
-		_ = b.ForEach(func(k, v []byte) error {
+		// outFailed reads the attempts without copying the headers and
+		// body: decoding each answer whole made Open copy the outbox.
+		_ = b.ForEach(func(_, v []byte) error {
 			pending++
-			if m, err := decodeOut(binary.BigEndian.Uint64(k), v); err == nil && m.Failed() {
+			if outFailed(v) {
 				failed++
 			}
 			return nil

@@ -236,3 +236,63 @@ func TestOutboxClockTurnedBack(t *testing.T) {
 		}
 	}
 }
+
+// Ensure counting the outbox at Open and listing its failed answers (a
+// summary's: agentq inspect, /v1/summary, the dashboard's overview) copy
+// no body but those they return. Both decoded every answer, body and
+// all: with a results broker away, each view of the overview copied the
+// whole outbox to find the few failed answers behind the waiting ones.
+func TestOutboxReadsCopyNoBodies(t *testing.T) {
+	const mib = 1 << 20
+	const n = 12
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	clk := newClock()
+	j := mustOpenAt(t, path, Options{Now: clk.Now})
+	ctx := context.Background()
+	for i := 0; i < n; i++ {
+		mustAppend(t, j, msg(fmt.Sprint("k", i), "x"))
+	}
+	var outcomes []Outcome
+	for _, e := range mustClaim(t, j, n) {
+		outcomes = append(outcomes, Outcome{Seq: e.Seq, Kind: Done,
+			Out: []*Out{{Kind: "result", Target: "results", Body: bytes.Repeat([]byte("r"), mib)}}})
+	}
+	if err := j.Settle(ctx, outcomes...); err != nil {
+		t.Fatal(err)
+	}
+	all, err := j.Outbox(n, clk.Now())
+	if err != nil || len(all) != n {
+		t.Fatalf("outbox: %d messages, %v", len(all), err)
+	}
+	last := all[n-1].ID
+	all = nil
+	if err := j.OutboxFailed(ctx, []uint64{last}, "refused", clk.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	if a := allocated(func() { j = mustOpenAt(t, path, Options{Now: clk.Now}) }); a > 2*mib {
+		t.Errorf("Open allocated %d MiB to count an outbox of %d MiB", a>>20, n)
+	}
+	if p, f := j.OutboxCounts(); p != n || f != 1 {
+		t.Fatalf("counts %d pending %d failed, want %d and 1", p, f, n)
+	}
+	var failed []*Out
+	a := allocated(func() {
+		err = j.ScanFailedOutbox(func(m *Out) bool { failed = append(failed, m); return true })
+	})
+	if err != nil || len(failed) != 1 || failed[0].ID != last || failed[0].LastError != "refused" {
+		t.Fatalf("failed answers: %+v, %v; want the one failed", failed, err)
+	}
+	if a > 2*mib {
+		t.Errorf("listing the one failed answer allocated %d MiB (the outbox holds %d MiB)", a>>20, n)
+	}
+}
