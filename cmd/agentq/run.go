@@ -43,8 +43,10 @@ Examples:
 
 Messages of one key run in journal order; different keys run in parallel on --workers.
 A command backend gets the body on stdin and AGENTQ_SEQ, AGENTQ_TYPE, AGENTQ_KEY, AGENTQ_ATTEMPT,
-AGENTQ_SOURCE, AGENTQ_DESTINATION and AGENTQ_HEADER_<NAME> in its environment. Exit 0 is done,
-exit 65 parks the message as stuck at once, anything else is retried with backoff.
+AGENTQ_SOURCE, AGENTQ_DESTINATION and AGENTQ_HEADER_<NAME> in its environment (NAME upper-cased,
+any character but a letter or digit as _: x-order-id is AGENTQ_HEADER_X_ORDER_ID). Exit 0 is done,
+exit 65 parks the message as stuck at once, anything else is retried with backoff. Its stdout is
+published by --results (else discarded); the end of its stderr is a failed call's error.
 
 SIGTERM, SIGINT or SIGHUP stops taking messages and lets running calls finish (--drain-timeout);
 a second signal cancels them. Their messages stay in the journal and run again on restart.`,
