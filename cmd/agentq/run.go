@@ -35,6 +35,8 @@ Flags override the config file; each also reads an AGENTQ_* environment variable
 
 ` + indent(ingest.URLHelp(), "") + `
 
+` + configHelp + `
+
 Examples:
    agentq run
    agentq run --source 'stomp://agent@mq.example.org:61613/queue/orders?vhost=/waldur&passcode_file=/etc/agentq/pass' \
