@@ -262,7 +262,7 @@ func printSummary(w io.Writer, s *admin.Summary) {
 		fmt.Fprintln(w, "\nreplay them with: agentq replay --from SEQ --state stuck")
 		for _, v := range s.Stuck {
 			if strings.Contains(v.Fault, "cannot read type") || strings.Contains(v.Fault, "cannot read key") {
-				fmt.Fprintln(w, "type or key could not be read: fix the SPEC, then: agentq replay --from SEQ --reextract")
+				fmt.Fprintln(w, "type or key could not be read: fix the SPEC (restart a running agent), then: agentq replay --from SEQ --reextract")
 				break
 			}
 		}
