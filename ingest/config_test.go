@@ -523,3 +523,35 @@ func TestConfigDocListsParams(t *testing.T) {
 		}
 	}
 }
+
+// Ensure a source's default name is what run --help says it is, for
+// each protocol: the help said "the destination without its leading /"
+// for all, and an AMQP source is named after its queue (not
+// amq/queue/NAME), an MQTT one after its topic filters.
+func TestDefaultNameAsHelpSays(t *testing.T) {
+	help := strings.Join(strings.Fields(URLHelp()), " ")
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("t"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ url, name, says string }{
+		{"stomp://h/queue/orders", "queue/orders", "the destination without its leading /"},
+		{"amqp://h/?queue=tasks", "tasks", "AMQP: the queue"},
+		{"mqtt://h/?topic=a/%2B&topic=b/%23", "a/+,b/#", "MQTT: the topic filters, joined by commas"},
+		{"waldur+https://w.example.org/?offering=0f0e0d0c-0b0a-4908-8706-050403020100&token_file=" + token, "waldur", "Waldur: waldur"},
+	} {
+		c, err := ParseURL(tc.url)
+		if err == nil {
+			err = c.Resolve()
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.url, err)
+		}
+		if c.Name != tc.name {
+			t.Errorf("%s: name %q, want %q", tc.url, c.Name, tc.name)
+		}
+		if !strings.Contains(help, tc.says) {
+			t.Errorf("run --help's name= does not say %q", tc.says)
+		}
+	}
+}

@@ -95,11 +95,14 @@ func (p *Pool) deadLetter(a Answer, e *queue.Entry, reason string) []*queue.Out 
 	// fed back, or another agent's answer) are left out: over STOMP the
 	// first of two headers of one name wins, so the copy said the earlier
 	// error, attempts, seq and result id, and a consumer that takes
-	// repeats by agentq-result-id as one dropped it.
-	hs := make([]queue.Header, 0, len(e.Headers)+4)
+	// repeats by agentq-result-id as one dropped it. The type and key are
+	// the entry's, as on a result: a dead letter lacked them, so one whose
+	// type came from json: or dest: said neither (the README promises
+	// them on every answer).
+	hs := make([]queue.Header, 0, len(e.Headers)+6)
 	for _, h := range e.Headers {
 		switch strings.ToLower(h.Name) {
-		case HeaderError, HeaderAttempts, HeaderSeq, HeaderResultID:
+		case HeaderError, HeaderAttempts, HeaderSeq, HeaderResultID, HeaderType, HeaderKey:
 			continue
 		}
 		hs = append(hs, h)
@@ -109,6 +112,8 @@ func (p *Pool) deadLetter(a Answer, e *queue.Entry, reason string) []*queue.Out 
 		queue.Header{Name: HeaderAttempts, Value: strconv.Itoa(e.Attempts)},
 		queue.Header{Name: HeaderSeq, Value: strconv.FormatUint(e.Seq, 10)},
 		queue.Header{Name: HeaderResultID, Value: p.resultID(e) + "-dead"},
+		queue.Header{Name: HeaderType, Value: e.Type},
+		queue.Header{Name: HeaderKey, Value: e.Key},
 	)
 	return []*queue.Out{{Kind: "dead-letter", Target: a.OnStuck, Headers: hs, Body: e.Body}}
 }

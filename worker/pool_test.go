@@ -672,9 +672,11 @@ func TestPoolDeadLetterBadInput(t *testing.T) {
 }
 
 // Ensure a dead letter carries its own agentq-error, agentq-attempts,
-// agentq-seq and agentq-result-id once, not beside those the message
-// already had (a dead letter fed back, another agent's answer): over
-// STOMP the first header of a name wins, so the copy showed the old ones.
+// agentq-seq, agentq-result-id, agentq-type and agentq-key once, not
+// beside those the message already had (a dead letter fed back, another
+// agent's answer): over STOMP the first header of a name wins, so the copy
+// showed the old ones. The type and key were missing from dead letters,
+// though the README says every answer carries them.
 func TestPoolDeadLetterOwnHeaders(t *testing.T) {
 	j := mustOpenJournal(t, "", queue.Options{})
 	b := &funcBackend{name: "b", fn: func(context.Context, *queue.Entry) error { return Permanent(errors.New("new failure")) }}
@@ -683,8 +685,9 @@ func TestPoolDeadLetterOwnHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := []queue.Header{{Name: "Agentq-Error", Value: "old failure"}, {Name: "agentq-attempts", Value: "9"},
-		{Name: "agentq-seq", Value: "77"}, {Name: "agentq-result-id", Value: "77-dead"}, {Name: "order", Value: "o-1"}}
-	if _, err := j.Append(context.Background(), &queue.Entry{Type: "t", Headers: old}); err != nil {
+		{Name: "agentq-seq", Value: "77"}, {Name: "agentq-result-id", Value: "77-dead"}, {Name: "order", Value: "o-1"},
+		{Name: "agentq-type", Value: "old.type"}, {Name: "Agentq-Key", Value: "old-key"}}
+	if _, err := j.Append(context.Background(), &queue.Entry{Type: "t", Key: "k-1", Headers: old}); err != nil {
 		t.Fatal(err)
 	}
 	stop := startPool(t, j, r, Options{Workers: 1})
@@ -701,7 +704,8 @@ func TestPoolDeadLetterOwnHeaders(t *testing.T) {
 	for _, h := range got[0].Headers {
 		seen[strings.ToLower(h.Name)] = append(seen[strings.ToLower(h.Name)], h.Value)
 	}
-	for name, want := range map[string]string{HeaderError: "new failure", HeaderAttempts: "1", HeaderSeq: "1", HeaderResultID: "1-dead", "order": "o-1"} {
+	for name, want := range map[string]string{HeaderError: "new failure", HeaderAttempts: "1", HeaderSeq: "1", HeaderResultID: "1-dead", "order": "o-1",
+		HeaderType: "t", HeaderKey: "k-1"} {
 		if v := seen[name]; len(v) != 1 || v[0] != want {
 			t.Errorf("dead letter's %s = %q, want just %q", name, v, want)
 		}

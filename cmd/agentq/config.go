@@ -28,6 +28,30 @@ const DefaultSource = "stomp://guest:guest@127.0.0.1:61613/queue/agentq"
 // DefaultAdmin is the admin endpoint: loopback only.
 const DefaultAdmin = "127.0.0.1:9464"
 
+// configHelp is run --help's summary of the config file: the keys that
+// no flag has (max_size, retry, routes, ...) were taught nowhere but in
+// testdata/agentq.example.yaml, which an installed binary is without.
+// TestConfigKeysTaught keeps it and that example in step with Config.
+const configHelp = `Config file (--config FILE, YAML; flags override it; an unknown key is an error naming its line):
+
+  journal, workers, log_format, log_level, drain_timeout, timeout, retention, skip_stuck
+                 as the flags of the same names (--drain-timeout, --skip-stuck, ...)
+  max_size       stop taking messages (the broker keeps them) once the journal would grow past
+                 this size: bytes or a whole number with a unit (512MiB, 2GiB; KB, MB, GB); 0 no limit
+  retry          initial_interval (1s), multiplier (2), max_interval (5m), jitter (0.2),
+                 max_attempts (0: no limit), max_elapsed (24h; 0: no limit); then the entry is stuck
+  admin          addr, token_file or token, allowed_hosts (DNS names it answers to besides
+                 loopback), read_only
+  sources        a list, one subscription each: url, and name, passcode_file, passcode_env, type,
+                 key, id_header, durable, durable_queue, headers (the URL parameters of those
+                 names; headers are header.NAME=VALUE)
+  routes         a list; the first whose match (a type pattern: * one word, # any words) takes a
+                 message runs it with one of exec: [ARGV...], shell: "CMD LINE", http: URL or
+                 log: true; each may set timeout, env: [NAME=VALUE] (exec, shell), headers (http),
+                 results (a URL, or reply), results_empty, copy_headers, on_stuck (a URL)
+
+  An example with every key, commented: testdata/agentq.example.yaml in agentq's source.`
+
 // Config is the agent's configuration file (YAML). Every field is
 // optional; flags override it. See testdata/agentq.example.yaml.
 type Config struct {

@@ -60,7 +60,7 @@ Examples:
 			&cli.StringFlag{Name: "state", Usage: "pending, retrying, running, done, stuck or all"},
 			&cli.StringFlag{Name: "key", Usage: "only entries with this ordering key"},
 			&cli.StringFlag{Name: "type", Usage: "only entries of this type"},
-			&cli.StringFlag{Name: "since", Usage: "received at or after `TIME` (RFC 3339, a date, a local time as inspect prints it, or a duration ago: 90m)"},
+			&cli.StringFlag{Name: "since", Usage: "received at or after `TIME` (RFC 3339, a date, a local time as inspect prints it, or a duration ago: 90m); a sequence number instead lists from that entry on"},
 			&cli.IntFlag{Name: "limit", Usage: "list at most `N` entries, 0 for all", Value: 100, DefaultText: "100; all with --json"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
 			&cli.BoolFlag{Name: "check", Usage: "verify a stopped agent's journal: its indexes and counters against its entries"},
@@ -262,7 +262,7 @@ func printSummary(w io.Writer, s *admin.Summary) {
 		fmt.Fprintln(w, "\nreplay them with: agentq replay --from SEQ --state stuck")
 		for _, v := range s.Stuck {
 			if strings.Contains(v.Fault, "cannot read type") || strings.Contains(v.Fault, "cannot read key") {
-				fmt.Fprintln(w, "type or key could not be read: fix the SPEC, then: agentq replay --from SEQ --reextract")
+				fmt.Fprintln(w, "type or key could not be read: fix the SPEC (restart a running agent), then: agentq replay --from SEQ --reextract")
 				break
 			}
 		}

@@ -42,7 +42,7 @@ Examples:
    agentq replay --from 1200 --to 1300          # stuck entries 1200..1300
    agentq replay --from 2h --state all          # everything of the last two hours
    agentq replay --from 1 --type order.created --key order-42
-   agentq replay --from 1 --reextract --config /etc/agentq/agentq.yaml   # after fixing a wrong SPEC`,
+   agentq replay --from 1 --reextract --config /etc/agentq/agentq.yaml   # after fixing a wrong SPEC (and restarting the agent)`,
 		Flags: append(journalFlags(),
 			&cli.StringFlag{Name: "from", Usage: "first `SEQ|TIME` (required)"},
 			&cli.StringFlag{Name: "to", Usage: "last `SEQ|TIME` (inclusive)"},
@@ -50,7 +50,7 @@ Examples:
 			&cli.StringFlag{Name: "key", Usage: "only entries with this ordering key"},
 			&cli.StringFlag{Name: "type", Usage: "only entries of this type"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print what would be replayed, change nothing"},
-			&cli.BoolFlag{Name: "reextract", Usage: "read type and key again from each stored message with the current settings (a running agent's own; offline: --config, --type-from, --key-from), for every unfinished entry in the range (pending, retrying and stuck)"},
+			&cli.BoolFlag{Name: "reextract", Usage: "read type and key again from each stored message with the current settings (a running agent's own, those it started with: restart it after changing them; offline: --config, --type-from, --key-from), for every unfinished entry in the range (pending, retrying and stuck)"},
 			&cli.StringFlag{Name: "type-from", Usage: "with --reextract on a stopped agent: the type `SPEC` for every source"},
 			&cli.StringFlag{Name: "key-from", Usage: "with --reextract on a stopped agent: the key `SPEC` for every source"},
 		),
@@ -197,6 +197,12 @@ func reextractAction(c *cli.Context, path, token string, f queue.Filter, none bo
 		verb = "would re-extract and replay"
 	}
 	fmt.Fprintf(c.App.Writer, "%s %d entries%s\n", verb, len(seqs), listSeqs(seqs))
+	if _, live := st.(*admin.Remote); live && len(seqs) == 0 && err == nil && !none {
+		// The usual reason, after "fix the SPEC": the fix is in a config
+		// file the running agent has not read (--config here only finds
+		// the journal), and nothing said so.
+		fmt.Fprintln(c.App.Writer, "(the running agent reads with the settings it started with: after changing its configuration, restart it, then run this again)")
+	}
 	return err // the rest, and why (exit status 1)
 }
 

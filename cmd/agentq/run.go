@@ -35,6 +35,8 @@ Flags override the config file; each also reads an AGENTQ_* environment variable
 
 ` + indent(ingest.URLHelp(), "") + `
 
+` + configHelp + `
+
 Examples:
    agentq run
    agentq run --source 'stomp://agent@mq.example.org:61613/queue/orders?vhost=/waldur&passcode_file=/etc/agentq/pass' \
@@ -43,8 +45,10 @@ Examples:
 
 Messages of one key run in journal order; different keys run in parallel on --workers.
 A command backend gets the body on stdin and AGENTQ_SEQ, AGENTQ_TYPE, AGENTQ_KEY, AGENTQ_ATTEMPT,
-AGENTQ_SOURCE, AGENTQ_DESTINATION and AGENTQ_HEADER_<NAME> in its environment. Exit 0 is done,
-exit 65 parks the message as stuck at once, anything else is retried with backoff.
+AGENTQ_SOURCE, AGENTQ_DESTINATION and AGENTQ_HEADER_<NAME> in its environment (NAME upper-cased,
+any character but a letter or digit as _: x-order-id is AGENTQ_HEADER_X_ORDER_ID). Exit 0 is done,
+exit 65 parks the message as stuck at once, anything else is retried with backoff. Its stdout is
+published by --results (else discarded); the end of its stderr is a failed call's error.
 
 SIGTERM, SIGINT or SIGHUP stops taking messages and lets running calls finish (--drain-timeout);
 a second signal cancels them. Their messages stay in the journal and run again on restart.`,
@@ -57,7 +61,7 @@ a second signal cancels them. Their messages stay in the journal and run again o
 			&cli.StringFlag{Name: "exec", Usage: "run \"`CMD ARG...`\" for every message (body on stdin); split into words with sh's quoting rules, but run without a shell (no $VAR, globs or pipes: a config route's shell: has them)", EnvVars: []string{"AGENTQ_EXEC"}},
 			&cli.StringFlag{Name: "http", Usage: "POST every message to `URL`", EnvVars: []string{"AGENTQ_HTTP"}},
 			&cli.StringFlag{Name: "results", Usage: "publish each successful call's output (stdout, HTTP body; up to 1 MiB, else the entry is stuck) to `URL` (stomp://HOST/exchange/EX/KEY, amqp://HOST/VHOST?exchange=EX&routing_key=KEY, mqtt://HOST/?topic=T (the body alone: MQTT 3.1.1 has no headers), or \"reply\" to answer only messages that carry a reply-to); a reply-to wins when present", EnvVars: []string{"AGENTQ_RESULTS"}},
-			&cli.StringFlag{Name: "on-stuck", Usage: "publish a copy of each message that becomes stuck to `URL` (a dead letter, with agentq-error and agentq-attempts headers; over mqtt:// the body alone)", EnvVars: []string{"AGENTQ_ON_STUCK"}},
+			&cli.StringFlag{Name: "on-stuck", Usage: "publish a copy of each message that becomes stuck to `URL` (a dead letter: its headers, agentq-error, agentq-attempts, agentq-type and agentq-key; over mqtt:// the body alone)", EnvVars: []string{"AGENTQ_ON_STUCK"}},
 			&cli.BoolFlag{Name: "log", Usage: "log every message and succeed (the default backend)", EnvVars: []string{"AGENTQ_LOG"}},
 			&cli.DurationFlag{Name: "timeout", Usage: "per-call `DURATION` for every command and HTTP backend without a timeout of its own (config: timeout)", Value: DefaultCallTimeout, EnvVars: []string{"AGENTQ_TIMEOUT"}},
 			&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Usage: "concurrent backend calls `N`", Value: worker.DefaultWorkers, EnvVars: []string{"AGENTQ_WORKERS"}},

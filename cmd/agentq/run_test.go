@@ -641,9 +641,20 @@ func TestReextractLivePartly(t *testing.T) {
 	if es, err := j.Claim(ctx, 1); err != nil || len(es) != 1 || es[0].Seq != 3 {
 		t.Fatalf("claim: %v %v", es, err)
 	}
+	serveReextract(t, journal, j, "json:k")
+	code, out, errs := runMain(t, "", "replay", "--journal", journal, "--from", "1", "--reextract")
+	if code != 1 || out != "re-extracted and replayed 1 entries: 2\n" || !strings.Contains(errs, "[1]") {
+		t.Fatalf("replay --reextract: exit %d, %q (stderr %q); want 1, the entry it did (2) and the one it left (1)", code, out, errs)
+	}
+}
+
+// serveReextract serves j's admin API as a running agent whose sources
+// read the type from header:type and the key with keySpec.
+func serveReextract(t *testing.T, journal string, j *queue.Journal, keySpec string) {
+	t.Helper()
 	var sc ingest.Config
 	sc.TypeFrom, _ = ingest.ParseSpec("header:type")
-	sc.KeyFrom, _ = ingest.ParseSpec("json:k")
+	sc.KeyFrom, _ = ingest.ParseSpec(keySpec)
 	ln, err := admin.Listen("127.0.0.1:0", "")
 	if err != nil {
 		t.Fatal(err)
@@ -653,13 +664,35 @@ func TestReextractLivePartly(t *testing.T) {
 			return reextract(j, []ingest.Config{sc}, f, dryRun)
 		}}
 	srv.Start(ln)
-	defer srv.Shutdown()
+	t.Cleanup(srv.Shutdown)
 	if err := admin.WriteAddrFile(journal, admin.AddrInfo{Addr: ln.Addr().String(), PID: os.Getpid(), JournalID: j.ID(), Token: srv.StateToken()}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Ensure replay --reextract on a running agent that changes nothing says
+// why: the agent reads with the settings it started with, so the README's
+// "fix the SPEC and replay --reextract" (with the SPEC fixed in the config
+// file, given with --config) printed "re-extracted and replayed 0
+// entries" and no word that the fix needs a restart first.
+func TestReextractLiveUnchangedSaysRestart(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "agentq.db")
+	ctx := context.Background()
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if _, err := j.Append(ctx, &queue.Entry{Type: "t", Body: []byte(`{"k":"a"}`), Fault: "cannot read key (json:id): json field id missing"}); err != nil {
+		t.Fatal(err)
+	}
+	serveReextract(t, journal, j, "json:id") // still the wrong SPEC
+	// The first pass writes the fault as this SPEC words it; the second
+	// changes nothing.
+	runMain(t, "", "replay", "--journal", journal, "--from", "1", "--reextract")
 	code, out, errs := runMain(t, "", "replay", "--journal", journal, "--from", "1", "--reextract")
-	if code != 1 || out != "re-extracted and replayed 1 entries: 2\n" || !strings.Contains(errs, "[1]") {
-		t.Fatalf("replay --reextract: exit %d, %q (stderr %q); want 1, the entry it did (2) and the one it left (1)", code, out, errs)
+	if code != 0 || !strings.HasPrefix(out, "re-extracted and replayed 0 entries\n") || !strings.Contains(out, "restart") {
+		t.Fatalf("replay --reextract: exit %d, %q (stderr %q); want 0 entries and that a running agent reads with the settings it started with", code, out, errs)
 	}
 }
 

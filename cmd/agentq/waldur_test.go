@@ -72,6 +72,25 @@ func TestWaldurExampleConfig(t *testing.T) {
 		if !strings.Contains(after, key) || strings.Contains(after, "=,") || strings.HasSuffix(after, "=") {
 			t.Errorf("%s printed %q; want the payload's %s and every field filled", script, line, key)
 		}
+		// Run as agentq runs it (stdout is /dev/null: a successful call's
+		// output is kept only where a route publishes it), the line is
+		// where the example's comments say to look: the comments said
+		// agentq kept it, and it went nowhere.
+		logFile := filepath.Join(t.TempDir(), "handlers.log")
+		cmd = exec.Command(script)
+		cmd.Stdin = strings.NewReader(string(body))
+		cmd.Env = append(os.Environ(), "AGENTQ_TYPE="+r.Match, "AGENTQ_KEY="+key, "AGENTQ_SEQ=7", "AGENTQ_ATTEMPT=1", "WALDUR_HANDLER_LOG="+logFile)
+		if err := cmd.Run(); err != nil {
+			t.Errorf("%s with WALDUR_HANDLER_LOG: %v", script, err)
+			continue
+		}
+		if logged, _ := os.ReadFile(logFile); strings.TrimSpace(string(logged)) != line {
+			t.Errorf("%s wrote %q to WALDUR_HANDLER_LOG, want %q", script, logged, line)
+		}
+	}
+	// The config tells how to see those lines.
+	if b, _ := os.ReadFile("../../testdata/waldur.example.yaml"); !strings.Contains(string(b), "WALDUR_HANDLER_LOG=") {
+		t.Errorf("waldur.example.yaml does not say how to see what its handlers write (WALDUR_HANDLER_LOG)")
 	}
 	if !slices.Equal(matches, waldur.ObjectTypes) {
 		t.Fatalf("routes %v, want one per type: %v", matches, waldur.ObjectTypes)

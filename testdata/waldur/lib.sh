@@ -11,8 +11,17 @@ field() {
 	printf '%s' "$body" | sed -n 's/.*"'"$1"'" *: *"\{0,1\}\([^",}]*\)"\{0,1\} *[,}].*/\1/p' | head -n 1
 }
 
-# say logs one line about the message to stdout (agentq keeps a handler's
-# output with the entry and in its log).
+# say writes one line about the message: appended to the file that
+# WALDUR_HANDLER_LOG names, else to stdout (for a run by hand). agentq
+# keeps nothing a successful call prints: its stdout is published only by
+# a route with results:, and its stderr is kept (the last 2 KiB, as the
+# entry's error) only when the call fails. So under agentq, set
+# WALDUR_HANDLER_LOG to see these lines.
 say() {
-	echo "waldur ${AGENTQ_TYPE:-?} #${AGENTQ_SEQ:-?} key=${AGENTQ_KEY:-} attempt=${AGENTQ_ATTEMPT:-1}: $*"
+	line="waldur ${AGENTQ_TYPE:-?} #${AGENTQ_SEQ:-?} key=${AGENTQ_KEY:-} attempt=${AGENTQ_ATTEMPT:-1}: $*"
+	if [ -n "${WALDUR_HANDLER_LOG:-}" ]; then
+		printf '%s\n' "$line" >>"$WALDUR_HANDLER_LOG"
+	else
+		printf '%s\n' "$line"
+	fi
 }
