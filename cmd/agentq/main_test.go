@@ -431,6 +431,9 @@ func TestVersionFlag(t *testing.T) {
 	if code, flag, _ := runMain(t, "", "--version"); code != 0 || flag != cmd {
 		t.Fatalf("agentq --version: exit %d, %q; want %q", code, flag, cmd)
 	}
+	if code, _, errs := runMain(t, "", "version", "extra"); code != 2 || !strings.Contains(errs, "no arguments") {
+		t.Fatalf("agentq version extra: exit %d, %q; want a usage error, as every other command gives", code, errs)
+	}
 }
 
 // Ensure every command explains itself with a worked example.

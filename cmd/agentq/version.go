@@ -19,6 +19,9 @@ func versionCommand() *cli.Command {
 Example:
    agentq version`,
 		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("version takes no arguments (got %q)", c.Args().First())
+			}
 			printVersion(c)
 			return nil
 		},
