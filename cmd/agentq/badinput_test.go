@@ -145,3 +145,41 @@ func TestInspectEscapesControls(t *testing.T) {
 		}
 	}
 }
+
+// Ensure inspect's hints name the journal the user named: a hint copied
+// from `agentq inspect --journal /srv/q.db` acted on ./agentq.db (or
+// found no journal there) and replayed nothing, or the wrong entries.
+func TestInspectHintsNameTheJournal(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "a journal.db") // a space: the hint must quote it
+	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 2 {
+		if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "k", Body: []byte("{}")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, err := j.Claim(ctx, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("claim: %v", err)
+	}
+	if err := j.Settle(ctx, queue.Outcome{Seq: es[0].Seq, Kind: queue.Stuck, Err: "down"}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	quoted := "--journal '" + journal + "'"
+	for _, tc := range []struct {
+		args []string
+		hint string
+	}{
+		{nil, "agentq replay " + quoted + " --from SEQ --state stuck"},
+		{[]string{"2"}, "agentq inspect " + quoted + " 1)"},
+	} {
+		code, out, errs := runMain(t, "", append([]string{"inspect", "--journal", journal}, tc.args...)...)
+		if code != 0 || !strings.Contains(out, tc.hint) {
+			t.Errorf("inspect %v: exit %d: %s\n%s\nwant the hint %q", tc.args, code, errs, out, tc.hint)
+		}
+	}
+}

@@ -111,7 +111,7 @@ func inspectAction(c *cli.Context) error {
 		if c.Bool("json") {
 			return json.NewEncoder(w).Encode(v)
 		}
-		printEntry(w, v)
+		printEntry(w, v, journalArgs(c))
 	case c.Bool("json"):
 		enc := json.NewEncoder(w)
 		return admin.Each(st, filter, func(v admin.EntryView) error { return enc.Encode(v) })
@@ -126,9 +126,30 @@ func inspectAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		printSummary(w, sum)
+		printSummary(w, sum, journalArgs(c))
 	}
 	return nil
+}
+
+// journalArgs is the --config or --journal the command was given, as
+// flags to paste after a hint's command: without them a hint copied from
+// `agentq inspect --journal /srv/agentq.db` acted on ./agentq.db.
+func journalArgs(c *cli.Context) string {
+	switch {
+	case c.IsSet("config"):
+		return " --config " + shellWord(c.String("config"))
+	case c.IsSet("journal"):
+		return " --journal " + shellWord(c.String("journal"))
+	}
+	return ""
+}
+
+// shellWord quotes s for a POSIX shell when it needs quoting.
+func shellWord(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\n'\"\\$`*?[]{}()<>|&;#~!=%") {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // checkJournal runs queue.Journal.Check on a stopped agent's journal.
@@ -212,7 +233,8 @@ func readToken(file string) (string, error) {
 	return strings.TrimSpace(t), nil
 }
 
-func printSummary(w io.Writer, s *admin.Summary) {
+// where is journalArgs: hints name the journal the user named.
+func printSummary(w io.Writer, s *admin.Summary, where string) {
 	// The size, not the free space in it: offline, bbolt does not read its
 	// free list, and the summary reads the same whether the agent runs or
 	// not (/v1/summary's free_bytes and /metrics have it).
@@ -250,19 +272,19 @@ func printSummary(w io.Writer, s *admin.Summary) {
 		}
 	}
 	if len(s.Paused) > 0 {
-		fmt.Fprintf(w, "paused: %s (held, not dispatched: agentq resume PATTERN)\n", safeField(strings.Join(s.Paused, " ")))
+		fmt.Fprintf(w, "paused: %s (held, not dispatched: agentq resume%s PATTERN)\n", safeField(strings.Join(s.Paused, " ")), where)
 	}
 	fmt.Fprintf(w, "stuck: %d\n", s.States["stuck"])
 	if len(s.Stuck) > 0 {
 		fmt.Fprintln(w)
 		printList(w, s.Stuck)
 		if int64(len(s.Stuck)) < s.States["stuck"] {
-			fmt.Fprintf(w, "... and %d more: agentq inspect --state stuck --limit 0\n", s.States["stuck"]-int64(len(s.Stuck)))
+			fmt.Fprintf(w, "... and %d more: agentq inspect%s --state stuck --limit 0\n", s.States["stuck"]-int64(len(s.Stuck)), where)
 		}
-		fmt.Fprintln(w, "\nreplay them with: agentq replay --from SEQ --state stuck")
+		fmt.Fprintf(w, "\nreplay them with: agentq replay%s --from SEQ --state stuck\n", where)
 		for _, v := range s.Stuck {
 			if strings.Contains(v.Fault, "cannot read type") || strings.Contains(v.Fault, "cannot read key") {
-				fmt.Fprintln(w, "type or key could not be read: fix the SPEC (restart a running agent), then: agentq replay --from SEQ --reextract")
+				fmt.Fprintf(w, "type or key could not be read: fix the SPEC (restart a running agent), then: agentq replay%s --from SEQ --reextract\n", where)
 				break
 			}
 		}
@@ -295,7 +317,7 @@ func printList(w io.Writer, list []admin.EntryView) {
 	tw.Flush()
 }
 
-func printEntry(w io.Writer, v *admin.EntryView) {
+func printEntry(w io.Writer, v *admin.EntryView, where string) {
 	fmt.Fprintf(w, "entry %d\n", v.Seq)
 	// Type, key, source, errors: a publisher chose them, and a terminal
 	// must not take them for control sequences.
@@ -320,14 +342,14 @@ func printEntry(w io.Writer, v *admin.EntryView) {
 	if v.Fault != "" {
 		kv("bad input", v.Fault)
 		if strings.Contains(v.Fault, "cannot read type") || strings.Contains(v.Fault, "cannot read key") {
-			kv("hint", fmt.Sprintf("fix the type/key SPEC, then: agentq replay --from %d --reextract", v.Seq))
+			kv("hint", fmt.Sprintf("fix the type/key SPEC, then: agentq replay%s --from %d --reextract", where, v.Seq))
 		}
 	}
 	if v.LastError != "" {
 		kv("last error", v.LastError)
 	}
 	if v.BlockedBy != nil {
-		kv("blocked by", fmt.Sprintf("entry %d (an earlier message of key %q that is not done: agentq inspect %d)", *v.BlockedBy, v.Key, *v.BlockedBy))
+		kv("blocked by", fmt.Sprintf("entry %d (an earlier message of key %q that is not done: agentq inspect%s %d)", *v.BlockedBy, v.Key, where, *v.BlockedBy))
 	}
 	fmt.Fprintln(w, "  headers:")
 	for _, h := range v.Headers {
