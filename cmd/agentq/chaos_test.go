@@ -404,7 +404,7 @@ func runChaos(t *testing.T, p chaosProtocol, plan chaosPlan, row *chaosRow) {
 	// A failed run must not leave the agent running (and consuming) when
 	// the queue is deleted.
 	t.Cleanup(func() {
-		if a.cmd.ProcessState == nil {
+		if a.cmd.Process != nil && a.cmd.ProcessState == nil {
 			a.kill()
 		}
 	})
