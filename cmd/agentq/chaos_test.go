@@ -393,6 +393,23 @@ func runChaos(t *testing.T, p chaosProtocol, plan chaosPlan, row *chaosRow) {
 	target := p.prepare(t, strconv.FormatInt(rand.Int63(), 36), proxy.Addr())
 	logs, _ := os.Create(filepath.Join(dir, "agent.log"))
 	defer logs.Close()
+	// A failed run keeps the agent's log and journal (copied after the
+	// agent was killed, before the temporary directory goes) to look into.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		keep, err := os.MkdirTemp("", "agentq-chaos-"+p.name+"-")
+		if err != nil {
+			return
+		}
+		for _, f := range []string{"agent.log", "agentq.db"} {
+			if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
+				os.WriteFile(filepath.Join(keep, f), b, 0o600)
+			}
+		}
+		t.Logf("the agent's log and journal are kept in %s", keep)
+	})
 	a := &chaosAgent{t: t, bin: bin, dir: dir, journal: filepath.Join(dir, "agentq.db"), logs: logs, args: []string{
 		"--journal", filepath.Join(dir, "agentq.db"),
 		"--source", target.source,
