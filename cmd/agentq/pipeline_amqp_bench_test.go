@@ -153,16 +153,16 @@ func BenchmarkPipelineAMQP(b *testing.B) {
 
 // amqpBenchChannel opens a connection and a channel on it; done closes
 // them.
-func amqpBenchChannel(b *testing.B) (ch *amqp.Channel, done func()) {
-	b.Helper()
+func amqpBenchChannel(tb testing.TB) (ch *amqp.Channel, done func()) {
+	tb.Helper()
 	conn, err := amqp.Dial(amqpBenchURL)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	ch, err = conn.Channel()
 	if err != nil {
 		conn.Close()
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return ch, func() { conn.Close() }
 }

@@ -65,17 +65,17 @@ func mqttBenchWait(t mqtt.Token) error {
 // mqttBenchSession creates the persistent session clientID with a QoS 1
 // subscription to topic, so what is published next is queued for it, and
 // removes the session when the benchmark ends.
-func mqttBenchSession(b *testing.B, clientID, topic string) {
-	b.Helper()
+func mqttBenchSession(tb testing.TB, clientID, topic string) {
+	tb.Helper()
 	c := mqtt.NewClient(mqttBenchOptions(clientID, false))
 	if err := mqttBenchWait(c.Connect()); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := mqttBenchWait(c.Subscribe(topic, 1, nil)); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	c.Disconnect(250)
-	b.Cleanup(func() {
+	tb.Cleanup(func() {
 		c := mqtt.NewClient(mqttBenchOptions(clientID, true))
 		if mqttBenchWait(c.Connect()) == nil {
 			c.Disconnect(250)
