@@ -301,6 +301,20 @@ func specParam(name string, dst func(c *Config) *Spec) func(c *Config, v string)
 	}
 }
 
+// IsURLParam reports whether name is a parameter of a source URL (any
+// scheme), so that a config file that gives it as a key of its own can
+// be told where it goes.
+func IsURLParam(name string) bool {
+	for _, ps := range [][]param{params, waldurParams} {
+		for _, p := range ps {
+			if p.name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 var params = []param{
 	{"vhost", "VHOST", "virtual host, sent as the STOMP host header (default /)", "/", stringParam(func(c *Config) *string { return &c.VHost })},
 	{"prefetch", "N", "unacknowledged messages the broker may send, 1 to 65535 (default 100)", "200", func(c *Config, v string) error {

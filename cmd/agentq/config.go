@@ -286,8 +286,11 @@ func cleanYAMLError(err error) string {
 		for i, m := range te.Errors {
 			if i := strings.Index(m, "field "); i >= 0 && strings.Contains(m, " not found in type ") {
 				name := m[i+len("field "):]
-				name = name[:strings.Index(name, " not found in type ")]
+				name, typ, _ := strings.Cut(name, " not found in type ")
 				m = m[:i] + "unknown key " + name
+				if typ == "main.SourceEntry" && ingest.IsURLParam(name) {
+					m += fmt.Sprintf(" (a parameter of the source's URL: url: ...?%s=...)", name)
+				}
 			}
 			msgs[i] = m
 		}

@@ -247,7 +247,9 @@ func TestLoadConfig(t *testing.T) {
 		want       []string
 	}{
 		{"UnknownKey", "journal: x.db\nwrokers: 4\n", []string{"line 2", "unknown key wrokers"}},
-		{"NestedUnknownKey", "sources:\n  - url: stomp://h/queue/x\n    prefetch: 5\n", []string{"line 3", "prefetch"}},
+		// A URL parameter written as a key of its own says where it goes.
+		{"NestedUnknownKey", "sources:\n  - url: stomp://h/queue/x\n    prefetch: 5\n", []string{"line 3", "unknown key prefetch (a parameter of the source's URL: url: ...?prefetch=...)"}},
+		{"NestedUnknownOtherKey", "sources:\n  - url: stomp://h/queue/x\n    prefech: 5\n", []string{"line 3", "unknown key prefech"}},
 		{"BadDuration", "retry:\n  max_interval: 5 minutes\n", []string{"line 2", "not a duration"}},
 		// A timeout of 0 stood for the default (30s, 5m), while the
 		// flags refuse it.
