@@ -173,7 +173,8 @@ func (j *Journal) Outbox(max int, now time.Time) ([]*Out, error) {
 // It finds them in the outbox index (see outindex.go), those due longest
 // first, and reads only their records; they are returned oldest (lowest
 // id) first. A record that does not decode is logged and left in place
-// at every read.
+// at every read. skip is called under the index's lock: it must not call
+// the journal.
 func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) bool) ([]*Out, error) {
 	var out []*Out
 	var taken map[uint64]bool // out's ids, once a second round is needed
