@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -767,4 +768,83 @@ func floorDB(b *testing.B, buckets ...[]byte) *bolt.DB {
 		b.Fatal(err)
 	}
 	return db
+}
+
+// BenchmarkOutboxDue measures the relay's look at the outbox (Outbox of
+// up to 512 due answers) while 200,000 answers wait for their retry time
+// (a results broker away) and a few are due: the look must cost what is
+// due, not what waits. The answers are written into the file before Open,
+// as a restart with a long outbox finds them.
+func BenchmarkOutboxDue(b *testing.B) {
+	const waiting, due = 200_000, 8
+	clk := newClock()
+	path := filepath.Join(b.TempDir(), "agentq.db")
+	j, err := Open(path, Options{Logger: quietLogger(), Now: clk.Now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	j.Close()
+	writeOutbox(b, path, waiting, func(i int) *Out {
+		m := &Out{Seq: uint64(i + 1), Kind: "result", Target: fmt.Sprint("results-", i%3), Body: body512,
+			Headers: []Header{{"agentq-result-id", fmt.Sprint("x-", i)}}, CreatedAt: clk.Now(),
+			Attempts: 3, LastError: "connection refused", NextAt: clk.Now().Add(time.Duration(1+i%600) * time.Second / 2)}
+		if i%(waiting/due) == waiting/due/2 {
+			m.NextAt = clk.Now().Add(-time.Second) // due: spread over the ids
+		}
+		return m
+	})
+	t0 := time.Now()
+	j, err = Open(path, Options{Logger: quietLogger(), Now: clk.Now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	open := time.Since(t0)
+	const looks = 50
+	b.ResetTimer()
+	for it := 0; it < b.N; it++ {
+		for range looks {
+			got, err := j.Outbox(512, clk.Now())
+			if err != nil || len(got) != due {
+				b.Fatalf("look: %d due, %v; want %d", len(got), err, due)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(looks*b.N), "ns/look")
+	b.ReportMetric(float64(open.Milliseconds()), "ms/open")
+}
+
+// writeOutbox writes n outbox records made by mk straight into the
+// journal file at path (closed), ids 1 to n.
+func writeOutbox(tb testing.TB, path string, n int, mk func(i int) *Out) {
+	tb.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketOutbox)
+		if err != nil {
+			return err
+		}
+		b.FillPercent = 1.0
+		var buf []byte
+		for i := 0; i < n; i++ {
+			id, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			m := mk(i)
+			m.ID = id
+			buf = encodeOut(buf[:0], m)
+			if err := b.Put(u64(id), bytes.Clone(buf)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
 }

@@ -179,6 +179,7 @@ func (j *Journal) Check() (err error) {
 			}
 			return nil
 		})
+		j.checkOutbox(tx, fail)
 		_ = keyq.ForEach(func(k, _ []byte) error {
 			n, w := binary.Uvarint(k)
 			if w <= 0 || uint64(len(k)) != uint64(w)+n+8 {
@@ -196,4 +197,24 @@ func (j *Journal) Check() (err error) {
 		return err
 	}
 	return errors.Join(errs...)
+}
+
+// checkOutbox checks that the outbox index (see outindex.go) holds each
+// outbox message where its record says, and nothing else.
+func (j *Journal) checkOutbox(tx *bolt.Tx, fail func(string, ...any)) {
+	j.outMu.Lock()
+	defer j.outMu.Unlock()
+	n := 0
+	if b := tx.Bucket(bucketOutbox); b != nil {
+		_ = b.ForEach(func(k, v []byte) error {
+			n++
+			if p := storedOutPos(binary.BigEndian.Uint64(k), v); !j.outIdx.has(p) {
+				fail("outbox message %d is not in the outbox index as %+v", p.id, p)
+			}
+			return nil
+		})
+	}
+	if m := j.outIdx.len(); m != n {
+		fail("the outbox index has %d messages, the outbox %d", m, n)
+	}
 }

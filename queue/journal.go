@@ -255,6 +255,8 @@ type Journal struct {
 	counts       [5]int64                   // entries by State (index = State), as stored
 	outPending   int64                      // outbox messages (see OutboxCounts)
 	outFailed    int64                      // of which failed at least once
+	outMu        sync.Mutex                 // guards outIdx; taken under mu, never around a bbolt transaction
+	outIdx       *outIndex                  // the outbox's answers by when they are due (see outindex.go)
 	typeCounts   map[string]*[5]int64       // entries by type, then State
 	version      uint32                     // format of the file as opened
 	layout       stateLayout                // its state index's keys (layoutFor(version))
@@ -346,6 +348,7 @@ func Open(path string, opts Options) (*Journal, error) {
 		ops:      make(chan *op, opts.MaxBatch),
 		ready:    make(chan struct{}, 1),
 		outReady: make(chan struct{}, 1),
+		outIdx:   newOutIndex(),
 		loopDone: make(chan struct{}),
 		closing:  make(chan struct{}),
 
@@ -1025,6 +1028,17 @@ func (j *Journal) applyTxn(t *txn) {
 	}
 	j.outPending += t.outDelta[0]
 	j.outFailed += t.outDelta[1]
+	if len(t.outOps) > 0 {
+		j.outMu.Lock()
+		for _, o := range t.outOps {
+			if o.add {
+				j.outIdx.add(o.pos)
+			} else {
+				j.outIdx.remove(o.pos)
+			}
+		}
+		j.outMu.Unlock()
+	}
 	j.dedup.apply(&t.dd)
 	for i := range t.delta {
 		j.counts[i] += t.delta[i]

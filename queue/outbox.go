@@ -1,11 +1,13 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -95,36 +97,6 @@ func skipToCreated(d *decoder) {
 	d.skip() // body
 }
 
-// outTarget reads the target of an outbox record without checking or
-// decoding the rest (decodeOut does both).
-func outTarget(data []byte) (string, bool) {
-	if len(data) < 5 || data[0] != outFormat {
-		return "", false
-	}
-	d := decoder{b: data[1 : len(data)-4]}
-	d.uvarint() // entry seq
-	d.string()  // kind
-	target := d.string()
-	return target, d.err == nil
-}
-
-// outNextAt reads when an outbox record is due without decoding or
-// checking it whole. The relay reads the outbox every second, and each
-// answer waiting for its retry was copied whole, body and all, every
-// time (a dead letter carries its message's body, up to max_body).
-func outNextAt(data []byte) (time.Time, bool) {
-	if len(data) < 5 || data[0] != outFormat {
-		return time.Time{}, false
-	}
-	d := decoder{b: data[1 : len(data)-4]}
-	skipToCreated(&d)
-	d.varint()  // created
-	d.uvarint() // attempts
-	d.skip()    // last error
-	at := d.varint()
-	return fromUnixNano(at), d.err == nil
-}
-
 func decodeOut(id uint64, data []byte) (*Out, error) {
 	if len(data) < 5 || data[0] != outFormat {
 		return nil, fmt.Errorf("%w: outbox message %d: unknown format", errCorrupt, id)
@@ -172,14 +144,24 @@ func (t *txn) putOut(m *Out) error {
 		}
 		t.outAdded++
 		t.outDelta[0]++
+		t.outOps = append(t.outOps, outOp{pos: outPosOf(m), add: true})
 	}
 	t.buf = encodeOut(t.buf[:0], m)
 	return b.Put(t.k64(m.ID), t.arena.copy(t.buf))
 }
 
+// outOp is a change to the outbox index (see outindex.go) that a
+// transaction makes, applied once it committed.
+type outOp struct {
+	pos outPos
+	add bool // else remove
+}
+
 // Outbox returns up to max outbox messages due at now (new ones, and
 // failed ones whose retry time has come), oldest first; it stops early
-// once their bodies reach Options.MaxOutboxBytes.
+// once their bodies reach Options.MaxOutboxBytes. When more are due, it
+// takes those due longest: a new message is due since it was written, a
+// failed one since its retry time.
 func (j *Journal) Outbox(max int, now time.Time) ([]*Out, error) {
 	return j.OutboxExcept(max, now, nil)
 }
@@ -187,42 +169,102 @@ func (j *Journal) Outbox(max int, now time.Time) ([]*Out, error) {
 // OutboxExcept is Outbox without the messages whose target skip names
 // (nil skips none): the relay leaves out targets it is busy with, so
 // their messages do not fill the batch ahead of other targets'.
+//
+// It finds them in the outbox index (see outindex.go), those due longest
+// first, and reads only their records; they are returned oldest (lowest
+// id) first. A record that does not decode is logged and left in place
+// at every read. skip is called under the index's lock: it must not call
+// the journal.
 func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) bool) ([]*Out, error) {
 	var out []*Out
-	err := j.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketOutbox)
-		if b == nil {
-			return nil
+	var taken map[uint64]bool // out's ids, once a second round is needed
+	size := 0
+	for round := 0; ; round++ {
+		j.outMu.Lock()
+		due, damaged := j.outIdx.due(max, unixNano(now), skip)
+		j.outMu.Unlock()
+		if len(due) == 0 && (round > 0 || len(damaged) == 0) {
+			break
 		}
-		c := b.Cursor()
-		size := 0
-		for k, v := c.First(); k != nil && len(out) < max; k, v = c.Next() {
-			if skip != nil {
-				// The target comes first in the record: a busy target's
-				// messages are passed over without decoding them whole.
-				if target, ok := outTarget(v); ok && skip(target) {
-					continue
+		var undecodable []outPos
+		err := j.db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketOutbox)
+			if b == nil {
+				return nil
+			}
+			if round == 0 {
+				for _, id := range damaged {
+					if testHookOutRead != nil {
+						testHookOutRead(id)
+					}
+					if v := b.Get(u64(id)); v != nil {
+						if _, err := decodeOut(id, v); err != nil {
+							j.log.Error("outbox message does not decode; left in place", "error", err)
+						}
+					}
 				}
 			}
-			if at, ok := outNextAt(v); ok && !atDue(at, now) {
-				continue // not due: passed over without copying its body
+			for _, p := range due {
+				if len(out) == max || size >= j.opts.MaxOutboxBytes {
+					break
+				}
+				if taken[p.id] {
+					continue
+				}
+				v := b.Get(u64(p.id))
+				if v == nil {
+					continue // published since the index was read
+				}
+				if testHookOutRead != nil {
+					testHookOutRead(p.id)
+				}
+				m, err := decodeOut(p.id, v)
+				if err != nil {
+					j.log.Error("outbox message does not decode; left in place", "error", err)
+					undecodable = append(undecodable, p)
+					continue
+				}
+				if !atDue(m.NextAt, now) {
+					continue // failed again since the index was read
+				}
+				out = append(out, m)
+				size += len(m.Body)
 			}
-			// A record the two reads above could not parse does not
-			// decode either: it is logged here.
-			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
-			if err != nil {
-				j.log.Error("outbox message does not decode; left in place", "error", err)
-				continue
-			}
-			out = append(out, m)
-			if size += len(m.Body); size >= j.opts.MaxOutboxBytes {
-				break
-			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	return out, err
+		if len(undecodable) == 0 {
+			break
+		}
+		// Damaged records took places among the due answers: from now on
+		// they are read (and logged) at every look apart, and this look
+		// goes on past them.
+		j.outMu.Lock()
+		for _, p := range undecodable {
+			j.outIdx.markDamaged(p)
+		}
+		j.outMu.Unlock()
+		if len(out) == max || size >= j.opts.MaxOutboxBytes {
+			break
+		}
+		if taken == nil {
+			taken = map[uint64]bool{}
+		}
+		for _, m := range out {
+			taken[m.ID] = true
+		}
+	}
+	// Within a read, each target's answers go out in the order they were
+	// written, as when the read went through the outbox by id.
+	slices.SortFunc(out, func(a, b *Out) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
 }
+
+// testHookOutRead, when set, is called for each outbox record the relay's
+// look reads (see TestOutboxLookReadsOnlyDue).
+var testHookOutRead func(id uint64)
 
 // ScanOutbox calls fn for every outbox message in id order until it
 // returns false.
@@ -292,15 +334,21 @@ func (j *Journal) OutboxCounts() (pending, failed int) {
 	return int(j.outPending), int(j.outFailed)
 }
 
-// countOutbox counts the outbox for OutboxCounts, at Open.
+// countOutbox counts the outbox for OutboxCounts and builds its index
+// (see outindex.go), at Open.
 func (j *Journal) countOutbox(tx *bolt.Tx) {
 	var pending, failed int64
+	var idx outBuilder
 	if b := tx.Bucket(bucketOutbox); b != nil {
-		// outFailed reads the attempts without copying the headers and
-		// body: decoding each answer whole made Open copy the outbox.
-		_ = b.ForEach(func(_, v []byte) error {
+		// idx.add reads the attempts, target and times without copying
+		// the headers and body: decoding each answer whole made Open copy
+		// the outbox.
+		_ = b.ForEach(func(k, v []byte) error {
 			pending++
-			if outFailed(v) {
+			// As outFailed, without reading the record again: a damaged
+			// one is not counted failed.
+			if f, ok := idx.add(binary.BigEndian.Uint64(k), v); ok && f.attempts > 0 &&
+				crc32.Checksum(v[:len(v)-4], castagnoli) == binary.BigEndian.Uint32(v[len(v)-4:]) {
 				failed++
 			}
 			return nil
@@ -309,6 +357,9 @@ func (j *Journal) countOutbox(tx *bolt.Tx) {
 	j.mu.Lock()
 	j.outPending, j.outFailed = pending, failed
 	j.mu.Unlock()
+	j.outMu.Lock()
+	j.outIdx = idx.index()
+	j.outMu.Unlock()
 }
 
 // OutboxDone removes published messages: the broker confirmed them.
@@ -331,6 +382,7 @@ func (j *Journal) OutboxDone(ctx context.Context, ids []uint64) error {
 			if outFailed(v) {
 				t.outDelta[1]--
 			}
+			t.outOps = append(t.outOps, outOp{pos: storedOutPos(id, v)})
 			if err := b.Delete(k); err != nil {
 				return err
 			}
@@ -372,12 +424,14 @@ func (j *Journal) OutboxFailed(ctx context.Context, ids []uint64, reason string,
 			if !m.Failed() {
 				t.outDelta[1]++
 			}
+			t.outOps = append(t.outOps, outOp{pos: outPosOf(m)})
 			m.Attempts++
 			m.LastError = clip(reason)
 			m.NextAt = next
 			if err := t.putOut(m); err != nil {
 				return err
 			}
+			t.outOps = append(t.outOps, outOp{pos: outPosOf(m), add: true})
 		}
 		return nil
 	})

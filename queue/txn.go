@@ -199,6 +199,7 @@ type txn struct {
 	pauses       *pauseSet
 	outAdded     int                 // outbox messages written
 	outDelta     [2]int64            // change of the outbox's pending and failed counts
+	outOps       []outOp             // changes to the outbox index, applied after commit
 	ended        map[uint64]struct{} // claims settled in this transaction
 	dd           dedupChanges        // to the dedup index, applied after commit
 	parked       map[uint64]bool     // claims' damaged finds handled here
