@@ -299,10 +299,12 @@ func (s *Server) guard(h http.Handler) http.Handler {
 			writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": fmt.Sprintf("host %q is not this agent's admin address; use 127.0.0.1 or localhost (or add it to admin.allowed_hosts)", r.Host)})
 			return
 		}
-		if strings.HasPrefix(r.URL.Path, "/debug/pprof/") && r.Method == http.MethodGet {
+		if strings.HasPrefix(r.URL.Path, "/debug/pprof/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 			// A profile or a trace is a GET that makes the agent work
 			// for as long as it asks (?seconds=86400), and blocks the
-			// operator's own: a web page's <img> must not start one.
+			// operator's own: a web page's <img> must not start one,
+			// nor its fetch with method HEAD (the handler runs all the
+			// same; the state-change check below skips HEAD).
 			if err := s.sameSite(r); err != nil {
 				writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error()})
 				return

@@ -266,6 +266,9 @@ func TestRequestGuards(t *testing.T) {
 			{"pprof profile cross-site", "GET", "/debug/pprof/profile?seconds=1", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, 403},
 			{"pprof trace same-site", "GET", "/debug/pprof/trace?seconds=1", map[string]string{"Sec-Fetch-Site": "same-site"}, true, 403},
 			{"pprof trace by Referer", "GET", "/debug/pprof/trace?seconds=1", map[string]string{"Referer": "http://evil.example/page"}, true, 403},
+			// fetch(url, {method: "HEAD", mode: "no-cors"}) is as simple a
+			// request as an <img>, and HEAD runs the handler too.
+			{"pprof trace cross-site HEAD", "HEAD", "/debug/pprof/trace?seconds=1", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, 403},
 			{"health needs nothing", "GET", "/healthz", map[string]string{}, false, 200},
 		}
 		for _, c := range cases {

@@ -476,6 +476,10 @@ type mqttSession struct {
 	heldMu sync.Mutex
 	held   int
 	room   chan struct{}
+	// unbounded is set when close begins: the reader drops what it is
+	// handed from then on (discard), so no ack will make room, and the
+	// barrier's PINGRESP is read only once handle lets paho go on.
+	unbounded bool
 	// onFull, if set, is called when handle waits for room (tests).
 	onFull func()
 }
@@ -511,7 +515,7 @@ func (s *mqttSession) openOnce(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 func (s *mqttSession) handle(_ mqtt.Client, m mqtt.Message) {
 	n := len(m.Payload())
 	s.heldMu.Lock()
-	for s.held > 0 && s.held+n > mqttMaxHeld {
+	for !s.unbounded && s.held > 0 && s.held+n > mqttMaxHeld {
 		if s.room == nil {
 			s.room = make(chan struct{}, 1)
 		}
@@ -535,9 +539,12 @@ func (s *mqttSession) handle(_ mqtt.Client, m mqtt.Message) {
 }
 
 // release gives back the room of acknowledged bodies (see handle).
-func (s *mqttSession) release(n int) {
+func (s *mqttSession) release(n int) { s.wake(func() { s.held -= n }) }
+
+// wake changes what handle waits on, under its lock, and wakes it.
+func (s *mqttSession) wake(change func()) {
 	s.heldMu.Lock()
-	s.held -= n
+	change()
 	room := s.room
 	s.heldMu.Unlock()
 	if room != nil {
@@ -641,6 +648,11 @@ func (s *mqttSession) barrier() error {
 // DISCONNECT is not acknowledged, so a barrier before it confirms the
 // PUBACKs.
 func (s *mqttSession) close() error {
+	// The reader discards from now on: nothing handed over is acknowledged
+	// any more. handle waiting for room held up paho's reader, and with it
+	// the barrier's PINGRESP, until the shutdown timed out (found by
+	// stopping an agent under a flood of QoS 0 messages of 1 MiB).
+	s.wake(func() { s.unbounded = true })
 	err := s.barrier()
 	s.once.Do(func() { close(s.dead) })
 	s.client.Disconnect(250)

@@ -209,3 +209,94 @@ func TestMQTTSessionBoundsHeldBytes(t *testing.T) {
 	}
 	<-handed
 }
+
+// disconnectOnly is a paho client whose Disconnect does nothing.
+type disconnectOnly struct{ mqtt.Client }
+
+func (disconnectOnly) Disconnect(uint) {}
+
+// Ensure an MQTT session's close returns while the bodies it handed over
+// are at mqttMaxHeld: from then on the reader drops what it is handed and
+// acknowledges nothing, so handle waited for room that never came, paho's
+// reader with it, and the barrier's PINGRESP queued behind the flood was
+// never read: the stop waited out its timeout. Found by stopping an agent
+// under a flood of QoS 0 messages of 1 MiB.
+func TestMQTTSessionCloseUnderHeldBytes(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	full := make(chan struct{})
+	var once sync.Once
+	s := &mqttSession{
+		nc:     newMQTTConn(a),
+		client: disconnectOnly{},
+		msgs:   make(chan mqtt.Message, DefaultMQTTBuffer),
+		dead:   make(chan struct{}),
+		lost:   make(chan struct{}),
+		onFull: func() { once.Do(func() { close(full) }) },
+	}
+	// The broker: a flood of PUBLISHes, and a PINGRESP after each
+	// PINGREQ, queued behind the PUBLISH being written.
+	pinged := make(chan struct{}, 1)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, err := b.Read(buf)
+			if err != nil {
+				return
+			}
+			if bytes.Contains(buf[:n], []byte{0xc0, 0}) {
+				pinged <- struct{}{}
+			}
+		}
+	}()
+	go func() {
+		for {
+			p := []byte{0x30, 0} // a PUBLISH, as far as the scanner cares
+			select {
+			case <-pinged:
+				p = []byte{0xd0, 0}
+			default:
+			}
+			if _, err := b.Write(p); err != nil {
+				return
+			}
+		}
+	}()
+	// paho's reader and router: a PUBLISH goes to handle before the next
+	// packet is read.
+	go func() {
+		buf := make([]byte, 2)
+		for {
+			if _, err := io.ReadFull(s.nc, buf); err != nil {
+				return
+			}
+			if buf[0] == 0x30 {
+				s.handle(nil, qos0Message{make([]byte, 1<<20)})
+			}
+		}
+	}()
+	// The reader once the session is discarded: takes, never acknowledges.
+	drop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-s.msgs:
+			case <-drop:
+				return
+			}
+		}
+	}()
+	defer close(drop)
+	<-full
+	closed := make(chan error, 1)
+	go func() { closed <- s.close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("close did not return: handle waits for room no ack will make, and the PINGRESP behind it is never read")
+	}
+}

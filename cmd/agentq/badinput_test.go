@@ -182,4 +182,14 @@ func TestInspectHintsNameTheJournal(t *testing.T) {
 			t.Errorf("inspect %v: exit %d: %s\n%s\nwant the hint %q", tc.args, code, errs, out, tc.hint)
 		}
 	}
+	// --journal overrides the config's journal: a hint with only --config
+	// replayed the config's journal, not the one inspected.
+	cfg := filepath.Join(t.TempDir(), "agentq.yaml")
+	if err := os.WriteFile(cfg, []byte("journal: "+filepath.Join(t.TempDir(), "other.db")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runMain(t, "", "inspect", "--config", cfg, "--journal", journal)
+	if want := "agentq replay --config " + cfg + " " + quoted + " --from SEQ --state stuck"; code != 0 || !strings.Contains(out, want) {
+		t.Errorf("inspect --config --journal: exit %d: %s\n%s\nwant the hint %q", code, errs, out, want)
+	}
 }

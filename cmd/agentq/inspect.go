@@ -131,17 +131,20 @@ func inspectAction(c *cli.Context) error {
 	return nil
 }
 
-// journalArgs is the --config or --journal the command was given, as
-// flags to paste after a hint's command: without them a hint copied from
-// `agentq inspect --journal /srv/agentq.db` acted on ./agentq.db.
+// journalArgs is the --config, --journal and --admin-token-file the
+// command was given, as flags to paste after a hint's command: without
+// them a hint copied from `agentq inspect --journal /srv/agentq.db` acted
+// on ./agentq.db. All of them: --journal overrides the config's journal,
+// so a hint with only --config acted on another journal than the one
+// shown, and a running agent's replay needs the token the inspect used.
 func journalArgs(c *cli.Context) string {
-	switch {
-	case c.IsSet("config"):
-		return " --config " + shellWord(c.String("config"))
-	case c.IsSet("journal"):
-		return " --journal " + shellWord(c.String("journal"))
+	var b strings.Builder
+	for _, name := range []string{"config", "journal", "admin-token-file"} {
+		if v := c.String(name); v != "" {
+			b.WriteString(" --" + name + " " + shellWord(v))
+		}
 	}
-	return ""
+	return b.String()
 }
 
 // shellWord quotes s for a POSIX shell when it needs quoting.
