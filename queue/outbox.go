@@ -269,26 +269,7 @@ var testHookOutRead func(id uint64)
 // ScanOutbox calls fn for every outbox message in id order until it
 // returns false.
 func (j *Journal) ScanOutbox(fn func(*Out) bool) error {
-	err := j.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketOutbox)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
-			if err != nil {
-				return err
-			}
-			if !fn(m) {
-				return errStopOutbox
-			}
-			return nil
-		})
-	})
-	if err == errStopOutbox {
-		return nil
-	}
-	return err
+	return j.scanOutbox(nil, fn)
 }
 
 var errStopOutbox = errors.New("stop")
@@ -299,14 +280,23 @@ var errStopOutbox = errors.New("stop")
 // copying every waiting answer's body to find them cost a view of the
 // dashboard the whole outbox while a results broker was away).
 func (j *Journal) ScanFailedOutbox(fn func(*Out) bool) error {
+	// A damaged record is passed over too: decodeOut would fail, and it
+	// is not counted failed.
+	return j.scanOutbox(outFailed, fn)
+}
+
+// scanOutbox calls fn for the outbox messages whose stored record keep
+// accepts (all with keep nil), decoded, in id order, until fn returns
+// false.
+func (j *Journal) scanOutbox(keep func(record []byte) bool, fn func(*Out) bool) error {
 	err := j.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketOutbox)
 		if b == nil {
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			if !outFailed(v) {
-				return nil // a damaged record too: decodeOut would fail, and it is not counted failed
+			if keep != nil && !keep(v) {
+				return nil
 			}
 			m, err := decodeOut(binary.BigEndian.Uint64(k), v)
 			if err != nil {

@@ -114,10 +114,7 @@ func readyz(t *testing.T, a *agent) (int, error) {
 // a type once set the terminal's title and cleared its screen.
 func TestInspectEscapesControls(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	evil := "evil\x1b]0;pwned\a\x1b[2J\u009b31m\tx"
 	ctx := context.Background()
 	if _, err := j.Append(ctx, &queue.Entry{Source: "src" + evil, Destination: "/queue/x", Type: evil, Key: evil,
@@ -151,10 +148,7 @@ func TestInspectEscapesControls(t *testing.T) {
 // found no journal there) and replayed nothing, or the wrong entries.
 func TestInspectHintsNameTheJournal(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "a journal.db") // a space: the hint must quote it
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	ctx := context.Background()
 	for range 2 {
 		if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "k", Body: []byte("{}")}); err != nil {

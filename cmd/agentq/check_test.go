@@ -23,10 +23,7 @@ import (
 // entries, refuses a journal an agent holds, and takes no filter.
 func TestInspectCheck(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	for i := 0; i < 20; i++ {
 		if _, err := j.Append(context.Background(), &queue.Entry{Type: "t", Key: "k", Body: []byte("x")}); err != nil {
 			t.Fatal(err)

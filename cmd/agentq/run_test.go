@@ -94,10 +94,7 @@ func TestNoBrokerSaysSo(t *testing.T) {
 // in use.
 func TestCompactCommand(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	for i := 0; i < 200; i++ {
 		j.Append(context.Background(), &queue.Entry{Body: make([]byte, 4000)})
 	}
@@ -332,10 +329,7 @@ func TestAdminTokenFileReadAlike(t *testing.T) {
 // and the right one lifts it.
 func TestPauseResumeOffline(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	j.Close()
 	steps := []struct {
 		args []string
@@ -474,10 +468,7 @@ func TestRouteViewsHideSecrets(t *testing.T) {
 func TestReplayRangeEdges(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
 	ctx := context.Background()
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	for i := 0; i < 3; i++ {
 		if _, err := j.Append(ctx, &queue.Entry{Type: "t", Key: "k", Body: []byte("x")}); err != nil {
 			t.Fatal(err)
@@ -508,7 +499,7 @@ func TestReplayRangeEdges(t *testing.T) {
 			t.Errorf("replay %v: exit %d, %q (stderr %q); want 0, %q", tc.args, code, out, errs, tc.want)
 		}
 	}
-	j, err = queue.Open(journal, queue.Options{ReadOnly: true, Logger: discardLogger()})
+	j, err := queue.Open(journal, queue.Options{ReadOnly: true, Logger: discardLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -527,10 +518,7 @@ func TestReplayRangeEdges(t *testing.T) {
 func TestReplayToIncludesDayAndSecond(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
 	ctx := context.Background()
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	day := time.Date(2026, 3, 14, 0, 0, 0, 0, time.Local)
 	for _, at := range []time.Time{
 		day.Add(10*time.Hour + 500*time.Millisecond),               // 1: 10:00:00.5
@@ -613,10 +601,7 @@ func TestSplitCommand(t *testing.T) {
 func TestReextractLivePartly(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
 	ctx := context.Background()
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	defer j.Close()
 	// 1 and 2 were parked as stuck under a wrong key SPEC; 3, of key a,
 	// runs under the fixed one.
@@ -678,10 +663,7 @@ func serveReextract(t *testing.T, journal string, j *queue.Journal, keySpec stri
 func TestReextractLiveUnchangedSaysRestart(t *testing.T) {
 	journal := filepath.Join(t.TempDir(), "agentq.db")
 	ctx := context.Background()
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	defer j.Close()
 	if _, err := j.Append(ctx, &queue.Entry{Type: "t", Body: []byte(`{"k":"a"}`), Fault: "cannot read key (json:id): json field id missing"}); err != nil {
 		t.Fatal(err)
@@ -715,10 +697,7 @@ func TestReextractOfflineSameNamedSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := queue.Open(journal, queue.Options{Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := openJournal(t, journal)
 	hs := []queue.Header{{Name: "ta", Value: "from-a"}, {Name: "tb", Value: "from-b"}}
 	for _, sc := range s.sources {
 		if _, err := j.Append(context.Background(), &queue.Entry{Source: sc.Name, Type: "wrong", Headers: hs}); err != nil {
@@ -739,4 +718,16 @@ func TestReextractOfflineSameNamedSources(t *testing.T) {
 			t.Errorf("entry %d of source %q: type %q (%v), want %q", seq, e.Source, e.Type, err, want)
 		}
 	}
+}
+
+// openJournal opens the journal at path for a test that writes entries
+// into it before the command under test reads them; the caller closes it
+// (before running a command that needs the file's lock).
+func openJournal(t *testing.T, path string) *queue.Journal {
+	t.Helper()
+	j, err := queue.Open(path, queue.Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
 }
