@@ -678,20 +678,52 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	})
 	hidden := max(len(gs)-maxGroups, 0)
 	gs = gs[:len(gs)-hidden]
+	// The entries are listed a page at a time, newest first, like the
+	// entries page: the list stopped at the newest 50, and 500 stuck
+	// entries could be replayed all at once but not seen.
+	before, _ := strconv.ParseUint(r.URL.Query().Get("before"), 10, 64)
 	count := f
 	count.Limit = maxGroupScan // bounded like the groups; the replay stops where the count did
-	matchingTo, err := u.countMatching(count, &matching)
+	newer := 0                 // matching entries on the pages before this one
+	matchingTo, err := u.countMatching(count, func(seq uint64) {
+		matching++
+		if before > 0 && seq >= before {
+			newer++
+		}
+	})
 	if err != nil {
 		return "", err
 	}
-	f.Reverse, f.Limit = true, uiPageSize
+	if before > 1 && (f.ToSeq == 0 || before-1 < f.ToSeq) {
+		f.ToSeq = before - 1
+	}
+	f.Reverse, f.Limit = true, uiPageSize+1
 	entries, err := u.s.Store.List(f)
 	if err != nil {
 		return "", err
 	}
 	p.Title, p.Page = "Stuck", "stuck"
-	p.Data = map[string]any{"Q": q, "Groups": gs, "Entries": entries, "Matching": matching, "Retention": u.retention(),
-		"GroupsTo": groupsTo, "GroupsCapped": scanned >= maxGroupScan, "GroupsHidden": hidden, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan}
+	self := q.values()
+	self.Del("state")
+	selfURL := "/ui/stuck"
+	if len(self) > 0 {
+		selfURL += "?" + self.Encode() // a replay comes back to the same filter
+	}
+	d := map[string]any{"Q": q, "Groups": gs, "Matching": matching, "Retention": u.retention(),
+		"GroupsTo": groupsTo, "GroupsCapped": scanned >= maxGroupScan, "GroupsHidden": hidden, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan,
+		"Filtered": len(self) > 0, "Self": selfURL, "First": newer + 1}
+	if len(entries) > uiPageSize {
+		entries = entries[:uiPageSize]
+		v := q.values()
+		v.Del("state")
+		v.Set("before", strconv.FormatUint(entries[len(entries)-1].Seq, 10))
+		d["Older"] = "/ui/stuck?" + v.Encode()
+	}
+	if before > 0 {
+		d["Newer"] = d["Self"]
+	}
+	d["Entries"], d["Last"] = entries, newer+len(entries)
+	p.Data = d
 	return "stuck", nil
 }
 
@@ -704,11 +736,12 @@ func stuckError(lastError, fault string) string {
 	return lastError
 }
 
-// countMatching counts the entries f matches and returns the highest
-// sequence among them: a bulk replay of what was counted stops there.
-func (u *ui) countMatching(f queue.Filter, n *int) (uint64, error) {
+// countMatching calls fn for each entry f matches and returns the
+// highest sequence among them: a bulk replay of what was counted stops
+// there.
+func (u *ui) countMatching(f queue.Filter, fn func(seq uint64)) (uint64, error) {
 	var top uint64
-	err := u.scan(f, func(seq uint64, _, _, _ string) { *n++; top = max(top, seq) })
+	err := u.scan(f, func(seq uint64, _, _, _ string) { fn(seq); top = max(top, seq) })
 	return top, err
 }
 

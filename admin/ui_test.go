@@ -709,3 +709,94 @@ func TestUntilInclusive(t *testing.T) {
 		t.Errorf("since=2026-03-14: %v, %v; want %v", f.Since, err, day)
 	}
 }
+
+// stuckMany makes n stuck entries of type t, the even ones failing with
+// "boom", the odd ones with "bang", and returns their sequences.
+func stuckMany(t *testing.T, j *queue.Journal, n int) []uint64 {
+	t.Helper()
+	ctx := context.Background()
+	var es []*queue.Entry
+	for i := 0; i < n; i++ {
+		es = append(es, &queue.Entry{Source: "s", Destination: "/queue/q", Type: "t", Body: []byte("{}")})
+	}
+	if _, err := j.Append(ctx, es...); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := j.Claim(ctx, n)
+	if err != nil || len(claimed) != n {
+		t.Fatalf("claim: %v (%d)", err, len(claimed))
+	}
+	var outs []queue.Outcome
+	var seqs []uint64
+	for i, e := range claimed {
+		outs = append(outs, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: []string{"boom", "bang"}[i%2]})
+		seqs = append(seqs, e.Seq)
+	}
+	if err := j.Settle(ctx, outs...); err != nil {
+		t.Fatal(err)
+	}
+	return seqs
+}
+
+// TestDashboardStuckPages: with more stuck entries than a page lists, the
+// stuck page says how many match, and its "older" links, which keep the
+// filter, list every one of them once; a replay from a filtered page
+// comes back to the same filter. The page listed the newest 50 and no
+// more: 500 stuck entries could be replayed at once but not seen.
+func TestDashboardStuckPages(t *testing.T) {
+	j := emptyJournal(t)
+	seqs := stuckMany(t, j, 500)
+	srv, base := serve(t, j, "")
+	c := uiClient(t)
+	postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+	rowRe := regexp.MustCompile(`name="seq" value="(\d+)"`)
+	olderRe := regexp.MustCompile(`href="([^"]+)" id="older"`)
+	seen := map[string]bool{}
+	next, pages := "/ui/stuck?error=boom", 0
+	var first string
+	for next != "" && pages < 20 {
+		pages++
+		_, body, _ := get(t, c, base+html.UnescapeString(next))
+		if pages == 1 {
+			first = body
+		}
+		for _, m := range rowRe.FindAllStringSubmatch(body, -1) {
+			if seen[m[1]] {
+				t.Errorf("entry %s listed twice", m[1])
+			}
+			seen[m[1]] = true
+		}
+		next = ""
+		if m := olderRe.FindStringSubmatch(body); m != nil {
+			next = m[1]
+			if !strings.Contains(next, "error=boom") {
+				t.Fatalf("the older link %q drops the filter", next)
+			}
+		}
+	}
+	for i, s := range seqs {
+		if want := i%2 == 0; seen[fmt.Sprint(s)] != want {
+			t.Errorf("entry %d (boom: %v) listed: %v", s, want, !want)
+			break
+		}
+	}
+	if len(seen) != 250 {
+		t.Errorf("%d entries over %d pages, want 250", len(seen), pages)
+	}
+	if !strings.Contains(first, "250 stuck entries match the filter; 1–50 shown") {
+		t.Errorf("the first page does not say how many match:\n%s", first)
+	}
+	csrf := csrfRe.FindStringSubmatch(first)
+	to := regexp.MustCompile(`name="to" value="(\d+)">\s+<input type="hidden" name="next" value="([^"]+)"`).FindStringSubmatch(first)
+	if csrf == nil || to == nil {
+		t.Fatalf("no replay form:\n%s", first)
+	}
+	form := url.Values{"csrf": {csrf[1]}, "state": {"stuck"}, "error": {"boom"}, "all": {"1"}, "to": {to[1]}, "next": {html.UnescapeString(to[2])}}
+	code, _, h := postForm(t, c, base+"/ui/replay", form, nil)
+	if loc := h.Get("Location"); code != http.StatusSeeOther || !strings.Contains(loc, "replayed+250+entries") || !strings.HasPrefix(loc, "/ui/stuck?") || !strings.Contains(loc, "error=boom") {
+		t.Fatalf("replay all matching = %d → %s, want 250 replayed and back to the filter", code, loc)
+	}
+	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 250 {
+		t.Errorf("%d stuck after the replay, want 250", n)
+	}
+}
