@@ -643,7 +643,8 @@ const maxGroups = 200
 func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	q := queryOf(r)
 	q.State = "stuck"
-	f, err := q.filter(time.Now())
+	now := time.Now() // before the counts: the replay forms take what was stuck by now
+	f, err := q.filter(now)
 	if err != nil {
 		return "", err
 	}
@@ -711,7 +712,7 @@ func (u *ui) stuck(r *http.Request, p *uiPage) (string, error) {
 	}
 	d := map[string]any{"Q": q, "Groups": gs, "Matching": matching, "Retention": u.retention(),
 		"GroupsTo": groupsTo, "GroupsCapped": scanned >= maxGroupScan, "GroupsHidden": hidden, "MatchingTo": matchingTo, "MatchingCapped": matching >= maxGroupScan,
-		"Filtered": len(self) > 0, "Self": selfURL, "First": newer + 1}
+		"Filtered": len(self) > 0, "Self": selfURL, "First": newer + 1, "Drawn": now.UnixNano()}
 	if len(entries) > uiPageSize {
 		entries = entries[:uiPageSize]
 		v := q.values()
@@ -852,6 +853,17 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 	default:
 		return u.withFlash(next, "error", "nothing selected"), nil
 	}
+	if v := form.Get("drawn"); v != "" {
+		// A bulk form names when its page was drawn: an entry whose state
+		// changed since (one that was pending or running then and is stuck
+		// now, though older than the last entry counted) was not counted,
+		// and is not replayed.
+		drawn, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return "", fmt.Errorf("%w: drawn %q is not a number", errBadRequest, v)
+		}
+		f.Match = changedBy(drawn, f.Match)
+	}
 	if reextract {
 		if u.s.Reextract == nil {
 			return "", errors.New("replay with re-extraction needs the running agent's source settings")
@@ -886,6 +898,18 @@ func (u *ui) replay(w http.ResponseWriter, r *http.Request) (string, error) {
 		return u.withFlash(next, "error", u.changedSince(seqs[0])), nil
 	}
 	return u.withFlash(next, "done", fmt.Sprintf("replayed %d entries", len(done))), nil
+}
+
+// changedBy narrows match to entries whose state last changed at or
+// before drawn (Unix ns). A damaged entry, whose time is not known, is
+// kept as its page counted it.
+func changedBy(drawn int64, match func(*queue.Entry) bool) func(*queue.Entry) bool {
+	return func(e *queue.Entry) bool {
+		if !e.UpdatedAt.IsZero() && e.UpdatedAt.UnixNano() > drawn {
+			return false
+		}
+		return match == nil || match(e)
+	}
 }
 
 // changedSince says why an entry's Replay did nothing: the entry is no

@@ -800,3 +800,56 @@ func TestDashboardStuckPages(t *testing.T) {
 		t.Errorf("%d stuck after the replay, want 250", n)
 	}
 }
+
+// TestDashboardBulkReplayDrawn: an entry older than the last one a stuck
+// page counted, but not stuck when the page was drawn (it was running),
+// is not replayed by that page's group or "Replay all matching" forms:
+// the upper sequence bound let it through, and an operator who confirmed
+// "Replay the 2 stuck entries" replayed 3.
+func TestDashboardBulkReplayDrawn(t *testing.T) {
+	j := emptyJournal(t)
+	ctx := context.Background()
+	if _, err := j.Append(ctx, &queue.Entry{Type: "t", Body: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	running, err := j.Claim(ctx, 1)
+	if err != nil || len(running) != 1 {
+		t.Fatalf("claim: %v", err)
+	}
+	for range 2 {
+		runOne(t, j, &queue.Entry{Type: "t", Body: []byte("{}")}, queue.Outcome{Kind: queue.Stuck, Err: "boom"})
+	}
+	srv, base := serve(t, j, "")
+	c := uiClient(t)
+	postForm(t, c, base+"/ui/login", url.Values{"token": {srv.StateToken()}}, nil)
+	_, page, _ := get(t, c, base+"/ui/stuck")
+	csrf := csrfRe.FindStringSubmatch(page)
+	drawn := regexp.MustCompile(`name="drawn" value="(\d+)"`).FindStringSubmatch(page)
+	to := regexp.MustCompile(`name="to" value="(\d+)"`).FindStringSubmatch(page)
+	if csrf == nil || to == nil || drawn == nil || !strings.Contains(page, "Replay all matching (2)") {
+		t.Fatalf("stuck page without its forms or count:\n%s", page)
+	}
+	// The running entry fails the same way after the page was drawn.
+	if err := j.Settle(ctx, queue.Outcome{Seq: running[0].Seq, Kind: queue.Stuck, Err: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, form := range []url.Values{
+		{"group": {"1"}, "group_type": {"t"}, "group_error": {"boom"}},
+		{"state": {"stuck"}, "all": {"1"}},
+	} {
+		form.Set("csrf", csrf[1])
+		form.Set("to", to[1])
+		form.Set("drawn", drawn[1])
+		form.Set("next", "/ui/stuck")
+		code, _, h := postForm(t, c, base+"/ui/replay", form, nil)
+		if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "done=replayed") {
+			t.Fatalf("replay %v = %d → %s", form, code, h.Get("Location"))
+		}
+		if e, err := j.Get(running[0].Seq); err != nil || e.State != queue.StateStuck {
+			t.Fatalf("after replay %v the entry stuck after the page was drawn is %v (%v); want it stuck", form, e.State, err)
+		}
+	}
+	if n := mustSummary(t, NewLocal(j, false)).States["stuck"]; n != 1 {
+		t.Errorf("%d stuck, want 1 (the two the page counted replayed)", n)
+	}
+}
