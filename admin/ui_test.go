@@ -853,3 +853,47 @@ func TestDashboardBulkReplayDrawn(t *testing.T) {
 		t.Errorf("%d stuck, want 1 (the two the page counted replayed)", n)
 	}
 }
+
+// TestDashboardLongTypeAndKeyBounded: the lists clip an entry's type and
+// key (its own page shows them whole). Neither is bounded at ingest (a
+// key taken from a message field can be any length): 50 entries with
+// 64 KiB keys made the entries and stuck pages 6 MiB of one table row
+// after another, each as wide as its key.
+func TestDashboardLongTypeAndKeyBounded(t *testing.T) {
+	j := emptyJournal(t)
+	ctx := context.Background()
+	typ, key := strings.Repeat("t", 64<<10), strings.Repeat("k", 64<<10)
+	const n = uiPageSize
+	var es []*queue.Entry
+	for i := range n {
+		es = append(es, &queue.Entry{Type: typ, Key: fmt.Sprintf("%s<b>%d", key, i), Body: []byte("{}")})
+	}
+	if _, err := j.Append(ctx, es...); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := j.Claim(ctx, n)
+	if err != nil || len(claimed) != n {
+		t.Fatalf("claim: %v (%d)", err, len(claimed))
+	}
+	var outs []queue.Outcome
+	for _, e := range claimed {
+		outs = append(outs, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: "boom"})
+	}
+	if err := j.Settle(ctx, outs...); err != nil {
+		t.Fatal(err)
+	}
+	_, base := serve(t, j, "")
+	c := uiClient(t)
+	for _, path := range []string{"/ui/entries", "/ui/stuck", "/ui/"} {
+		code, body, _ := get(t, c, base+path)
+		if code != 200 || len(body) > 512<<10 {
+			t.Errorf("GET %s = %d, %d bytes; want at most 512 KiB", path, code, len(body))
+		}
+		if strings.Contains(body, "<b>") {
+			t.Errorf("GET %s: the key is not escaped", path)
+		}
+	}
+	if _, body, _ := get(t, c, base+"/ui/entries/1"); !strings.Contains(body, key+"&lt;b&gt;0") {
+		t.Errorf("the entry's page does not show its whole key")
+	}
+}
