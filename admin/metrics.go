@@ -2,6 +2,7 @@ package admin
 
 import (
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,6 +88,7 @@ func (m *Metrics) ObserveResult(r worker.Result) {
 	if backend == "" {
 		backend = "none"
 	}
+	backend = labelValue(backend)
 	m.processed.WithLabelValues(r.Outcome, backend).Inc()
 	switch r.Outcome {
 	case "done":
@@ -169,10 +171,17 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(rs.Published))
 	ch <- prometheus.MustNewConstMetric(descPubFailed, prometheus.CounterValue, float64(rs.Failed))
+	seen := map[string]bool{}
 	for _, p := range c.j.Paused() {
+		p = labelValue(p)
+		if seen[p] { // two patterns that differ only in bytes that are not UTF-8
+			continue
+		}
+		seen[p] = true
 		ch <- prometheus.MustNewConstMetric(descRoutePause, prometheus.GaugeValue, 1, p)
 	}
 	for _, s := range c.sources() {
+		s.Name = labelValue(s.Name)
 		ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(s.Received), s.Name)
 		ch <- prometheus.MustNewConstMetric(descJournaled, prometheus.CounterValue, float64(s.Journaled), s.Name)
 		ch <- prometheus.MustNewConstMetric(descAcked, prometheus.CounterValue, float64(s.Acked), s.Name)
@@ -182,6 +191,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, b2f(s.State == ingest.StateConnected), s.Name)
 		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(s.Paused), s.Name)
 	}
+}
+
+// labelValue makes s a valid label value: Prometheus' label values are
+// UTF-8, and MustNewConstMetric panics on any other. A pause of a pattern
+// with other bytes (agentq pause on a stopped agent's journal takes it as
+// given) or a source named so crashed the agent at every scrape of
+// /metrics. Such bytes show as U+FFFD, as /v1/paused and /v1/sources
+// (JSON) show them.
+func labelValue(s string) string {
+	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
 func b2f(b bool) float64 {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -231,4 +232,66 @@ func TestCheckUnreadablePage(t *testing.T) {
 		t.Fatalf("Check = %v, want the file reported damaged", err)
 	}
 	t.Log(err)
+}
+
+// Ensure an entry that was retrying and whose records are then damaged
+// leaves the retrying counter when it is parked as stuck, and stays
+// counted under its type as it was. With its status record damaged its
+// attempts were unknown, so the counter kept it: /metrics, /v1/summary and
+// inspect showed a retrying entry that did not exist and one pending entry
+// fewer than there were (-1 with none). With its message record damaged
+// its type was unknown, and a type "" with -1 retrying entries appeared
+// (found by trying to break the metrics with damaged entries).
+func TestDamagedRetryingEntryCounts(t *testing.T) {
+	for _, bucket := range [][]byte{bucketMsgs, bucketStatus} {
+		t.Run(string(bucket), func(t *testing.T) { testDamagedRetryingEntryCounts(t, bucket) })
+	}
+}
+
+func testDamagedRetryingEntryCounts(t *testing.T, bucket []byte) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agentq.db")
+	j := mustOpenAt(t, path, Options{})
+	// One retrying entry to damage, one retrying and one new beside it.
+	mustAppend(t, j, msg("k", strings.Repeat("body ", 40)), msg("k2", "other"), msg("k3", "new"))
+	es := mustClaim(t, j, 2)
+	for _, e := range es {
+		if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Retry, At: time.Now().Add(-time.Second), Err: "503"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := j.Stats(); st.Retrying != 2 {
+		t.Fatalf("before the damage: retrying %d, want 2", st.Retrying)
+	}
+	j.Close()
+	corruptValue(t, path, bucket, u64(es[0].Seq))
+
+	check := func(when string, j *Journal) {
+		t.Helper()
+		st := j.Stats()
+		if st.Damaged != 1 || st.ByState[StateStuck] != 1 || st.ByState[StatePending] != 2 || st.Retrying != 1 {
+			t.Fatalf("%s: damaged %d, stuck %d, pending %d, retrying %d; want 1, 1, 2 (one retrying), 1",
+				when, st.Damaged, st.ByState[StateStuck], st.ByState[StatePending], st.Retrying)
+		}
+		c := j.Counts()
+		if c.Retrying != 1 || len(c.RetryingByType) != 1 || c.RetryingByType["t"] != 2 {
+			// Per type, the damaged entry stays where it was: retrying.
+			t.Fatalf("%s: Counts: retrying %d, by type %v; want 1, map[t:2]", when, c.Retrying, c.RetryingByType)
+		}
+	}
+	j = mustOpenAt(t, path, Options{})
+	defer func() { j.Close() }()
+	if es := mustClaim(t, j, 3); len(es) != 2 {
+		t.Fatalf("claimed %d entries, want 2 and the damaged one parked", len(es))
+	} else {
+		for _, e := range es {
+			if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Release}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	check("after parking", j)
+	j.Close()
+	j = mustOpenAt(t, path, Options{})
+	check("after reopen", j)
 }

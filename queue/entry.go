@@ -119,6 +119,9 @@ type Entry struct {
 	// countedRetrying says the stored counters count this entry as
 	// retrying (pending with attempts behind it); set when it is loaded.
 	countedRetrying bool
+	// statusLost says a damaged entry's status record did not decode:
+	// its attempts, and so whether it was counted retrying, are unknown.
+	statusLost bool
 
 	// DedupID identifies the message across broker redeliveries (a
 	// publisher id or a content hash, chosen by ingest). When Redelivered is

@@ -109,7 +109,7 @@ func (r readers) loadAs(seq uint64, full, withMessage bool) (*Entry, error) {
 // decode: its sequence, the state its index records, the damage, and its
 // status if that record is intact.
 func (r readers) damagedEntry(seq uint64, status *Entry, err error) *Entry {
-	e := &Entry{Seq: seq}
+	e := &Entry{Seq: seq, statusLost: true}
 	if status != nil {
 		e = &Entry{Seq: seq, Attempts: status.Attempts, Replays: status.Replays, UpdatedAt: status.UpdatedAt,
 			BudgetStart: status.BudgetStart, NextAttemptAt: status.NextAttemptAt, LastError: status.LastError}
@@ -404,23 +404,61 @@ func (t *txn) markDamaged(e *Entry) error {
 		return nil
 	}
 	if e.State != StateStuck {
-		if e.State != 0 {
-			if err := t.state.Delete(t.layout.key(e.State, e.Seq)); err != nil {
+		from := e.State
+		if from != 0 {
+			if err := t.state.Delete(t.layout.key(from, e.Seq)); err != nil {
 				return err
 			}
-			t.delta[e.State]--
+			t.delta[from]--
 		}
 		if err := t.state.Put(t.layout.key(StateStuck, e.Seq), nil); err != nil {
 			return err
 		}
 		t.delta[StateStuck]++
 		e.State = StateStuck
-		t.countRetrying(e)
+		// Only the state counters' retrying count follows it: the
+		// per-type ones keep it where it was, and countRetrying would
+		// count it under the stub's type, "" (a type with -1 retrying).
+		// Without its status record whether it was counted retrying is
+		// unknown, and keeping it counted showed a retrying entry that
+		// did not exist and one pending entry fewer than there were.
+		switch {
+		case e.countedRetrying:
+			t.delta[0]--
+			e.countedRetrying = false
+		case e.statusLost && from == StatePending:
+			if err := t.recountRetrying(); err != nil {
+				return err
+			}
+		}
 	}
 	if err := t.damaged.Put(u64(e.Seq), []byte(e.LastError)); err != nil {
 		return err
 	}
 	t.newlyDamaged = append(t.newlyDamaged, e)
+	return nil
+}
+
+// recountRetrying sets the state counters' retrying count to the pending
+// entries with attempts behind them, read from their status records (a
+// damaged one counts as not retrying). Only for an entry whose status
+// record is lost: it reads every pending entry's status.
+func (t *txn) recountRetrying() error {
+	var n int64
+	c := t.state.Cursor()
+	prefix := t.layout.byteOf(StatePending)
+	for k, _ := c.Seek([]byte{prefix}); k != nil && k[0] == prefix; k, _ = c.Next() {
+		e, err := t.getSchedule(binary.BigEndian.Uint64(k[1:]))
+		if err != nil {
+			return err
+		}
+		if e.countedRetrying {
+			n++
+		}
+	}
+	t.j.mu.Lock()
+	t.delta[0] = n - t.j.counts[0]
+	t.j.mu.Unlock()
 	return nil
 }
 
