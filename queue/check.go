@@ -17,25 +17,20 @@ import (
 // on a stopped agent's journal. It reads the whole file. A page bbolt
 // cannot read (bbolt panics on it) is reported as an error: this is the
 // check for a damaged journal, and it must say so rather than crash.
-func (j *Journal) Check() (err error) {
+func (j *Journal) Check() error {
 	select {
 	case <-j.closing:
 		return ErrClosed
 	default:
 	}
-	// bbolt's View rolls its transaction back when fn panics.
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("the file is damaged: bbolt cannot read it (%v); restore the journal from a backup, or move it away and start a new one", r)
-		}
-	}()
+	// A page bbolt cannot read makes view return a *DamagedError.
 	var errs []error
 	fail := func(format string, a ...any) {
 		if len(errs) < 20 {
 			errs = append(errs, fmt.Errorf(format, a...))
 		}
 	}
-	err = j.db.View(func(tx *bolt.Tx) error {
+	err := j.view(func(tx *bolt.Tx) error {
 		t := j.newTxn(tx)                       // for firstOfKey
 		r := readersOf(tx, j.layout, &j.routes) // entries as stored: claimed ones are pending
 		var counts [5]int64
@@ -208,7 +203,8 @@ func (j *Journal) checkOutbox(tx *bolt.Tx, fail func(string, ...any)) {
 	if b := tx.Bucket(bucketOutbox); b != nil {
 		_ = b.ForEach(func(k, v []byte) error {
 			n++
-			if p := storedOutPos(binary.BigEndian.Uint64(k), v); !j.outIdx.has(p) {
+			id := binary.BigEndian.Uint64(k)
+			if p := storedOutPos(id, v); !j.outIdx.has(p) {
 				fail("outbox message %d is not in the outbox index as %+v", p.id, p)
 			}
 			return nil

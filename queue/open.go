@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"runtime/debug"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -89,9 +91,20 @@ func stillNamed(path string, f *os.File) (bool, error) {
 }
 
 func openBoltOnce(path string, opts Options, timeout time.Duration) (db *bolt.DB, file *os.File, err error) {
+	// Reading the freelist can fault on a damaged file as well as panic.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			db, file, err = nil, nil, fmt.Errorf("cannot open journal %s: %w (damaged file: %v)", path, ErrNotJournal, r)
+			// bbolt panicked holding the file and its lock: release both,
+			// or the next Open in this process (agentq run opens the
+			// journal twice) waits for the lock and says another process
+			// holds it. Closing alone keeps the lock: bbolt's mapping of
+			// the file, left behind, still refers to the locked file.
+			if file != nil {
+				_ = syscall.Flock(int(file.Fd()), syscall.LOCK_UN)
+				_ = file.Close()
+			}
+			db, file, err = nil, nil, fmt.Errorf("cannot open journal %s: %w (damaged file: %v; restore it from a backup or move it away)", path, ErrNotJournal, r)
 		}
 	}()
 	bo := &bolt.Options{
