@@ -16,7 +16,8 @@ import (
 // it after every journal; operators run it with `agentq inspect --check`
 // on a stopped agent's journal. It reads the whole file. A page bbolt
 // cannot read (bbolt panics on it) is reported as an error: this is the
-// check for a damaged journal, and it must say so rather than crash.
+// check for a damaged journal, and it must say so rather than crash. On a
+// journal opened read-only it also checks bbolt's free list.
 func (j *Journal) Check() error {
 	select {
 	case <-j.closing:
@@ -186,6 +187,13 @@ func (j *Journal) Check() error {
 			}
 			return nil
 		})
+		// The free list, which a read-only open never reads. Only on a
+		// read-only journal: a writer changes it with every commit.
+		if j.opts.ReadOnly && j.file != nil {
+			if err := checkFreelist(j.file); err != nil {
+				fail("%v", err)
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -204,6 +212,13 @@ func (j *Journal) checkOutbox(tx *bolt.Tx, fail func(string, ...any)) {
 		_ = b.ForEach(func(k, v []byte) error {
 			n++
 			id := binary.BigEndian.Uint64(k)
+			// An answer that does not decode is never published: the
+			// relay logs it at every look and leaves it in place. The
+			// operator checking a stopped agent's journal has seen no
+			// such log, so say so there.
+			if _, err := decodeOut(id, v); err != nil && j.opts.ReadOnly {
+				fail("%v (the answer cannot be published)", err)
+			}
 			if p := storedOutPos(id, v); !j.outIdx.has(p) {
 				fail("outbox message %d is not in the outbox index as %+v", p.id, p)
 			}

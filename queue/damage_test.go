@@ -408,3 +408,48 @@ func TestOpenPanicReleasesLock(t *testing.T) {
 		}
 	}
 }
+
+// Ensure Check on a stopped agent's journal reports a damaged free list
+// and an answer that does not decode. A read-only open never reads the
+// free list, so `agentq inspect --check` called sound a journal that
+// agentq run then refused or crashed on ("page 70 already freed"), and
+// that, worse, would hand out pages still in use; and it did not decode
+// outbox records, so an answer the relay can never publish passed too
+// (found by damaging journals and comparing inspect --check with run).
+func TestCheckDamagedFreelistAndAnswer(t *testing.T) {
+	t.Run("free list", func(t *testing.T) {
+		path, size, _ := damagedPagesJournal(t)
+		junk := bytes.Repeat([]byte{0xA5}, int(size-16))
+		writeAt(t, path, freelistPage(t, path)*size+16, junk)
+		j := mustOpenAt(t, path, Options{ReadOnly: true})
+		if err := j.Check(); err == nil || !strings.Contains(err.Error(), "free list") {
+			t.Fatalf("Check = %v, want the free list reported", err)
+		}
+		j.Close()
+	})
+	t.Run("answer", func(t *testing.T) {
+		ctx := context.Background()
+		path := filepath.Join(t.TempDir(), "agentq.db")
+		j := mustOpenAt(t, path, Options{})
+		mustAppend(t, j, msg("", "one"))
+		es := mustClaim(t, j, 1)
+		out := &Out{Kind: "result", Target: "res", Body: bytes.Repeat([]byte("answer "), 20)}
+		if err := j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done, Out: []*Out{out}}); err != nil {
+			t.Fatal(err)
+		}
+		outs, err := j.Outbox(10, time.Now())
+		if err != nil || len(outs) != 1 {
+			t.Fatalf("Outbox = %v, %v", outs, err)
+		}
+		j.Close()
+		corruptValue(t, path, bucketOutbox, u64(outs[0].ID))
+		ro, err := Open(path, Options{ReadOnly: true, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ro.Close()
+		if err := ro.Check(); err == nil || !strings.Contains(err.Error(), "cannot be published") {
+			t.Fatalf("Check = %v, want the damaged answer reported", err)
+		}
+	})
+}
