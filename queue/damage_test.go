@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -294,4 +295,223 @@ func testDamagedRetryingEntryCounts(t *testing.T, bucket []byte) {
 	j.Close()
 	j = mustOpenAt(t, path, Options{})
 	check("after reopen", j)
+}
+
+// damagedPagesJournal writes a journal of 3000 entries, closes it and
+// returns its path, its page size and the root page of the msgs bucket
+// (a branch page at that size).
+func damagedPagesJournal(t *testing.T) (path string, pageSize int64, msgsRoot int64) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "agentq.db")
+	j, err := Open(path, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := make([]*Entry, 3000)
+	for i := range es {
+		es[i] = &Entry{Type: "t", Key: fmt.Sprint("k", i%10), Body: bytes.Repeat([]byte("x"), 100)}
+	}
+	if _, err := j.Append(context.Background(), es...); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.View(func(tx *bolt.Tx) error { msgsRoot = int64(tx.Bucket(bucketMsgs).Root()); return nil })
+	pageSize = int64(db.Info().PageSize)
+	db.Close()
+	if msgsRoot < 2 {
+		t.Fatalf("msgs bucket's root is page %d: inline, nothing to damage", msgsRoot)
+	}
+	return path, pageSize, msgsRoot
+}
+
+// writeAt overwrites the file at path at off with b.
+func writeAt(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensure a page bbolt cannot read makes inspect's reads, the agent's
+// claims and compact fail with an error naming the file, not kill the
+// process: bbolt panics on such pages (and may read past the mapped file
+// and fault), and only Check recovered, so `agentq inspect`, `agentq run`
+// and `agentq compact` died with a stack trace on a journal whose pages a
+// bad copy had zeroed (found by damaging journals page by page; 109 of
+// 330 runs crashed).
+func TestDamagedPageIsAnError(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, path string, size, root int64)
+		// Claims and settles rewrite the damaged page, after which
+		// Compact has nothing bad left to read.
+		healed bool
+	}{
+		{"zeroed root page", func(t *testing.T, path string, size, root int64) {
+			writeAt(t, path, root*size, make([]byte, size))
+		}, false},
+		{"root page header says branch and leaf", func(t *testing.T, path string, size, root int64) {
+			writeAt(t, path, root*size+8, []byte{3})
+		}, false},
+		{"branch element points past the file", func(t *testing.T, path string, size, root int64) {
+			// Element 1's page id (16-byte header, 16-byte elements:
+			// pos, ksize, pgid) in the machine's byte order.
+			writeAt(t, path, root*size+16+16+8, binary.NativeEndian.AppendUint64(nil, 1<<40))
+		}, false},
+		{"branch element key runs off the file", func(t *testing.T, path string, size, root int64) {
+			writeAt(t, path, root*size+16+16, binary.NativeEndian.AppendUint32(nil, 1<<30))
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, size, root := damagedPagesJournal(t)
+			tc.damage(t, path, size, root)
+			isDamaged := func(what string, err error) {
+				t.Helper()
+				if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("%s = %v; want ErrDamaged naming %s", what, err, path)
+				}
+			}
+
+			ro, err := Open(path, Options{ReadOnly: true, Logger: quietLogger()})
+			if err != nil {
+				isDamaged("read-only Open", err)
+			} else {
+				isDamaged("Scan", ro.Scan(Filter{}, func(*Entry) bool { return true }))
+				if _, err = ro.Get(1500); err != nil { // its page may be sound
+					isDamaged("Get", err)
+				}
+				isDamaged("Check", ro.Check())
+				ro.Close()
+			}
+
+			j, err := Open(path, Options{Logger: quietLogger()})
+			if err != nil {
+				isDamaged("Open", err)
+			} else {
+				var claimErr error
+				for range 100 {
+					es, err := j.Claim(ctx, 100)
+					if err != nil {
+						claimErr = err
+						break
+					}
+					for _, e := range es {
+						if err := j.Settle(ctx, Outcome{Seq: e.Seq, Kind: Done}); err != nil {
+							claimErr = err
+							break
+						}
+					}
+					if claimErr != nil || len(es) == 0 {
+						break
+					}
+				}
+				isDamaged("Claim or Settle", claimErr)
+				j.Close()
+			}
+
+			before, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err = Compact(path); err == nil && tc.healed {
+				return
+			}
+			isDamaged("Compact", err)
+			if after, err := os.Stat(path); err != nil || !os.SameFile(before, after) {
+				t.Fatalf("a failed Compact replaced the journal (%v)", err)
+			}
+			if _, err := os.Stat(path + compactSuffix); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("a failed Compact left its copy: %v", err)
+			}
+		})
+	}
+}
+
+// freelistPage returns the page that the newest meta page of the bbolt
+// file at path names as its free list.
+func freelistPage(t *testing.T, path string) int64 {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ne := binary.NativeEndian
+	size := int(ne.Uint32(data[boltPageHeader+8:]))
+	m := data[boltPageHeader:]
+	if m1 := data[size+boltPageHeader:]; ne.Uint64(m1[48:]) > ne.Uint64(m[48:]) {
+		m = m1
+	}
+	return int64(ne.Uint64(m[32:]))
+}
+
+// Ensure an Open that bbolt panics in (a free list page of zeros) lets go
+// of the file's lock: it kept it, so the next Open in the same process
+// waited and said another process held the journal. agentq run opens the
+// journal twice (to see whether to compact it, then to run), so it told
+// the operator to stop an agent that did not exist (found by zeroing the
+// free list page and running agentq run on it).
+func TestOpenPanicReleasesLock(t *testing.T) {
+	path, size, _ := damagedPagesJournal(t)
+	writeAt(t, path, freelistPage(t, path)*size, make([]byte, size))
+	for i := range 2 {
+		_, err := Open(path, Options{Logger: quietLogger(), LockTimeout: 200 * time.Millisecond})
+		if !errors.Is(err, ErrNotJournal) || errors.Is(err, ErrInUse) {
+			t.Fatalf("Open #%d = %v; want ErrNotJournal", i+1, err)
+		}
+	}
+}
+
+// Ensure Check on a stopped agent's journal reports a damaged free list
+// and an answer that does not decode. A read-only open never reads the
+// free list, so `agentq inspect --check` called sound a journal that
+// agentq run then refused or crashed on ("page 70 already freed"), and
+// that, worse, would hand out pages still in use; and it did not decode
+// outbox records, so an answer the relay can never publish passed too
+// (found by damaging journals and comparing inspect --check with run).
+func TestCheckDamagedFreelistAndAnswer(t *testing.T) {
+	t.Run("free list", func(t *testing.T) {
+		path, size, _ := damagedPagesJournal(t)
+		junk := bytes.Repeat([]byte{0xA5}, int(size-16))
+		writeAt(t, path, freelistPage(t, path)*size+16, junk)
+		j := mustOpenAt(t, path, Options{ReadOnly: true})
+		if err := j.Check(); err == nil || !strings.Contains(err.Error(), "free list") {
+			t.Fatalf("Check = %v, want the free list reported", err)
+		}
+		j.Close()
+	})
+	t.Run("answer", func(t *testing.T) {
+		ctx := context.Background()
+		path := filepath.Join(t.TempDir(), "agentq.db")
+		j := mustOpenAt(t, path, Options{})
+		mustAppend(t, j, msg("", "one"))
+		es := mustClaim(t, j, 1)
+		out := &Out{Kind: "result", Target: "res", Body: bytes.Repeat([]byte("answer "), 20)}
+		if err := j.Settle(ctx, Outcome{Seq: es[0].Seq, Kind: Done, Out: []*Out{out}}); err != nil {
+			t.Fatal(err)
+		}
+		outs, err := j.Outbox(10, time.Now())
+		if err != nil || len(outs) != 1 {
+			t.Fatalf("Outbox = %v, %v", outs, err)
+		}
+		j.Close()
+		corruptValue(t, path, bucketOutbox, u64(outs[0].ID))
+		ro, err := Open(path, Options{ReadOnly: true, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ro.Close()
+		if err := ro.Check(); err == nil || !strings.Contains(err.Error(), "cannot be published") {
+			t.Fatalf("Check = %v, want the damaged answer reported", err)
+		}
+	})
 }

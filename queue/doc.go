@@ -126,6 +126,13 @@
 // says so. Check accepts damage that was parked and reports damage nobody
 // has seen yet.
 //
+// A damaged page (bbolt panics on it, or reads past the mapped file) is
+// different: no entry on it can be read. Every read and commit, Open and
+// Compact turn it into a *DamagedError (errors.Is ErrDamaged) naming the
+// file, instead of killing the process; what does not touch that page
+// goes on. Check on a read-only journal also checks bbolt's free list,
+// which a read-only open never reads.
+//
 // Only the head of each key is ever in ready, so picking work reads the
 // first keys of one bucket: its cost does not grow with the journal.
 //

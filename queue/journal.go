@@ -100,6 +100,10 @@ var (
 	// meta page says (a copy cut short, a full disk during a restore). The
 	// error is a *TruncatedError naming the file and both sizes.
 	ErrTruncated = errors.New("journal is truncated")
+	// ErrDamaged is returned when bbolt cannot read a page of the file (it
+	// panics, or the read faults): a bad sector, a torn copy. The error is
+	// a *DamagedError naming the file.
+	ErrDamaged = errors.New("journal is damaged")
 	// ErrFull is returned when a write would grow the file past MaxSize.
 	ErrFull = errors.New("journal is full")
 	// ErrBadState is returned when a state change does not apply to the
@@ -359,6 +363,9 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if err := j.init(fresh); err != nil {
 		_ = db.Close()
+		if errors.Is(err, ErrDamaged) {
+			return nil, err // names the file
+		}
 		return nil, fmt.Errorf("cannot open journal %s: %w", path, err)
 	}
 	if opts.ReadOnly {
@@ -434,7 +441,7 @@ func (j *Journal) init(fresh bool) error {
 		return nil
 	}
 	if j.opts.ReadOnly {
-		return j.db.View(func(tx *bolt.Tx) error {
+		return j.view(func(tx *bolt.Tx) error {
 			if err := check(tx); err != nil {
 				return err
 			}
@@ -442,7 +449,7 @@ func (j *Journal) init(fresh bool) error {
 			return nil
 		})
 	}
-	err := j.db.Update(func(tx *bolt.Tx) error {
+	err := j.updateTx(func(tx *bolt.Tx) error {
 		if err := check(tx); err != nil {
 			return err
 		}
@@ -473,7 +480,7 @@ func (j *Journal) init(fresh bool) error {
 	if err := j.migrate(); err != nil {
 		return fmt.Errorf("cannot migrate to format %d: %w", migratedVersion, err)
 	}
-	return j.db.Update(func(tx *bolt.Tx) error {
+	return j.updateTx(func(tx *bolt.Tx) error {
 		if j.version == 3 {
 			for _, name := range [][]byte{bucketDedupBatch, bucketRoutes} {
 				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -553,7 +560,7 @@ func (j *Journal) migrate() error {
 	var from uint64
 	moved, total, ran := 0, 0, false
 	for {
-		err := j.db.Update(func(tx *bolt.Tx) error {
+		err := j.updateTx(func(tx *bolt.Tx) error {
 			moved = 0
 			if tx.Bucket(bucketEntries) == nil {
 				return nil
@@ -904,7 +911,7 @@ func (j *Journal) commit(batch []*op) {
 	}
 	start := time.Now()
 	var done, cur *txn
-	err := j.db.Update(func(tx *bolt.Tx) error {
+	err := j.updateTx(func(tx *bolt.Tx) error {
 		t := j.newTxnArena(tx, &j.arena)
 		cur = t
 		if err := t.parkFound(); err != nil {
@@ -1116,7 +1123,7 @@ func (j *Journal) Stats() Stats {
 // among them (see Stats.Size). Free is -1 when the journal is open
 // read-only: bbolt then does not read its free list.
 func (j *Journal) Size() (size, free int64) {
-	_ = j.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }) // fails only once closed
+	_ = j.view(func(tx *bolt.Tx) error { size = tx.Size(); return nil }) // fails only once closed
 	if j.opts.ReadOnly {
 		return size, -1
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"runtime/debug"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -89,9 +91,20 @@ func stillNamed(path string, f *os.File) (bool, error) {
 }
 
 func openBoltOnce(path string, opts Options, timeout time.Duration) (db *bolt.DB, file *os.File, err error) {
+	// Reading the freelist can fault on a damaged file as well as panic.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			db, file, err = nil, nil, fmt.Errorf("cannot open journal %s: %w (damaged file: %v)", path, ErrNotJournal, r)
+			// bbolt panicked holding the file and its lock: release both,
+			// or the next Open in this process (agentq run opens the
+			// journal twice) waits for the lock and says another process
+			// holds it. Closing alone keeps the lock: bbolt's mapping of
+			// the file, left behind, still refers to the locked file.
+			if file != nil {
+				_ = syscall.Flock(int(file.Fd()), syscall.LOCK_UN)
+				_ = file.Close()
+			}
+			db, file, err = nil, nil, fmt.Errorf("cannot open journal %s: %w (damaged file: %v; restore it from a backup or move it away)", path, ErrNotJournal, r)
 		}
 	}()
 	bo := &bolt.Options{
@@ -152,6 +165,7 @@ const (
 
 type boltMeta struct {
 	pageSize uint32
+	freelist uint64 // page of the free list
 	pgid     uint64 // high-water mark: pages the file must hold
 	txid     uint64
 }
@@ -167,7 +181,7 @@ func parseBoltMeta(b []byte) (boltMeta, bool) {
 	if ne.Uint32(b[0:]) != boltMagic || ne.Uint32(b[4:]) != boltVersion || h.Sum64() != ne.Uint64(b[56:]) {
 		return boltMeta{}, false
 	}
-	return boltMeta{pageSize: ne.Uint32(b[8:]), pgid: ne.Uint64(b[40:]), txid: ne.Uint64(b[48:])}, true
+	return boltMeta{pageSize: ne.Uint32(b[8:]), freelist: ne.Uint64(b[32:]), pgid: ne.Uint64(b[40:]), txid: ne.Uint64(b[48:])}, true
 }
 
 // checkSize compares the file's size with the high-water mark of its
@@ -176,6 +190,24 @@ func parseBoltMeta(b []byte) (boltMeta, bool) {
 func checkSize(path string, f *os.File) error {
 	// Read the meta pages first and the size second: a writer only grows
 	// the file before it commits a meta page that covers the growth.
+	best, found := newestMeta(f)
+	if !found || best.pageSize == 0 {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	need := int64(best.pgid) * int64(best.pageSize)
+	if fi.Size() > 0 && fi.Size() < need {
+		return &TruncatedError{Path: path, Size: fi.Size(), Need: need}
+	}
+	return nil
+}
+
+// newestMeta reads both meta pages of the bbolt file f and returns the
+// newest valid one.
+func newestMeta(f *os.File) (boltMeta, bool) {
 	var best boltMeta
 	found := false
 	readMeta := func(off int64) (boltMeta, bool) {
@@ -206,16 +238,61 @@ func checkSize(path string, f *os.File) error {
 			break
 		}
 	}
-	if !found || best.pageSize == 0 {
+	return best, found
+}
+
+// boltFreelistNone is the free list page id of a file that stores none.
+const boltFreelistNone = 0xffffffffffffffff
+
+// checkFreelist reads bbolt's free list page from f (with ReadAt, not
+// through the mapping: a damaged count must not fault) and reports what
+// is wrong with it. A read-only open never reads the free list, and the
+// next writer trusts it to hand out pages: a damaged one makes bbolt
+// refuse the file, panic ("page N already freed") or overwrite live
+// pages. bbolt's own tx.Check reads it too, but on a goroutine of its own,
+// where a read past the mapping kills the process.
+func checkFreelist(f *os.File) error {
+	m, ok := newestMeta(f)
+	if !ok || m.pageSize == 0 || m.freelist == boltFreelistNone {
 		return nil
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		return err
+	ne := binary.NativeEndian
+	if m.freelist < 2 || m.freelist >= m.pgid {
+		return fmt.Errorf("the free list is page %d, outside the file's %d pages", m.freelist, m.pgid)
 	}
-	need := int64(best.pgid) * int64(best.pageSize)
-	if fi.Size() > 0 && fi.Size() < need {
-		return &TruncatedError{Path: path, Size: fi.Size(), Need: need}
+	off := int64(m.freelist) * int64(m.pageSize)
+	hdr := make([]byte, boltPageHeader+8)
+	if _, err := f.ReadAt(hdr, off); err != nil {
+		return fmt.Errorf("cannot read the free list (page %d): %w", m.freelist, err)
 	}
-	return nil
+	if flags := ne.Uint16(hdr[8:]); flags != 0x10 {
+		return fmt.Errorf("page %d should hold the free list but has type %#x", m.freelist, flags)
+	}
+	n, start := uint64(ne.Uint16(hdr[10:])), int64(boltPageHeader)
+	if n == 0xffff { // the count is the first element
+		n, start = ne.Uint64(hdr[boltPageHeader:]), boltPageHeader+8
+	}
+	if n > m.pgid {
+		return fmt.Errorf("the free list (page %d) counts %d free pages in a file of %d", m.freelist, n, m.pgid)
+	}
+	ids := make([]byte, n*8)
+	if _, err := f.ReadAt(ids, off+start); err != nil {
+		return fmt.Errorf("cannot read the free list (page %d): %w", m.freelist, err)
+	}
+	var errs []error
+	seen := make(map[uint64]bool, n)
+	for i := range n {
+		id := ne.Uint64(ids[i*8:])
+		switch {
+		case id < 2 || id >= m.pgid:
+			errs = append(errs, fmt.Errorf("the free list (page %d) frees page %d, outside the file's %d pages", m.freelist, id, m.pgid))
+		case seen[id]:
+			errs = append(errs, fmt.Errorf("the free list (page %d) frees page %d twice", m.freelist, id))
+		}
+		seen[id] = true
+		if len(errs) >= 5 {
+			break
+		}
+	}
+	return errors.Join(errs...)
 }

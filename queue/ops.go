@@ -113,7 +113,7 @@ func (j *Journal) ClaimMatching(ctx context.Context, max int, want func(typ stri
 	var out []*Entry
 	damaged := false
 	j.claimMu.RLock()
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.view(func(tx *bolt.Tx) error {
 		t := j.newTxnArena(tx, &arena{})
 		t.claims = nil // read entries as stored: this call is making the claims
 		next := readyInTurn(t.ready, uint64(unixNano(now)))
@@ -265,7 +265,7 @@ func (t *txn) parkFound() error {
 func (j *Journal) NextReadyAt() (time.Time, bool) {
 	var at time.Time
 	var ok bool
-	_ = j.db.View(func(tx *bolt.Tx) error {
+	_ = j.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketReady).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
 			if _, running := j.claimed(binary.BigEndian.Uint64(k[8:])); !running {
@@ -690,7 +690,7 @@ func (t *txn) forgetConfirmed() error {
 // returned with Damage set (see Entry.Damage), not as an error.
 func (j *Journal) Get(seq uint64) (*Entry, error) {
 	var e *Entry
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.view(func(tx *bolt.Tx) error {
 		var err error
 		r := readersOf(tx, j.layout, &j.routes)
 		r.claims = j.claimed
@@ -705,7 +705,7 @@ func (j *Journal) Get(seq uint64) (*Entry, error) {
 func (j *Journal) BlockedBy(seq uint64) (uint64, bool, error) {
 	var by uint64
 	var blocked bool
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.view(func(tx *bolt.Tx) error {
 		t := j.newTxn(tx)
 		e, err := t.load(seq, false)
 		if err != nil {

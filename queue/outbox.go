@@ -187,7 +187,7 @@ func (j *Journal) OutboxExcept(max int, now time.Time, skip func(target string) 
 			break
 		}
 		var undecodable []outPos
-		err := j.db.View(func(tx *bolt.Tx) error {
+		err := j.view(func(tx *bolt.Tx) error {
 			b := tx.Bucket(bucketOutbox)
 			if b == nil {
 				return nil
@@ -289,7 +289,7 @@ func (j *Journal) ScanFailedOutbox(fn func(*Out) bool) error {
 // accepts (all with keep nil), decoded, in id order, until fn returns
 // false.
 func (j *Journal) scanOutbox(keep func(record []byte) bool, fn func(*Out) bool) error {
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketOutbox)
 		if b == nil {
 			return nil

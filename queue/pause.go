@@ -74,7 +74,7 @@ func (j *Journal) Paused() []string {
 // Held counts the entries that are ready but held by a pause.
 func (j *Journal) Held() int {
 	n := 0
-	_ = j.db.View(func(tx *bolt.Tx) error {
+	_ = j.view(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketHeld); b != nil {
 			n = b.Stats().KeyN
 		}

@@ -174,7 +174,9 @@ func Compact(src string) (before, after int64, err error) {
 	}
 	// Stop the journal's loops before copying; Close waits for them.
 	j.cancel()
-	if err = bolt.Compact(dst, j.db, 64<<20); err == nil {
+	// bolt.Compact reads every page: a damaged one panics in it.
+	err = guardDamage(src, func() error { return bolt.Compact(dst, j.db, 64<<20) })
+	if err == nil {
 		err = dst.Sync()
 	}
 	if e := dst.Close(); e != nil && err == nil {

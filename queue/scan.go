@@ -65,7 +65,7 @@ func (f *Filter) match(e *Entry) bool {
 // It reads one snapshot. With a single state it walks that state's index;
 // otherwise it walks the entries from FromSeq (or back from ToSeq).
 func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
-	return j.db.View(func(tx *bolt.Tx) error {
+	return j.view(func(tx *bolt.Tx) error {
 		r := readersOf(tx, j.layout, &j.routes)
 		r.claims = j.claimed
 		n := 0
@@ -141,7 +141,7 @@ func (j *Journal) Scan(f Filter, fn func(*Entry) bool) error {
 // LastSeq returns the highest sequence number ever assigned.
 func (j *Journal) LastSeq() uint64 {
 	var s uint64
-	_ = j.db.View(func(tx *bolt.Tx) error {
+	_ = j.view(func(tx *bolt.Tx) error {
 		s = readersOf(tx, j.layout, &j.routes).lastSeq()
 		return nil
 	})

@@ -47,7 +47,8 @@ admin API (found from the journal's .admin file); the output is the same.
 --check reads the whole of a stopped agent's journal and verifies its indexes
 and counters against the entries (after a crash, a full disk, a restore): it
 prints what is wrong and exits 1, or says the journal is sound. Damaged entries
-(records that do not decode) are parked as stuck and do not fail it.
+(records that do not decode) are parked as stuck and do not fail it; answers
+that do not decode, pages bbolt cannot read and a damaged free list do.
 
 Examples:
    agentq inspect
