@@ -616,10 +616,10 @@ func BenchmarkCommitAfterDrain(b *testing.B) {
 // journal encodes them) and rewrite the status records of the batch
 // before (its settles), fsync on, same page size and fill. No index, no
 // claim, no counters: what is left is bbolt's own work per record and
-// commit, at BenchmarkJournalThroughput's entries per commit (74) and at
-// 256.
+// commit, at 74, at BenchmarkJournalThroughput's entries per commit (133
+// appended, and as many settled, in 2026-11-26's runs) and at 256.
 func BenchmarkBboltFloor(b *testing.B) {
-	for _, batch := range []int{74, 256} {
+	for _, batch := range []int{74, 133, 256} {
 		b.Run(fmt.Sprintf("batch%d", batch), func(b *testing.B) { benchBboltFloor(b, batch) })
 	}
 }
@@ -675,13 +675,13 @@ func benchBboltFloor(b *testing.B, batch int) {
 // journal encodes them, each behind its length) and one holding the
 // outcomes of the batch before (a status record each, as a settle writes
 // them), under the batch's first sequence. Nothing else: no index, no
-// claim, no counters, which such a journal would keep in memory. At 74
-// and 256 entries a commit it reports entries/s and CPU per entry; at one
+// claim, no counters, which such a journal would keep in memory. At 74,
+// 133 and 256 entries a commit it reports entries/s and CPU per entry; at one
 // entry a commit, a message a millisecond (what a message waits for at
 // 1,000 msg/s), µs and pages per commit, beside the disk's floor
 // (BenchmarkDiskSync) and the journal's own (BenchmarkLatency1000).
 func BenchmarkBatchFloor(b *testing.B) {
-	for _, batch := range []int{1, 74, 256} {
+	for _, batch := range []int{1, 74, 133, 256} {
 		b.Run(fmt.Sprintf("batch%d", batch), func(b *testing.B) { benchBatchFloor(b, batch) })
 	}
 }
