@@ -407,30 +407,17 @@ func TestDashboardOverviewTypesBounded(t *testing.T) {
 // carries its whole error in its replay form).
 func TestDashboardStuckGroupsBounded(t *testing.T) {
 	j := emptyJournal(t)
-	ctx := context.Background()
 	const n = maxGroups + 50
 	var es []*queue.Entry
 	for i := 0; i < n; i++ {
 		es = append(es, &queue.Entry{Source: "s", Destination: "/queue/q", Type: "t"})
 	}
-	if _, err := j.Append(ctx, es...); err != nil {
-		t.Fatal(err)
-	}
-	claimed, err := j.Claim(ctx, n)
-	if err != nil || len(claimed) != n {
-		t.Fatalf("claim: %v (%d)", err, len(claimed))
-	}
-	var stuck []queue.Outcome
-	for i, e := range claimed {
-		msg := fmt.Sprintf("error %d", i)
+	parkStuck(t, j, es, func(i int) string {
 		if i >= n-2 {
-			msg = "the common error" // the largest group, found last
+			return "the common error" // the largest group, found last
 		}
-		stuck = append(stuck, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: msg})
-	}
-	if err := j.Settle(ctx, stuck...); err != nil {
-		t.Fatal(err)
-	}
+		return fmt.Sprintf("error %d", i)
+	})
 	_, base := serve(t, j, "")
 	_, body, _ := get(t, uiClient(t), base+"/ui/stuck")
 	table := body[strings.Index(body, `<table id="groups">`):]
@@ -714,22 +701,29 @@ func TestUntilInclusive(t *testing.T) {
 // "boom", the odd ones with "bang", and returns their sequences.
 func stuckMany(t *testing.T, j *queue.Journal, n int) []uint64 {
 	t.Helper()
-	ctx := context.Background()
 	var es []*queue.Entry
 	for i := 0; i < n; i++ {
 		es = append(es, &queue.Entry{Source: "s", Destination: "/queue/q", Type: "t", Body: []byte("{}")})
 	}
+	return parkStuck(t, j, es, func(i int) string { return []string{"boom", "bang"}[i%2] })
+}
+
+// parkStuck appends es, claims them and settles the i-th as stuck with
+// the error errOf(i), and returns their sequences.
+func parkStuck(t *testing.T, j *queue.Journal, es []*queue.Entry, errOf func(i int) string) []uint64 {
+	t.Helper()
+	ctx := context.Background()
 	if _, err := j.Append(ctx, es...); err != nil {
 		t.Fatal(err)
 	}
-	claimed, err := j.Claim(ctx, n)
-	if err != nil || len(claimed) != n {
+	claimed, err := j.Claim(ctx, len(es))
+	if err != nil || len(claimed) != len(es) {
 		t.Fatalf("claim: %v (%d)", err, len(claimed))
 	}
 	var outs []queue.Outcome
 	var seqs []uint64
 	for i, e := range claimed {
-		outs = append(outs, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: []string{"boom", "bang"}[i%2]})
+		outs = append(outs, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: errOf(i)})
 		seqs = append(seqs, e.Seq)
 	}
 	if err := j.Settle(ctx, outs...); err != nil {
@@ -861,27 +855,12 @@ func TestDashboardBulkReplayDrawn(t *testing.T) {
 // after another, each as wide as its key.
 func TestDashboardLongTypeAndKeyBounded(t *testing.T) {
 	j := emptyJournal(t)
-	ctx := context.Background()
 	typ, key := strings.Repeat("t", 64<<10), strings.Repeat("k", 64<<10)
-	const n = uiPageSize
 	var es []*queue.Entry
-	for i := range n {
+	for i := range uiPageSize {
 		es = append(es, &queue.Entry{Type: typ, Key: fmt.Sprintf("%s<b>%d", key, i), Body: []byte("{}")})
 	}
-	if _, err := j.Append(ctx, es...); err != nil {
-		t.Fatal(err)
-	}
-	claimed, err := j.Claim(ctx, n)
-	if err != nil || len(claimed) != n {
-		t.Fatalf("claim: %v (%d)", err, len(claimed))
-	}
-	var outs []queue.Outcome
-	for _, e := range claimed {
-		outs = append(outs, queue.Outcome{Seq: e.Seq, Kind: queue.Stuck, Err: "boom"})
-	}
-	if err := j.Settle(ctx, outs...); err != nil {
-		t.Fatal(err)
-	}
+	parkStuck(t, j, es, func(int) string { return "boom" })
 	_, base := serve(t, j, "")
 	c := uiClient(t)
 	for _, path := range []string{"/ui/entries", "/ui/stuck", "/ui/"} {

@@ -34,6 +34,15 @@ type mqttBroker struct {
 	restart    func(t *testing.T, down func())
 }
 
+// userinfo is the broker's login as a URL's userinfo, "user:pass@", or
+// nothing.
+func (b mqttBroker) userinfo() string {
+	if b.login == "" {
+		return ""
+	}
+	return b.login + "@"
+}
+
 var mqttBrokers = []mqttBroker{
 	{name: "RabbitMQ", addr: "127.0.0.1:1883", login: "guest:guest", restart: restartRabbitMQ},
 	{name: "Mosquitto", addr: "127.0.0.1:1884", restart: restartMosquitto},
@@ -294,10 +303,7 @@ func testMQTTNothingLost(t *testing.T, b mqttBroker) {
 	base, clientID := "agentq/test/"+id, "agentqt"+id
 	mqttSessionFor(t, b.addr, b.login, clientID, base+"/#")
 	proxy := brokertest.StartProxy(t, "127.0.0.1:0", b.addr)
-	userinfo := ""
-	if b.login != "" {
-		userinfo = b.login + "@"
-	}
+	userinfo := b.userinfo()
 	raw := fmt.Sprintf("mqtt://%s%s/?topic=%s/%%23&client_id=%s&key=json:k&heartbeat=2s", userinfo, proxy.Addr(), base, clientID)
 	topic := func(int) string { return base + "/orders" }
 	var want [][]byte
@@ -498,10 +504,7 @@ func TestMQTTBarrierConfirms(t *testing.T) {
 			id := mqttTestID()
 			base, clientID := "agentq/test/"+id, "agentqt"+id
 			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
-			userinfo := ""
-			if b.login != "" {
-				userinfo = b.login + "@"
-			}
+			userinfo := b.userinfo()
 			j := &confirmJournal{Journal: mustOpenJournal(t, "")}
 			src, stop := runSource(t, mustConfig(t, "mqtt://"+userinfo+b.addr+"/?topic="+base+"/%23&client_id="+clientID), j, Options{})
 			waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
@@ -548,10 +551,7 @@ func TestMQTTRetainedOncePerSession(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = waitToken(pub.Publish(topic, 1, true, []byte{})) }) // clears it
 			proxy := brokertest.StartProxy(t, "127.0.0.1:0", b.addr)
-			userinfo := ""
-			if b.login != "" {
-				userinfo = b.login + "@"
-			}
+			userinfo := b.userinfo()
 			j := mustOpenJournal(t, "")
 			src, stop := runSource(t, mustConfig(t, fmt.Sprintf("mqtt://%s%s/?topic=%s&client_id=%s", userinfo, proxy.Addr(), topic, clientID)),
 				j, Options{Logger: testLogger(t), ReconnectInitial: 50 * time.Millisecond})
@@ -589,10 +589,7 @@ func TestMQTTTakeoverExplained(t *testing.T) {
 			id := mqttTestID()
 			clientID := "agentqt" + id
 			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
-			userinfo := ""
-			if b.login != "" {
-				userinfo = b.login + "@"
-			}
+			userinfo := b.userinfo()
 			cfg := mustConfig(t, fmt.Sprintf("mqtt://%s%s/?topic=agentq/test/%s&client_id=%s", userinfo, b.addr, id, clientID))
 			first, stop := runSource(t, cfg, mustOpenJournal(t, ""), Options{Logger: testLogger(t), ReconnectInitial: time.Minute})
 			defer stop()
@@ -635,10 +632,7 @@ func TestMQTTSessionLostReported(t *testing.T) {
 			id := mqttTestID()
 			clientID := "agentqt" + id
 			t.Cleanup(func() { mqttDropSession(t, b.addr, b.login, clientID) })
-			userinfo := ""
-			if b.login != "" {
-				userinfo = b.login + "@"
-			}
+			userinfo := b.userinfo()
 			src, stop := runSource(t, mustConfig(t, fmt.Sprintf("mqtt://%s%s/?topic=agentq/test/%s&client_id=%s", userinfo, b.addr, id, clientID)), mustOpenJournal(t, ""), Options{})
 			defer stop()
 			waitFor(t, "subscribed", 20*time.Second, func() bool { return src.Status().State == StateConnected })
